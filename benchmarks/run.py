@@ -1,0 +1,367 @@
+"""Times camlens against the bare model and the peers (pytorch-grad-cam, torchcam), interleaved in
+one process on the same input tensors, and prints a markdown table of medians and ratios.
+
+    python benchmarks/run.py                  # the full run (several minutes on 2 cores)
+    python benchmarks/run.py --quick          # a short run, to check it works
+    python benchmarks/run.py --memory --out benchmarks/results.md
+
+Models: torchvision ResNet-50 (random weights: speed does not depend on them) at ``layer4`` and the
+default model (EfficientNet-Lite0) at ``bn2``, both 224 x 224, batch 1 and 16, on the CPU with
+``--threads`` torch threads (2 by default). Both layers feed a GAP -> Linear head.
+
+Variants, each on the same pre-processed batch (no image decoding is timed):
+
+- ``forward``: the bare model under ``torch.no_grad()``;
+- ``forward + grad to layer``: the honest reference for Grad-CAM of one class: a forward pass with a
+  hook keeping the target layer's output, then ``torch.autograd.grad(score, activation)`` for the
+  top-1 class of each image;
+- camlens ``Explainer.explain(batch, top=k)``: Grad-CAM top-1 and top-5 with gradients from the head
+  (camlens's default at these layers: no backward pass) and with ``use_head_gradients=False``
+  (a real backward pass, as for a layer without a head), and CAM top-1. Explainers are built once
+  (they keep no hooks between calls); each call returns finished ``Explanation`` objects;
+- ``pytorch-grad-cam GradCAM`` and ``torchcam GradCAM``, top-1 class: the extractor is created and
+  released inside each call (``with`` blocks, as their documentation uses them), so their hooks do not
+  slow the other variants down; creating one costs well under a millisecond. pytorch-grad-cam
+  returns maps resized to the input (cv2), torchcam and camlens maps at the layer's resolution.
+
+Rounds go round-robin over the variants after warm-up rounds, so that a change in machine load
+hits every variant alike; the table gives each variant's median over the rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+import torch
+
+import camlens
+
+SIZE = 224
+BATCHES = (1, 16)
+MODELS = {"resnet50": ("torchvision:resnet50", "layer4"), "efficientnet_lite0": (None, "bn2")}
+
+
+@dataclass
+class Variant:
+    name: str
+    run: Callable[[], object]
+    after: Callable[[], None] | None = None  # untimed clean-up after each run
+
+
+def load(model_key: str) -> tuple[camlens.Model, str]:
+    spec, layer = MODELS[model_key]
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random weights for ResNet-50: expected
+        model = camlens.load_model(spec)
+    return model, layer
+
+
+def make_input(model: camlens.Model, batch: int) -> torch.Tensor:
+    """A fixed batch of real-looking inputs: skimage photos, pre-processed as the model expects."""
+    from skimage import data
+
+    photos = [data.chelsea(), data.coffee(), data.astronaut(), data.rocket()]
+    images = [camlens.load_image(photos[i % len(photos)]) for i in range(batch)]
+    from camlens.images import preprocess
+
+    x: torch.Tensor = preprocess(images, model.preprocess)
+    assert x.shape == (batch, 3, SIZE, SIZE), x.shape
+    return x
+
+
+def variants(model: camlens.Model, layer: str, x: torch.Tensor) -> list[Variant]:
+    import pytorch_grad_cam
+    import torchcam.methods
+
+    net = model.net
+    module = dict(net.named_modules())[layer]
+
+    def forward() -> torch.Tensor:
+        with torch.no_grad():
+            out: torch.Tensor = net(x)
+        return out
+
+    def reference() -> torch.Tensor:
+        kept: list[torch.Tensor] = []
+        handle = module.register_forward_hook(lambda m, i, o: kept.append(o))
+        try:
+            logits = net(x)
+        finally:
+            handle.remove()
+        score = logits.gather(1, logits.argmax(1, keepdim=True)).sum()
+        (grad,) = torch.autograd.grad(score, kept[0])
+        return grad
+
+    explainers = {
+        (method, head): camlens.Explainer(
+            model, method=method, layer=layer, use_head_gradients=head, batch_size=len(x)
+        )
+        for method, head in [("gradcam", True), ("gradcam", False), ("cam", True)]
+    }
+
+    def ours(method: str, head: bool, top: int) -> Callable[[], object]:
+        explainer = explainers[(method, head)]
+        return lambda: explainer.explain(x, top=top)
+
+    def pgc() -> object:
+        with pytorch_grad_cam.GradCAM(model=net, target_layers=[module]) as cam:
+            return cam(input_tensor=x, targets=None)
+
+    def pgc_after() -> None:
+        net.zero_grad(set_to_none=True)  # it leaves gradients on every parameter
+
+    def tcam() -> object:
+        with torchcam.methods.GradCAM(net, layer) as extractor:
+            scores = net(x)
+            return extractor(class_idx=scores.argmax(1).tolist(), scores=scores)
+
+    return [
+        Variant("forward", forward),
+        Variant("forward + grad to layer", reference),
+        Variant("camlens Grad-CAM top-1 (head)", ours("gradcam", True, 1)),
+        Variant("camlens Grad-CAM top-5 (head)", ours("gradcam", True, 5)),
+        Variant("camlens Grad-CAM top-1 (autograd)", ours("gradcam", False, 1)),
+        Variant("camlens Grad-CAM top-5 (autograd)", ours("gradcam", False, 5)),
+        Variant("camlens CAM top-1", ours("cam", True, 1)),
+        Variant("pytorch-grad-cam GradCAM", pgc, pgc_after),
+        Variant("torchcam GradCAM", tcam),
+    ]
+
+
+def time_round_robin(items: list[Variant], rounds: int, warmup: int) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {v.name: [] for v in items}
+    for r in range(warmup + rounds):
+        # rotate the order each round, so no variant always runs right after the same one
+        for v in items[r % len(items) :] + items[: r % len(items)]:
+            gc.collect()
+            start = time.perf_counter()
+            v.run()
+            elapsed = time.perf_counter() - start
+            if v.after is not None:
+                v.after()
+            if r >= warmup:
+                times[v.name].append(elapsed * 1000)
+    return times
+
+
+def peak_memory(model_key: str, batch: int, name: str, threads: int) -> float:
+    """Peak RSS (MB) one variant needs above what the process holds once the model, input and
+    explainers are ready: two calls in a fresh process."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            model_key,
+            str(batch),
+            name,
+            "--threads",
+            str(threads),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["mb"])
+
+
+def _status_kib(field: str) -> int:
+    match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
+    assert match, field
+    return int(match.group(1))
+
+
+def child(model_key: str, batch: int, name: str) -> None:
+    model, layer = load(model_key)
+    x = make_input(model, batch)
+    variant = {v.name: v for v in variants(model, layer, x)}[name]
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text(
+        "5"
+    )  # Linux: reset the peak (VmHWM) to the current RSS
+    before = _status_kib("VmRSS")
+    for _ in range(2):
+        variant.run()
+        if variant.after is not None:
+            variant.after()
+    print(json.dumps({"mb": (_status_kib("VmHWM") - before) / 1024}))
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def ratio(a: float, b: float, limit: float = float("inf")) -> str:
+    """``a / b``, in bold when it misses its goal (is above ``limit``)."""
+    value = a / b
+    return f"**{value:.2f}**" if value > limit else f"{value:.2f}"
+
+
+def report(
+    results: dict[tuple[str, int], dict[str, list[float]]],
+    memory: dict[tuple[str, int, str], float],
+    header: list[str],
+) -> str:
+    lines = [*header, ""]
+    cols = [f"{m} b{b}" for m, b in results]
+    lines += ["### Median time per call (ms)", ""]
+    lines.append("| variant | " + " | ".join(cols) + " |")
+    lines.append("|---|" + "---:|" * len(cols))
+    names = list(next(iter(results.values())))
+    med = {key: {n: statistics.median(t) for n, t in r.items()} for key, r in results.items()}
+    for n in names:
+        lines.append(f"| {n} | " + " | ".join(f"{med[key][n]:.1f}" for key in results) + " |")
+    lines += ["", "### Ratios of medians (lower is better; bold: goal missed)", ""]
+    lines.append("| ratio | goal | " + " | ".join(cols) + " |")
+    lines.append("|---|---|" + "---:|" * len(cols))
+    fwd, ref = "forward", "forward + grad to layer"
+    rows: list[tuple[str, str, str, str]] = [
+        ("camlens Grad-CAM (head) / forward+grad", "<= 1.05", "camlens Grad-CAM top-1 (head)", ref),
+        (
+            "camlens Grad-CAM (autograd) / forward+grad",
+            "<= 1.05",
+            "camlens Grad-CAM top-1 (autograd)",
+            ref,
+        ),
+        (
+            "top-5 / top-1 (head)",
+            "<= 1.3",
+            "camlens Grad-CAM top-5 (head)",
+            "camlens Grad-CAM top-1 (head)",
+        ),
+        (
+            "top-5 / top-1 (autograd)",
+            "<= 1.3",
+            "camlens Grad-CAM top-5 (autograd)",
+            "camlens Grad-CAM top-1 (autograd)",
+        ),
+        ("CAM / forward", "<= 1.05", "camlens CAM top-1", fwd),
+        (
+            "camlens Grad-CAM (head) / pytorch-grad-cam",
+            "",
+            "camlens Grad-CAM top-1 (head)",
+            "pytorch-grad-cam GradCAM",
+        ),
+        (
+            "camlens Grad-CAM (autograd) / pytorch-grad-cam",
+            "",
+            "camlens Grad-CAM top-1 (autograd)",
+            "pytorch-grad-cam GradCAM",
+        ),
+        (
+            "camlens Grad-CAM (head) / torchcam",
+            "",
+            "camlens Grad-CAM top-1 (head)",
+            "torchcam GradCAM",
+        ),
+        (
+            "camlens Grad-CAM (autograd) / torchcam",
+            "",
+            "camlens Grad-CAM top-1 (autograd)",
+            "torchcam GradCAM",
+        ),
+        ("pytorch-grad-cam / forward+grad", "", "pytorch-grad-cam GradCAM", ref),
+        ("torchcam / forward+grad", "", "torchcam GradCAM", ref),
+    ]
+    for label, goal, a, b in rows:
+        limit = float(goal.removeprefix("<= ")) if goal else float("inf")
+        cells = " | ".join(ratio(med[key][a], med[key][b], limit) for key in results)
+        lines.append(f"| {label} | {goal} | {cells} |")
+    if memory:
+        lines += ["", "### Peak memory of a call above the ready process's RSS (MB)", ""]
+        mcols = [(m, b) for m, b in results if (m, b, names[0]) in memory]
+        lines.append("| variant | " + " | ".join(f"{m} b{b}" for m, b in mcols) + " |")
+        lines.append("|---|" + "---:|" * len(mcols))
+        for n in names:
+            lines.append(
+                f"| {n} | " + " | ".join(f"{memory[(m, b, n)]:.0f}" for m, b in mcols) + " |"
+            )
+    spread = [
+        f"{m} b{b}: {n} {min(t):.1f}..{max(t):.1f}"
+        for (m, b), r in results.items()
+        for n, t in r.items()
+        if n == "forward"
+    ]
+    lines += ["", "Spread of the bare forward (min..max ms): " + "; ".join(spread)]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="few rounds: a check that it runs")
+    parser.add_argument("--out", type=Path, help="also write the markdown table to this file")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument(
+        "--rounds", type=int, help="timed rounds (default 3 quick; full: 25 at batch 1, 7 at 16)"
+    )
+    parser.add_argument(
+        "--memory", action="store_true", help="peak RSS per variant, batch 16 (Linux)"
+    )
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.child:
+        child(args.child[0], int(args.child[1]), args.child[2])
+        return
+
+    load_before = os.getloadavg()
+    started = dt.datetime.now(dt.timezone.utc)
+    results: dict[tuple[str, int], dict[str, list[float]]] = {}
+    memory: dict[tuple[str, int, str], float] = {}
+    for model_key in MODELS:
+        model, layer = load(model_key)
+        for batch in BATCHES:
+            x = make_input(model, batch)
+            items = variants(model, layer, x)
+            if args.rounds:
+                rounds = args.rounds
+            elif args.quick:
+                rounds = 3
+            else:
+                rounds = 25 if batch == 1 else 7
+            print(f"{model_key} batch {batch}: {rounds} rounds", file=sys.stderr, flush=True)
+            results[(model_key, batch)] = time_round_robin(items, rounds, 1 if args.quick else 2)
+            if args.memory and batch == max(BATCHES):
+                for v in items:
+                    memory[(model_key, batch, v.name)] = peak_memory(
+                        model_key, batch, v.name, args.threads
+                    )
+    load_after = os.getloadavg()
+    header = [
+        f"Machine: {cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__} with "
+        f"{args.threads} threads; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}",
+        f"Peers: grad-cam {version('grad-cam')}, torchcam {version('torchcam')}; "
+        f"camlens {camlens.__version__}",
+        f"Date: {started:%Y-%m-%d %H:%M} UTC; load average (1 min) {load_before[0]:.1f} before, "
+        f"{load_after[0]:.1f} after; command: python benchmarks/run.py {' '.join(sys.argv[1:])}",
+    ]
+    text = report(results, memory, header)
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""`Explanation`: what the explainer found for one image, and how to show and save it."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from camlens import render
+from camlens.maps import upsample
+
+if TYPE_CHECKING:
+    from camlens.localize import Box
+
+
+@dataclass(frozen=True)
+class Prediction:
+    class_index: int
+    label: str
+    score: float  # softmax probability
+
+
+@dataclass
+class ClassMap:
+    """One map: an image, a class, a method, a layer.
+
+    ``map`` is at the layer's resolution [h, w], in [0, 1] (ReLU and min-max applied). ``flat`` is
+    True when the method gave a constant map (returned as zeros). ``boxes``: boxes in the photo's
+    pixels once localized (:func:`camlens.localize.add_boxes`), else None.
+    """
+
+    class_index: int
+    label: str
+    score: float
+    method: str
+    layer: str
+    map: torch.Tensor
+    flat: bool = False
+    boxes: list[Box] | None = None
+
+    @property
+    def title(self) -> str:
+        return f"{self.label} {self.score:.2f}"
+
+
+@dataclass
+class Explanation:
+    """The predictions and maps of one image.
+
+    ``image`` is the photo, upright, at its own size (for a tensor input, the input itself
+    de-normalized); ``source`` names it (a path, or ``<image N>``).
+    """
+
+    source: str
+    image: Image.Image
+    input_size: tuple[int, int]  # (height, width) of the model input
+    model: str
+    predictions: list[Prediction]
+    maps: list[ClassMap] = field(default_factory=list)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The photo's (width, height)."""
+        return self.image.size
+
+    def map_at_input(self, i: int = 0) -> torch.Tensor:
+        """Map ``i`` upsampled (bilinear) to the model's input size, [H_in, W_in] in [0, 1]."""
+        return upsample(self.maps[i].map, self.input_size)
+
+    def map_at_image(self, i: int = 0) -> torch.Tensor:
+        """Map ``i`` upsampled (bilinear) to the photo's own size, [height, width] in [0, 1]."""
+        width, height = self.size
+        return upsample(self.maps[i].map, (height, width))
+
+    def overlay(self, i: int = 0, *, cmap: str = "jet", alpha: float = 0.5) -> Image.Image:
+        """Map ``i`` laid over the photo, at the photo's own size."""
+        return render.overlay(self.image, self._numpy(self.map_at_image(i)), cmap=cmap, alpha=alpha)
+
+    def panel(self, i: int = 0, *, cmap: str = "jet", alpha: float = 0.5) -> Image.Image:
+        """ "photo | heatmap | overlay" for map ``i``, titled with its class and method."""
+        m = self.maps[i]
+        title = f"{m.title}  ({m.method}, {m.layer})"
+        return render.panel(
+            self.image, self._numpy(self.map_at_image(i)), title=title, cmap=cmap, alpha=alpha
+        )
+
+    def peak(self, i: int = 0) -> tuple[int, int]:
+        """(x, y) of the maximum of map ``i`` in the photo's pixels."""
+        full = self.map_at_image(i)
+        flat_index = int(torch.argmax(full))
+        width = full.shape[1]
+        return flat_index % width, flat_index // width
+
+    def to_dict(self, files: Sequence[tuple[str, str]] | None = None) -> dict[str, Any]:
+        """The JSON report (see DESIGN.md); ``files`` gives (overlay, map) names per map."""
+        width, height = self.size
+        explanations = []
+        for i, m in enumerate(self.maps):
+            entry: dict[str, Any] = {
+                "class_index": m.class_index,
+                "label": m.label,
+                "score": m.score,
+                "method": m.method,
+                "layer": m.layer,
+                "flat": m.flat,
+                "peak": list(self.peak(i)),
+            }
+            if files is not None:
+                entry["overlay"], entry["map"] = files[i]
+            if m.boxes is not None:
+                entry["boxes"] = [b.to_dict() for b in m.boxes]
+            explanations.append(entry)
+        return {
+            "image": self.source,
+            "size": [width, height],
+            "model": self.model,
+            "predictions": [
+                {"class_index": p.class_index, "label": p.label, "score": p.score}
+                for p in self.predictions
+            ],
+            "explanations": explanations,
+        }
+
+    def save(
+        self, out_dir: str | Path, stem: str | None = None, *, cmap: str = "jet", alpha: float = 0.5
+    ) -> Path:
+        """Writes ``STEM.json``, an overlay PNG at the photo's size and the map (``.npy``, float32
+        [height, width] in [0, 1]) for each map; returns the JSON's path. ``stem`` defaults to the
+        source's file stem."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        stem = stem or _safe(Path(self.source).stem) or "image"
+        files = []
+        for i, m in enumerate(self.maps):
+            base = f"{stem}.{_safe(m.method)}.{_safe(m.layer)}.{m.class_index}"
+            full = self._numpy(self.map_at_image(i))
+            np.save(out / f"{base}.npy", full.astype(np.float32))
+            picture = render.overlay(self.image, full, cmap=cmap, alpha=alpha)
+            if m.boxes:
+                picture = render.draw_boxes(
+                    picture, [b.xyxy for b in m.boxes], labels=[m.title] * len(m.boxes)
+                )
+            render.save_png(picture, out / f"{base}.png")
+            files.append((f"{base}.png", f"{base}.npy"))
+        path = out / f"{stem}.json"
+        path.write_text(json.dumps(self.to_dict(files), indent=2) + "\n")
+        return path
+
+    @staticmethod
+    def _numpy(t: torch.Tensor) -> np.ndarray:
+        return t.detach().float().cpu().numpy()
+
+
+def grid(
+    explanations: Sequence[Explanation], *, cmap: str = "jet", alpha: float = 0.5
+) -> Image.Image:
+    """One picture: a row per image, a column per map (its classes x layers x methods), each tile
+    titled with the label, probability, and the method and layer where they vary."""
+    methods = {m.method for e in explanations for m in e.maps}
+    layers = {m.layer for e in explanations for m in e.maps}
+    rows = []
+    for e in explanations:
+        row = []
+        for i, m in enumerate(e.maps):
+            title = m.title
+            if len(methods) > 1:
+                title += f"\n{m.method}"
+            if len(layers) > 1:
+                title += f"\n{m.layer}"
+            row.append(render.GridCell(e.image, e._numpy(e.map_at_image(i)), title))
+        rows.append(row)
+    width = max((len(r) for r in rows), default=0)
+    cells = [[*r, *([None] * (width - len(r)))] for r in rows]
+    names = [Path(e.source).name for e in explanations]
+    return render.grid(cells, row_titles=names, cmap=cmap, alpha=alpha)
+
+
+def _safe(text: str) -> str:
+    """A file-name-safe version of ``text``."""
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", text).strip("._")

@@ -1,0 +1,403 @@
+"""Reading images safely and turning them into model inputs.
+
+Reading (:func:`load_image`): a path, a PIL image or a numpy array becomes an upright 8-bit RGB
+image, whatever the file's mode; every problem is an :class:`~camlens.errors.ImageError` naming the
+file. Files above :data:`MAX_PIXELS` are refused from their header, before any pixel is decoded.
+
+Preprocessing: what a model expects of its input (size, interpolation, normalization), as in timm's
+pretrained config; :func:`preprocess` applies it and :func:`denormalize` undoes it.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from camlens.errors import CamlensError, ImageError
+
+MAX_PIXELS = 64_000_000
+"""Default limit on width * height of an image file (64 megapixels, e.g. 8000x8000).
+
+Checked from the file's header before decoding, so a small file that would decode into gigabytes
+(a "decompression bomb") is refused cheaply. Pass ``max_pixels=`` to :func:`load_image` (or
+``--max-pixels`` on the command line) to raise it.
+"""
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+"""File suffixes (lower case) that :func:`find_images` picks up inside directories."""
+
+RESAMPLING = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+"""Interpolation names accepted in :attr:`PreprocessConfig.interpolation` (case-insensitive)."""
+
+_WIDE_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})  # more than 8 bits a sample
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How an RGB photo becomes a model input.
+
+    The whole photo is resized to ``input_size`` (no center crop), so that every pixel of the original
+    has a place in the feature grid and maps can be laid over the full photo.
+    """
+
+    input_size: tuple[int, int] = (224, 224)  # (height, width)
+    interpolation: str = "bicubic"  # a PIL resampling name: nearest, bilinear, bicubic, lanczos
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+def load_image(
+    source: str | os.PathLike[str] | Image.Image | npt.NDArray[Any],
+    *,
+    max_pixels: int = MAX_PIXELS,
+) -> Image.Image:
+    """Read ``source`` as an upright RGB image (mode ``"RGB"``, pixels loaded, no file left open).
+
+    ``source`` is a path, a PIL image or a numpy array (HxW, HxWx3 or HxWx4; uint8, or float in
+    [0, 1]). The EXIF orientation is applied. Every mode becomes RGB: grayscale and bilevel are
+    repeated over the channels; 16-bit samples are scaled by their full range (``round(v / 257)``,
+    not clipped); 32-bit integer and float samples by the range they fit (float in [0, 1], 0..255,
+    0..65535, else their own min..max); palette, CMYK, YCbCr, LAB and HSV through Pillow; images
+    with transparency (alpha, a palette alpha or a transparent colour) are composited over white,
+    each channel ``round(c * a / 255 + 255 * (1 - a / 255))``. Multi-frame files give their first
+    frame.
+
+    A file whose header says it has more than ``max_pixels`` pixels (default :data:`MAX_PIXELS`,
+    64 megapixels) is refused before decoding; Pillow's own decompression-bomb limit is set aside
+    for that file, so this limit is the one that governs. In-memory images and arrays are already
+    decoded and are not limited.
+
+    Raises :class:`~camlens.errors.ImageError` naming the source and the problem: no such file, a
+    directory, an empty, unreadable, unrecognized, truncated or oversized file, or an array of the
+    wrong shape, dtype or range.
+    """
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise CamlensError(f"max_pixels must be a positive number of pixels, not {max_pixels!r}")
+    if isinstance(source, np.ndarray):
+        return _from_array(source)
+    if isinstance(source, Image.Image):
+        label = str(getattr(source, "filename", "") or "<PIL image>")
+        _decode(source, label)
+        return _to_rgb(_upright(source, label), label)
+    if isinstance(source, str | os.PathLike):
+        path = Path(source)
+        return _to_rgb(_read_file(path, max_pixels), str(path))
+    raise ImageError(
+        f"<{type(source).__name__}>", "is not a path, a PIL image or a numpy array of pixels"
+    )
+
+
+def _read_file(path: Path, max_pixels: int) -> Image.Image:
+    """The decoded, upright image in ``path``, in its own mode; the file is closed on return."""
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise ImageError(path, _os_problem(exc)) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ImageError(path, "is a directory, not an image file")
+    if not stat.S_ISREG(info.st_mode):  # a FIFO or device would block or never end
+        raise ImageError(path, "is not a regular file")
+    if info.st_size == 0:
+        raise ImageError(path, "is empty (0 bytes)")
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - closed by the ``with`` below
+    except OSError as exc:
+        raise ImageError(path, _os_problem(exc)) from None
+    with handle, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            img = _open(handle)
+        except UnidentifiedImageError:
+            raise ImageError(path, "is not an image Pillow can read") from None
+        except MemoryError:
+            raise
+        except Exception as exc:
+            raise ImageError(path, f"is corrupt ({_pillow_says(exc)})") from exc
+        with img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ImageError(
+                    path,
+                    f"is {width}x{height} pixels ({_count(width * height)}), over the limit of "
+                    f"{_count(max_pixels)}; pass max_pixels= (--max-pixels) to raise it",
+                )
+            _decode(img, str(path))
+            return _upright(img, str(path))
+
+
+def _open(handle: IO[bytes]) -> Image.Image:
+    """``Image.open``, reading the header again with Pillow's bomb check off if that check refused
+    it, so that the caller can compare the size with its own limit."""
+    try:
+        return Image.open(handle)
+    except Image.DecompressionBombError:
+        handle.seek(0)
+        with _pillow_limit_off():
+            return Image.open(handle)
+
+
+_PILLOW_LIMIT = threading.Lock()
+
+
+@contextmanager
+def _pillow_limit_off() -> Iterator[None]:
+    """Pillow's ``MAX_IMAGE_PIXELS`` check off for the duration only (restored after, even on error).
+
+    Used only for images over Pillow's limit, once our own ``max_pixels`` has allowed them (or to
+    read the size of one Pillow refused before we could see it).
+    """
+    with _PILLOW_LIMIT:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def _decode(img: Image.Image, label: str) -> None:
+    """Decode all the pixels now, so that a truncated or corrupt file fails here."""
+    limit = Image.MAX_IMAGE_PIXELS
+    over = limit is not None and img.width * img.height > limit
+    try:
+        with _pillow_limit_off() if over else nullcontext():
+            img.load()
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise ImageError(label, f"is truncated or corrupt ({_pillow_says(exc)})") from exc
+
+
+def _upright(img: Image.Image, label: str) -> Image.Image:
+    """A new image turned as its EXIF orientation says; unturned (with a warning) if the EXIF data
+    cannot be read."""
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception as exc:
+        warnings.warn(
+            f"{label}: EXIF orientation ignored, unreadable ({_pillow_says(exc)})",
+            UserWarning,
+            stacklevel=3,
+        )
+        return img.copy()
+
+
+def _to_rgb(img: Image.Image, label: str) -> Image.Image:
+    """``img`` in mode RGB (``img`` itself if it already is and has no transparency)."""
+    if img.mode in _WIDE_MODES:
+        img = _wide_to_l(img)
+    elif img.mode == "La":  # premultiplied: Pillow converts it to LA only
+        img = img.convert("LA")
+    if img.has_transparency_data:
+        return Image.fromarray(_over_white(np.asarray(img.convert("RGBA"))))
+    if img.mode == "RGB":
+        return img
+    try:
+        return img.convert("RGB")
+    except (ValueError, OSError) as exc:
+        raise ImageError(label, f"has mode {img.mode}, which Pillow cannot convert to RGB") from exc
+
+
+def _wide_to_l(img: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit integer or float grayscale image as 8-bit L (LA if a sample value is the
+    transparent one)."""
+    samples = np.asarray(img)
+    gray = _to_uint8(samples)
+    key = img.info.get("transparency")
+    if isinstance(key, int | float) and not isinstance(key, bool):
+        alpha = np.where(samples == key, 0, 255).astype(np.uint8)
+        return Image.fromarray(np.stack([gray, alpha], axis=-1))
+    return Image.fromarray(gray)
+
+
+def _to_uint8(samples: npt.NDArray[Any]) -> npt.NDArray[np.uint8]:
+    """Wide samples scaled to 0..255 by the range of their type (16-bit: ``round(v / 257)``)."""
+    if samples.dtype.kind == "u" and samples.dtype.itemsize == 2:
+        return ((samples.astype(np.uint32) + 128) // 257).astype(np.uint8)  # round(v / 257)
+    values = np.nan_to_num(samples.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if samples.dtype.kind == "f" and low >= 0.0 and high <= 1.0:
+        scaled = values * 255.0
+    elif low >= 0.0 and high <= 255.0:
+        scaled = values
+    elif low >= 0.0 and high <= 65535.0:
+        scaled = values / 257.0
+    else:  # no known range: stretch what there is
+        scaled = (values - low) * (255.0 / (high - low))
+    return np.rint(np.clip(scaled, 0.0, 255.0)).astype(np.uint8)
+
+
+def _over_white(rgba: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """RGBA pixels composited over white: ``round(c * a / 255 + 255 * (1 - a / 255))``, exactly."""
+    wide = rgba.astype(np.uint32)
+    rgb, alpha = wide[..., :3], wide[..., 3:]
+    # (x + 127) // 255 rounds x / 255 to nearest: x / 255 is never halfway for an integer x
+    return ((rgb * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
+
+
+def _from_array(array: npt.NDArray[Any]) -> Image.Image:
+    label = "<numpy array>"
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
+        raise ImageError(
+            label, f"has shape {array.shape}; expected (H, W), (H, W, 3) or (H, W, 4) pixels"
+        )
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ImageError(label, f"has no pixels (shape {array.shape})")
+    if array.dtype.kind == "f":
+        if not np.isfinite(array).all():
+            raise ImageError(label, "has NaN or infinite values; expected floats in [0, 1]")
+        low, high = float(array.min()), float(array.max())
+        if low < 0.0 or high > 1.0:
+            raise ImageError(
+                label, f"has float values from {low:g} to {high:g}; expected floats in [0, 1]"
+            )
+        array = np.rint(array.astype(np.float64) * 255.0).astype(np.uint8)
+    elif array.dtype != np.uint8:
+        raise ImageError(
+            label, f"has dtype {array.dtype}; expected uint8 (0..255) or float (0..1) pixels"
+        )
+    array = np.ascontiguousarray(array)
+    if array.ndim == 3 and array.shape[2] == 4:
+        return Image.fromarray(_over_white(array))
+    return _to_rgb(Image.fromarray(array), label)
+
+
+def _os_problem(exc: OSError) -> str:
+    if isinstance(exc, FileNotFoundError | NotADirectoryError):
+        return "no such file"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory, not an image file"
+    if isinstance(exc, PermissionError):
+        return "cannot be read (permission denied)"
+    return f"cannot be read ({exc.strerror or exc})"
+
+
+def _pillow_says(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _count(pixels: int) -> str:
+    """``"400.0 megapixels"``; small counts in pixels, so that a low limit does not read as 0.0."""
+    return f"{pixels / 1e6:.1f} megapixels" if pixels >= 100_000 else f"{pixels} pixels"
+
+
+# --- model inputs --------------------------------------------------------------------------------
+
+
+def preprocess(images: Sequence[Image.Image], config: PreprocessConfig) -> torch.Tensor:
+    """A float32 batch [N, 3, H, W] for the model: each whole image resized to
+    ``config.input_size`` (no crop) with ``config.interpolation``, scaled to [0, 1], then
+    ``(x - mean) / std``. Images not in RGB are converted as :func:`load_image` does."""
+    resample = _resampling(config.interpolation)
+    height, width = _input_size(config)
+    mean, std = _mean_std(config)
+    pixels = np.empty((len(images), height, width, 3), dtype=np.uint8)
+    for i, img in enumerate(images):
+        if not isinstance(img, Image.Image):
+            raise CamlensError(f"image {i} is a {type(img).__name__}, not a PIL image")
+        rgb = img if img.mode == "RGB" else _to_rgb(img, f"<image {i}>")
+        pixels[i] = np.asarray(rgb.resize((width, height), resample))
+    x = torch.from_numpy(pixels).permute(0, 3, 1, 2)
+    x = x.to(dtype=torch.float32, memory_format=torch.contiguous_format)
+    x.div_(255.0).sub_(mean.view(1, 3, 1, 1)).div_(std.view(1, 3, 1, 1))
+    return x
+
+
+def denormalize(x: torch.Tensor, config: PreprocessConfig) -> torch.Tensor:
+    """Undo the normalization of :func:`preprocess` on [N, 3, H, W] or [3, H, W]: ``x * std +
+    mean``, clipped to [0, 1]."""
+    if x.ndim not in (3, 4) or x.shape[-3] != 3:
+        raise CamlensError(f"expected a [3, H, W] or [N, 3, H, W] tensor, not {list(x.shape)}")
+    if not x.is_floating_point():
+        x = x.to(torch.float32)
+    mean, std = (t.to(x.device, x.dtype).view(3, 1, 1) for t in _mean_std(config))
+    return (x * std + mean).clamp(0.0, 1.0)
+
+
+def tensor_to_image(x3hw: torch.Tensor, config: PreprocessConfig) -> Image.Image:
+    """A normalized [3, H, W] model input as an 8-bit RGB image (for inputs with no photo)."""
+    if x3hw.ndim != 3:
+        raise CamlensError(f"expected a [3, H, W] tensor, not {list(x3hw.shape)}")
+    values = denormalize(x3hw.detach(), config).mul(255.0).round().to(torch.uint8)
+    return Image.fromarray(np.ascontiguousarray(values.permute(1, 2, 0).cpu().numpy()))
+
+
+def _resampling(name: str) -> Image.Resampling:
+    try:
+        return RESAMPLING[name.lower()]
+    except (KeyError, AttributeError):
+        raise CamlensError(
+            f"unknown interpolation {name!r}: use one of {', '.join(RESAMPLING)}"
+        ) from None
+
+
+def _input_size(config: PreprocessConfig) -> tuple[int, int]:
+    size = tuple(config.input_size)
+    if len(size) != 2 or not all(isinstance(n, int) and n > 0 for n in size):
+        raise CamlensError(f"input_size must be (height, width) in pixels, not {config.input_size}")
+    return size[0], size[1]
+
+
+def _mean_std(config: PreprocessConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = torch.tensor(config.mean, dtype=torch.float32)
+    std = torch.tensor(config.std, dtype=torch.float32)
+    if mean.shape != (3,) or std.shape != (3,):
+        raise CamlensError(f"mean and std need 3 values each, not {config.mean} and {config.std}")
+    if not bool((std != 0).all()):
+        raise CamlensError(f"std must not be 0: {config.std}")
+    return mean, std
+
+
+# --- finding files -------------------------------------------------------------------------------
+
+
+def find_images(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """The image files named by ``paths``, in the order given, each once.
+
+    A directory gives the files under it (recursively, sorted) whose suffix is in
+    :data:`IMAGE_SUFFIXES`, skipping hidden files and directories (names starting with ``.``) and
+    not following symbolic links to directories. Any other path is kept as it is, even one that
+    does not exist or is not an image, so that :func:`load_image` reports the problem.
+    """
+    found: dict[Path, None] = {}
+    for given in paths:
+        path = Path(given)
+        for file in _images_under(path) if path.is_dir() else [path]:
+            found.setdefault(file)
+    return list(found)
+
+
+def _images_under(root: Path) -> list[Path]:
+    files: list[Path] = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        files.extend(
+            Path(folder, name)
+            for name in names
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES
+        )
+    return sorted(files, key=lambda file: file.relative_to(root).parts)

@@ -1,0 +1,42 @@
+"""What every method's output goes through: ReLU and min-max normalization, then upsampling."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# A map whose range is below this fraction of its largest magnitude is treated as constant.
+CONSTANT_TOLERANCE = 1e-6
+
+
+def normalize(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """ReLU, then min-max to [0, 1], each map of ``maps`` [N, h, w] on its own.
+
+    Returns ``(normalized, flat)``: ``flat[n]`` is True where map ``n`` was constant (all zero after
+    the ReLU, say) or not finite; such a map is returned as zeros, never NaN.
+    """
+    maps = maps.clamp(min=0)
+    flat_maps = maps.flatten(1)
+    low = flat_maps.amin(dim=1)
+    high = flat_maps.amax(dim=1)
+    span = high - low
+    finite = torch.isfinite(flat_maps).all(dim=1)
+    flat = ~finite | ~(span > CONSTANT_TOLERANCE * high.abs())
+    safe_span = torch.where(flat, torch.ones_like(span), span)
+    out = (maps - low[:, None, None]) / safe_span[:, None, None]
+    out = torch.where(flat[:, None, None], torch.zeros_like(out), out)
+    return out.clamp(0, 1), flat
+
+
+def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of maps [..., h, w] in [0, 1] to ``size`` (height, width), renormalized so
+    that each map again spans [0, 1] (interpolation can lower the peak a little); a map that is all
+    zero stays zero."""
+    lead = maps.shape[:-2]
+    flat = maps.reshape(-1, 1, *maps.shape[-2:]).float()
+    big = F.interpolate(flat, size=size, mode="bilinear", align_corners=False)[:, 0]
+    low = big.flatten(1).amin(dim=1)[:, None, None]
+    high = big.flatten(1).amax(dim=1)[:, None, None]
+    span = high - low
+    big = torch.where(span > 0, (big - low) / torch.where(span > 0, span, 1), torch.zeros_like(big))
+    return big.reshape(*lead, *size)

@@ -1,0 +1,530 @@
+"""Rendering maps: colour heatmaps, overlays on photos, side-by-side panels, grids and boxes.
+
+A *map* is a 2-D float array in [0, 1] (numpy [H, W], or a 2-D torch tensor, which is detached and
+copied to the CPU). Images are ``PIL.Image.Image``; any mode is converted to RGB, and every function
+returns a new image, never modifying its input.
+
+Colour convention: a value ``v`` gets the colormap's entry ``floor(v * N)`` (``N`` = the colormap's
+number of colours, 256 for ``jet``; ``v == 1`` gets the last entry), exactly as
+``matplotlib.colormaps[name](v)`` does, and its RGB floats are converted to uint8 as
+``np.rint(rgba[:3] * 255)`` (round to nearest; matplotlib's own ``bytes=True`` truncates instead).
+The colormap's alpha channel is ignored.
+
+Matplotlib is used only through ``matplotlib.figure.Figure`` with an Agg canvas, never pyplot, so
+rendering is safe from several threads and registers no figures.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeAlias
+
+import matplotlib
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image, ImageDraw, ImageFont
+
+from camlens.errors import CamlensError
+
+__all__ = [
+    "GridCell",
+    "MapLike",
+    "colorize",
+    "draw_boxes",
+    "grid",
+    "overlay",
+    "panel",
+    "save_png",
+]
+
+MapLike: TypeAlias = npt.ArrayLike | torch.Tensor
+"""A 2-D map in [0, 1]: a numpy array (or nested sequence) or a torch tensor."""
+
+RGB: TypeAlias = tuple[int, int, int]
+Font: TypeAlias = ImageFont.FreeTypeFont | ImageFont.ImageFont
+
+# Values this far outside [0, 1] (float rounding in upstream arithmetic) are clipped, not refused.
+MAP_TOLERANCE = 1e-5
+
+# Colormaps suggested when an unknown name is given.
+COMMON_CMAPS = ("jet", "turbo", "viridis", "inferno", "magma", "plasma", "hot", "gray")
+
+# Rows of pixels blended at once by overlay, to bound the float64 working memory on huge photos.
+_BLEND_CHUNK_PIXELS = 1 << 20
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation helpers
+
+
+def _as_map(map2d: MapLike, what: str = "map") -> npt.NDArray[np.float32]:
+    """The map as a float32 [H, W] array in [0, 1]; CamlensError on anything else."""
+    if isinstance(map2d, torch.Tensor):
+        arr = map2d.detach().to(torch.float32).cpu().numpy()
+    else:
+        try:
+            arr = np.asarray(map2d, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise CamlensError(f"{what}: not a numeric array ({exc})") from None
+    if arr.ndim != 2:
+        raise CamlensError(f"{what}: expected a 2-D map [H, W], got shape {tuple(arr.shape)}")
+    if arr.size == 0:
+        raise CamlensError(f"{what}: empty map of shape {tuple(arr.shape)}")
+    if not np.isfinite(arr).all():
+        bad = int((~np.isfinite(arr)).sum())
+        raise CamlensError(f"{what}: {bad} value(s) are NaN or infinite; refusing to draw it")
+    low, high = float(arr.min()), float(arr.max())
+    if low < -MAP_TOLERANCE or high > 1 + MAP_TOLERANCE:
+        raise CamlensError(
+            f"{what}: values must lie in [0, 1], got range [{low:.6g}, {high:.6g}]; "
+            "normalize the map first"
+        )
+    if low < 0 or high > 1:
+        arr = np.clip(arr, 0, 1)
+    return arr
+
+
+def _as_rgb(image: Image.Image, what: str = "image") -> Image.Image:
+    """The image in RGB mode (a copy when it already is, so callers may draw on it)."""
+    if not isinstance(image, Image.Image):
+        raise CamlensError(f"{what}: expected a PIL.Image.Image, got {type(image).__name__}")
+    if image.width == 0 or image.height == 0:
+        raise CamlensError(f"{what}: empty image of size {image.size}")
+    return image.copy() if image.mode == "RGB" else image.convert("RGB")
+
+
+def _check_alpha(alpha: float) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+        raise CamlensError(f"alpha must be a number in [0, 1], got {alpha!r}")
+    return float(alpha)
+
+
+@functools.lru_cache(maxsize=32)
+def _lut(cmap: str) -> npt.NDArray[np.uint8]:
+    """The colormap's N colours as uint8 RGB [N, 3], read-only."""
+    if not isinstance(cmap, str):
+        raise CamlensError(f"colormap must be a name (str), got {type(cmap).__name__}")
+    try:
+        colormap = matplotlib.colormaps[cmap]
+    except KeyError:
+        close = difflib.get_close_matches(cmap, list(matplotlib.colormaps), n=3)
+        hint = ", ".join(dict.fromkeys([*close, *COMMON_CMAPS]))
+        raise CamlensError(f"unknown colormap {cmap!r}; valid ones include {hint}") from None
+    rgba = np.asarray(colormap(np.arange(colormap.N)), dtype=np.float64)
+    lut = np.rint(rgba[:, :3] * 255).astype(np.uint8)
+    lut.setflags(write=False)
+    return lut
+
+
+# --------------------------------------------------------------------------------------------------
+# Colour and overlay
+
+
+def colorize(map2d: MapLike, cmap: str = "jet") -> npt.NDArray[np.uint8]:
+    """Colour a map in [0, 1] with a matplotlib colormap: uint8 RGB [H, W, 3].
+
+    Equals ``np.rint(matplotlib.colormaps[cmap](map2d)[..., :3] * 255)``. An unknown colormap, or a
+    map with NaN, infinities or values outside [0, 1], raises CamlensError.
+    """
+    lut = _lut(cmap)
+    arr = _as_map(map2d)
+    n = lut.shape[0]
+    # Same index arithmetic as matplotlib's Colormap.__call__ on floats: floor(v * N), 1 -> N - 1.
+    scaled = arr * np.float32(n)
+    index = np.minimum(scaled, np.float32(n - 1)).astype(np.intp)
+    colours: npt.NDArray[np.uint8] = lut[index]
+    return colours
+
+
+def _resize_map(arr: npt.NDArray[np.float32], size: tuple[int, int]) -> npt.NDArray[np.float32]:
+    """Resize a map to ``size`` (width, height), bilinearly, values kept in [0, 1]."""
+    width, height = size
+    if arr.shape == (height, width):
+        return arr
+    # torch.nn.functional.interpolate, bilinear, align_corners=False: the same resampling as
+    # camlens.maps.upsample, without renormalization (a convex combination stays in [0, 1]).
+    tensor = torch.from_numpy(np.ascontiguousarray(arr))[None, None]
+    big = F.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False)
+    resized: npt.NDArray[np.float32] = np.clip(big[0, 0].numpy(), 0, 1)
+    return resized
+
+
+def _blend(
+    photo: npt.NDArray[np.uint8], heat: npt.NDArray[np.uint8], alpha: float
+) -> npt.NDArray[np.uint8]:
+    """``rint((1 - alpha) * photo + alpha * heat)`` in float64, row chunk by row chunk."""
+    out = np.empty_like(photo)
+    rows = max(1, _BLEND_CHUNK_PIXELS // max(1, photo.shape[1]))
+    for top in range(0, photo.shape[0], rows):
+        part = (1 - alpha) * photo[top : top + rows].astype(np.float64)
+        part += alpha * heat[top : top + rows].astype(np.float64)
+        out[top : top + rows] = np.clip(np.rint(part), 0, 255).astype(np.uint8)
+    return out
+
+
+def _photo_and_heat(
+    image: Image.Image, map2d: MapLike, cmap: str
+) -> tuple[Image.Image, npt.NDArray[np.uint8]]:
+    """The RGB photo and the coloured map at the photo's own size."""
+    _lut(cmap)  # fail on a bad colormap name before any work
+    photo = _as_rgb(image)
+    arr = _resize_map(_as_map(map2d), photo.size)
+    return photo, colorize(arr, cmap)
+
+
+def overlay(
+    image: Image.Image, map2d: MapLike, *, cmap: str = "jet", alpha: float = 0.5
+) -> Image.Image:
+    """The coloured map laid over the photo, at the photo's own size.
+
+    ``out = rint((1 - alpha) * photo + alpha * colorize(map))`` per channel (float64, rounded half
+    to even). A map of another size is first resized bilinearly to the photo's size.
+    """
+    alpha = _check_alpha(alpha)
+    photo, heat = _photo_and_heat(image, map2d, cmap)
+    return Image.fromarray(_blend(np.asarray(photo), heat, alpha))
+
+
+# --------------------------------------------------------------------------------------------------
+# Text helpers
+
+
+def _font(size: int) -> Font:
+    return ImageFont.load_default(size=max(1, size))
+
+
+def _font_size(pixels: int, fraction: float = 0.045, smallest: int = 12) -> int:
+    """A font size (pixels) proportional to an image dimension, never below ``smallest``."""
+    return max(smallest, round(pixels * fraction))
+
+
+def _text_width(draw: ImageDraw.ImageDraw, text: str, font: Font) -> float:
+    left, _, right, _ = draw.textbbox((0, 0), text, font=font)
+    return float(right - left)
+
+
+def _fit_text(
+    draw: ImageDraw.ImageDraw, text: str, size: int, max_width: float, smallest: int = 10
+) -> tuple[str, Font]:
+    """Shrink the font (down to ``smallest``) and then shorten the text so it fits ``max_width``."""
+    font = _font(size)
+    while size > smallest and _text_width(draw, text, font) > max_width:
+        size = max(smallest, int(size * 0.9))
+        font = _font(size)
+    if _text_width(draw, text, font) <= max_width:
+        return text, font
+    # Longest prefix that fits with "..." after it (binary search; at least one character).
+    low, high = 1, len(text)
+    while low < high:
+        mid = (low + high + 1) // 2
+        if _text_width(draw, text[:mid] + "...", font) <= max_width:
+            low = mid
+        else:
+            high = mid - 1
+    return text[:low].rstrip() + "...", font
+
+
+# --------------------------------------------------------------------------------------------------
+# Panel
+
+
+def panel(
+    image: Image.Image,
+    map2d: MapLike,
+    *,
+    title: str | None = None,
+    cmap: str = "jet",
+    alpha: float = 0.5,
+) -> Image.Image:
+    """Three tiles side by side, "photo | heatmap | overlay", each at the photo's own size.
+
+    The result is ``3 * W`` wide and ``H`` high, plus a white strip above with ``title`` (font
+    scaled with the photo's height) when a title is given.
+    """
+    alpha = _check_alpha(alpha)
+    photo, heat = _photo_and_heat(image, map2d, cmap)
+    width, height = photo.size
+    blended = _blend(np.asarray(photo), heat, alpha)
+
+    strip = 0
+    font_size = _font_size(height)
+    if title:
+        strip = round(font_size * 1.6)
+    out = Image.new("RGB", (3 * width, height + strip), (255, 255, 255))
+    out.paste(photo, (0, strip))
+    out.paste(Image.fromarray(heat), (width, strip))
+    out.paste(Image.fromarray(blended), (2 * width, strip))
+    if title:
+        draw = ImageDraw.Draw(out)
+        text, font = _fit_text(draw, title, font_size, max_width=3 * width - font_size)
+        draw.text((1.5 * width, strip / 2), text, fill=(0, 0, 0), font=font, anchor="mm")
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Grid
+
+
+@dataclass(frozen=True, eq=False)
+class GridCell:
+    """One cell of :func:`grid`: a photo, its map (None: the photo alone) and a title."""
+
+    image: Image.Image
+    map2d: MapLike | None
+    title: str = ""
+
+
+def _fit_within(image: Image.Image, tile: int) -> Image.Image:
+    """The image shrunk (never enlarged) to fit in a ``tile`` x ``tile`` box, keeping its aspect."""
+    width, height = image.size
+    scale = min(1.0, tile / max(width, height))
+    if scale == 1.0:
+        return image
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+
+def _shorten(text: str, max_chars: int) -> str:
+    max_chars = max(4, max_chars)
+    return text if len(text) <= max_chars else text[: max_chars - 1].rstrip() + "…"
+
+
+def grid(
+    cells: Sequence[Sequence[GridCell | None]],
+    *,
+    row_titles: Sequence[str] | None = None,
+    col_titles: Sequence[str] | None = None,
+    cmap: str = "jet",
+    alpha: float = 0.5,
+    tile: int = 256,
+) -> Image.Image:
+    """A rows x columns figure of overlays, each cell with its own title, as an RGB PIL image.
+
+    For "images x classes", "image x layers" or "image x methods" figures; save it with
+    :func:`save_png` (or ``.save()``). Each cell is drawn in a ``tile`` x ``tile`` pixel box keeping
+    its photo's aspect; a None cell (or a row shorter than the longest) is left blank, and a cell
+    whose ``map2d`` is None shows its photo alone. Row titles go on the left, column titles on top.
+    Drawn with a matplotlib ``Figure`` on an Agg canvas (no pyplot, no figures left registered).
+    """
+    alpha = _check_alpha(alpha)
+    _lut(cmap)
+    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 16:
+        raise CamlensError(f"tile must be an integer of at least 16 pixels, got {tile!r}")
+    if isinstance(cells, GridCell) or not isinstance(cells, Sequence):
+        raise CamlensError("cells must be a sequence of rows, each a sequence of GridCell or None")
+    rows = [list(row) for row in cells]
+    n_rows = len(rows)
+    n_cols = max((len(row) for row in rows), default=0)
+    if n_rows == 0 or n_cols == 0:
+        raise CamlensError("grid needs at least one row and one column of cells")
+    for r, row in enumerate(rows):
+        for c, cell in enumerate(row):
+            if cell is not None and not isinstance(cell, GridCell):
+                raise CamlensError(
+                    f"cells[{r}][{c}]: expected a GridCell or None, got {type(cell).__name__}"
+                )
+    if row_titles is not None and len(row_titles) != n_rows:
+        raise CamlensError(f"row_titles has {len(row_titles)} entries for {n_rows} rows")
+    if col_titles is not None and len(col_titles) != n_cols:
+        raise CamlensError(f"col_titles has {len(col_titles)} entries for {n_cols} columns")
+
+    # Layout in pixels; the figure is exactly width x height pixels at this dpi.
+    dpi = 100.0
+    title_px = max(9.0, tile * 0.045)  # cell title font size in pixels
+    header_px = title_px * 1.2  # row and column title font size in pixels
+    pad = max(4.0, tile * 0.03)
+    title_band = title_px * 2.0
+    header_band = header_px * 2.2
+    left = header_band if row_titles is not None else 0.0
+    top = header_band if col_titles is not None else 0.0
+    cell_w = tile + pad
+    cell_h = tile + title_band + pad
+    width = math.ceil(left + n_cols * cell_w + pad)
+    height = math.ceil(top + n_rows * cell_h + pad)
+    max_chars = int(tile / (title_px * 0.6))
+
+    def to_points(px: float) -> float:
+        return px * 72.0 / dpi
+
+    fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi, facecolor="white")
+    canvas = FigureCanvasAgg(fig)
+    for r, row in enumerate(rows):
+        # Top edge (pixels from the figure's top) of this row's image box.
+        box_top = top + pad + r * cell_h + title_band
+        for c, cell in enumerate(row):
+            if cell is None:
+                continue
+            photo = _fit_within(_as_rgb(cell.image, f"cells[{r}][{c}].image"), tile)
+            if cell.map2d is not None:
+                shown = overlay(photo, cell.map2d, cmap=cmap, alpha=alpha)
+            else:
+                shown = photo
+            x0 = left + pad + c * cell_w
+            ax = fig.add_axes(
+                (x0 / width, 1 - (box_top + tile) / height, tile / width, tile / height)
+            )
+            # imshow keeps the photo's aspect: the axes shrink to it inside the tile box, anchored
+            # at the top so that the titles of one row line up.
+            ax.imshow(np.asarray(shown), aspect="equal", interpolation="antialiased")
+            ax.set_anchor("N")
+            ax.set_axis_off()
+            if cell.title:
+                ax.set_title(
+                    _shorten(cell.title, max_chars),
+                    fontsize=to_points(title_px),
+                    pad=to_points(title_px * 0.4),
+                    parse_math=False,
+                )
+    if row_titles is not None:
+        for r, text in enumerate(row_titles):
+            y = top + pad + r * cell_h + title_band + tile / 2
+            fig.text(
+                left / 2 / width,
+                1 - y / height,
+                _shorten(str(text), int(tile / (header_px * 0.6))),
+                rotation=90,
+                ha="center",
+                va="center",
+                fontsize=to_points(header_px),
+                fontweight="bold",
+                parse_math=False,
+            )
+    if col_titles is not None:
+        for c, text in enumerate(col_titles):
+            x = left + pad + c * cell_w + tile / 2
+            fig.text(
+                x / width,
+                1 - top / 2 / height,
+                _shorten(str(text), int(tile / (header_px * 0.6))),
+                ha="center",
+                va="center",
+                fontsize=to_points(header_px),
+                fontweight="bold",
+                parse_math=False,
+            )
+    canvas.draw()
+    rgba = np.asarray(canvas.buffer_rgba())
+    out = Image.fromarray(np.ascontiguousarray(rgba[..., :3]))
+    fig.clear()
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Boxes
+
+
+def _as_boxes(boxes: npt.ArrayLike | torch.Tensor) -> npt.NDArray[np.float64]:
+    if isinstance(boxes, torch.Tensor):
+        arr = boxes.detach().to(torch.float64).cpu().numpy()
+    else:
+        try:
+            arr = np.asarray(boxes, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise CamlensError(f"boxes: not a numeric array ({exc})") from None
+    if arr.size == 0:
+        return np.zeros((0, 4))
+    if arr.ndim == 1 and arr.shape[0] == 4:
+        arr = arr[None]
+    if arr.ndim != 2 or arr.shape[1] != 4:
+        raise CamlensError(f"boxes: expected [N, 4] as [x0, y0, x1, y1], got {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise CamlensError("boxes: some coordinates are NaN or infinite")
+    bad = np.nonzero((arr[:, 2] < arr[:, 0]) | (arr[:, 3] < arr[:, 1]))[0]
+    if bad.size:
+        i = int(bad[0])
+        raise CamlensError(f"boxes[{i}] = {arr[i].tolist()}: needs x0 <= x1 and y0 <= y1")
+    return arr
+
+
+def _check_color(color: Sequence[int]) -> RGB:
+    values = tuple(color)
+    if len(values) != 3 or not all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 <= v <= 255
+        for v in values
+    ):
+        raise CamlensError(f"color must be three integers in [0, 255], got {color!r}")
+    return (int(values[0]), int(values[1]), int(values[2]))
+
+
+def draw_boxes(
+    image: Image.Image,
+    boxes: npt.ArrayLike | torch.Tensor,
+    *,
+    labels: Sequence[str] | None = None,
+    color: Sequence[int] = (0, 255, 0),
+    width: int | None = None,
+) -> Image.Image:
+    """Draw boxes ``[x0, y0, x1, y1]`` (original pixels, floats allowed) on a copy of the image.
+
+    Coordinates are continuous: pixel ``i`` spans ``[i, i + 1)``, so the box ``[0, 0, W, H]`` frames
+    the whole image. The outline is drawn inside the box (pixel columns ``round(x0)`` to
+    ``round(x1) - 1``), clipped to the image. ``width`` defaults to ``max(2, max(W, H) / 200)``
+    pixels. Each label, if given, is written on a box-coloured tag at the box's top-left corner.
+    """
+    out = _as_rgb(image)
+    arr = _as_boxes(boxes)
+    rgb = _check_color(color)
+    if labels is not None and len(labels) != len(arr):
+        raise CamlensError(f"labels has {len(labels)} entries for {len(arr)} boxes")
+    img_w, img_h = out.size
+    if width is None:
+        width = max(2, round(max(img_w, img_h) / 200))
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise CamlensError(f"width must be a positive integer, got {width!r}")
+
+    draw = ImageDraw.Draw(out)
+    font_size = _font_size(max(img_w, img_h), fraction=0.025, smallest=12)
+    font = _font(font_size)
+    # Black text on light colours, white on dark ones.
+    luminance = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
+    text_fill = (0, 0, 0) if luminance > 128 else (255, 255, 255)
+    for i, (bx0, by0, bx1, by1) in enumerate(arr):
+        x0 = max(0, round(bx0))
+        y0 = max(0, round(by0))
+        x1 = min(img_w, round(bx1)) - 1
+        y1 = min(img_h, round(by1)) - 1
+        if x1 < x0 or y1 < y0:
+            continue  # empty, or entirely outside the image
+        draw.rectangle((x0, y0, x1, y1), outline=rgb, width=width)
+        if labels is not None and labels[i]:
+            text = str(labels[i])
+            tx0, ty0, tx1, ty1 = draw.textbbox((0, 0), text, font=font, anchor="lt")
+            margin = max(1, font_size // 5)
+            tag_w = tx1 - tx0 + 2 * margin
+            tag_h = ty1 - ty0 + 2 * margin
+            # Above the box when there is room, else just inside its top edge.
+            tag_y = y0 - tag_h if y0 - tag_h >= 0 else y0
+            tag_x = min(x0, max(0, img_w - tag_w))
+            draw.rectangle((tag_x, tag_y, tag_x + tag_w - 1, tag_y + tag_h - 1), fill=rgb)
+            draw.text(
+                (tag_x + margin - tx0, tag_y + margin - ty0),
+                text,
+                fill=text_fill,
+                font=font,
+                anchor="lt",
+            )
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Saving
+
+
+def save_png(image: Image.Image, path: str | os.PathLike[str]) -> Path:
+    """Save the image as PNG at ``path`` (whatever its suffix), creating parent folders."""
+    if not isinstance(image, Image.Image):
+        raise CamlensError(f"{path}: expected a PIL.Image.Image, got {type(image).__name__}")
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    image.save(target, format="PNG")
+    return target

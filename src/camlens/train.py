@@ -1,0 +1,832 @@
+"""Training a CAM-ready head on a folder of images (one subfolder per class).
+
+The workflow of the CAM posts: a pretrained backbone, frozen; global average pooling and one
+linear layer on its last convolutional features (:func:`camlens.build_cam_model`); the head trained
+on your classes; the class activation maps read from its weights.
+
+Data
+    ``FOLDER/CLASS/*.jpg``, the layout of torchvision's ``ImageFolder``: class names are the
+    subfolder names, sorted; files are found as ``camlens explain`` finds them
+    (:func:`camlens.images.find_images`: recursive, hidden files skipped, the suffixes of
+    :data:`camlens.images.IMAGE_SUFFIXES`). Images are read with :func:`camlens.images.load_image`
+    and become inputs with :func:`camlens.images.preprocess` (the whole image resized, the model's
+    mean and std), exactly as when the model is explained later. A file that cannot be read is
+    skipped and listed once (a warning, and ``History.skipped``), never silently. Validation: a
+    seeded, per-class split (``val=0.2``) or a separate folder of the same layout (``val=DIR``).
+
+Caching and augmentation
+    With the backbone frozen its output never changes, and the head only sees its global average
+    ``p = GAP(features(x))`` (a vector of ``K`` numbers). So the backbone runs once per image, at
+    the start, and every epoch after that trains ``fc(dropout(p))`` on the cached vectors: an
+    epoch costs a few matrix products. Augmentation is reconciled with the cache by caching
+    ``views`` fixed versions of every training image (default 4): the image itself, its mirror
+    image, and random resized crops (scale 0.5 to 1 of the area, aspect 3/4 to 4/3, mirrored with
+    probability 1/2), drawn once from the seed. Each epoch shows every training image once, in one
+    of its views picked at random. Validation images are cached once, unaugmented. The first pass
+    costs ``views`` backbone passes per training image; ``augment=False`` caches one.
+
+Training
+    Cross-entropy, AdamW, a cosine learning rate over all the steps, early stopping when the
+    validation loss has not improved for ``patience`` epochs; the best epoch's weights (lowest
+    validation loss) are kept. ``fine_tune=N`` then unfreezes the last ``N`` blocks of the
+    backbone (see :func:`backbone_blocks`) and trains them with the head at a lower learning rate,
+    on freshly augmented images every epoch (a changing backbone cannot be cached); batch norm
+    statistics stay frozen. Everything random is drawn from ``seed`` (the global RNG state is
+    restored afterwards). Ctrl-C stops training and keeps the best weights so far (saved to
+    ``checkpoint`` when given); ``History.interrupted`` says so.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+from rich.progress import TaskID
+from torch import nn
+
+from camlens.errors import CamlensError, DatasetError, ImageError, ModelError
+from camlens.images import find_images, load_image, preprocess
+from camlens.models.head import CamNet, TimmFeatures
+from camlens.models.model import Model
+
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+@dataclass(frozen=True)
+class ImageFolderData:
+    """The images of an ImageFolder-style folder: ``samples[i] = (path, class index)``."""
+
+    root: Path
+    classes: tuple[str, ...]
+    samples: tuple[tuple[Path, int], ...]
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One epoch: mean training loss and accuracy (dropout on, augmented views), validation loss
+    and accuracy (``None`` without validation), the learning rate at its end, its wall time."""
+
+    epoch: int
+    phase: str  # "head" or "fine-tune"
+    train_loss: float
+    train_accuracy: float
+    val_loss: float | None
+    val_accuracy: float | None
+    lr: float
+    seconds: float
+
+
+@dataclass
+class History:
+    """What :func:`train` did. ``confusion[i][j]``: validation images of class ``i`` predicted as
+    ``j``, at the best epoch. ``cache_seconds``: the first pass (reading the images and running the
+    backbone once on every view)."""
+
+    classes: tuple[str, ...]
+    epochs: list[EpochRecord] = field(default_factory=list)
+    best_epoch: int = 0
+    stopped_early: bool = False
+    interrupted: bool = False
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    train_images: int = 0
+    val_images: int = 0
+    views: int = 1
+    cache_seconds: float = 0.0
+    fine_tuned: list[str] = field(default_factory=list)
+    confusion: list[list[int]] | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    val_files: list[str] = field(default_factory=list)  # the held-out images, as read
+
+    @property
+    def best(self) -> EpochRecord | None:
+        return next((r for r in self.epochs if r.epoch == self.best_epoch), None)
+
+    @property
+    def val_accuracy(self) -> float | None:
+        """Validation accuracy at the best epoch (``None`` without validation)."""
+        best = self.best
+        return None if best is None else best.val_accuracy
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready: stored in the checkpoint's header as ``training``."""
+        best = self.best
+        return {
+            "classes": list(self.classes),
+            "train_images": self.train_images,
+            "val_images": self.val_images,
+            "views": self.views,
+            "best_epoch": self.best_epoch,
+            "val_accuracy": None if best is None else best.val_accuracy,
+            "val_loss": None if best is None else best.val_loss,
+            "stopped_early": self.stopped_early,
+            "interrupted": self.interrupted,
+            "fine_tuned": list(self.fine_tuned),
+            "confusion": self.confusion,
+            "skipped": [path for path, _ in self.skipped],
+            "cache_seconds": round(self.cache_seconds, 3),
+            "settings": dict(self.settings),
+            "epochs": [asdict(r) for r in self.epochs],
+        }
+
+    def plot(self, path: str | os.PathLike[str]) -> Path:
+        """Writes the training curves (loss and accuracy, training and validation, by epoch; the
+        best epoch marked, fine-tuning epochs shaded) to a PNG file."""
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        from matplotlib.figure import Figure
+
+        figure = Figure(figsize=(9, 3.6), dpi=100, layout="constrained")
+        axes = figure.subplots(1, 2)
+        x = [r.epoch for r in self.epochs]
+        for ax, what in zip(axes, ("loss", "accuracy"), strict=True):
+            ax.plot(x, [getattr(r, f"train_{what}") for r in self.epochs], "o-", label="train")
+            val = [getattr(r, f"val_{what}") for r in self.epochs]
+            if any(v is not None for v in val):
+                ax.plot(x, [math.nan if v is None else v for v in val], "s-", label="validation")
+            tuned = [r.epoch for r in self.epochs if r.phase == "fine-tune"]
+            if tuned:
+                ax.axvspan(min(tuned) - 0.5, max(tuned) + 0.5, color="0.9", label="fine-tuning")
+            if self.best_epoch:
+                ax.axvline(self.best_epoch, color="0.5", linestyle="--", label="best")
+            ax.set_xlabel("epoch")
+            ax.set_title(what)
+            ax.grid(alpha=0.3)
+        axes[1].set_ylim(-0.02, 1.02)
+        axes[0].legend(fontsize="small")
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(out)
+        return out
+
+
+# --- the folder ----------------------------------------------------------------------------------
+
+
+def scan_folder(folder: str | os.PathLike[str], *, min_classes: int = 2) -> ImageFolderData:
+    """The classes (subfolder names, sorted) and image files of ``folder``; a :class:`DatasetError`
+    when it is missing, has no class subfolders, fewer than ``min_classes`` classes, or a class
+    subfolder without image files."""
+    root = Path(folder)
+    if not root.is_dir():
+        problem = "is a file, not a folder" if root.exists() else "no such folder"
+        raise DatasetError(f"{root}: {problem}")
+    subfolders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not subfolders:
+        loose = find_images([root])
+        if loose:
+            raise DatasetError(
+                f"{root}: {len(loose)} images lie directly in the folder; put each class in its "
+                f"own subfolder ({root}/CLASS/image.jpg)"
+            )
+        raise DatasetError(f"{root}: empty: no class subfolders ({root}/CLASS/image.jpg expected)")
+    if len(subfolders) < min_classes:
+        raise DatasetError(
+            f"{root}: only one class folder ({subfolders[0].name!r}); a classifier needs at least "
+            "two classes, one subfolder each"
+        )
+    samples: list[tuple[Path, int]] = []
+    for index, sub in enumerate(subfolders):
+        files = find_images([sub])
+        if not files:
+            raise DatasetError(f"{sub}: no image files in class folder {sub.name!r}")
+        samples.extend((f, index) for f in files)
+    return ImageFolderData(root, tuple(p.name for p in subfolders), tuple(samples))
+
+
+def split(
+    samples: Sequence[tuple[Path, int]], fraction: float, seed: int
+) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]]]:
+    """A seeded validation split, per class: ``round(fraction * n)`` images of each class (at
+    least one, and at least one left for training) go to validation."""
+    if not 0.0 < fraction < 1.0:
+        raise CamlensError(f"the validation fraction must be between 0 and 1, not {fraction}")
+    generator = torch.Generator().manual_seed(seed)
+    train_part: list[tuple[Path, int]] = []
+    val_part: list[tuple[Path, int]] = []
+    for cls in sorted({c for _, c in samples}):
+        members = [s for s in samples if s[1] == cls]
+        if len(members) < 2:
+            raise DatasetError(
+                f"{members[0][0].parent}: only one image; a validation split needs two per class "
+                "(or give a separate validation folder, or val=0)"
+            )
+        order = torch.randperm(len(members), generator=generator).tolist()
+        n_val = min(max(1, round(fraction * len(members))), len(members) - 1)
+        val_part.extend(members[i] for i in sorted(order[:n_val]))
+        train_part.extend(members[i] for i in sorted(order[n_val:]))
+    return train_part, val_part
+
+
+# --- fine-tuning blocks --------------------------------------------------------------------------
+
+
+def backbone_blocks(net: CamNet) -> list[tuple[str, nn.Module]]:
+    """The backbone's blocks, first to last: its children (a container of stages, such as timm's
+    ``blocks`` or a ResNet's ``layer1``, opened one level), those without parameters dropped, a
+    normalization layer joined to the block before it. EfficientNet-Lite0 has 9: the stem,
+    ``blocks.0`` ... ``blocks.6``, and the 1x1 head conv with its batch norm; ResNet50 5: the
+    stem and ``layer1`` ... ``layer4``; VGG16 one per conv layer."""
+    root = net.features.body if isinstance(net.features, TimmFeatures) else net.features
+    base = "features.body" if isinstance(net.features, TimmFeatures) else "features"
+    units: list[tuple[str, nn.Module]] = []
+    for name, child in root.named_children():
+        grand = list(child.named_children())
+        if (
+            isinstance(child, nn.Sequential | nn.ModuleList)
+            and grand
+            and all(isinstance(g, nn.Sequential | nn.ModuleList) for _, g in grand)
+        ):
+            units.extend((f"{base}.{name}.{g}", m) for g, m in grand)
+        else:
+            units.append((f"{base}.{name}", child))
+    blocks: list[tuple[str, list[nn.Module]]] = []
+    for name, module in units:
+        owners = [m for m in module.modules() if any(True for _ in m.parameters(recurse=False))]
+        if not owners:
+            continue
+        if blocks and all(isinstance(m, _NORMS) for m in owners):
+            blocks[-1][1].append(module)
+            blocks[-1] = (f"{blocks[-1][0]}+{name.rsplit('.', 1)[-1]}", blocks[-1][1])
+        else:
+            blocks.append((name, [module]))
+    return [(name, _group(modules)) for name, modules in blocks]
+
+
+def _group(modules: list[nn.Module]) -> nn.Module:
+    return modules[0] if len(modules) == 1 else nn.ModuleList(modules)
+
+
+@contextmanager
+def _only_trainable(net: nn.Module, params: Sequence[nn.Parameter]) -> Iterator[None]:
+    """``requires_grad`` on for ``params`` only, restored afterwards."""
+    saved = {p: p.requires_grad for p in net.parameters()}
+    chosen = {id(p) for p in params}
+    try:
+        for p in net.parameters():
+            p.requires_grad_(id(p) in chosen)
+        yield
+    finally:
+        for p, flag in saved.items():
+            p.requires_grad_(flag)
+
+
+# --- training ------------------------------------------------------------------------------------
+
+
+def train(
+    model: Model,
+    folder: str | os.PathLike[str],
+    *,
+    epochs: int = 10,
+    val: float | str | os.PathLike[str] = 0.2,
+    batch_size: int = 16,
+    lr: float = 1e-2,
+    weight_decay: float = 1e-2,
+    augment: bool = True,
+    views: int = 4,
+    patience: int = 3,
+    fine_tune: int = 0,
+    fine_tune_epochs: int = 3,
+    fine_tune_lr: float | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    checkpoint: str | os.PathLike[str] | None = None,
+    callback: Callable[[EpochRecord], None] | None = None,
+) -> History:
+    """Trains ``model``'s head (from :func:`camlens.build_cam_model`) on ``folder``
+    (``FOLDER/CLASS/*.jpg``) in place and returns the :class:`History`; see :mod:`camlens.train`
+    for the data, the feature cache and the schedule.
+
+    ``val``: the fraction of each class held out (seeded), a separate folder of the same layout,
+    or 0 for none (then the last epoch is kept). The model's classes: named after the folders when
+    the model was built without ``class_names``, otherwise the folders must carry those names.
+    ``fine_tune``: how many of the backbone's last blocks to train afterwards, for
+    ``fine_tune_epochs`` at ``fine_tune_lr`` (default ``lr / 100``). ``progress``: a Rich progress
+    bar and one line per epoch on stderr. ``checkpoint``: a ``.camlens`` file to write the best
+    model to at the end, also after Ctrl-C. ``callback``: called with each epoch's record.
+
+    >>> model = camlens.build_cam_model(num_classes=2)          # doctest: +SKIP
+    >>> history = camlens.train(model, "data/pets/", epochs=5)  # doctest: +SKIP
+    >>> history.val_accuracy                                    # doctest: +SKIP
+    0.975
+    """
+    net = model.net
+    if not isinstance(net, CamNet):
+        raise ModelError(
+            f"train needs a model made by camlens.build_cam_model; {model.name} is a "
+            f"{type(net).__name__}"
+        )
+    _check_settings(epochs, batch_size, lr, views, patience, fine_tune, fine_tune_epochs)
+    data = scan_folder(folder)
+    class_map = _class_map(model, data.classes, str(data.root))
+    samples = [(path, class_map[c]) for path, c in data.samples]
+    train_items, val_items = _validation(samples, val, seed, model, str(data.root))
+    n_views = views if augment else 1
+    history = History(
+        classes=tuple(model.labels),
+        views=n_views,
+        settings={
+            "folder": str(data.root),
+            "val": val if isinstance(val, int | float) else str(val),
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "augment": augment,
+            "patience": patience,
+            "fine_tune": fine_tune,
+            "fine_tune_epochs": fine_tune_epochs if fine_tune else 0,
+            "fine_tune_lr": (fine_tune_lr or lr / 100) if fine_tune else None,
+            "seed": seed,
+        },
+    )
+    device = model.device
+    fork_devices: list[int] = [] if device.type != "cuda" else [device.index or 0]
+    reporter = _Reporter(progress)
+    with torch.random.fork_rng(devices=fork_devices), reporter:
+        torch.manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)
+        # Ctrl-C here, before any epoch, has nothing to keep: it propagates.
+        start = time.perf_counter()
+        train_set = _cache(net, model, train_items, n_views, batch_size, history, reporter)
+        val_set = _cache(net, model, val_items, 1, batch_size, history, reporter)
+        history.cache_seconds = time.perf_counter() - start
+        _warn_skipped(history.skipped)
+        _require_each_class(train_set, model, str(data.root))
+        history.train_images, history.val_images = len(train_set.labels), len(val_set.labels)
+        history.val_files = [str(p) for p in val_set.paths]
+        trainer = _Trainer(net, model.num_classes, history, reporter, patience, callback)
+        try:
+            trainer.head_phase(train_set, val_set, epochs, batch_size, lr, weight_decay, generator)
+            if fine_tune:
+                blocks = backbone_blocks(net)
+                if fine_tune > len(blocks):
+                    raise CamlensError(
+                        f"fine_tune={fine_tune}: the backbone of {model.name} has {len(blocks)} "
+                        "blocks"
+                    )
+                chosen = blocks[-fine_tune:]
+                history.fine_tuned = [name for name, _ in chosen]
+                trainer.fine_tune_phase(
+                    model,
+                    [m for _, m in chosen],
+                    train_set,
+                    val_set,
+                    fine_tune_epochs,
+                    batch_size,
+                    fine_tune_lr or lr / 100,
+                    weight_decay,
+                    augment,
+                    generator,
+                )
+        except KeyboardInterrupt:
+            history.interrupted = True
+            reporter.say("interrupted: keeping the best epoch so far")
+        trainer.restore_best()
+    net.eval()
+    net.training_summary = history.summary()
+    if checkpoint is not None and history.epochs:
+        from camlens.checkpoint import save
+
+        save(model, checkpoint)
+    return history
+
+
+def _check_settings(
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    views: int,
+    patience: int,
+    fine_tune: int,
+    fine_tune_epochs: int,
+) -> None:
+    for name, value, low in (
+        ("epochs", epochs, 1),
+        ("batch_size", batch_size, 1),
+        ("views", views, 1),
+        ("patience", patience, 1),
+        ("fine_tune", fine_tune, 0),
+        ("fine_tune_epochs", fine_tune_epochs, 0),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise CamlensError(f"{name} must be an integer >= {low}, not {value!r}")
+    if not lr > 0:
+        raise CamlensError(f"lr must be positive, not {lr}")
+
+
+def _class_map(model: Model, classes: tuple[str, ...], where: str) -> list[int]:
+    """Model class index of each folder class; names the model's classes after the folders when
+    it was built without names."""
+    placeholder = tuple(f"class {i}" for i in range(model.num_classes))
+    if model.labels == placeholder:
+        if len(classes) != model.num_classes:
+            raise DatasetError(
+                f"{where}: {len(classes)} class folders ({', '.join(classes)}), but {model.name} "
+                f"has {model.num_classes} outputs"
+            )
+        model.labels = classes
+        return list(range(len(classes)))
+    unknown = [c for c in classes if c not in model.labels]
+    if unknown:
+        raise DatasetError(
+            f"{where}: class folder(s) {', '.join(map(repr, unknown))} are not among the model's "
+            f"classes ({', '.join(model.labels)})"
+        )
+    if len(classes) != model.num_classes:
+        missing = [c for c in model.labels if c not in classes]
+        raise DatasetError(f"{where}: no folder for class(es) {', '.join(map(repr, missing))}")
+    return [model.labels.index(c) for c in classes]
+
+
+def _validation(
+    samples: list[tuple[Path, int]],
+    val: float | str | os.PathLike[str],
+    seed: int,
+    model: Model,
+    where: str,
+) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]]]:
+    if isinstance(val, str | os.PathLike):
+        extra = scan_folder(val, min_classes=1)
+        unknown = [c for c in extra.classes if c not in model.labels]
+        if unknown:
+            raise DatasetError(
+                f"{extra.root}: validation class folder(s) {', '.join(map(repr, unknown))} are not "
+                f"among the training classes ({', '.join(model.labels)})"
+            )
+        return samples, [(p, model.labels.index(extra.classes[c])) for p, c in extra.samples]
+    if isinstance(val, bool) or not isinstance(val, int | float):
+        raise CamlensError(f"val must be a fraction or a folder, not {val!r}")
+    if val == 0:
+        return samples, []
+    return split(samples, float(val), seed)
+
+
+@dataclass
+class _Cached:
+    """Pooled backbone features of readable images: ``features`` [n, views, K], ``labels`` [n]."""
+
+    features: torch.Tensor
+    labels: torch.Tensor
+    paths: list[Path]
+
+
+def _views(image: Image.Image, count: int) -> list[Image.Image]:
+    """The image, its mirror image, then random resized crops (randomly mirrored): ``count`` in all."""
+    from torchvision.transforms import RandomResizedCrop
+
+    out = [image, ImageOps.mirror(image)][:count]
+    while len(out) < count:
+        out.append(_random_view(image, RandomResizedCrop))
+    return out
+
+
+def _random_view(image: Image.Image, crop: Any) -> Image.Image:
+    top, left, height, width = crop.get_params(image, scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3))
+    view = image.crop((left, top, left + width, top + height))
+    return ImageOps.mirror(view) if bool(torch.rand(()) < 0.5) else view
+
+
+def _cache(
+    net: CamNet,
+    model: Model,
+    items: list[tuple[Path, int]],
+    views: int,
+    batch_size: int,
+    history: History,
+    reporter: _Reporter,
+) -> _Cached:
+    """Reads every image once and keeps ``GAP(features(view))`` of each of its ``views``."""
+    device = model.device
+    pooled: list[torch.Tensor] = []
+    labels: list[int] = []
+    paths: list[Path] = []
+    what = "features of training images" if views > 1 else "features of validation images"
+    task = reporter.task(what, len(items))
+    was_training = net.training
+    net.eval()
+    try:
+        for start in range(0, len(items), batch_size):
+            photos: list[Image.Image] = []
+            for path, label in items[start : start + batch_size]:
+                try:
+                    image = load_image(path)
+                except ImageError as exc:
+                    history.skipped.append((str(path), exc.problem))
+                    continue
+                photos.extend(_views(image, views))
+                labels.append(label)
+                paths.append(path)
+            for at in range(0, len(photos), batch_size):
+                x = preprocess(photos[at : at + batch_size], model.preprocess).to(device)
+                with torch.no_grad():
+                    pooled.append(net.pool(net.features(x)).flatten(1).float())
+            reporter.advance(task, len(items[start : start + batch_size]))
+    finally:
+        net.train(was_training)
+    channels = net.config.channels
+    features = torch.cat(pooled) if pooled else torch.empty(0, channels, device=device)
+    return _Cached(
+        features.view(-1, views, channels).clone(),
+        torch.tensor(labels, dtype=torch.long, device=device),
+        paths,
+    )
+
+
+def _warn_skipped(skipped: list[tuple[str, str]]) -> None:
+    if skipped:
+        listing = "; ".join(f"{path}: {problem}" for path, problem in skipped)
+        warnings.warn(
+            f"skipped {len(skipped)} unreadable image(s): {listing}", UserWarning, stacklevel=3
+        )
+
+
+def _require_each_class(train_set: _Cached, model: Model, where: str) -> None:
+    present = set(train_set.labels.tolist())
+    for index, name in enumerate(model.labels):
+        if index not in present:
+            raise DatasetError(
+                f"{where}/{name}: no readable training image in class folder {name!r}"
+            )
+
+
+class _Trainer:
+    """The loops; keeps the best weights (lowest validation loss) and when to stop."""
+
+    def __init__(
+        self,
+        net: CamNet,
+        num_classes: int,
+        history: History,
+        reporter: _Reporter,
+        patience: int,
+        callback: Callable[[EpochRecord], None] | None,
+    ) -> None:
+        self.net = net
+        self.num_classes = num_classes
+        self.history = history
+        self.reporter = reporter
+        self.patience = patience
+        self.callback = callback
+        self.best_loss = math.inf
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.bad_epochs = 0
+        self.stop = False  # early stopping of the current phase
+
+    # the two phases
+
+    def head_phase(
+        self,
+        train_set: _Cached,
+        val_set: _Cached,
+        epochs: int,
+        batch_size: int,
+        lr: float,
+        weight_decay: float,
+        generator: torch.Generator,
+    ) -> None:
+        net = self.net
+        n, views = train_set.features.shape[:2]
+        params = list(net.fc.parameters())
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        steps = epochs * math.ceil(n / batch_size)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
+        task = self.reporter.task("training the head", epochs)
+        self.stop, self.bad_epochs = False, 0
+        # the inputs are cached tensors: only fc's parameters get gradients
+        for _ in range(epochs):
+            began = time.perf_counter()
+            net.dropout.train()
+            order = torch.randperm(n, generator=generator)
+            pick = torch.randint(views, (n,), generator=generator)
+            total, correct = 0.0, 0
+            for at in range(0, n, batch_size):
+                rows = order[at : at + batch_size].to(train_set.features.device)
+                x = train_set.features[rows, pick[at : at + batch_size].to(rows.device)]
+                y = train_set.labels[rows]
+                logits = net.head(x)
+                loss = F.cross_entropy(logits, y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                total += float(loss.detach()) * len(rows)
+                correct += int((logits.argmax(1) == y).sum())
+            net.dropout.eval()
+            with torch.no_grad():
+                val_logits = net.head(val_set.features[:, 0]) if len(val_set.labels) else None
+            self.end_epoch(
+                "head",
+                total / n,
+                correct / n,
+                val_logits,
+                val_set.labels,
+                optimizer,
+                began,
+                task,
+                state=lambda: {f"fc.{k}": v.clone() for k, v in net.fc.state_dict().items()},
+            )
+            if self.stop:
+                break
+
+    def fine_tune_phase(
+        self,
+        model: Model,
+        blocks: list[nn.Module],
+        train_set: _Cached,
+        val_set: _Cached,
+        epochs: int,
+        batch_size: int,
+        lr: float,
+        weight_decay: float,
+        augment: bool,
+        generator: torch.Generator,
+    ) -> None:
+        from torchvision.transforms import RandomResizedCrop
+
+        if epochs == 0:
+            return
+        net = self.net
+        self.restore_best()
+        self.stop, self.bad_epochs = False, 0
+        params = [p for block in blocks for p in block.parameters()] + list(net.fc.parameters())
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        n = len(train_set.paths)
+        steps = epochs * math.ceil(n / batch_size)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
+        device = model.device
+        task = self.reporter.task("fine-tuning", epochs)
+        with _only_trainable(net, params):
+            for _ in range(epochs):
+                began = time.perf_counter()
+                net.eval()  # batch norm statistics stay frozen...
+                net.dropout.train()  # ...the head's dropout is on
+                order = torch.randperm(n, generator=generator).tolist()
+                total, correct = 0.0, 0
+                for at in range(0, n, batch_size):
+                    rows = order[at : at + batch_size]
+                    photos = [load_image(train_set.paths[i]) for i in rows]
+                    if augment:
+                        photos = [_random_view(p, RandomResizedCrop) for p in photos]
+                    x = preprocess(photos, model.preprocess).to(device)
+                    y = train_set.labels[rows]
+                    logits = net(x)
+                    loss = F.cross_entropy(logits, y)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    schedule.step()
+                    total += float(loss.detach()) * len(rows)
+                    correct += int((logits.argmax(1) == y).sum())
+                net.eval()
+                val_logits = self.full_logits(model, val_set.paths, batch_size)
+                self.end_epoch(
+                    "fine-tune",
+                    total / n,
+                    correct / n,
+                    val_logits,
+                    val_set.labels,
+                    optimizer,
+                    began,
+                    task,
+                    state=lambda: {k: v.clone() for k, v in net.state_dict().items()},
+                )
+                if self.stop:
+                    break
+
+    # shared steps
+
+    def full_logits(self, model: Model, paths: list[Path], batch_size: int) -> torch.Tensor | None:
+        if not paths:
+            return None
+        out = []
+        for at in range(0, len(paths), batch_size):
+            x = preprocess([load_image(p) for p in paths[at : at + batch_size]], model.preprocess)
+            with torch.inference_mode():
+                out.append(self.net(x.to(model.device)).float())
+        return torch.cat(out)
+
+    def end_epoch(
+        self,
+        phase: str,
+        train_loss: float,
+        train_accuracy: float,
+        val_logits: torch.Tensor | None,
+        val_labels: torch.Tensor,
+        optimizer: torch.optim.Optimizer,
+        began: float,
+        task: int,
+        state: Callable[[], dict[str, torch.Tensor]],
+    ) -> None:
+        history = self.history
+        val_loss = val_accuracy = None
+        if val_logits is not None:
+            val_loss = float(F.cross_entropy(val_logits, val_labels))
+            val_accuracy = float((val_logits.argmax(1) == val_labels).float().mean())
+        record = EpochRecord(
+            epoch=len(history.epochs) + 1,
+            phase=phase,
+            train_loss=train_loss,
+            train_accuracy=train_accuracy,
+            val_loss=val_loss,
+            val_accuracy=val_accuracy,
+            lr=float(optimizer.param_groups[0]["lr"]),
+            seconds=time.perf_counter() - began,
+        )
+        history.epochs.append(record)
+        score = val_loss if val_loss is not None else -record.epoch  # no validation: the last
+        if score < self.best_loss:
+            self.best_loss = score
+            self.best_state = state()
+            self.bad_epochs = 0
+            history.best_epoch = record.epoch
+            if val_logits is not None:
+                history.confusion = _confusion(val_logits, val_labels, self.num_classes)
+        else:
+            self.bad_epochs += 1
+            if self.bad_epochs >= self.patience:
+                history.stopped_early = True
+                self.stop = True
+        self.reporter.epoch(record, task)
+        if self.callback is not None:
+            self.callback(record)
+
+    def restore_best(self) -> None:
+        if self.best_state is not None:  # all of the network, or the head only
+            self.net.load_state_dict(self.best_state, strict=False)
+
+
+def _confusion(logits: torch.Tensor, labels: torch.Tensor, n: int) -> list[list[int]]:
+    """``m[i][j]``: images of class ``i`` predicted as ``j``."""
+    predicted = logits.argmax(1).cpu()
+    flat = labels.cpu() * n + predicted
+    counts = torch.bincount(flat, minlength=n * n).view(n, n)
+    return [[int(v) for v in row] for row in counts]
+
+
+class _Reporter:
+    """A Rich progress bar on stderr (a task per phase) and one line per epoch; silent when off."""
+
+    def __init__(self, enabled: bool) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.enabled = enabled
+        self.console = Console(stderr=True)
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[metrics]}"),
+            console=self.console,
+            disable=not enabled,
+            transient=True,
+        )
+
+    def __enter__(self) -> _Reporter:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(None, None, None)
+
+    def task(self, description: str, total: int) -> int:
+        return int(self.progress.add_task(description, total=total, metrics=""))
+
+    def advance(self, task: int, steps: int = 1) -> None:
+        self.progress.advance(TaskID(task), steps)
+
+    def epoch(self, record: EpochRecord, task: int) -> None:
+        text = f"loss {record.train_loss:.4g} acc {record.train_accuracy:.3f}"
+        if record.val_loss is not None and record.val_accuracy is not None:
+            text += f"  val loss {record.val_loss:.4g} val acc {record.val_accuracy:.3f}"
+        self.progress.update(TaskID(task), advance=1, metrics=text)
+        self.say(f"epoch {record.epoch} ({record.phase}, {record.seconds:.2f} s): {text}")
+
+    def say(self, text: str) -> None:
+        if self.enabled:
+            self.progress.console.print(text, highlight=False)
+
+
+def clone_model(model: Model) -> Model:
+    """A deep copy of ``model`` (network included)."""
+    return Model(copy.deepcopy(model.net), model.preprocess, model.labels, model.name)
