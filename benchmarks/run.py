@@ -24,6 +24,17 @@ Variants, each on the same pre-processed batch (no image decoding is timed):
   slow the other variants down; creating one costs well under a millisecond. pytorch-grad-cam
   returns maps resized to the input (cv2), torchcam and camlens maps at the layer's resolution.
 
+``--suite scores`` times the perturbation methods instead, batch 1, on torchvision ResNet-18
+(``layer4``, 512 channels) and the default model (``bn2``, 1280 channels):
+
+- camlens Score-CAM top-1 and top-5 (all classes from the same masked passes), the fast mode
+  (``fast_channels=64``: the 64 channels of largest variance), Ablation-CAM top-1 (the layers after
+  the target layer replayed with one channel zeroed);
+- pytorch-grad-cam ``ScoreCAM`` and ``AblationCAM`` and torchcam ``ScoreCAM``, top-1, batch size 32
+  for their masked passes (camlens chunks by ``max_batch_memory`` instead);
+- after the timing, the Pearson correlation of the fast map with the exact one (top-1 class, at the
+  input's resolution), for the fast mode's measured error.
+
 Rounds go round-robin over the variants after warm-up rounds, so that a change in machine load
 hits every variant alike; the table gives each variant's median over the rounds.
 """
@@ -52,8 +63,13 @@ import torch
 import camlens
 
 SIZE = 224
-BATCHES = (1, 16)
-MODELS = {"resnet50": ("torchvision:resnet50", "layer4"), "efficientnet_lite0": (None, "bn2")}
+MODELS = {
+    "resnet50": ("torchvision:resnet50", "layer4"),
+    "resnet18": ("torchvision:resnet18", "layer4"),
+    "efficientnet_lite0": (None, "bn2"),
+}
+PEER_BATCH = 32  # the peers' batch size for their masked passes
+FAST_CHANNELS = 64
 
 
 @dataclass
@@ -85,7 +101,7 @@ def make_input(model: camlens.Model, batch: int) -> torch.Tensor:
     return x
 
 
-def variants(model: camlens.Model, layer: str, x: torch.Tensor) -> list[Variant]:
+def gradient_variants(model: camlens.Model, layer: str, x: torch.Tensor) -> list[Variant]:
     import pytorch_grad_cam
     import torchcam.methods
 
@@ -144,6 +160,127 @@ def variants(model: camlens.Model, layer: str, x: torch.Tensor) -> list[Variant]
     ]
 
 
+def score_variants(model: camlens.Model, layer: str, x: torch.Tensor) -> list[Variant]:
+    import pytorch_grad_cam
+    import torchcam.methods
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    net = model.net
+    module = dict(net.named_modules())[layer]
+    with torch.no_grad():
+        top1 = [ClassifierOutputTarget(int(c)) for c in net(x).argmax(1)]
+
+    def forward() -> torch.Tensor:
+        with torch.no_grad():
+            out: torch.Tensor = net(x)
+        return out
+
+    def ours(method: str, top: int, **options: int) -> Callable[[], object]:
+        explainer = camlens.Explainer(model, method=method, layer=layer, **options)
+        return lambda: explainer.explain(x, top=top)
+
+    def pgc(kind: type) -> Callable[[], object]:
+        def run() -> object:
+            with kind(model=net, target_layers=[module]) as cam:
+                cam.batch_size = PEER_BATCH
+                return cam(input_tensor=x, targets=top1)
+
+        return run
+
+    def tcam() -> object:
+        with torchcam.methods.ScoreCAM(net, layer, batch_size=PEER_BATCH) as extractor:
+            scores = net(x)
+            return extractor(class_idx=scores.argmax(1).tolist(), scores=scores)
+
+    return [
+        Variant("forward", forward),
+        Variant("camlens Score-CAM top-1", ours("scorecam", 1)),
+        Variant("camlens Score-CAM top-5", ours("scorecam", 5)),
+        Variant(
+            f"camlens Score-CAM top-1 fast ({FAST_CHANNELS} channels)",
+            ours("scorecam", 1, fast_channels=FAST_CHANNELS),
+        ),
+        Variant("camlens Ablation-CAM top-1", ours("ablationcam", 1)),
+        Variant("pytorch-grad-cam ScoreCAM", pgc(pytorch_grad_cam.ScoreCAM)),
+        Variant("torchcam ScoreCAM", tcam),
+        Variant("pytorch-grad-cam AblationCAM", pgc(pytorch_grad_cam.AblationCAM)),
+    ]
+
+
+def fast_correlation(model: camlens.Model, layer: str, x: torch.Tensor) -> float:
+    """Pearson correlation of the fast Score-CAM map with the exact one (top-1, input size)."""
+    exact, fast = (
+        camlens.Explainer(model, method="scorecam", layer=layer, fast_channels=channels)
+        .explain(x[0], top=1)
+        .map_at_input()
+        .flatten()
+        for channels in (None, FAST_CHANNELS)
+    )
+    return float(torch.corrcoef(torch.stack([exact, fast]))[0, 1])
+
+
+@dataclass
+class Suite:
+    models: tuple[str, ...]
+    batches: tuple[int, ...]
+    variants: Callable[[camlens.Model, str, torch.Tensor], list[Variant]]
+    rows: list[tuple[str, str, str, str]]  # label, goal, numerator, denominator
+    rounds: Callable[[int], int]  # the full run's timed rounds for a batch size
+    warmup: int
+    memory_calls: int
+
+
+def gradient_rows() -> list[tuple[str, str, str, str]]:
+    fwd, ref = "forward", "forward + grad to layer"
+    head, auto = "camlens Grad-CAM top-1 (head)", "camlens Grad-CAM top-1 (autograd)"
+    pgc, tcam = "pytorch-grad-cam GradCAM", "torchcam GradCAM"
+    return [
+        ("camlens Grad-CAM (head) / forward+grad", "<= 1.05", head, ref),
+        ("camlens Grad-CAM (autograd) / forward+grad", "<= 1.05", auto, ref),
+        ("top-5 / top-1 (head)", "<= 1.3", "camlens Grad-CAM top-5 (head)", head),
+        ("top-5 / top-1 (autograd)", "<= 1.3", "camlens Grad-CAM top-5 (autograd)", auto),
+        ("CAM / forward", "<= 1.05", "camlens CAM top-1", fwd),
+        ("camlens Grad-CAM (head) / pytorch-grad-cam", "", head, pgc),
+        ("camlens Grad-CAM (autograd) / pytorch-grad-cam", "", auto, pgc),
+        ("camlens Grad-CAM (head) / torchcam", "", head, tcam),
+        ("camlens Grad-CAM (autograd) / torchcam", "", auto, tcam),
+        ("pytorch-grad-cam / forward+grad", "", pgc, ref),
+        ("torchcam / forward+grad", "", tcam, ref),
+    ]
+
+
+def score_rows() -> list[tuple[str, str, str, str]]:
+    one = "camlens Score-CAM top-1"
+    fast = f"camlens Score-CAM top-1 fast ({FAST_CHANNELS} channels)"
+    pgc, tcam = "pytorch-grad-cam ScoreCAM", "torchcam ScoreCAM"
+    ablation, pgc_ablation = "camlens Ablation-CAM top-1", "pytorch-grad-cam AblationCAM"
+    return [
+        ("Score-CAM / pytorch-grad-cam", "<= 1", one, pgc),
+        ("Score-CAM / torchcam", "<= 1", one, tcam),
+        ("Score-CAM top-5 / top-1", "<= 1.1", "camlens Score-CAM top-5", one),
+        ("Score-CAM fast / pytorch-grad-cam", "<= 0.2", fast, pgc),
+        ("Score-CAM fast / torchcam", "<= 0.2", fast, tcam),
+        ("Ablation-CAM / pytorch-grad-cam", "<= 0.1", ablation, pgc_ablation),
+        ("Ablation-CAM / forward", "", ablation, "forward"),
+    ]
+
+
+SUITES = {
+    "gradients": Suite(
+        ("resnet50", "efficientnet_lite0"),
+        (1, 16),
+        gradient_variants,
+        gradient_rows(),
+        lambda batch: 25 if batch == 1 else 7,
+        2,
+        2,
+    ),
+    "scores": Suite(
+        ("resnet18", "efficientnet_lite0"), (1,), score_variants, score_rows(), lambda _: 3, 1, 1
+    ),
+}
+
+
 def time_round_robin(items: list[Variant], rounds: int, warmup: int) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {v.name: [] for v in items}
     for r in range(warmup + rounds):
@@ -160,13 +297,15 @@ def time_round_robin(items: list[Variant], rounds: int, warmup: int) -> dict[str
     return times
 
 
-def peak_memory(model_key: str, batch: int, name: str, threads: int) -> float:
+def peak_memory(suite: str, model_key: str, batch: int, name: str, threads: int) -> float:
     """Peak RSS (MB) one variant needs above what the process holds once the model, input and
     explainers are ready: two calls in a fresh process."""
     out = subprocess.run(
         [
             sys.executable,
             __file__,
+            "--suite",
+            suite,
             "--child",
             model_key,
             str(batch),
@@ -187,16 +326,16 @@ def _status_kib(field: str) -> int:
     return int(match.group(1))
 
 
-def child(model_key: str, batch: int, name: str) -> None:
+def child(suite: Suite, model_key: str, batch: int, name: str) -> None:
     model, layer = load(model_key)
     x = make_input(model, batch)
-    variant = {v.name: v for v in variants(model, layer, x)}[name]
+    variant = {v.name: v for v in suite.variants(model, layer, x)}[name]
     gc.collect()
     Path("/proc/self/clear_refs").write_text(
         "5"
     )  # Linux: reset the peak (VmHWM) to the current RSS
     before = _status_kib("VmRSS")
-    for _ in range(2):
+    for _ in range(suite.memory_calls):
         variant.run()
         if variant.after is not None:
             variant.after()
@@ -223,6 +362,8 @@ def report(
     results: dict[tuple[str, int], dict[str, list[float]]],
     memory: dict[tuple[str, int, str], float],
     header: list[str],
+    rows: list[tuple[str, str, str, str]],
+    notes: list[str],
 ) -> str:
     lines = [*header, ""]
     cols = [f"{m} b{b}" for m, b in results]
@@ -236,55 +377,6 @@ def report(
     lines += ["", "### Ratios of medians (lower is better; bold: goal missed)", ""]
     lines.append("| ratio | goal | " + " | ".join(cols) + " |")
     lines.append("|---|---|" + "---:|" * len(cols))
-    fwd, ref = "forward", "forward + grad to layer"
-    rows: list[tuple[str, str, str, str]] = [
-        ("camlens Grad-CAM (head) / forward+grad", "<= 1.05", "camlens Grad-CAM top-1 (head)", ref),
-        (
-            "camlens Grad-CAM (autograd) / forward+grad",
-            "<= 1.05",
-            "camlens Grad-CAM top-1 (autograd)",
-            ref,
-        ),
-        (
-            "top-5 / top-1 (head)",
-            "<= 1.3",
-            "camlens Grad-CAM top-5 (head)",
-            "camlens Grad-CAM top-1 (head)",
-        ),
-        (
-            "top-5 / top-1 (autograd)",
-            "<= 1.3",
-            "camlens Grad-CAM top-5 (autograd)",
-            "camlens Grad-CAM top-1 (autograd)",
-        ),
-        ("CAM / forward", "<= 1.05", "camlens CAM top-1", fwd),
-        (
-            "camlens Grad-CAM (head) / pytorch-grad-cam",
-            "",
-            "camlens Grad-CAM top-1 (head)",
-            "pytorch-grad-cam GradCAM",
-        ),
-        (
-            "camlens Grad-CAM (autograd) / pytorch-grad-cam",
-            "",
-            "camlens Grad-CAM top-1 (autograd)",
-            "pytorch-grad-cam GradCAM",
-        ),
-        (
-            "camlens Grad-CAM (head) / torchcam",
-            "",
-            "camlens Grad-CAM top-1 (head)",
-            "torchcam GradCAM",
-        ),
-        (
-            "camlens Grad-CAM (autograd) / torchcam",
-            "",
-            "camlens Grad-CAM top-1 (autograd)",
-            "torchcam GradCAM",
-        ),
-        ("pytorch-grad-cam / forward+grad", "", "pytorch-grad-cam GradCAM", ref),
-        ("torchcam / forward+grad", "", "torchcam GradCAM", ref),
-    ]
     for label, goal, a, b in rows:
         limit = float(goal.removeprefix("<= ")) if goal else float("inf")
         cells = " | ".join(ratio(med[key][a], med[key][b], limit) for key in results)
@@ -305,49 +397,64 @@ def report(
         if n == "forward"
     ]
     lines += ["", "Spread of the bare forward (min..max ms): " + "; ".join(spread)]
+    lines += [f"\n{note}" for note in notes]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--suite", choices=SUITES, default="gradients", help="which methods to time"
+    )
     parser.add_argument("--quick", action="store_true", help="few rounds: a check that it runs")
     parser.add_argument("--out", type=Path, help="also write the markdown table to this file")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument(
-        "--rounds", type=int, help="timed rounds (default 3 quick; full: 25 at batch 1, 7 at 16)"
+        "--rounds",
+        type=int,
+        help="timed rounds (quick: 3 (1 for scores); gradients: 25 at batch 1, 7 at 16; scores: 3)",
     )
     parser.add_argument(
-        "--memory", action="store_true", help="peak RSS per variant, batch 16 (Linux)"
+        "--memory", action="store_true", help="peak RSS per variant, largest batch (Linux)"
     )
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    suite = SUITES[args.suite]
     if args.child:
-        child(args.child[0], int(args.child[1]), args.child[2])
+        child(suite, args.child[0], int(args.child[1]), args.child[2])
         return
 
     load_before = os.getloadavg()
     started = dt.datetime.now(dt.timezone.utc)
     results: dict[tuple[str, int], dict[str, list[float]]] = {}
     memory: dict[tuple[str, int, str], float] = {}
-    for model_key in MODELS:
+    notes: list[str] = []
+    for model_key in suite.models:
         model, layer = load(model_key)
-        for batch in BATCHES:
+        for batch in suite.batches:
             x = make_input(model, batch)
-            items = variants(model, layer, x)
+            items = suite.variants(model, layer, x)
             if args.rounds:
                 rounds = args.rounds
             elif args.quick:
-                rounds = 3
+                rounds = 1 if args.suite == "scores" else 3
             else:
-                rounds = 25 if batch == 1 else 7
+                rounds = suite.rounds(batch)
             print(f"{model_key} batch {batch}: {rounds} rounds", file=sys.stderr, flush=True)
-            results[(model_key, batch)] = time_round_robin(items, rounds, 1 if args.quick else 2)
-            if args.memory and batch == max(BATCHES):
+            warmup = 1 if args.quick else suite.warmup
+            results[(model_key, batch)] = time_round_robin(items, rounds, warmup)
+            if args.memory and batch == max(suite.batches):
                 for v in items:
                     memory[(model_key, batch, v.name)] = peak_memory(
-                        model_key, batch, v.name, args.threads
+                        args.suite, model_key, batch, v.name, args.threads
                     )
+        if args.suite == "scores":
+            corr = fast_correlation(model, layer, make_input(model, 1))
+            notes.append(
+                f"{model_key} ({layer}): correlation of the fast Score-CAM map "
+                f"({FAST_CHANNELS} channels) with the exact one, top-1 class: {corr:.4f}"
+            )
     load_after = os.getloadavg()
     header = [
         f"Machine: {cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__} with "
@@ -357,7 +464,7 @@ def main() -> None:
         f"Date: {started:%Y-%m-%d %H:%M} UTC; load average (1 min) {load_before[0]:.1f} before, "
         f"{load_after[0]:.1f} after; command: python benchmarks/run.py {' '.join(sys.argv[1:])}",
     ]
-    text = report(results, memory, header)
+    text = report(results, memory, header, suite.rows, notes)
     print(text)
     if args.out:
         args.out.write_text(text)

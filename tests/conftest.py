@@ -9,15 +9,22 @@ import os
 # over (2.1 s instead of 0.05 s for EfficientNet-Lite0 at 224 px on a 2-core machine with one
 # other busy process). Sleeping instead costs little on an idle machine.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# One thread: the suite takes as long on an idle 2-core machine (61 s with 1 thread, 62 s with 2),
+# and nothing can oversubscribe the cores of a CI runner that has fewer of them than it shows, or
+# shares them (test_oracles + test_eigen beside two busy processes: 19 s with 1 thread, 25 s with 2).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import camlens
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # also if a plugin imported torch first
 
 
 @pytest.fixture(scope="session")
@@ -27,8 +34,6 @@ def default_model() -> camlens.Model:
 
 @pytest.fixture(scope="session")
 def resnet18() -> camlens.Model:
-    import torch
-
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random weights: expected here

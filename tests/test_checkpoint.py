@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,16 +13,6 @@ import torch
 
 import camlens
 from camlens.checkpoint import read_header
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch thread in this module: next to other jobs on 2 cores, torch's OpenMP threads
-    wait for each other and run several times slower than one thread does. Restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def quiet_build(*args: Any, **kwargs: Any) -> camlens.Model:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,16 +15,6 @@ from camlens.layers import auto_layer, find_cam_head
 from camlens.models.head import CamNet, TimmFeatures
 from camlens.taps import Taps
 from camlens.train import backbone_blocks
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch thread in this module: next to other jobs on 2 cores, torch's OpenMP threads
-    wait for each other and run several times slower than one thread does. Restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def quiet_build(*args: object, **kwargs: object) -> camlens.Model:

@@ -8,7 +8,6 @@ import json
 import math
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -21,17 +20,6 @@ from typer.testing import CliRunner
 import camlens
 from camlens.cli import app
 from camlens.models.head import CamNet
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One torch thread in this module: next to other jobs on 2 cores, torch's OpenMP threads
-    wait for each other and run several times slower than one thread does. Restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 train_module = importlib.import_module("camlens.train")  # camlens.train is the function
 runner = CliRunner()

@@ -15,6 +15,7 @@ from typing import Annotated, NoReturn
 
 import numpy as np
 import typer
+from PIL import Image
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -60,9 +61,14 @@ ThresholdOpt = Annotated[
 ]
 
 
+def _say(message: str) -> None:
+    """One line about bad input on stderr (the command goes on)."""
+    err_console.print(f"camlens: {message}", style="red", highlight=False, soft_wrap=True)
+
+
 def fail(message: str) -> NoReturn:
     """One line on stderr and exit status 2."""
-    err_console.print(f"camlens: {message}", style="red", highlight=False, soft_wrap=True)
+    _say(message)
     raise typer.Exit(2)
 
 
@@ -79,6 +85,39 @@ def _load(spec: str | None, weights: Path | None, device: str):  # type: ignore[
     from camlens.models import load_model
 
     return load_model(spec, weights=weights, device=device)
+
+
+class ImageBatches:
+    """The readable images of ``files``, ``batch_size`` at a time, with their paths as names. An
+    unreadable file is named on stderr, counted in ``skipped`` and passed to ``on_skip``; the
+    others go on."""
+
+    def __init__(
+        self,
+        files: Sequence[Path],
+        batch_size: int,
+        max_pixels: int,
+        on_skip: Callable[[Path], None] = lambda _: None,
+    ) -> None:
+        self.files = files
+        self.batch_size = batch_size
+        self.max_pixels = max_pixels
+        self.on_skip = on_skip
+        self.skipped = 0
+
+    def __iter__(self) -> Iterator[tuple[list[Image.Image], list[str]]]:
+        for start in range(0, len(self.files), self.batch_size):
+            batch, names = [], []
+            for path in self.files[start : start + self.batch_size]:
+                try:
+                    batch.append(load_image(path, max_pixels=self.max_pixels))
+                    names.append(str(path))
+                except CamlensError as exc:
+                    self.skipped += 1
+                    _say(str(exc))
+                    self.on_skip(path)
+            if batch:
+                yield batch, names
 
 
 def output_stem(path: Path, out: Path) -> Path:
@@ -194,25 +233,12 @@ def explain(
     files = find_images(paths)
     if not files:
         fail("no images found in " + ", ".join(map(str, paths)))
-    failures = 0
     done: list[Explanation] = []
     with _progress() as progress:
         task = progress.add_task("explaining", total=len(files), visible=len(files) > 1)
         explainer.progress = PassProgress(progress)
-        for start in range(0, len(files), batch_size):
-            batch, names = [], []
-            for path in files[start : start + batch_size]:
-                try:
-                    batch.append(load_image(path, max_pixels=max_pixels))
-                    names.append(str(path))
-                except CamlensError as exc:
-                    failures += 1
-                    err_console.print(
-                        f"camlens: {exc}", style="red", highlight=False, soft_wrap=True
-                    )
-                    progress.advance(task)
-            if not batch:
-                continue
+        batches = ImageBatches(files, batch_size, max_pixels, lambda _: progress.advance(task))
+        for batch, names in batches:
             with bad_input():
                 results = explainer.explain(batch, classes=classes, top=top, names=names)
                 for result in results:
@@ -232,7 +258,7 @@ def explain(
     if grid and done:
         render.save_png(grid_of(done), grid)
         out_console.print(f"grid: {grid}")
-    if failures:
+    if batches.skipped:
         raise typer.Exit(2)
 
 
@@ -458,11 +484,6 @@ def train_command(
         raise typer.Exit(2)
 
 
-def _say(message: str) -> None:
-    """One line about bad input on stderr (the command goes on)."""
-    err_console.print(f"camlens: {message}", style="red", highlight=False, soft_wrap=True)
-
-
 @app.command()
 def localize(
     paths: Annotated[
@@ -511,21 +532,10 @@ def localize(
         fail("no images found in " + ", ".join(map(str, paths)))
     out.mkdir(parents=True, exist_ok=True)
     lines = out / "boxes.jsonl"
-    failures = 0
     with _progress(len(files)) as progress, lines.open("w") as jsonl:
         task = progress.add_task("localizing", total=len(files))
-        for start in range(0, len(files), batch_size):
-            batch, names = [], []
-            for path in files[start : start + batch_size]:
-                try:
-                    batch.append(load_image(path, max_pixels=max_pixels))
-                    names.append(str(path))
-                except CamlensError as exc:
-                    failures += 1
-                    _say(str(exc))
-                    progress.advance(task)
-            if not batch:
-                continue
+        batches = ImageBatches(files, batch_size, max_pixels, lambda _: progress.advance(task))
+        for batch, names in batches:
             with bad_input():
                 for result in explainer.explain(batch, top=top, names=names):
                     found = localize_objects(
@@ -552,7 +562,7 @@ def localize(
                     )
                     progress.advance(task)
     out_console.print(f"boxes: {lines}")
-    if failures:
+    if batches.skipped:
         raise typer.Exit(2)
 
 
