@@ -268,6 +268,22 @@ def _group(modules: list[nn.Module]) -> nn.Module:
     return modules[0] if len(modules) == 1 else nn.ModuleList(modules)
 
 
+def _step(
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+) -> tuple[float, int]:
+    """One optimizer and schedule step on the cross-entropy of ``logits``; returns the batch's
+    mean loss and how many of its predictions were right."""
+    loss = F.cross_entropy(logits, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    schedule.step()
+    return float(loss.detach()), int((logits.argmax(1) == y).sum())
+
+
 @contextmanager
 def _only_trainable(net: nn.Module, params: Sequence[nn.Parameter]) -> Iterator[None]:
     """``requires_grad`` on for ``params`` only, restored afterwards."""
@@ -616,14 +632,9 @@ class _Trainer:
                 rows = order[at : at + batch_size].to(train_set.features.device)
                 x = train_set.features[rows, pick[at : at + batch_size].to(rows.device)]
                 y = train_set.labels[rows]
-                logits = net.head(x)
-                loss = F.cross_entropy(logits, y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                total += float(loss.detach()) * len(rows)
-                correct += int((logits.argmax(1) == y).sum())
+                loss, right = _step(net.head(x), y, optimizer, schedule)
+                total += loss * len(rows)
+                correct += right
             net.dropout.eval()
             with torch.no_grad():
                 val_logits = net.head(val_set.features[:, 0]) if len(val_set.labels) else None
@@ -682,14 +693,9 @@ class _Trainer:
                         photos = [_random_view(p, RandomResizedCrop) for p in photos]
                     x = preprocess(photos, model.preprocess).to(device)
                     y = train_set.labels[rows]
-                    logits = net(x)
-                    loss = F.cross_entropy(logits, y)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    schedule.step()
-                    total += float(loss.detach()) * len(rows)
-                    correct += int((logits.argmax(1) == y).sum())
+                    loss, right = _step(net(x), y, optimizer, schedule)
+                    total += loss * len(rows)
+                    correct += right
                 net.eval()
                 val_logits = self.full_logits(model, val_set.paths, batch_size)
                 self.end_epoch(
