@@ -27,13 +27,14 @@ Variants, each on the same pre-processed batch (no image decoding is timed):
 ``--suite scores`` times the perturbation methods instead, batch 1, on torchvision ResNet-18
 (``layer4``, 512 channels) and the default model (``bn2``, 1280 channels):
 
-- camlens Score-CAM top-1 and top-5 (all classes from the same masked passes), the fast mode
-  (``fast_channels=64``: the 64 channels of largest variance), Ablation-CAM top-1 (the layers after
-  the target layer replayed with one channel zeroed);
+- camlens Score-CAM top-1 and top-5 (all classes from the same masked passes), the fast modes
+  (``fast_channels=64``: the 64 channels of largest variance; ``fast_resolution=0.5``: masked passes
+  at 112 x 112), Ablation-CAM top-1 (the layers after the target layer replayed with one channel
+  zeroed);
 - pytorch-grad-cam ``ScoreCAM`` and ``AblationCAM`` and torchcam ``ScoreCAM``, top-1, batch size 32
   for their masked passes (camlens chunks by ``max_batch_memory`` instead);
-- after the timing, the Pearson correlation of the fast map with the exact one (top-1 class, at the
-  input's resolution), for the fast mode's measured error.
+- after the timing, the Pearson correlation of each fast mode's map with the exact one (top-1 class,
+  at the input's resolution), for the fast modes' measured error.
 
 Rounds go round-robin over the variants after warm-up rounds, so that a change in machine load
 hits every variant alike; the table gives each variant's median over the rounds.
@@ -70,6 +71,7 @@ MODELS = {
 }
 PEER_BATCH = 32  # the peers' batch size for their masked passes
 FAST_CHANNELS = 64
+FAST_RESOLUTION = 0.5
 
 
 @dataclass
@@ -175,7 +177,7 @@ def score_variants(model: camlens.Model, layer: str, x: torch.Tensor) -> list[Va
             out: torch.Tensor = net(x)
         return out
 
-    def ours(method: str, top: int, **options: int) -> Callable[[], object]:
+    def ours(method: str, top: int, **options: float) -> Callable[[], object]:
         explainer = camlens.Explainer(model, method=method, layer=layer, **options)
         return lambda: explainer.explain(x, top=top)
 
@@ -200,6 +202,10 @@ def score_variants(model: camlens.Model, layer: str, x: torch.Tensor) -> list[Va
             f"camlens Score-CAM top-1 fast ({FAST_CHANNELS} channels)",
             ours("scorecam", 1, fast_channels=FAST_CHANNELS),
         ),
+        Variant(
+            f"camlens Score-CAM top-1 fast (resolution {FAST_RESOLUTION})",
+            ours("scorecam", 1, fast_resolution=FAST_RESOLUTION),
+        ),
         Variant("camlens Ablation-CAM top-1", ours("ablationcam", 1)),
         Variant("pytorch-grad-cam ScoreCAM", pgc(pytorch_grad_cam.ScoreCAM)),
         Variant("torchcam ScoreCAM", tcam),
@@ -207,16 +213,23 @@ def score_variants(model: camlens.Model, layer: str, x: torch.Tensor) -> list[Va
     ]
 
 
-def fast_correlation(model: camlens.Model, layer: str, x: torch.Tensor) -> float:
-    """Pearson correlation of the fast Score-CAM map with the exact one (top-1, input size)."""
-    exact, fast = (
-        camlens.Explainer(model, method="scorecam", layer=layer, fast_channels=channels)
-        .explain(x[0], top=1)
-        .map_at_input()
-        .flatten()
-        for channels in (None, FAST_CHANNELS)
-    )
-    return float(torch.corrcoef(torch.stack([exact, fast]))[0, 1])
+def fast_correlations(model: camlens.Model, layer: str, x: torch.Tensor) -> dict[str, float]:
+    """Pearson correlation of each fast Score-CAM mode's map with the exact one (top-1 class, at
+    the input's resolution): the measured error of the knobs."""
+
+    def flat_map(**options: float) -> torch.Tensor:
+        explainer = camlens.Explainer(model, method="scorecam", layer=layer, **options)
+        return explainer.explain(x[0], top=1).map_at_input().flatten()
+
+    exact = flat_map()
+    modes = {
+        f"{FAST_CHANNELS} channels": flat_map(fast_channels=FAST_CHANNELS),
+        f"resolution {FAST_RESOLUTION}": flat_map(fast_resolution=FAST_RESOLUTION),
+    }
+    return {
+        mode: float(torch.corrcoef(torch.stack([exact, fast]))[0, 1])
+        for mode, fast in modes.items()
+    }
 
 
 @dataclass
@@ -260,6 +273,12 @@ def score_rows() -> list[tuple[str, str, str, str]]:
         ("Score-CAM top-5 / top-1", "<= 1.1", "camlens Score-CAM top-5", one),
         ("Score-CAM fast / pytorch-grad-cam", "<= 0.2", fast, pgc),
         ("Score-CAM fast / torchcam", "<= 0.2", fast, tcam),
+        (
+            "Score-CAM half resolution / top-1",
+            "",
+            f"camlens Score-CAM top-1 fast (resolution {FAST_RESOLUTION})",
+            one,
+        ),
         ("Ablation-CAM / pytorch-grad-cam", "<= 0.1", ablation, pgc_ablation),
         ("Ablation-CAM / forward", "", ablation, "forward"),
     ]
@@ -450,11 +469,11 @@ def main() -> None:
                         args.suite, model_key, batch, v.name, args.threads
                     )
         if args.suite == "scores":
-            corr = fast_correlation(model, layer, make_input(model, 1))
-            notes.append(
-                f"{model_key} ({layer}): correlation of the fast Score-CAM map "
-                f"({FAST_CHANNELS} channels) with the exact one, top-1 class: {corr:.4f}"
-            )
+            for mode, corr in fast_correlations(model, layer, make_input(model, 1)).items():
+                notes.append(
+                    f"{model_key} ({layer}): correlation of the fast Score-CAM map ({mode}) "
+                    f"with the exact one, top-1 class: {corr:.4f}"
+                )
     load_after = os.getloadavg()
     header = [
         f"Machine: {cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__} with "

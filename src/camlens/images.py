@@ -342,8 +342,14 @@ def tensor_to_image(x3hw: torch.Tensor, config: PreprocessConfig) -> Image.Image
     """A normalized [3, H, W] model input as an 8-bit RGB image (for inputs with no photo)."""
     if x3hw.ndim != 3:
         raise CamlensError(f"expected a [3, H, W] tensor, not {list(x3hw.shape)}")
-    values = denormalize(x3hw.detach(), config).mul(255.0).round().to(torch.uint8)
-    return Image.fromarray(np.ascontiguousarray(values.permute(1, 2, 0).cpu().numpy()))
+    return tensors_to_images(x3hw[None], config)[0]
+
+
+def tensors_to_images(x: torch.Tensor, config: PreprocessConfig) -> list[Image.Image]:
+    """A normalized [N, 3, H, W] batch as 8-bit RGB images, de-normalized in one go."""
+    values = denormalize(x.detach(), config).mul(255.0).round().to(torch.uint8)
+    pixels = values.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+    return [Image.fromarray(p) for p in pixels]
 
 
 def _resampling(name: str) -> Image.Resampling:
