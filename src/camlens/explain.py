@@ -55,7 +55,7 @@ class Explainer:
     inference mode. ``fast_channels`` and ``fast_resolution`` trade accuracy for speed there (off by
     default; see :class:`~camlens.methods.perturbation.Scorer`); ``progress(done, total)`` is called
     as their passes go. ``channels_last``: the masked inputs go to the model in the channels-last
-    memory format, which oneDNN runs 20-30% faster on the CPU here (see benchmarks/README.md).
+    memory format, which takes 27-42% less time on the CPU here (benchmarks/channels_last.py).
 
     ``smooth``: ``"tta"`` (test-time augmentation: the maps of flipped and rescaled inputs,
     ``augmentations``, undone and averaged) and/or ``"pca"`` (the first principal component of the
