@@ -98,3 +98,22 @@ def test_unknown_method_and_layer(default_model: camlens.Model) -> None:
         camlens.Explainer(default_model, layer="bn3")
     with pytest.raises(camlens.CamlensError, match="not a spatial map"):
         camlens.Explainer(default_model, layer="classifier")
+
+
+def test_tensor_inputs_get_their_pictures_on_first_use(
+    default_model: camlens.Model, chelsea: np.ndarray, coffee: np.ndarray
+) -> None:
+    """A tensor batch's pictures (the inputs de-normalized) are made only when asked for, and are
+    the inputs themselves, pixel for pixel."""
+    config = default_model.preprocess
+    photos = [Image.fromarray(p).resize((224, 224)) for p in (chelsea, coffee)]
+    x = camlens.images.preprocess(photos, config)
+    results = camlens.Explainer(default_model, method="cam").explain(x)
+    assert all(not isinstance(r._image, Image.Image) for r in results)  # not made yet
+    for result, photo in zip(results, photos, strict=True):
+        x[:] = 0  # the explanation kept its own input, not a view of the caller's tensor
+        assert result.size == (224, 224)
+        assert isinstance(result._image, Image.Image)
+        back = np.asarray(result.image).astype(int)
+        assert np.abs(back - np.asarray(photo).astype(int)).max() <= 1
+        assert result.overlay(0).size == (224, 224)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any, overload
@@ -17,7 +18,7 @@ from torch import nn
 from camlens import smoothing
 from camlens.errors import CamlensError, ClassError, MethodError
 from camlens.explanation import ClassMap, Explanation, Prediction
-from camlens.images import load_image, preprocess, tensors_to_images
+from camlens.images import load_image, preprocess, tensor_to_image
 from camlens.layers import CamHead, auto_layer, find_cam_head, probe_input, require_cam_head
 from camlens.maps import normalize
 from camlens.methods import Method, get_method
@@ -277,14 +278,16 @@ class Explainer:
             per_image = smoothing.merge_augmented(runs, self.augmentations)
         results = []
         top_p, top_i = probs.topk(min(TOP_PREDICTIONS, model.num_classes), dim=1)
-        missing = [b for b, item in enumerate(items) if item.image is None]  # tensor inputs
-        pictures = dict(zip(missing, tensors_to_images(x[missing], model.preprocess), strict=True))
         for b, item in enumerate(items):
             predictions = [
                 Prediction(int(i), model.labels[int(i)], float(p))
                 for p, i in zip(top_p[b], top_i[b], strict=True)
             ]
-            photo = item.image if item.image is not None else pictures[b]
+            photo = (
+                item.image
+                if item.image is not None
+                else partial(tensor_to_image, x[b], model.preprocess)
+            )
             results.append(
                 Explanation(
                     source=item.source or f"<image {offset + b}>",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,20 +50,43 @@ class ClassMap:
         return f"{self.label} {self.score:.2f}"
 
 
-@dataclass
+@dataclass(init=False)
 class Explanation:
     """The predictions and maps of one image.
 
     ``image`` is the photo, upright, at its own size (for a tensor input, the input itself
-    de-normalized); ``source`` names it (a path, or ``<image N>``).
+    de-normalized); ``source`` names it (a path, or ``<image N>``). The constructor also takes a
+    function that makes the image, called on first use (the explainer's tensor inputs: most
+    callers of a tensor batch never look at the pictures).
     """
 
     source: str
-    image: Image.Image
     input_size: tuple[int, int]  # (height, width) of the model input
     model: str
     predictions: list[Prediction]
-    maps: list[ClassMap] = field(default_factory=list)
+    maps: list[ClassMap]
+
+    def __init__(
+        self,
+        source: str,
+        image: Image.Image | Callable[[], Image.Image],
+        input_size: tuple[int, int],
+        model: str,
+        predictions: list[Prediction],
+        maps: list[ClassMap] | None = None,
+    ) -> None:
+        self.source = source
+        self._image = image
+        self.input_size = input_size
+        self.model = model
+        self.predictions = predictions
+        self.maps = maps if maps is not None else []
+
+    @property
+    def image(self) -> Image.Image:
+        if not isinstance(self._image, Image.Image):
+            self._image = self._image()
+        return self._image
 
     @property
     def size(self) -> tuple[int, int]:
