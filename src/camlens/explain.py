@@ -283,10 +283,12 @@ class Explainer:
                 Prediction(int(i), model.labels[int(i)], float(p))
                 for p, i in zip(top_p[b], top_i[b], strict=True)
             ]
+            # a tensor input's picture is made on first use, from its own CPU copy (a view would
+            # keep the whole batch, or device memory, alive as long as any explanation)
             photo = (
                 item.image
                 if item.image is not None
-                else partial(tensor_to_image, x[b], model.preprocess)
+                else partial(tensor_to_image, x[b].to("cpu", copy=True), model.preprocess)
             )
             results.append(
                 Explanation(

@@ -342,20 +342,8 @@ def tensor_to_image(x3hw: torch.Tensor, config: PreprocessConfig) -> Image.Image
     """A normalized [3, H, W] model input as an 8-bit RGB image (for inputs with no photo)."""
     if x3hw.ndim != 3:
         raise CamlensError(f"expected a [3, H, W] tensor, not {list(x3hw.shape)}")
-    return tensors_to_images(x3hw[None], config)[0]
-
-
-def tensors_to_images(x: torch.Tensor, config: PreprocessConfig) -> list[Image.Image]:
-    """A normalized [N, 3, H, W] batch as 8-bit RGB images, de-normalized in one go
-    (``round(clip(255 * (x * std + mean), 0, 255))``, in place on one copy: this runs for every
-    tensor input of the explainer)."""
-    if x.ndim != 4 or x.shape[1] != 3:
-        raise CamlensError(f"expected an [N, 3, H, W] tensor, not {list(x.shape)}")
-    mean, std = (t.to(x.device, torch.float32).view(3, 1, 1) * 255.0 for t in _mean_std(config))
-    values = x.detach().to(torch.float32, copy=True).mul_(std).add_(mean)
-    values = values.clamp_(0.0, 255.0).round_().to(torch.uint8)
-    pixels = values.permute(0, 2, 3, 1).contiguous().cpu().numpy()
-    return [Image.fromarray(p) for p in pixels]
+    values = denormalize(x3hw.detach(), config).mul(255.0).round().to(torch.uint8)
+    return Image.fromarray(np.ascontiguousarray(values.permute(1, 2, 0).cpu().numpy()))
 
 
 def _resampling(name: str) -> Image.Resampling:
