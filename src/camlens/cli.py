@@ -89,7 +89,7 @@ def _load(spec: str | None, weights: Path | None, device: str):  # type: ignore[
 
 class ImageBatches:
     """The readable images of ``files``, ``batch_size`` at a time, with their paths as names. An
-    unreadable file is named on stderr, counted in ``skipped`` and passed to ``on_skip``; the
+    unreadable file is named on stderr, counted in ``skipped`` and reported to ``on_skip``; the
     others go on."""
 
     def __init__(
@@ -97,7 +97,7 @@ class ImageBatches:
         files: Sequence[Path],
         batch_size: int,
         max_pixels: int,
-        on_skip: Callable[[Path], None] = lambda _: None,
+        on_skip: Callable[[], None] = lambda: None,
     ) -> None:
         self.files = files
         self.batch_size = batch_size
@@ -115,7 +115,7 @@ class ImageBatches:
                 except CamlensError as exc:
                     self.skipped += 1
                     _say(str(exc))
-                    self.on_skip(path)
+                    self.on_skip()
             if batch:
                 yield batch, names
 
@@ -237,7 +237,7 @@ def explain(
     with _progress() as progress:
         task = progress.add_task("explaining", total=len(files), visible=len(files) > 1)
         explainer.progress = PassProgress(progress)
-        batches = ImageBatches(files, batch_size, max_pixels, lambda _: progress.advance(task))
+        batches = ImageBatches(files, batch_size, max_pixels, lambda: progress.advance(task))
         for batch, names in batches:
             with bad_input():
                 results = explainer.explain(batch, classes=classes, top=top, names=names)
@@ -534,7 +534,7 @@ def localize(
     lines = out / "boxes.jsonl"
     with _progress(len(files)) as progress, lines.open("w") as jsonl:
         task = progress.add_task("localizing", total=len(files))
-        batches = ImageBatches(files, batch_size, max_pixels, lambda _: progress.advance(task))
+        batches = ImageBatches(files, batch_size, max_pixels, lambda: progress.advance(task))
         for batch, names in batches:
             with bad_input():
                 for result in explainer.explain(batch, top=top, names=names):
