@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from camlens.adapters import AdapterRule, default_rule
 from camlens.errors import ClassError
 from camlens.images import PreprocessConfig
 
@@ -17,13 +18,15 @@ class Model:
     """A classifier ready to explain: ``net`` maps a normalized [N, 3, H, W] batch to logits.
 
     ``labels[i]`` names class ``i``; ``preprocess`` says how photos become inputs; ``name`` is the spec
-    it was loaded from (written into reports).
+    it was loaded from (written into reports). ``adapter`` chooses how each layer's output becomes
+    ``[N, K, h, w]`` maps (see :mod:`camlens.adapters`; convolutional layers by default).
     """
 
     net: nn.Module
     preprocess: PreprocessConfig
     labels: tuple[str, ...]
     name: str
+    adapter: AdapterRule = field(default=default_rule, repr=False, compare=False)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.net(x)
