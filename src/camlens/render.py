@@ -103,7 +103,8 @@ def _as_rgb(image: Image.Image, what: str = "image") -> Image.Image:
     return image.copy() if image.mode == "RGB" else image.convert("RGB")
 
 
-def _check_alpha(alpha: float) -> float:
+def check_alpha(alpha: float) -> float:
+    """``alpha`` as a float in [0, 1] (the heatmap's opacity), else a CamlensError."""
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
         raise CamlensError(f"alpha must be a number in [0, 1], got {alpha!r}")
     return float(alpha)
@@ -124,6 +125,12 @@ def _lut(cmap: str) -> npt.NDArray[np.uint8]:
     lut = np.rint(rgba[:, :3] * 255).astype(np.uint8)
     lut.setflags(write=False)
     return lut
+
+
+def check_cmap(cmap: str) -> str:
+    """``cmap`` if matplotlib knows the colormap, else a CamlensError with close names."""
+    _lut(cmap)
+    return cmap
 
 
 # --------------------------------------------------------------------------------------------------
@@ -190,7 +197,7 @@ def overlay(
     ``out = rint((1 - alpha) * photo + alpha * colorize(map))`` per channel (float64, rounded half
     to even). A map of another size is first resized bilinearly to the photo's size.
     """
-    alpha = _check_alpha(alpha)
+    alpha = check_alpha(alpha)
     photo, heat = _photo_and_heat(image, map2d, cmap)
     return Image.fromarray(_blend(np.asarray(photo), heat, alpha))
 
@@ -251,7 +258,7 @@ def panel(
     The result is ``3 * W`` wide and ``H`` high, plus a white strip above with ``title`` (font
     scaled with the photo's height) when a title is given.
     """
-    alpha = _check_alpha(alpha)
+    alpha = check_alpha(alpha)
     photo, heat = _photo_and_heat(image, map2d, cmap)
     width, height = photo.size
     blended = _blend(np.asarray(photo), heat, alpha)
@@ -316,7 +323,7 @@ def grid(
     whose ``map2d`` is None shows its photo alone. Row titles go on the left, column titles on top.
     Drawn with a matplotlib ``Figure`` on an Agg canvas (no pyplot, no figures left registered).
     """
-    alpha = _check_alpha(alpha)
+    alpha = check_alpha(alpha)
     _lut(cmap)
     if isinstance(tile, bool) or not isinstance(tile, int) or tile < 16:
         raise CamlensError(f"tile must be an integer of at least 16 pixels, got {tile!r}")

@@ -1,0 +1,286 @@
+"""`ExplainConfig`: every option an explanation depends on, checked when it is made, with a JSON
+round trip; `OutputConfig`: how the results are drawn and written.
+
+Every front-end (the ``camlens`` command, ``camlens serve``, a Ray job) builds these two, hands
+them to the same library code and differs only in where files come from and where results go.
+A bad value is refused on construction with a :class:`~camlens.errors.CamlensError` naming the
+option, before any model is loaded or any image read; what needs the model (layer names, class
+names) is checked by :class:`~camlens.explain.Explainer` before any image runs.
+
+>>> config = ExplainConfig(methods=("gradients",), top=3)
+>>> config.methods[:3]
+('gradcam', 'gradcampp', 'xgradcam')
+>>> ExplainConfig.from_json(config.to_json()) == config
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from camlens.devices import check_device
+from camlens.errors import CamlensError, ClassError, MethodError
+from camlens.images import MAX_PIXELS
+from camlens.localize import check_threshold, parse_threshold
+from camlens.methods import METHODS, get_method
+from camlens.render import check_alpha, check_cmap
+from camlens.smoothing import SMOOTHERS
+
+BoxMode = Literal["largest", "all"]
+
+METHOD_GROUPS: dict[str, tuple[str, ...]] = {
+    "all": tuple(METHODS),
+    "gradients": tuple(n for n, m in METHODS.items() if m.needs == "gradients"),
+    "scores": tuple(n for n, m in METHODS.items() if m.needs == "scores"),
+}
+"""Names that stand for several methods: ``all``, ``gradients`` (the Grad-CAM family), ``scores``
+(the perturbation methods: Score-CAM, SS-CAM, IS-CAM, Ablation-CAM)."""
+
+
+def resolve_methods(names: str | Iterable[str]) -> tuple[str, ...]:
+    """Method names (any accepted spelling, or a group of :data:`METHOD_GROUPS`) -> their canonical
+    names, each once, in the order given; an unknown name is a :class:`MethodError`."""
+    given = [names] if isinstance(names, str) else list(names)
+    if not given:
+        raise MethodError("no method given: choose one or more of " + ", ".join(METHODS))
+    out: list[str] = []
+    for name in given:
+        if not isinstance(name, str):
+            raise MethodError(f"a method is named by a string, not {name!r}")
+        key = name.strip().lower()
+        group = METHOD_GROUPS.get("gradients" if key == "gradient" else key)
+        out.extend(group if group is not None else [get_method(name).name])
+    return tuple(dict.fromkeys(out))
+
+
+@dataclass(frozen=True)
+class ExplainConfig:
+    """Everything an explanation depends on.
+
+    ``model``/``weights``: a spec for :func:`camlens.load_model` (None: the embedded default) and
+    its local weights file. ``methods``: names or groups (``all``, ``gradients``, ``scores``),
+    stored as canonical names. ``layers``: target layer names (empty: the automatic one).
+    ``classes`` (indices or names, for every image) or ``top`` (the top K predicted classes; 1
+    when neither is given). ``smooth``: ``tta`` and/or ``pca``; ``tta_flips``/``tta_scales`` the
+    test-time augmentations. ``batch_size`` images per forward pass; ``max_batch_memory`` bytes per
+    batch of masked or ablated passes; ``fast_channels``/``fast_resolution`` the approximate modes
+    of the perturbation methods; ``use_head_gradients`` takes a GAP -> Linear head's gradients from
+    its weights; ``channels_last`` the masked passes' memory format. ``input_size`` (height, width)
+    replaces the model's input size; ``max_pixels`` refuses larger image files.
+    """
+
+    model: str | None = None
+    weights: str | None = None
+    device: str = "cpu"
+    methods: tuple[str, ...] = ("gradcam",)
+    layers: tuple[str, ...] = ()
+    classes: tuple[int | str, ...] = ()
+    top: int | None = None
+    smooth: tuple[str, ...] = ()
+    tta_flips: bool = True
+    tta_scales: tuple[float, ...] = (1.0, 1.25)
+    batch_size: int = 16
+    max_batch_memory: int = 512 * 2**20
+    fast_channels: int | None = None
+    fast_resolution: float | None = None
+    use_head_gradients: bool = True
+    channels_last: bool = True
+    input_size: tuple[int, int] | None = None
+    max_pixels: int = MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # frozen: normalized values are set once, here
+        set_(self, "model", _optional_text(self.model, "model"))
+        set_(self, "weights", _optional_text(self.weights, "weights"))
+        set_(self, "device", str(check_device(_text(self.device, "device"))))
+        set_(self, "methods", resolve_methods(self.methods))
+        set_(self, "layers", _texts(self.layers, "layers"))
+        set_(self, "classes", _classes(self.classes))
+        if self.top is not None:
+            set_(self, "top", _integer(self.top, "top", 1))
+            if self.classes:
+                raise ClassError("give classes or top, not both")
+        smooth = tuple(dict.fromkeys(s.strip().lower() for s in _texts(self.smooth, "smooth")))
+        unknown = [s for s in smooth if s not in SMOOTHERS]
+        if unknown:
+            raise MethodError(f"unknown smoothing {unknown}: choose from {', '.join(SMOOTHERS)}")
+        set_(self, "smooth", smooth)
+        set_(self, "tta_flips", _flag(self.tta_flips, "tta_flips"))
+        scales = tuple(_number(s, "tta_scales") for s in _sequence(self.tta_scales, "tta_scales"))
+        if not scales or any(s <= 0 for s in scales):
+            raise CamlensError(f"tta_scales must be positive numbers, not {list(scales)}")
+        set_(self, "tta_scales", scales)
+        set_(self, "batch_size", _integer(self.batch_size, "batch_size", 1))
+        set_(self, "max_batch_memory", _integer(self.max_batch_memory, "max_batch_memory", 1))
+        if self.fast_channels is not None:
+            set_(self, "fast_channels", _integer(self.fast_channels, "fast_channels", 1))
+        if self.fast_resolution is not None:
+            value = _number(self.fast_resolution, "fast_resolution")
+            if not 0 < value <= 1:
+                raise CamlensError(f"fast_resolution must be in (0, 1], not {value:g}")
+            set_(self, "fast_resolution", value)
+        set_(self, "use_head_gradients", _flag(self.use_head_gradients, "use_head_gradients"))
+        set_(self, "channels_last", _flag(self.channels_last, "channels_last"))
+        if self.input_size is not None:
+            size = _sequence(self.input_size, "input_size")
+            if len(size) != 2:
+                raise CamlensError(f"input_size must be (height, width), not {list(size)}")
+            set_(self, "input_size", tuple(_integer(n, "input_size", 8) for n in size))
+        set_(self, "max_pixels", _integer(self.max_pixels, "max_pixels", 1))
+
+    # --- JSON -------------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options as JSON-ready values (tuples as lists)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ExplainConfig:
+        """The config of :meth:`to_dict`'s output; unknown keys are refused, missing ones default."""
+        return cls(**_known_fields(cls, data))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, allow_nan=False)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ExplainConfig:
+        return cls.from_dict(_json_object(text, cls.__name__))
+
+    def replace(self, **changes: Any) -> ExplainConfig:
+        """A copy with ``changes``, checked again."""
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """How results are drawn and written: the overlays' colormap and heatmap opacity ``alpha``;
+    ``boxes``: none, the ``largest`` region of each map or ``all`` its regions, found at
+    ``threshold`` (a fraction of the map's maximum, or ``"otsu"``)."""
+
+    cmap: str = "jet"
+    alpha: float = 0.5
+    boxes: BoxMode | None = None
+    threshold: float | str = 0.2
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "cmap", check_cmap(_text(self.cmap, "cmap")))
+        set_(self, "alpha", check_alpha(self.alpha))
+        if self.boxes not in (None, "largest", "all"):
+            raise CamlensError(f"boxes must be 'largest' or 'all' (or none), not {self.boxes!r}")
+        threshold = (
+            parse_threshold(self.threshold)
+            if isinstance(self.threshold, str)
+            else check_threshold(self.threshold)
+        )
+        set_(self, "threshold", threshold)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> OutputConfig:
+        return cls(**_known_fields(cls, data))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, allow_nan=False)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> OutputConfig:
+        return cls.from_dict(_json_object(text, cls.__name__))
+
+
+# --- checks ---------------------------------------------------------------------------------------
+
+
+def _known_fields(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
+    if not isinstance(data, Mapping):
+        raise CamlensError(f"a {cls.__name__} is read from a mapping, not {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(str(k) for k in data if k not in names)
+    if unknown:
+        raise CamlensError(f"unknown {cls.__name__} option(s) {', '.join(unknown)}")
+    return dict(data)
+
+
+def _json_object(text: str | bytes, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except (ValueError, TypeError) as exc:
+        raise CamlensError(f"not a {what} in JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise CamlensError(f"a {what} in JSON is an object, not {type(data).__name__}")
+    return data
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _text(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise CamlensError(f"{name} must be a non-empty string, not {value!r}")
+    return value.strip()
+
+
+def _optional_text(value: Any, name: str) -> str | None:
+    if value is None:
+        return None
+    if hasattr(value, "__fspath__"):
+        value = str(value)
+    return _text(value, name)
+
+
+def _sequence(value: Any, name: str) -> tuple[Any, ...]:
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        raise CamlensError(f"{name} must be a list, not {value!r}")
+    return tuple(value)
+
+
+def _texts(value: Any, name: str) -> tuple[str, ...]:
+    items = (value,) if isinstance(value, str) else _sequence(value, name)
+    return tuple(dict.fromkeys(_text(v, name) for v in items))
+
+
+def _flag(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise CamlensError(f"{name} must be true or false, not {value!r}")
+    return value
+
+
+def _integer(value: Any, name: str, least: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise CamlensError(f"{name} must be a whole number, not {value!r}")
+    if value < least:
+        raise CamlensError(f"{name} must be at least {least}, not {value}")
+    return int(value)
+
+
+def _number(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise CamlensError(f"{name} must be a finite number, not {value!r}")
+    return float(value)
+
+
+def _classes(value: Any) -> tuple[int | str, ...]:
+    items = (value,) if isinstance(value, int | str) else _sequence(value, "classes")
+    out: list[int | str] = []
+    for c in items:
+        if isinstance(c, bool) or not isinstance(c, int | str):
+            raise ClassError(f"a class is an index or a name, not {c!r}")
+        if isinstance(c, str):
+            c = c.strip()
+            if not c:
+                raise ClassError("an empty class name")
+            if c.lstrip("-").isdigit():
+                c = int(c)
+        out.append(c)
+    return tuple(dict.fromkeys(out))
