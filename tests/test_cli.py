@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from camlens.cli import app, output_stem
+from camlens.batch import output_stem
+from camlens.cli import app
 
 runner = CliRunner()
 

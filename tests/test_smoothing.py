@@ -14,7 +14,8 @@ from camlens.maps import normalize, upsample
 from camlens.methods import METHODS
 from camlens.methods.eigen import first_component
 from camlens.methods.perturbation import Scorer, scorecam
-from camlens.smoothing import Augmentation, augmentations, channel_terms, pca_map
+from camlens.methods import channel_terms
+from camlens.smoothing import Augmentation, augmentations, pca_map
 from camlens.taps import Taps
 
 

@@ -26,7 +26,7 @@ from typing import Any, Literal
 from camlens.devices import check_device
 from camlens.errors import CamlensError, ClassError, MethodError
 from camlens.images import MAX_PIXELS
-from camlens.localize import check_threshold, parse_threshold
+from camlens.localize import Threshold, check_threshold, parse_threshold
 from camlens.methods import METHODS, get_method
 from camlens.render import check_alpha, check_cmap
 from camlens.smoothing import SMOOTHERS
@@ -122,7 +122,7 @@ class ExplainConfig:
         if self.fast_resolution is not None:
             value = _number(self.fast_resolution, "fast_resolution")
             if not 0 < value <= 1:
-                raise CamlensError(f"fast_resolution must be in (0, 1], not {value:g}")
+                raise CamlensError(f"fast_resolution must be in (0, 1], not {value}")
             set_(self, "fast_resolution", value)
         set_(self, "use_head_gradients", _flag(self.use_head_gradients, "use_head_gradients"))
         set_(self, "channels_last", _flag(self.channels_last, "channels_last"))
@@ -165,7 +165,7 @@ class OutputConfig:
     cmap: str = "jet"
     alpha: float = 0.5
     boxes: BoxMode | None = None
-    threshold: float | str = 0.2
+    threshold: Threshold = 0.2
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__

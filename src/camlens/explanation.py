@@ -6,6 +6,7 @@ import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +15,7 @@ import torch
 from PIL import Image
 
 from camlens import render
+from camlens.files import atomic_write
 from camlens.maps import upsample
 
 if TYPE_CHECKING:
@@ -25,6 +27,22 @@ class Prediction:
     class_index: int
     label: str
     score: float  # softmax probability
+
+
+@dataclass(frozen=True)
+class CallStats:
+    """What the batch an explanation came from cost: its ``images``, the model's
+    ``forward_passes`` (one, more with test-time augmentation), ``backward_passes`` (zero where
+    the gradients came from a GAP -> Linear head), ``perturbation_passes`` (rows the perturbation
+    methods ran through the model or its replay), the ``replays`` used per layer and the wall
+    time in ``seconds``."""
+
+    images: int = 0
+    forward_passes: int = 0
+    backward_passes: int = 0
+    perturbation_passes: int = 0
+    seconds: float = 0.0
+    replays: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -57,7 +75,8 @@ class Explanation:
     ``image`` is the photo, upright, at its own size (for a tensor input, the input itself
     de-normalized); ``source`` names it (a path, or ``<image N>``). The constructor also takes a
     function that makes the image, called on first use (the explainer's tensor inputs: most
-    callers of a tensor batch never look at the pictures).
+    callers of a tensor batch never look at the pictures). ``stats``: what the batch it came from
+    cost (passes, time).
     """
 
     source: str
@@ -65,6 +84,7 @@ class Explanation:
     model: str
     predictions: list[Prediction]
     maps: list[ClassMap]
+    stats: CallStats
 
     def __init__(
         self,
@@ -74,6 +94,7 @@ class Explanation:
         model: str,
         predictions: list[Prediction],
         maps: list[ClassMap] | None = None,
+        stats: CallStats | None = None,
     ) -> None:
         self.source = source
         self._image = image
@@ -81,6 +102,7 @@ class Explanation:
         self.model = model
         self.predictions = predictions
         self.maps = maps if maps is not None else []
+        self.stats = stats or CallStats()
 
     @property
     def image(self) -> Image.Image:
@@ -156,7 +178,8 @@ class Explanation:
     ) -> Path:
         """Writes ``STEM.json``, an overlay PNG at the photo's size and the map (``.npy``, float32
         [height, width] in [0, 1]) for each map; returns the JSON's path. ``stem`` defaults to the
-        source's file stem."""
+        source's file stem. Each file appears whole or not at all, the JSON last, so a report on
+        disk always names files that are complete."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         stem = stem or _safe(Path(self.source).stem) or "image"
@@ -164,7 +187,7 @@ class Explanation:
         for i, m in enumerate(self.maps):
             base = f"{stem}.{_safe(m.method)}.{_safe(m.layer)}.{m.class_index}"
             full = self._numpy(self.map_at_image(i))
-            np.save(out / f"{base}.npy", full.astype(np.float32))
+            atomic_write(out / f"{base}.npy", partial(_save_npy, full.astype(np.float32)))
             picture = render.overlay(self.image, full, cmap=cmap, alpha=alpha)
             if m.boxes:
                 picture = render.draw_boxes(
@@ -172,9 +195,8 @@ class Explanation:
                 )
             render.save_png(picture, out / f"{base}.png")
             files.append((f"{base}.png", f"{base}.npy"))
-        path = out / f"{stem}.json"
-        path.write_text(json.dumps(self.to_dict(files), indent=2) + "\n")
-        return path
+        report = json.dumps(self.to_dict(files), indent=2, allow_nan=False) + "\n"
+        return atomic_write(out / f"{stem}.json", lambda temp: temp.write_text(report))
 
     @staticmethod
     def _numpy(t: torch.Tensor) -> np.ndarray:
@@ -203,6 +225,11 @@ def grid(
     cells = [[*r, *([None] * (width - len(r)))] for r in rows]
     names = [Path(e.source).name for e in explanations]
     return render.grid(cells, row_titles=names, cmap=cmap, alpha=alpha)
+
+
+def _save_npy(array: np.ndarray, path: Path) -> None:
+    with open(path, "wb") as handle:  # a file object: np.save would add .npy to the temp name
+        np.save(handle, array)
 
 
 def _safe(text: str) -> str:

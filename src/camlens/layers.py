@@ -10,6 +10,7 @@ from torch import nn
 
 from camlens.errors import LayerError, MethodError
 from camlens.models.model import Model
+from camlens.taps import RUNS, hooked
 
 # Module types whose output is not a feature map worth explaining, though it may be 4-D.
 _NOT_FEATURES = (
@@ -28,7 +29,8 @@ _NOT_FEATURES = (
 class LayerInfo:
     name: str
     kind: str  # the module's class name
-    shape: tuple[int, ...]  # output shape for one input image, [C, H, W]
+    shape: tuple[int, ...]  # the maps' shape for one input image, [K, h, w]
+    adapter: str = "conv"  # how the output becomes maps (see camlens.adapters)
 
 
 def probe_input(model: Model, batch: int = 1) -> torch.Tensor:
@@ -39,28 +41,32 @@ def probe_input(model: Model, batch: int = 1) -> torch.Tensor:
 
 
 def spatial_layers(model: Model) -> list[LayerInfo]:
-    """Every module whose output is a spatial map [N, C, H, W] with H * W > 1, in the order their
-    forward passes finish (a container after its children), found with one probe forward pass."""
+    """Every module whose output its model's adapter rule (:mod:`camlens.adapters`) turns into
+    maps [N, K, h, w] with h * w > 1, in the order their forward passes finish (a container after
+    its children), found with one probe forward pass."""
     seen: dict[str, LayerInfo] = {}
-    handles = []
 
     def record(name: str) -> Any:
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            if isinstance(output, torch.Tensor) and output.ndim == 4 and output[0, 0].numel() > 1:
+            adapter = model.adapter(name, module, output)
+            if adapter is None:
+                return
+            maps = adapter.to_maps(output)
+            if maps.ndim == 4 and maps.shape[2] * maps.shape[3] > 1:
                 seen.pop(name, None)  # re-insert: the last call's position counts
-                seen[name] = LayerInfo(name, type(module).__name__, tuple(output.shape[1:]))
+                seen[name] = LayerInfo(
+                    name, type(module).__name__, tuple(maps.shape[1:]), adapter.describe()
+                )
 
         return hook
 
-    for name, module in model.net.named_modules():
-        if name and not isinstance(module, _NOT_FEATURES):
-            handles.append(module.register_forward_hook(record(name)))
-    try:
-        with torch.inference_mode():
-            model.net(probe_input(model))
-    finally:
-        for handle in handles:
-            handle.remove()
+    hooks = [
+        (module, record(name))
+        for name, module in model.net.named_modules()
+        if name and not isinstance(module, _NOT_FEATURES)
+    ]
+    with hooked(hooks), RUNS.shared(), torch.inference_mode():
+        model.net(probe_input(model))
     return list(seen.values())
 
 

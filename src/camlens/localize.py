@@ -329,6 +329,18 @@ def draw_objects(
     return render.draw_boxes(image, boxes, labels=[object_label(o) for o in objects], color=color)
 
 
+def check_localize_options(*, min_score: float, iou_threshold: float) -> None:
+    """A :class:`CamlensError` unless ``min_score`` (a class probability) and ``iou_threshold``
+    (an overlap) are numbers in [0, 1]."""
+    for name, value in (("min_score", min_score), ("iou_threshold", iou_threshold)):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not 0.0 <= float(value) <= 1.0
+        ):
+            raise CamlensError(f"{name} must be a number in [0, 1], not {value!r}")
+
+
 def localize_objects(
     explanation: Explanation,
     model: Model | None = None,
@@ -350,6 +362,7 @@ def localize_objects(
        the class the full photo gave ("going further" in the CAM posts: a box that holds an object
        of another class shows up as a crop whose prediction differs).
     """
+    check_localize_options(min_score=min_score, iou_threshold=iou_threshold)
     candidates: dict[tuple[str, str], list[LocalizedObject]] = {}
     for i, m in enumerate(explanation.maps):
         if m.flat or m.score < min_score:

@@ -35,6 +35,7 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
 from camlens.errors import CamlensError
+from camlens.files import atomic_write
 
 __all__ = [
     "GridCell",
@@ -528,10 +529,8 @@ def draw_boxes(
 
 
 def save_png(image: Image.Image, path: str | os.PathLike[str]) -> Path:
-    """Save the image as PNG at ``path`` (whatever its suffix), creating parent folders."""
+    """Save the image as PNG at ``path`` (whatever its suffix), creating parent folders; the file
+    appears whole or not at all."""
     if not isinstance(image, Image.Image):
         raise CamlensError(f"{path}: expected a PIL.Image.Image, got {type(image).__name__}")
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    image.save(target, format="PNG")
-    return target
+    return atomic_write(path, lambda temp: image.save(temp, format="PNG"))
