@@ -111,7 +111,7 @@ def test_bad_output_values_are_refused_by_name(options: dict[str, object], messa
 
 
 def test_unknown_keys_and_bad_json() -> None:
-    with pytest.raises(camlens.CamlensError, match="unknown ExplainConfig option.*modle"):
+    with pytest.raises(camlens.CamlensError, match=r"unknown ExplainConfig option.*modle"):
         ExplainConfig.from_dict({"modle": "x"})
     with pytest.raises(camlens.CamlensError, match="not a ExplainConfig in JSON"):
         ExplainConfig.from_json("{")

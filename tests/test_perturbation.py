@@ -22,9 +22,9 @@ import camlens
 from camlens.cli import EventBars, app
 from camlens.images import PreprocessConfig, preprocess
 from camlens.maps import upsample
-from camlens.progress import Event
 from camlens.methods import get_method
 from camlens.methods.perturbation import Scorer, channel_masks, masked_scores, noise, scorecam
+from camlens.progress import Event
 from camlens.replay import build_replay, plan_replay
 from camlens.taps import Taps
 

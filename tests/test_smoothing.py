@@ -11,10 +11,9 @@ import torch
 import camlens
 from camlens.errors import MethodError
 from camlens.maps import normalize, upsample
-from camlens.methods import METHODS
+from camlens.methods import METHODS, channel_terms
 from camlens.methods.eigen import first_component
 from camlens.methods.perturbation import Scorer, scorecam
-from camlens.methods import channel_terms
 from camlens.smoothing import Augmentation, augmentations, pca_map
 from camlens.taps import Taps
 
