@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,16 +15,8 @@ from PIL import Image
 
 from camlens import render
 from camlens.maps import upsample
-
-if TYPE_CHECKING:
-    from camlens.localize import Box
-
-
-@dataclass(frozen=True)
-class Prediction:
-    class_index: int
-    label: str
-    score: float  # softmax probability
+from camlens.types import Box
+from camlens.types import Prediction as Prediction  # explain.py still imports it from here
 
 
 @dataclass
@@ -122,7 +114,7 @@ class Explanation:
         return flat_index % width, flat_index // width
 
     def to_dict(self, files: Sequence[tuple[str, str]] | None = None) -> dict[str, Any]:
-        """The JSON report (see DESIGN.md); ``files`` gives (overlay, map) names per map."""
+        """The JSON report (the fields of the `camlens explain` contract); ``files`` gives (overlay, map) names per map."""
         width, height = self.size
         explanations = []
         for i, m in enumerate(self.maps):
