@@ -16,10 +16,11 @@ from typer.testing import CliRunner
 
 import camlens
 from camlens.cli import app
-from camlens.datasets import SYNTHETIC_CLASSES, Dataset, make_synthetic, read_dataset
+from camlens.datasets import Dataset, make_synthetic, read_dataset
 from camlens.evaluate import evaluate
 from camlens.localize import boxes_from_map
 from camlens.metrics import gt_known_localization, iou, pointing_hit
+from camlens.models.synthetic import SYNTHETIC_CLASSES
 
 runner = CliRunner()
 
@@ -28,7 +29,7 @@ runner = CliRunner()
 def synthetic(tmp_path_factory: pytest.TempPathFactory) -> tuple[camlens.Model, Dataset]:
     """400 training images (seed 0), 100 held-out ones (seed 1), and the model trained on the
     first, with one thread (about 10 s on an idle CPU; more threads only lose on a shared one)."""
-    from camlens.datasets import train_synthetic_model
+    from camlens.train import train_synthetic_model
 
     root = tmp_path_factory.mktemp("synthetic")
     train = make_synthetic(root / "train", 400, seed=0)

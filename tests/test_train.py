@@ -50,7 +50,7 @@ def trained(pets: tuple[Path, dict[Path, Box]]) -> tuple[camlens.Model, camlens.
     start = time.perf_counter()
     torch.manual_seed(0)
     model = camlens.build_cam_model(num_classes=2)
-    history = camlens.train(model, root, epochs=6, val=0.5, views=2, seed=0, progress=False)
+    history = camlens.train(model, root, epochs=6, val=0.5, views=2, seed=0)
     return model, history, time.perf_counter() - start
 
 
@@ -160,7 +160,7 @@ def test_training_is_seeded(tiny_model: camlens.Model, tiny_folder: Path) -> Non
     runs = []
     for seed in (3, 3, 4):
         model = train_module.clone_model(tiny_model)
-        camlens.train(model, tiny_folder, epochs=2, views=3, seed=seed, progress=False)
+        camlens.train(model, tiny_folder, epochs=2, views=3, seed=seed)
         runs.append(fc_of(model))
     assert torch.equal(runs[0], runs[1])
     assert not torch.equal(runs[0], runs[2])
@@ -185,7 +185,6 @@ def test_ctrl_c_keeps_the_best_epoch(
         epochs=10,
         patience=10,
         lr=0.1,
-        progress=False,
         callback=interrupt,
         checkpoint=checkpoint,
     )
@@ -199,7 +198,7 @@ def test_ctrl_c_keeps_the_best_epoch(
 
 def test_early_stopping_on_validation_loss() -> None:
     history = train_module.History(classes=("a", "b"))
-    reporter = train_module._Reporter(False)
+    reporter = train_module._Reporter(None)
     task = reporter.task("head", 5)
     trainer = train_module._Trainer(cast(CamNet, None), 2, history, reporter, 2, None)
     labels = torch.tensor([0, 1])
@@ -224,7 +223,7 @@ def test_fine_tuning_trains_the_last_block_only(
     net = cast(CamNet, model.net)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     history = camlens.train(
-        model, tiny_folder, epochs=1, fine_tune=1, fine_tune_epochs=1, val=0, progress=False
+        model, tiny_folder, epochs=1, fine_tune=1, fine_tune_epochs=1, val=0
     )  # no validation: the last epoch's weights are kept
     assert [r.phase for r in history.epochs] == ["head", "fine-tune"]
     assert history.fine_tuned == ["features.layer4"] and history.best_epoch == 2
@@ -241,9 +240,7 @@ def test_a_separate_validation_folder(tiny_model: camlens.Model, tmp_path: Path)
     make_pasted_folder(tmp_path / "train", per_class=4, size=64, seed=2)
     make_pasted_folder(tmp_path / "val", per_class=3, size=64, seed=3)
     model = train_module.clone_model(tiny_model)
-    history = camlens.train(
-        model, tmp_path / "train", val=tmp_path / "val", epochs=1, views=1, progress=False
-    )
+    history = camlens.train(model, tmp_path / "train", val=tmp_path / "val", epochs=1, views=1)
     assert (history.train_images, history.val_images) == (8, 6)
     assert all(Path(f).is_relative_to(tmp_path / "val") for f in history.val_files)
 
@@ -258,7 +255,7 @@ def test_unreadable_images_are_listed_once_and_skipped(
     with pytest.warns(
         UserWarning, match=r"skipped 1 unreadable image\(s\): .*broken.jpg"
     ) as caught:
-        history = camlens.train(model, tmp_path, epochs=1, views=1, val=0, progress=False)
+        history = camlens.train(model, tmp_path, epochs=1, views=1, val=0)
     assert sum("unreadable" in str(w.message) for w in caught) == 1
     assert history.skipped == [(str(bad), "is not an image Pillow can read")]
     assert history.train_images == 8 and history.best_epoch == 1
@@ -303,15 +300,15 @@ def test_bad_folders(
     model = train_module.clone_model(tiny_model)
     with pytest.raises(camlens.CamlensError, match=message), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        camlens.train(model, root, epochs=1, progress=False, **kwargs)
+        camlens.train(model, root, epochs=1, **kwargs)
 
 
 def test_missing_folder_and_wrong_classes(tiny_model: camlens.Model, tiny_folder: Path) -> None:
     with pytest.raises(camlens.CamlensError, match="nowhere: no such folder"):
-        camlens.train(tiny_model, "nowhere", progress=False)
+        camlens.train(tiny_model, "nowhere")
     named = quiet_build("torchvision:resnet18", class_names=["cat", "dog"], input_size=64)
     with pytest.raises(camlens.CamlensError, match=r"'coffee' are not among the model's classes"):
-        camlens.train(named, tiny_folder, progress=False)
+        camlens.train(named, tiny_folder)
     with pytest.raises(camlens.CamlensError, match="train needs a model made by"):
         camlens.train(
             camlens.load_model(torch.nn.Conv2d(3, 2, 1), preprocess=named.preprocess), tiny_folder
@@ -348,9 +345,7 @@ def test_vgg16_and_resnet50_backbones_from_weights_files(tiny_folder: Path, tmp_
         assert net.config.channels == channels
         backbone = {k: v.clone() for k, v in net.features.state_dict().items()}
         head = fc_of(model)
-        history = camlens.train(
-            model, tiny_folder, epochs=1, batch_size=64, views=1, progress=False
-        )
+        history = camlens.train(model, tiny_folder, epochs=1, batch_size=64, views=1)
         assert len(history.epochs) == 1  # one epoch of one step (16 images, batch of 64)
         assert not torch.equal(fc_of(model), head)
         assert all(torch.equal(v, backbone[k]) for k, v in net.features.state_dict().items())
