@@ -45,29 +45,29 @@ def pets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[Path, Box
 
 
 @pytest.fixture(scope="module")
-def trained(pets: tuple[Path, dict[Path, Box]]) -> tuple[camlens.Model, camlens.History, float]:
+def trained(pets: tuple[Path, dict[Path, Box]]) -> tuple[camlens.Model, camlens.History]:
+    """The default backbone's head on 20 + 20 pasted objects (its time: benchmarks/train_cache.py
+    --test-setting)."""
     root, _ = pets
-    start = time.perf_counter()
     torch.manual_seed(0)
     model = camlens.build_cam_model(num_classes=2)
     history = camlens.train(model, root, epochs=6, val=0.5, views=2, seed=0)
-    return model, history, time.perf_counter() - start
+    return model, history
 
 
 @pytest.fixture(scope="module")
 def val_results(
-    trained: tuple[camlens.Model, camlens.History, float],
+    trained: tuple[camlens.Model, camlens.History],
 ) -> list[camlens.Explanation]:
-    model, history, _ = trained
+    model, history = trained
     return camlens.Explainer(model, method="cam").explain(history.val_files)
 
 
 def test_head_learns_the_pasted_objects(
-    trained: tuple[camlens.Model, camlens.History, float],
+    trained: tuple[camlens.Model, camlens.History],
     val_results: list[camlens.Explanation],
 ) -> None:
-    model, history, seconds = trained
-    assert seconds < 120, f"training took {seconds:.0f} s"
+    model, history = trained
     assert model.labels == ("cat", "coffee")  # named after the folders
     assert (history.train_images, history.val_images, history.views) == (20, 20, 2)
     assert history.val_accuracy is not None and history.val_accuracy >= 0.95
@@ -98,16 +98,16 @@ def test_cam_peaks_inside_the_object(
 
 @pytest.fixture(scope="module")
 def pets_checkpoint(
-    trained: tuple[camlens.Model, camlens.History, float],
+    trained: tuple[camlens.Model, camlens.History],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Path:
     return camlens.save(trained[0], tmp_path_factory.mktemp("checkpoint") / "pets")
 
 
 def test_save_load_explain_bit_for_bit(
-    trained: tuple[camlens.Model, camlens.History, float], pets_checkpoint: Path
+    trained: tuple[camlens.Model, camlens.History], pets_checkpoint: Path
 ) -> None:
-    model, history, _ = trained
+    model, history = trained
     assert pets_checkpoint.name == "pets.camlens"
     loaded = camlens.load_model(str(pets_checkpoint))
     assert loaded.labels == ("cat", "coffee") and loaded.name == str(pets_checkpoint)
@@ -125,7 +125,7 @@ def test_save_load_explain_bit_for_bit(
 
 
 def test_cli_explains_with_a_checkpoint(
-    trained: tuple[camlens.Model, camlens.History, float], pets_checkpoint: Path, tmp_path: Path
+    trained: tuple[camlens.Model, camlens.History], pets_checkpoint: Path, tmp_path: Path
 ) -> None:
     image = trained[1].val_files[0]
     out = tmp_path / "out"
