@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import camlens
 from camlens.datasets import (
     Annotated,
     GroundTruth,
@@ -255,3 +256,14 @@ def test_the_generator_command(tmp_path: Path) -> None:
     assert path.read_text() == make_synthetic(tmp_path / "again", 3, seed=7, size=48).read_text()
     result = CliRunner().invoke(app, [*args, "--train", "--objects", "2"])
     assert result.exit_code == 2 and "--train makes one object per image" in result.stderr
+    out = tmp_path / "trained"
+    result = CliRunner().invoke(app, ["synthetic", str(out), "--count", "8", "--train"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        f"training set: {out / 'train' / 'annotations.json'}",
+        f"held-out set: {out / 'test' / 'annotations.json'}",
+        f"model: {out / 'model.pt'}",
+    ]
+    assert len(read_dataset(out / "test" / "annotations.json")) == 2  # a quarter of --count
+    model = camlens.load_model("synthetic", weights=out / "model.pt")
+    assert model.labels == ("disc", "square", "triangle", "cross")

@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 import camlens
 from camlens.cli import app
 from camlens.models.head import CamNet
+from camlens.progress import Event
 
 train_module = importlib.import_module("camlens.train")  # camlens.train is the function
 runner = CliRunner()
@@ -252,13 +253,24 @@ def test_unreadable_images_are_listed_once_and_skipped(
     bad = tmp_path / "cat" / "broken.jpg"
     bad.write_bytes(b"plain text, not a picture")
     model = train_module.clone_model(tiny_model)
+    events: list[Event] = []
     with pytest.warns(
         UserWarning, match=r"skipped 1 unreadable image\(s\): .*broken.jpg"
     ) as caught:
-        history = camlens.train(model, tmp_path, epochs=1, views=1, val=0)
+        history = camlens.train(model, tmp_path, epochs=1, views=1, val=0, progress=events.append)
     assert sum("unreadable" in str(w.message) for w in caught) == 1
     assert history.skipped == [(str(bad), "is not an image Pillow can read")]
     assert history.train_images == 8 and history.best_epoch == 1
+    # The same, as progress events: every image counted, the broken one with its problem.
+    problems = [e for e in events if e.problem is not None]
+    assert [(e.task, e.item, e.problem) for e in problems] == [
+        ("features", str(bad), f"{bad}: is not an image Pillow can read (skipped)")
+    ]
+    assert [(e.task, e.done, e.total) for e in events if e.problem is None][-3:] == [
+        ("features", 9, 9),
+        ("head epochs", 0, 1),
+        ("head epochs", 1, 1),
+    ]
 
 
 def write(path: Path, data: bytes = b"") -> None:
