@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import numpy as np
 import typer
@@ -31,6 +31,9 @@ from rich.table import Table
 from camlens.errors import CamlensError
 from camlens.images import MAX_PIXELS, find_images, load_image
 from camlens.progress import Event
+
+if TYPE_CHECKING:
+    from camlens.train import EpochRecord
 
 app = typer.Typer(
     help="Where a CNN classifier looks: class activation maps (CAM, Grad-CAM and family).",
@@ -430,7 +433,7 @@ def train_command(
     import torch
 
     from camlens.models import build_cam_model, save
-    from camlens.train import EpochRecord, scan_folder, train
+    from camlens.train import scan_folder, train
 
     validation: float | Path
     try:
@@ -439,19 +442,8 @@ def train_command(
         validation = Path(val)
     if out.suffix != ".camlens":
         out = out.with_name(out.name + ".camlens")
-
-    def report_epoch(record: EpochRecord) -> None:
-        text = f"loss {record.train_loss:.4g} acc {record.train_accuracy:.3f}"
-        if record.val_loss is not None and record.val_accuracy is not None:
-            text += f"  val loss {record.val_loss:.4g} val acc {record.val_accuracy:.3f}"
-        bars.progress.console.print(
-            f"epoch {record.epoch} ({record.phase}, {record.seconds:.2f} s): {text}",
-            highlight=False,
-        )
-
     with bad_input(), warnings.catch_warnings(record=True) as caught, _progress() as progress:
         warnings.simplefilter("always")
-        bars = EventBars(progress)
         classes = scan_folder(folder).classes  # bad folders fail before any model is built
         torch.manual_seed(seed)
         model = build_cam_model(
@@ -476,8 +468,8 @@ def train_command(
             fine_tune_epochs=fine_tune_epochs,
             fine_tune_lr=fine_tune_lr,
             seed=seed,
-            progress=bars,
-            callback=report_epoch,
+            progress=EventBars(progress),
+            callback=lambda record: progress.console.print(_epoch_line(record), highlight=False),
         )
         checkpoint = save(model, out)
     for warning in caught:
@@ -512,6 +504,14 @@ def train_command(
         raise typer.Exit(130)
     if history.skipped:
         raise typer.Exit(2)
+
+
+def _epoch_line(record: EpochRecord) -> str:
+    """``epoch 3 (head, 0.02 s): loss 0.41 acc 0.850  val loss 0.38 val acc 0.900``."""
+    text = f"loss {record.train_loss:.4g} acc {record.train_accuracy:.3f}"
+    if record.val_loss is not None and record.val_accuracy is not None:
+        text += f"  val loss {record.val_loss:.4g} val acc {record.val_accuracy:.3f}"
+    return f"epoch {record.epoch} ({record.phase}, {record.seconds:.2f} s): {text}"
 
 
 @app.command()

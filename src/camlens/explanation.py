@@ -114,7 +114,7 @@ class Explanation:
         return flat_index % width, flat_index // width
 
     def to_dict(self, files: Sequence[tuple[str, str]] | None = None) -> dict[str, Any]:
-        """The JSON report (the fields of the `camlens explain` contract); ``files`` gives (overlay, map) names per map."""
+        """The JSON report (the fields `camlens explain` writes); ``files``: (overlay, map) per map."""
         width, height = self.size
         explanations = []
         for i, m in enumerate(self.maps):

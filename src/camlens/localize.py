@@ -7,8 +7,8 @@ Boxes are :class:`camlens.types.Box` es, in continuous coordinates as in
 :func:`camlens.render.draw_boxes`: pixel ``(i, j)`` (column ``i``, row ``j``) spans
 ``[i, i + 1) x [j, j + 1)``, so a box ``[x0, y0, x1, y1]`` covers the columns ``x0 .. x1 - 1`` and
 the rows ``y0 .. y1 - 1``, its area is ``(x1 - x0) * (y1 - y0)``, and ``[0, 0, W, H]`` is the whole
-image. Boxes from maps are in the original photo's pixels: give maps at
-the photo's own size (:meth:`camlens.Explanation.map_at_image`).
+image. Boxes from maps are in the original photo's pixels: give maps at the photo's own size
+(:meth:`camlens.Explanation.map_at_image`).
 
 >>> m = np.zeros((6, 8)); m[1:4, 2:5] = 1.0          # a 3 x 3 square at rows 1..3, columns 2..4
 >>> boxes_from_map(m)

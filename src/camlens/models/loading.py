@@ -89,9 +89,9 @@ def load_model(
     (``"synthetic"``, its file) and a built model once :func:`camlens.save` has written it (the
     checkpoint's path, ``None``; before that its spec is the built spec above with ``weights``
     ``None``: its head lives in memory only, so save it, or give its whole state dict as
-    ``weights=``). What is not theirs is not in them: the ``labels=`` and ``preprocess=`` given
-    here (give them again), and the random weights of a spec loaded without a weights file. A model
-    made from an ``nn.Module`` has ``spec`` ``None``: camlens cannot build it again.
+    ``weights=``). Not part of any spec: the ``labels=`` and ``preprocess=`` given here (give them
+    again) and the random weights of a name loaded without a weights file. A model made from an
+    ``nn.Module`` has ``spec`` ``None``: camlens cannot build it again.
 
     >>> model = load_model()                    # doctest: +SKIP
     >>> model.labels[285]                       # doctest: +SKIP
