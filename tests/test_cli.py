@@ -1,4 +1,4 @@
-"""The `camlens` command: the contract in DESIGN.md (files, JSON fields, exit codes)."""
+"""The `camlens` command: its contract (files, JSON fields, exit codes)."""
 
 from __future__ import annotations
 
@@ -115,7 +115,9 @@ def test_explain_class_names_and_grid(photo_files: list[Path], tmp_path: Path) -
         ("layercam", 967),
         ("layercam", 285),
     }
-    assert Image.open(grid).size[0] > 0
+    # One row (the photo) of four 256-pixel tiles (2 classes x 2 methods), each with its title
+    # band, and the row's title on the left: render.grid's layout for that shape.
+    assert Image.open(grid).size == (1093, 295)
 
 
 def test_output_stem_keeps_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,10 +14,9 @@ from torch import nn
 
 import camlens
 from camlens.errors import CamlensError
-from camlens.explanation import ClassMap, Explanation, Prediction
+from camlens.explanation import ClassMap, Explanation
 from camlens.images import PreprocessConfig
 from camlens.localize import (
-    Box,
     add_boxes,
     boxes_from_map,
     crop_box,
@@ -28,6 +27,7 @@ from camlens.localize import (
     parse_threshold,
     threshold_value,
 )
+from camlens.types import Box, Prediction
 
 
 def square_map(height: int = 20, width: int = 30) -> np.ndarray:

@@ -127,7 +127,7 @@ def test_class_names(default_model: camlens.Model) -> None:
 
 
 def test_synthetic_spec_loads_the_benchmark_cnn(tmp_path: Path) -> None:
-    from camlens.datasets import SYNTHETIC_CLASSES, SyntheticCNN
+    from camlens.models.synthetic import SYNTHETIC_CLASSES, SyntheticCNN
 
     torch.manual_seed(0)
     net = SyntheticCNN(len(SYNTHETIC_CLASSES), width=8).eval()

@@ -21,7 +21,7 @@ from camlens.capture import Capture, Settings, Target, find_targets
 from camlens.config import ExplainConfig, resolve_methods
 from camlens.devices import check_device
 from camlens.errors import CamlensError, ClassError, MethodError
-from camlens.explanation import CallStats, ClassMap, Explanation, Prediction
+from camlens.explanation import CallStats, ClassMap, Explanation
 from camlens.images import MAX_PIXELS, load_image, preprocess, tensor_to_image
 from camlens.layers import CamHead, auto_layer, probe_input
 from camlens.maps import normalize
@@ -31,6 +31,7 @@ from camlens.modes import eval_mode
 from camlens.progress import Progress
 from camlens.replay import forward_bytes, plan_replay
 from camlens.taps import RUNS, LayerSpec
+from camlens.types import Prediction
 
 ImageInput = str | Path | Image.Image | np.ndarray | torch.Tensor
 ClassSpec = int | str

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,16 +17,7 @@ from PIL import Image
 from camlens import render
 from camlens.files import atomic_write
 from camlens.maps import upsample
-
-if TYPE_CHECKING:
-    from camlens.localize import Box
-
-
-@dataclass(frozen=True)
-class Prediction:
-    class_index: int
-    label: str
-    score: float  # softmax probability
+from camlens.types import Box, Prediction
 
 
 @dataclass(frozen=True)
@@ -144,7 +135,7 @@ class Explanation:
         return flat_index % width, flat_index // width
 
     def to_dict(self, files: Sequence[tuple[str, str]] | None = None) -> dict[str, Any]:
-        """The JSON report (see DESIGN.md); ``files`` gives (overlay, map) names per map."""
+        """The JSON report (the fields `camlens explain` writes); ``files``: (overlay, map) per map."""
         width, height = self.size
         explanations = []
         for i, m in enumerate(self.maps):

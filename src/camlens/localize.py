@@ -3,11 +3,12 @@
 The CAM paper's point (Zhou et al. 2016, section 4.1) is that a classifier trained without boxes can
 localize: threshold the map, take a connected component, and its bounding box is the object's box.
 
-Coordinates are continuous, as in :func:`camlens.render.draw_boxes`: pixel ``(i, j)`` (column ``i``,
-row ``j``) spans ``[i, i + 1) x [j, j + 1)``, so a box ``[x0, y0, x1, y1]`` covers the columns
-``x0 .. x1 - 1`` and the rows ``y0 .. y1 - 1``, its area is ``(x1 - x0) * (y1 - y0)``, and
-``[0, 0, W, H]`` is the whole image. Boxes from maps are in the original photo's pixels: give maps at
-the photo's own size (:meth:`camlens.Explanation.map_at_image`).
+Boxes are :class:`camlens.types.Box` es, in continuous coordinates as in
+:func:`camlens.render.draw_boxes`: pixel ``(i, j)`` (column ``i``, row ``j``) spans
+``[i, i + 1) x [j, j + 1)``, so a box ``[x0, y0, x1, y1]`` covers the columns ``x0 .. x1 - 1`` and
+the rows ``y0 .. y1 - 1``, its area is ``(x1 - x0) * (y1 - y0)``, and ``[0, 0, W, H]`` is the whole
+image. Boxes from maps are in the original photo's pixels: give maps at the photo's own size
+(:meth:`camlens.Explanation.map_at_image`).
 
 >>> m = np.zeros((6, 8)); m[1:4, 2:5] = 1.0          # a 3 x 3 square at rows 1..3, columns 2..4
 >>> boxes_from_map(m)
@@ -28,9 +29,11 @@ from PIL import Image
 from scipy import ndimage
 
 from camlens.errors import CamlensError
+from camlens.modes import eval_mode
+from camlens.types import Box, Prediction
 
 if TYPE_CHECKING:
-    from camlens.explanation import Explanation, Prediction
+    from camlens.explanation import Explanation
     from camlens.models import Model
 
 Threshold = float | Literal["otsu"]
@@ -40,43 +43,6 @@ MapLike = npt.ArrayLike | torch.Tensor
 #: The CAM paper's threshold: 20% of the map's maximum. Grad-CAM used 15% (:data:`GRADCAM_THRESHOLD`).
 CAM_THRESHOLD = 0.2
 GRADCAM_THRESHOLD = 0.15
-
-
-@dataclass(frozen=True)
-class Box:
-    """A box ``[x0, y0, x1, y1]`` in the photo's pixels (see the module docstring for the
-    convention) with a ``score``: for a box from a map, the share of the map's mass inside it."""
-
-    x0: float
-    y0: float
-    x1: float
-    y1: float
-    score: float = 1.0
-
-    @property
-    def xyxy(self) -> tuple[float, float, float, float]:
-        return (self.x0, self.y0, self.x1, self.y1)
-
-    @property
-    def width(self) -> float:
-        return max(0.0, self.x1 - self.x0)
-
-    @property
-    def height(self) -> float:
-        return max(0.0, self.y1 - self.y0)
-
-    @property
-    def area(self) -> float:
-        return self.width * self.height
-
-    def to_dict(self) -> dict[str, Any]:
-        """``{"box": [x0, y0, x1, y1], "score": s}``, the JSON form of DESIGN.md."""
-        return {"box": [_number(v) for v in self.xyxy], "score": float(self.score)}
-
-
-def _number(v: float) -> int | float:
-    """An int where the coordinate is whole (boxes from maps always are), else a float."""
-    return int(v) if float(v).is_integer() else float(v)
 
 
 def as_map(map2d: MapLike, what: str = "map") -> npt.NDArray[np.float64]:
@@ -397,14 +363,11 @@ def classify_crops(
     model: Model, image: Image.Image, boxes: Sequence[Box], batch_size: int = 16
 ) -> list[Prediction]:
     """The model's top prediction on each box cropped from ``image`` (batched, no gradients)."""
-    from camlens.explanation import Prediction
     from camlens.images import preprocess
 
     predictions: list[Prediction] = []
     crops = [crop_box(image, b) for b in boxes]
-    was_training = model.net.training
-    model.net.eval()
-    try:
+    with eval_mode(model.net):
         for start in range(0, len(crops), batch_size):
             x = preprocess(crops[start : start + batch_size], model.preprocess).to(model.device)
             with torch.inference_mode():
@@ -412,15 +375,12 @@ def classify_crops(
             score, index = probs.max(dim=1)
             for s, c in zip(score.tolist(), index.tolist(), strict=True):
                 predictions.append(Prediction(int(c), model.labels[int(c)], float(s)))
-    finally:
-        model.net.train(was_training)
     return predictions
 
 
 __all__ = [
     "CAM_THRESHOLD",
     "GRADCAM_THRESHOLD",
-    "Box",
     "Localization",
     "LocalizedObject",
     "add_boxes",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -17,9 +18,14 @@ from camlens.images import PreprocessConfig
 class Model:
     """A classifier ready to explain: ``net`` maps a normalized [N, 3, H, W] batch to logits.
 
-    ``labels[i]`` names class ``i``; ``preprocess`` says how photos become inputs; ``name`` is the spec
-    it was loaded from (written into reports). ``adapter`` chooses how each layer's output becomes
-    ``[N, K, h, w]`` maps (see :mod:`camlens.adapters`; convolutional layers by default).
+    ``labels[i]`` names class ``i``; ``preprocess`` says how photos become inputs; ``name`` names
+    the model in reports. ``adapter`` chooses how each layer's output becomes ``[N, K, h, w]`` maps
+    (see :mod:`camlens.adapters`; convolutional layers by default).
+
+    ``spec`` and ``weights`` load the model back: ``camlens.load_model(model.spec,
+    weights=model.weights)`` rebuilds the same network with the same preprocessing and labels (see
+    :func:`camlens.load_model` for each kind of model). ``spec`` is ``None`` for a network given
+    as an ``nn.Module``, which camlens cannot build again.
     """
 
     net: nn.Module
@@ -27,6 +33,8 @@ class Model:
     labels: tuple[str, ...]
     name: str
     adapter: AdapterRule = field(default=default_rule, repr=False, compare=False)
+    spec: str | None = None
+    weights: Path | None = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.net(x)
