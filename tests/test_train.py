@@ -401,3 +401,21 @@ def test_cli_train_bad_folder(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert result.stderr.count("\n") == 1 and "only one class folder ('cats')" in result.stderr
     assert not (tmp_path / "x.camlens").exists()
+
+
+def test_cli_train_at_a_non_square_size(tiny_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "tall.camlens"
+    args = ["train", str(tiny_folder), "--backbone", "torchvision:resnet18", "--out", str(out)]
+    result = runner.invoke(app, [*args, "--input-size", "128x68", "--epochs", "1", "--val", "0"])
+    assert result.exit_code == 0, result.output
+    model = camlens.load_model(out)
+    assert model.preprocess.input_size == (128, 68)  # height x width
+    built = quiet_build("torchvision:resnet18", num_classes=2, input_size=(128, 68))
+    assert built.preprocess == model.preprocess
+    # ResNet's grid: each of 5 stride-2 steps gives floor((n - 1) / 2) + 1 -> 128: 4, 68: 3.
+    result_map = camlens.Explainer(model, method="cam").explain(
+        str(next(tiny_folder.rglob("*.jpg")))
+    )
+    assert tuple(result_map.maps[0].map.shape) == (4, 3)
+    bad = runner.invoke(app, [*args, "--input-size", "128by68"])
+    assert bad.exit_code == 2 and "input size '128by68' is not HEIGHTxWIDTH" in bad.stderr

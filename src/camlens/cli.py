@@ -389,8 +389,12 @@ def train_command(
         float | None, typer.Option("--fine-tune-lr", help="default: lr / 100")
     ] = None,
     input_size: Annotated[
-        int | None,
-        typer.Option("--input-size", help="square input side, instead of the backbone's"),
+        str | None,
+        typer.Option(
+            "--input-size",
+            help="HEIGHTxWIDTH in pixels (128x68: 128 high, 68 wide) or one side for a square, "
+            "instead of the backbone's",
+        ),
     ] = None,
     dropout: Annotated[float, typer.Option("--dropout", help="before the linear layer")] = 0.2,
     seed: Annotated[int, typer.Option("--seed")] = 0,
@@ -407,6 +411,7 @@ def train_command(
     import torch
 
     from camlens.checkpoint import save
+    from camlens.images import parse_size
     from camlens.models.head import build_cam_model
     from camlens.train import scan_folder, train
 
@@ -419,6 +424,7 @@ def train_command(
         out = out.with_name(out.name + ".camlens")
     with bad_input(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        size = parse_size(input_size) if input_size is not None else None
         classes = scan_folder(folder).classes  # bad folders fail before any model is built
         torch.manual_seed(seed)
         model = build_cam_model(
@@ -426,7 +432,7 @@ def train_command(
             class_names=classes,
             weights=weights,
             dropout=dropout,
-            input_size=input_size,
+            input_size=size,
             device=device,
         )
         history = train(

@@ -29,8 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from camlens.errors import ModelError
-from camlens.images import PreprocessConfig
+from camlens.errors import CamlensError, ModelError
+from camlens.images import PreprocessConfig, parse_size
 from camlens.models.loading import DEFAULT_SPEC, _read_state_dict, _timm_preprocess
 from camlens.models.model import Model
 
@@ -125,7 +125,7 @@ def build_cam_model(
     weights: str | Path | None = None,
     class_names: Sequence[str] | None = None,
     dropout: float = 0.2,
-    input_size: int | tuple[int, int] | None = None,
+    input_size: int | tuple[int, int] | str | None = None,
     device: str | torch.device = "cpu",
 ) -> Model:
     """A CAM-ready classifier: ``backbone``'s last convolutional features -> global average pooling
@@ -142,7 +142,8 @@ def build_cam_model(
 
     ``num_classes`` (or ``class_names``, which gives it): the head's outputs; :func:`camlens.train`
     names the classes after the folders when no names are given. ``input_size``: (height, width)
-    or one side in pixels, instead of the backbone's own. The head is initialized from
+    or one side in pixels, or ``"HxW"`` (:func:`camlens.images.parse_size`: ``"128x68"`` is 128
+    pixels high and 68 wide), instead of the backbone's own. The head is initialized from
     ``torch``'s current random state (seed it for repeatable results).
 
     >>> model = build_cam_model("timm:resnet50", num_classes=2, weights="resnet50.safetensors")  # doctest: +SKIP
@@ -215,12 +216,15 @@ def _class_names(num_classes: int | None, class_names: Sequence[str] | None) -> 
 
 
 def _with_input_size(
-    preprocess: PreprocessConfig, size: int | tuple[int, int] | None
+    preprocess: PreprocessConfig, size: int | tuple[int, int] | str | None
 ) -> PreprocessConfig:
     if size is None:
         return preprocess
-    pair = (size, size) if isinstance(size, int) else tuple(size)
-    if len(pair) != 2 or not all(isinstance(n, int) and n >= 16 for n in pair):
+    try:
+        pair = parse_size(size)
+    except CamlensError:
+        pair = (0, 0)
+    if min(pair) < 16:
         raise ModelError(f"input_size must be (height, width) of at least 16 pixels, not {size}")
     return PreprocessConfig(
         (pair[0], pair[1]), preprocess.interpolation, preprocess.mean, preprocess.std
