@@ -42,7 +42,7 @@ def test_automatic_layers(default_model: camlens.Model, resnet18: camlens.Model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         vgg = camlens.load_model("torchvision:vgg11")
-    assert auto_layer(vgg) == "features"  # the last conv stage
+    assert auto_layer(vgg) == "features.19"  # conv5_2's ReLU at 14x14, before the last max pool
     shapes = {info.name: info.shape for info in spatial_layers(resnet18)}
     assert shapes["layer4"] == (512, 7, 7)
     assert shapes["layer1"] == (64, 56, 56)

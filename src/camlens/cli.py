@@ -328,19 +328,25 @@ def methods() -> None:
 
 @app.command()
 def layers(model: ModelOpt = None, weights: WeightsOpt = None, device: DeviceOpt = "cpu") -> None:
-    """The model's layers with spatial output and their shapes; * marks the automatic choice."""
+    """The model's layers with spatial output and their shapes; * marks the automatic choice.
+    A VGG's layers also show their Keras names (block5_conv3), which --layer accepts too."""
+    from camlens.keras_names import keras_names
     from camlens.layers import auto_layer, spatial_layers
 
     with bad_input():
         loaded = _load(model, weights, device)
         found = spatial_layers(loaded)
         chosen = auto_layer(loaded, found)
+    aliases = {name: alias for alias, name in keras_names(loaded.net).items()}
     table = Table(show_header=True, header_style="bold", box=None)
-    for column in ("", "layer", "type", "output [C, H, W]"):
+    columns = ("", "layer", "Keras name", "type", "output [C, H, W]")
+    for column in columns if aliases else columns[:2] + columns[3:]:
         table.add_column(column)
     for info in found:
         mark = "*" if info.name == chosen else ""
-        table.add_row(mark, info.name, info.kind, "x".join(map(str, info.shape)))
+        shape = "x".join(map(str, info.shape))
+        extra = [aliases.get(info.name, "")] if aliases else []
+        table.add_row(mark, info.name, *extra, info.kind, shape)
     out_console.print(table)
     out_console.print(f"* automatic target layer of {loaded.name}: {chosen}")
 
