@@ -354,7 +354,11 @@ def layers(model: ModelOpt = None, weights: WeightsOpt = None, device: DeviceOpt
 @app.command("train")
 def train_command(
     folder: Annotated[
-        Path, typer.Argument(help="training images, one subfolder per class (FOLDER/CLASS/*.jpg)")
+        Path,
+        typer.Argument(
+            help="training images, one subfolder per class (FOLDER/CLASS/*.jpg), or named after "
+            "their class with --classes-from names (FOLDER/cat.1.jpg)"
+        ),
     ],
     backbone: Annotated[
         str,
@@ -378,6 +382,25 @@ def train_command(
     ] = "0.2",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
     lr: Annotated[float, typer.Option("--lr", help="learning rate of the head")] = 1e-2,
+    classes_from: Annotated[
+        str,
+        typer.Option(
+            "--classes-from",
+            help="folders (FOLDER/CLASS/x.jpg) or names (FOLDER/CLASS.N.jpg: the file name up to "
+            "its first dot, less a trailing number)",
+        ),
+    ] = "folders",
+    optimizer: Annotated[str, typer.Option("--optimizer", help="adamw or sgd")] = "adamw",
+    momentum: Annotated[
+        float | None, typer.Option("--momentum", help="sgd's momentum (default 0)")
+    ] = None,
+    nesterov: Annotated[
+        bool, typer.Option("--nesterov", help="sgd with Nesterov momentum")
+    ] = False,
+    weight_decay: Annotated[
+        float | None,
+        typer.Option("--weight-decay", help="default: 0.01 with adamw, 0 with sgd"),
+    ] = None,
     augment: Annotated[
         bool, typer.Option("--augment/--no-augment", help="flips and random resized crops")
     ] = True,
@@ -419,7 +442,7 @@ def train_command(
     from camlens.checkpoint import save
     from camlens.images import parse_size
     from camlens.models.head import build_cam_model
-    from camlens.train import scan_folder, train
+    from camlens.train import optimizer_config, scan_folder, train
 
     validation: float | Path
     try:
@@ -431,7 +454,9 @@ def train_command(
     with bad_input(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         size = parse_size(input_size) if input_size is not None else None
-        classes = scan_folder(folder).classes  # bad folders fail before any model is built
+        # bad settings and folders fail before any model is built
+        optimizer_config(optimizer, weight_decay, momentum, nesterov)
+        classes = scan_folder(folder, classes_from=classes_from).classes
         torch.manual_seed(seed)
         model = build_cam_model(
             backbone,
@@ -448,6 +473,11 @@ def train_command(
             val=validation,
             batch_size=batch_size,
             lr=lr,
+            weight_decay=weight_decay,
+            optimizer=optimizer,
+            momentum=momentum,
+            nesterov=nesterov,
+            classes_from=classes_from,
             augment=augment,
             views=views,
             patience=patience,
