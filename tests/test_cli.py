@@ -1,4 +1,4 @@
-"""The `camlens` command: the contract in DESIGN.md (files, JSON fields, exit codes)."""
+"""The `camlens` command: its contract (files, JSON fields, exit codes)."""
 
 from __future__ import annotations
 

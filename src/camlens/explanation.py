@@ -122,7 +122,7 @@ class Explanation:
         return flat_index % width, flat_index // width
 
     def to_dict(self, files: Sequence[tuple[str, str]] | None = None) -> dict[str, Any]:
-        """The JSON report (see DESIGN.md); ``files`` gives (overlay, map) names per map."""
+        """The JSON report (the fields the README's "Command line" section lists); ``files`` gives (overlay, map) names per map."""
         width, height = self.size
         explanations = []
         for i, m in enumerate(self.maps):

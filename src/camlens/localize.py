@@ -70,7 +70,7 @@ class Box:
         return self.width * self.height
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"box": [x0, y0, x1, y1], "score": s}``, the JSON form of DESIGN.md."""
+        """``{"box": [x0, y0, x1, y1], "score": s}``, its form in the JSON reports."""
         return {"box": [_number(v) for v in self.xyxy], "score": float(self.score)}
 
 
