@@ -540,7 +540,7 @@ def localize(
     ] = 5,
     min_score: Annotated[
         float, typer.Option("--min-score", help="skip classes less probable than this")
-    ] = 0.05,
+    ] = 0.01,
     threshold: ThresholdOpt = "0.2",
     iou: Annotated[
         float, typer.Option("--iou", help="boxes overlapping more than this are merged (NMS)")
