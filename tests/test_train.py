@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -13,12 +14,14 @@ from typing import Any, cast
 
 import pytest
 import torch
+import torch.nn.functional as F
 from pasted import Box, make_pasted_folder
 from PIL import Image
 from typer.testing import CliRunner
 
 import camlens
 from camlens.cli import app
+from camlens.images import preprocess
 from camlens.models.head import CamNet
 from camlens.progress import Event
 
@@ -327,6 +330,112 @@ def test_missing_folder_and_wrong_classes(tiny_model: camlens.Model, tiny_folder
         )
 
 
+# --- training as the write-ups do: classes from file names, SGD with Nesterov momentum ---------------
+
+
+def kaggle_layout(folder: Path, to: Path) -> Path:
+    """The images of ``folder`` (FOLDER/CLASS/*.jpg) in one folder named CLASS.N.jpg, in the same
+    order, as Kaggle's cats vs dogs ships them."""
+    to.mkdir(parents=True)
+    for i, path in enumerate(sorted(folder.rglob("*.jpg"))):
+        shutil.copy(path, to / f"{path.parent.name}.{i:03d}.jpg")
+    return to
+
+
+def test_class_from_name() -> None:
+    names = ["cat.123.jpg", "dog.7.jpg", "Abyssinian_12.jpg", "american_bulldog-10.png", "car.jpg"]
+    classes = ["cat", "dog", "Abyssinian", "american_bulldog", "car"]
+    assert [train_module.class_from_name(n) for n in names] == classes
+    assert train_module.class_from_name("007.jpg") == "007"  # nothing would be left
+
+
+def test_classes_from_file_names_train_as_folders_do(
+    tiny_model: camlens.Model, tiny_folder: Path, tmp_path: Path
+) -> None:
+    flat = kaggle_layout(tiny_folder, tmp_path / "train")
+    assert not any(p.is_dir() for p in flat.iterdir())
+    by_name = train_module.clone_model(tiny_model)
+    by_folder = train_module.clone_model(tiny_model)
+    settings: dict[str, Any] = {"epochs": 2, "views": 2, "val": 0.25, "seed": 5}
+    history = camlens.train(by_name, flat, classes_from="names", **settings)
+    camlens.train(by_folder, tiny_folder, **settings)
+    assert by_name.labels == by_folder.labels == ("cat", "coffee")
+    assert torch.equal(fc_of(by_name), fc_of(by_folder))  # the same images, classes and split
+    assert history.settings["classes_from"] == "names"
+    cats = sum(Path(f).name.startswith("cat.") for f in history.val_files)
+    assert history.confusion is not None and [sum(r) for r in history.confusion] == [cats, 4 - cats]
+
+
+def test_classes_from_names_on_the_command_line(tiny_folder: Path, tmp_path: Path) -> None:
+    flat = kaggle_layout(tiny_folder, tmp_path / "train")
+    out = tmp_path / "names.camlens"
+    args = ["train", str(flat), "--backbone", "torchvision:resnet18", "--input-size", "64"]
+    result = runner.invoke(app, [*args, "--classes-from", "names", "--epochs", "1", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert camlens.load_model(out).labels == ("cat", "coffee")
+    refused = runner.invoke(app, [*args, "-o", str(tmp_path / "x")])  # no class subfolders
+    assert refused.exit_code == 2 and "images lie directly in the folder" in refused.stderr
+    for i in range(4):
+        write(tmp_path / "photos" / f"IMG_{i}.jpg")
+    one = runner.invoke(app, ["train", str(tmp_path / "photos"), "--classes-from", "names"])
+    assert one.exit_code == 2 and "the file names give one class only ('IMG')" in one.stderr
+
+
+def test_sgd_with_nesterov_momentum_takes_its_first_step(tiny_folder: Path) -> None:
+    torch.manual_seed(0)
+    model = quiet_build("torchvision:resnet18", num_classes=2, input_size=64, dropout=0.0)
+    net = cast(CamNet, model.net)
+    w0, b0 = net.fc.weight.detach().clone(), net.fc.bias.detach().clone()
+    # The gradient of the mean cross-entropy over all 16 images, computed apart from camlens.train.
+    files = sorted(tiny_folder.rglob("*.jpg"))
+    x = preprocess([camlens.load_image(f) for f in files], model.preprocess)
+    y = torch.tensor([0 if f.parent.name == "cat" else 1 for f in files])
+    with torch.no_grad():
+        pooled = net.features(x).mean(dim=(2, 3))
+    w, b = w0.clone().requires_grad_(), b0.clone().requires_grad_()
+    gw, gb = torch.autograd.grad(F.cross_entropy(pooled @ w.T + b, y), [w, b])
+    history = camlens.train(
+        model,
+        tiny_folder,
+        epochs=1,
+        val=0,
+        augment=False,
+        batch_size=len(files),  # one step
+        lr=0.1,
+        optimizer="sgd",
+        momentum=0.9,
+        nesterov=True,
+    )
+    assert history.settings["optimizer"] == "sgd" and history.settings["weight_decay"] == 0.0
+    # SGD's first step with Nesterov momentum, from an empty buffer: w - lr * (1 + m) * g (plain
+    # momentum would step lr * g, AdamW about lr * sign(g)).
+    assert torch.allclose(net.fc.weight, w0 - 0.1 * 1.9 * gw, atol=1e-6)
+    assert torch.allclose(net.fc.bias, b0 - 0.1 * 1.9 * gb, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"optimizer": "adam"}, "optimizer must be one of adamw, sgd, not 'adam'"),
+        ({"momentum": 0.9}, "momentum and nesterov are settings of the sgd optimizer"),
+        ({"optimizer": "sgd", "nesterov": True}, "nesterov needs a momentum above 0"),
+        ({"optimizer": "sgd", "momentum": 1.5}, r"momentum must be in \[0, 1\)"),
+        ({"classes_from": "files"}, "classes_from must be one of folders, names"),
+    ],
+)
+def test_bad_optimizer_settings(
+    tiny_model: camlens.Model, tiny_folder: Path, settings: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(camlens.CamlensError, match=message):
+        camlens.train(tiny_model, tiny_folder, **settings)
+    options = [
+        f"--{k.replace('_', '-')}" if v is True else f"--{k.replace('_', '-')}={v}"
+        for k, v in settings.items()
+    ]
+    result = runner.invoke(app, ["train", str(tiny_folder), *options])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+
+
 # --- the CAM posts' backbones ----------------------------------------------------------------------
 
 
@@ -408,3 +517,21 @@ def test_cli_train_bad_folder(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert result.stderr.count("\n") == 1 and "only one class folder ('cats')" in result.stderr
     assert not (tmp_path / "x.camlens").exists()
+
+
+def test_cli_train_at_a_non_square_size(tiny_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "tall.camlens"
+    args = ["train", str(tiny_folder), "--backbone", "torchvision:resnet18", "--out", str(out)]
+    result = runner.invoke(app, [*args, "--input-size", "128x68", "--epochs", "1", "--val", "0"])
+    assert result.exit_code == 0, result.output
+    model = camlens.load_model(out)
+    assert model.preprocess.input_size == (128, 68)  # height x width
+    built = quiet_build("torchvision:resnet18", num_classes=2, input_size=(128, 68))
+    assert built.preprocess == model.preprocess
+    # ResNet's grid: each of 5 stride-2 steps gives floor((n - 1) / 2) + 1 -> 128: 4, 68: 3.
+    result_map = camlens.Explainer(model, method="cam").explain(
+        str(next(tiny_folder.rglob("*.jpg")))
+    )
+    assert tuple(result_map.maps[0].map.shape) == (4, 3)
+    bad = runner.invoke(app, [*args, "--input-size", "128by68"])
+    assert bad.exit_code == 2 and "input size '128by68' is not HEIGHTxWIDTH" in bad.stderr

@@ -352,19 +352,25 @@ def methods() -> None:
 
 @app.command()
 def layers(model: ModelOpt = None, weights: WeightsOpt = None, device: DeviceOpt = "cpu") -> None:
-    """The model's layers with spatial output and their shapes; * marks the automatic choice."""
+    """The model's layers with spatial output and their shapes; * marks the automatic choice.
+    A VGG's layers also show their Keras names (block5_conv3), which --layer accepts too."""
+    from camlens.keras_names import keras_names
     from camlens.layers import auto_layer, spatial_layers
 
     with bad_input():
         loaded = _load(model, weights, device)
         found = spatial_layers(loaded)
         chosen = auto_layer(loaded, found)
+    aliases = {name: alias for alias, name in keras_names(loaded.net).items()}
     table = Table(show_header=True, header_style="bold", box=None)
-    for column in ("", "layer", "type", "output [C, H, W]"):
+    columns = ("", "layer", "Keras name", "type", "output [C, H, W]")
+    for column in columns if aliases else columns[:2] + columns[3:]:
         table.add_column(column)
     for info in found:
         mark = "*" if info.name == chosen else ""
-        table.add_row(mark, info.name, info.kind, "x".join(map(str, info.shape)))
+        shape = "x".join(map(str, info.shape))
+        extra = [aliases.get(info.name, "")] if aliases else []
+        table.add_row(mark, info.name, *extra, info.kind, shape)
     out_console.print(table)
     out_console.print(f"* automatic target layer of {loaded.name}: {chosen}")
 
@@ -372,7 +378,11 @@ def layers(model: ModelOpt = None, weights: WeightsOpt = None, device: DeviceOpt
 @app.command("train")
 def train_command(
     folder: Annotated[
-        Path, typer.Argument(help="training images, one subfolder per class (FOLDER/CLASS/*.jpg)")
+        Path,
+        typer.Argument(
+            help="training images, one subfolder per class (FOLDER/CLASS/*.jpg), or named after "
+            "their class with --classes-from names (FOLDER/cat.1.jpg)"
+        ),
     ],
     backbone: Annotated[
         str,
@@ -396,6 +406,25 @@ def train_command(
     ] = "0.2",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
     lr: Annotated[float, typer.Option("--lr", help="learning rate of the head")] = 1e-2,
+    classes_from: Annotated[
+        str,
+        typer.Option(
+            "--classes-from",
+            help="folders (FOLDER/CLASS/x.jpg) or names (FOLDER/CLASS.N.jpg: the file name up to "
+            "its first dot, less a trailing number)",
+        ),
+    ] = "folders",
+    optimizer: Annotated[str, typer.Option("--optimizer", help="adamw or sgd")] = "adamw",
+    momentum: Annotated[
+        float | None, typer.Option("--momentum", help="sgd's momentum (default 0)")
+    ] = None,
+    nesterov: Annotated[
+        bool, typer.Option("--nesterov", help="sgd with Nesterov momentum")
+    ] = False,
+    weight_decay: Annotated[
+        float | None,
+        typer.Option("--weight-decay", help="default: 0.01 with adamw, 0 with sgd"),
+    ] = None,
     augment: Annotated[
         bool, typer.Option("--augment/--no-augment", help="flips and random resized crops")
     ] = True,
@@ -413,8 +442,12 @@ def train_command(
         float | None, typer.Option("--fine-tune-lr", help="default: lr / 100")
     ] = None,
     input_size: Annotated[
-        int | None,
-        typer.Option("--input-size", help="square input side, instead of the backbone's"),
+        str | None,
+        typer.Option(
+            "--input-size",
+            help="HEIGHTxWIDTH in pixels (128x68: 128 high, 68 wide) or one side for a square, "
+            "instead of the backbone's",
+        ),
     ] = None,
     dropout: Annotated[float, typer.Option("--dropout", help="before the linear layer")] = 0.2,
     seed: Annotated[int, typer.Option("--seed")] = 0,
@@ -430,8 +463,9 @@ def train_command(
 
     import torch
 
+    from camlens.images import parse_size
     from camlens.models import build_cam_model, save
-    from camlens.train import scan_folder, train
+    from camlens.train import optimizer_config, scan_folder, train
 
     validation: float | Path
     try:
@@ -442,14 +476,17 @@ def train_command(
         out = out.with_name(out.name + ".camlens")
     with bad_input(), warnings.catch_warnings(record=True) as caught, _progress() as progress:
         warnings.simplefilter("always")
-        classes = scan_folder(folder).classes  # bad folders fail before any model is built
+        size = parse_size(input_size) if input_size is not None else None
+        # bad settings and folders fail before any model is built
+        optimizer_config(optimizer, weight_decay, momentum, nesterov)
+        classes = scan_folder(folder, classes_from=classes_from).classes
         torch.manual_seed(seed)
         model = build_cam_model(
             backbone,
             class_names=classes,
             weights=weights,
             dropout=dropout,
-            input_size=input_size,
+            input_size=size,
             device=device,
         )
         history = train(
@@ -459,6 +496,11 @@ def train_command(
             val=validation,
             batch_size=batch_size,
             lr=lr,
+            weight_decay=weight_decay,
+            optimizer=optimizer,
+            momentum=momentum,
+            nesterov=nesterov,
+            classes_from=classes_from,
             augment=augment,
             views=views,
             patience=patience,
@@ -526,7 +568,7 @@ def localize(
     ] = 5,
     min_score: Annotated[
         float, typer.Option("--min-score", help="skip classes less probable than this")
-    ] = 0.05,
+    ] = 0.01,
     threshold: ThresholdOpt = "0.2",
     iou: Annotated[
         float, typer.Option("--iou", help="boxes overlapping more than this are merged (NMS)")

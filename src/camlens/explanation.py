@@ -198,7 +198,8 @@ def grid(
     explanations: Sequence[Explanation], *, cmap: str = "jet", alpha: float = 0.5
 ) -> Image.Image:
     """One picture: a row per image, a column per map (its classes x layers x methods), each tile
-    titled with the label, probability, and the method and layer where they vary."""
+    titled with the label, probability, and the method and layer where they vary; a long strip
+    (many images, one map each) is laid out near square by :func:`camlens.render.grid`."""
     methods = {m.method for e in explanations for m in e.maps}
     layers = {m.layer for e in explanations for m in e.maps}
     rows = []

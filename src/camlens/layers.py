@@ -72,16 +72,37 @@ def spatial_layers(model: Model) -> list[LayerInfo]:
 
 def auto_layer(model: Model, layers: list[LayerInfo] | None = None) -> str:
     """The automatic target layer: the last module to produce a spatial feature map (pooling and
-    dropout excluded). For a container that ends in that module the container is chosen, as its
-    forward finishes last: ``bn2`` in EfficientNet, ``layer4`` in ResNet, ``features`` (the last conv
-    stage, after its max pooling) in VGG16."""
+    dropout excluded; a container that ends in that module is chosen, as its forward finishes
+    last), unless that map is the previous one pooled down to half its grid.
+
+    The exception is a rule on the shapes, not on the architecture: when the last layer's output
+    has the channels of the layer that finished just before it on a grid half as large in each
+    direction (``floor`` or ``ceil`` of ``n / 2``), an operation camlens does not tap, a final
+    pooling, made it, and the layer before it is chosen. That pooling adds no feature, and it
+    would cost the map half its resolution: VGG16's ``features`` ends in a max pooling from 14x14
+    to 7x7, so the choice is ``features.29``, the ReLU after conv5_3 at 14x14, which is Keras's
+    ``block5_conv3`` (a Keras conv layer's output includes its activation), the layer of the CAM
+    and Grad-CAM write-ups on VGG. Other networks keep their last stage: ``bn2`` in
+    EfficientNet, ``layer4`` in ResNet (their last stage's children have its grid), and a model
+    from :func:`camlens.build_cam_model`, whose backbone has no final pooling, ``features``."""
     layers = spatial_layers(model) if layers is None else layers
     if not layers:
         raise LayerError(
             f"{model.name} has no layer with a spatial output (no conv layer): "
             "class activation maps need one"
         )
+    if len(layers) > 1 and _pooled_to_half(layers[-2].shape, layers[-1].shape):
+        return layers[-2].name
     return layers[-1].name
+
+
+def _pooled_to_half(before: tuple[int, ...], after: tuple[int, ...]) -> bool:
+    """``after`` [C, H, W] has the channels of ``before`` on a grid half as large each way."""
+    if len(before) != 3 or len(after) != 3 or before[0] != after[0]:
+        return False
+    return all(
+        a in (b // 2, (b + 1) // 2) and b >= 2 for b, a in zip(before[1:], after[1:], strict=True)
+    )
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,15 @@ from torch import nn
 
 from camlens.adapters import CONV, LayerAdapter
 from camlens.errors import LayerError
+from camlens.keras_names import keras_names
 
 LayerSpec = str | nn.Module
 Hook = Callable[[nn.Module, Any, Any], Any]
 
 
 def resolve_layer(net: nn.Module, layer: LayerSpec) -> tuple[str, nn.Module]:
-    """A layer given by dotted name (``"layer4"``, ``"features.29"``) or by module -> (name, module)."""
+    """A layer given by dotted name (``"layer4"``, ``"features.29"``), by its Keras name in a VGG
+    (``"block5_conv3"``, see :mod:`camlens.keras_names`) or by module -> (its dotted name, module)."""
     if isinstance(layer, str) and layer:
         try:  # a walk down the dotted path: no scan of the whole model on every call
             return layer, net.get_submodule(layer)
@@ -37,7 +39,10 @@ def resolve_layer(net: nn.Module, layer: LayerSpec) -> tuple[str, nn.Module]:
         )
     if layer in modules and layer != "":
         return layer, modules[layer]
-    close = difflib.get_close_matches(str(layer), [n for n in modules if n], n=5)
+    aliases = keras_names(net)  # block5_conv3 -> features.29 in a VGG (see camlens.keras_names)
+    if layer in aliases:
+        return aliases[layer], modules[aliases[layer]]
+    close = difflib.get_close_matches(str(layer), [n for n in modules if n] + list(aliases), n=5)
     hint = f"; close names: {', '.join(close)}" if close else "; see `camlens layers`"
     raise LayerError(f"the model has no layer named {layer!r}{hint}")
 

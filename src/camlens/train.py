@@ -6,7 +6,11 @@ on your classes; the class activation maps read from its weights.
 
 Data
     ``FOLDER/CLASS/*.jpg``, the layout of torchvision's ``ImageFolder``: class names are the
-    subfolder names, sorted; files are found as ``camlens explain`` finds them
+    subfolder names, sorted. Or, with ``classes_from="names"``, the images of one folder named after
+    their class, as in Kaggle's cats vs dogs (``train/cat.123.jpg``, ``train/dog.7.jpg``): the class
+    is the file name up to its first dot, less a trailing number and the ``_``, ``-`` or space
+    before it (:func:`class_from_name`: ``cat.123.jpg`` -> ``cat``, ``Abyssinian_12.jpg`` ->
+    ``Abyssinian``). Files are found as ``camlens explain`` finds them
     (:func:`camlens.images.find_images`: recursive, hidden files skipped, the suffixes of
     :data:`camlens.images.IMAGE_SUFFIXES`). Images are read with :func:`camlens.images.load_image`
     and become inputs with :func:`camlens.images.preprocess` (the whole image resized, the model's
@@ -26,7 +30,9 @@ Caching and augmentation
     costs ``views`` backbone passes per training image; ``augment=False`` caches one.
 
 Training
-    Cross-entropy, AdamW, a cosine learning rate over all the steps, early stopping when the
+    Cross-entropy; AdamW (weight decay 0.01), or SGD with ``optimizer="sgd"`` (``momentum``,
+    ``nesterov``; no weight decay unless given), as the person / not-person write-up trains; a
+    cosine learning rate over all the steps, early stopping when the
     validation loss has not improved for ``patience`` epochs; the best epoch's weights (lowest
     validation loss) are kept. ``fine_tune=N`` then unfreezes the last ``N`` blocks of the
     backbone (see :func:`backbone_blocks`) and trains them with the head at a lower learning rate,
@@ -51,6 +57,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import re
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -188,14 +195,43 @@ class History:
 # --- the folder ----------------------------------------------------------------------------------
 
 
-def scan_folder(folder: str | os.PathLike[str], *, min_classes: int = 2) -> ImageFolderData:
+CLASSES_FROM = ("folders", "names")
+"""Where :func:`scan_folder` reads the classes: subfolder names, or file names."""
+
+_TRAILING_NUMBER = re.compile(r"[_\- ]?[0-9]+$")
+
+
+def class_from_name(path: str | os.PathLike[str]) -> str:
+    """The class an image's file name gives: the name up to its first dot, less a trailing number
+    and the ``_``, ``-`` or space before it (when something is left).
+
+    >>> [class_from_name(n) for n in ("cat.123.jpg", "Abyssinian_12.jpg", "dog-7.png", "car.jpg")]
+    ['cat', 'Abyssinian', 'dog', 'car']
+    """
+    first = Path(path).name.split(".", 1)[0]
+    return _TRAILING_NUMBER.sub("", first) or first
+
+
+def scan_folder(
+    folder: str | os.PathLike[str], *, min_classes: int = 2, classes_from: str = "folders"
+) -> ImageFolderData:
     """The classes (subfolder names, sorted) and image files of ``folder``; a :class:`DatasetError`
     when it is missing, has no class subfolders, fewer than ``min_classes`` classes, or a class
-    subfolder without image files."""
+    subfolder without image files.
+
+    ``classes_from="names"``: the classes are read from the file names of the images under
+    ``folder`` (:func:`class_from_name`, sorted), for a folder such as Kaggle's cats vs dogs
+    ``train/`` (``cat.0.jpg``, ``dog.0.jpg``...)."""
     root = Path(folder)
     if not root.is_dir():
         problem = "is a file, not a folder" if root.exists() else "no such folder"
         raise DatasetError(f"{root}: {problem}")
+    if classes_from == "names":
+        return _scan_names(root, min_classes)
+    if classes_from != "folders":
+        raise CamlensError(
+            f"classes_from must be one of {', '.join(CLASSES_FROM)}, not {classes_from!r}"
+        )
     subfolders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not subfolders:
         loose = find_images([root])
@@ -217,6 +253,28 @@ def scan_folder(folder: str | os.PathLike[str], *, min_classes: int = 2) -> Imag
             raise DatasetError(f"{sub}: no image files in class folder {sub.name!r}")
         samples.extend((f, index) for f in files)
     return ImageFolderData(root, tuple(p.name for p in subfolders), tuple(samples))
+
+
+def _scan_names(root: Path, min_classes: int) -> ImageFolderData:
+    files = find_images([root])
+    if not files:
+        raise DatasetError(f"{root}: no image files (CLASS.N.jpg expected, e.g. cat.1.jpg)")
+    names = [class_from_name(f) for f in files]
+    classes = tuple(sorted(set(names)))
+    if len(classes) < min_classes:
+        raise DatasetError(
+            f"{root}: the file names give one class only ({classes[0]!r}); with classes from "
+            "names a file is named CLASS.N.jpg (cat.1.jpg, dog.1.jpg)"
+        )
+    if len(classes) > max(2, len(files) // 2):
+        raise DatasetError(
+            f"{root}: the file names give {len(classes)} classes for {len(files)} images (e.g. "
+            f"{files[0].name!r} -> {names[0]!r}); with classes from names a file is named "
+            "CLASS.N.jpg (cat.1.jpg, dog.1.jpg)"
+        )
+    index = {name: i for i, name in enumerate(classes)}
+    samples = tuple((f, index[n]) for f, n in zip(files, names, strict=True))
+    return ImageFolderData(root, classes, samples)
 
 
 def split(
@@ -282,6 +340,53 @@ def _group(modules: list[nn.Module]) -> nn.Module:
     return modules[0] if len(modules) == 1 else nn.ModuleList(modules)
 
 
+OPTIMIZERS = ("adamw", "sgd")
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """The optimizer of both phases: AdamW, or SGD with momentum (Nesterov's, if asked)."""
+
+    name: str
+    weight_decay: float
+    momentum: float
+    nesterov: bool
+
+    def make(self, params: Sequence[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+        if self.name == "sgd":
+            return torch.optim.SGD(
+                params,
+                lr=lr,
+                momentum=self.momentum,
+                nesterov=self.nesterov,
+                weight_decay=self.weight_decay,
+            )
+        return torch.optim.AdamW(params, lr=lr, weight_decay=self.weight_decay)
+
+
+def optimizer_config(
+    name: str, weight_decay: float | None, momentum: float | None, nesterov: bool
+) -> OptimizerConfig:
+    """:func:`train`'s optimizer settings, checked (a :class:`CamlensError` naming the bad one):
+    ``"adamw"`` (weight decay 0.01 unless given; momentum and Nesterov do not apply) or ``"sgd"``
+    (weight decay 0 unless given, momentum 0 unless given, Nesterov only with a momentum)."""
+    key = name.strip().lower() if isinstance(name, str) else name
+    if key not in OPTIMIZERS:
+        raise CamlensError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {name!r}")
+    if key == "adamw" and (momentum is not None or nesterov):
+        raise CamlensError("momentum and nesterov are settings of the sgd optimizer, not adamw")
+    momentum = 0.0 if momentum is None else momentum
+    if isinstance(momentum, bool) or not isinstance(momentum, int | float) or not 0 <= momentum < 1:
+        raise CamlensError(f"momentum must be in [0, 1), not {momentum!r}")
+    if nesterov and momentum == 0:
+        raise CamlensError("nesterov needs a momentum above 0 (e.g. momentum=0.9)")
+    if weight_decay is None:
+        weight_decay = 1e-2 if key == "adamw" else 0.0
+    if not weight_decay >= 0:
+        raise CamlensError(f"weight_decay must be >= 0, not {weight_decay}")
+    return OptimizerConfig(key, float(weight_decay), float(momentum), bool(nesterov))
+
+
 def _step(
     logits: torch.Tensor,
     y: torch.Tensor,
@@ -323,7 +428,11 @@ def train(
     val: float | str | os.PathLike[str] = 0.2,
     batch_size: int = 16,
     lr: float = 1e-2,
-    weight_decay: float = 1e-2,
+    weight_decay: float | None = None,
+    optimizer: str = "adamw",
+    momentum: float | None = None,
+    nesterov: bool = False,
+    classes_from: str = "folders",
     augment: bool = True,
     views: int = 4,
     patience: int = 3,
@@ -340,7 +449,10 @@ def train(
     for the data, the feature cache and the schedule.
 
     ``val``: the fraction of each class held out (seeded), a separate folder of the same layout,
-    or 0 for none (then the last epoch is kept). The model's classes: named after the folders when
+    or 0 for none (then the last epoch is kept). ``classes_from``: ``"folders"`` (a subfolder per
+    class) or ``"names"`` (one folder, the class in each file name: ``cat.123.jpg``; see
+    :func:`class_from_name`). ``optimizer``: ``"adamw"`` (``weight_decay`` 0.01 by default) or
+    ``"sgd"`` with ``momentum`` (0 by default) and ``nesterov`` (``weight_decay`` 0 by default). The model's classes: named after the folders when
     the model was built without ``class_names``, otherwise the folders must carry those names.
     ``fine_tune``: how many of the backbone's last blocks to train afterwards, for
     ``fine_tune_epochs`` at ``fine_tune_lr`` (default ``lr / 100``). ``progress``: called with
@@ -359,10 +471,11 @@ def train(
             f"{type(net).__name__}"
         )
     _check_settings(epochs, batch_size, lr, views, patience, fine_tune, fine_tune_epochs)
-    data = scan_folder(folder)
+    optim = optimizer_config(optimizer, weight_decay, momentum, nesterov)
+    data = scan_folder(folder, classes_from=classes_from)
     class_map = _class_map(model, data.classes, str(data.root))
     samples = [(path, class_map[c]) for path, c in data.samples]
-    train_items, val_items = _validation(samples, val, seed, model, str(data.root))
+    train_items, val_items = _validation(samples, val, seed, model, str(data.root), classes_from)
     n_views = views if augment else 1
     history = History(
         classes=tuple(model.labels),
@@ -373,7 +486,14 @@ def train(
             "epochs": epochs,
             "batch_size": batch_size,
             "lr": lr,
-            "weight_decay": weight_decay,
+            "optimizer": optim.name,
+            "weight_decay": optim.weight_decay,
+            **(
+                {"momentum": optim.momentum, "nesterov": optim.nesterov}
+                if optim.name == "sgd"
+                else {}
+            ),
+            "classes_from": classes_from,
             "augment": augment,
             "patience": patience,
             "fine_tune": fine_tune,
@@ -400,7 +520,7 @@ def train(
         history.val_files = [str(p) for p in val_set.paths]
         trainer = _Trainer(net, model.num_classes, history, reporter, patience, callback)
         try:
-            trainer.head_phase(train_set, val_set, epochs, batch_size, lr, weight_decay, generator)
+            trainer.head_phase(train_set, val_set, epochs, batch_size, lr, optim, generator)
             if fine_tune:
                 blocks = backbone_blocks(net)
                 if fine_tune > len(blocks):
@@ -418,7 +538,7 @@ def train(
                     fine_tune_epochs,
                     batch_size,
                     fine_tune_lr or lr / 100,
-                    weight_decay,
+                    optim,
                     augment,
                     generator,
                 )
@@ -484,9 +604,10 @@ def _validation(
     seed: int,
     model: Model,
     where: str,
+    classes_from: str = "folders",
 ) -> tuple[list[tuple[Path, int]], list[tuple[Path, int]]]:
     if isinstance(val, str | os.PathLike):
-        extra = scan_folder(val, min_classes=1)
+        extra = scan_folder(val, min_classes=1, classes_from=classes_from)
         unknown = [c for c in extra.classes if c not in model.labels]
         if unknown:
             raise DatasetError(
@@ -617,13 +738,13 @@ class _Trainer:
         epochs: int,
         batch_size: int,
         lr: float,
-        weight_decay: float,
+        optim: OptimizerConfig,
         generator: torch.Generator,
     ) -> None:
         net = self.net
         n, views = train_set.features.shape[:2]
         params = list(net.fc.parameters())
-        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        optimizer = optim.make(params, lr)
         steps = epochs * math.ceil(n / batch_size)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
         task = self.reporter.task("head epochs", epochs)
@@ -668,7 +789,7 @@ class _Trainer:
         epochs: int,
         batch_size: int,
         lr: float,
-        weight_decay: float,
+        optim: OptimizerConfig,
         augment: bool,
         generator: torch.Generator,
     ) -> None:
@@ -680,7 +801,7 @@ class _Trainer:
         self.restore_best()
         self.stop, self.bad_epochs = False, 0
         params = [p for block in blocks for p in block.parameters()] + list(net.fc.parameters())
-        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        optimizer = optim.make(params, lr)
         n = len(train_set.paths)
         steps = epochs * math.ceil(n / batch_size)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))

@@ -215,13 +215,15 @@ METHODS: dict[str, Method] = {
             "hirescam",
             gradient.hirescam,
             "Draelos & Carin 2020, HiResCAM",
-            "gradient times activation, element-wise, summed over channels",
+            "gradient times activation per pixel, summed over channels, then ReLU (the "
+            "element-wise recipe of the Keras Grad-CAM write-ups)",
         ),
         GradientMethod(
             "gradcam_elementwise",
             gradient.gradcam_elementwise,
             "Grad-CAM element-wise (pytorch-grad-cam's GradCAMElementWise)",
-            "ReLU of gradient times activation, summed over channels",
+            "ReLU of each gradient-activation product, then summed over channels (the ReLU "
+            "before the sum: not the write-ups' recipe, which is hirescam)",
         ),
         GradientMethod(
             "layercam",

@@ -35,7 +35,7 @@ def build_cam_model(
     weights: str | os.PathLike[str] | None = None,
     class_names: Sequence[str] | None = None,
     dropout: float = 0.2,
-    input_size: int | tuple[int, int] | None = None,
+    input_size: int | tuple[int, int] | str | None = None,
     device: str | torch.device = "cpu",
 ) -> Model:
     """A CAM-ready classifier: ``backbone``'s last convolutional features -> global average pooling
@@ -52,7 +52,8 @@ def build_cam_model(
 
     ``num_classes`` (or ``class_names``, which gives it): the head's outputs; :func:`camlens.train`
     names the classes after the folders when no names are given. ``input_size``: (height, width)
-    or one side in pixels, instead of the backbone's own. The head is initialized from
+    or one side in pixels, or ``"HxW"`` (:func:`camlens.images.parse_size`: ``"128x68"`` is 128
+    pixels high and 68 wide), instead of the backbone's own. The head is initialized from
     ``torch``'s current random state (seed it for repeatable results).
 
     The model's ``spec`` (:func:`camlens.models.head.cam_spec`, its name plus the input size and

@@ -38,8 +38,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from camlens.errors import ModelError
-from camlens.images import PreprocessConfig
+from camlens.errors import CamlensError, ModelError
+from camlens.images import PreprocessConfig, parse_size
 from camlens.models.architectures import (
     DEFAULT_SPEC,
     DEFAULT_TIMM_NAME,
@@ -217,14 +217,17 @@ def parse_cam_spec(text: str) -> tuple[CamConfig, tuple[int, int] | None]:
 
 
 def with_input_size(
-    preprocess: PreprocessConfig, size: int | tuple[int, int] | None
+    preprocess: PreprocessConfig, size: int | tuple[int, int] | str | None
 ) -> PreprocessConfig:
     """``preprocess`` with another input size (height, width, or one side for a square);
     unchanged for ``None``."""
     if size is None:
         return preprocess
-    pair = (size, size) if isinstance(size, int) else tuple(size)
-    if len(pair) != 2 or not all(isinstance(n, int) and n >= 16 for n in pair):
+    try:
+        pair = parse_size(size)
+    except CamlensError:
+        pair = (0, 0)
+    if min(pair) < 16:
         raise ModelError(f"input_size must be (height, width) of at least 16 pixels, not {size}")
     return PreprocessConfig(
         (pair[0], pair[1]), preprocess.interpolation, preprocess.mean, preprocess.std
