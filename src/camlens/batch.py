@@ -10,28 +10,61 @@
 - **Atomic files**: each file appears whole or not at all; a report is written only when there is
   something to write, so a failing run never destroys an earlier run's results.
 - **One progress protocol**: ``Event("images", done, total, item=path)`` per input.
+
+:func:`explain_files` is a pipeline: threads read and resize the photos ahead of the model,
+the model explains one batch at a time (in ``workers`` threads, one batch each), and threads
+behind it draw, encode and write the outputs (:mod:`camlens.outputs`); queues between them hold
+a few batches at most, so memory stays flat however many files there are. Each run keeps an
+index and a record in ``OUT`` (:mod:`camlens.runs`) and resumes where an earlier run of the same
+options stopped (:func:`open_run`).
+
+**Same bytes, whatever happened.** A model's output for an image depends, in its last bits, on
+the other images of its batch and on the number of threads of the forward pass. So a run cuts
+its files into fixed batches (``files[0:B]``, ``files[B:2B]``...) and always explains a batch
+whole, even when some of its images are already done; with the same options (threads
+included), a resumed run, or one on Ray, writes exactly the bytes of one uninterrupted run.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import fcntl
 import json
 import os
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+import shutil
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import torch
 from PIL import Image
 
-from camlens.config import OutputConfig
+from camlens.config import ExplainConfig, OutputConfig
 from camlens.errors import CamlensError
 from camlens.explain import Explainer
 from camlens.explanation import Explanation
-from camlens.files import atomic_open
-from camlens.images import IMAGE_SUFFIXES, load_image
-from camlens.localize import Localization, add_boxes, localize_objects
+from camlens.files import atomic_open, output_folder
+from camlens.images import IMAGE_SUFFIXES, PreprocessConfig, load_image, preprocess
+from camlens.localize import Localization, localize_objects
 from camlens.models import Model
+from camlens.outputs import FolderClasses, error_row, write_image
 from camlens.progress import Event, Progress
 from camlens.render import save_png
+from camlens.runs import (
+    STATE,
+    IndexWriter,
+    Row,
+    option_differences,
+    read_index,
+    read_record,
+    row_key,
+    write_record,
+)
+from camlens.version import __version__
 
 
 @dataclass
@@ -44,6 +77,10 @@ class Done:
     report: Path | None = None
     problem: str | None = None
     localization: Localization | None = None
+    row: Row | None = None
+    """The image's row in the run index (:mod:`camlens.runs`)."""
+    skipped: bool = False
+    """True when an earlier run of the same options had done it: nothing was written."""
 
 
 def output_stem(path: Path, out: Path) -> Path:
@@ -56,31 +93,46 @@ def output_stem(path: Path, out: Path) -> Path:
     folder has the same stem (``photo.tiff`` beside ``photo.webp``), the extension stays in the
     name (``OUT/.../photo.tiff``), for both, whichever of them a run is given.
     """
-    if not path.is_absolute() and ".." not in path.parts:
-        relative = path
-    else:
-        resolved = path.resolve()
-        try:
-            relative = resolved.relative_to(Path.cwd().resolve())
-        except ValueError:
-            relative = resolved.relative_to(resolved.anchor)
-    name = relative.name if _has_namesake(path) else relative.stem
-    return out / relative.parent / name
+    return _Layout().stem(path, out)
 
 
-def _has_namesake(path: Path) -> bool:
-    """Whether another image file beside ``path`` has the same stem."""
-    try:
-        siblings = os.listdir(path.parent if str(path.parent) else ".")
-    except OSError:
-        return False
-    stem = path.stem
-    return any(
-        Path(name).stem == stem
-        and name != path.name
-        and Path(name).suffix.lower() in IMAGE_SUFFIXES
-        for name in siblings
-    )
+class _Layout:
+    """:func:`output_stem` for many files: each folder listed once, the current folder read once
+    (a folder of 50,000 images is listed once, not 50,000 times)."""
+
+    def __init__(self) -> None:
+        self.listings: dict[str, list[str]] = {}
+        self.cwd: Path | None = None
+
+    def stem(self, path: Path, out: Path) -> Path:
+        if not path.is_absolute() and ".." not in path.parts:
+            relative = path
+        else:
+            resolved = path.resolve()
+            if self.cwd is None:
+                self.cwd = Path.cwd().resolve()
+            try:
+                relative = resolved.relative_to(self.cwd)
+            except ValueError:
+                relative = resolved.relative_to(resolved.anchor)
+        name = relative.name if self.has_namesake(path) else relative.stem
+        return out / relative.parent / name
+
+    def has_namesake(self, path: Path) -> bool:
+        """Whether another image file beside ``path`` has the same stem."""
+        folder = str(path.parent) if str(path.parent) else "."
+        if folder not in self.listings:
+            try:
+                self.listings[folder] = os.listdir(folder)
+            except OSError:
+                self.listings[folder] = []
+        stem = path.stem
+        return any(
+            Path(name).stem == stem
+            and name != path.name
+            and Path(name).suffix.lower() in IMAGE_SUFFIXES
+            for name in self.listings[folder]
+        )
 
 
 class Stems:
@@ -92,9 +144,10 @@ class Stems:
         self.out = out
         self.taken: dict[Path, Path] = {}
         self.inputs = {_key(p) for p in inputs}
+        self.layout = _Layout()
 
     def claim(self, path: Path, suffix: str = ".json") -> Path:
-        stem = output_stem(path, self.out)
+        stem = self.layout.stem(path, self.out)
         key = _key(stem)
         if key in self.taken and self.taken[key] != path:
             raise CamlensError(
@@ -129,6 +182,166 @@ def read_batches(
         yield paths, images, failed
 
 
+# --- runs: plan, resume, record -------------------------------------------------------------------
+
+
+@dataclass
+class Item:
+    """One input of a run: its ``stem`` relative to OUT (None when it has a ``problem`` before
+    any reading: another input has its outputs' name), and whether an earlier run ``done`` it."""
+
+    path: Path
+    stem: str | None
+    problem: str | None = None
+    done: bool = False
+
+
+@dataclass
+class Run:
+    """An open run on ``out`` (:func:`open_run`): its items cut into fixed ``chunks`` (the
+    batches), the ``index`` to append to, the ``temp`` folder of its temporary files, and its
+    ``record`` (``OUT/run.json``). Only one run at a time holds an OUT (a lock the operating
+    system drops when the process ends, however it ends)."""
+
+    out: Path
+    chunks: list[list[Item]]
+    index: IndexWriter
+    temp: Path
+    record: dict[str, Any]
+    lock: int
+    skipped: int
+    counts: dict[str, int] = field(default_factory=lambda: {"explained": 0, "errors": 0})
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def pending(self) -> int:
+        return sum(1 for chunk in self.chunks for item in chunk if not item.done)
+
+    def finish(self, interrupted: bool = False) -> None:
+        """Closes the index, records the session and lets go of OUT."""
+        try:
+            self.index.close()
+            session = self.record["sessions"][-1]
+            session.update(
+                finished=_now(),
+                explained=self.counts["explained"],
+                errors=self.counts["errors"],
+                interrupted=interrupted,
+                seconds=round(time.monotonic() - self.started, 3),
+            )
+            write_record(self.out, self.record)
+            shutil.rmtree(self.temp, ignore_errors=True)
+        finally:
+            os.close(self.lock)
+
+
+def run_options(config: ExplainConfig, output: OutputConfig, threads: int) -> dict[str, Any]:
+    """What a run's outputs depend on, as ``OUT/run.json`` keeps it: the explanation's options
+    (classes and top included), the output's, and the forward pass's ``threads``."""
+    return {"explain": config.to_dict(), "output": output.to_dict(), "threads": threads}
+
+
+def open_run(
+    files: Sequence[Path],
+    out: Path,
+    options: Mapping[str, Any],
+    *,
+    batch_size: int,
+    overwrite: bool = False,
+    runner: str = "local",
+) -> Run:
+    """Takes ``out`` for a run of ``files`` with ``options`` (:func:`run_options`).
+
+    With no record in ``out``, or with ``overwrite``, the run starts afresh (the index
+    emptied; files are replaced as they are written again). Otherwise the record's options must
+    be the same (a :class:`~camlens.errors.CamlensError` lists those that differ) and the images
+    that the index already holds are done. Temporary files a killed run left are removed, and a
+    last index line it tore is cut off."""
+    out = output_folder(out)
+    state = out / STATE
+    state.mkdir(exist_ok=True)
+    lock = os.open(state / "lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise CamlensError(
+                f"another camlens run is writing to {out}: wait for it, or choose another --out"
+            ) from None
+        record = read_record(out)
+        if record is not None and not overwrite and record["options"] != dict(options):
+            changes = "; ".join(option_differences(record["options"], options)[:3])
+            raise CamlensError(
+                f"{out} holds a run with other options ({changes}): add --overwrite to redo it, "
+                "or choose another --out"
+            )
+        if record is None or overwrite:
+            (out / "index.jsonl").unlink(missing_ok=True)
+            record = {"camlens": __version__, "options": dict(options), "sessions": []}
+        done = {row_key(row) for row in read_index(out)}
+        temp = state / "tmp"
+        shutil.rmtree(temp, ignore_errors=True)
+        temp.mkdir()
+        items = plan_items(files, out)
+        for item in items:
+            item.done = _key_of(item) in done
+        chunks = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+        skipped = sum(1 for item in items if item.done)
+        record["sessions"].append(
+            {"runner": runner, "started": _now(), "images": len(items), "skipped": skipped}
+        )
+        write_record(out, record)
+        index = IndexWriter(out)
+    except BaseException:
+        os.close(lock)
+        raise
+    return Run(out, chunks, index, temp, record, lock, skipped)
+
+
+def plan_items(files: Sequence[Path], out: Path) -> list[Item]:
+    """The run's items: each file with its output stem relative to ``out``, or the problem
+    that stops it before reading (its outputs would overwrite another input's, or the input)."""
+    stems = Stems(out, files)
+    items = []
+    for path in files:
+        try:
+            stem = stems.claim(path).relative_to(out).as_posix()
+        except CamlensError as exc:
+            items.append(Item(path, None, str(exc)))
+        else:
+            items.append(Item(path, stem))
+    return items
+
+
+def _key_of(item: Item) -> str:
+    return row_key({"stem": item.stem, "image": str(item.path)})
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# --- the local pipeline ----------------------------------------------------------------------------
+
+
+def read_photo(
+    path: Path, settings: PreprocessConfig, max_pixels: int
+) -> tuple[Image.Image, torch.Tensor]:
+    """A photo and its model input, as :meth:`Explainer.explain` would make it."""
+    photo = load_image(path, max_pixels=max_pixels)
+    return photo, preprocess([photo], settings)[0]
+
+
+@dataclass
+class _Outcome:
+    """What became of one item of a batch: an error, nothing (already done), or the writing of
+    its outputs under way."""
+
+    problem: str | None = None
+    result: Explanation | None = None
+    written: Future[Row] | None = None
+
+
 def explain_files(
     files: Sequence[Path],
     explainer: Explainer,
@@ -138,38 +351,144 @@ def explain_files(
     classes: Sequence[int | str] | None = None,
     top: int | None = None,
     progress: Progress | None = None,
+    overwrite: bool = False,
+    workers: int = 1,
+    readers: int = 2,
+    writers: int = 2,
+    stop: Callable[[], bool] | None = None,
 ) -> Iterator[Done]:
-    """Explains ``files`` and writes each one's report (JSON, overlays, maps) under ``out``
-    (:func:`output_stem`), yielding a :class:`Done` per input as it is finished, in order. A file
-    that cannot be read is a problem for that file only. ``classes``/``top`` as in
-    :meth:`Explainer.explain`; the Explainer's own when neither is given."""
+    """Explains ``files`` and writes each one's outputs under ``out`` (:func:`output_stem`,
+    :mod:`camlens.outputs`), yielding a :class:`Done` per input, in order, once its files are
+    complete and its row is in the index. A file that cannot be read is a problem for that file
+    only. ``classes``/``top`` as in :meth:`Explainer.explain`; the Explainer's own when neither
+    is given.
+
+    ``out`` keeps the run's index and record (:mod:`camlens.runs`): images that an earlier run
+    with the same options finished are skipped (yielded with ``skipped=True``), unless
+    ``overwrite``. ``readers`` threads read ahead of the model, ``workers`` threads run it (a
+    batch each; the Explainer is shared), ``writers`` threads write behind it. When ``stop()``
+    turns true, no new batch is started: those under way are finished and written, and the run
+    ends (a later run resumes it). Progress: an ``images`` :class:`~camlens.progress.Event` per
+    image explained or failed, counting to the images not yet done."""
     output = output or OutputConfig()
-    stems = Stems(out, files)
+    if classes is None and top is None:
+        classes, top = explainer.classes, explainer.top  # type: ignore[assignment]
+    config = explainer.config.replace(classes=tuple(classes or ()), top=top)
+    options = run_options(config, output, torch.get_num_threads())
+    run = open_run(files, out, options, batch_size=explainer.batch_size, overwrite=overwrite)
     report = progress or _quiet
-    total, count = len(files), 0
-    for paths, images, failed in read_batches(files, explainer.batch_size, explainer.max_pixels):
-        finished = list(failed)
-        if images:
-            results = explainer.explain(
-                images, classes=classes, top=top, names=[str(p) for p in paths], progress=report
+    truth = FolderClasses(explainer.model)
+    settings = explainer.model.preprocess
+    total, count, interrupted = run.pending, 0, False
+    pools = [
+        ThreadPoolExecutor(max(1, readers), thread_name_prefix="camlens-read"),
+        ThreadPoolExecutor(max(1, workers), thread_name_prefix="camlens-model"),
+        ThreadPoolExecutor(max(1, writers), thread_name_prefix="camlens-write"),
+    ]
+    reading, modelling, writing = pools
+
+    def explain_chunk(chunk: list[Item], reads: list[Future[Any] | None]) -> list[_Outcome]:
+        outcomes = [_Outcome() for _ in chunk]
+        photos, inputs, live = [], [], []
+        for j, (item, read) in enumerate(zip(chunk, reads, strict=True)):
+            if read is None:
+                outcomes[j].problem = item.problem
+                continue
+            try:
+                photo, x = read.result()
+            except CamlensError as exc:
+                outcomes[j].problem = str(exc)
+                continue
+            photos.append(photo)
+            inputs.append(x)
+            live.append(j)
+        if not live:
+            return outcomes
+        try:
+            results = explainer.explain_prepared(
+                torch.stack(inputs),
+                photos,
+                classes=classes,
+                top=top,
+                names=[str(chunk[j].path) for j in live],
             )
-            for path, result in zip(paths, results, strict=True):
-                finished.append(_save(path, result, stems, output))
-        for done in _in_order(finished, files, count):
-            count += 1
-            report(Event("images", count, total, item=str(done.path), problem=done.problem))
-            yield done
+        except CamlensError as exc:
+            for j in live:
+                outcomes[j].problem = str(exc)
+            return outcomes
+        for j, result in zip(live, results, strict=True):
+            item = chunk[j]
+            if not item.done and item.stem is not None:
+                outcomes[j].result = result
+                outcomes[j].written = writing.submit(
+                    write_image, result, item.stem, run.out, output, run.temp, truth(item.path)
+                )
+        return outcomes
 
+    def start(chunk: list[Item]) -> Future[list[_Outcome]] | None:
+        if all(item.done for item in chunk):
+            return None
+        reads: list[Future[Any] | None] = [
+            None
+            if item.problem is not None
+            else reading.submit(read_photo, item.path, settings, explainer.max_pixels)
+            for item in chunk
+        ]
+        return modelling.submit(explain_chunk, chunk, reads)
 
-def _save(path: Path, result: Explanation, stems: Stems, output: OutputConfig) -> Done:
+    queue: deque[tuple[list[Item], Future[list[_Outcome]] | None]] = deque()
+    chunks = iter(run.chunks)
     try:
-        stem = stems.claim(path)
-        if output.boxes is not None:
-            add_boxes(result, threshold=output.threshold, mode=output.boxes)
-        saved = result.save(stem.parent, stem.name, cmap=output.cmap, alpha=output.alpha)
-    except CamlensError as exc:
-        return Done(path, result, problem=str(exc))
-    return Done(path, result, saved)
+        while True:
+            while len(queue) < max(1, workers) + 2 and not interrupted:
+                if stop is not None and stop():
+                    interrupted = True
+                    break
+                chunk = next(chunks, None)
+                if chunk is None:
+                    break
+                queue.append((chunk, start(chunk)))
+            if not queue:
+                break
+            chunk, job = queue.popleft()
+            outcomes = job.result() if job is not None else [_Outcome() for _ in chunk]
+            finished = [_finish(item, oc, run) for item, oc in zip(chunk, outcomes, strict=True)]
+            run.index.append([d.row for d in finished if d.row is not None and not d.skipped])
+            for done in finished:
+                if not done.skipped:
+                    count += 1
+                    run.counts["errors" if done.problem else "explained"] += 1
+                    report(Event("images", count, total, item=str(done.path), problem=done.problem))
+                yield done
+    finally:
+        for pool in pools:
+            pool.shutdown(wait=True, cancel_futures=True)
+        run.finish(interrupted or next(chunks, None) is not None)
+
+
+def _finish(item: Item, outcome: _Outcome, run: Run) -> Done:
+    """The :class:`Done` of one item of a batch whose model has run, its files written."""
+    if item.done:
+        return Done(item.path, skipped=True, report=_report_path(run.out, item.stem))
+    problem = outcome.problem or item.problem
+    if outcome.written is not None:
+        try:
+            row = outcome.written.result()
+        except CamlensError as exc:
+            problem = str(exc)
+        else:
+            return Done(item.path, outcome.result, run.out / row["report"], row=row)
+    problem = problem or f"{item.path}: not explained"
+    return Done(
+        item.path,
+        outcome.result,
+        problem=problem,
+        row=error_row(str(item.path), item.stem, problem),
+    )
+
+
+def _report_path(out: Path, stem: str | None) -> Path | None:
+    return None if stem is None else out / f"{stem}.json"
 
 
 def localize_files(

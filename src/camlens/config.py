@@ -32,6 +32,8 @@ from camlens.render import check_alpha, check_cmap
 from camlens.smoothing import SMOOTHERS
 
 BoxMode = Literal["largest", "all"]
+RunFormat = Literal["files", "dataset"]
+OverlayFormat = Literal["png", "jpeg", "webp"]
 
 METHOD_GROUPS: dict[str, tuple[str, ...]] = {
     "all": tuple(METHODS),
@@ -160,12 +162,21 @@ class ExplainConfig:
 class OutputConfig:
     """How results are drawn and written: the overlays' colormap and heatmap opacity ``alpha``;
     ``boxes``: none, the ``largest`` region of each map or ``all`` its regions, found at
-    ``threshold`` (a fraction of the map's maximum, or ``"otsu"``)."""
+    ``threshold`` (a fraction of the map's maximum, or ``"otsu"``).
+
+    What a run writes (:mod:`camlens.outputs`): ``format`` ``"files"`` (an overlay and a ``.npy``
+    at the photo's size per map) or ``"dataset"`` (an overlay per map, the maps at the layer's
+    resolution in the reports and the index); ``overlay_format`` ``png``, ``jpeg`` or ``webp``
+    (None: PNG for files, JPEG for dataset) at ``quality`` (JPEG and WebP, 1..100)."""
 
     cmap: str = "jet"
     alpha: float = 0.5
     boxes: BoxMode | None = None
     threshold: Threshold = 0.2
+    # --- runs over many files ---
+    format: RunFormat = "files"
+    overlay_format: OverlayFormat | None = None
+    quality: int = 90
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -179,6 +190,21 @@ class OutputConfig:
             else check_threshold(self.threshold)
         )
         set_(self, "threshold", threshold)
+        # --- runs over many files ---
+        if self.format not in ("files", "dataset"):
+            raise CamlensError(f"format must be 'files' or 'dataset', not {self.format!r}")
+        if self.overlay_format is not None:
+            kind = _text(self.overlay_format, "overlay_format").lower()
+            kind = "jpeg" if kind == "jpg" else kind
+            if kind not in ("png", "jpeg", "webp"):
+                raise CamlensError(
+                    f"overlay_format must be png, jpeg or webp, not {self.overlay_format!r}"
+                )
+            set_(self, "overlay_format", kind)
+        quality = _integer(self.quality, "quality", 1)
+        if quality > 100:
+            raise CamlensError(f"quality must be at most 100, not {quality}")
+        set_(self, "quality", quality)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}

@@ -321,6 +321,41 @@ class Explainer:
             wanted = per_image[start : start + self.batch_size] if per_image else None
             yield self._explain_batch(chunk, wanted, top or 1, start, progress)
 
+    def explain_prepared(
+        self,
+        inputs: torch.Tensor,
+        photos: Sequence[Image.Image],
+        *,
+        classes: Classes | None = None,
+        top: int | None = None,
+        names: Sequence[str] | None = None,
+    ) -> list[Explanation]:
+        """Explains photos that were already preprocessed elsewhere (by the reading threads of a
+        run, say): ``inputs`` is the [N, 3, H, W] batch :func:`camlens.images.preprocess` makes
+        of ``photos``, and the explanations show ``photos`` at their own size, as
+        :meth:`explain` of the photos would. Up to ``batch_size`` images go through the model
+        together; ``classes``, ``top`` and ``names`` as in :meth:`explain`."""
+        if self._closed:
+            raise CamlensError("this Explainer is closed")
+        tensors = _tensor_batch(inputs)
+        if len(photos) != len(tensors):
+            raise CamlensError(f"{len(photos)} photos given for {len(tensors)} inputs")
+        items = [_Item(photo, None, t) for photo, t in zip(photos, tensors, strict=True)]
+        if names is not None:
+            if len(names) != len(items):
+                raise CamlensError(f"{len(names)} names given for {len(items)} images")
+            for item, name in zip(items, names, strict=True):
+                item.source = name
+        if classes is None and top is None:
+            classes, top = self.classes, self.top
+        per_image = self.resolve_classes(classes, top, len(items))
+        results: list[Explanation] = []
+        for start in range(0, len(items), self.batch_size):
+            chunk = items[start : start + self.batch_size]
+            wanted = per_image[start : start + self.batch_size] if per_image else None
+            results.extend(self._explain_batch(chunk, wanted, top or 1, start, None))
+        return results
+
     def resolve_classes(
         self, classes: Classes | None, top: int | None, count: int
     ) -> list[list[int]] | None:

@@ -1,0 +1,337 @@
+"""A run's record on disk: the index of what it wrote (``OUT/index.jsonl``), the options it ran
+with (``OUT/run.json``), and the summary of a whole run.
+
+``OUT/index.jsonl`` (JSON Lines, UTF-8): one line per input image, appended only once every file
+of the image is complete, the lines of a batch in one write. A run killed at any moment leaves at
+most a last line without its newline, which readers skip and the next run cuts off. Every image
+is in the index once. Lines are in input order for the local runner; with Ray, in the order the
+batches finished. A line is one of:
+
+- an explained image::
+
+    {"image": "val/cat/1.jpg",          # the path as the run was given it
+     "stem": "cat/1",                   # its outputs' stem, relative to OUT
+     "report": "cat/1.json",            # its JSON report, relative to OUT
+     "size": [640, 480],                # width, height of the photo
+     "model": "efficientnet_lite0",
+     "predictions": [{"class_index": 285, "label": "Egyptian cat", "score": 0.91}, ...],  # top 5
+     "truth": {"class_index": 285, "label": "Egyptian cat"},   # only when the image's folder
+                                                               # names a class of the model
+     "explanations": [                  # one per class, method and layer
+       {"class_index": 285, "label": "Egyptian cat", "score": 0.91,
+        "method": "gradcam", "layer": "bn2", "flat": false,
+        "peak": [312, 201],             # the map's maximum, in the photo's pixels
+        "box": [150, 80, 420, 330],     # its largest region above the threshold, or null
+        "box_score": 0.74,              # the share of the map's mass inside the box
+        "spread": 0.18,                 # the share of the photo where the map is >= 0.5
+        "off_center": 0.12,             # its center of mass from the photo's center, as a
+                                        # share of the half diagonal (0 center, 1 a corner)
+        "overlay": "cat/1.gradcam.bn2.285.jpg",   # relative to OUT
+        "map": null,                    # the .npy at the photo's size (files format), or null
+        "layer_map": [[0.0, 0.1, ...], ...]}]}    # the map at the layer's resolution, float32
+
+- an image that could not be explained: ``{"image": ..., "stem": ... or null, "error": "..."}``.
+
+``layer_map`` holds the map exactly (each value the shortest decimal that reads back as the same
+float32); :func:`camlens.maps.upsample` of it to ``(height, width)`` is the map at the photo's
+size, bit for bit the ``.npy`` of the files format.
+
+``OUT/run.json``: ``{"camlens": version, "options": {"explain": ..., "output": ..., "threads":
+...}, "sessions": [{"runner", "started", "finished", "images", "explained", "skipped", "errors",
+"interrupted", "seconds"}, ...]}``. A run on an ``OUT`` whose options differ is refused unless it
+overwrites.
+
+With pandas::
+
+    rows = pd.read_json("OUT/index.jsonl", lines=True)
+    maps = pd.json_normalize(rows.to_dict("records"), "explanations", ["image", "truth"])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from camlens.errors import CamlensError
+from camlens.files import atomic_open
+
+INDEX = "index.jsonl"
+RECORD = "run.json"
+STATE = ".camlens"
+"""The hidden folder of a run's temporary files and lock, inside OUT."""
+
+Row = dict[str, Any]
+
+
+def row_key(row: Mapping[str, Any]) -> str:
+    """What identifies an image across runs: its output stem, or its path when it has none."""
+    stem = row.get("stem")
+    return str(stem) if stem else "path:" + str(row.get("image"))
+
+
+def read_index(out: str | os.PathLike[str]) -> list[Row]:
+    """The rows of ``OUT/index.jsonl`` (none when there is no index), skipping a last line that a
+    killed run left without its newline. A line that is not a JSON object is a
+    :class:`~camlens.errors.CamlensError` naming the file and line."""
+    return list(iter_index(Path(out) / INDEX))
+
+
+def iter_index(path: Path) -> Iterator[Row]:
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - closed by the with below
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise CamlensError(f"cannot read {path} ({exc.strerror})") from None
+    with handle:
+        for number, line in enumerate(handle, 1):
+            if not line.endswith(b"\n"):
+                return  # torn by a kill: the image is not done
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                row = None
+            if not isinstance(row, dict):
+                raise CamlensError(f"{path}, line {number}: not a camlens index row")
+            yield row
+
+
+class IndexWriter:
+    """Appends rows to ``OUT/index.jsonl``: each call to :meth:`append` is one ``write`` of whole
+    lines, flushed to the operating system. Opening cuts off a torn last line left by a killed
+    run, so the file holds only whole rows."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / INDEX
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)
+        try:
+            _cut_torn_line(self._fd)
+        except OSError:
+            os.close(self._fd)
+            raise
+
+    def append(self, rows: Sequence[Row]) -> None:
+        if not rows:
+            return
+        data = "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows).encode()
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.fsync(self._fd)
+        os.close(self._fd)
+
+
+def _cut_torn_line(fd: int) -> None:
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return
+    keep = size
+    while keep > 0:
+        start = max(0, keep - 65536)
+        chunk = os.pread(fd, keep - start, start)
+        at = chunk.rfind(b"\n")
+        if at >= 0:
+            keep = start + at + 1
+            break
+        keep = start
+    if keep != size:
+        os.ftruncate(fd, keep)
+
+
+# --- the run record --------------------------------------------------------------------------------
+
+
+def read_record(out: Path) -> dict[str, Any] | None:
+    """``OUT/run.json``, or None when there is none."""
+    path = out / RECORD
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise CamlensError(f"cannot read {path} ({exc.strerror})") from None
+    try:
+        record = json.loads(text)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict) or not isinstance(record.get("options"), dict):
+        raise CamlensError(f"{path} is not a camlens run record: remove it or use another --out")
+    return record
+
+
+def write_record(out: Path, record: Mapping[str, Any]) -> None:
+    with atomic_open(out / RECORD) as handle:
+        handle.write(json.dumps(record, indent=2, allow_nan=False) + "\n")
+
+
+def option_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """``"explain.methods: ['gradcam'] -> ['cam']"`` for each option that differs."""
+    found = []
+    for part in sorted(set(old) | set(new)):
+        a, b = old.get(part), new.get(part)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            for key in sorted(set(a) | set(b)):
+                if a.get(key) != b.get(key):
+                    found.append(f"{part}.{key}: {a.get(key)!r} -> {b.get(key)!r}")
+        elif a != b:
+            found.append(f"{part}: {a!r} -> {b!r}")
+    return found
+
+
+# --- summary ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class ClassLine:
+    """One class of a run: its ``images``; ``score`` the mean top-1 probability; ``top1`` and
+    ``top5`` how often the true class is the top one or among the top five (None without
+    labels); ``spread`` and ``off_center`` the means of the images' first maps."""
+
+    class_index: int
+    label: str
+    images: int
+    score: float
+    top1: float | None
+    top5: float | None
+    spread: float | None
+    off_center: float | None
+
+
+@dataclass
+class Notable:
+    """An image worth a look: ``value`` is what put it on its list."""
+
+    image: str
+    label: str
+    value: float
+    overlay: str | None
+
+
+@dataclass
+class Summary:
+    """A run as a whole (:func:`summarize`). ``by`` is ``"truth"`` when the classes are the
+    labels from folder names, else ``"predicted"`` (the top-1 class)."""
+
+    images: int
+    explained: int
+    errors: list[tuple[str, str]]
+    flat: int
+    labelled: int
+    top1: float | None
+    top5: float | None
+    by: str
+    classes: list[ClassLine]
+    spread: list[Notable] = field(default_factory=list)
+    off_center: list[Notable] = field(default_factory=list)
+    confident_mistakes: list[Notable] = field(default_factory=list)
+
+
+def summarize(rows: Iterable[Mapping[str, Any]], top: int = 10) -> Summary:
+    """Per class: images, mean score, top-1/top-5 accuracy when the index has labels from folder
+    names; and the ``top`` images whose first map (that of the first class, method and layer)
+    is most spread or most off center, and (with labels) the most confident mistakes."""
+    rows = list(rows)
+    explained = [r for r in rows if r.get("error") is None and r.get("predictions")]
+    errors = [(str(r.get("image")), str(r.get("error"))) for r in rows if r.get("error")]
+    labelled = [r for r in explained if isinstance(r.get("truth"), Mapping)]
+    by = "truth" if labelled else "predicted"
+    groups: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
+    names: dict[int, str] = {}
+    for r in labelled if labelled else explained:
+        cls = r["truth"] if labelled else r["predictions"][0]
+        groups[int(cls["class_index"])].append(r)
+        names[int(cls["class_index"])] = str(cls["label"])
+    classes = []
+    for index, members in groups.items():
+        first = [m for m in map(_first_map, members) if m is not None]
+        classes.append(
+            ClassLine(
+                index,
+                names[index],
+                len(members),
+                statistics.fmean(float(r["predictions"][0]["score"]) for r in members),
+                _share(members, _right_top1) if labelled else None,
+                _share(members, _right_top5) if labelled else None,
+                _mean(m.get("spread") for m in first),
+                _mean(m.get("off_center") for m in first),
+            )
+        )
+    classes.sort(key=lambda c: (-c.images, c.class_index))
+    firsts = [(r, _first_map(r)) for r in explained]
+    mapped = [(r, m) for r, m in firsts if m is not None and not m.get("flat")]
+    mistakes = [r for r in labelled if not _right_top1(r)]
+    mistakes.sort(key=lambda r: -float(r["predictions"][0]["score"]))
+    return Summary(
+        images=len(rows),
+        explained=len(explained),
+        errors=errors,
+        flat=sum(1 for _, m in firsts if m is not None and m.get("flat")),
+        labelled=len(labelled),
+        top1=_share(labelled, _right_top1) if labelled else None,
+        top5=_share(labelled, _right_top5) if labelled else None,
+        by=by,
+        classes=classes,
+        spread=_notable(mapped, "spread", top),
+        off_center=_notable(mapped, "off_center", top),
+        confident_mistakes=[
+            Notable(
+                str(r["image"]),
+                f"{r['predictions'][0]['label']} (is {r['truth']['label']})",
+                float(r["predictions"][0]["score"]),
+                _overlay(_first_map(r)),
+            )
+            for r in mistakes[:top]
+        ],
+    )
+
+
+def _first_map(row: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    maps = row.get("explanations") or []
+    return maps[0] if maps and isinstance(maps[0], Mapping) else None
+
+
+def _overlay(entry: Mapping[str, Any] | None) -> str | None:
+    return None if entry is None or entry.get("overlay") is None else str(entry["overlay"])
+
+
+def _notable(
+    mapped: list[tuple[Mapping[str, Any], Mapping[str, Any]]], key: str, top: int
+) -> list[Notable]:
+    valued = [(r, m) for r, m in mapped if isinstance(m.get(key), int | float)]
+    valued.sort(key=lambda rm: (-float(rm[1][key]), str(rm[0]["image"])))
+    return [
+        Notable(str(r["image"]), str(m["label"]), float(m[key]), _overlay(m))
+        for r, m in valued[:top]
+    ]
+
+
+def _right_top1(row: Mapping[str, Any]) -> bool:
+    return bool(row["predictions"][0]["class_index"] == row["truth"]["class_index"])
+
+
+def _right_top5(row: Mapping[str, Any]) -> bool:
+    truth = row["truth"]["class_index"]
+    return any(p["class_index"] == truth for p in row["predictions"][:5])
+
+
+def _share(rows: Sequence[Mapping[str, Any]], test: Any) -> float:
+    return sum(1 for r in rows if test(r)) / len(rows)
+
+
+def _mean(values: Iterable[Any]) -> float | None:
+    numbers = [float(v) for v in values if isinstance(v, int | float) and math.isfinite(v)]
+    return statistics.fmean(numbers) if numbers else None
