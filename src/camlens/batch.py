@@ -313,6 +313,15 @@ def plan_items(files: Sequence[Path], out: Path) -> list[Item]:
     return items
 
 
+def class_tuple(classes: Any) -> tuple[int | str, ...]:
+    """Classes given as one class or a list of them, as a tuple (for a config)."""
+    if classes is None:
+        return ()
+    if isinstance(classes, int | str):
+        return (classes,)
+    return tuple(classes)
+
+
 def _key_of(item: Item) -> str:
     return row_key({"stem": item.stem, "image": str(item.path)})
 
@@ -372,8 +381,8 @@ def explain_files(
     image explained or failed, counting to the images not yet done."""
     output = output or OutputConfig()
     if classes is None and top is None:
-        classes, top = explainer.classes, explainer.top  # type: ignore[assignment]
-    config = explainer.config.replace(classes=tuple(classes or ()), top=top)
+        classes, top = class_tuple(explainer.classes) or None, explainer.top
+    config = explainer.config.replace(classes=class_tuple(classes), top=top)
     options = run_options(config, output, torch.get_num_threads())
     run = open_run(files, out, options, batch_size=explainer.batch_size, overwrite=overwrite)
     report = progress or _quiet

@@ -405,7 +405,7 @@ def explain(
     tally = _Tally()
     with _progress(rate=True) as progress, _stop_on_ctrl_c() as stopping, bad_input():
         bars = EventBars(progress)
-        if address is not None:
+        if ray is not None:
             from camlens.distributed import explain_on_ray
 
             runs = explain_on_ray(
@@ -434,13 +434,20 @@ def explain(
                 workers=workers or max(1, (os.cpu_count() or 1) // threads),
                 stop=stopping,
             )
-        for done in runs:
-            tally.add(done)
-            if done.explanation is not None and grid_file is not None and done.row is not None:
-                kept.append(done.explanation)
-            if done.row is not None and done.problem is None:
-                best = done.row["predictions"][0]
-                say(f"{done.row['image']}: {best['label']} ({best['score']:.3f}) -> {done.report}")
+        try:
+            for done in runs:
+                tally.add(done)
+                if done.explanation is not None and grid_file is not None and done.row is not None:
+                    kept.append(done.explanation)
+                if done.row is not None and done.problem is None:
+                    best = done.row["predictions"][0]
+                    say(
+                        f"{done.row['image']}: {best['label']} ({best['score']:.3f}) -> {done.report}"
+                    )
+        except KeyboardInterrupt:  # a second Ctrl-C: what is in the index is done, the rest is not
+            runs.close()
+            say(tally.line(out, interrupted=True), err=True)
+            raise typer.Exit(130) from None
     say(tally.line(out, interrupted=stopping()), err=True)
     if grid_file is not None and kept:
         with bad_input():
@@ -508,7 +515,8 @@ def _stop_on_ctrl_c() -> Iterator[Callable[[], bool]]:
         if flag:
             raise KeyboardInterrupt
         flag.append(True)
-        say("camlens: stopping after the batches under way (Ctrl-C again to stop now)", err=True)
+        # a plain write: the handler may run in the middle of a print
+        os.write(2, b"\ncamlens: stopping after the batches under way (Ctrl-C again to stop now)\n")
 
     try:
         previous = signal.signal(signal.SIGINT, handle)

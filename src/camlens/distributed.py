@@ -1,0 +1,303 @@
+"""Runs on Ray (``camlens explain DATA --ray ADDRESS``): the job of
+:func:`camlens.batch.explain_files` on a Ray cluster, through Ray Data.
+
+- The driver lists the files, plans the run (:func:`camlens.batch.open_run`: the same fixed
+  batches, output stems, resume rule and record) and keeps the index: it alone appends to
+  ``OUT/index.jsonl``.
+- Ray tasks read and resize each batch's photos (:func:`_read_batch`).
+- An actor pool of Explainers, each built once from the shipped
+  :class:`~camlens.config.ExplainConfig`, explains a batch per call, whole, and writes its outputs
+  into ``OUT`` (which every node must see at the same path: a shared folder), then hands the
+  batch's index rows back to the driver.
+- Ray does the distribution, the back-pressure between the stages and the retries: a task or an
+  actor that dies is run again (actors are restarted), and since every file is written whole
+  under its final name by a rename, a batch done twice leaves the same bytes once. The driver
+  indexes each image once.
+
+Every node needs camlens (the same version as the driver: checked) and the model's weights file,
+if any, at the same path. With ``address=None`` a Ray is started on this machine, on the loopback
+interface, and stopped at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from camlens.batch import Done, Item, class_tuple, open_run, read_photo, run_options
+from camlens.config import ExplainConfig, OutputConfig
+from camlens.errors import CamlensError
+from camlens.explain import Explainer
+from camlens.images import PreprocessConfig
+from camlens.outputs import FolderClasses, error_row, write_image
+from camlens.progress import Event, Progress
+from camlens.runs import Row, row_key
+from camlens.version import __version__
+
+
+def explain_on_ray(
+    files: Sequence[Path],
+    explainer: Explainer,
+    out: Path,
+    output: OutputConfig | None = None,
+    *,
+    address: str | None = None,
+    actors: int | None = None,
+    threads: int = 1,
+    progress: Progress | None = None,
+    overwrite: bool = False,
+    stop: Callable[[], bool] | None = None,
+) -> Iterator[Done]:
+    """:func:`camlens.batch.explain_files` on Ray: the same outputs, index and resume rule.
+
+    ``explainer`` (built on the driver, which checks every option before the cluster is
+    touched) gives the config each actor builds its own Explainer from. ``address``: None starts
+    a Ray on this machine; ``"auto"`` or ``"HOST:PORT"`` joins a running cluster. ``actors``:
+    Explainers at work (default: the cluster's CPUs less one, for the reading tasks), each using
+    ``threads`` CPUs for its forward passes. The :class:`Done` s come in the order the batches
+    finish and carry the index row, not the explanation. When ``stop()`` turns true the run
+    stops taking results (the batches being written may be done again by the next run)."""
+    try:
+        import ray
+        import ray.data
+        from ray.data import ActorPoolStrategy
+    except ImportError:
+        raise CamlensError("--ray needs Ray: pip install 'camlens[ray]' (or 'ray[data]')") from None
+    output = output or OutputConfig()
+    config = explainer.config.replace(classes=class_tuple(explainer.classes), top=explainer.top)
+    run = open_run(
+        files,
+        out,
+        run_options(config, output, threads),
+        batch_size=explainer.batch_size,
+        overwrite=overwrite,
+        runner="ray",
+    )
+    report = progress or (lambda event: None)
+    started_here = False
+    interrupted = False
+    try:
+        for chunk in run.chunks:
+            for item in chunk:
+                if item.done:
+                    yield Done(item.path, skipped=True, report=_report(run.out, item))
+        todo = [(k, chunk) for k, chunk in enumerate(run.chunks) if not all(i.done for i in chunk)]
+        if not todo:
+            return
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Ray's own deprecation notices, not the user's
+            started_here = _connect(ray, address)
+            context = ray.data.DataContext.get_current()
+            context.enable_progress_bars = False
+            context.print_on_execution_start = False
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        size = actors or max(1, (cpus - 1) // threads)
+        rows = [_batch_row(k, chunk) for k, chunk in todo]
+        data: Any = ray.data.from_items(rows, override_num_blocks=len(rows))
+        data = data.map(
+            _read_batch,
+            fn_kwargs={"settings": explainer.model.preprocess, "max_pixels": config.max_pixels},
+            num_cpus=0.5,  # two readers to a CPU; unlike the actors', so Ray keeps them apart
+        )
+        data = data.map_batches(
+            _BatchExplainer,
+            fn_constructor_kwargs={
+                "config": config.to_json(),
+                "output": output.to_json(),
+                "out": str(run.out.resolve()),
+                "temp": str(run.temp.resolve()),
+                "threads": threads,
+                "version": __version__,
+            },
+            batch_size=1,
+            batch_format="numpy",
+            compute=ActorPoolStrategy(size=size),
+            num_cpus=threads,
+        )
+        total = sum(1 for _, chunk in todo for item in chunk if not item.done)
+        count = 0
+        indexed: set[str] = set()
+        by_key = {row_key({"stem": i.stem, "image": str(i.path)}): i for _, c in todo for i in c}
+        try:
+            for result in data.iter_rows():
+                fresh = [r for r in json.loads(result["rows"]) if row_key(r) not in indexed]
+                run.index.append(fresh)
+                for row in fresh:
+                    key = row_key(row)
+                    indexed.add(key)
+                    item = by_key[key]
+                    problem = row.get("error")
+                    count += 1
+                    run.counts["errors" if problem else "explained"] += 1
+                    report(Event("images", count, total, item=str(item.path), problem=problem))
+                    yield Done(
+                        item.path,
+                        report=None if problem else run.out / row["report"],
+                        problem=problem,
+                        row=row,
+                    )
+                if stop is not None and stop():
+                    interrupted = True
+                    break
+        except ray.exceptions.RayError as exc:
+            raise CamlensError(f"the Ray job failed: {_first_line(exc)}") from exc
+        interrupted = interrupted or count < total
+    finally:
+        run.finish(interrupted)
+        if started_here:
+            ray.shutdown()
+
+
+def _connect(ray: Any, address: str | None) -> bool:
+    """Connects to Ray (a new local one when ``address`` is None, on the loopback interface);
+    True when this call started it."""
+    if ray.is_initialized():
+        return False
+    for name in ("ray", "ray.data"):  # the command draws its own progress; Ray's errors still raise
+        logging.getLogger(name).setLevel(logging.ERROR)
+    options: dict[str, Any] = {"log_to_driver": False, "logging_level": "warning"}
+    if address is None:
+        # a Ray of this machine alone: its services listen on 127.0.0.1, not on the network
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        ray.init(include_dashboard=False, **options)
+        return True
+    try:
+        ray.init(address=address, **options)
+    except (ConnectionError, RuntimeError) as exc:
+        raise CamlensError(
+            f"cannot join the Ray cluster at {address}: {_first_line(exc)}"
+        ) from None
+    return True
+
+
+def _batch_row(number: int, chunk: list[Item]) -> dict[str, Any]:
+    return {
+        "batch": number,
+        "paths": [str(item.path.resolve()) for item in chunk],
+        "names": [str(item.path) for item in chunk],
+        "stems": [item.stem or "" for item in chunk],
+        "problems": [item.problem or "" for item in chunk],
+        "done": [item.done for item in chunk],
+    }
+
+
+def _read_batch(row: dict[str, Any], settings: PreprocessConfig, max_pixels: int) -> dict[str, Any]:
+    """A Ray task: the batch's photos read and resized, as raw bytes (the photos at their own
+    size, and the model inputs), or the problem of each one that cannot be read."""
+    photos: list[bytes] = []
+    sizes: list[list[int]] = []
+    inputs: list[np.ndarray] = []
+    problems: list[str] = []
+    for path, problem in zip(row["paths"], row["problems"], strict=True):
+        if not problem:
+            try:
+                photo, x = read_photo(Path(path), settings, max_pixels)
+            except CamlensError as exc:
+                problem = str(exc).replace(path, row["names"][len(problems)], 1)
+            else:
+                photos.append(photo.tobytes())
+                sizes.append([photo.height, photo.width])
+                inputs.append(x.numpy())
+        problems.append(problem)
+    stacked = np.stack(inputs) if inputs else np.zeros((0, 3, 1, 1), np.float32)
+    row.update(
+        problems=problems,
+        photos=photos,
+        sizes=sizes,
+        inputs=stacked.tobytes(),
+        input_shape=list(stacked.shape),
+    )
+    return row
+
+
+class _BatchExplainer:
+    """An actor of the pool: one Explainer, built from the shipped config; each call explains
+    one batch whole, writes the outputs of its images not yet done, and returns their rows."""
+
+    def __init__(
+        self, config: str, output: str, out: str, temp: str, threads: int, version: str
+    ) -> None:
+        if version != __version__:
+            raise CamlensError(
+                f"this Ray worker has camlens {__version__}, the driver {version}: install the "
+                "same version on every node"
+            )
+        torch.set_num_threads(threads)
+        settings = ExplainConfig.from_json(config)
+        self.explainer = Explainer.from_config(settings)
+        self.classes = class_tuple(settings.classes) or None
+        self.top = settings.top
+        self.output = OutputConfig.from_json(output)
+        self.out = Path(out)
+        self.temp = Path(temp)
+        self.truth = FolderClasses(self.explainer.model)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        row = {key: value[0] for key, value in batch.items()}
+        rows = self.explain(row)
+        return {"batch": np.array([row["batch"]]), "rows": np.array([json.dumps(rows)])}
+
+    def explain(self, row: dict[str, Any]) -> list[Row]:
+        names, stems = list(row["names"]), list(row["stems"])
+        problems, done = list(row["problems"]), list(row["done"])
+        shape = [int(n) for n in row["input_shape"]]
+        inputs = np.frombuffer(row["inputs"], dtype=np.float32).reshape(shape)
+        photos = [
+            Image.frombytes("RGB", (int(w), int(h)), bytes(data))
+            for data, (h, w) in zip(row["photos"], row["sizes"], strict=True)
+        ]
+        live = [j for j, problem in enumerate(problems) if not problem]
+        rows: list[Row] = []
+        results = []
+        if live:
+            try:
+                results = self.explainer.explain_prepared(
+                    torch.from_numpy(inputs.copy()),
+                    photos,
+                    classes=self.classes,
+                    top=self.top,
+                    names=[names[j] for j in live],
+                )
+            except CamlensError as exc:
+                problems = [p or str(exc) for p in problems]
+                live, results = [], []
+        explained = dict(zip(live, results, strict=True))
+        for j, name in enumerate(names):
+            if done[j]:
+                continue
+            stem = stems[j] or None
+            if j in explained and stem is not None:
+                try:
+                    rows.append(
+                        write_image(
+                            explained[j],
+                            stem,
+                            self.out,
+                            self.output,
+                            self.temp,
+                            self.truth(Path(name)),
+                        )
+                    )
+                    continue
+                except CamlensError as exc:
+                    problems[j] = str(exc)
+            rows.append(error_row(name, stem, problems[j] or f"{name}: not explained"))
+        return rows
+
+
+def _report(out: Path, item: Item) -> Path | None:
+    return None if item.stem is None else out / f"{item.stem}.json"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
