@@ -34,7 +34,7 @@ import os
 import shutil
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -365,7 +365,7 @@ def explain_files(
     readers: int = 2,
     writers: int = 2,
     stop: Callable[[], bool] | None = None,
-) -> Iterator[Done]:
+) -> Generator[Done, None, None]:
     """Explains ``files`` and writes each one's outputs under ``out`` (:func:`output_stem`,
     :mod:`camlens.outputs`), yielding a :class:`Done` per input, in order, once its files are
     complete and its row is in the index. A file that cannot be read is a problem for that file

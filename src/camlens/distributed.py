@@ -25,7 +25,7 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,7 @@ def explain_on_ray(
     progress: Progress | None = None,
     overwrite: bool = False,
     stop: Callable[[], bool] | None = None,
-) -> Iterator[Done]:
+) -> Generator[Done, None, None]:
     """:func:`camlens.batch.explain_files` on Ray: the same outputs, index and resume rule.
 
     ``explainer`` (built on the driver, which checks every option before the cluster is
