@@ -1,0 +1,187 @@
+"""`camlens explain --ray` on a real Ray cluster started here, on 127.0.0.1: the same index and
+the same bytes as the local runner, and a run that survives a worker killed in the middle."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from test_runs import SRC, make_photos, tree
+
+import camlens
+from camlens.batch import explain_files
+from camlens.config import OutputConfig
+from camlens.runs import INDEX, read_index
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.slow
+
+ACTOR = "MapWorker(MapBatches(_BatchExplainer))"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[dict[str, str]]:
+    """A one-machine Ray cluster on 127.0.0.1 (``ray start --head --block``), stopped at the end
+    by ending the process that started it. Yields the environment its clients need, with
+    ``address`` and ``dashboard``."""
+    port, dashboard = _free_port(), _free_port()
+    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # Ray's socket paths must stay short
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(SRC),
+        OMP_NUM_THREADS="1",
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",  # a single-machine cluster: services on 127.0.0.1
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=secrets.token_hex(16),
+        RAY_USAGE_STATS_ENABLED="0",
+    )
+    command = [
+        str(Path(sys.executable).with_name("ray")),
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address=127.0.0.1",
+        f"--port={port}",
+        "--num-cpus=2",
+        "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard}",
+        f"--temp-dir={temp}",
+        "--disable-usage-stats",
+    ]
+    log = Path(temp) / "head.log"
+    with open(log, "wb") as handle:
+        head = subprocess.Popen(
+            command, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while b"Ray runtime started" not in log.read_bytes():
+            assert head.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "Ray did not start in 2 minutes"
+            time.sleep(0.2)
+        yield dict(env, address=f"127.0.0.1:{port}", dashboard=f"http://127.0.0.1:{dashboard}")
+    finally:
+        # the cluster's processes are this session's: end them all, and only them
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        time.sleep(1)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGKILL)  # a worker that outlived its raylet
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _explain(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    clean = {k: v for k, v in env.items() if k not in ("address", "dashboard")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "camlens.cli", "explain", *args],
+        cwd=cwd,
+        env=clean,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+@pytest.fixture(scope="module")
+def images(
+    tmp_path_factory: pytest.TempPathFactory, chelsea: np.ndarray, coffee: np.ndarray
+) -> Path:
+    root = tmp_path_factory.mktemp("ray")
+    make_photos(root / "imgs", [chelsea, coffee], 40, (160, 120))
+    return root
+
+
+def test_ray_writes_what_the_local_runner_writes(
+    cluster: dict[str, str],
+    images: Path,
+    default_model: camlens.Model,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(images)
+    files = sorted(Path("imgs").glob("*.jpg"))
+    explainer = camlens.Explainer(default_model, batch_size=4)
+    list(explain_files(files, explainer, Path("local"), OutputConfig(format="dataset"), top=2))
+    args = ["imgs", "--top", "2", "--batch-size", "4", "--format", "dataset", "--out", "ray"]
+    run = _explain([*args, "--ray", cluster["address"], "--actors", "1"], images, cluster)
+    _, err = run.communicate(timeout=600)
+    assert run.returncode == 0, err.decode()
+    local, remote = tree(images / "local"), tree(images / "ray")
+    index = INDEX
+    assert sorted(remote.pop(index).splitlines()) == sorted(local.pop(index).splitlines())
+    assert len(remote) == 120 and remote == local  # 40 reports, 80 overlays: byte for byte
+    assert "40 explained, 0 errors" in err.decode()
+
+
+STATE_QUERY = """
+import json, sys
+from ray.util.state import list_actors
+actors = list_actors(address=sys.argv[1], filters=json.loads(sys.argv[2]), detail=True,
+                     raise_on_missing_output=False)
+print(json.dumps([[a.actor_id, a.pid, a.state, a.num_restarts or 0] for a in actors]))
+"""
+
+
+def _actors(cluster: dict[str, str], filters: list[tuple[str, str, str]]) -> list[list[Any]]:
+    """Ray's state API, asked in a process of its own (it reads the cluster's token from its
+    environment when Ray is first imported): [actor id, pid, state, restarts] per actor."""
+    found = subprocess.run(
+        [sys.executable, "-c", STATE_QUERY, cluster["dashboard"], json.dumps(filters)],
+        env={k: v for k, v in cluster.items() if k not in ("address", "dashboard")},
+        capture_output=True,
+        check=True,
+        timeout=120,
+    )
+    actors: list[list[Any]] = json.loads(found.stdout.decode().strip().splitlines()[-1])
+    return actors
+
+
+def test_a_killed_worker_is_replaced_and_every_image_indexed_once(
+    cluster: dict[str, str], images: Path
+) -> None:
+    args = ["imgs", "--batch-size", "2", "--format", "dataset", "--out", "killed"]
+    run = _explain([*args, "--ray", cluster["address"], "--actors", "1"], images, cluster)
+    index = images / "killed" / INDEX
+    deadline = time.monotonic() + 300
+    while not (index.exists() and index.read_bytes().count(b"\n") >= 1):
+        assert run.poll() is None, run.communicate()[1].decode()
+        assert time.monotonic() < deadline, "no batch was indexed in 5 minutes"
+        time.sleep(0.05)
+    alive = _actors(cluster, [("class_name", "=", ACTOR), ("state", "=", "ALIVE")])
+    assert len(alive) == 1, alive
+    victim, pid = alive[0][0], alive[0][1]
+    os.kill(pid, signal.SIGKILL)
+    at_kill = index.read_bytes().count(b"\n")
+    _, err = run.communicate(timeout=600)
+    assert run.returncode == 0, err.decode()
+    assert at_kill < 40  # the worker died mid-run
+    rows = read_index(images / "killed")
+    assert sorted(r["image"] for r in rows) == [f"imgs/{i:03d}.jpg" for i in range(40)]
+    assert all(r.get("error") is None for r in rows)
+    restarted = _actors(cluster, [("actor_id", "=", victim)])
+    assert restarted and restarted[0][3] >= 1  # Ray restarted it
+    assert not [p for p in (images / "killed").rglob("*") if p.suffix == ".tmp"]
