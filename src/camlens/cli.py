@@ -448,7 +448,9 @@ def explain(
             runs.close()
             say(tally.line(out, interrupted=True), err=True)
             raise typer.Exit(130) from None
-    say(tally.line(out, interrupted=stopping()), err=True)
+    if sys.stderr.isatty() or tally.skipped or stopping():
+        # for people; a script reads the lines above, and hears of skipped images and stops
+        say(tally.line(out, interrupted=stopping()), err=True)
     if grid_file is not None and kept:
         with bad_input():
             say(f"grid: {save_png(grid_of(kept, cmap=cmap, alpha=alpha), grid_file)}")
