@@ -200,7 +200,7 @@ class Item:
 class Run:
     """An open run on ``out`` (:func:`open_run`): its items cut into fixed ``chunks`` (the
     batches), the ``index`` to append to, the ``temp`` folder of its temporary files, and its
-    ``record`` (``OUT/run.json``). Only one run at a time holds an OUT (a lock the operating
+    ``record`` (``OUT/.camlens/run.json``). Only one run at a time holds an OUT (a lock the operating
     system drops when the process ends, however it ends)."""
 
     out: Path
@@ -236,7 +236,7 @@ class Run:
 
 
 def run_options(config: ExplainConfig, output: OutputConfig, threads: int) -> dict[str, Any]:
-    """What a run's outputs depend on, as ``OUT/run.json`` keeps it: the explanation's options
+    """What a run's outputs depend on, as ``OUT/.camlens/run.json`` keeps it: the explanation's options
     (classes and top included), the output's, and the forward pass's ``threads``."""
     return {"explain": config.to_dict(), "output": output.to_dict(), "threads": threads}
 

@@ -15,7 +15,7 @@ row goes to the index only after that, so a run killed at any moment leaves no p
 the layout and no row for an image whose files are not complete. The same image gives the same
 bytes in every run (the overlays are encoded without timestamps).
 
-The overlays are those of :func:`camlens.render.overlay`, pixel for pixel, made about four times
+The overlays are those of :func:`camlens.render.overlay`, pixel for pixel, made about three times
 faster by a table of the blended values (:func:`overlay_pixels`).
 """
 

@@ -1,5 +1,5 @@
 """A run's record on disk: the index of what it wrote (``OUT/index.jsonl``), the options it ran
-with (``OUT/run.json``), and the summary of a whole run.
+with (``OUT/.camlens/run.json``), and the summary of a whole run.
 
 ``OUT/index.jsonl`` (JSON Lines, UTF-8): one line per input image, appended only once every file
 of the image is complete, the lines of a batch in one write. A run killed at any moment leaves at
@@ -36,7 +36,7 @@ batches finished. A line is one of:
 float32); :func:`camlens.maps.upsample` of it to ``(height, width)`` is the map at the photo's
 size, bit for bit the ``.npy`` of the files format.
 
-``OUT/run.json``: ``{"camlens": version, "options": {"explain": ..., "output": ..., "threads":
+``OUT/.camlens/run.json``: ``{"camlens": version, "options": {"explain": ..., "output": ..., "threads":
 ...}, "sessions": [{"runner", "started", "finished", "images", "explained", "skipped", "errors",
 "interrupted", "seconds"}, ...]}``. A run on an ``OUT`` whose options differ is refused unless it
 overwrites.
@@ -66,7 +66,7 @@ from camlens.files import atomic_open
 INDEX = "index.jsonl"
 RECORD = "run.json"
 STATE = ".camlens"
-"""The hidden folder of a run's temporary files and lock, inside OUT."""
+"""The hidden folder, inside OUT, of a run's record (``run.json``), lock and temporary files."""
 
 Row = dict[str, Any]
 
@@ -156,8 +156,8 @@ def _cut_torn_line(fd: int) -> None:
 
 
 def read_record(out: Path) -> dict[str, Any] | None:
-    """``OUT/run.json``, or None when there is none."""
-    path = out / RECORD
+    """``OUT/.camlens/run.json``, or None when there is none."""
+    path = out / STATE / RECORD
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -174,7 +174,7 @@ def read_record(out: Path) -> dict[str, Any] | None:
 
 
 def write_record(out: Path, record: Mapping[str, Any]) -> None:
-    with atomic_open(out / RECORD) as handle:
+    with atomic_open(out / STATE / RECORD) as handle:
         handle.write(json.dumps(record, indent=2, allow_nan=False) + "\n")
 
 
