@@ -278,6 +278,14 @@ def test_run_options_are_checked_first(
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_a_bare_ray_option_means_a_local_ray() -> None:
+    from camlens.cli import bare_ray
+
+    assert bare_ray(["explain", "imgs", "--ray"]) == ["explain", "imgs", "--ray", "local"]
+    assert bare_ray(["explain", "imgs", "--ray", "--top", "1"])[3] == "local"
+    assert bare_ray(["explain", "imgs", "--ray", "auto"]) == ["explain", "imgs", "--ray", "auto"]
+
+
 def test_prepared_inputs_give_the_explanation_of_the_photos(default_model: camlens.Model) -> None:
     rng = np.random.default_rng(0)
     photos = [Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)) for _ in range(2)]

@@ -340,8 +340,8 @@ def explain(
         str | None,
         typer.Option(
             "--ray",
-            help="run on Ray: local (start one on this machine), auto (the running cluster) or "
-            "HOST:PORT",
+            help="run on Ray: local (start one on this machine; also --ray alone, last or before "
+            "another option), auto (the running cluster) or HOST:PORT",
         ),
     ] = None,
     actors: Annotated[
@@ -1077,7 +1077,18 @@ def synthetic_command(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    app(args=list(argv) if argv is not None else None)
+    """The ``camlens`` command (``argv``: its arguments, by default the process's)."""
+    app(args=bare_ray(list(sys.argv[1:] if argv is None else argv)), prog_name="camlens")
+
+
+def bare_ray(args: list[str]) -> list[str]:
+    """``--ray`` given without a value (last, or before another option) as ``--ray local``."""
+    out = []
+    for i, arg in enumerate(args):
+        out.append(arg)
+        if arg == "--ray" and (i + 1 == len(args) or args[i + 1].startswith("-")):
+            out.append("local")
+    return out
 
 
 if __name__ == "__main__":
