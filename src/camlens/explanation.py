@@ -134,8 +134,14 @@ class Explanation:
         width = full.shape[1]
         return flat_index % width, flat_index // width
 
-    def to_dict(self, files: Sequence[tuple[str, str]] | None = None) -> dict[str, Any]:
-        """The JSON report (the fields `camlens explain` writes); ``files``: (overlay, map) per map."""
+    def to_dict(
+        self,
+        files: Sequence[tuple[str, str]] | None = None,
+        *,
+        peaks: Sequence[tuple[int, int]] | None = None,
+    ) -> dict[str, Any]:
+        """The JSON report (the fields `camlens explain` writes); ``files``: (overlay, map) per map;
+        ``peaks``: :meth:`peak` of each map, when the caller has them already."""
         width, height = self.size
         explanations = []
         for i, m in enumerate(self.maps):
@@ -146,7 +152,7 @@ class Explanation:
                 "method": m.method,
                 "layer": m.layer,
                 "flat": m.flat,
-                "peak": list(self.peak(i)),
+                "peak": list(peaks[i] if peaks is not None else self.peak(i)),
             }
             if files is not None:
                 entry["overlay"], entry["map"] = files[i]

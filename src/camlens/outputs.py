@@ -78,13 +78,17 @@ def write_image(
     prefix = f"{folder_rel}/" if folder_rel else ""
     kind = overlay_format(output)
     suffix = OVERLAY_SUFFIXES[kind]
-    photo = np.asarray(result.image.convert("RGB"))
+    image = result.image
+    photo = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
     height, width = photo.shape[:2]
     files: list[tuple[str, str]] = []
+    peaks: list[tuple[int, int]] = []
     extras: list[dict[str, Any]] = []
     for i, m in enumerate(result.maps):
         full_t = result.map_at_image(i).to(torch.float32)
         full = np.ascontiguousarray(full_t.numpy())
+        at = int(torch.argmax(full_t))  # as Explanation.peak: the first maximum
+        peaks.append((at % width, at // width))
         base = f"{name}.{_safe(m.method)}.{_safe(m.layer)}.{m.class_index}"
         found = boxes_from_map(full, threshold=output.threshold, mode="largest")
         if output.boxes is not None:
@@ -113,7 +117,7 @@ def write_image(
                 "layer_map": layer_values(m.map),
             }
         )
-    report = result.to_dict(files)
+    report = result.to_dict(files, peaks=peaks)
     for entry, extra in zip(report["explanations"], extras, strict=True):
         if not entry["map"]:
             entry["map"] = None
