@@ -10,8 +10,8 @@ times each variant on them:
 - ``ray``: ``camlens explain DIR --top 1 --format dataset --ray local`` (with ``--ray``).
 
 A command's rate is read from outside, by watching its index grow: images per second from the
-first 10% of the rows to the last, so the start-up (loading the model, starting Ray) is apart;
-its start-up is reported beside it. Bytes per image are the output folder's size over N.
+first 10% of the rows to the last row (not to the process's exit), so the start-up (loading the
+model, starting Ray) and the teardown are apart; its start-up is reported beside it. Bytes per image are the output folder's size over N.
 ``--memory N`` runs the dataset format on N images (default 2000) and prints the command's RSS
 at every 250 rows.
 
@@ -102,10 +102,12 @@ def command_rate(
     _, err = process.communicate()
     if process.returncode != 0:
         raise RuntimeError(err.decode())
-    seen.append((time.perf_counter(), count))
+    if seen[-1][1] < count:  # the last rows came as it exited: timed at the exit, a little late
+        seen.append((time.perf_counter(), index.read_bytes().count(b"\n")))
     first = next(t for t, rows in seen if rows >= 1)
     t10, r10 = next((t, rows) for t, rows in seen if rows >= max(1, count // 10))
-    rate = (count - r10) / (seen[-1][0] - t10)
+    last = next(t for t, rows in seen if rows >= count)  # not the exit: Ray's and torch's teardown
+    rate = (count - r10) / (last - t10)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     return rate, first - started, size, rss
 
