@@ -76,6 +76,8 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_directory(tmp_path: Path) -> None:
+    assert error_of(str(tmp_path)) == f"{tmp_path}: is a folder with no image files in it"
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
     assert error_of(str(tmp_path)) == f"{tmp_path}: is a directory, not an image file"
 
 

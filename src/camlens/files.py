@@ -21,7 +21,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     target = Path(path)
     _make_folder(target.parent, f"cannot write {target}")
     try:
-        handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        handle, name = tempfile.mkstemp(
+            prefix=f".{_short(target.name)}.", suffix=".tmp", dir=target.parent
+        )
     except OSError as exc:
         raise CamlensError(f"cannot write {target} ({_reason(exc)})") from None
     os.close(handle)
@@ -74,7 +76,10 @@ def output_file(path: str | os.PathLike[str], what: str) -> Path:
     target = Path(path)
     if target.is_dir():
         raise CamlensError(f"{what} {target} is a folder, not a file")
-    output_folder(target.parent, f"{what}'s folder")
+    try:
+        output_folder(target.parent, "its folder")
+    except CamlensError as exc:
+        raise CamlensError(f"{what} {target} cannot be written: {exc}") from None
     return target
 
 
@@ -85,6 +90,12 @@ def _make_folder(folder: Path, message: str) -> None:
         raise CamlensError(f"{message}: a file is in the way") from None
     except OSError as exc:
         raise CamlensError(f"{message} ({_reason(exc)})") from None
+
+
+def _short(name: str, limit: int = 96) -> str:
+    """``name`` cut to at most ``limit`` bytes in UTF-8 (whole characters), so that a temporary
+    name made from it stays within the 255 bytes a file name may have."""
+    return name.encode("utf-8", "surrogateescape")[:limit].decode("utf-8", "ignore")
 
 
 def _reason(exc: OSError) -> str:

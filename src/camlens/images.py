@@ -116,6 +116,8 @@ def _read_file(path: Path, max_pixels: int) -> Image.Image:
     except OSError as exc:
         raise ImageError(path, _os_problem(exc)) from None
     if stat.S_ISDIR(info.st_mode):
+        if not _images_under(path):
+            raise ImageError(path, "is a folder with no image files in it")
         raise ImageError(path, "is a directory, not an image file")
     if not stat.S_ISREG(info.st_mode):  # a FIFO or device would block or never end
         raise ImageError(path, "is not a regular file")
@@ -394,37 +396,69 @@ def _resampling(name: str) -> Image.Resampling:
 
 
 def _input_size(config: PreprocessConfig) -> tuple[int, int]:
-    size = tuple(config.input_size)
-    if len(size) != 2 or not all(isinstance(n, int) and n > 0 for n in size):
+    try:
+        size = tuple(config.input_size)
+    except TypeError:
+        size = ()
+    if len(size) != 2 or not all(
+        isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in size
+    ):
         raise CamlensError(f"input_size must be (height, width) in pixels, not {config.input_size}")
     return size[0], size[1]
 
 
 def _mean_std(config: PreprocessConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    mean = torch.tensor(config.mean, dtype=torch.float32)
-    std = torch.tensor(config.std, dtype=torch.float32)
+    try:
+        mean = torch.tensor(config.mean, dtype=torch.float32)
+        std = torch.tensor(config.std, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError):
+        raise CamlensError(
+            f"mean and std need 3 numbers each, not {config.mean!r} and {config.std!r}"
+        ) from None
     if mean.shape != (3,) or std.shape != (3,):
         raise CamlensError(f"mean and std need 3 values each, not {config.mean} and {config.std}")
+    if not bool(torch.isfinite(mean).all() and torch.isfinite(std).all()):
+        raise CamlensError(
+            f"mean and std must be finite numbers, not {config.mean} and {config.std}"
+        )
     if not bool((std != 0).all()):
         raise CamlensError(f"std must not be 0: {config.std}")
     return mean, std
 
 
+def check_preprocess(config: PreprocessConfig) -> PreprocessConfig:
+    """``config`` when :func:`preprocess` can use it; otherwise a
+    :class:`~camlens.errors.CamlensError` naming the field at fault (an input size that is not two
+    positive whole numbers, an unknown interpolation, a mean or std that is not three finite
+    numbers, a std of 0)."""
+    if not isinstance(config, PreprocessConfig):
+        raise CamlensError(f"preprocess must be a PreprocessConfig, not {type(config).__name__}")
+    _input_size(config)
+    _resampling(config.interpolation)
+    _mean_std(config)
+    return config
+
+
 # --- finding files -------------------------------------------------------------------------------
 
 
-def find_images(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
+def find_images(
+    paths: Sequence[str | os.PathLike[str]], *, empty_folders: bool = False
+) -> list[Path]:
     """The image files named by ``paths``, in the order given, each once.
 
     A directory gives the files under it (recursively, sorted) whose suffix is in
     :data:`IMAGE_SUFFIXES`, skipping hidden files and directories (names starting with ``.``) and
     not following symbolic links to directories. Any other path is kept as it is, even one that
-    does not exist or is not an image, so that :func:`load_image` reports the problem.
+    does not exist or is not an image, so that :func:`load_image` reports the problem; with
+    ``empty_folders``, so is a directory with no image file under it (``load_image`` says "is a
+    folder with no image files in it"), where it would otherwise give nothing, unsaid.
     """
     found: dict[Path, None] = {}
     for given in paths:
         path = Path(given)
-        for file in _images_under(path) if path.is_dir() else [path]:
+        files = _images_under(path) if path.is_dir() else [path]
+        for file in files or ([path] if empty_folders else []):
             found.setdefault(file)
     return list(found)
 

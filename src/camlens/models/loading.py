@@ -13,8 +13,9 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from camlens.devices import check_device
 from camlens.errors import ModelError
-from camlens.images import PreprocessConfig
+from camlens.images import PreprocessConfig, check_preprocess
 from camlens.models.architectures import (
     DEFAULT_SPEC,
     check_timm_name,
@@ -80,7 +81,9 @@ def load_model(
     - an ``nn.Module`` of your own, for which ``preprocess`` should be given (ImageNet defaults are
       assumed, with a warning, otherwise).
 
-    ``labels``: class names, or a text file with one name a line.
+    ``labels``: class names, or a text file with one name a line. ``device``: where the model
+    goes (``cpu``, ``cuda``, ``cuda:1``, ``mps``), checked before anything is loaded: one that
+    this machine does not have is a :class:`~camlens.errors.CamlensError` naming the devices it has.
 
     Every model camlens gives has a ``spec`` and ``weights`` that load it back:
     ``load_model(model.spec, weights=model.weights)`` rebuilds the same network, preprocessing and
@@ -99,6 +102,9 @@ def load_model(
     >>> load_model(model.spec, weights=model.weights).labels == model.labels   # doctest: +SKIP
     True
     """
+    target = check_device(device)
+    if preprocess is not None:
+        check_preprocess(preprocess)
     if isinstance(spec, Model):
         model = spec
     elif isinstance(spec, nn.Module):
@@ -139,7 +145,7 @@ def load_model(
     if labels is not None:
         model.labels = _read_labels(labels, model)
     model.net.eval()
-    return model.to(device)
+    return model.to(target)
 
 
 def _load_timm(name: str, weights: str | os.PathLike[str] | None) -> Model:
