@@ -27,6 +27,8 @@ from camlens.progress import Progress
 from camlens.replay import Replay, ReplayPlan, build_replay
 from camlens.taps import RUNS, Hook, LayerSpec, Taps, hooked, resolve_layer
 
+BROKEN = "the model or its weights are broken"
+
 
 @dataclass(frozen=True)
 class Target:
@@ -65,6 +67,8 @@ def find_targets(model: Model, layers: Sequence[LayerSpec]) -> list[Target]:
         torch.inference_mode(),
     ):
         logits = model.net(probe_input(model))
+    if isinstance(logits, torch.Tensor) and not bool(torch.isfinite(logits).all()):
+        raise ModelError(f"{model.name} gives NaN or infinite scores on a test input: {BROKEN}")
     targets = []
     for name, module in named:
         if name not in outputs:
@@ -77,6 +81,12 @@ def find_targets(model: Model, layers: Sequence[LayerSpec]) -> list[Target]:
             raise LayerError(
                 f"layer {name!r} ({type(module).__name__}) gives {shape}, not a spatial map "
                 "[N, C, H, W]; choose a conv layer (see `camlens layers`)"
+            )
+        if maps.shape[2] * maps.shape[3] < 2:
+            raise LayerError(
+                f"layer {name!r} ({type(module).__name__}) gives {maps.shape[2]}x{maps.shape[3]} "
+                "maps: a single location cannot show where; choose a layer with a larger output "
+                "(see `camlens layers`)"
             )
         head = find_cam_head(model, name, maps, logits)
         targets.append(Target(name, module, adapter, int(maps.shape[1]), head))  # type: ignore[arg-type]
@@ -151,10 +161,7 @@ class Capture:
         self._outputs = {name: o.detach() for name, o in taps.outputs.items()}
         self.logits = logits.detach()
         if not bool(torch.isfinite(self.logits).all()):
-            raise ModelError(
-                f"{model.name} gave NaN or infinite scores for this input: the model or its "
-                "weights are broken"
-            )
+            raise ModelError(f"{model.name} gives NaN or infinite scores for this input: {BROKEN}")
         self.probs = torch.softmax(self.logits.float(), dim=1)
 
     # --- Evidence --------------------------------------------------------------------------------

@@ -4,12 +4,13 @@ returns an `Explanation` per image; one Explainer may be shared by several threa
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import Any, overload
+from typing import Any, cast, overload
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ from camlens import smoothing
 from camlens.capture import Capture, Settings, Target, find_targets
 from camlens.config import ExplainConfig, resolve_methods
 from camlens.devices import check_device
-from camlens.errors import CamlensError, ClassError, MethodError
+from camlens.errors import CamlensError, ClassError, FlatMapWarning, MethodError
 from camlens.explanation import CallStats, ClassMap, Explanation
 from camlens.images import MAX_PIXELS, load_image, preprocess, tensor_to_image
 from camlens.layers import CamHead, auto_layer, probe_input
@@ -286,10 +287,19 @@ class Explainer:
         ``names``: how reports name the inputs (default: their paths, or ``<image N>``).
         ``progress`` gets the perturbation methods' :class:`~camlens.progress.Event` s.
 
-        All or nothing: a path that cannot be read raises (an
-        :class:`~camlens.errors.ImageError` naming it) and no image of the call is explained.
-        :func:`camlens.batch.explain_files` reads a list of files the other way: every readable
-        one explained, every other one reported.
+        Tensor inputs must hold finite floats: a float64 or float16 batch is converted to
+        float32, an integer one (pixels) is refused, as are ``None``, an empty list and an empty
+        batch (a :class:`~camlens.errors.CamlensError` saying which).
+
+        All or nothing: a path that cannot be read, an input with NaN or infinite values, a model
+        that gives NaN scores... raises a :class:`~camlens.errors.CamlensError` (an
+        :class:`~camlens.errors.ImageError` naming the file) and no image of the call is
+        explained. :meth:`explain_each` takes the same inputs the other way: every good one
+        explained, each bad one's error in its place, as the batch runner
+        (:func:`camlens.batch.explain_files`) does with files.
+
+        A map that comes out constant (all zero after the ReLU, or an image of a single pixel) is
+        zeros with ``flat=True``, and a :class:`~camlens.errors.FlatMapWarning` names the image.
         """
         single = isinstance(inputs, str | Path | Image.Image | np.ndarray) or (
             isinstance(inputs, torch.Tensor) and inputs.ndim == 3
@@ -299,6 +309,61 @@ class Explainer:
         )
         results = [result for batch in batches for result in batch]
         return results[0] if single else results
+
+    def explain_each(
+        self,
+        inputs: ImageInput | Sequence[ImageInput],
+        *,
+        classes: Classes | None = None,
+        top: int | None = None,
+        names: Sequence[str] | None = None,
+        progress: Progress | None = None,
+    ) -> list[Explanation | CamlensError]:
+        """Like :meth:`explain`, but one bad input does not lose the others: a list with one
+        entry per input, in order, each the input's :class:`Explanation` or the
+        :class:`~camlens.errors.CamlensError` that stopped it (an
+        :class:`~camlens.errors.ImageError` naming a file that cannot be read, an input with NaN
+        or infinite values...). Always a list, also for one input.
+
+        >>> for result in explainer.explain_each(["cat.jpg", "broken.jpg"]):  # doctest: +SKIP
+        ...     print(result if isinstance(result, camlens.CamlensError) else result.predictions[0])
+
+        What is wrong with the call itself, not with one input, still raises: ``None``, an empty
+        list or batch, a tensor that is not [N, 3, H, W] floats, unknown classes, ``classes``
+        and ``top`` both given, too few ``names``. Each good input gets what :meth:`explain`
+        would give it in the same batch; a batch that fails is explained again one image at a
+        time, so that the error is given to the input it belongs to."""
+        if self._closed:
+            raise CamlensError("this Explainer is closed")
+        entries = _each_item(inputs, names, self.max_pixels)
+        if classes is None and top is None:
+            classes, top = self.classes, self.top
+        per_image = self.resolve_classes(classes, top, len(entries))
+        out: list[Explanation | CamlensError | None] = [
+            e if isinstance(e, CamlensError) else None for e in entries
+        ]
+        good = [i for i, e in enumerate(entries) if isinstance(e, _Item)]
+
+        def run(chunk: list[int]) -> list[Explanation]:
+            items = [cast(_Item, entries[i]) for i in chunk]
+            wanted = [per_image[i] for i in chunk] if per_image is not None else None
+            return self._explain_batch(items, wanted, top or 1, 0, progress)
+
+        for start in range(0, len(good), self.batch_size):
+            chunk = good[start : start + self.batch_size]
+            try:
+                for i, result in zip(chunk, run(chunk), strict=True):
+                    out[i] = result
+            except CamlensError as exc:
+                if len(chunk) == 1:
+                    out[chunk[0]] = exc
+                    continue
+                for i in chunk:  # find the input at fault: each alone
+                    try:
+                        out[i] = run([i])[0]
+                    except CamlensError as alone:
+                        out[i] = alone
+        return [cast(Explanation | CamlensError, r) for r in out]
 
     def iter_explain(
         self,
@@ -389,6 +454,10 @@ class Explainer:
             seconds=time.perf_counter() - started,
             replays=tuple(sorted(capture.replay_kinds.items())),
         )
+        for b, item in enumerate(items):
+            if _pixels(item, x[b]) == 1:  # a single pixel: no map can show where
+                for m in per_image[b]:
+                    m.map, m.flat = torch.zeros_like(m.map), True
         probs = capture.probs
         top_p, top_i = probs.topk(min(TOP_PREDICTIONS, model.num_classes), dim=1)
         results = []
@@ -415,6 +484,8 @@ class Explainer:
                     stats=stats,
                 )
             )
+        for b, result in enumerate(results):
+            _warn_flat(result, single=_pixels(items[b], x[b]) == 1)
         return results
 
     def _capture(self, x: torch.Tensor, progress: Progress | None) -> Capture:
@@ -470,6 +541,38 @@ def _optional_str(value: object) -> str | None:
     return None if value is None else str(value)
 
 
+def _pixels(item: _Item, x: torch.Tensor) -> int:
+    """How many pixels the input's own picture has (a tensor input's: its height x width)."""
+    if item.image is not None:
+        width, height = item.image.size
+        return width * height
+    return int(x.shape[-1] * x.shape[-2])
+
+
+#: Flat maps listed by name in a :class:`~camlens.errors.FlatMapWarning`; more are counted.
+FLAT_LISTED = 3
+
+
+def _warn_flat(result: Explanation, *, single: bool) -> None:
+    """A :class:`~camlens.errors.FlatMapWarning` naming the image and its flat maps, if any."""
+    flat = [m for m in result.maps if m.flat]
+    if not flat:
+        return
+    if single:
+        text = f"{result.source}: a picture of a single pixel: its maps are flat (no place to show)"
+    else:
+        listed = ", ".join(
+            f"{m.method} of class {m.class_index} ({m.label}) at {m.layer}"
+            for m in flat[:FLAT_LISTED]
+        )
+        more = f" and {len(flat) - FLAT_LISTED} more" if len(flat) > FLAT_LISTED else ""
+        text = (
+            f"{result.source}: {len(flat)} of {len(result.maps)} maps are flat (constant: the "
+            f"method found no evidence there, shown as zeros): {listed}{more}"
+        )
+    warnings.warn(FlatMapWarning(text), stacklevel=5)
+
+
 class _Item:
     """One input: a photo (with its source) or an already normalized tensor."""
 
@@ -486,6 +589,42 @@ class _Item:
         assert self.image is not None
         x: torch.Tensor = preprocess([self.image], model.preprocess)[0]
         return x
+
+
+def _each_item(
+    inputs: Any, names: Sequence[str] | None, max_pixels: int
+) -> list[_Item | CamlensError]:
+    """:func:`_as_items` with each input's own problem (a file that cannot be read, NaN values)
+    in its place instead of raised; what is wrong with ``inputs`` as a whole still raises. Every
+    input is named (its path, or ``<image N>`` by its place in ``inputs``)."""
+    entries: list[_Item | CamlensError] = []
+    if isinstance(inputs, str | Path | Image.Image | np.ndarray):
+        pieces: list[Any] = [inputs]
+    elif isinstance(inputs, Sequence):
+        pieces = list(inputs)
+    else:  # None, a tensor batch, something else: as a whole (the tensor's rows split below)
+        pieces = []
+        entries.extend(_items(inputs, max_pixels))
+    for piece in pieces:
+        if isinstance(piece, torch.Tensor):
+            entries.extend(_items(piece, max_pixels))  # a malformed tensor: a malformed call
+            continue
+        try:
+            entries.extend(_items(piece, max_pixels))
+        except CamlensError as exc:
+            entries.append(exc)
+    if not entries:
+        raise CamlensError("no images given")
+    if names is not None and len(names) != len(entries):
+        raise CamlensError(f"{len(names)} names given for {len(entries)} images")
+    for i, entry in enumerate(entries):
+        if isinstance(entry, _Item):
+            if names is not None:
+                entry.source = names[i]
+            entry.source = entry.source or f"<image {i}>"
+            if entry.tensor is not None and not bool(torch.isfinite(entry.tensor).all()):
+                entries[i] = CamlensError(f"{entry.source}: the input has NaN or infinite values")
+    return entries
 
 
 def _as_items(inputs: Any, names: Sequence[str] | None, max_pixels: int) -> list[_Item]:

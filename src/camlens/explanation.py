@@ -129,24 +129,24 @@ class Explanation:
 
     def peak(self, i: int = 0) -> tuple[int, int]:
         """(x, y) of the maximum of map ``i`` in the photo's pixels."""
-        full = self.map_at_image(i)
-        flat_index = int(torch.argmax(full))
-        width = full.shape[1]
-        return flat_index % width, flat_index // width
+        return _peak(self.map_at_image(i))
 
     def to_dict(self, files: Sequence[tuple[str, str]] | None = None) -> dict[str, Any]:
-        """The JSON report (the fields `camlens explain` writes); ``files``: (overlay, map) per map."""
+        """The JSON report (the fields `camlens explain` writes); ``files``: (overlay, map) per map.
+        A map's ``flat`` says it is constant (zeros) at the photo's own size: flat at the layer,
+        or made so by the resizing (a picture of one pixel)."""
         width, height = self.size
         explanations = []
         for i, m in enumerate(self.maps):
+            full = self.map_at_image(i)
             entry: dict[str, Any] = {
                 "class_index": m.class_index,
                 "label": m.label,
                 "score": m.score,
                 "method": m.method,
                 "layer": m.layer,
-                "flat": m.flat,
-                "peak": list(self.peak(i)),
+                "flat": m.flat or not bool(full.max() > 0),
+                "peak": list(_peak(full)),
             }
             if files is not None:
                 entry["overlay"], entry["map"] = files[i]
@@ -217,6 +217,13 @@ def grid(
     cells = [[*r, *([None] * (width - len(r)))] for r in rows]
     names = [Path(e.source).name for e in explanations]
     return render.grid(cells, row_titles=names, cmap=cmap, alpha=alpha)
+
+
+def _peak(full: torch.Tensor) -> tuple[int, int]:
+    """(x, y) of the maximum of a map [height, width] (the first, in reading order)."""
+    flat_index = int(torch.argmax(full))
+    width = full.shape[1]
+    return flat_index % width, flat_index // width
 
 
 def _save_npy(array: np.ndarray, path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +11,7 @@ from torch import nn
 
 from camlens.errors import LayerError, MethodError
 from camlens.models.model import Model
+from camlens.modes import eval_mode
 from camlens.taps import RUNS, hooked
 
 # Module types whose output is not a feature map worth explaining, though it may be 4-D.
@@ -70,6 +72,22 @@ def spatial_layers(model: Model) -> list[LayerInfo]:
     return list(seen.values())
 
 
+def warn_if_broken(model: Model) -> bool:
+    """Whether ``model`` gives finite scores on the probe input; a warning naming the model when
+    it does not (NaN weights, say: nothing can be explained with it, though its layers can be
+    listed)."""
+    with eval_mode(model.net), RUNS.shared(), torch.inference_mode():
+        logits = model.net(probe_input(model))
+    if isinstance(logits, torch.Tensor) and not bool(torch.isfinite(logits).all()):
+        warnings.warn(
+            f"{model.name} gives NaN or infinite scores on a test input: the model or its "
+            "weights are broken",
+            stacklevel=2,
+        )
+        return False
+    return True
+
+
 def auto_layer(model: Model, layers: list[LayerInfo] | None = None) -> str:
     """The automatic target layer: the last module to produce a spatial feature map (pooling and
     dropout excluded; a container that ends in that module is chosen, as its forward finishes
@@ -124,6 +142,8 @@ def find_cam_head(
     equals the model's logits on the probe input. Then CAM is exact and the gradient of every logit
     with respect to ``A`` is ``W[c] / (h * w)``, known without a backward pass.
     """
+    if not bool(torch.isfinite(logits).all() and torch.isfinite(activations).all()):
+        return None  # nothing to compare: the caller says that the model is broken
     pooled = activations.mean(dim=(2, 3))
     channels = activations.shape[1]
     for name, module in reversed(list(model.net.named_modules())):
