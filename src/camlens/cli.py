@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TextIO
 
 import typer
 from rich.console import Console
@@ -26,6 +26,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+from typer.core import TyperGroup
 
 from camlens.errors import CamlensError
 from camlens.images import MAX_PIXELS, find_images
@@ -34,11 +35,46 @@ from camlens.progress import Event
 if TYPE_CHECKING:
     from camlens.train import EpochRecord
 
+
+@contextmanager
+def one_line_warnings() -> Iterator[None]:
+    """Shows each warning as one line, ``camlens: warning: ...``, never Python's own format with
+    a line of source; a warning with the same text as an earlier one of the same block is not
+    shown again."""
+    shown: set[str] = set()
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        text = str(message)
+        if text not in shown:
+            shown.add(text)
+            say(f"camlens: warning: {text}", style="yellow", err=True)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
+
+class _Commands(TyperGroup):
+    """The commands, each run with :func:`one_line_warnings`."""
+
+    def invoke(self, ctx: Any) -> Any:  # Any: typer's own click Context
+        with one_line_warnings():
+            return super().invoke(ctx)
+
+
 app = typer.Typer(
     help="Where a CNN classifier looks: class activation maps (CAM, Grad-CAM and family).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=_Commands,
 )
 # Reports are often piped to a file: give tables room rather than the 80 columns of a non-terminal.
 out_console = Console(width=None if sys.stdout.isatty() else 200)
@@ -229,8 +265,9 @@ def _progress(total: int | None = None) -> Iterator[Progress]:
 
 
 def _files(paths: Sequence[Path]) -> list[Path]:
-    files = find_images(paths)
-    if not files:
+    """The image files of ``paths``; a folder without any is kept, for the runner to say so."""
+    files = find_images(paths, empty_folders=True)
+    if all(file.is_dir() for file in files):
         fail("no images found in " + ", ".join(map(str, paths)))
     return files
 
@@ -355,12 +392,13 @@ def layers(model: ModelOpt = None, weights: WeightsOpt = None, device: DeviceOpt
     """The model's layers with spatial output and their shapes; * marks the automatic choice.
     A VGG's layers also show their Keras names (block5_conv3), which --layer accepts too."""
     from camlens.keras_names import keras_names
-    from camlens.layers import auto_layer, spatial_layers
+    from camlens.layers import auto_layer, spatial_layers, warn_if_broken
 
     with bad_input():
         loaded = _load(model, weights, device)
         found = spatial_layers(loaded)
         chosen = auto_layer(loaded, found)
+        warn_if_broken(loaded)
     aliases = {name: alias for alias, name in keras_names(loaded.net).items()}
     table = Table(show_header=True, header_style="bold", box=None)
     columns = ("", "layer", "Keras name", "type", "output [C, H, W]")
@@ -370,9 +408,9 @@ def layers(model: ModelOpt = None, weights: WeightsOpt = None, device: DeviceOpt
         mark = "*" if info.name == chosen else ""
         shape = "x".join(map(str, info.shape))
         extra = [aliases.get(info.name, "")] if aliases else []
-        table.add_row(mark, info.name, *extra, info.kind, shape)
+        table.add_row(*map(escape, [mark, info.name, *extra, info.kind, shape]))
     out_console.print(table)
-    out_console.print(f"* automatic target layer of {loaded.name}: {chosen}")
+    say(f"* automatic target layer of {loaded.name}: {chosen}")
 
 
 @app.command("train")
@@ -459,26 +497,28 @@ def train_command(
     OUT's stem + .training.png (the training curves); prints the validation accuracy and the
     confusion matrix. Unreadable images are listed on stderr and skipped (exit status 2 at the end).
     """
-    import warnings
-
     import torch
 
+    from camlens.devices import check_device
     from camlens.images import parse_size
     from camlens.models import build_cam_model, save
-    from camlens.train import optimizer_config, scan_folder, train
+    from camlens.models.checkpoint import checkpoint_path
+    from camlens.train import check_settings, optimizer_config, scan_folder, train
 
     validation: float | Path
     try:
         validation = float(val)
     except ValueError:
         validation = Path(val)
-    if out.suffix != ".camlens":
-        out = out.with_name(out.name + ".camlens")
-    with bad_input(), warnings.catch_warnings(record=True) as caught, _progress() as progress:
-        warnings.simplefilter("always")
+    with bad_input(), _unreadable_listed(), _progress() as progress:
+        # every setting, the device, the checkpoint's place and the folder before any model
         size = parse_size(input_size) if input_size is not None else None
-        # bad settings and folders fail before any model is built
         optimizer_config(optimizer, weight_decay, momentum, nesterov)
+        check_settings(
+            epochs, batch_size, lr, views, patience, fine_tune, fine_tune_epochs, fine_tune_lr
+        )
+        check_device(device)
+        out = checkpoint_path(out, "--out")
         classes = scan_folder(folder, classes_from=classes_from).classes
         torch.manual_seed(seed)
         model = build_cam_model(
@@ -509,41 +549,43 @@ def train_command(
             fine_tune_lr=fine_tune_lr,
             seed=seed,
             progress=EventBars(progress),
-            callback=lambda record: progress.console.print(_epoch_line(record), highlight=False),
+            callback=lambda record: progress.console.print(
+                _epoch_line(record), markup=False, highlight=False
+            ),
         )
         checkpoint = save(model, out)
-    for warning in caught:
-        if "unreadable image" not in str(warning.message):  # listed one a line as they were met
-            err_console.print(
-                f"camlens: warning: {escape(str(warning.message))}",
-                style="yellow",
-                highlight=False,
-                soft_wrap=True,
-            )
-    curve = history.plot(out.with_name(out.name[: -len(".camlens")] + ".training.png"))
+        curve = history.plot(out.with_name(out.name[: -len(".camlens")] + ".training.png"))
     best = history.best
     if best is not None and best.val_accuracy is not None:
-        out_console.print(
+        say(
             f"validation accuracy {best.val_accuracy:.3f}, loss {best.val_loss:.4g} "
             f"(best epoch {history.best_epoch} of {len(history.epochs)}; "
-            f"{history.train_images} training, {history.val_images} validation images)",
-            highlight=False,
+            f"{history.train_images} training, {history.val_images} validation images)"
         )
     if history.confusion is not None:
         table = Table(title="validation confusion matrix (rows: true class, columns: predicted)")
         table.add_column("true \\ predicted", style="bold")
         for name in model.labels:
-            table.add_column(name, justify="right")
+            table.add_column(escape(name), justify="right")
         for name, row in zip(model.labels, history.confusion, strict=True):
-            table.add_row(name, *(str(v) for v in row))
+            table.add_row(escape(name), *(str(v) for v in row))
         out_console.print(table)
     if history.interrupted:
-        out_console.print(f"interrupted: kept the best epoch so far ({history.best_epoch})")
-    out_console.print(f"wrote {checkpoint} and {curve}", highlight=False)
+        say(f"interrupted: kept the best epoch so far ({history.best_epoch})")
+    say(f"wrote {checkpoint} and {curve}")
     if history.interrupted:
         raise typer.Exit(130)
     if history.skipped:
         raise typer.Exit(2)
+
+
+@contextmanager
+def _unreadable_listed() -> Iterator[None]:
+    """Training's warning that lists the unreadable images, left out: they were said one a line
+    as they were met."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="skipped .* unreadable image")
+        yield
 
 
 def _epoch_line(record: EpochRecord) -> str:
@@ -564,8 +606,11 @@ def localize(
     method: Annotated[str, typer.Option("--method", help="see `camlens methods`")] = "gradcam",
     layer: Annotated[str | None, typer.Option("--layer", help="target layer")] = None,
     top: Annotated[
-        int, typer.Option("--top", "-k", help="look for the top K predicted classes")
-    ] = 5,
+        int | None,
+        typer.Option(
+            "--top", "-k", help="look for the top K predicted classes (default 5, at most all)"
+        ),
+    ] = None,
     min_score: Annotated[
         float, typer.Option("--min-score", help="skip classes less probable than this")
     ] = 0.01,
@@ -615,6 +660,7 @@ def localize(
     files = _files(paths)
     with bad_input():
         explainer = Explainer.from_config(config)
+    top = top if top is not None else min(5, explainer.model.num_classes)
     found = 0
     with _progress(len(files)) as progress:
         bars = EventBars(progress)
@@ -695,12 +741,20 @@ def evaluate_command(
     OUT/evaluation.json and OUT/deletion_insertion.png."""
     from camlens.config import resolve_methods
     from camlens.datasets import read_dataset
-    from camlens.evaluate import evaluate
+    from camlens.devices import check_device
+    from camlens.evaluate import check_evaluate_options, evaluate
+    from camlens.files import output_folder
     from camlens.localize import parse_threshold
     from camlens.metrics import ROAD_PERCENTAGES
 
-    with bad_input():
+    with bad_input():  # every option and the output folder before any model runs
         box_threshold = parse_threshold(threshold)
+        check_evaluate_options(
+            tolerance=tolerance, iou_threshold=iou, steps=steps, batch_size=batch_size, limit=limit
+        )
+        methods = list(resolve_methods(method or ["gradcam"]))
+        check_device(device)
+        out = output_folder(out)
         data = read_dataset(dataset, images)
         loaded = _load(model, weights, device)
         total = min(len(data), limit) if limit is not None else len(data)
@@ -708,7 +762,7 @@ def evaluate_command(
             report = evaluate(
                 loaded,
                 data,
-                list(resolve_methods(method or ["gradcam"])),
+                methods,
                 layer=layer,
                 threshold=box_threshold,
                 tolerance=tolerance,
@@ -720,18 +774,20 @@ def evaluate_command(
                 limit=limit,
                 progress=EventBars(progress),
             )
-    if report.evaluated:
-        out_console.print(report.table())
-    else:
-        out_console.print(f"no image of {dataset} could be evaluated")
-    saved = report.save(out / "evaluation.json")
-    out_console.print(f"report: {saved}")
-    plot = report.plot(out / "deletion_insertion.png")
-    if plot is not None:
-        out_console.print(f"deletion/insertion curves: {plot}")
-    if report.problems:
-        out_console.print(
-            f"{len(report.problems)} problems with {dataset} (on stderr); "
+        if report.evaluated:
+            out_console.print(report.table())
+            say(f"report: {report.save(out / 'evaluation.json')}")
+            plot = report.plot(out / "deletion_insertion.png")
+            if plot is not None:
+                say(f"deletion/insertion curves: {plot}")
+        else:  # an earlier run's report stays
+            say(
+                f"no image of {dataset} could be evaluated: {out / 'evaluation.json'} left as it was"
+            )
+    if report.problems or not report.evaluated:
+        count = len(report.problems)
+        say(
+            f"{count} problem{'' if count == 1 else 's'} with {dataset} (on stderr); "
             f"{report.evaluated} of {report.images} images evaluated"
         )
         raise typer.Exit(2)
