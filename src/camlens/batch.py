@@ -26,7 +26,7 @@ from camlens.config import OutputConfig
 from camlens.errors import CamlensError
 from camlens.explain import Explainer
 from camlens.explanation import Explanation
-from camlens.files import atomic_open
+from camlens.files import atomic_open, fit_stem
 from camlens.images import IMAGE_SUFFIXES, load_image
 from camlens.localize import Localization, add_boxes, localize_objects
 from camlens.models import Model
@@ -64,7 +64,9 @@ def output_stem(path: Path, out: Path) -> Path:
             relative = resolved.relative_to(Path.cwd().resolve())
         except ValueError:
             relative = resolved.relative_to(resolved.anchor)
-    name = relative.name if _has_namesake(path) else relative.stem
+    # ``..png`` has the stem ``.``: its whole name, so that its outputs stay inside ``out``
+    plain = relative.stem not in ("", ".", "..")
+    name = relative.stem if plain and not _has_namesake(path) else relative.name
     return out / relative.parent / name
 
 
@@ -210,7 +212,8 @@ def localize_files(
                         min_score=min_score,
                         batch_size=explainer.batch_size,
                     )
-                    picture = save_png(found.picture(), f"{stem}.boxes.png")
+                    name = fit_stem(stem.name, ".boxes.png")
+                    picture = save_png(found.picture(), stem.with_name(f"{name}.boxes.png"))
                 except CamlensError as exc:
                     finished.append(Done(path, result, problem=str(exc)))
                     continue

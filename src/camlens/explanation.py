@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from camlens import render
-from camlens.files import atomic_write
+from camlens.files import atomic_write, fit_stem
 from camlens.maps import upsample
 from camlens.types import Box, Prediction
 
@@ -169,14 +169,17 @@ class Explanation:
     ) -> Path:
         """Writes ``STEM.json``, an overlay PNG at the photo's size and the map (``.npy``, float32
         [height, width] in [0, 1]) for each map; returns the JSON's path. ``stem`` defaults to the
-        source's file stem. Each file appears whole or not at all, the JSON last, so a report on
-        disk always names files that are complete."""
+        source's file stem; one too long for the file names is cut
+        (:func:`camlens.files.fit_stem`). Each file appears whole or not at all, the JSON last, so
+        a report on disk always names files that are complete."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         stem = stem or _safe(Path(self.source).stem) or "image"
+        tails = [f".{_safe(m.method)}.{_safe(m.layer)}.{m.class_index}" for m in self.maps]
+        stem = fit_stem(stem, max([".json", *(t + ".png" for t in tails)], key=len))
         files = []
         for i, m in enumerate(self.maps):
-            base = f"{stem}.{_safe(m.method)}.{_safe(m.layer)}.{m.class_index}"
+            base = stem + tails[i]
             full = self._numpy(self.map_at_image(i))
             atomic_write(out / f"{base}.npy", partial(_save_npy, full.astype(np.float32)))
             picture = render.overlay(self.image, full, cmap=cmap, alpha=alpha)

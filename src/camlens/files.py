@@ -3,6 +3,7 @@ folder, then an atomic rename), and an output place is checked before any work i
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -90,6 +91,22 @@ def _make_folder(folder: Path, message: str) -> None:
         raise CamlensError(f"{message}: a file is in the way") from None
     except OSError as exc:
         raise CamlensError(f"{message} ({_reason(exc)})") from None
+
+
+NAME_MAX = 255
+"""The longest file name, in bytes, that common file systems take."""
+
+
+def fit_stem(stem: str, suffix: str) -> str:
+    """``stem``, or when ``stem + suffix`` would be a longer file name than :data:`NAME_MAX`
+    bytes, its beginning with ``~`` and 8 hex digits of its hash (so two long stems that begin
+    alike stay apart), as long as fits: the outputs of an input with a long name can be written.
+    """
+    if len((stem + suffix).encode("utf-8", "surrogateescape")) <= NAME_MAX:
+        return stem
+    tag = "~" + hashlib.sha1(stem.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    room = NAME_MAX - len((tag + suffix).encode("utf-8", "surrogateescape"))
+    return _short(stem, max(room, 1)) + tag
 
 
 def _short(name: str, limit: int = 96) -> str:

@@ -445,22 +445,23 @@ def check_preprocess(config: PreprocessConfig) -> PreprocessConfig:
 def find_images(
     paths: Sequence[str | os.PathLike[str]], *, empty_folders: bool = False
 ) -> list[Path]:
-    """The image files named by ``paths``, in the order given, each once.
+    """The image files named by ``paths``, in the order given, each once (as first named: ``x.jpg``
+    and ``a/../x.jpg``, or a link to it, are one file).
 
-    A directory gives the files under it (recursively, sorted) whose suffix is in
-    :data:`IMAGE_SUFFIXES`, skipping hidden files and directories (names starting with ``.``) and
-    not following symbolic links to directories. Any other path is kept as it is, even one that
-    does not exist or is not an image, so that :func:`load_image` reports the problem; with
-    ``empty_folders``, so is a directory with no image file under it (``load_image`` says "is a
-    folder with no image files in it"), where it would otherwise give nothing, unsaid.
+        A directory gives the files under it (recursively, sorted) whose suffix is in
+        :data:`IMAGE_SUFFIXES`, skipping hidden files and directories (names starting with ``.``) and
+        not following symbolic links to directories. Any other path is kept as it is, even one that
+        does not exist or is not an image, so that :func:`load_image` reports the problem; with
+        ``empty_folders``, so is a directory with no image file under it (``load_image`` says "is a
+        folder with no image files in it"), where it would otherwise give nothing, unsaid.
     """
-    found: dict[Path, None] = {}
+    found: dict[str, Path] = {}
     for given in paths:
         path = Path(given)
         files = _images_under(path) if path.is_dir() else [path]
         for file in files or ([path] if empty_folders else []):
-            found.setdefault(file)
-    return list(found)
+            found.setdefault(os.path.realpath(file), file)  # a file named twice is one input
+    return list(found.values())
 
 
 def _images_under(root: Path) -> list[Path]:
