@@ -62,11 +62,18 @@ def one_line_warnings() -> Iterator[None]:
 
 
 class _Commands(TyperGroup):
-    """The commands, each run with :func:`one_line_warnings`."""
+    """The commands, each run with :func:`one_line_warnings`; a usage error (an option's value
+    of the wrong type, a missing argument, an unknown command) is one line too, not a box."""
 
     def invoke(self, ctx: Any) -> Any:  # Any: typer's own click Context
         with one_line_warnings():
-            return super().invoke(ctx)
+            try:
+                return super().invoke(ctx)
+            except typer.TyperException as exc:
+                where = getattr(exc, "ctx", None)
+                hint = f" (see `{where.command_path} --help`)" if where is not None else ""
+                _say(f"{exc.format_message()}{hint}")
+                raise typer.Exit(getattr(exc, "exit_code", 2)) from None
 
 
 app = typer.Typer(
@@ -142,9 +149,20 @@ ThresholdOpt = Annotated[
 
 def say(text: str, *, style: str | None = None, err: bool = False) -> None:
     """One line of text, printed as it is: never read as Rich markup (a file named
-    ``[cat] photo.jpg`` prints as such) or highlighted."""
+    ``[cat] photo.jpg`` prints as such) or highlighted, and one line whatever it holds."""
     console = err_console if err else out_console
-    console.print(text, style=style, markup=False, highlight=False, soft_wrap=True)
+    console.print(one_line(text), style=style, markup=False, highlight=False, soft_wrap=True)
+
+
+# control characters (a file name may hold a newline) as their escapes: \n, \t, \x1b...
+_CONTROLS = {c: repr(chr(c))[1:-1] for c in [*range(32), 127]}
+
+
+def one_line(text: str) -> str:
+    """``text`` as one printable line: control characters as escapes (``\\n``), bytes of a file
+    name that are not UTF-8 as ``\\xNN``."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text.translate(_CONTROLS)
 
 
 def _say(message: str) -> None:
@@ -213,7 +231,7 @@ class EventBars:
         if event.problem is not None:
             self.problems += 1
             self.progress.console.print(
-                f"camlens: {event.problem}",
+                one_line(f"camlens: {event.problem}"),
                 style="red",
                 markup=False,
                 highlight=False,
@@ -550,7 +568,7 @@ def train_command(
             seed=seed,
             progress=EventBars(progress),
             callback=lambda record: progress.console.print(
-                _epoch_line(record), markup=False, highlight=False
+                _epoch_line(record), markup=False, highlight=False, soft_wrap=True
             ),
         )
         checkpoint = save(model, out)

@@ -478,6 +478,11 @@ def train(
         epochs, batch_size, lr, views, patience, fine_tune, fine_tune_epochs, fine_tune_lr
     )
     optim = optimizer_config(optimizer, weight_decay, momentum, nesterov)
+    if fine_tune and fine_tune > len(backbone_blocks(net)):  # before any epoch, not after
+        raise CamlensError(
+            f"fine_tune={fine_tune}: the backbone of {model.name} has "
+            f"{len(backbone_blocks(net))} blocks"
+        )
     data = scan_folder(folder, classes_from=classes_from)
     class_map = _class_map(model, data.classes, str(data.root))
     samples = [(path, class_map[c]) for path, c in data.samples]
@@ -528,13 +533,7 @@ def train(
         try:
             trainer.head_phase(train_set, val_set, epochs, batch_size, lr, optim, generator)
             if fine_tune:
-                blocks = backbone_blocks(net)
-                if fine_tune > len(blocks):
-                    raise CamlensError(
-                        f"fine_tune={fine_tune}: the backbone of {model.name} has {len(blocks)} "
-                        "blocks"
-                    )
-                chosen = blocks[-fine_tune:]
+                chosen = backbone_blocks(net)[-fine_tune:]
                 history.fine_tuned = [name for name, _ in chosen]
                 trainer.fine_tune_phase(
                     model,
