@@ -143,9 +143,11 @@ def coco(
     sizes: dict[str, tuple[int, int]] | None = None,
 ) -> Path:
     """A COCO JSON file at ``path`` listing ``images``: (file name, [(class name, bbox)...]),
-    with the synthetic model's class names as categories."""
-    categories = [{"id": k + 1, "name": n} for k, n in enumerate(SYNTHETIC_LABELS)]
-    ids = {n: k + 1 for k, n in enumerate(SYNTHETIC_LABELS)}
+    with the synthetic model's class names and the others used as categories."""
+    used = [label for _, objects in images for label, _ in objects]
+    names = list(dict.fromkeys([*SYNTHETIC_LABELS, *used]))
+    categories = [{"id": k + 1, "name": n} for k, n in enumerate(names)]
+    ids = {n: k + 1 for k, n in enumerate(names)}
     entries, annotations = [], []
     for i, (name, objects) in enumerate(images):
         entry: dict[str, Any] = {"id": i + 1, "file_name": name}
@@ -157,7 +159,7 @@ def coco(
                 {
                     "id": len(annotations) + 1,
                     "image_id": i + 1,
-                    "category_id": ids.get(label, 99),
+                    "category_id": ids[label],
                     "bbox": bbox,
                 }
             )
