@@ -154,8 +154,9 @@ def say(text: str, *, style: str | None = None, err: bool = False) -> None:
     console.print(one_line(text), style=style, markup=False, highlight=False, soft_wrap=True)
 
 
-# control characters (a file name may hold a newline) as their escapes: \n, \t, \x1b...
-_CONTROLS = {c: repr(chr(c))[1:-1] for c in [*range(32), 127]}
+# control characters and line separators (a file name may hold a newline) as their escapes:
+# \n, \t, \x1b, \x85, \u2028...
+_CONTROLS = {c: repr(chr(c))[1:-1] for c in [*range(32), *range(127, 160), 0x2028, 0x2029]}
 
 
 def one_line(text: str) -> str:

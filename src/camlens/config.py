@@ -45,7 +45,12 @@ METHOD_GROUPS: dict[str, tuple[str, ...]] = {
 def resolve_methods(names: str | Iterable[str]) -> tuple[str, ...]:
     """Method names (any accepted spelling, or a group of :data:`METHOD_GROUPS`) -> their canonical
     names, each once, in the order given; an unknown name is a :class:`MethodError`."""
-    given = [names] if isinstance(names, str) else list(names)
+    if isinstance(names, str):
+        given = [names]
+    elif isinstance(names, Iterable):
+        given = list(names)
+    else:
+        raise MethodError(f"methods are named by strings, not {names!r}")
     if not given:
         raise MethodError("no method given: choose one or more of " + ", ".join(METHODS))
     out: list[str] = []
@@ -280,7 +285,7 @@ def _classes(value: Any) -> tuple[int | str, ...]:
             c = c.strip()
             if not c:
                 raise ClassError("an empty class name")
-            if c.lstrip("-").isdigit():
+            if c.lstrip("-").isascii() and c.lstrip("-").isdigit():
                 c = int(c)
         out.append(c)
     return tuple(dict.fromkeys(out))

@@ -362,7 +362,7 @@ def parse_size(size: str | int | Sequence[int]) -> tuple[int, int]:
     """
     if isinstance(size, str):
         parts = [p.strip() for p in size.strip().lower().split("x")]
-        if len(parts) in (1, 2) and all(p.isdigit() for p in parts):
+        if len(parts) in (1, 2) and all(p.isascii() and p.isdigit() for p in parts):
             numbers = [int(p) for p in parts]
             pair = (numbers[0], numbers[-1])
             if min(pair) > 0:

@@ -84,7 +84,7 @@ class Model:
                 )
             return cls
         text = str(cls).strip()
-        if text.lstrip("-").isdigit():
+        if text.lstrip("-").isascii() and text.lstrip("-").isdigit():
             return self.class_index(int(text))
         found = _matches(self.labels, text)
         if len(found) == 1:
