@@ -152,10 +152,13 @@ def explain_files(
     for paths, images, failed in read_batches(files, explainer.batch_size, explainer.max_pixels):
         finished = list(failed)
         if images:
-            results = explainer.explain(
+            results = explainer.explain_each(
                 images, classes=classes, top=top, names=[str(p) for p in paths], progress=report
             )
             for path, result in zip(paths, results, strict=True):
+                if isinstance(result, CamlensError):  # the model failed on this image alone
+                    finished.append(Done(path, problem=str(result)))
+                    continue
                 finished.append(_save(path, result, stems, output))
         for done in _in_order(finished, files, count):
             count += 1
@@ -198,10 +201,13 @@ def localize_files(
     for paths, images, failed in read_batches(files, explainer.batch_size, explainer.max_pixels):
         finished = list(failed)
         if images:
-            results = explainer.explain(
+            results = explainer.explain_each(
                 images, top=top, names=[str(p) for p in paths], progress=report
             )
             for path, result in zip(paths, results, strict=True):
+                if isinstance(result, CamlensError):  # the model failed on this image alone
+                    finished.append(Done(path, problem=str(result)))
+                    continue
                 try:
                     stem = stems.claim(path, ".boxes.png")
                     found = localize_objects(

@@ -330,7 +330,16 @@ def evaluate(
         if not batch:
             continue
         sources = [str(item.image) for item, _, _ in batch]
-        results = explainer.explain([p for _, p, _ in batch], top=top, names=sources)
+        each = explainer.explain_each([p for _, p, _ in batch], top=top, names=sources)
+        for failed in each:  # the model fails on this image (NaN scores, say): the others go on
+            if isinstance(failed, CamlensError):
+                problem(f"{failed}; image left out")
+        finished([s for s, r in zip(sources, each, strict=True) if isinstance(r, CamlensError)])
+        kept = [i for i, r in enumerate(each) if not isinstance(r, CamlensError)]
+        batch, sources = [batch[i] for i in kept], [sources[i] for i in kept]
+        results: list[Any] = [each[i] for i in kept]
+        if not batch:
+            continue
         # The ground-truth classes outside the top k get their maps from a second pass.
         missing = [
             sorted({c for c, _ in known} - {m.class_index for m in r.maps})

@@ -356,13 +356,13 @@ class Explainer:
                     out[i] = result
             except CamlensError as exc:
                 if len(chunk) == 1:
-                    out[chunk[0]] = exc
+                    out[chunk[0]] = _naming(exc, entries[chunk[0]])
                     continue
                 for i in chunk:  # find the input at fault: each alone
                     try:
                         out[i] = run([i])[0]
                     except CamlensError as alone:
-                        out[i] = alone
+                        out[i] = _naming(alone, entries[i])
         return [cast(Explanation | CamlensError, r) for r in out]
 
     def iter_explain(
@@ -539,6 +539,18 @@ class Explainer:
 
 def _optional_str(value: object) -> str | None:
     return None if value is None else str(value)
+
+
+def _naming(exc: CamlensError, entry: _Item | CamlensError) -> CamlensError:
+    """``exc`` with the input it is about named first, as every per-input error is."""
+    source = entry.source if isinstance(entry, _Item) else None
+    if source is None or str(exc).startswith(f"{source}: "):
+        return exc
+    try:
+        named = type(exc)(f"{source}: {exc}")
+    except TypeError:  # an error type made otherwise (ImageError names its path already)
+        named = CamlensError(f"{source}: {exc}")
+    return named
 
 
 def _pixels(item: _Item, x: torch.Tensor) -> int:
