@@ -11,6 +11,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TextIO
 
@@ -834,6 +835,7 @@ def synthetic_command(
     import torch
 
     from camlens.datasets import make_synthetic
+    from camlens.files import atomic_write, output_folder
     from camlens.train import train_synthetic_model
 
     if train_model and objects != 1:
@@ -841,9 +843,10 @@ def synthetic_command(
             "--train makes one object per image (the CNN learns each image's class): drop --objects"
         )
     with bad_input():
+        out = output_folder(out, "OUT")
         if not train_model:
             written = make_synthetic(out, count, seed=seed, size=size, objects=objects)
-            out_console.print(str(written), highlight=False, soft_wrap=True)
+            say(str(written))
             return
         train_set = make_synthetic(out / "train", count, seed=seed, size=size)
         test_set = make_synthetic(out / "test", max(count // 4, 1), seed=seed + 1, size=size)
@@ -851,13 +854,10 @@ def synthetic_command(
             model = train_synthetic_model(
                 train_set, seed=seed, threads=1, progress=EventBars(progress)
             )
-    weights = out / "model.pt"
-    torch.save(model.net.state_dict(), weights)
-    out_console.print(
-        f"training set: {train_set}\nheld-out set: {test_set}\nmodel: {weights}",
-        highlight=False,
-        soft_wrap=True,
-    )
+        weights = atomic_write(out / "model.pt", partial(torch.save, model.net.state_dict()))
+    say(f"training set: {train_set}")
+    say(f"held-out set: {test_set}")
+    say(f"model: {weights}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
