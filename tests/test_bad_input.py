@@ -24,6 +24,7 @@ from awkward import (
     synthetic_weights,
     warnings_of,
 )
+from PIL import Image
 from torch import nn
 
 import camlens
@@ -403,6 +404,47 @@ def test_explain_each_keeps_the_good_results(tmp_path: Path) -> None:
     assert "broken.jpg" in str(each[1]) and "missing.jpg" in str(each[2])
     alone = explainer.explain(good)
     assert torch.allclose(each[0].maps[0].map, alone.maps[0].map, atol=1e-6)
+
+
+class Fragile(Tiny):
+    """Tiny, but its scores overflow on a bright picture (the probe input is fine)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        bright = x.mean(dim=(1, 2, 3)) > 1.5
+        return torch.where(bright[:, None], torch.full_like(out, float("inf")), out)
+
+
+def test_a_model_failing_on_one_image_loses_only_that_image(tmp_path: Path) -> None:
+    from camlens.batch import explain_files, localize_files
+    from camlens.evaluate import evaluate
+
+    torch.manual_seed(0)
+    model = camlens.load_model(Fragile(), preprocess=TINY, labels=["a", "b", "c"])
+    files = [cat(tmp_path / "cat.jpg"), tmp_path / "white.png", cup(tmp_path / "cup.png")]
+    Image.new("RGB", (20, 20), "white").save(files[1])
+    explainer = camlens.Explainer(model, batch_size=4)
+    each = explainer.explain_each(files)
+    assert isinstance(each[0], camlens.Explanation) and isinstance(each[2], camlens.Explanation)
+    assert str(each[1]).startswith(f"{files[1]}: Fragile gives NaN or infinite scores")
+    done = list(explain_files(files, explainer, tmp_path / "o"))
+    assert [d.problem is None for d in done] == [True, False, True]
+    assert "white.png" in str(done[1].problem)
+    found = list(
+        localize_files(
+            files, explainer, tmp_path / "l", model=model, top=2, min_score=0, iou_threshold=0.5
+        )
+    )
+    assert [d.problem is None for d in found] == [True, False, True]
+    assert len((tmp_path / "l" / "boxes.jsonl").read_text().splitlines()) == 2
+    data = coco(
+        tmp_path / "set.json",
+        [("cat.jpg", [("disc", [1, 1, 30, 30])]), ("white.png", [("disc", [1, 1, 9, 9])])],
+    )
+    model.labels = ("disc", "square", "triangle")
+    report = evaluate(model, data, "gradcam", steps=2, road_percentages=())
+    assert (report.images, report.evaluated) == (2, 1)
+    assert any("white.png" in p and "left out" in p for p in report.problems)
 
 
 def test_an_ambiguous_class_name_lists_its_classes(photos: list[str]) -> None:

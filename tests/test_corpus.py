@@ -197,35 +197,53 @@ class Case:
     and the case does not give it). ``bad``: lines about bad input; ``says``: text found in
     them, in order; ``good``: inputs processed (explain: reports; localize: boxes.jsonl lines;
     evaluate: images evaluated; train: 1 when a checkpoint is written); ``warns``: text found in
-    the warnings."""
+    the warnings; ``shows``: text found on stdout, as it is."""
 
     args: str
     bad: int = 0
     says: tuple[str, ...] = ()
     good: int | None = None
     warns: tuple[str, ...] = ()
+    shows: tuple[str, ...] = ()
 
 
 SYN = "--model synthetic --weights syn.pt"
 TRAIN = "train train --epochs 1 --views 1 --val 0"
 
 
-def c(args: str, bad: int = 0, *says: str, good: int | None = None, warns: str = "") -> Case:
-    return Case(args.replace("{syn}", SYN), bad, says, good, (warns,) if warns else ())
+def c(
+    args: str,
+    bad: int = 0,
+    *says: str,
+    good: int | None = None,
+    warns: str = "",
+    shows: tuple[str, ...] = (),
+) -> Case:
+    return Case(args.replace("{syn}", SYN), bad, says, good, (warns,) if warns else (), shows)
 
 
 CASES: dict[str, Case] = {
     # --- explain: file names ---------------------------------------------------------------------
     "explain-two-good": c("explain cat.jpg cup.png {syn}", good=2),
-    "explain-brackets": c("explain '[cat] photo.jpg' '[bold]b.jpg' '[/x].jpg' {syn}", good=3),
-    "explain-space-unicode": c("explain 'with space.jpg' 'ünïcødé 日本.png' {syn}", good=2),
+    "explain-brackets": c(
+        "explain '[cat] photo.jpg' '[bold]b.jpg' '[/x].jpg' {syn}",
+        good=3,
+        shows=("[cat] photo.jpg: ", "[bold]b.jpg: ", "[/x].jpg: "),
+    ),
+    "explain-space-unicode": c(
+        "explain 'with space.jpg' 'ünïcødé 日本.png' {syn}",
+        good=2,
+        shows=("with space.jpg: ", "ünïcødé 日本.png: "),
+    ),
     "explain-leading-dash": c("explain {syn} -- -dash.jpg cat.jpg", good=2),
     "explain-dots": c("explain a.b.c.png ..png {syn}", good=2),
-    "explain-percent": c("explain 'percent %s {0}.png' {syn}", good=1),
+    "explain-percent": c("explain 'percent %s {0}.png' {syn}", good=1, shows=("%s {0}.png: ",)),
     "explain-long-name": c(f"explain {LONG}.jpg cat.jpg {{syn}} --method gradcam", good=2),
     "explain-longest-name": c(f"explain {LONGEST}.jpg {{syn}} --top 2", good=1),
     "localize-longest-name": c(f"localize {LONGEST}.jpg {{syn}}", good=1),
-    "explain-newline-name": c("explain 'new\nline.jpg' typo.jpg {syn}", 1, "typo.jpg", good=1),
+    "explain-newline-name": c(
+        "explain 'new\nline.jpg' typo.jpg {syn}", 1, "typo.jpg", good=1, shows=("new\\nline.jpg: ",)
+    ),
     "explain-upper-suffix": c("explain UPPER.JPG {syn}", good=1),
     "explain-no-suffix": c("explain noext {syn}", good=1),
     "explain-png-named-jpg": c("explain png_named.jpg {syn}", good=1),
@@ -377,7 +395,9 @@ CASES: dict[str, Case] = {
     # --- localize --------------------------------------------------------------------------------
     "localize-good": c("localize cat.jpg cup.png {syn}", good=2),
     "localize-default-top-few-classes": c("localize cat.jpg {syn}", good=1),
-    "localize-brackets": c("localize '[cat] photo.jpg' '[/x].jpg' {syn}", good=2),
+    "localize-brackets": c(
+        "localize '[cat] photo.jpg' '[/x].jpg' {syn}", good=2, shows=("[cat] photo.jpg: ",)
+    ),
     "localize-same-stems": c("localize stems same {syn}", good=5),
     "localize-broken": c("localize broken.jpg cat.jpg {syn}", 1, "broken.jpg", good=1),
     "localize-all-bad": c("localize typo.jpg {syn}", 1, "typo.jpg", good=0),
@@ -414,7 +434,9 @@ CASES: dict[str, Case] = {
         "cmyk.jpg",
         good=3,
     ),
-    "evaluate-brackets": c("evaluate '[set].json' {syn} --no-faithfulness", good=1),
+    "evaluate-brackets": c(
+        "evaluate '[set].json' {syn} --no-faithfulness", good=1, shows=("[set].json: 1 of 1",)
+    ),
     "evaluate-sizes": c("evaluate sizes.json {syn} --no-faithfulness", 1, "64x96", good=0),
     "evaluate-unknown-class": c("evaluate unknown.json {syn}", 1, "unicorn", good=0),
     "evaluate-images-typo": c("evaluate set.json --images typo {syn}", 2, "typo", good=0),
@@ -472,11 +494,16 @@ CASES: dict[str, Case] = {
     "train-out-proc": c("train train --out /proc/x.camlens", 1, "/proc/x.camlens", good=0),
     "train-out-folder": c("train train --out folder.camlens", 1, "is a folder", good=0),
     "train-good": c(TRAIN, good=1),
+    # --- synthetic -------------------------------------------------------------------------------
+    "synthetic-proc": c("synthetic /proc/x --count 2", 1, "/proc/x cannot be created"),
+    "synthetic-a-file": c("synthetic cat.jpg --count 2", 1, "cat.jpg is a file"),
+    "synthetic-count-zero": c("synthetic {out}/s --count 0", 1, "--count"),
+    "synthetic-brackets": c("synthetic '{out}/[s] x' --count 2 --size 16", shows=("[s] x",)),
 }
 
 
 def run_case(case: Case, ws: Path, out: Path) -> None:
-    args = shlex.split(case.args)
+    args = [a.replace("{out}", str(out)) for a in shlex.split(case.args)]
     command = args[0]
     if command in ("explain", "localize", "evaluate") and "--out" not in args:
         args[1:1] = ["--out", str(out)]
@@ -501,6 +528,8 @@ def run_case(case: Case, ws: Path, out: Path) -> None:
         at = found[0] + 1 if case.bad > 1 else found[0]
     for text in case.warns:
         assert any(text in w for w in warnings_of(result)), (text, result.stderr)
+    for text in case.shows:
+        assert text in result.stdout, (text, result.stdout)
     assert not (ws / "ran").exists()  # no pickle ever runs
     strict_reports(out)
     assert (out / "earlier" / "keep.json").read_text() == earlier[out / "earlier" / "keep.json"]
