@@ -28,7 +28,7 @@ from PIL import Image
 from torch import nn
 
 import camlens
-from camlens.errors import CamlensError, FlatMapWarning
+from camlens.errors import CamlensError
 
 GPU = torch.cuda.is_available()
 
@@ -114,7 +114,7 @@ def test_an_evaluation_of_nothing_keeps_the_earlier_report(
     assert not leftovers(Path("ev"))
 
 
-def test_evaluate_writes_its_report_atomically(
+def test_evaluate_writes_its_report_whole_and_strict(
     photos: list[str], syn: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from camlens.evaluate import evaluate
@@ -124,15 +124,20 @@ def test_evaluate_writes_its_report_atomically(
     model = camlens.load_model("synthetic", weights=syn[-1])
     report = evaluate(model, data, "gradcam", faithfulness=False)
     Path("r.json").write_text("earlier")
+    written = Path.write_text
 
-    def broken(*args: object, **kwargs: object) -> str:
-        raise OSError("disk full")
+    def disk_full(self: Path, text: str, *args: object, **kwargs: object) -> int:
+        written(self, text[: len(text) // 2])
+        raise OSError(28, "No space left on device")
 
-    with monkeypatch.context() as patched, pytest.raises(OSError, match="disk full"):
-        patched.setattr(json, "dumps", broken)
+    with monkeypatch.context() as patched, pytest.raises(CamlensError, match=r"r\.json"):
+        patched.setattr(Path, "write_text", disk_full)
         report.save("r.json")
     assert Path("r.json").read_text() == "earlier"
     assert not leftovers(Path("."))
+    report.rows["gradcam"]["classification"] = float("nan")  # a metric that went wrong
+    saved = strict_json(report.save("r.json").read_text())
+    assert saved["methods"][0]["classification"] is None
 
 
 @pytest.mark.parametrize(
@@ -375,6 +380,8 @@ def test_non_finite_input_is_refused(value: float) -> None:
 
 
 def test_a_report_is_strict_json(tmp_path: Path) -> None:
+    from camlens.errors import FlatMapWarning
+
     explainer = camlens.Explainer(tiny(zero_head=True), method=["gradcam", "cam", "scorecam"])
     with pytest.warns(FlatMapWarning, match=r"<image 0>: 9 of 9 maps are flat"):
         result = explainer.explain(torch.zeros(3, 16, 16), top=3)  # every score equal: flat
@@ -627,6 +634,8 @@ def test_checkpoint_errors_name_the_checkpoint(
 
 @pytest.mark.parametrize("method", ["scorecam", "sscam", "iscam", "ablationcam"])
 def test_scores_that_carry_no_information_give_flat_maps(method: str) -> None:
+    from camlens.errors import FlatMapWarning
+
     explainer = camlens.Explainer(tiny(zero_head=True), method=method)
     x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     with pytest.warns(FlatMapWarning) as said:

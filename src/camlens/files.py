@@ -18,7 +18,8 @@ from camlens.errors import CamlensError
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """A temporary path beside ``path`` to write to; on a clean exit it is renamed to ``path``
     (replacing any file there at once), on an error it is removed and ``path`` is left as it was.
-    The parent folder is created. Errors name ``path``, never the temporary file."""
+    The parent folder is created. Errors name ``path``, never the temporary file: an ``OSError``
+    while writing becomes a :class:`~camlens.errors.CamlensError`."""
     target = Path(path)
     _make_folder(target.parent, f"cannot write {target}")
     try:
@@ -30,7 +31,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(handle)
     temp = Path(name)
     try:
-        yield temp
+        try:
+            yield temp
+        except OSError as exc:  # the disk full while writing, say: one line naming the target
+            raise CamlensError(f"cannot write {target} ({_reason(exc)})") from None
         try:
             os.chmod(temp, 0o666 & ~_UMASK)
             os.replace(temp, target)
