@@ -392,6 +392,26 @@ CASES: dict[str, Case] = {
     "checkpoint-as-weights": c(
         "explain cat.jpg --model synthetic --weights good.camlens", 1, "is a camlens", good=0
     ),
+    # --- methods ---------------------------------------------------------------------------------
+    "methods-list": c("methods"),
+    "methods-all-zero-weights": c(
+        "explain cat.jpg --model synthetic --weights zero.pt --method all", good=1, warns="flat"
+    ),
+    "methods-all-odd-pictures": c(
+        "explain one.png tall.png wide.png {syn} --method all --fast-channels 8", good=3
+    ),
+    "methods-scores-smoothed": c(
+        "explain cat.jpg {syn} --method scores --smooth tta --fast-resolution 0.5", good=1
+    ),
+    "methods-eigen-pca": c("explain cat.jpg cup.png {syn} --method eigencam --smooth pca", good=2),
+    "methods-group-typo": c("explain cat.jpg {syn} --method gradient", good=1),
+    "methods-two-layers-boxes": c(
+        "explain cat.jpg {syn} --method gradients --layer features --layer features.2 --boxes",
+        good=1,
+    ),
+    "methods-all-no-head-there": c(
+        "explain cat.jpg {syn} --method all --layer features.2", 1, "CAM needs", good=0
+    ),
     # --- localize --------------------------------------------------------------------------------
     "localize-good": c("localize cat.jpg cup.png {syn}", good=2),
     "localize-default-top-few-classes": c("localize cat.jpg {syn}", good=1),
