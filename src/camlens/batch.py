@@ -166,7 +166,14 @@ def _save(path: Path, result: Explanation, stems: Stems, output: OutputConfig) -
         stem = stems.claim(path)
         if output.boxes is not None:
             add_boxes(result, threshold=output.threshold, mode=output.boxes)
-        saved = result.save(stem.parent, stem.name, cmap=output.cmap, alpha=output.alpha)
+        saved = result.save(
+            stem.parent,
+            stem.name,
+            cmap=output.cmap,
+            alpha=output.alpha,
+            panels=output.panels,
+            grid=output.grids,
+        )
     except CamlensError as exc:
         return Done(path, result, problem=str(exc))
     return Done(path, result, saved)
@@ -209,6 +216,7 @@ def localize_files(
                         iou_threshold=iou_threshold,
                         min_score=min_score,
                         batch_size=explainer.batch_size,
+                        mode=output.boxes or "largest",
                     )
                     picture = save_png(found.picture(), f"{stem}.boxes.png")
                 except CamlensError as exc:
