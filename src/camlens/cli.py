@@ -719,12 +719,7 @@ def evaluate_command(
     ] = None,
     model: ModelOpt = None,
     weights: WeightsOpt = None,
-    method: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--method", help="a method (repeat for several; 'all', 'gradients'); a row each"
-        ),
-    ] = None,
+    method: MethodsOpt = None,
     layer: Annotated[str | None, typer.Option("--layer", help="target layer")] = None,
     threshold: ThresholdOpt = "0.2",
     tolerance: Annotated[
@@ -748,17 +743,33 @@ def evaluate_command(
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("camlens-eval"),
     device: DeviceOpt = "cpu",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
+    batch_size: BatchSizeOpt = 16,
+    smooth: SmoothOpt = None,
+    max_batch_memory: MaxBatchMemoryOpt = 512,
+    fast_channels: FastChannelsOpt = None,
+    fast_resolution: FastResolutionOpt = None,
 ) -> None:
     """Evaluate methods against ground-truth boxes: prints a table (a row per method), writes
     OUT/evaluation.json and OUT/deletion_insertion.png."""
-    from camlens.config import resolve_methods
+    from camlens.config import ExplainConfig
     from camlens.datasets import read_dataset
     from camlens.evaluate import evaluate
     from camlens.localize import parse_threshold
     from camlens.metrics import ROAD_PERCENTAGES
 
     with bad_input():
+        config = ExplainConfig(
+            model=model,
+            weights=_optional_path(weights),
+            device=device,
+            methods=tuple(method or ["gradcam"]),
+            layers=(layer,) if layer else (),
+            smooth=tuple(smooth or ()),
+            batch_size=batch_size,
+            max_batch_memory=_mib(max_batch_memory),
+            fast_channels=fast_channels,
+            fast_resolution=fast_resolution,
+        )
         box_threshold = parse_threshold(threshold)
         data = read_dataset(dataset, images)
         loaded = _load(model, weights, device)
@@ -767,15 +778,13 @@ def evaluate_command(
             report = evaluate(
                 loaded,
                 data,
-                list(resolve_methods(method or ["gradcam"])),
-                layer=layer,
+                config=config,
                 threshold=box_threshold,
                 tolerance=tolerance,
                 iou_threshold=iou,
                 faithfulness=faithfulness,
                 steps=steps,
                 road_percentages=ROAD_PERCENTAGES if road_metric else (),
-                batch_size=batch_size,
                 limit=limit,
                 progress=EventBars(progress),
             )
