@@ -289,3 +289,33 @@ def test_evaluate_command_with_no_known_class(voc_set: Path, tmp_path: Path) -> 
     assert len(result.stderr.strip().splitlines()) == 1 and "'unicorn'" in result.stderr
     assert "could be evaluated" in result.stdout
     assert not (tmp_path / "o" / "evaluation.json").exists()  # nothing to write
+
+
+def test_evaluate_and_localize_take_smoothing_and_fast_modes(voc_set: Path, tmp_path: Path) -> None:
+    """The same explanation options as `explain`: --smooth reaches the maps evaluate scores."""
+    runs = {}
+    for name, extra in (("plain", []), ("tta", ["--smooth", "tta"])):
+        out = tmp_path / name
+        result = runner.invoke(
+            app, ["evaluate", str(voc_set), "--no-faithfulness", "--out", str(out), *extra]
+        )
+        assert result.exit_code == 2, result.output  # the set's bad ground truth, as above
+        runs[name] = json.loads((out / "evaluation.json").read_text())["methods"][0]
+    assert runs["plain"]["energy_pointing"] != runs["tta"]["energy_pointing"]
+    located = runner.invoke(
+        app,
+        [
+            "localize",
+            str(voc_set / "chelsea.jpg"),
+            "--method",
+            "scorecam",
+            "--fast-channels",
+            "8",
+            "--smooth",
+            "pca",
+            "--out",
+            str(tmp_path / "l"),
+        ],
+    )
+    assert located.exit_code == 0, located.output
+    assert "Egyptian cat" in (tmp_path / "l" / "boxes.jsonl").read_text()

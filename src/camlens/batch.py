@@ -171,7 +171,14 @@ def _save(path: Path, result: Explanation, stems: Stems, output: OutputConfig) -
         stem = stems.claim(path)
         if output.boxes is not None:
             add_boxes(result, threshold=output.threshold, mode=output.boxes)
-        saved = result.save(stem.parent, stem.name, cmap=output.cmap, alpha=output.alpha)
+        saved = result.save(
+            stem.parent,
+            stem.name,
+            cmap=output.cmap,
+            alpha=output.alpha,
+            panels=output.panels,
+            grid=output.grids,
+        )
     except CamlensError as exc:
         return Done(path, result, problem=str(exc))
     return Done(path, result, saved)
@@ -217,6 +224,7 @@ def localize_files(
                         iou_threshold=iou_threshold,
                         min_score=min_score,
                         batch_size=explainer.batch_size,
+                        mode=output.boxes or "largest",
                     )
                     name = fit_stem(stem.name, ".boxes.png")
                     picture = save_png(found.picture(), stem.with_name(f"{name}.boxes.png"))

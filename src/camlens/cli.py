@@ -34,6 +34,7 @@ from camlens.images import MAX_PIXELS, find_images
 from camlens.progress import Event
 
 if TYPE_CHECKING:
+    from camlens.explanation import Explanation
     from camlens.train import EpochRecord
 
 
@@ -137,6 +138,23 @@ FastResolutionOpt = Annotated[
     typer.Option(
         "--fast-resolution",
         help="Score-CAM family: masked passes at this fraction of the input size (approximate)",
+    ),
+]
+InputSizeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--input-size",
+        help="explain at HEIGHTxWIDTH (or one side) instead of the model's own input size; "
+        "for a model with a global-average-pooling head (any camlens-built model); a model whose "
+        "head reads a fixed grid (VGG's classifier) is refused",
+    ),
+]
+AllBoxesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--all-boxes",
+        help="a box for every region of each map above the threshold, not only the largest "
+        "(several objects of one class)",
     ),
 ]
 ThresholdOpt = Annotated[
@@ -292,6 +310,22 @@ def _files(paths: Sequence[Path]) -> list[Path]:
     return files
 
 
+def console_line(result: Explanation) -> str:
+    """One line per explained image: its top-3 predictions, the classes explained, and the maps
+    that came out flat (nothing left after the ReLU: no positive evidence at that layer)."""
+    top = "; ".join(f"{p.label} {p.score:.3f}" for p in result.predictions[:3])
+    explained = "; ".join(dict.fromkeys(m.label for m in result.maps))
+    line = f"{result.source}: {top} | explained: {explained}"
+    flat = [f"{m.label} ({m.method}, {m.layer})" for m in result.maps if m.flat]
+    if flat:
+        more = f" and {len(flat) - 3} more" if len(flat) > 3 else ""
+        line += (
+            f" | {len(flat)} flat map{'s' if len(flat) > 1 else ''}, no positive evidence: "
+            f"{'; '.join(flat[:3])}{more} (--no-relu shows the signed map)"
+        )
+    return line
+
+
 def _optional_path(path: Path | None) -> str | None:
     return None if path is None else str(path)
 
@@ -333,19 +367,35 @@ def explain(
             "--boxes", help="box each map's largest region, in the JSON and on the overlay"
         ),
     ] = False,
+    all_boxes: AllBoxesOpt = False,
     threshold: ThresholdOpt = "0.2",
     smooth: SmoothOpt = None,
     max_batch_memory: MaxBatchMemoryOpt = 512,
     fast_channels: FastChannelsOpt = None,
     fast_resolution: FastResolutionOpt = None,
+    input_size: InputSizeOpt = None,
+    relu: Annotated[
+        bool,
+        typer.Option(
+            "--relu/--no-relu",
+            help="--no-relu: signed maps, min-max of the raw map (a class with no positive "
+            "evidence still shows where it is least negative)",
+        ),
+    ] = True,
+    panels: Annotated[
+        bool, typer.Option("--panels", help="also a photo | heatmap | overlay picture per map")
+    ] = False,
 ) -> None:
-    """Explain images: writes OUT/STEM.json, an overlay PNG and a map .npy per class and method."""
+    """Explain images: writes OUT/STEM.json, an overlay PNG and a map .npy per class and method.
+
+    --layer all: every layer of the automatic layer's kind (every conv stage of a VGG), in depth
+    order, and OUT/STEM.grid.png with all of them per image."""
     from camlens.batch import explain_files
     from camlens.config import ExplainConfig, OutputConfig
     from camlens.explain import Explainer
-    from camlens.explanation import Explanation
     from camlens.explanation import grid as grid_of
     from camlens.files import output_file, output_folder
+    from camlens.images import parse_size
     from camlens.localize import parse_threshold
     from camlens.render import save_png
 
@@ -364,12 +414,16 @@ def explain(
             fast_channels=fast_channels,
             fast_resolution=fast_resolution,
             max_pixels=max_pixels,
+            input_size=parse_size(input_size) if input_size is not None else None,
+            relu=relu,
         )
         output = OutputConfig(
             cmap=cmap,
             alpha=alpha,
-            boxes="largest" if boxes else None,
+            boxes="all" if all_boxes else "largest" if boxes else None,
             threshold=parse_threshold(threshold),
+            panels=panels,
+            grids=config.layers == ("all",),
         )
         out = output_folder(out)
         grid_file = output_file(grid, "--grid") if grid is not None else None
@@ -382,11 +436,9 @@ def explain(
         for done in explain_files(files, explainer, out, output, progress=bars):
             if done.explanation is None or done.report is None:
                 continue
-            result = done.explanation
             if grid_file is not None:
-                kept.append(result)
-            best = result.predictions[0]
-            say(f"{result.source}: {best.label} ({best.score:.3f}) -> {done.report}")
+                kept.append(done.explanation)
+            say(f"{console_line(done.explanation)} -> {done.report}")
     if grid_file is not None and kept:
         with bad_input():
             say(f"grid: {save_png(grid_of(kept, cmap=cmap, alpha=alpha), grid_file)}")
@@ -626,11 +678,8 @@ def localize(
     method: Annotated[str, typer.Option("--method", help="see `camlens methods`")] = "gradcam",
     layer: Annotated[str | None, typer.Option("--layer", help="target layer")] = None,
     top: Annotated[
-        int | None,
-        typer.Option(
-            "--top", "-k", help="look for the top K predicted classes (default 5, at most all)"
-        ),
-    ] = None,
+        int, typer.Option("--top", "-k", help="look for the top K predicted classes")
+    ] = 5,
     min_score: Annotated[
         float, typer.Option("--min-score", help="skip classes less probable than this")
     ] = 0.01,
@@ -649,6 +698,8 @@ def localize(
     max_batch_memory: MaxBatchMemoryOpt = 512,
     fast_channels: FastChannelsOpt = None,
     fast_resolution: FastResolutionOpt = None,
+    input_size: InputSizeOpt = None,
+    all_boxes: AllBoxesOpt = False,
 ) -> None:
     """Find objects: a box per top class (its map's largest region above the threshold),
     duplicates merged across classes, each box cropped and re-classified. Writes OUT/boxes.jsonl
@@ -657,6 +708,7 @@ def localize(
     from camlens.config import ExplainConfig, OutputConfig
     from camlens.explain import Explainer
     from camlens.files import output_folder
+    from camlens.images import parse_size
     from camlens.localize import check_localize_options, parse_threshold
 
     with bad_input():  # every option, and the output folder, before any model runs
@@ -666,21 +718,24 @@ def localize(
             device=device,
             methods=(method,),
             layers=(layer,) if layer else (),
-            top=top,
             smooth=tuple(smooth or ()),
             batch_size=batch_size,
             max_batch_memory=_mib(max_batch_memory),
             fast_channels=fast_channels,
             fast_resolution=fast_resolution,
             max_pixels=max_pixels,
+            input_size=parse_size(input_size) if input_size is not None else None,
         )
-        output = OutputConfig(threshold=parse_threshold(threshold))
+        output = OutputConfig(
+            threshold=parse_threshold(threshold), boxes="all" if all_boxes else "largest"
+        )
         check_localize_options(min_score=min_score, iou_threshold=iou)
+        if top < 1:
+            raise CamlensError(f"--top must be at least 1, not {top}")
         out = output_folder(out)
     files = _files(paths)
     with bad_input():
         explainer = Explainer.from_config(config)
-    top = top if top is not None else min(5, explainer.model.num_classes)
     found = 0
     with _progress(len(files)) as progress:
         bars = EventBars(progress)
@@ -689,7 +744,7 @@ def localize(
             explainer,
             out,
             model=explainer.model if crops else None,
-            top=top,
+            top=min(top, explainer.model.num_classes),  # a model may have fewer classes
             min_score=min_score,
             iou_threshold=iou,
             output=output,
@@ -726,12 +781,7 @@ def evaluate_command(
     ] = None,
     model: ModelOpt = None,
     weights: WeightsOpt = None,
-    method: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--method", help="a method (repeat for several; 'all', 'gradients'); a row each"
-        ),
-    ] = None,
+    method: MethodsOpt = None,
     layer: Annotated[str | None, typer.Option("--layer", help="target layer")] = None,
     threshold: ThresholdOpt = "0.2",
     tolerance: Annotated[
@@ -755,25 +805,38 @@ def evaluate_command(
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("camlens-eval"),
     device: DeviceOpt = "cpu",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
+    batch_size: BatchSizeOpt = 16,
+    smooth: SmoothOpt = None,
+    max_batch_memory: MaxBatchMemoryOpt = 512,
+    fast_channels: FastChannelsOpt = None,
+    fast_resolution: FastResolutionOpt = None,
 ) -> None:
     """Evaluate methods against ground-truth boxes: prints a table (a row per method), writes
     OUT/evaluation.json and OUT/deletion_insertion.png."""
-    from camlens.config import resolve_methods
+    from camlens.config import ExplainConfig
     from camlens.datasets import read_dataset
-    from camlens.devices import check_device
     from camlens.evaluate import check_evaluate_options, evaluate
     from camlens.files import output_folder
     from camlens.localize import parse_threshold
     from camlens.metrics import ROAD_PERCENTAGES
 
     with bad_input():  # every option and the output folder before any model runs
+        config = ExplainConfig(
+            model=model,
+            weights=_optional_path(weights),
+            device=device,
+            methods=tuple(method or ["gradcam"]),
+            layers=(layer,) if layer else (),
+            smooth=tuple(smooth or ()),
+            batch_size=batch_size,
+            max_batch_memory=_mib(max_batch_memory),
+            fast_channels=fast_channels,
+            fast_resolution=fast_resolution,
+        )
         box_threshold = parse_threshold(threshold)
         check_evaluate_options(
             tolerance=tolerance, iou_threshold=iou, steps=steps, batch_size=batch_size, limit=limit
         )
-        methods = list(resolve_methods(method or ["gradcam"]))
-        check_device(device)
         out = output_folder(out)
         data = read_dataset(dataset, images)
         loaded = _load(model, weights, device)
@@ -782,15 +845,13 @@ def evaluate_command(
             report = evaluate(
                 loaded,
                 data,
-                methods,
-                layer=layer,
+                config=config,
                 threshold=box_threshold,
                 tolerance=tolerance,
                 iou_threshold=iou,
                 faithfulness=faithfulness,
                 steps=steps,
                 road_percentages=ROAD_PERCENTAGES if road_metric else (),
-                batch_size=batch_size,
                 limit=limit,
                 progress=EventBars(progress),
             )

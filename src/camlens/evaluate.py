@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from camlens.config import ExplainConfig
 from camlens.datasets.readers import Annotated, Dataset, GroundTruth, check_boxes, read_dataset
 from camlens.errors import CamlensError
 from camlens.files import atomic_write
@@ -239,6 +240,7 @@ def evaluate(
     limit: int | None = None,
     images: str | Path | None = None,
     progress: Progress | None = None,
+    config: ExplainConfig | None = None,
 ) -> Report:
     """Evaluates ``methods`` (names, see ``camlens methods``) of ``model`` on ``dataset`` (a
     :class:`~camlens.datasets.Dataset`, a COCO JSON file or a Pascal VOC folder; ``images``: where
@@ -253,6 +255,10 @@ def evaluate(
     ``"images"`` (``total``: the images to evaluate) for each message about bad input as it is
     found (``problem`` set; the image it is about is counted when it is done) and for each image
     when it is done (``item``: its name).
+
+    ``config``: an :class:`~camlens.config.ExplainConfig` to explain with (its methods, layers,
+    batch size, smoothing and fast modes; its classes and top are not used: the evaluation picks
+    the top 5 and the ground-truth classes), instead of ``methods``, ``layer`` and ``batch_size``.
     """
     from camlens.explain import Explainer
     from camlens.images import load_image, preprocess
@@ -291,7 +297,11 @@ def evaluate(
     for message in data.problems:
         problem(message)
     loaded = model if isinstance(model, ModelClass) else load_model(model)
-    explainer = Explainer(loaded, method=methods, layer=layer, batch_size=batch_size)
+    if config is not None:
+        explainer = Explainer.from_config(config.replace(classes=(), top=None), loaded)
+        batch_size = explainer.batch_size
+    else:
+        explainer = Explainer(loaded, method=methods, layer=layer, batch_size=batch_size)
     names = [m.name for m in explainer.methods]
 
     # Ground-truth class names -> the model's classes.

@@ -24,7 +24,7 @@ from camlens.devices import check_device
 from camlens.errors import CamlensError, ClassError, FlatMapWarning, MethodError
 from camlens.explanation import CallStats, ClassMap, Explanation
 from camlens.images import MAX_PIXELS, load_image, preprocess, tensor_to_image
-from camlens.layers import CamHead, auto_layer, probe_input
+from camlens.layers import CamHead, auto_layer, check_input_size, layers_like_auto, probe_input
 from camlens.maps import normalize
 from camlens.methods import METHODS, Method, get_method
 from camlens.models import Model, load_model
@@ -51,7 +51,10 @@ class Explainer:
     ``model``: a :class:`Model`, a spec for :func:`load_model` or an ``nn.Module``.
     ``method``: a name, a group (``all``, ``gradients``, ``scores``) or several (see ``camlens
     methods``); a :class:`~camlens.methods.Method` with options is taken as it is. ``layer``: a
-    name or module, or several; the last spatial layer by default (see ``camlens layers``).
+    name or module, or several; the last spatial layer by default (see ``camlens layers``);
+    ``"all"``: every spatial layer of the automatic layer's kind, in depth order.
+    ``input_size`` (height, width): explain at another size than the model's own (a model whose
+    head reads a fixed grid is refused). ``relu=False``: signed maps (min-max of the raw map).
     ``classes``/``top``: what :meth:`explain` explains when a call says neither (by default the
     top class). :meth:`from_config` builds one from an :class:`~camlens.config.ExplainConfig`.
 
@@ -99,6 +102,7 @@ class Explainer:
         channels_last: bool = True,
         input_size: tuple[int, int] | None = None,
         max_pixels: int = MAX_PIXELS,
+        relu: bool = True,
         classes: Classes | None = None,
         top: int | None = None,
     ) -> None:
@@ -122,12 +126,15 @@ class Explainer:
             channels_last=channels_last,
             input_size=input_size,
             max_pixels=max_pixels,
+            relu=relu,
         )
         self.max_pixels = options.max_pixels
+        self.relu = options.relu
         self.model = model if isinstance(model, Model) else load_model(model)
         if device is not None:
             self.model.to(check_device(device))
         if options.input_size is not None:
+            check_input_size(self.model, options.input_size)
             self.model = replace(
                 self.model, preprocess=replace(self.model.preprocess, input_size=options.input_size)
             )
@@ -141,6 +148,8 @@ class Explainer:
         self.resolve_classes(classes, top, 1)  # checks the default classes against the model
         if layer is None:
             layers: list[LayerSpec] = [auto_layer(self.model)]
+        elif layer == "all" or (isinstance(layer, Sequence) and list(layer) == ["all"]):
+            layers = list(layers_like_auto(self.model))
         elif isinstance(layer, str | nn.Module):
             layers = [layer]
         else:
@@ -195,6 +204,7 @@ class Explainer:
             channels_last=config.channels_last,
             input_size=config.input_size,
             max_pixels=config.max_pixels,
+            relu=config.relu,
             classes=list(config.classes) or None,
             top=config.top,
         )
@@ -519,7 +529,7 @@ class Explainer:
             raws = [m.maps(capture, target.name, index, reduce) for m in self.methods]
             for j in range(depth):
                 for method, raw in zip(self.methods, raws, strict=True):
-                    maps, flat = normalize(raw[:, j].detach())
+                    maps, flat = normalize(raw[:, j].detach(), relu=self.relu)
                     for b, cs in enumerate(chosen):
                         if j < len(cs):
                             c = cs[j]

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from camlens.errors import LayerError, MethodError
+from camlens.errors import LayerError, MethodError, ModelError
 from camlens.models.model import Model
 from camlens.modes import eval_mode
 from camlens.taps import RUNS, hooked
@@ -121,6 +121,63 @@ def _pooled_to_half(before: tuple[int, ...], after: tuple[int, ...]) -> bool:
     return all(
         a in (b // 2, (b + 1) // 2) and b >= 2 for b, a in zip(before[1:], after[1:], strict=True)
     )
+
+
+def layers_like_auto(model: Model, layers: list[LayerInfo] | None = None) -> list[str]:
+    """``--layer all``: every spatial layer of the same module type as the automatic layer, in
+    depth order (the order their forward passes finish): every conv stage's ReLU of a VGG (the
+    13 layers the Grad-CAM write-ups show), ``layer1`` .. ``layer4`` of a ResNet, every
+    batch-norm-and-activation of an EfficientNet."""
+    layers = spatial_layers(model) if layers is None else layers
+    chosen = auto_layer(model, layers)
+    kind = next(info.kind for info in layers if info.name == chosen)
+    return [info.name for info in layers if info.kind == kind]
+
+
+def check_input_size(model: Model, size: tuple[int, int]) -> None:
+    """A :class:`~camlens.errors.ModelError` unless ``model`` can classify inputs of ``size``
+    (height, width) as it does at its own size: its forward pass must run, and its first linear
+    layer must read globally pooled channels (a GAP head, which any size feeds alike), not a
+    flattened grid of fixed size (VGG's ``Linear(512 * 7 * 7, 4096)`` reads a 7x7 grid, which
+    an adaptive pooling would stretch another image size into)."""
+    own = tuple(model.preprocess.input_size)
+    if tuple(size) == own:
+        return
+    first: list[int] = []
+    last_map: list[int] = []
+
+    def linear(module: nn.Module, inputs: Any, output: Any) -> None:
+        if not first and isinstance(module, nn.Linear):
+            first.append(module.in_features)
+
+    def spatial(module: nn.Module, inputs: Any, output: Any) -> None:
+        if (
+            not first
+            and isinstance(output, torch.Tensor)
+            and output.ndim == 4
+            and not isinstance(module, _NOT_FEATURES)
+        ):
+            last_map[:] = [int(output.shape[1])]
+
+    hooks = [(m, linear if isinstance(m, nn.Linear) else spatial) for m in model.net.modules()]
+    height, width = size
+    x = torch.zeros(1, 3, height, width, device=model.device)
+    try:
+        with hooked(hooks), RUNS.shared(), torch.inference_mode():
+            model.net(x)
+    except Exception as exc:  # the architecture cannot take this size
+        raise ModelError(
+            f"{model.name} cannot take {height}x{width} inputs ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); its own size is "
+            f"{own[0]}x{own[1]}"
+        ) from None
+    if first and last_map and first[0] != last_map[0]:
+        raise ModelError(
+            f"{model.name} has a fixed-size head (its first linear layer takes {first[0]} "
+            f"features, not the {last_map[0]} channels of a global average pooling): at "
+            f"{height}x{width} its scores would mean nothing; explain it at its own size "
+            f"{own[0]}x{own[1]}, or give it a GAP head (camlens train)"
+        )
 
 
 @dataclass(frozen=True)
