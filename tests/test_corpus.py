@@ -326,6 +326,18 @@ CASES: dict[str, Case] = {
     "device-banana": c("explain cat.jpg {syn} --device banana", 1, "unknown device", good=0),
     "device-cuda-index": c("explain cat.jpg {syn} --device cuda:7", 1, "cuda:7", good=0),
     "device-mps-cpu": c("explain cat.jpg {syn} --device cpu:0", good=1),
+    "input-size-zero": c("explain cat.jpg {syn} --input-size 0", 1, "input size", good=0),
+    "input-size-text": c("explain cat.jpg {syn} --input-size 2x", 1, "input size", good=0),
+    "input-size-small": c(
+        "explain cat.jpg cup.png {syn} --input-size 4", 1, "input_size must be at least 8", good=0
+    ),
+    "input-size-other": c("explain cat.jpg {syn} --input-size 48x80", good=1),
+    "no-relu-zero-weights": c(
+        "explain cat.jpg --model synthetic --weights zero.pt --no-relu", good=1, warns="flat"
+    ),
+    "panels-all-boxes-layers": c(
+        "explain cat.jpg '[cat] photo.jpg' {syn} --panels --all-boxes --layer all --top 2", good=2
+    ),
     # --- explain: output places ------------------------------------------------------------------
     "out-a-file": c("explain cat.jpg {syn} --out cat.jpg", 1, "--out cat.jpg is a file"),
     "out-proc": c("explain cat.jpg {syn} --out /proc/x", 1, "--out /proc/x cannot be created"),
