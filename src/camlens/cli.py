@@ -328,7 +328,8 @@ def methods() -> None:
 
 @app.command()
 def layers(model: ModelOpt = None, weights: WeightsOpt = None, device: DeviceOpt = "cpu") -> None:
-    """The model's layers with spatial output and their shapes; * marks the automatic choice."""
+    """The model's layers with spatial output, their maps' shapes and how each output becomes maps
+    (conv, channels-last, tokens on a grid); * marks the automatic choice."""
     from camlens.layers import auto_layer, spatial_layers
 
     with bad_input():
@@ -336,11 +337,11 @@ def layers(model: ModelOpt = None, weights: WeightsOpt = None, device: DeviceOpt
         found = spatial_layers(loaded)
         chosen = auto_layer(loaded, found)
     table = Table(show_header=True, header_style="bold", box=None)
-    for column in ("", "layer", "type", "output [C, H, W]"):
+    for column in ("", "layer", "type", "maps [C, H, W]", "adapter"):
         table.add_column(column)
     for info in found:
         mark = "*" if info.name == chosen else ""
-        table.add_row(mark, info.name, info.kind, "x".join(map(str, info.shape)))
+        table.add_row(mark, info.name, info.kind, "x".join(map(str, info.shape)), info.adapter)
     out_console.print(table)
     out_console.print(f"* automatic target layer of {loaded.name}: {chosen}")
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -16,6 +17,7 @@ from PIL import Image
 from torch import nn
 
 from camlens import smoothing
+from camlens.adapters import LayerAdapter
 from camlens.errors import CamlensError, ClassError, MethodError
 from camlens.explanation import ClassMap, Explanation, Prediction
 from camlens.images import load_image, preprocess, tensor_to_image
@@ -145,7 +147,11 @@ class Explainer:
         """One probe forward pass: checks every layer gives a spatial map and finds the GAP ->
         Linear head each layer feeds, if any."""
         net = self.model.net
-        with _eval_mode(net), Taps(net, self.layers) as taps, torch.inference_mode():
+        with (
+            _eval_mode(net),
+            Taps(net, self.layers, adapter=self.model.adapter) as taps,
+            torch.inference_mode(),
+        ):
             logits = net(probe_input(self.model))
         self._channels = {name: int(a.shape[1]) for name, a in taps.activations.items()}
         return {
@@ -315,7 +321,9 @@ class Explainer:
         ]
         with (
             _eval_mode(model.net),
-            Taps(model.net, self.layers, gradients=bool(grad_layers)) as taps,
+            Taps(
+                model.net, self.layers, gradients=bool(grad_layers), adapter=model.adapter
+            ) as taps,
         ):
             if grad_layers:
                 with torch.no_grad():
@@ -324,6 +332,7 @@ class Explainer:
                 with torch.inference_mode():
                     logits = model.net(x)
             acts = dict(taps.activations)
+            layouts = {name: (taps.adapters[name], taps.outputs[name]) for name in self.layers}
         probs = torch.softmax(logits.detach().float(), dim=1)
         chosen = probs.topk(top, dim=1).indices.tolist() if wanted is None else wanted
         depth = max(len(cs) for cs in chosen)
@@ -347,7 +356,16 @@ class Explainer:
             a = acts[name].detach()
             with _eval_mode(model.net):
                 raws = [
-                    self._raw_maps(m, name, a, gradients.get(name, []), index, x, logits.detach())
+                    self._raw_maps(
+                        m,
+                        name,
+                        a,
+                        gradients.get(name, []),
+                        index,
+                        x,
+                        logits.detach(),
+                        layouts[name],
+                    )
                     for m in self.methods
                 ]
             for j in range(depth):
@@ -378,17 +396,19 @@ class Explainer:
         index: torch.Tensor,
         x: torch.Tensor,
         logits: torch.Tensor,
+        layout: tuple[LayerAdapter, torch.Tensor],
     ) -> torch.Tensor:
         """``method``'s maps before ReLU and normalization for every rank of ``index`` [N, D]:
         [N, D, h, w]. With "pca" smoothing, a separable method's per-channel terms are reduced to
-        their first principal component instead of summed."""
+        their first principal component instead of summed. ``layout``: the layer's adapter and raw
+        output (for the Ablation-CAM replay)."""
         pca = "pca" in self.smooth and method.separable
         options = dict(method.options)
         if method.needs == "activations":
             raw: torch.Tensor = method.fn(a, **options)
             return raw[:, None].expand(-1, index.shape[1], -1, -1)
         if method.needs == "scores":
-            scorer = self._scorer(layer, x, logits, index, a)
+            scorer = self._scorer(layer, x, logits, index, a, layout)
             weights = method.fn(a, scorer, **options).to(a.dtype)
             self.passes += scorer.passes
             if pca:
@@ -417,6 +437,7 @@ class Explainer:
         logits: torch.Tensor,
         index: torch.Tensor,
         a: torch.Tensor,
+        layout: tuple[LayerAdapter, torch.Tensor],
     ) -> Scorer:
         """What the perturbation methods run the model with, for this batch and layer."""
         net = self.model.net
@@ -427,10 +448,18 @@ class Explainer:
 
         def replay() -> Replay:
             found = build_replay(
-                net, layer, self.heads[layer], x, a, logits, self._replays.get(layer)
+                net,
+                layer,
+                self.heads[layer],
+                x,
+                a,
+                logits,
+                self._replays.get(layer),
+                adapter=layout[0],
+                output=layout[1],
             )
-            if found.kind != "full":
-                self._replays[layer] = found
+            if found.kind != "full":  # kept without this batch's layer output
+                self._replays[layer] = dataclasses.replace(found, output=None)
             return found
 
         return Scorer(

@@ -28,7 +28,8 @@ _NOT_FEATURES = (
 class LayerInfo:
     name: str
     kind: str  # the module's class name
-    shape: tuple[int, ...]  # output shape for one input image, [C, H, W]
+    shape: tuple[int, ...]  # the adapted maps' shape for one input image, [C, H, W]
+    adapter: str = "conv"  # how the output becomes maps: conv, channels-last, tokens (1 + 14x14)
 
 
 def probe_input(model: Model, batch: int = 1) -> torch.Tensor:
@@ -39,16 +40,24 @@ def probe_input(model: Model, batch: int = 1) -> torch.Tensor:
 
 
 def spatial_layers(model: Model) -> list[LayerInfo]:
-    """Every module whose output is a spatial map [N, C, H, W] with H * W > 1, in the order their
-    forward passes finish (a container after its children), found with one probe forward pass."""
+    """Every module whose output the model's adapter rule turns into spatial maps [N, C, H, W]
+    with H * W > 1 (one row per input image), in the order their forward passes finish (a
+    container after its children), found with one probe forward pass."""
     seen: dict[str, LayerInfo] = {}
     handles = []
+    x = probe_input(model)
 
     def record(name: str) -> Any:
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            if isinstance(output, torch.Tensor) and output.ndim == 4 and output[0, 0].numel() > 1:
+            adapter = model.adapter(name, module, output)
+            if adapter is None:
+                return
+            maps = adapter.to_maps(output)
+            if maps.ndim == 4 and maps.shape[0] == len(x) and maps[0, 0].numel() > 1:
                 seen.pop(name, None)  # re-insert: the last call's position counts
-                seen[name] = LayerInfo(name, type(module).__name__, tuple(output.shape[1:]))
+                seen[name] = LayerInfo(
+                    name, type(module).__name__, tuple(maps.shape[1:]), adapter.describe()
+                )
 
         return hook
 
@@ -57,7 +66,7 @@ def spatial_layers(model: Model) -> list[LayerInfo]:
             handles.append(module.register_forward_hook(record(name)))
     try:
         with torch.inference_mode():
-            model.net(probe_input(model))
+            model.net(x)
     finally:
         for handle in handles:
             handle.remove()
@@ -68,24 +77,28 @@ def auto_layer(model: Model, layers: list[LayerInfo] | None = None) -> str:
     """The automatic target layer: the last module to produce a spatial feature map (pooling and
     dropout excluded). For a container that ends in that module the container is chosen, as its
     forward finishes last: ``bn2`` in EfficientNet, ``layer4`` in ResNet, ``features`` (the last conv
-    stage, after its max pooling) in VGG16."""
+    stage, after its max pooling) in VGG16. A model family may choose otherwise
+    (``Model.default_layer``: a ViT's ``blocks[-1].norm1``, see :mod:`camlens.models.families`)."""
     layers = spatial_layers(model) if layers is None else layers
     if not layers:
         raise LayerError(
             f"{model.name} has no layer with a spatial output (no conv layer): "
             "class activation maps need one"
         )
+    if model.default_layer is not None and any(i.name == model.default_layer for i in layers):
+        return model.default_layer
     return layers[-1].name
 
 
 @dataclass(frozen=True)
 class CamHead:
-    """A GAP -> Linear head fed by ``layer``: ``logits = linear(mean_ij A) `` (``name`` is the
+    """A GAP -> Linear head fed by ``layer``: ``logits = W mean_ij A + b`` (``name`` is the
     Linear's)."""
 
     layer: str
     name: str
     weight: torch.Tensor  # [classes, channels]
+    bias: torch.Tensor | None = None  # [classes]
 
 
 def find_cam_head(
@@ -95,31 +108,34 @@ def find_cam_head(
 
     Checked numerically, not by architecture: a Linear qualifies when ``linear(A.mean((2, 3)))``
     equals the model's logits on the probe input. Then CAM is exact and the gradient of every logit
-    with respect to ``A`` is ``W[c] / (h * w)``, known without a backward pass.
+    with respect to ``A`` is ``W[c] / (h * w)``, known without a backward pass. The candidates are
+    the model's linear layers (``Model.linear_heads``: its ``nn.Linear`` modules, a Keras model's
+    ``Dense`` layers), the last first.
     """
     pooled = activations.mean(dim=(2, 3))
     channels = activations.shape[1]
-    for name, module in reversed(list(model.net.named_modules())):
-        if isinstance(module, nn.Linear) and module.in_features == channels:
+    for head in reversed(model.linear_heads(model.net)):
+        if head.weight.ndim == 2 and head.weight.shape[1] == channels:
             with torch.inference_mode():
-                out = module(pooled)
+                out = nn.functional.linear(pooled.to(head.weight.dtype), head.weight, head.bias)
             if out.shape == logits.shape and torch.allclose(
                 out, logits, rtol=1e-4, atol=1e-4 * float(logits.abs().max()) + 1e-6
             ):
-                return CamHead(layer, name, module.weight.detach())
+                return CamHead(layer, head.name, head.weight, head.bias)
     return None
 
 
 def describe_head(model: Model, layer: str, channels: int) -> str:
     """Why CAM does not apply: names the last Linear layer found and what it takes."""
-    linears = [(n, m) for n, m in model.net.named_modules() if isinstance(m, nn.Linear)]
+    linears = model.linear_heads(model.net)
     if not linears:
         return f"{model.name} has no Linear layer"
-    name, last = linears[-1]
+    last = linears[-1]
+    features = int(last.weight.shape[-1])
     return (
         f"{model.name} has no global-average-pooling -> Linear head after {layer!r}: its last "
-        f"Linear {name!r} takes {last.in_features} features, {layer!r} gives {channels} channels"
-        + ("" if last.in_features != channels else " but other layers lie between them")
+        f"Linear {last.name!r} takes {features} features, {layer!r} gives {channels} channels"
+        + ("" if features != channels else " but other layers lie between them")
     )
 
 

@@ -12,6 +12,11 @@ part after it needs to run. Three ways, the first that reproduces the model's lo
   computed before it (a skip connection around the layer) or the input.
 - ``"full"``: the whole network, with a forward hook that replaces the layer's output. Always
   right, no faster than a plain forward pass.
+
+Where the layer's output is not a conv map (channels-last maps, a transformer's tokens), the
+graph and full replays get the edited maps put back into the layer's own layout by the layer's
+adapter, with what the maps do not hold (the class token) taken from the layer's output on the
+same input (:mod:`camlens.adapters`).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import Any, Literal
 import torch
 from torch import fx, nn
 
+from camlens.adapters import CONV, Conv, LayerAdapter
 from camlens.layers import CamHead
 
 ReplayKind = Literal["head", "graph", "full"]
@@ -41,9 +47,14 @@ class Replay:
     layer: str
     fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     note: str = ""
+    adapter: LayerAdapter = CONV
+    output: torch.Tensor | None = None  # the layer's raw output on the inputs, when not a conv map
 
     def __call__(self, activations: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        return self.fn(activations, rows)
+        if self.kind == "head" or self.output is None:
+            return self.fn(activations, rows)
+        raw = self.adapter.from_maps(activations, self.output.index_select(0, rows))
+        return self.fn(raw, rows)
 
 
 def build_replay(
@@ -54,30 +65,36 @@ def build_replay(
     activations: torch.Tensor,
     logits: torch.Tensor,
     known: Replay | None = None,
+    *,
+    adapter: LayerAdapter = CONV,
+    output: torch.Tensor | None = None,
 ) -> Replay:
     """The fastest replay of ``net`` after ``layer`` that gives back ``logits`` from
-    ``activations`` (the layer's output on the inputs ``x``), within the tolerance
+    ``activations`` (the layer's maps on the inputs ``x``), within the tolerance
     :func:`camlens.layers.find_cam_head` uses; ``known``, one found before, is checked first.
-    Call in eval mode."""
+    ``adapter`` and ``output`` (the layer's raw output on ``x``) put maps back into the layer's
+    layout where it is not a conv map. Call in eval mode."""
     module = dict(net.named_modules())[layer]
     rows = torch.arange(len(x), device=x.device)
+    raw = None if isinstance(adapter, Conv) or output is None else output.detach()
     notes = []
     candidates: list[tuple[ReplayKind, Callable[[], Callable[..., torch.Tensor]]]] = []
     if known is not None and known.kind != "full":
         candidates.append((known.kind, lambda: known.fn))
     if head is not None:
-        candidates.append(("head", lambda: _head_replay(net, head)))
+        candidates.append(("head", lambda: _head_replay(head)))
     candidates.append(("graph", lambda: _graph_replay(net, module)))
     for kind, make in candidates:
         try:
-            fn = make()
+            replay = Replay(kind, layer, make(), adapter=adapter, output=raw)
             with torch.inference_mode():
-                out = fn(activations, rows)
+                out = replay(activations, rows)
         except Exception as exc:  # an optional shortcut: any failure means "use the next one"
             notes.append(f"{kind}: {type(exc).__name__}: {exc}"[:300])
             continue
         if _close(out, logits):
-            return Replay(kind, layer, fn, "; ".join(notes))
+            replay.note = "; ".join(notes)
+            return replay
         notes.append(f"{kind}: does not reproduce the model's logits")
 
     def full(acts: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -91,7 +108,7 @@ def build_replay(
             handle.remove()
         return out
 
-    return Replay("full", layer, full, "; ".join(notes))
+    return Replay("full", layer, full, "; ".join(notes), adapter, raw)
 
 
 def _close(out: Any, logits: torch.Tensor) -> bool:
@@ -104,14 +121,10 @@ def _close(out: Any, logits: torch.Tensor) -> bool:
     )
 
 
-def _head_replay(
-    net: nn.Module, head: CamHead
-) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    linear = dict(net.named_modules())[head.name]
-
+def _head_replay(head: CamHead) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     def replay(activations: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = linear(activations.mean(dim=(2, 3)))
-        return out
+        pooled = activations.mean(dim=(2, 3)).to(head.weight.dtype)
+        return nn.functional.linear(pooled, head.weight, head.bias)
 
     return replay
 

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from camlens.adapters import AdapterRule, LayerAdapter, default_rule
 from camlens.errors import LayerError
 
 LayerSpec = str | nn.Module
@@ -44,6 +45,11 @@ class Taps:
     ...     logits = net(x)
     ...     a = taps.activations["layer4"]        # [N, K, h, w]
 
+    ``adapter``, the model's :data:`~camlens.adapters.AdapterRule`, says how each layer's output
+    becomes the ``[N, K, h, w]`` maps kept in ``activations`` (channels-last maps and tokens are
+    rearranged); ``outputs`` and ``adapters`` keep each layer's raw output and its adapter, which
+    put edited maps back into the layer's own layout (the Ablation-CAM replay).
+
     Each hook keeps the layer's output tensor and passes a clone on to the rest of the network, so
     an in-place operation downstream (a ``ReLU(inplace=True)`` after a conv) cannot change the stored
     activations, and gradients with respect to them stay well defined. Hooks are removed on exit,
@@ -58,12 +64,20 @@ class Taps:
     """
 
     def __init__(
-        self, net: nn.Module, layers: Sequence[LayerSpec], *, gradients: bool = False
+        self,
+        net: nn.Module,
+        layers: Sequence[LayerSpec],
+        *,
+        gradients: bool = False,
+        adapter: AdapterRule = default_rule,
     ) -> None:
         self.net = net
         self.gradients = gradients
+        self.rule = adapter
         self.layers = [resolve_layer(net, layer) for layer in layers]
         self.activations: dict[str, torch.Tensor] = {}
+        self.outputs: dict[str, torch.Tensor] = {}
+        self.adapters: dict[str, LayerAdapter] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     @property
@@ -87,17 +101,24 @@ class Taps:
 
     def _hook(self, name: str) -> Any:
         def hook(module: nn.Module, inputs: Any, output: Any) -> Any:
-            if not isinstance(output, torch.Tensor) or output.ndim != 4:
+            adapter = self.rule(name, module, output)
+            if adapter is None:
                 shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output)
                 raise LayerError(
                     f"layer {name!r} ({type(module).__name__}) gives {shape}, not a spatial map "
                     "[N, C, H, W]; choose a conv layer (see `camlens layers`)"
                 )
+            maps = adapter.to_maps(output)
             if self.gradients:
                 torch.set_grad_enabled(True)  # restored by the caller's no_grad() on exit
-                if not output.requires_grad:
-                    output = output.detach().requires_grad_(True)
-            self.activations[name] = output
-            return output.clone()
+                if not maps.requires_grad:
+                    maps = maps.detach().requires_grad_(True)
+            self.activations[name] = maps
+            self.outputs[name] = output
+            self.adapters[name] = adapter
+            passed = adapter.from_maps(maps, output)
+            if passed.untyped_storage().data_ptr() == maps.untyped_storage().data_ptr():
+                passed = passed.clone()  # the network gets its own copy of the kept maps
+            return passed
 
         return hook

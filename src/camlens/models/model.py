@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -13,6 +14,26 @@ from camlens.errors import ClassError
 from camlens.images import PreprocessConfig
 
 
+@dataclass(frozen=True)
+class LinearHead:
+    """A linear layer that may serve as a CAM head: ``out = x @ weight.T + bias``."""
+
+    name: str  # the layer's name in the model
+    weight: torch.Tensor  # [outputs, features], detached
+    bias: torch.Tensor | None  # [outputs]
+
+
+def torch_linear_heads(net: nn.Module) -> list[LinearHead]:
+    """The ``nn.Linear`` modules of ``net``, in the order of ``named_modules()``."""
+    return [
+        LinearHead(
+            name, module.weight.detach(), None if module.bias is None else module.bias.detach()
+        )
+        for name, module in net.named_modules()
+        if isinstance(module, nn.Linear)
+    ]
+
+
 @dataclass
 class Model:
     """A classifier ready to explain: ``net`` maps a normalized [N, 3, H, W] batch to logits.
@@ -20,6 +41,10 @@ class Model:
     ``labels[i]`` names class ``i``; ``preprocess`` says how photos become inputs; ``name`` is the spec
     it was loaded from (written into reports). ``adapter`` chooses how each layer's output becomes
     ``[N, K, h, w]`` maps (see :mod:`camlens.adapters`; convolutional layers by default).
+    ``linear_heads`` lists the linear layers a GAP -> Linear CAM head may end in (the
+    ``nn.Linear`` modules by default; a Keras model's ``Dense`` layers). ``default_layer``, when a
+    model family sets it, is the automatic target layer (a ViT's ``blocks.11.norm1``); otherwise
+    the last spatial layer is.
     """
 
     net: nn.Module
@@ -27,6 +52,10 @@ class Model:
     labels: tuple[str, ...]
     name: str
     adapter: AdapterRule = field(default=default_rule, repr=False, compare=False)
+    linear_heads: Callable[[nn.Module], list[LinearHead]] = field(
+        default=torch_linear_heads, repr=False, compare=False
+    )
+    default_layer: str | None = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.net(x)
