@@ -14,14 +14,17 @@ from torch import nn
 
 from camlens.errors import ModelError
 from camlens.images import PreprocessConfig
+from camlens.models.families import token_family
 from camlens.models.labels import default_labels
 from camlens.models.model import Model
 
 DEFAULT_SPEC = "efficientnet_lite0"
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 SPEC_FORMS = (
     f"'{DEFAULT_SPEC}' (the default, offline ImageNet weights), 'timm:NAME' or 'torchvision:NAME' "
     "(with weights= a local .pth/.pt/.bin/.safetensors state dict; random weights without), "
-    "a .camlens checkpoint, or 'synthetic' (the synthetic benchmark's CNN, with weights=)"
+    "a .camlens checkpoint, a Keras .keras/.h5 file, or 'synthetic' (the synthetic benchmark's "
+    "CNN, with weights=)"
 )
 
 
@@ -30,7 +33,7 @@ def load_model(
     *,
     weights: str | Path | None = None,
     labels: Sequence[str] | str | Path | None = None,
-    preprocess: PreprocessConfig | None = None,
+    preprocess: PreprocessConfig | str | None = None,
     device: str | torch.device = "cpu",
 ) -> Model:
     """Returns a :class:`Model` in eval mode.
@@ -41,7 +44,10 @@ def load_model(
     safetensors file; random init, with a warning, without one); or an ``nn.Module`` of your own, for
     which ``preprocess`` should be given (ImageNet defaults are assumed, with a warning, otherwise).
     ``labels``: class names, or a text file with one name a line. A path ending in ``.camlens``
-    loads a checkpoint written by :func:`camlens.save` (its own weights, classes and preprocessing).
+    loads a checkpoint written by :func:`camlens.save` (its own weights, classes and preprocessing);
+    one ending in ``.keras`` or ``.h5`` a Keras 3 model (:mod:`camlens.models.keras`, with the
+    ``keras`` extra). ``preprocess`` may also name a ``keras.applications`` preprocessing mode:
+    ``"caffe"``, ``"tf"``, ``"torch"`` or ``"raw"``.
 
     >>> model = load_model()                    # doctest: +SKIP
     >>> model.labels[285]                       # doctest: +SKIP
@@ -57,6 +63,13 @@ def load_model(
         if weights is not None:
             raise ModelError(f"{spec} is a camlens checkpoint with its own weights; drop {weights}")
         model = load_checkpoint(spec)
+    elif isinstance(spec, str | os.PathLike) and str(spec).lower().endswith(KERAS_SUFFIXES):
+        from camlens.models.keras import load_keras
+
+        if weights is not None:
+            raise ModelError(f"{spec} is a Keras model file with its own weights; drop {weights}")
+        model = load_keras(spec, preprocess=preprocess)
+        preprocess = None  # taken into account
     elif weights is not None and str(weights).endswith(".camlens"):
         raise ModelError(
             f"{weights} is a camlens checkpoint, not a state dict: load it with load_model({str(weights)!r})"
@@ -79,6 +92,11 @@ def load_model(
         model = _load_synthetic(weights)
     else:
         raise ModelError(f"unknown model spec {spec!r}: use {SPEC_FORMS}")
+    if isinstance(preprocess, str):  # a keras.applications mode, at the model's input size
+        from camlens.models.keras import preprocess_mode
+
+        current = model.preprocess
+        preprocess = preprocess_mode(preprocess, current.input_size, current.interpolation)
     if preprocess is not None:
         model.preprocess = preprocess
     if labels is not None:
@@ -124,7 +142,8 @@ def _load_timm(name: str, weights: str | Path | None) -> Model:
         kwargs["num_classes"] = _classifier_size(state)
     net = timm.create_model(name, pretrained=False, **kwargs)
     _fill(net, state, f"timm:{name}", weights)
-    return Model(net, _timm_preprocess(net), default_labels(_num_outputs(net)), f"timm:{name}")
+    model = Model(net, _timm_preprocess(net), default_labels(_num_outputs(net)), f"timm:{name}")
+    return token_family(model)  # transformers: token and channels-last layers
 
 
 def _load_torchvision(name: str, weights: str | Path | None) -> Model:
@@ -172,15 +191,16 @@ def _load_synthetic(weights: str | Path | None) -> Model:
     return Model(net, SYNTHETIC_PREPROCESS, labels or default_labels(num_classes), "synthetic")
 
 
-def _wrap_module(net: nn.Module, preprocess: PreprocessConfig | None) -> Model:
+def _wrap_module(net: nn.Module, preprocess: PreprocessConfig | str | None) -> Model:
     if preprocess is None:
         warnings.warn(
             f"no preprocessing given for this {type(net).__name__}: assuming 224x224 bilinear with "
             "ImageNet mean and std; pass preprocess=PreprocessConfig(...) if it was trained otherwise",
             stacklevel=3,
         )
-        preprocess = PreprocessConfig(interpolation="bilinear")
-    return Model(net, preprocess, default_labels(_num_outputs(net)), type(net).__name__)
+    config = preprocess if isinstance(preprocess, PreprocessConfig) else None
+    config = config or PreprocessConfig(interpolation="bilinear")  # a mode: set by the caller
+    return token_family(Model(net, config, default_labels(_num_outputs(net)), type(net).__name__))
 
 
 def _timm_preprocess(net: nn.Module) -> PreprocessConfig:
