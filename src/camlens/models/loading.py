@@ -55,6 +55,11 @@ def load_model(
     """
     if isinstance(spec, Model):
         model = spec
+    elif isinstance(spec, nn.Module) and type(spec).__module__.startswith("keras."):
+        from camlens.models.keras import from_keras
+
+        model = from_keras(spec, preprocess=preprocess)
+        preprocess = None  # taken into account
     elif isinstance(spec, nn.Module):
         model = _wrap_module(spec, preprocess)
     elif isinstance(spec, str | os.PathLike) and str(spec).endswith(".camlens"):
