@@ -287,3 +287,19 @@ def test_dynamic_size_keeps_the_models_aspect_ratio() -> None:
     with camlens.Explainer(model, "gradcam") as explainer:
         result = explainer.explain(x[0], classes=2)
     assert result.maps[0].map.shape == (8, 14) and not result.maps[0].flat
+
+
+def test_layers_command_shows_the_adapters() -> None:
+    from typer.testing import CliRunner
+
+    from camlens.cli import app
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random weights
+        result = CliRunner().invoke(app, ["layers", "--model", f"timm:{DEIT}"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    row = next(line for line in lines if " blocks.11.norm1 " in line)
+    assert row.lstrip().startswith("*") and "192x14x14" in row and "tokens (2 + 14x14)" in row
+    assert "conv" in next(line for line in lines if " patch_embed.proj " in line)
+    assert lines[-1] == f"* automatic target layer of timm:{DEIT}: blocks.11.norm1"

@@ -45,7 +45,8 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="efficientnet_lite0 (default, offline ImageNet weights), timm:NAME or torchvision:NAME",
+        help="efficientnet_lite0 (default, offline ImageNet weights), timm:NAME, torchvision:NAME, "
+        "a .camlens checkpoint or a Keras .keras/.h5 file",
     ),
 ]
 WeightsOpt = Annotated[
@@ -356,7 +357,8 @@ def train_command(
         typer.Option(
             "--backbone",
             "-b",
-            help="efficientnet_lite0 (default, offline ImageNet weights), timm:NAME or torchvision:NAME",
+            help="efficientnet_lite0 (default, offline ImageNet weights), timm:NAME, torchvision:NAME, "
+            "a .camlens checkpoint or a Keras .keras/.h5 file",
         ),
     ] = "efficientnet_lite0",
     weights: Annotated[
