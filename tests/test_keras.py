@@ -340,3 +340,21 @@ def test_keras_net_is_a_torch_module_named_as_in_keras(keras_vgg16: Any) -> None
     assert names[:3] == ["block1_conv1", "block1_conv2", "block1_pool"]
     assert net.get_submodule(LAYER) is keras_vgg16.get_layer(LAYER)
     assert sum(p.numel() for p in net.parameters()) == keras_vgg16.count_params()
+
+
+def test_models_without_a_graph_are_refused() -> None:
+    class Subclassed(keras.Model):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = keras.layers.Conv2D(4, 3)
+            self.dense = keras.layers.Dense(2)
+
+        def call(self, x: Any) -> Any:
+            return self.dense(keras.ops.mean(self.conv(x), axis=(1, 2)))
+
+    subclassed = Subclassed()
+    subclassed(torch.zeros(1, 8, 8, 3))
+    unbuilt = keras.Sequential([keras.layers.Conv2D(4, 3), keras.layers.Dense(2)])
+    for model in (subclassed, unbuilt):
+        with pytest.raises(ModelError, match="no inputs and outputs known to Keras"):
+            camlens.load_model(model, preprocess="tf")

@@ -132,7 +132,7 @@ def _same_aspect(grid: Grid, count: int) -> Grid | None:
 def is_token_model(net: nn.Module) -> bool:
     """A timm model with token or channels-last layers: one with a patch embedding, prefix
     tokens or channels-last (``output_fmt="NHWC"``) features."""
-    return type(net).__module__.startswith("timm.") and (
+    return any(cls.__module__.startswith("timm.") for cls in type(net).__mro__) and (
         hasattr(net, "patch_embed")
         or hasattr(net, "num_prefix_tokens")
         or getattr(net, "output_fmt", "NCHW") == "NHWC"

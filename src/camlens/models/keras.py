@@ -155,7 +155,14 @@ class KerasNet(nn.Module):
     def __init__(self, model: Any) -> None:
         super().__init__()
         keras = import_keras()
-        if len(model.outputs) != 1 or len(model.inputs) != 1:
+        try:
+            inputs, outputs = list(model.inputs), list(model.outputs)
+        except (AttributeError, ValueError, TypeError):
+            raise ModelError(
+                f"the Keras model {model.name!r} has no inputs and outputs known to Keras (not "
+                "built, or subclassed): camlens takes built functional and Sequential models"
+            ) from None
+        if len(outputs) != 1 or len(inputs) != 1:
             raise ModelError(
                 f"the Keras model has {len(model.inputs)} inputs and {len(model.outputs)} "
                 "outputs; camlens explains classifiers with one image input and one output"

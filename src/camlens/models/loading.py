@@ -55,7 +55,9 @@ def load_model(
     """
     if isinstance(spec, Model):
         model = spec
-    elif isinstance(spec, nn.Module) and type(spec).__module__.startswith("keras."):
+    elif isinstance(spec, nn.Module) and any(
+        cls.__module__.startswith("keras.") for cls in type(spec).__mro__
+    ):
         from camlens.models.keras import from_keras
 
         model = from_keras(spec, preprocess=preprocess)
