@@ -303,3 +303,44 @@ def test_layers_command_shows_the_adapters() -> None:
     assert row.lstrip().startswith("*") and "192x14x14" in row and "tokens (2 + 14x14)" in row
     assert "conv" in next(line for line in lines if " patch_embed.proj " in line)
     assert lines[-1] == f"* automatic target layer of timm:{DEIT}: blocks.11.norm1"
+
+
+OTHER_FAMILIES = [
+    # (timm name, shrinking options, automatic layer, its adapter)
+    ("cait_xxs24_224", {"depth": 2}, "blocks_token_only.1.norm1", "tokens (1 + 14x14)"),
+    ("xcit_nano_12_p16_224", {"depth": 2}, "cls_attn_blocks.1.norm1", "tokens (1 + 14x14)"),
+    (
+        "beit_base_patch16_224",
+        {"depth": 2, "embed_dim": 48, "num_heads": 2},
+        "blocks.1",
+        "tokens (1 + 14x14)",
+    ),
+    ("eva02_tiny_patch14_224", {"depth": 2}, "blocks.1", "tokens (1 + 16x16)"),
+    (
+        "vit_base_patch16_reg4_gap_256",
+        {"depth": 2, "embed_dim": 48},
+        "blocks",
+        "tokens (4 + 16x16)",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "layer", "adapter"), OTHER_FAMILIES, ids=[f[0] for f in OTHER_FAMILIES]
+)
+def test_other_token_families(name: str, options: dict[str, Any], layer: str, adapter: str) -> None:
+    """Class-attention models (CaiT, XCiT) are explained at the input of their last class
+    attention; models that average their patch tokens at their last block."""
+    torch.manual_seed(0)
+    net = timm.create_model(name, pretrained=False, num_classes=5, **options)
+    size = tuple(net.pretrained_cfg["input_size"][1:])
+    model = camlens.load_model(net, preprocess=PreprocessConfig(input_size=size))
+    infos = spatial_layers(model)
+    assert auto_layer(model, infos) == layer
+    info = {i.name: i for i in infos}[layer]
+    assert info.adapter == adapter
+    grid = info.shape[1:]
+    x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(5))
+    with camlens.Explainer(model, "gradcam") as explainer:
+        m = explainer.explain(x[0], classes=1).maps[0]
+    assert m.layer == layer and m.map.shape == grid and not m.flat

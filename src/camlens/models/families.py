@@ -3,8 +3,8 @@ whose blocks output tokens ``[N, P + h*w, C]`` or channels-last grids ``[N, H, W
 
 :func:`token_family` gives such a :class:`~camlens.models.Model` its adapter rule
 (:class:`TimmTokens`) and its automatic target layer; :func:`~camlens.models.load_model` applies it
-to every timm model (``"timm:vit_tiny_patch16_224"``, or a timm ``nn.Module`` of your own) and
-leaves convolutional ones as they are.
+to every timm model (``"timm:vit_tiny_patch16_224"``, or a timm ``nn.Module`` of your own). On a
+convolutional model the rule finds the conv maps the default rule finds.
 
 **The grid.** Tokens are laid out on the patch grid the model's own patch embedding gives
 (``patch_embed.grid_size``, from its image size and ``patch_size``), or, inside a stage of a
@@ -20,9 +20,11 @@ norm: after the last block's attention, nothing moves information from the patch
 prefix tokens, so the patch tokens of ``blocks[-1]`` and of ``norm`` do not reach the logits at all
 (their gradients are exactly zero, and every gradient map there is flat). The last layer where
 they do is the input of the last attention, ``blocks[-1].norm1``, the layer pytorch-grad-cam's
-documentation also uses; it is the automatic choice for those models. Models that pool their
-patch tokens (Swin, ViTs with ``global_pool="avg"``) keep the usual rule, the last spatial layer
-(Swin's final ``norm``, which feeds a GAP -> Linear head, so CAM is exact there).
+documentation also uses; it is the automatic choice for those models (in CaiT and XCiT, whose
+class token is computed by class-attention blocks after the patch blocks, the last of those
+blocks' ``norm1``). Models that pool their patch tokens (Swin, BEiT, ViTs with
+``global_pool="avg"``) keep the usual rule, the last spatial layer (Swin's final ``norm``, which
+feeds a GAP -> Linear head, so CAM is exact there).
 """
 
 from __future__ import annotations
@@ -129,36 +131,37 @@ def _same_aspect(grid: Grid, count: int) -> Grid | None:
     return (a * k, b * k) if (a * k) * (b * k) == count else None
 
 
-def is_token_model(net: nn.Module) -> bool:
-    """A timm model with token or channels-last layers: one with a patch embedding, prefix
-    tokens or channels-last (``output_fmt="NHWC"``) features."""
-    return any(cls.__module__.startswith("timm.") for cls in type(net).__mro__) and (
-        hasattr(net, "patch_embed")
-        or hasattr(net, "num_prefix_tokens")
-        or getattr(net, "output_fmt", "NCHW") == "NHWC"
-    )
+def is_timm_model(net: nn.Module) -> bool:
+    """A timm model (its class or a base class comes from timm)."""
+    return any(cls.__module__.startswith("timm.") for cls in type(net).__mro__)
 
 
 def class_token_layer(net: nn.Module) -> str | None:
-    """``blocks.{last}.norm1`` for a model that classifies from its prefix tokens after a stack of
-    ``blocks`` (ViT, DeiT: see the module's docstring), else None."""
-    blocks = getattr(net, "blocks", None)
+    """The input of the last attention that reads the patch tokens, ``{blocks}.{last}.norm1``,
+    for a model that classifies from its prefix tokens (``global_pool="token"``): ``blocks`` in
+    ViT and DeiT, the class-attention blocks (``blocks_token_only``, ``cls_attn_blocks``) in CaiT
+    and XCiT. None for other models."""
     if (
         getattr(net, "global_pool", None) != "token"
         or int(getattr(net, "num_prefix_tokens", 0) or 0) < 1
-        or not isinstance(blocks, nn.Sequential)
-        or not len(blocks)
-        or not isinstance(getattr(blocks[-1], "norm1", None), nn.Module)
-        or any(hasattr(net, name) for name in ("blocks_token_only", "cls_attn_blocks"))
     ):
         return None
-    return f"blocks.{len(blocks) - 1}.norm1"
+    for name in ("blocks_token_only", "cls_attn_blocks", "blocks"):
+        blocks = getattr(net, name, None)
+        if (
+            isinstance(blocks, nn.Sequential | nn.ModuleList)
+            and len(blocks)
+            and isinstance(getattr(blocks[-1], "norm1", None), nn.Module)
+        ):
+            return f"{name}.{len(blocks) - 1}.norm1"
+    return None
 
 
 def token_family(model: Model) -> Model:
-    """``model`` with the token adapter rule and automatic layer when its network is a timm token
-    model (:func:`is_token_model`); other models are returned as they are."""
-    if is_token_model(model.net):
+    """``model`` with the token adapter rule (:class:`TimmTokens`) and its automatic layer
+    (:func:`class_token_layer`) when its network is a timm model; others are returned as they
+    are. On a convolutional timm model the rule finds conv maps where the default rule does."""
+    if is_timm_model(model.net):
         model.adapter = TimmTokens(model.net)
         model.default_layer = class_token_layer(model.net)
     return model
