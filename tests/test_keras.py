@@ -260,13 +260,17 @@ def test_every_method_gives_a_map(method: str) -> None:
                 assert torch.isfinite(m.map).all() and not m.flat
 
 
-@pytest.mark.parametrize("mode", ["caffe", "tf", "torch"])
-def test_preprocessing_modes_match_keras(mode: str, chelsea: np.ndarray) -> None:
+@pytest.mark.parametrize(
+    ("mode", "application"), [("caffe", "vgg16"), ("tf", "mobilenet_v2"), ("torch", "densenet")]
+)
+def test_preprocessing_modes_match_keras(mode: str, application: str, chelsea: np.ndarray) -> None:
+    """Each mode against the preprocess_input of a keras.applications model that uses it."""
     config = preprocess_mode(mode, (40, 56))
     photo = load_image(chelsea)
     x = preprocess([photo], config)
     pixels = np.asarray(photo.resize((56, 40), Image.Resampling.BILINEAR), dtype=np.float32)
-    expected = keras.applications.imagenet_utils.preprocess_input(pixels[None].copy(), mode=mode)
+    module = getattr(keras.applications, application)
+    expected = module.preprocess_input(pixels[None].copy())
     assert np.abs(x.permute(0, 2, 3, 1).numpy() - np.asarray(expected)).max() < 1e-3
     # back to the photo's own RGB pixels
     assert np.abs(denormalize(x, config)[0].permute(1, 2, 0).numpy() * 255 - pixels).max() < 1e-3
