@@ -15,6 +15,7 @@ import json
 import sys
 import types
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -118,14 +119,18 @@ def test_vgg16_equals_torchvision(
 
 
 @pytest.fixture(scope="module")
-def vgg16_files(keras_vgg16: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def vgg16_files(
+    keras_vgg16: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Path]]:
     folder = tmp_path_factory.mktemp("keras")
     files = {suffix: folder / f"vgg16.{suffix}" for suffix in ("keras", "h5")}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Keras: the legacy .h5 format
         for path in files.values():
             keras_vgg16.save(path)
-    return files
+    yield files
+    for path in files.values():  # 550 MB each: not left for pytest's kept temporary folders
+        path.unlink()
 
 
 @pytest.mark.slow
