@@ -466,6 +466,20 @@ def test_denormalize_inverts_preprocess() -> None:
     assert np.array_equal(np.asarray(tensor_to_image(x[0], config)), array)
 
 
+def test_bgr_channel_order() -> None:
+    """Blue, green, red to the model, mean and std in that order; back to RGB pictures."""
+    img = Image.new("RGB", (3, 2), (10, 20, 30))
+    config = PreprocessConfig((2, 3), "nearest", (0.1, 0.2, 0.3), (0.5, 0.25, 0.125), "BGR")
+    x = preprocess([img], config)
+    expected = (
+        torch.tensor([30.0, 20.0, 10.0]) / 255 - torch.tensor([0.1, 0.2, 0.3])
+    ) / torch.tensor([0.5, 0.25, 0.125])
+    assert torch.allclose(x[0, :, 1, 2], expected, atol=1e-6)
+    assert np.array_equal(np.asarray(tensor_to_image(x[0], config)), np.asarray(img))
+    with pytest.raises(CamlensError, match="channel_order must be 'RGB' or 'BGR', not 'GBR'"):
+        preprocess([img], PreprocessConfig(channel_order="GBR"))
+
+
 def test_denormalize_clips_to_unit_range() -> None:
     config = PreprocessConfig(mean=(0.5,) * 3, std=(0.5,) * 3)
     x = torch.tensor([-3.0, -1.0, 0.0, 1.0, 3.0]).repeat(3, 1, 1)

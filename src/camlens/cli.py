@@ -50,7 +50,8 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="efficientnet_lite0 (default, offline ImageNet weights), timm:NAME or torchvision:NAME",
+        help="efficientnet_lite0 (default, offline ImageNet weights), timm:NAME, torchvision:NAME, "
+        "a .camlens checkpoint or a Keras .keras/.h5 file",
     ),
 ]
 WeightsOpt = Annotated[
@@ -404,8 +405,9 @@ def methods() -> None:
 
 @app.command()
 def layers(model: ModelOpt = None, weights: WeightsOpt = None, device: DeviceOpt = "cpu") -> None:
-    """The model's layers with spatial output and their shapes; * marks the automatic choice.
-    A VGG's layers also show their Keras names (block5_conv3), which --layer accepts too."""
+    """The model's layers with spatial output, their maps' shapes and how each output becomes maps
+    (conv, channels-last, tokens on a grid); * marks the automatic choice. A VGG's layers also
+    show their Keras names (block5_conv3), which --layer accepts too."""
     from camlens.keras_names import keras_names
     from camlens.layers import auto_layer, spatial_layers
 
@@ -415,14 +417,14 @@ def layers(model: ModelOpt = None, weights: WeightsOpt = None, device: DeviceOpt
         chosen = auto_layer(loaded, found)
     aliases = {name: alias for alias, name in keras_names(loaded.net).items()}
     table = Table(show_header=True, header_style="bold", box=None)
-    columns = ("", "layer", "Keras name", "type", "output [C, H, W]")
+    columns = ("", "layer", "Keras name", "type", "maps [C, H, W]", "adapter")
     for column in columns if aliases else columns[:2] + columns[3:]:
         table.add_column(column)
     for info in found:
         mark = "*" if info.name == chosen else ""
         shape = "x".join(map(str, info.shape))
         extra = [aliases.get(info.name, "")] if aliases else []
-        table.add_row(mark, info.name, *extra, info.kind, shape)
+        table.add_row(mark, info.name, *extra, info.kind, shape, info.adapter)
     out_console.print(table)
     out_console.print(f"* automatic target layer of {loaded.name}: {chosen}")
 
@@ -441,7 +443,8 @@ def train_command(
         typer.Option(
             "--backbone",
             "-b",
-            help="efficientnet_lite0 (default, offline ImageNet weights), timm:NAME or torchvision:NAME",
+            help="efficientnet_lite0 (default, offline ImageNet weights), timm:NAME, torchvision:NAME, "
+            "a .camlens checkpoint or a Keras .keras/.h5 file",
         ),
     ] = "efficientnet_lite0",
     weights: Annotated[

@@ -56,13 +56,16 @@ class PreprocessConfig:
     """How an RGB photo becomes a model input.
 
     The whole photo is resized to ``input_size`` (no center crop), so that every pixel of the original
-    has a place in the feature grid and maps can be laid over the full photo.
+    has a place in the feature grid and maps can be laid over the full photo. ``channel_order``
+    ``"BGR"`` feeds the model blue, green, red (Caffe-style models, Keras's VGG and ResNet); ``mean``
+    and ``std`` are then given in that order too.
     """
 
     input_size: tuple[int, int] = (224, 224)  # (height, width)
     interpolation: str = "bicubic"  # a PIL resampling name: nearest, bilinear, bicubic, lanczos
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    channel_order: str = "RGB"  # or "BGR"
 
 
 # --- reading -------------------------------------------------------------------------------------
@@ -310,11 +313,13 @@ def _count(pixels: int) -> str:
 
 def preprocess(images: Sequence[Image.Image], config: PreprocessConfig) -> torch.Tensor:
     """A float32 batch [N, 3, H, W] for the model: each whole image resized to
-    ``config.input_size`` (no crop) with ``config.interpolation``, scaled to [0, 1], then
-    ``(x - mean) / std``. Images not in RGB are converted as :func:`load_image` does."""
+    ``config.input_size`` (no crop) with ``config.interpolation``, scaled to [0, 1], its channels
+    in ``config.channel_order``, then ``(x - mean) / std``. Images not in RGB are converted as
+    :func:`load_image` does."""
     resample = _resampling(config.interpolation)
     height, width = _input_size(config)
     mean, std = _mean_std(config)
+    bgr = _is_bgr(config)
     pixels = np.empty((len(images), height, width, 3), dtype=np.uint8)
     for i, img in enumerate(images):
         if not isinstance(img, Image.Image):
@@ -322,6 +327,8 @@ def preprocess(images: Sequence[Image.Image], config: PreprocessConfig) -> torch
         rgb = img if img.mode == "RGB" else _to_rgb(img, f"<image {i}>")
         pixels[i] = np.asarray(rgb.resize((width, height), resample))
     x = torch.from_numpy(pixels).permute(0, 3, 1, 2)
+    if bgr:
+        x = x.flip(1)
     x = x.to(dtype=torch.float32, memory_format=torch.contiguous_format)
     x.div_(255.0).sub_(mean.view(1, 3, 1, 1)).div_(std.view(1, 3, 1, 1))
     return x
@@ -329,13 +336,14 @@ def preprocess(images: Sequence[Image.Image], config: PreprocessConfig) -> torch
 
 def denormalize(x: torch.Tensor, config: PreprocessConfig) -> torch.Tensor:
     """Undo the normalization of :func:`preprocess` on [N, 3, H, W] or [3, H, W]: ``x * std +
-    mean``, clipped to [0, 1]."""
+    mean``, clipped to [0, 1], with the channels back in RGB order."""
     if x.ndim not in (3, 4) or x.shape[-3] != 3:
         raise CamlensError(f"expected a [3, H, W] or [N, 3, H, W] tensor, not {list(x.shape)}")
     if not x.is_floating_point():
         x = x.to(torch.float32)
     mean, std = (t.to(x.device, x.dtype).view(3, 1, 1) for t in _mean_std(config))
-    return (x * std + mean).clamp(0.0, 1.0)
+    pixels = (x * std + mean).clamp(0.0, 1.0)
+    return pixels.flip(-3) if _is_bgr(config) else pixels
 
 
 def tensor_to_image(x3hw: torch.Tensor, config: PreprocessConfig) -> Image.Image:
@@ -398,6 +406,13 @@ def _input_size(config: PreprocessConfig) -> tuple[int, int]:
     if len(size) != 2 or not all(isinstance(n, int) and n > 0 for n in size):
         raise CamlensError(f"input_size must be (height, width) in pixels, not {config.input_size}")
     return size[0], size[1]
+
+
+def _is_bgr(config: PreprocessConfig) -> bool:
+    order = str(config.channel_order).upper()
+    if order not in ("RGB", "BGR"):
+        raise CamlensError(f"channel_order must be 'RGB' or 'BGR', not {config.channel_order!r}")
+    return order == "BGR"
 
 
 def _mean_std(config: PreprocessConfig) -> tuple[torch.Tensor, torch.Tensor]:
