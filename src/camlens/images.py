@@ -85,14 +85,14 @@ def load_image(
 
     ``source`` is a path, the bytes of an image file (``bytes``, ``bytearray``, ``memoryview``),
     a binary file object open for reading and seekable (``io.BytesIO``, an upload; read from its
-    start, as Pillow does, and left open), a PIL image or a numpy array (HxW, HxWx3 or HxWx4; uint8, or
-    float in [0, 1]). The EXIF orientation is applied. Every mode becomes RGB: grayscale and bilevel are
-    repeated over the channels; 16-bit samples are scaled by their full range (``round(v / 257)``,
-    not clipped); 32-bit integer and float samples by the range they fit (float in [0, 1], 0..255,
-    0..65535, else their own min..max); palette, CMYK, YCbCr, LAB and HSV through Pillow; images
-    with transparency (alpha, a palette alpha or a transparent colour) are composited over white,
-    each channel ``round(c * a / 255 + 255 * (1 - a / 255))``. Multi-frame files give their first
-    frame.
+    start, as Pillow does, and left open), a PIL image or a numpy array (HxW, HxWx3 or HxWx4;
+    uint8, or float in [0, 1]). The EXIF orientation is applied. Every mode becomes RGB: grayscale
+    and bilevel are repeated over the channels; 16-bit samples are scaled by their full range
+    (``round(v / 257)``, not clipped); 32-bit integer and float samples by the range they fit
+    (float in [0, 1], 0..255, 0..65535, else their own min..max); palette, CMYK, YCbCr, LAB and
+    HSV through Pillow; images with transparency (alpha, a palette alpha or a transparent colour)
+    are composited over white, each channel ``round(c * a / 255 + 255 * (1 - a / 255))``.
+    Multi-frame files give their first frame.
 
     A file (or bytes, or file object) whose header says it has more than ``max_pixels`` pixels
     (default :data:`MAX_PIXELS`, 64 megapixels) is refused before decoding, with a
