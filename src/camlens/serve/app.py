@@ -68,6 +68,7 @@ from camlens.serve.schemas import (
 from camlens.serve.store import Result, ResultStore
 
 STATIC = Path(__file__).parent / "static"
+FORM_BYTES = 16 * 1024  # allowed in a request besides the upload: the form's fields and headers
 T = TypeVar("T")
 
 
@@ -431,6 +432,56 @@ class _NoSniff:
         await self.app(scope, receive, send_with_header)
 
 
+class _TooLarge(Exception):
+    pass
+
+
+class _BodyLimit:
+    """Refuses request bodies over ``limit`` bytes with a 413 naming the limit: at once when the
+    Content-Length says so (nothing is read), else as soon as the bytes received pass it."""
+
+    def __init__(self, app: ASGIApp, limit: int, message: str) -> None:
+        self.app = app
+        self.limit = limit
+        self.message = message
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.limit:
+            await _error(413, self.message, "image", Connection="close")(scope, receive, send)
+            return
+        received = 0
+        over = started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received, over
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    over = True
+                    raise _TooLarge
+            return message
+
+        async def watching_send(message: Message) -> None:
+            nonlocal started
+            if over and not started:
+                return  # the app's answer to a cut-off body (a 400, say): the 413 replaces it
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, watching_send)
+        except Exception:
+            if not over or started:
+                raise
+        if over and not started:
+            await _error(413, self.message, "image", Connection="close")(scope, receive, send)
+
+
 PAGE_POLICY = (
     "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
@@ -484,6 +535,8 @@ def create_app(model: Model, settings: ServeSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.camlens = shared
+    limit = f"the upload is over this server's limit of {_size(settings.max_upload_bytes)}"
+    app.add_middleware(_BodyLimit, limit=settings.max_upload_bytes + FORM_BYTES, message=limit)
     app.add_middleware(_NoSniff)
     if settings.cors_origins:
         app.add_middleware(
@@ -504,11 +557,7 @@ def create_app(model: Model, settings: ServeSettings | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        detail = str(exc.detail)
-        if exc.status_code == 413:
-            limit = settings.max_upload_bytes
-            detail = f"the upload is over this server's limit of {_size(limit)}"
-        return _error(exc.status_code, detail, None, **(exc.headers or {}))
+        return _error(exc.status_code, str(exc.detail), None, **(exc.headers or {}))
 
     # --- the page ----------------------------------------------------------------------------
 
@@ -563,8 +612,7 @@ def create_app(model: Model, settings: ServeSettings | None = None) -> FastAPI:
         response_model=ExplainOut,
         responses=ERRORS,
         tags=["explain"],
-        max_body_size=settings.max_upload_bytes + 64 * 1024,  # the form's fields besides
-        form_limits={"max_files": 1, "max_fields": 200, "max_part_size": 64 * 1024},
+        form_limits={"max_files": 1, "max_fields": 100, "max_part_size": 4096},
     )
     async def explain(
         request: Request,
