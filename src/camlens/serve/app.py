@@ -600,6 +600,7 @@ def create_app(model: Model, settings: ServeSettings | None = None) -> FastAPI:
             version=camlens.__version__,
             max_upload_bytes=settings.max_upload_bytes,
             max_pixels=settings.max_pixels,
+            max_maps=settings.max_maps,
             max_batch=settings.max_batch,
             max_queue=settings.max_queue,
             results_kept=settings.results,

@@ -50,6 +50,7 @@ class ServerOut(BaseModel):
     version: str
     max_upload_bytes: int
     max_pixels: int
+    max_maps: int = Field(description="maps one request may ask for (classes x methods x layers)")
     max_batch: int
     max_queue: int
     results_kept: int = Field(description="explanations whose files stay available, newest first")
