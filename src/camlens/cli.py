@@ -698,6 +698,9 @@ def serve(
     queue_size: Annotated[
         int, typer.Option("--queue-size", min=1, help="requests that may wait; then 503")
     ] = 64,
+    results: Annotated[
+        int, typer.Option("--results", min=1, help="results whose files stay available")
+    ] = 128,
     max_upload: Annotated[
         float, typer.Option("--max-upload", min=0.001, help="MB per uploaded image")
     ] = 20.0,
@@ -724,6 +727,7 @@ def serve(
             max_batch=batch_size,
             batch_wait=batch_wait / 1000,
             max_queue=queue_size,
+            results=results,
             cors_origins=tuple(cors_origin or ()),
         )
         application = create_app(_load(model, weights, device), settings)

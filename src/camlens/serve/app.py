@@ -15,6 +15,7 @@ import base64
 import difflib
 import io
 import math
+import os
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -24,6 +25,7 @@ from typing import Annotated, Any, TypeVar
 from urllib.parse import urlencode
 
 import numpy as np
+from anyio import to_thread
 from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -521,6 +523,9 @@ def create_app(model: Model, settings: ServeSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Threads decode uploads and draw results: a few per core are enough, and each thread
+        # may keep a memory arena of its own (anyio's default is 40).
+        to_thread.current_default_thread_limiter().total_tokens = 4 * (os.cpu_count() or 1)
         shared.batcher.start()
         try:
             yield
