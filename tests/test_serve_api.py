@@ -524,3 +524,14 @@ def test_run_files_never_leave_the_folder(runs_client: TestClient, path: str) ->
     response = runs_client.get(path)
     assert response.status_code == 404
     assert "not for clients" not in response.text
+
+
+def test_serve_command_checks_its_options_first(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from camlens.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "--runs", str(tmp_path / "missing")])
+    assert result.exit_code == 2
+    assert f"runs: {tmp_path / 'missing'} is not a folder" in result.stderr
+    assert "Traceback" not in result.output

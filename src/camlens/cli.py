@@ -731,6 +731,8 @@ def serve(
             cors_origins=tuple(cors_origin or ()),
         )
         application = create_app(_load(model, weights, device), settings)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        _say(f"listening on {host}: anyone who can reach this machine can use the server")
     uvicorn.run(
         application,
         host=host,

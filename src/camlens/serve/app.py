@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import difflib
 import io
-import math
 import os
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -768,7 +767,7 @@ def create_app(model: Model, settings: ServeSettings | None = None) -> FastAPI:
 
 
 def _busy(st: ServerState) -> ApiError:
-    retry = max(1, math.ceil(st.batcher.queued * 0.05))
+    retry = st.batcher.retry_after()
     return ApiError(
         503, f"the server is busy: try again in {retry} s", headers={"Retry-After": str(retry)}
     )

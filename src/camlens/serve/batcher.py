@@ -175,13 +175,13 @@ class Batcher:
             if len(self._queue) >= self.max_queue or (
                 self._queue and pixels > self.max_queue_pixels
             ):
-                raise QueueFull(self._retry_after())
+                raise QueueFull(self.retry_after())
             self._queue.append(pending)
             self._queued_pixels = pixels
             self._cond.notify_all()
         return await pending.future
 
-    def _retry_after(self) -> int:
+    def retry_after(self) -> int:
         """Seconds until the queue has room: the time to explain what waits, at least 1."""
         return max(1, math.ceil(len(self._queue) * self._seconds_per_image))
 
