@@ -13,7 +13,9 @@ peak upsamples the map to the photo's size; the server's JSON holds the same).
 - **Latency**: one request at a time (one client, keep-alive) against one ``explain`` call, in
   alternating rounds; medians and 95th percentiles.
 - **Throughput**: 16 concurrent clients against the API explaining batches of 16, in alternating
-  segments of ``--seconds``; explanations per second.
+  segments of ``--seconds``; explanations per second, and the CPU time each explanation took (on
+  the HTTP side the server's and the clients'), which other processes on a shared machine do not
+  change as much as they change the rates.
 - **Load** (``--load S``): 50 concurrent clients for S seconds after a 10 s warm-up: response
   codes, p50/p95 latency, the server's RSS (highest in the warm-up, highest after).
 
@@ -27,6 +29,7 @@ import datetime as dt
 import io
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -38,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import httpx
+import psutil
 import torch
 from PIL import Image
 from serving import LoadReport, camlens_serve, load  # tests/serving.py
@@ -59,6 +63,11 @@ def photos() -> list[tuple[str, bytes]]:
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+def own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def machine() -> str:
@@ -124,16 +133,22 @@ def main() -> None:
 
         batch = [images[i % 2][1] for i in range(16)]
         api_batch(batch)
+        server = psutil.Process(process.pid)
         api_rates: list[float] = []
         http_rates: list[float] = []
+        api_cpu: list[float] = []  # CPU seconds per explanation
+        http_cpu: list[float] = []  # the server's and the clients'
         for _ in range(args.segments):
-            done, start = 0, time.perf_counter()
+            done, start, cpu = 0, time.perf_counter(), own_cpu()
             while time.perf_counter() - start < args.seconds:
                 api_batch(batch)
                 done += len(batch)
             api_rates.append(done / (time.perf_counter() - start))
-            report = load(url, images, pid=process.pid, clients=16, seconds=args.seconds, warmup=1)
+            api_cpu.append((own_cpu() - cpu) / done)
+            cpu = own_cpu() + sum(server.cpu_times()[:2])
+            report = load(url, images, pid=process.pid, clients=16, seconds=args.seconds, warmup=0)
             http_rates.append(report.throughput)
+            http_cpu.append((own_cpu() + sum(server.cpu_times()[:2]) - cpu) / len(report.latencies))
 
         load_report: LoadReport | None = None
         if args.load > 0:
@@ -143,6 +158,7 @@ def main() -> None:
 
     api_p50, http_p50 = statistics.median(api_times), statistics.median(http_times)
     api_rate, http_rate = statistics.median(api_rates), statistics.median(http_rates)
+    api_cpu_each, http_cpu_each = statistics.median(api_cpu), statistics.median(http_cpu)
     lines = [
         f"`benchmarks/serve.py` ({started:%Y-%m-%d %H:%M} UTC): {machine()}; "
         f"{args.threads} torch threads per side.",
@@ -156,10 +172,13 @@ def main() -> None:
         f"{percentile(http_times, 95) / percentile(api_times, 95):.2f} | |",
         f"| throughput, batches of 16 / 16 clients (explanations/s) | {api_rate:.1f} | "
         f"{http_rate:.1f} | {http_rate / api_rate:.2f} | >= 0.8 |",
+        f"| CPU time per explanation in those segments (ms) | {1000 * api_cpu_each:.1f} | "
+        f"{1000 * http_cpu_each:.1f} | {http_cpu_each / api_cpu_each:.2f} | |",
         "",
         f"Latency: {args.rounds} alternating rounds. Throughput: medians of {args.segments} "
         f"alternating segments of {args.seconds:g} s (API {', '.join(f'{x:.1f}' for x in api_rates)}; "
-        f"HTTP {', '.join(f'{x:.1f}' for x in http_rates)}).",
+        f"HTTP {', '.join(f'{x:.1f}' for x in http_rates)}); CPU times: medians of the segments' "
+        "CPU seconds over their explanations, the HTTP side's counting the server and the clients.",
     ]
     if load_report is not None:
         lines += [

@@ -393,7 +393,10 @@ def test_batcher_explains_concurrent_requests_together(
     requests.append(Request(photos[0], "by class", config.replace(classes=(285, 1))))
 
     async def run_all() -> list[camlens.Explanation]:
-        return await asyncio.gather(*(batcher.explain(r) for r in requests))
+        tickets = [batcher.expect() for _ in requests]  # all on their way: batches wait for them
+        return await asyncio.gather(
+            *(batcher.explain(r, t) for r, t in zip(requests, tickets, strict=True))
+        )
 
     batcher.start()
     try:
@@ -415,6 +418,36 @@ def test_batcher_explains_concurrent_requests_together(
             ]
             for got, want in zip(result.maps, alone.maps, strict=True):
                 torch_close(got.map, want.map)
+
+
+def test_batcher_waits_for_expected_requests_only(
+    default_model: camlens.Model, chelsea: np.ndarray
+) -> None:
+    batcher = Batcher(default_model, max_wait=600)  # a wait that would fail the test
+    request = Request(Image.fromarray(chelsea), "cat", ExplainConfig())
+
+    async def scenario() -> None:
+        await asyncio.wait_for(batcher.explain(request), 60)  # alone: starts at once
+        assert batcher.batches == 1
+        ticket = batcher.expect()
+        first = asyncio.ensure_future(batcher.explain(request))
+        await asyncio.sleep(0.2)
+        assert not first.done()  # waits for the request on its way
+        second = asyncio.ensure_future(batcher.explain(request, ticket))
+        await asyncio.wait_for(asyncio.gather(first, second), 60)
+        assert batcher.batches == 2 and batcher.largest_batch == 2
+        cancelled = batcher.expect()
+        third = asyncio.ensure_future(batcher.explain(request))
+        await asyncio.sleep(0.2)
+        cancelled.cancel()  # that request never comes: the batch goes without it
+        await asyncio.wait_for(third, 60)
+        assert batcher.batches == 3
+
+    batcher.start()
+    try:
+        asyncio.run(scenario())
+    finally:
+        batcher.close()
 
 
 def torch_close(a: Any, b: Any) -> None:

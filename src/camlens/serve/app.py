@@ -679,17 +679,20 @@ def create_app(model: Model, settings: ServeSettings | None = None) -> FastAPI:
         if st.batcher.queued >= settings.max_queue:  # before any decoding
             raise _busy(st)
         name = _upload_name(image.filename)
-        data = await image.read()
-        photo = await run_in_threadpool(st.read_image, data, name)
-        del data
+        ticket = st.batcher.expect()  # a batch about to start waits for this one
         try:
-            explanation = await st.batcher.explain(Job(photo, name, config))
+            data = await image.read()
+            photo = await run_in_threadpool(st.read_image, data, name)
+            del data
+            explanation = await st.batcher.explain(Job(photo, name, config), ticket)
         except QueueFull as exc:
             raise ApiError(503, str(exc), headers={"Retry-After": str(exc.retry_after)}) from None
         except Closed as exc:
             raise ApiError(503, str(exc), headers={"Retry-After": "5"}) from None
         except CamlensError as exc:  # what the model refuses: CAM without a head, say
             raise ApiError(422, str(exc), _parameter_of(exc)) from None
+        finally:
+            ticket.cancel()  # unless explain() took it
         root = request.scope.get("root_path", "")
         result_id = st.store.new_id()
         return await run_in_threadpool(

@@ -2,9 +2,11 @@
 
 Requests wait in a bounded queue. One worker thread, the only caller of the model, takes the
 oldest request and every queued request with compatible options (the same methods, layers and
-smoothing; classes given, or the top classes) up to ``max_batch``, waiting at most ``max_wait``
-seconds after the oldest one arrived for the batch to fill, and explains them in one call. Under
-load the queue fills while a batch runs, so batches grow and throughput with them. A request that
+smoothing; classes given, or the top classes) up to ``max_batch``, and explains them in one call.
+While more requests are on their way (announced with :meth:`Batcher.expect`: their upload is
+being decoded, say), it waits for them, at most ``max_wait`` seconds after the oldest one arrived;
+a lone request starts at once. Under load the queue fills while a batch runs, so batches grow and
+throughput with them. A request that
 finds the queue full (in requests or in pixels) is refused at once with :class:`QueueFull`, which
 says when to try again: there is never an unbounded backlog.
 
@@ -47,6 +49,25 @@ class QueueFull(Exception):
 
 class Closed(Exception):
     """The batcher was closed before the request ran."""
+
+
+class Ticket:
+    """A request on its way to the queue (see :meth:`Batcher.expect`): handed to
+    :meth:`Batcher.explain`, or cancelled if the request never comes (both only once)."""
+
+    def __init__(self, batcher: Batcher) -> None:
+        self._batcher = batcher
+        self.open = True
+
+    def cancel(self) -> None:
+        with self._batcher._cond:
+            self._close()
+
+    def _close(self) -> None:  # with the batcher's lock held
+        if self.open:
+            self.open = False
+            self._batcher._expected -= 1
+            self._batcher._cond.notify_all()
 
 
 @dataclass(frozen=True)
@@ -130,6 +151,7 @@ class Batcher:
         self.largest_batch = 0
         self._queue: list[_Pending] = []
         self._queued_pixels = 0
+        self._expected = 0  # requests announced but not queued yet
         self._cond = threading.Condition()
         self._closing = False
         self._thread: threading.Thread | None = None
@@ -162,13 +184,22 @@ class Batcher:
         with self._cond:
             return len(self._queue)
 
-    async def explain(self, request: Request) -> Explanation:
+    def expect(self) -> Ticket:
+        """Announces a request that will come soon: until it does (:meth:`explain` with the
+        ticket) or the ticket is cancelled, a batch waits for it, ``max_wait`` at most."""
+        with self._cond:
+            self._expected += 1
+        return Ticket(self)
+
+    async def explain(self, request: Request, ticket: Ticket | None = None) -> Explanation:
         """The explanation of ``request``, once its batch has run. Raises :class:`QueueFull` at
         once when there is no room, and the explainer's error (a CamlensError for options the
-        model refuses) if its batch failed."""
+        model refuses) if its batch failed. ``ticket``: the one :meth:`expect` gave for it."""
         loop = asyncio.get_running_loop()
         pending = _Pending(request, loop.create_future(), loop, time.monotonic())
         with self._cond:
+            if ticket is not None:
+                ticket._close()
             if self._closing:
                 raise Closed("the server is shutting down")
             pixels = self._queued_pixels + request.pixels
@@ -213,7 +244,8 @@ class Batcher:
 
     def _take(self) -> list[_Pending] | None:
         """The next batch: the oldest request and the compatible ones behind it, once there are
-        ``max_batch`` of them or the oldest has waited ``max_wait``; None when closing."""
+        ``max_batch`` of them, or no other request is expected, or the oldest has waited
+        ``max_wait``; None when closing."""
         with self._cond:
             while not self._queue:
                 if self._closing:
@@ -224,7 +256,12 @@ class Batcher:
             while True:
                 batch = [p for p in self._queue if p.key == first.key][: self.max_batch]
                 remaining = deadline - time.monotonic()
-                if len(batch) >= self.max_batch or remaining <= 0 or self._closing:
+                if (
+                    len(batch) >= self.max_batch
+                    or remaining <= 0
+                    or self._closing
+                    or not self._expected
+                ):
                     break
                 self._cond.wait(remaining)
             taken = {id(p) for p in batch}
