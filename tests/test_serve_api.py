@@ -330,8 +330,15 @@ def test_result_files_errors(client: TestClient, cat: bytes) -> None:
     assert bad.status_code == 422 and bad.json()["parameter"] == "cmap"
 
 
-def test_old_results_are_dropped(default_model: camlens.Model, cat: bytes) -> None:
-    with TestClient(create_app(default_model, ServeSettings(results=2))) as c:
+@pytest.mark.parametrize(
+    "settings",
+    [ServeSettings(results=2), ServeSettings(results_bytes=2 * 3 * 451 * 300)],
+    ids=["count", "bytes"],
+)
+def test_old_results_are_dropped(
+    default_model: camlens.Model, cat: bytes, settings: ServeSettings
+) -> None:
+    with TestClient(create_app(default_model, settings)) as c:
         urls = [post(c, cat).json()["url"] for _ in range(3)]
         assert [c.get(u).status_code for u in urls] == [404, 200, 200]
 

@@ -80,7 +80,7 @@ class ServeSettings:
     decoding); ``max_maps`` per request (classes x methods x layers). ``max_batch`` images per
     forward pass, gathered for at most ``batch_wait`` seconds; ``max_queue`` requests (and
     ``max_queue_pixels`` pixels) may wait, beyond that a 503. ``results``: how many results keep
-    their files available. ``cors_origins``: origins allowed to call the API from a browser
+    their files available, in at most ``results_bytes`` of photos. ``cors_origins``: origins allowed to call the API from a browser
     (none by default; the page itself is served by the same app)."""
 
     runs: Path | None = None
@@ -92,6 +92,7 @@ class ServeSettings:
     max_queue: int = 64
     max_queue_pixels: int = 400_000_000
     results: int = 128
+    results_bytes: int = 2**30
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -103,6 +104,7 @@ class ServeSettings:
             "max_queue",
             "max_queue_pixels",
             "results",
+            "results_bytes",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -191,7 +193,7 @@ class ServerState:
             max_queue=settings.max_queue,
             max_queue_pixels=settings.max_queue_pixels,
         )
-        self.store = ResultStore(settings.results)
+        self.store = ResultStore(settings.results, settings.results_bytes)
 
     # --- options ---------------------------------------------------------------------------------
 
@@ -345,7 +347,7 @@ class ServerState:
         if found is None:
             raise ApiError(
                 404,
-                f"result {result_id!r} is not kept (the newest {self.settings.results} are): "
+                f"result {result_id!r} is not kept (the server keeps its newest results): "
                 "explain the image again",
             )
         return found

@@ -76,6 +76,7 @@ export function mountExplore(root, { server, model, methods }) {
     compareLayers: new Set([model.auto_layer]),
     request: null,
     reportUrl: null,
+    shown: null, // the method and layer on screen in the single view
   };
 
   // --- controls ------------------------------------------------------------------------------
@@ -240,6 +241,11 @@ export function mountExplore(root, { server, model, methods }) {
     } catch (error) {
       if (error.name === "AbortError") return;
       say(error.message);
+      if (error.status === 422 && state.shown) {
+        // a method or layer the model refuses (CAM without a head, say): back to what is shown
+        state.method = methodSelect.value = state.shown.method;
+        state.layer = $("layer").value = state.shown.layer;
+      }
     } finally {
       if (state.request === controller) {
         state.request = null;
@@ -340,7 +346,10 @@ export function mountExplore(root, { server, model, methods }) {
     if (state.view === "single") {
       const map = findMap(c, state.method, state.layer);
       const stage = $("stage");
-      if (map) stage.replaceChildren(frame(map, { large: true }), caption(map, true));
+      if (map) {
+        stage.replaceChildren(frame(map, { large: true }), caption(map, true));
+        state.shown = { method: map.method, layer: map.layer };
+      }
     } else {
       const cards = pairs().map(([method, layer]) => {
         const map = findMap(c, method, layer);
