@@ -51,7 +51,7 @@ from camlens.errors import (
 from camlens.explanation import Explanation
 from camlens.images import load_image
 from camlens.layers import auto_layer, spatial_layers
-from camlens.localize import add_boxes
+from camlens.localize import add_boxes, boxes_from_map
 from camlens.methods import METHODS
 from camlens.models import Model
 from camlens.serve.batcher import Batcher, Closed, QueueFull
@@ -380,8 +380,6 @@ def overlay_png(explanation: Explanation, i: int, cmap: str, alpha: float, boxes
     m = explanation.maps[i]
     if boxes:
         if m.boxes is None:
-            from camlens.localize import boxes_from_map
-
             m.boxes = boxes_from_map(explanation.map_at_image(i))
         if m.boxes:
             picture = render.draw_boxes(
