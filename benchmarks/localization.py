@@ -4,7 +4,8 @@
 
 1. writes the synthetic set (``camlens.datasets.make_synthetic``): 600 training images (seed S),
    a held-out split (seed S + 1), and a two-object split (seed S + 2), 64 x 64 pixels;
-2. trains ``camlens.datasets.SyntheticCNN`` (GAP -> Linear head) on the training images, on the CPU;
+2. trains ``camlens.models.synthetic.SyntheticCNN`` (GAP -> Linear head) on the training images,
+   on the CPU (``camlens.train.train_synthetic_model``);
 3. evaluates CAM and every gradient method on the held-out split (``camlens.evaluate.evaluate``):
    a Rich table, ``DIR/evaluation.json`` and ``DIR/deletion_insertion.png``;
 4. sweeps the box threshold for CAM (0.15, 0.2, 0.3, Otsu);
@@ -28,12 +29,13 @@ import torch
 from PIL import Image
 from rich.console import Console
 
-from camlens.datasets import Dataset, make_synthetic, read_dataset, train_synthetic_model
+from camlens.datasets import Dataset, make_synthetic, read_dataset
 from camlens.evaluate import COLUMNS, evaluate
 from camlens.explain import Explainer
 from camlens.localize import boxes_from_map, localize_objects
 from camlens.methods import METHODS
 from camlens.metrics import gt_known_localization, iou, pointing_hit
+from camlens.train import train_synthetic_model
 
 
 def machine() -> str:
@@ -117,7 +119,13 @@ def main() -> None:
     )
 
     methods = ["cam"] + [n for n, m in METHODS.items() if m.needs == "gradients"]
-    report = evaluate(model, held_out, methods, steps=args.steps, on_problem=console.print)
+    report = evaluate(
+        model,
+        held_out,
+        methods,
+        steps=args.steps,
+        progress=lambda event: None if event.problem is None else console.print(event.problem),
+    )
     console.print(report.table())
     report.save(out / "evaluation.json")
     report.plot(out / "deletion_insertion.png")

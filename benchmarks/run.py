@@ -36,6 +36,15 @@ Variants, each on the same pre-processed batch (no image decoding is timed):
 - after the timing, the Pearson correlation of each fast mode's map with the exact one (top-1 class,
   at the input's resolution), for the fast modes' measured error.
 
+``--suite vgg`` times the top-k cost where no GAP -> Linear head helps: torchvision VGG16 (random
+weights) at ``features.29`` (conv5_3's ReLU, 14 x 14), whose gradients go back through three linear
+layers (the first holds 400 MB of weights), batch 1 and 8:
+
+- camlens Grad-CAM top-1 and top-5 (every class's gradient from one batched backward pass);
+- the reference ``forward + grad to layer`` and ``forward + 5 grads to layer`` (one
+  ``autograd.grad`` per class on a retained graph, as camlens did before);
+- pytorch-grad-cam ``GradCAM`` with the 5 top classes as targets.
+
 Rounds go round-robin over the variants after warm-up rounds, so that a change in machine load
 hits every variant alike; the table gives each variant's median over the rounds.
 """
@@ -68,6 +77,7 @@ MODELS = {
     "resnet50": ("torchvision:resnet50", "layer4"),
     "resnet18": ("torchvision:resnet18", "layer4"),
     "efficientnet_lite0": (None, "bn2"),
+    "vgg16": ("torchvision:vgg16", "features.29"),
 }
 PEER_BATCH = 32  # the peers' batch size for their masked passes
 FAST_CHANNELS = 64
@@ -159,6 +169,73 @@ def gradient_variants(model: camlens.Model, layer: str, x: torch.Tensor) -> list
         Variant("camlens CAM top-1", ours("cam", True, 1)),
         Variant("pytorch-grad-cam GradCAM", pgc, pgc_after),
         Variant("torchcam GradCAM", tcam),
+    ]
+
+
+def vgg_variants(model: camlens.Model, layer: str, x: torch.Tensor) -> list[Variant]:
+    import pytorch_grad_cam
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    net = model.net
+    module = dict(net.named_modules())[layer]
+    with torch.no_grad():
+        top5 = net(x).topk(5, dim=1).indices
+
+    def forward() -> torch.Tensor:
+        with torch.no_grad():
+            out: torch.Tensor = net(x)
+        return out
+
+    def reference(classes: int) -> Callable[[], object]:
+        def run() -> object:
+            kept: list[torch.Tensor] = []
+            handle = module.register_forward_hook(lambda m, i, o: kept.append(o))
+            try:
+                logits = net(x)
+            finally:
+                handle.remove()
+            grads = []
+            for j in range(classes):
+                score = logits.gather(1, top5[:, j : j + 1]).sum()
+                grads += torch.autograd.grad(score, kept[0], retain_graph=j < classes - 1)
+            return grads
+
+        return run
+
+    explainer = camlens.Explainer(model, method="gradcam", layer=layer, batch_size=len(x))
+
+    def pgc() -> object:
+        targets = [ClassifierOutputTarget(int(c)) for c in top5[0]]
+        with pytorch_grad_cam.GradCAM(model=net, target_layers=[module]) as cam:
+            return [cam(input_tensor=x, targets=[t] * len(x)) for t in targets]
+
+    def pgc_after() -> None:
+        net.zero_grad(set_to_none=True)
+
+    return [
+        Variant("forward", forward),
+        Variant("forward + grad to layer", reference(1)),
+        Variant("forward + 5 grads to layer", reference(5)),
+        Variant("camlens Grad-CAM top-1", lambda: explainer.explain(x, top=1)),
+        Variant("camlens Grad-CAM top-5", lambda: explainer.explain(x, top=5)),
+        Variant("pytorch-grad-cam GradCAM, 5 classes", pgc, pgc_after),
+    ]
+
+
+def vgg_rows() -> list[tuple[str, str, str, str]]:
+    one, five = "camlens Grad-CAM top-1", "camlens Grad-CAM top-5"
+    ref = "forward + grad to layer"
+    return [
+        ("top-5 / top-1", "<= 1.15", five, one),
+        ("camlens Grad-CAM top-1 / forward+grad", "<= 1.05", one, ref),
+        ("camlens top-5 / forward + 5 grads", "", five, "forward + 5 grads to layer"),
+        ("forward + 5 grads / forward + grad", "", "forward + 5 grads to layer", ref),
+        (
+            "camlens top-5 / pytorch-grad-cam (5 classes)",
+            "",
+            five,
+            "pytorch-grad-cam GradCAM, 5 classes",
+        ),
     ]
 
 
@@ -296,6 +373,9 @@ SUITES = {
     ),
     "scores": Suite(
         ("resnet18", "efficientnet_lite0"), (1,), score_variants, score_rows(), lambda _: 3, 1, 1
+    ),
+    "vgg": Suite(
+        ("vgg16",), (1, 8), vgg_variants, vgg_rows(), lambda batch: 9 if batch == 1 else 5, 1, 1
     ),
 }
 

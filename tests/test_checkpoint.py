@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import camlens
-from camlens.checkpoint import read_header
+from camlens.models.checkpoint import read_header
 
 
 def quiet_build(*args: Any, **kwargs: Any) -> camlens.Model:

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import camlens
 from camlens.datasets import (
     Annotated,
-    DatasetError,
     GroundTruth,
     check_boxes,
     make_synthetic,
@@ -21,7 +21,8 @@ from camlens.datasets import (
     read_voc,
     synthetic_image,
 )
-from camlens.localize import Box
+from camlens.errors import DatasetError
+from camlens.types import Box
 
 
 def voc_xml(
@@ -242,10 +243,27 @@ def test_synthetic_boxes_are_tight() -> None:
             )
 
 
-def test_the_generator_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from camlens.datasets import _main
+def test_the_generator_command(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
 
-    _main([str(tmp_path / "set"), "--count", "3", "--seed", "7", "--size", "48"])
-    path = Path(capsys.readouterr().out.strip())
+    from camlens.cli import app
+
+    args = ["synthetic", str(tmp_path / "set"), "--count", "3", "--seed", "7", "--size", "48"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    path = Path(result.stdout.strip())
     assert path == tmp_path / "set" / "annotations.json"
     assert path.read_text() == make_synthetic(tmp_path / "again", 3, seed=7, size=48).read_text()
+    result = CliRunner().invoke(app, [*args, "--train", "--objects", "2"])
+    assert result.exit_code == 2 and "--train makes one object per image" in result.stderr
+    out = tmp_path / "trained"
+    result = CliRunner().invoke(app, ["synthetic", str(out), "--count", "8", "--train"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        f"training set: {out / 'train' / 'annotations.json'}",
+        f"held-out set: {out / 'test' / 'annotations.json'}",
+        f"model: {out / 'model.pt'}",
+    ]
+    assert len(read_dataset(out / "test" / "annotations.json")) == 2  # a quarter of --count
+    model = camlens.load_model("synthetic", weights=out / "model.pt")
+    assert model.labels == ("disc", "square", "triangle", "cross")

@@ -10,16 +10,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from rich.console import Console
 from typer.testing import CliRunner
 
 import camlens
 from camlens.cli import app
-from camlens.datasets import SYNTHETIC_CLASSES, Dataset, make_synthetic, read_dataset
+from camlens.datasets import Dataset, make_synthetic, read_dataset
 from camlens.evaluate import evaluate
 from camlens.localize import boxes_from_map
 from camlens.metrics import gt_known_localization, iou, pointing_hit
+from camlens.models.synthetic import SYNTHETIC_CLASSES
+from camlens.progress import Event
 
 runner = CliRunner()
 
@@ -28,7 +31,7 @@ runner = CliRunner()
 def synthetic(tmp_path_factory: pytest.TempPathFactory) -> tuple[camlens.Model, Dataset]:
     """400 training images (seed 0), 100 held-out ones (seed 1), and the model trained on the
     first, with one thread (about 10 s on an idle CPU; more threads only lose on a shared one)."""
-    from camlens.datasets import train_synthetic_model
+    from camlens.train import train_synthetic_model
 
     root = tmp_path_factory.mktemp("synthetic")
     train = make_synthetic(root / "train", 400, seed=0)
@@ -36,6 +39,21 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> tuple[camlens.Model, 
     model = train_synthetic_model(train, seed=0, threads=1)
     assert model.labels == SYNTHETIC_CLASSES
     return model, read_dataset(held_out)
+
+
+def test_the_trained_synthetic_cnn_loads_back(
+    synthetic: tuple[camlens.Model, Dataset], tmp_path: Path
+) -> None:
+    model, held_out = synthetic
+    assert (model.name, model.spec, model.weights) == ("synthetic", "synthetic", None)
+    torch.save(model.net.state_dict(), tmp_path / "model.pt")  # as `camlens synthetic --train`
+    loaded = camlens.load_model(model.spec, weights=tmp_path / "model.pt")
+    assert loaded.labels == model.labels and loaded.preprocess == model.preprocess
+    x = camlens.images.preprocess(
+        [camlens.load_image(i.image) for i in held_out.items[:4]], model.preprocess
+    )
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
 
 
 def center_blob_scores(data: Dataset) -> tuple[float, float]:
@@ -191,6 +209,18 @@ def test_evaluate_command_reports_bad_ground_truth_and_evaluates_the_rest(
     assert "2 of 4 images evaluated" in " ".join(result.stdout.split())
 
 
+def test_evaluate_reports_progress_events(default_model: camlens.Model, voc_set: Path) -> None:
+    events: list[Event] = []
+    report = evaluate(default_model, voc_set, "cam", faithfulness=False, progress=events.append)
+    assert {e.task for e in events} == {"images"} and {e.total for e in events} == {4}
+    assert [e.problem for e in events if e.problem is not None] == report.problems
+    assert len(report.problems) == 4
+    finished = [e for e in events if e.problem is None]
+    assert [e.done for e in finished] == [1, 2, 3, 4]
+    read = read_dataset(voc_set)
+    assert sorted(str(e.item) for e in finished) == sorted(str(i.image) for i in read.items)
+
+
 def test_evaluate_command_refuses_unusable_input(tmp_path: Path) -> None:
     empty = tmp_path / "gt.json"
     empty.write_text("")
@@ -257,3 +287,33 @@ def test_evaluate_command_with_no_known_class(voc_set: Path, tmp_path: Path) -> 
     assert len(result.stderr.strip().splitlines()) == 1 and "'unicorn'" in result.stderr
     assert "could be evaluated" in result.stdout
     assert json.loads((tmp_path / "o" / "evaluation.json").read_text())["evaluated"] == 0
+
+
+def test_evaluate_and_localize_take_smoothing_and_fast_modes(voc_set: Path, tmp_path: Path) -> None:
+    """The same explanation options as `explain`: --smooth reaches the maps evaluate scores."""
+    runs = {}
+    for name, extra in (("plain", []), ("tta", ["--smooth", "tta"])):
+        out = tmp_path / name
+        result = runner.invoke(
+            app, ["evaluate", str(voc_set), "--no-faithfulness", "--out", str(out), *extra]
+        )
+        assert result.exit_code == 2, result.output  # the set's bad ground truth, as above
+        runs[name] = json.loads((out / "evaluation.json").read_text())["methods"][0]
+    assert runs["plain"]["energy_pointing"] != runs["tta"]["energy_pointing"]
+    located = runner.invoke(
+        app,
+        [
+            "localize",
+            str(voc_set / "chelsea.jpg"),
+            "--method",
+            "scorecam",
+            "--fast-channels",
+            "8",
+            "--smooth",
+            "pca",
+            "--out",
+            str(tmp_path / "l"),
+        ],
+    )
+    assert located.exit_code == 0, located.output
+    assert "Egyptian cat" in (tmp_path / "l" / "boxes.jsonl").read_text()

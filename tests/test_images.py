@@ -595,3 +595,30 @@ def test_loaded_file_is_closed(tmp_path: Path) -> None:
     assert open_on_path() == 0
     path.unlink()  # the pixels are already in memory
     assert img.getpixel((0, 0)) == (1, 2, 3)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("128x68", (128, 68)),  # height 128, width 68: a tall pedestrian window
+        ("68X128", (68, 128)),
+        (" 224 x 160 ", (224, 160)),
+        ("224", (224, 224)),
+        (96, (96, 96)),
+        ((120, 80), (120, 80)),
+    ],
+)
+def test_parse_size_is_height_by_width(text: Any, expected: tuple[int, int]) -> None:
+    assert images.parse_size(text) == expected
+    # the order of PreprocessConfig.input_size: a batch comes out [N, 3, height, width]
+    config = PreprocessConfig(images.parse_size(text))
+    x = preprocess([Image.new("RGB", (50, 30))], config)
+    assert tuple(x.shape) == (1, 3, *expected)
+
+
+@pytest.mark.parametrize(
+    "text", ["128x", "x68", "128x68x3", "12.5", "-4", "0x10", "", "ax b", True]
+)
+def test_parse_size_refuses_other_text(text: Any) -> None:
+    with pytest.raises(CamlensError, match="input size"):
+        images.parse_size(text)

@@ -14,10 +14,9 @@ from torch import nn
 
 import camlens
 from camlens.errors import CamlensError
-from camlens.explanation import ClassMap, Explanation, Prediction
+from camlens.explanation import ClassMap, Explanation
 from camlens.images import PreprocessConfig
 from camlens.localize import (
-    Box,
     add_boxes,
     boxes_from_map,
     crop_box,
@@ -28,6 +27,7 @@ from camlens.localize import (
     parse_threshold,
     threshold_value,
 )
+from camlens.types import Box, Prediction
 
 
 def square_map(height: int = 20, width: int = 30) -> np.ndarray:
@@ -295,3 +295,27 @@ def test_boxes_go_into_the_json_and_onto_the_overlay(tmp_path: Path) -> None:
     assert tuple(overlay[28, 20]) == (0, 255, 0)  # the left edge, in green (the label is above)
     assert tuple(overlay[29, 45]) == (0, 255, 0)  # the bottom edge
     assert tuple(overlay[35, 5]) != (0, 255, 0)  # outside
+
+
+def test_a_second_object_at_a_few_percent_is_found_by_default() -> None:
+    # A cat at 0.6, a cup beside it at 0.017 (the case that 0.05 dropped), a class at 0.004
+    # whose map lies elsewhere again: by default the cat and the cup get boxes, the third not.
+    cat, cup, other = (np.zeros((30, 60)) for _ in range(3))
+    cat[5:25, 3:25] = 1.0
+    cup[12:24, 40:52] = 1.0
+    other[0:6, 50:60] = 1.0
+    explanation = hand_explanation({0: cat, 1: cup, 2: other}, {0: 0.6, 1: 0.017, 2: 0.004})
+    found = localize_objects(explanation)
+    assert [(o.class_index, o.box.xyxy) for o in found.objects] == [
+        (0, (3, 5, 25, 25)),
+        (1, (40, 12, 52, 24)),
+    ]
+    # `camlens localize` has the library's default
+    import typer
+
+    from camlens.cli import app
+    from camlens.localize import MIN_SCORE
+
+    command = typer.main.get_command(app).commands["localize"]  # type: ignore[attr-defined]
+    (option,) = [p for p in command.params if p.name == "min_score"]
+    assert option.default == MIN_SCORE == 0.01

@@ -15,7 +15,6 @@ from torch import nn
 import camlens
 from camlens.errors import CamlensError
 from camlens.images import PreprocessConfig
-from camlens.localize import Box
 from camlens.metrics import (
     NEIGHBOUR_WEIGHTS,
     Curve,
@@ -38,6 +37,7 @@ from camlens.metrics import (
     top_k_localization,
     trapezoid_auc,
 )
+from camlens.types import Box
 
 # --------------------------------------------------------------------------------------------------
 # Localization

@@ -42,7 +42,7 @@ def test_automatic_layers(default_model: camlens.Model, resnet18: camlens.Model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         vgg = camlens.load_model("torchvision:vgg11")
-    assert auto_layer(vgg) == "features"  # the last conv stage
+    assert auto_layer(vgg) == "features.19"  # conv5_2's ReLU at 14x14, before the last max pool
     shapes = {info.name: info.shape for info in spatial_layers(resnet18)}
     assert shapes["layer4"] == (512, 7, 7)
     assert shapes["layer1"] == (64, 56, 56)
@@ -126,8 +126,60 @@ def test_class_names(default_model: camlens.Model) -> None:
         default_model.class_index(1000)
 
 
+@pytest.mark.parametrize(
+    ("typed", "label"),
+    [
+        ("cab", "cab, hack, taxi, taxicab"),  # one synonym of the label
+        ("Taxi", "cab, hack, taxi, taxicab"),
+        ("tiger_cat", "tiger cat"),  # underscores for spaces
+        ("egyptian CAT", "Egyptian cat"),
+        (
+            "gray whale",
+            "grey whale, gray whale, devilfish, Eschrichtius gibbosus, Eschrichtius robustus",
+        ),
+        ("maillot", "maillot"),  # a whole label wins over 639's synonym "maillot"
+        ("n02930766", "cab, hack, taxi, taxicab"),  # a WordNet id
+    ],
+)
+def test_class_names_as_people_type_them(
+    default_model: camlens.Model, typed: str, label: str
+) -> None:
+    from timm.data import ImageNetInfo
+
+    index = default_model.class_index(typed)
+    assert default_model.labels[index] == label
+    assert ImageNetInfo().index_to_description(index) == label
+    if typed.startswith("n0"):
+        assert ImageNetInfo().index_to_label_name(index) == typed
+
+
+def test_ambiguous_class_names_list_their_classes(default_model: camlens.Model) -> None:
+    # ImageNet's "crane" is a bird (134) and a machine (517): never silently the first
+    with pytest.raises(
+        camlens.CamlensError,
+        match=r"'crane' is ambiguous.*134 'crane' \(n02012849\), 517 'crane' \(n03126707\)",
+    ):
+        default_model.class_index("crane")
+    with pytest.raises(
+        camlens.CamlensError, match=r"'Sus_scrofa' is ambiguous.*341 'hog, .*342 'wild boar"
+    ):
+        default_model.class_index("Sus_scrofa")
+    assert default_model.class_index("n02012849") == 134
+    with pytest.raises(camlens.CamlensError, match="not one of"):
+        default_model.class_index("n99999999")
+    own = camlens.Model(
+        torch.nn.Identity(), camlens.PreprocessConfig(), ("lion, cat", "lynx, cat"), "own"
+    )
+    assert own.class_index("lion") == 0 and own.class_index("lynx") == 1
+    with pytest.raises(
+        camlens.CamlensError,
+        match=r"'CAT' is ambiguous in .*: it names 0 'lion, cat', 1 'lynx, cat'; give the index$",
+    ):
+        own.class_index("CAT")
+
+
 def test_synthetic_spec_loads_the_benchmark_cnn(tmp_path: Path) -> None:
-    from camlens.datasets import SYNTHETIC_CLASSES, SyntheticCNN
+    from camlens.models.synthetic import SYNTHETIC_CLASSES, SyntheticCNN
 
     torch.manual_seed(0)
     net = SyntheticCNN(len(SYNTHETIC_CLASSES), width=8).eval()

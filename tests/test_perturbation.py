@@ -19,12 +19,13 @@ from torch import nn
 from typer.testing import CliRunner
 
 import camlens
-from camlens.cli import PassProgress, app
+from camlens.cli import EventBars, app
 from camlens.images import PreprocessConfig, preprocess
 from camlens.maps import upsample
 from camlens.methods import get_method
 from camlens.methods.perturbation import Scorer, channel_masks, masked_scores, noise, scorecam
-from camlens.replay import build_replay
+from camlens.progress import Event
+from camlens.replay import build_replay, plan_replay
 from camlens.taps import Taps
 
 runner = CliRunner()
@@ -170,25 +171,19 @@ def test_scorecam_by_hand(
 def test_constant_channels_are_scored_once(small: camlens.Model, x: torch.Tensor) -> None:
     """The dead channel's mask is zero, its masked input all zeros: one pass serves it for every
     image; the other 3 channels of 2 images take 6 passes, whatever the number of classes."""
-    totals: list[int] = []
+    totals: list[int | None] = []
     for top in (1, 3):
-        explainer = camlens.Explainer(
-            small, method="scorecam", layer="feat", progress=lambda d, t: totals.append(t)
-        )
-        explainer.explain(x, top=top)
-        assert explainer.passes == 2 * 3 + 1
+        explainer = camlens.Explainer(small, method="scorecam", layer="feat")
+        results = explainer.explain(x, top=top, progress=lambda e: totals.append(e.total))
+        assert results[0].stats.perturbation_passes == 2 * 3 + 1
     assert set(totals) == {6}
 
 
 def test_chunks_do_not_change_the_result(small: camlens.Model, x: torch.Tensor) -> None:
-    calls: list[tuple[int, int]] = []
+    calls: list[tuple[int, int | None]] = []
     one = camlens.Explainer(
-        small,
-        method=["scorecam", "ablationcam"],
-        layer="feat",
-        max_batch_memory=1,
-        progress=lambda d, t: calls.append((d, t)),
-    ).explain(x, top=3)
+        small, method=["scorecam", "ablationcam"], layer="feat", max_batch_memory=1
+    ).explain(x, top=3, progress=lambda e: calls.append((e.done, e.total)))
     many = explained(small, ["scorecam", "ablationcam"], x)
     assert calls[:7] == [(i, 6) for i in range(7)]  # Score-CAM: one row at a time
     for r1, r2 in zip(one, many, strict=True):
@@ -305,8 +300,7 @@ def test_fast_channels_keep_the_most_varied(small: camlens.Model, x: torch.Tenso
             weights[keep] = softmax(s[keep])
             assert np.abs(m.map.numpy() - final_map(weights, a[n])).max() < 1e-5
     low = camlens.Explainer(small, method="scorecam", layer="feat", fast_resolution=0.5)
-    low.explain(x)
-    assert low.passes == 7  # same passes, at 4x4 instead of 8x8
+    assert low.explain(x)[0].stats.perturbation_passes == 7  # same passes, at 4x4, not 8x8
 
 
 # ---------------------------------------------------------------- replay after the layer
@@ -338,7 +332,9 @@ def test_replay_kinds(net: nn.Module, layer: str, kind: str) -> None:
     with Taps(net, [layer]) as taps, torch.inference_mode():
         logits = net(x)
     a = taps.activations[layer]
-    replay = build_replay(net, layer, explainer.heads[layer], x, a, logits)
+    module = net.get_submodule(layer)
+    plan = plan_replay(net, layer, module, head=explainer.heads[layer])
+    replay = build_replay(plan, net, x, a, taps.outputs[layer], logits)
     assert replay.kind == kind
     edited = a.clone()
     edited[:, 1] = 0
@@ -467,8 +463,9 @@ def grad_cam_ablation(model: camlens.Model, layer: str, x: torch.Tensor, c: int)
 def test_ablationcam_equals_pytorch_grad_cam(cases: list) -> None:
     for model, _, layer, c, x in cases:
         explainer = camlens.Explainer(model, method="ablationcam", layer=layer)
-        mine = upsample(explainer.explain(x[0], classes=[c]).maps[0].map, (64, 64))
-        assert explainer._replays[layer].kind == "graph"
+        result = explainer.explain(x[0], classes=[c])
+        mine = upsample(result.maps[0].map, (64, 64))
+        assert dict(result.stats.replays)[layer] == "graph"
         theirs = grad_cam_ablation(model, layer, x, c)
         assert float(np.abs(mine.numpy() - theirs).max()) < 1e-4, model.name
 
@@ -554,7 +551,11 @@ def test_pass_progress_shows_only_slow_passes() -> None:
     and goes when they are done."""
     now = [0.0]
     progress = Progress(disable=True)
-    bar = PassProgress(progress, clock=lambda: now[0])
+    bars = EventBars(progress, clock=lambda: now[0])
+
+    def bar(done: int, total: int) -> None:
+        bars(Event("passes", done, total))
+
     bar(0, 100)
     now[0] = 0.5
     bar(10, 100)

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.text import Text
 from PIL import Image
 
+from camlens import render
 from camlens.errors import CamlensError
 from camlens.render import GridCell, colorize, draw_boxes, grid, overlay, panel, save_png
 
@@ -322,6 +328,91 @@ def test_grid_bad_arguments() -> None:
         grid([[cell]], cmap="nope")
     with pytest.raises(CamlensError, match="tile"):
         grid([[cell]], tile=0)
+
+
+LONG = "grey whale, gray whale, devilfish, Eschrichtius gibbosus, Eschrichtius robustus 0.54"
+
+
+def drawn(cells: list[list[GridCell | None]], **options: Any) -> tuple[Image.Image, Figure]:
+    """The grid, and its figure drawn on a canvas (so that the texts have their extents)."""
+    picture = grid(cells, **options)
+    figure = render._grid_figure(
+        cells,
+        row_titles=options.get("row_titles"),
+        col_titles=options.get("col_titles"),
+        cmap="jet",
+        alpha=0.5,
+        tile=options.get("tile", 256),
+        wrap=options.get("wrap", True),
+    )
+    FigureCanvasAgg(figure).draw()
+    return picture, figure
+
+
+def texts_of(figure: Figure) -> list[Text]:
+    titles = [ax.title for ax in figure.axes if ax.title.get_text()]
+    return titles + list(figure.texts)
+
+
+def whole(text: str) -> str:
+    return re.sub(r"\s+", "", text)
+
+
+def test_grid_of_17_photos_is_near_square_with_every_title_whole() -> None:
+    photo = noisy((120, 90))
+    titles = [f"{LONG}\ngradcam" if i % 2 else f"espresso 0.{i:02d}" for i in range(17)]
+    names = [f"photo_{i:02d}_from_the_holiday_album_of_2024.jpg" for i in range(17)]
+    cells: list[list[GridCell | None]] = [[GridCell(photo, smooth_map(7, 7), t)] for t in titles]
+    picture, figure = drawn(cells, row_titles=names)
+    assert 2 / 3 <= picture.width / picture.height <= 3 / 2, picture.size
+    # every title is drawn in full (its lines hold all its characters, no ellipsis), on lines that
+    # fit their tile, and no two texts overlap
+    shown = sorted(whole(t.get_text()) for t in texts_of(figure))
+    assert shown == sorted(whole(t) for t in titles + names)
+    boxes = [t.get_window_extent() for t in texts_of(figure)]
+    assert all(b.width <= 256 + 1 for b in boxes[: len(titles)])
+    assert all(b.height <= 256 + 1 for b in boxes[len(titles) :])  # the row titles, turned
+    for i, a in enumerate(boxes):
+        assert not any(a.overlaps(b) for b in boxes[i + 1 :])
+    # the titles stay clear of the pictures
+    for ax in figure.axes:
+        assert not any(ax.get_window_extent().overlaps(b) for b in boxes)
+    strip, _ = drawn(cells, row_titles=names, wrap=False)  # the old layout, on request
+    assert strip.height > 10 * strip.width
+
+
+def test_grid_wraps_a_long_row_unless_columns_are_titled() -> None:
+    cells: list[list[GridCell | None]] = [[GridCell(noisy((60, 60)), smooth_map(5, 5), "x")] * 20]
+    wrapped, _ = drawn(cells, row_titles=["one photo, twenty maps"], tile=64)
+    assert 2 / 3 <= wrapped.width / wrapped.height <= 3 / 2, wrapped.size
+    titled, figure = drawn(cells, col_titles=[f"layer{i}" for i in range(20)], tile=64)
+    assert titled.width > 10 * titled.height  # a row under column titles is not broken
+    assert sum(t.get_text() == "layer3" for t in figure.texts) == 1
+
+
+def test_grid_keeps_small_grids_as_they_are() -> None:
+    cell = GridCell(noisy((64, 64)), smooth_map(5, 5), "a")
+    for rows, cols in [(1, 3), (3, 1), (3, 6)]:
+        picture = grid([[cell] * cols] * rows, tile=64, wrap=True)
+        assert picture.size == grid([[cell] * cols] * rows, tile=64, wrap=False).size
+
+
+def test_wrap_text_breaks_between_words_then_inside_a_word() -> None:
+    def width_of(line: str) -> float:
+        return 10.0 * len(line)
+
+    wrap_text = render._wrap_text
+    assert wrap_text("cab, hack, taxi, taxicab", 100, width_of) == [
+        "cab, hack,",
+        "taxi,",
+        "taxicab",
+    ]
+    assert wrap_text("a b\nc", 100, width_of) == ["a b", "c"]
+    assert wrap_text("abcdefghijklmnopqrstuvwxy z", 100, width_of) == [
+        "abcdefghij",
+        "klmnopqrst",
+        "uvwxy z",
+    ]
 
 
 # --------------------------------------------------------------------------------------------------

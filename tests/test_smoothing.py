@@ -11,10 +11,10 @@ import torch
 import camlens
 from camlens.errors import MethodError
 from camlens.maps import normalize, upsample
-from camlens.methods import METHODS
+from camlens.methods import METHODS, channel_terms
 from camlens.methods.eigen import first_component
 from camlens.methods.perturbation import Scorer, scorecam
-from camlens.smoothing import Augmentation, augmentations, channel_terms, pca_map
+from camlens.smoothing import Augmentation, augmentations, pca_map
 from camlens.taps import Taps
 
 

@@ -1,15 +1,15 @@
 """camlens: where a convolutional classifier looks when it decides (CAM and the Grad-CAM family)."""
 
-from camlens.checkpoint import save
 from camlens.errors import CamlensError
 from camlens.explain import Explainer
-from camlens.explanation import ClassMap, Explanation, Prediction, grid
+from camlens.explanation import ClassMap, Explanation, grid
 from camlens.images import PreprocessConfig, load_image
-from camlens.localize import Box, add_boxes, boxes_from_map, localize_objects
+from camlens.localize import add_boxes, boxes_from_map, localize_objects
 from camlens.methods import METHODS
-from camlens.models import Model, load_model
-from camlens.models.head import build_cam_model
+from camlens.models import Model, build_cam_model, load_model, save
 from camlens.train import History, train
+from camlens.types import Box, Prediction
+from camlens.version import __version__
 
 __all__ = [
     "METHODS",
@@ -22,6 +22,7 @@ __all__ = [
     "Model",
     "Prediction",
     "PreprocessConfig",
+    "__version__",
     "add_boxes",
     "boxes_from_map",
     "build_cam_model",
@@ -32,4 +33,3 @@ __all__ = [
     "save",
     "train",
 ]
-__version__ = "0.1.0"

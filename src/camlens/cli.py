@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
-import numpy as np
 import typer
-from PIL import Image
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -28,7 +28,12 @@ from rich.progress import (
 from rich.table import Table
 
 from camlens.errors import CamlensError
-from camlens.images import MAX_PIXELS, find_images, load_image
+from camlens.images import MAX_PIXELS, find_images
+from camlens.progress import Event
+
+if TYPE_CHECKING:
+    from camlens.explanation import Explanation
+    from camlens.train import EpochRecord
 
 app = typer.Typer(
     help="Where a CNN classifier looks: class activation maps (CAM, Grad-CAM and family).",
@@ -52,6 +57,62 @@ WeightsOpt = Annotated[
     Path | None, typer.Option("--weights", help="local state dict (.pth/.safetensors) for --model")
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, mps...")]
+MethodsOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--method",
+        help="a method (repeat for several; all, gradients, scores for groups); "
+        "see `camlens methods`",
+    ),
+]
+LayersOpt = Annotated[
+    list[str] | None,
+    typer.Option("--layer", help="target layer (repeat for several); see `camlens layers`"),
+]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="images per forward pass")]
+MaxPixelsOpt = Annotated[int, typer.Option("--max-pixels", help="refuse larger images")]
+SmoothOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--smooth",
+        help="tta (flips and scales, undone and averaged) or pca (first principal component "
+        "of the weighted activations); repeat for both",
+    ),
+]
+MaxBatchMemoryOpt = Annotated[
+    int, typer.Option("--max-batch-memory", help="MiB for each batch of masked or ablated passes")
+]
+FastChannelsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--fast-channels",
+        help="perturbation methods: only the N channels of largest variance (approximate)",
+    ),
+]
+FastResolutionOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--fast-resolution",
+        help="Score-CAM family: masked passes at this fraction of the input size (approximate)",
+    ),
+]
+InputSizeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--input-size",
+        help="explain at HEIGHTxWIDTH (or one side) instead of the model's own input size; "
+        "for a model with a global-average-pooling head (any camlens-built model); a model whose "
+        "head reads a fixed grid (VGG's classifier) is refused",
+    ),
+]
+AllBoxesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--all-boxes",
+        help="a box for every region of each map above the threshold, not only the largest "
+        "(several objects of one class)",
+    ),
+]
 ThresholdOpt = Annotated[
     str,
     typer.Option(
@@ -61,9 +122,16 @@ ThresholdOpt = Annotated[
 ]
 
 
+def say(text: str, *, style: str | None = None, err: bool = False) -> None:
+    """One line of text, printed as it is: never read as Rich markup (a file named
+    ``[cat] photo.jpg`` prints as such) or highlighted."""
+    console = err_console if err else out_console
+    console.print(text, style=style, markup=False, highlight=False, soft_wrap=True)
+
+
 def _say(message: str) -> None:
     """One line about bad input on stderr (the command goes on)."""
-    err_console.print(f"camlens: {message}", style="red", highlight=False, soft_wrap=True)
+    say(f"camlens: {message}", style="red", err=True)
 
 
 def fail(message: str) -> NoReturn:
@@ -74,11 +142,25 @@ def fail(message: str) -> NoReturn:
 
 @contextmanager
 def bad_input() -> Iterator[None]:
-    """Turns camlens's own errors into a one-line message and exit status 2."""
-    try:
-        yield
-    except CamlensError as exc:
-        fail(str(exc))
+    """Turns camlens's own errors into a one-line message and exit status 2, and the library's
+    warnings into one line each (``camlens: warning: ...``)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        except CamlensError as exc:
+            _warn(caught)
+            fail(str(exc))
+    _warn(caught)
+
+
+def _warn(caught: list[warnings.WarningMessage]) -> None:
+    seen = set()
+    for warning in caught:
+        text = str(warning.message)
+        if text not in seen:
+            seen.add(text)
+            say(f"camlens: warning: {text}", style="yellow", err=True)
 
 
 def _load(spec: str | None, weights: Path | None, device: str):  # type: ignore[no-untyped-def]
@@ -87,179 +169,66 @@ def _load(spec: str | None, weights: Path | None, device: str):  # type: ignore[
     return load_model(spec, weights=weights, device=device)
 
 
-class ImageBatches:
-    """The readable images of ``files``, ``batch_size`` at a time, with their paths as names. An
-    unreadable file is named on stderr, counted in ``skipped`` and reported to ``on_skip``; the
-    others go on."""
+class EventBars:
+    """Draws :class:`~camlens.progress.Event` s as Rich bars on ``progress``: a bar per task,
+    except the ``slow`` tasks (a perturbation method's ``passes``), whose bar appears only once
+    they have run for more than ``delay`` seconds and goes when they are done. A problem is one
+    red line, counted in ``problems``."""
 
     def __init__(
         self,
-        files: Sequence[Path],
-        batch_size: int,
-        max_pixels: int,
-        on_skip: Callable[[], None] = lambda: None,
+        progress: Progress,
+        *,
+        delay: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        slow: Sequence[str] = ("passes",),
     ) -> None:
-        self.files = files
-        self.batch_size = batch_size
-        self.max_pixels = max_pixels
-        self.on_skip = on_skip
-        self.skipped = 0
+        self.progress = progress
+        self.delay = delay
+        self.clock = clock
+        self.slow = set(slow)
+        self.tasks: dict[str, TaskID] = {}
+        self.started: dict[str, float] = {}
+        self.problems = 0
 
-    def __iter__(self) -> Iterator[tuple[list[Image.Image], list[str]]]:
-        for start in range(0, len(self.files), self.batch_size):
-            batch, names = [], []
-            for path in self.files[start : start + self.batch_size]:
-                try:
-                    batch.append(load_image(path, max_pixels=self.max_pixels))
-                    names.append(str(path))
-                except CamlensError as exc:
-                    self.skipped += 1
-                    _say(str(exc))
-                    self.on_skip()
-            if batch:
-                yield batch, names
+    def __call__(self, event: Event) -> None:
+        if event.problem is not None:
+            self.problems += 1
+            self.progress.console.print(
+                f"camlens: {event.problem}",
+                style="red",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
+        if event.task in self.slow:
+            self._slow(event)
+            return
+        if event.task not in self.tasks:
+            self.tasks[event.task] = self.progress.add_task(
+                event.task, total=event.total, visible=(event.total or 0) > 1
+            )
+        self.progress.update(self.tasks[event.task], completed=event.done, total=event.total)
 
+    def _slow(self, event: Event) -> None:
+        task = self.tasks.get(event.task)
+        if event.done == 0:
+            self._finish(event.task)
+            self.started[event.task] = self.clock()
+            return
+        if task is None:
+            done = event.total is not None and event.done >= event.total
+            if done or self.clock() - self.started.get(event.task, self.clock()) <= self.delay:
+                return
+            task = self.tasks[event.task] = self.progress.add_task(event.task, total=event.total)
+        self.progress.update(task, completed=event.done)
+        if event.total is not None and event.done >= event.total:
+            self._finish(event.task)
 
-def output_stem(path: Path, out: Path) -> Path:
-    """Where the reports of input ``path`` go: ``out`` / the input's relative folder / its stem.
-
-    A relative path keeps its folders (``a/0.png`` -> ``OUT/a/0``); an absolute one, or one that
-    climbs out with ``..``, is taken relative to the current folder when it lies below it, else
-    whole without its root (``/data/x/0.png`` -> ``OUT/data/x/0``). So two inputs with the same
-    name never overwrite each other.
-    """
-    if not path.is_absolute() and ".." not in path.parts:
-        relative = path
-    else:
-        resolved = path.resolve()
-        try:
-            relative = resolved.relative_to(Path.cwd().resolve())
-        except ValueError:
-            relative = resolved.relative_to(resolved.anchor)
-    return out / relative.parent / relative.stem
-
-
-@app.command()
-def explain(
-    paths: Annotated[
-        list[Path], typer.Argument(help="image files or folders (searched recursively)")
-    ],
-    model: ModelOpt = None,
-    weights: WeightsOpt = None,
-    method: Annotated[
-        list[str] | None,
-        typer.Option("--method", help="a method (repeat for several); see `camlens methods`"),
-    ] = None,
-    layer: Annotated[
-        list[str] | None,
-        typer.Option("--layer", help="target layer (repeat for several); see `camlens layers`"),
-    ] = None,
-    classes: Annotated[
-        list[str] | None,
-        typer.Option("--class", "-c", help="class index or name (repeat for several)"),
-    ] = None,
-    top: Annotated[
-        int | None, typer.Option("--top", "-k", help="explain the top K predicted classes")
-    ] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("camlens-out"),
-    cmap: Annotated[str, typer.Option(help="matplotlib colormap of the overlays")] = "jet",
-    alpha: Annotated[float, typer.Option(help="heatmap opacity in the overlays, 0..1")] = 0.5,
-    grid: Annotated[
-        Path | None, typer.Option("--grid", help="also write one PNG with every map")
-    ] = None,
-    device: DeviceOpt = "cpu",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
-    max_pixels: Annotated[
-        int, typer.Option("--max-pixels", help="refuse larger images")
-    ] = MAX_PIXELS,
-    boxes: Annotated[
-        bool,
-        typer.Option(
-            "--boxes", help="box each map's largest region, in the JSON and on the overlay"
-        ),
-    ] = False,
-    threshold: ThresholdOpt = "0.2",
-    smooth: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--smooth",
-            help="tta (flips and scales, undone and averaged) or pca (first principal component "
-            "of the weighted activations); repeat for both",
-        ),
-    ] = None,
-    max_batch_memory: Annotated[
-        int,
-        typer.Option(
-            "--max-batch-memory", min=1, help="MiB for each batch of masked or ablated passes"
-        ),
-    ] = 512,
-    fast_channels: Annotated[
-        int | None,
-        typer.Option(
-            "--fast-channels",
-            min=1,
-            help="perturbation methods: only the N channels of largest variance (approximate)",
-        ),
-    ] = None,
-    fast_resolution: Annotated[
-        float | None,
-        typer.Option(
-            "--fast-resolution",
-            help="Score-CAM family: masked passes at this fraction of the input size (approximate)",
-        ),
-    ] = None,
-) -> None:
-    """Explain images: writes OUT/STEM.json, an overlay PNG and a map .npy per class and method."""
-    from camlens import render
-    from camlens.explain import Explainer
-    from camlens.explanation import Explanation
-    from camlens.explanation import grid as grid_of
-    from camlens.localize import add_boxes, parse_threshold
-
-    with bad_input():
-        explainer = Explainer(
-            _load(model, weights, device),
-            method=method or ["gradcam"],
-            layer=layer or None,
-            batch_size=batch_size,
-            smooth=smooth,
-            max_batch_memory=max_batch_memory * 2**20,
-            fast_channels=fast_channels,
-            fast_resolution=fast_resolution,
-        )
-        explainer.resolve_classes(classes, top, 1)  # checks classes and top before any work
-        render.colorize(np.zeros((1, 1)), cmap)  # checks the colormap
-        box_threshold = parse_threshold(threshold)
-    files = find_images(paths)
-    if not files:
-        fail("no images found in " + ", ".join(map(str, paths)))
-    done: list[Explanation] = []
-    with _progress() as progress:
-        task = progress.add_task("explaining", total=len(files), visible=len(files) > 1)
-        explainer.progress = PassProgress(progress)
-        batches = ImageBatches(files, batch_size, max_pixels, lambda: progress.advance(task))
-        for batch, names in batches:
-            with bad_input():
-                results = explainer.explain(batch, classes=classes, top=top, names=names)
-                for result in results:
-                    if boxes:
-                        add_boxes(result, threshold=box_threshold)
-                    stem = output_stem(Path(result.source), out)
-                    report = result.save(stem.parent, stem.name, cmap=cmap, alpha=alpha)
-                    if grid:
-                        done.append(result)
-                    best = result.predictions[0]
-                    out_console.print(
-                        f"{result.source}: {best.label} ({best.score:.3f}) -> {report}",
-                        highlight=False,
-                        soft_wrap=True,
-                    )
-                    progress.advance(task)
-    if grid and done:
-        render.save_png(grid_of(done), grid)
-        out_console.print(f"grid: {grid}")
-    if batches.skipped:
-        raise typer.Exit(2)
+    def _finish(self, name: str) -> None:
+        task = self.tasks.pop(name, None)
+        if task is not None:
+            self.progress.remove_task(task)
 
 
 @contextmanager
@@ -277,40 +246,147 @@ def _progress(total: int | None = None) -> Iterator[Progress]:
         yield progress
 
 
-class PassProgress:
-    """A bar for the masked (or ablated) passes of a perturbation method, shown only once they
-    have run for more than ``delay`` seconds; the explainer calls it with ``(done, total)``, and
-    ``done == 0`` when a method starts."""
+def _files(paths: Sequence[Path]) -> list[Path]:
+    files = find_images(paths)
+    if not files:
+        fail("no images found in " + ", ".join(map(str, paths)))
+    return files
 
-    def __init__(
-        self,
-        progress: Progress,
-        delay: float = 1.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.progress = progress
-        self.delay = delay
-        self.clock = clock
-        self.task: TaskID | None = None
-        self.started = clock()
 
-    def __call__(self, done: int, total: int) -> None:
-        if done == 0:
-            self._finish()
-            self.started = self.clock()
-            return
-        if self.task is None:
-            if done >= total or self.clock() - self.started <= self.delay:
-                return
-            self.task = self.progress.add_task("passes", total=total)
-        self.progress.update(self.task, completed=done)
-        if done >= total:
-            self._finish()
+def console_line(result: Explanation) -> str:
+    """One line per explained image: its top-3 predictions, the classes explained, and the maps
+    that came out flat (nothing left after the ReLU: no positive evidence at that layer)."""
+    top = "; ".join(f"{p.label} {p.score:.3f}" for p in result.predictions[:3])
+    explained = "; ".join(dict.fromkeys(m.label for m in result.maps))
+    line = f"{result.source}: {top} | explained: {explained}"
+    flat = [f"{m.label} ({m.method}, {m.layer})" for m in result.maps if m.flat]
+    if flat:
+        more = f" and {len(flat) - 3} more" if len(flat) > 3 else ""
+        line += (
+            f" | {len(flat)} flat map{'s' if len(flat) > 1 else ''}, no positive evidence: "
+            f"{'; '.join(flat[:3])}{more} (--no-relu shows the signed map)"
+        )
+    return line
 
-    def _finish(self) -> None:
-        if self.task is not None:
-            self.progress.remove_task(self.task)
-            self.task = None
+
+def _optional_path(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def _mib(mib: int) -> int:
+    if mib < 1:
+        fail(f"--max-batch-memory must be at least 1 MiB, not {mib}")
+    return mib * 2**20
+
+
+@app.command()
+def explain(
+    paths: Annotated[
+        list[Path], typer.Argument(help="image files or folders (searched recursively)")
+    ],
+    model: ModelOpt = None,
+    weights: WeightsOpt = None,
+    method: MethodsOpt = None,
+    layer: LayersOpt = None,
+    classes: Annotated[
+        list[str] | None,
+        typer.Option("--class", "-c", help="class index or name (repeat for several)"),
+    ] = None,
+    top: Annotated[
+        int | None, typer.Option("--top", "-k", help="explain the top K predicted classes")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("camlens-out"),
+    cmap: Annotated[str, typer.Option(help="matplotlib colormap of the overlays")] = "jet",
+    alpha: Annotated[float, typer.Option(help="heatmap opacity in the overlays, 0..1")] = 0.5,
+    grid: Annotated[
+        Path | None, typer.Option("--grid", help="also write one PNG with every map")
+    ] = None,
+    device: DeviceOpt = "cpu",
+    batch_size: BatchSizeOpt = 16,
+    max_pixels: MaxPixelsOpt = MAX_PIXELS,
+    boxes: Annotated[
+        bool,
+        typer.Option(
+            "--boxes", help="box each map's largest region, in the JSON and on the overlay"
+        ),
+    ] = False,
+    all_boxes: AllBoxesOpt = False,
+    threshold: ThresholdOpt = "0.2",
+    smooth: SmoothOpt = None,
+    max_batch_memory: MaxBatchMemoryOpt = 512,
+    fast_channels: FastChannelsOpt = None,
+    fast_resolution: FastResolutionOpt = None,
+    input_size: InputSizeOpt = None,
+    relu: Annotated[
+        bool,
+        typer.Option(
+            "--relu/--no-relu",
+            help="--no-relu: signed maps, min-max of the raw map (a class with no positive "
+            "evidence still shows where it is least negative)",
+        ),
+    ] = True,
+    panels: Annotated[
+        bool, typer.Option("--panels", help="also a photo | heatmap | overlay picture per map")
+    ] = False,
+) -> None:
+    """Explain images: writes OUT/STEM.json, an overlay PNG and a map .npy per class and method.
+
+    --layer all: every layer of the automatic layer's kind (every conv stage of a VGG), in depth
+    order, and OUT/STEM.grid.png with all of them per image."""
+    from camlens.batch import explain_files
+    from camlens.config import ExplainConfig, OutputConfig
+    from camlens.explain import Explainer
+    from camlens.explanation import grid as grid_of
+    from camlens.files import output_file, output_folder
+    from camlens.images import parse_size
+    from camlens.localize import parse_threshold
+    from camlens.render import save_png
+
+    with bad_input():  # every option, and the output places, before any model runs
+        config = ExplainConfig(
+            model=model,
+            weights=_optional_path(weights),
+            device=device,
+            methods=tuple(method or ["gradcam"]),
+            layers=tuple(layer or ()),
+            classes=tuple(classes or ()),
+            top=top,
+            smooth=tuple(smooth or ()),
+            batch_size=batch_size,
+            max_batch_memory=_mib(max_batch_memory),
+            fast_channels=fast_channels,
+            fast_resolution=fast_resolution,
+            max_pixels=max_pixels,
+            input_size=parse_size(input_size) if input_size is not None else None,
+            relu=relu,
+        )
+        output = OutputConfig(
+            cmap=cmap,
+            alpha=alpha,
+            boxes="all" if all_boxes else "largest" if boxes else None,
+            threshold=parse_threshold(threshold),
+            panels=panels,
+            grids=config.layers == ("all",),
+        )
+        out = output_folder(out)
+        grid_file = output_file(grid, "--grid") if grid is not None else None
+    files = _files(paths)
+    with bad_input():
+        explainer = Explainer.from_config(config)
+    kept: list[Explanation] = []
+    with _progress() as progress:
+        bars = EventBars(progress)
+        for done in explain_files(files, explainer, out, output, progress=bars):
+            if done.explanation is None or done.report is None:
+                continue
+            if grid_file is not None:
+                kept.append(done.explanation)
+            say(f"{console_line(done.explanation)} -> {done.report}")
+    if grid_file is not None and kept:
+        with bad_input():
+            say(f"grid: {save_png(grid_of(kept, cmap=cmap, alpha=alpha), grid_file)}")
+    if bars.problems:
+        raise typer.Exit(2)
 
 
 @app.command()
@@ -328,19 +404,25 @@ def methods() -> None:
 
 @app.command()
 def layers(model: ModelOpt = None, weights: WeightsOpt = None, device: DeviceOpt = "cpu") -> None:
-    """The model's layers with spatial output and their shapes; * marks the automatic choice."""
+    """The model's layers with spatial output and their shapes; * marks the automatic choice.
+    A VGG's layers also show their Keras names (block5_conv3), which --layer accepts too."""
+    from camlens.keras_names import keras_names
     from camlens.layers import auto_layer, spatial_layers
 
     with bad_input():
         loaded = _load(model, weights, device)
         found = spatial_layers(loaded)
         chosen = auto_layer(loaded, found)
+    aliases = {name: alias for alias, name in keras_names(loaded.net).items()}
     table = Table(show_header=True, header_style="bold", box=None)
-    for column in ("", "layer", "type", "output [C, H, W]"):
+    columns = ("", "layer", "Keras name", "type", "output [C, H, W]")
+    for column in columns if aliases else columns[:2] + columns[3:]:
         table.add_column(column)
     for info in found:
         mark = "*" if info.name == chosen else ""
-        table.add_row(mark, info.name, info.kind, "x".join(map(str, info.shape)))
+        shape = "x".join(map(str, info.shape))
+        extra = [aliases.get(info.name, "")] if aliases else []
+        table.add_row(mark, info.name, *extra, info.kind, shape)
     out_console.print(table)
     out_console.print(f"* automatic target layer of {loaded.name}: {chosen}")
 
@@ -348,7 +430,11 @@ def layers(model: ModelOpt = None, weights: WeightsOpt = None, device: DeviceOpt
 @app.command("train")
 def train_command(
     folder: Annotated[
-        Path, typer.Argument(help="training images, one subfolder per class (FOLDER/CLASS/*.jpg)")
+        Path,
+        typer.Argument(
+            help="training images, one subfolder per class (FOLDER/CLASS/*.jpg), or named after "
+            "their class with --classes-from names (FOLDER/cat.1.jpg)"
+        ),
     ],
     backbone: Annotated[
         str,
@@ -372,6 +458,25 @@ def train_command(
     ] = "0.2",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
     lr: Annotated[float, typer.Option("--lr", help="learning rate of the head")] = 1e-2,
+    classes_from: Annotated[
+        str,
+        typer.Option(
+            "--classes-from",
+            help="folders (FOLDER/CLASS/x.jpg) or names (FOLDER/CLASS.N.jpg: the file name up to "
+            "its first dot, less a trailing number)",
+        ),
+    ] = "folders",
+    optimizer: Annotated[str, typer.Option("--optimizer", help="adamw or sgd")] = "adamw",
+    momentum: Annotated[
+        float | None, typer.Option("--momentum", help="sgd's momentum (default 0)")
+    ] = None,
+    nesterov: Annotated[
+        bool, typer.Option("--nesterov", help="sgd with Nesterov momentum")
+    ] = False,
+    weight_decay: Annotated[
+        float | None,
+        typer.Option("--weight-decay", help="default: 0.01 with adamw, 0 with sgd"),
+    ] = None,
     augment: Annotated[
         bool, typer.Option("--augment/--no-augment", help="flips and random resized crops")
     ] = True,
@@ -389,8 +494,12 @@ def train_command(
         float | None, typer.Option("--fine-tune-lr", help="default: lr / 100")
     ] = None,
     input_size: Annotated[
-        int | None,
-        typer.Option("--input-size", help="square input side, instead of the backbone's"),
+        str | None,
+        typer.Option(
+            "--input-size",
+            help="HEIGHTxWIDTH in pixels (128x68: 128 high, 68 wide) or one side for a square, "
+            "instead of the backbone's",
+        ),
     ] = None,
     dropout: Annotated[float, typer.Option("--dropout", help="before the linear layer")] = 0.2,
     seed: Annotated[int, typer.Option("--seed")] = 0,
@@ -406,9 +515,9 @@ def train_command(
 
     import torch
 
-    from camlens.checkpoint import save
-    from camlens.models.head import build_cam_model
-    from camlens.train import scan_folder, train
+    from camlens.images import parse_size
+    from camlens.models import build_cam_model, save
+    from camlens.train import optimizer_config, scan_folder, train
 
     validation: float | Path
     try:
@@ -417,16 +526,19 @@ def train_command(
         validation = Path(val)
     if out.suffix != ".camlens":
         out = out.with_name(out.name + ".camlens")
-    with bad_input(), warnings.catch_warnings(record=True) as caught:
+    with bad_input(), warnings.catch_warnings(record=True) as caught, _progress() as progress:
         warnings.simplefilter("always")
-        classes = scan_folder(folder).classes  # bad folders fail before any model is built
+        size = parse_size(input_size) if input_size is not None else None
+        # bad settings and folders fail before any model is built
+        optimizer_config(optimizer, weight_decay, momentum, nesterov)
+        classes = scan_folder(folder, classes_from=classes_from).classes
         torch.manual_seed(seed)
         model = build_cam_model(
             backbone,
             class_names=classes,
             weights=weights,
             dropout=dropout,
-            input_size=input_size,
+            input_size=size,
             device=device,
         )
         history = train(
@@ -436,6 +548,11 @@ def train_command(
             val=validation,
             batch_size=batch_size,
             lr=lr,
+            weight_decay=weight_decay,
+            optimizer=optimizer,
+            momentum=momentum,
+            nesterov=nesterov,
+            classes_from=classes_from,
             augment=augment,
             views=views,
             patience=patience,
@@ -443,21 +560,18 @@ def train_command(
             fine_tune_epochs=fine_tune_epochs,
             fine_tune_lr=fine_tune_lr,
             seed=seed,
-            progress=True,
+            progress=EventBars(progress),
+            callback=lambda record: progress.console.print(_epoch_line(record), highlight=False),
         )
         checkpoint = save(model, out)
     for warning in caught:
-        if "unreadable image" not in str(warning.message):  # listed one a line below
+        if "unreadable image" not in str(warning.message):  # listed one a line as they were met
             err_console.print(
-                f"camlens: warning: {warning.message}",
+                f"camlens: warning: {escape(str(warning.message))}",
                 style="yellow",
                 highlight=False,
                 soft_wrap=True,
             )
-    for path, problem in history.skipped:
-        err_console.print(
-            f"camlens: {path}: {problem} (skipped)", style="red", highlight=False, soft_wrap=True
-        )
     curve = history.plot(out.with_name(out.name[: -len(".camlens")] + ".training.png"))
     best = history.best
     if best is not None and best.val_accuracy is not None:
@@ -484,6 +598,14 @@ def train_command(
         raise typer.Exit(2)
 
 
+def _epoch_line(record: EpochRecord) -> str:
+    """``epoch 3 (head, 0.02 s): loss 0.41 acc 0.850  val loss 0.38 val acc 0.900``."""
+    text = f"loss {record.train_loss:.4g} acc {record.train_accuracy:.3f}"
+    if record.val_loss is not None and record.val_accuracy is not None:
+        text += f"  val loss {record.val_loss:.4g} val acc {record.val_accuracy:.3f}"
+    return f"epoch {record.epoch} ({record.phase}, {record.seconds:.2f} s): {text}"
+
+
 @app.command()
 def localize(
     paths: Annotated[
@@ -494,11 +616,11 @@ def localize(
     method: Annotated[str, typer.Option("--method", help="see `camlens methods`")] = "gradcam",
     layer: Annotated[str | None, typer.Option("--layer", help="target layer")] = None,
     top: Annotated[
-        int, typer.Option("--top", "-k", min=1, help="look for the top K predicted classes")
+        int, typer.Option("--top", "-k", help="look for the top K predicted classes")
     ] = 5,
     min_score: Annotated[
         float, typer.Option("--min-score", help="skip classes less probable than this")
-    ] = 0.05,
+    ] = 0.01,
     threshold: ThresholdOpt = "0.2",
     iou: Annotated[
         float, typer.Option("--iou", help="boxes overlapping more than this are merged (NMS)")
@@ -508,78 +630,79 @@ def localize(
     ] = True,
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("camlens-out"),
     device: DeviceOpt = "cpu",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
-    max_pixels: Annotated[
-        int, typer.Option("--max-pixels", help="refuse larger images")
-    ] = MAX_PIXELS,
+    batch_size: BatchSizeOpt = 16,
+    max_pixels: MaxPixelsOpt = MAX_PIXELS,
+    smooth: SmoothOpt = None,
+    max_batch_memory: MaxBatchMemoryOpt = 512,
+    fast_channels: FastChannelsOpt = None,
+    fast_resolution: FastResolutionOpt = None,
+    input_size: InputSizeOpt = None,
+    all_boxes: AllBoxesOpt = False,
 ) -> None:
     """Find objects: a box per top class (its map's largest region above the threshold),
     duplicates merged across classes, each box cropped and re-classified. Writes OUT/boxes.jsonl
     (one image a line) and OUT/STEM.boxes.png per image."""
-    import json
-
-    from camlens import render
+    from camlens.batch import localize_files
+    from camlens.config import ExplainConfig, OutputConfig
     from camlens.explain import Explainer
-    from camlens.localize import localize_objects, parse_threshold
+    from camlens.files import output_folder
+    from camlens.images import parse_size
+    from camlens.localize import check_localize_options, parse_threshold
 
+    with bad_input():  # every option, and the output folder, before any model runs
+        config = ExplainConfig(
+            model=model,
+            weights=_optional_path(weights),
+            device=device,
+            methods=(method,),
+            layers=(layer,) if layer else (),
+            smooth=tuple(smooth or ()),
+            batch_size=batch_size,
+            max_batch_memory=_mib(max_batch_memory),
+            fast_channels=fast_channels,
+            fast_resolution=fast_resolution,
+            max_pixels=max_pixels,
+            input_size=parse_size(input_size) if input_size is not None else None,
+        )
+        output = OutputConfig(
+            threshold=parse_threshold(threshold), boxes="all" if all_boxes else "largest"
+        )
+        check_localize_options(min_score=min_score, iou_threshold=iou)
+        if top < 1:
+            raise CamlensError(f"--top must be at least 1, not {top}")
+        out = output_folder(out)
+    files = _files(paths)
     with bad_input():
-        box_threshold = parse_threshold(threshold)
-        loaded = _load(model, weights, device)
-        explainer = Explainer(loaded, method=method, layer=layer, batch_size=batch_size)
-        explainer.resolve_classes(None, top, 1)  # checks top before any work
-    files = find_images(paths)
-    if not files:
-        fail("no images found in " + ", ".join(map(str, paths)))
-    out.mkdir(parents=True, exist_ok=True)
-    lines = out / "boxes.jsonl"
-    with _progress(len(files)) as progress, lines.open("w") as jsonl:
-        task = progress.add_task("localizing", total=len(files))
-        batches = ImageBatches(files, batch_size, max_pixels, lambda: progress.advance(task))
-        for batch, names in batches:
-            with bad_input():
-                for result in explainer.explain(batch, top=top, names=names):
-                    found = localize_objects(
-                        result,
-                        loaded if crops else None,
-                        threshold=box_threshold,
-                        iou_threshold=iou,
-                        min_score=min_score,
-                        batch_size=batch_size,
-                    )
-                    stem = output_stem(Path(result.source), out)
-                    picture = render.save_png(found.picture(), f"{stem}.boxes.png")
-                    record = found.to_dict()
-                    record["picture"] = picture.relative_to(out).as_posix()
-                    jsonl.write(json.dumps(record) + "\n")
-                    jsonl.flush()
-                    summary = "; ".join(
-                        f"{o.label} {o.score:.2f} {o.box.to_dict()['box']}"
-                        + (f" -> crop: {o.crop.label} {o.crop.score:.2f}" if o.crop else "")
-                        for o in found.objects
-                    )
-                    out_console.print(
-                        f"{result.source}: {summary or 'no object found'}", highlight=False
-                    )
-                    progress.advance(task)
-    out_console.print(f"boxes: {lines}")
-    if batches.skipped:
+        explainer = Explainer.from_config(config)
+    found = 0
+    with _progress(len(files)) as progress:
+        bars = EventBars(progress)
+        for done in localize_files(
+            files,
+            explainer,
+            out,
+            model=explainer.model if crops else None,
+            top=min(top, explainer.model.num_classes),  # a model may have fewer classes
+            min_score=min_score,
+            iou_threshold=iou,
+            output=output,
+            progress=bars,
+        ):
+            if done.localization is None:
+                continue
+            found += 1
+            summary = "; ".join(
+                f"{o.label} {o.score:.2f} {o.box.to_dict()['box']}"
+                + (f" -> crop: {o.crop.label} {o.crop.score:.2f}" if o.crop else "")
+                for o in done.localization.objects
+            )
+            say(f"{done.path}: {summary or 'no object found'}")
+    if found:
+        say(f"boxes: {out / 'boxes.jsonl'}")
+    else:
+        say(f"no image localized: {out / 'boxes.jsonl'} left as it was")
+    if bars.problems:
         raise typer.Exit(2)
-
-
-def _method_names(names: Sequence[str] | None) -> list[str]:
-    """``all`` stands for every method, ``gradients`` for every gradient method."""
-    from camlens.methods import METHODS
-
-    expanded: list[str] = []
-    for name in names or ["gradcam"]:
-        key = name.strip().lower()
-        if key == "all":
-            expanded.extend(METHODS)
-        elif key in ("gradient", "gradients"):
-            expanded.extend(n for n, m in METHODS.items() if m.needs == "gradients")
-        else:
-            expanded.append(name)
-    return list(dict.fromkeys(expanded))
 
 
 @app.command("evaluate")
@@ -596,12 +719,7 @@ def evaluate_command(
     ] = None,
     model: ModelOpt = None,
     weights: WeightsOpt = None,
-    method: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--method", help="a method (repeat for several; 'all', 'gradients'); a row each"
-        ),
-    ] = None,
+    method: MethodsOpt = None,
     layer: Annotated[str | None, typer.Option("--layer", help="target layer")] = None,
     threshold: ThresholdOpt = "0.2",
     tolerance: Annotated[
@@ -625,39 +743,50 @@ def evaluate_command(
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("camlens-eval"),
     device: DeviceOpt = "cpu",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
+    batch_size: BatchSizeOpt = 16,
+    smooth: SmoothOpt = None,
+    max_batch_memory: MaxBatchMemoryOpt = 512,
+    fast_channels: FastChannelsOpt = None,
+    fast_resolution: FastResolutionOpt = None,
 ) -> None:
     """Evaluate methods against ground-truth boxes: prints a table (a row per method), writes
     OUT/evaluation.json and OUT/deletion_insertion.png."""
+    from camlens.config import ExplainConfig
     from camlens.datasets import read_dataset
     from camlens.evaluate import evaluate
     from camlens.localize import parse_threshold
     from camlens.metrics import ROAD_PERCENTAGES
 
     with bad_input():
+        config = ExplainConfig(
+            model=model,
+            weights=_optional_path(weights),
+            device=device,
+            methods=tuple(method or ["gradcam"]),
+            layers=(layer,) if layer else (),
+            smooth=tuple(smooth or ()),
+            batch_size=batch_size,
+            max_batch_memory=_mib(max_batch_memory),
+            fast_channels=fast_channels,
+            fast_resolution=fast_resolution,
+        )
         box_threshold = parse_threshold(threshold)
         data = read_dataset(dataset, images)
         loaded = _load(model, weights, device)
         total = min(len(data), limit) if limit is not None else len(data)
         with _progress(total) as progress:
-            task = progress.add_task("evaluating", total=total)
             report = evaluate(
                 loaded,
                 data,
-                _method_names(method),
-                layer=layer,
+                config=config,
                 threshold=box_threshold,
                 tolerance=tolerance,
                 iou_threshold=iou,
                 faithfulness=faithfulness,
                 steps=steps,
                 road_percentages=ROAD_PERCENTAGES if road_metric else (),
-                batch_size=batch_size,
                 limit=limit,
-                on_problem=lambda message: progress.console.print(
-                    f"camlens: {message}", style="red", highlight=False, soft_wrap=True
-                ),
-                on_image=lambda _: progress.advance(task),
+                progress=EventBars(progress),
             )
     if report.evaluated:
         out_console.print(report.table())
@@ -674,6 +803,54 @@ def evaluate_command(
             f"{report.evaluated} of {report.images} images evaluated"
         )
         raise typer.Exit(2)
+
+
+@app.command("synthetic")
+def synthetic_command(
+    out: Annotated[Path, typer.Argument(help="output folder")],
+    count: Annotated[int, typer.Option("--count", min=1, help="number of images")] = 200,
+    seed: Annotated[int, typer.Option("--seed", help="random seed")] = 0,
+    size: Annotated[int, typer.Option("--size", min=8, help="image side in pixels")] = 64,
+    objects: Annotated[int, typer.Option("--objects", min=1, help="objects per image")] = 1,
+    train_model: Annotated[
+        bool,
+        typer.Option(
+            "--train",
+            help="also train the synthetic CNN on OUT/train (--count images) and write "
+            "OUT/model.pt, for `camlens evaluate OUT/test/annotations.json --model synthetic "
+            "--weights OUT/model.pt`",
+        ),
+    ] = False,
+) -> None:
+    """Write a synthetic localization set (COCO JSON); with --train, a training set, a held-out
+    set and a model trained on the first (OUT/train, OUT/test, OUT/model.pt)."""
+    import torch
+
+    from camlens.datasets import make_synthetic
+    from camlens.train import train_synthetic_model
+
+    if train_model and objects != 1:
+        fail(
+            "--train makes one object per image (the CNN learns each image's class): drop --objects"
+        )
+    with bad_input():
+        if not train_model:
+            written = make_synthetic(out, count, seed=seed, size=size, objects=objects)
+            out_console.print(str(written), highlight=False, soft_wrap=True)
+            return
+        train_set = make_synthetic(out / "train", count, seed=seed, size=size)
+        test_set = make_synthetic(out / "test", max(count // 4, 1), seed=seed + 1, size=size)
+        with _progress() as progress:
+            model = train_synthetic_model(
+                train_set, seed=seed, threads=1, progress=EventBars(progress)
+            )
+    weights = out / "model.pt"
+    torch.save(model.net.state_dict(), weights)
+    out_console.print(
+        f"training set: {train_set}\nheld-out set: {test_set}\nmodel: {weights}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command()

@@ -26,7 +26,7 @@ from typing import Any, Literal
 from camlens.devices import check_device
 from camlens.errors import CamlensError, ClassError, MethodError
 from camlens.images import MAX_PIXELS
-from camlens.localize import check_threshold, parse_threshold
+from camlens.localize import Threshold, check_threshold, parse_threshold
 from camlens.methods import METHODS, get_method
 from camlens.render import check_alpha, check_cmap
 from camlens.smoothing import SMOOTHERS
@@ -65,13 +65,15 @@ class ExplainConfig:
     ``model``/``weights``: a spec for :func:`camlens.load_model` (None: the embedded default) and
     its local weights file. ``methods``: names or groups (``all``, ``gradients``, ``scores``),
     stored as canonical names. ``layers``: target layer names (empty: the automatic one).
+    ``layers=("all",)``: every spatial layer of the automatic layer's kind, in depth order.
     ``classes`` (indices or names, for every image) or ``top`` (the top K predicted classes; 1
     when neither is given). ``smooth``: ``tta`` and/or ``pca``; ``tta_flips``/``tta_scales`` the
     test-time augmentations. ``batch_size`` images per forward pass; ``max_batch_memory`` bytes per
     batch of masked or ablated passes; ``fast_channels``/``fast_resolution`` the approximate modes
     of the perturbation methods; ``use_head_gradients`` takes a GAP -> Linear head's gradients from
     its weights; ``channels_last`` the masked passes' memory format. ``input_size`` (height, width)
-    replaces the model's input size; ``max_pixels`` refuses larger image files.
+    replaces the model's input size; ``max_pixels`` refuses larger image files. ``relu=False``
+    keeps each map's sign (min-max of the raw map, see :func:`camlens.maps.normalize`).
     """
 
     model: str | None = None
@@ -92,6 +94,7 @@ class ExplainConfig:
     channels_last: bool = True
     input_size: tuple[int, int] | None = None
     max_pixels: int = MAX_PIXELS
+    relu: bool = True
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalized values are set once, here
@@ -122,7 +125,7 @@ class ExplainConfig:
         if self.fast_resolution is not None:
             value = _number(self.fast_resolution, "fast_resolution")
             if not 0 < value <= 1:
-                raise CamlensError(f"fast_resolution must be in (0, 1], not {value:g}")
+                raise CamlensError(f"fast_resolution must be in (0, 1], not {value}")
             set_(self, "fast_resolution", value)
         set_(self, "use_head_gradients", _flag(self.use_head_gradients, "use_head_gradients"))
         set_(self, "channels_last", _flag(self.channels_last, "channels_last"))
@@ -132,6 +135,9 @@ class ExplainConfig:
                 raise CamlensError(f"input_size must be (height, width), not {list(size)}")
             set_(self, "input_size", tuple(_integer(n, "input_size", 8) for n in size))
         set_(self, "max_pixels", _integer(self.max_pixels, "max_pixels", 1))
+        set_(self, "relu", _flag(self.relu, "relu"))
+        if "all" in self.layers and len(self.layers) > 1:
+            raise CamlensError("layers: 'all' stands for every layer; give it alone")
 
     # --- JSON -------------------------------------------------------------------------------------
 
@@ -160,12 +166,16 @@ class ExplainConfig:
 class OutputConfig:
     """How results are drawn and written: the overlays' colormap and heatmap opacity ``alpha``;
     ``boxes``: none, the ``largest`` region of each map or ``all`` its regions, found at
-    ``threshold`` (a fraction of the map's maximum, or ``"otsu"``)."""
+    ``threshold`` (a fraction of the map's maximum, or ``"otsu"``); ``panels``: also a
+    "photo | heatmap | overlay" picture per map; ``grids``: also one picture per image with all
+    its maps (the layers in depth order)."""
 
     cmap: str = "jet"
     alpha: float = 0.5
     boxes: BoxMode | None = None
-    threshold: float | str = 0.2
+    threshold: Threshold = 0.2
+    panels: bool = False
+    grids: bool = False
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -179,6 +189,8 @@ class OutputConfig:
             else check_threshold(self.threshold)
         )
         set_(self, "threshold", threshold)
+        set_(self, "panels", _flag(self.panels, "panels"))
+        set_(self, "grids", _flag(self.grids, "grids"))
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,9 +33,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from camlens.datasets import Annotated, Dataset, GroundTruth, check_boxes, read_dataset
+from camlens.config import ExplainConfig
+from camlens.datasets.readers import Annotated, Dataset, GroundTruth, check_boxes, read_dataset
 from camlens.errors import CamlensError
-from camlens.localize import CAM_THRESHOLD, Box, Threshold, boxes_from_map, check_threshold
+from camlens.localize import CAM_THRESHOLD, Threshold, boxes_from_map, check_threshold
 from camlens.metrics import (
     LOCALIZATION_IOU,
     POINTING_TOLERANCE,
@@ -53,6 +54,8 @@ from camlens.metrics import (
     road,
     top_k_localization,
 )
+from camlens.progress import Event, Progress
+from camlens.types import Box
 
 if TYPE_CHECKING:
     from camlens.models import Model
@@ -192,8 +195,8 @@ def evaluate(
     batch_size: int = 16,
     limit: int | None = None,
     images: str | Path | None = None,
-    on_problem: Callable[[str], None] | None = None,
-    on_image: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
+    config: ExplainConfig | None = None,
 ) -> Report:
     """Evaluates ``methods`` (names, see ``camlens methods``) of ``model`` on ``dataset`` (a
     :class:`~camlens.datasets.Dataset`, a COCO JSON file or a Pascal VOC folder; ``images``: where
@@ -204,8 +207,14 @@ def evaluate(
     skips the perturbation metrics (the slow part: ``2 * (steps + 1) + 2 * len(road_percentages)
     + 2`` forward passes per image and method, and ``2 * len(road_percentages)`` sparse solves of
     up to H * W unknowns for ROAD); ``road_percentages=()`` skips ROAD alone. ``limit``: evaluate only the
-    first images. ``on_problem`` is called with each message about bad input as it is found,
-    ``on_image`` with each image's name when it is done.
+    first images. ``progress`` is called with an :class:`~camlens.progress.Event` of task
+    ``"images"`` (``total``: the images to evaluate) for each message about bad input as it is
+    found (``problem`` set; the image it is about is counted when it is done) and for each image
+    when it is done (``item``: its name).
+
+    ``config``: an :class:`~camlens.config.ExplainConfig` to explain with (its methods, layers,
+    batch size, smoothing and fast modes; its classes and top are not used: the evaluation picks
+    the top 5 and the ground-truth classes), instead of ``methods``, ``layer`` and ``batch_size``.
     """
     from camlens.explain import Explainer
     from camlens.images import load_image, preprocess
@@ -217,17 +226,32 @@ def evaluate(
     if batch_size < 1:
         raise CamlensError(f"batch_size must be at least 1, not {batch_size}")
     data = dataset if isinstance(dataset, Dataset) else read_dataset(dataset, images)
+    items = data.items[:limit] if limit is not None else data.items
     problems: list[str] = []
+    done = 0
+
+    def report(event: Event) -> None:
+        if progress is not None:
+            progress(event)
 
     def problem(message: str) -> None:
         problems.append(message)
-        if on_problem is not None:
-            on_problem(message)
+        report(Event("images", done, len(items), problem=message))
+
+    def finished(sources: Sequence[str]) -> None:
+        nonlocal done
+        for source in sources:
+            done += 1
+            report(Event("images", done, len(items), item=source))
 
     for message in data.problems:
         problem(message)
     loaded = model if isinstance(model, ModelClass) else load_model(model)
-    explainer = Explainer(loaded, method=methods, layer=layer, batch_size=batch_size)
+    if config is not None:
+        explainer = Explainer.from_config(config.replace(classes=(), top=None), loaded)
+        batch_size = explainer.batch_size
+    else:
+        explainer = Explainer(loaded, method=methods, layer=layer, batch_size=batch_size)
     names = [m.name for m in explainer.methods]
 
     # Ground-truth class names -> the model's classes.
@@ -241,7 +265,6 @@ def evaluate(
                 where = "1 image" if count == 1 else f"{count} images"
                 problem(f"{data.path}: {exc}; its objects (in {where}) are left out")
 
-    items = data.items[:limit] if limit is not None else data.items
     top = min(5, loaded.num_classes)
     state = _State(names)
     evaluated = 0
@@ -263,9 +286,7 @@ def evaluate(
                 skipped.append(str(item.image))
                 continue
             batch.append((item, photo, known))
-        if on_image is not None:
-            for source in skipped:
-                on_image(source)
+        finished(skipped)
         if not batch:
             continue
         sources = [str(item.image) for item, _, _ in batch]
@@ -297,9 +318,7 @@ def evaluate(
                 _faithfulness(loaded, x, picked, method, steps, road_percentages, batch_size, state)
             state.records.extend(record for record, _ in picked)
         evaluated += len(batch)
-        if on_image is not None:
-            for source in sources:
-                on_image(source)
+        finished(sources)
 
     rows_out = {m: state.aggregate(m, faithfulness) for m in names}
     curves: dict[str, dict[str, Curve]] = {}

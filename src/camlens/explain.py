@@ -1,10 +1,11 @@
-"""`Explainer`: runs the model once per batch, takes the gradients the methods need, and returns an
-`Explanation` per image."""
+"""`Explainer`: a thin facade over the pipeline (preprocess, capture, methods, normalize) that
+returns an `Explanation` per image; one Explainer may be shared by several threads."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from types import TracebackType
@@ -16,19 +17,25 @@ from PIL import Image
 from torch import nn
 
 from camlens import smoothing
+from camlens.capture import Capture, Settings, Target, find_targets
+from camlens.config import ExplainConfig, resolve_methods
+from camlens.devices import check_device
 from camlens.errors import CamlensError, ClassError, MethodError
-from camlens.explanation import ClassMap, Explanation, Prediction
-from camlens.images import load_image, preprocess, tensor_to_image
-from camlens.layers import CamHead, auto_layer, find_cam_head, probe_input, require_cam_head
+from camlens.explanation import CallStats, ClassMap, Explanation
+from camlens.images import MAX_PIXELS, load_image, preprocess, tensor_to_image
+from camlens.layers import CamHead, auto_layer, check_input_size, layers_like_auto, probe_input
 from camlens.maps import normalize
-from camlens.methods import Method, get_method
-from camlens.methods.perturbation import Progress, Scorer
+from camlens.methods import METHODS, Method, get_method
 from camlens.models import Model, load_model
-from camlens.replay import Replay, build_replay, forward_bytes
-from camlens.taps import LayerSpec, Taps
+from camlens.modes import eval_mode
+from camlens.progress import Progress
+from camlens.replay import forward_bytes, plan_replay
+from camlens.taps import RUNS, LayerSpec
+from camlens.types import Prediction
 
 ImageInput = str | Path | Image.Image | np.ndarray | torch.Tensor
 ClassSpec = int | str
+Classes = ClassSpec | Sequence[ClassSpec] | Sequence[Sequence[ClassSpec]]
 TOP_PREDICTIONS = 5
 
 
@@ -36,31 +43,45 @@ class Explainer:
     """Explains a classifier's decisions with one or more methods at one or more layers.
 
     >>> model = camlens.load_model()                                  # doctest: +SKIP
-    >>> with camlens.Explainer(model, method="gradcam") as ex:         # doctest: +SKIP
-    ...     result = ex.explain("photo.jpg", top=3)
-    ...     result.save("out/")
+    >>> explainer = camlens.Explainer(model, method="gradcam")        # doctest: +SKIP
+    >>> result = explainer.explain("photo.jpg", top=3)                # doctest: +SKIP
+    >>> result.save("out/")                                           # doctest: +SKIP
 
     ``model``: a :class:`Model`, a spec for :func:`load_model` or an ``nn.Module``.
-    ``method``: a name or several (see ``camlens methods``). ``layer``: a name or module, or several;
-    the last spatial layer by default (see ``camlens layers``).
+    ``method``: a name, a group (``all``, ``gradients``, ``scores``) or several (see ``camlens
+    methods``); a :class:`~camlens.methods.Method` with options is taken as it is. ``layer``: a
+    name or module, or several; the last spatial layer by default (see ``camlens layers``);
+    ``"all"``: every spatial layer of the automatic layer's kind, in depth order.
+    ``input_size`` (height, width): explain at another size than the model's own (a model whose
+    head reads a fixed grid is refused). ``relu=False``: signed maps (min-max of the raw map).
+    ``classes``/``top``: what :meth:`explain` explains when a call says neither (by default the
+    top class). :meth:`from_config` builds one from an :class:`~camlens.config.ExplainConfig`.
 
     One forward pass per batch serves every class, layer and method. Gradients are taken with
-    ``torch.autograd.grad`` with respect to the tapped activations only, and the autograd graph
-    covers only the layers after them. Where a layer feeds a GAP -> Linear head (checked
-    numerically), the gradient of every class is known from the head's weights, so CAM and the
-    gradient methods there need no backward pass at all, whatever the number of classes.
+    ``torch.autograd.grad`` with respect to the tapped activations only, for every requested class
+    in one batched backward pass, and the autograd graph covers only the layers after them. Where
+    a layer feeds a GAP -> Linear head (checked numerically), the gradient of every class is known
+    from the head's weights, so CAM and the gradient methods there need no backward pass at all.
 
     The perturbation methods (Score-CAM, Ablation-CAM...) run further passes after that one: the
     logits of each masked input (or ablated activation) serve every requested class of every
     image, batched across images, at most ``max_batch_memory`` bytes at a time (an estimate), in
     inference mode. ``fast_channels`` and ``fast_resolution`` trade accuracy for speed there (off by
-    default; see :class:`~camlens.methods.perturbation.Scorer`); ``progress(done, total)`` is called
-    as their passes go. ``channels_last``: the masked inputs go to the model in the channels-last
-    memory format, which takes 27-42% less time on the CPU here (benchmarks/channels_last.py).
+    default; see :class:`~camlens.methods.perturbation.Scorer`). ``channels_last``: the masked
+    inputs go to the model in the channels-last memory format, which takes 27-42% less time on
+    the CPU here (benchmarks/channels_last.py).
 
     ``smooth``: ``"tta"`` (test-time augmentation: the maps of flipped and rescaled inputs,
     ``augmentations``, undone and averaged) and/or ``"pca"`` (the first principal component of the
     weighted activations instead of their sum); see :mod:`camlens.smoothing`.
+
+    Threads: several threads may call one Explainer at once, and each gets what it would get
+    alone. Nothing is changed on the Explainer by a call; hooks are added per call and see only
+    their own thread's passes; eval mode is held while any call runs and each module's own mode
+    is restored when the last one ends. What a call cost comes back on each result
+    (:attr:`Explanation.stats`). Hooks, modes and flags of the model are left as they were found.
+    ``close()`` (or leaving a ``with`` block) drops what the Explainer traced of the model; it
+    cannot be used after that.
     """
 
     def __init__(
@@ -78,57 +99,137 @@ class Explainer:
         fast_channels: int | None = None,
         fast_resolution: float | None = None,
         channels_last: bool = True,
-        progress: Progress | None = None,
+        input_size: tuple[int, int] | None = None,
+        max_pixels: int = MAX_PIXELS,
+        relu: bool = True,
+        classes: Classes | None = None,
+        top: int | None = None,
     ) -> None:
+        given = [method] if isinstance(method, str | Method) else list(method)
+        if not given:
+            raise MethodError("no method given: choose one or more of " + ", ".join(METHODS))
+        chosen: dict[str, Method] = {}
+        for m in given:
+            for one in [m] if isinstance(m, Method) else map(get_method, resolve_methods(m)):
+                chosen.setdefault(one.name, one)
+        self.methods = list(chosen.values())
+        options = ExplainConfig(  # checks every option before any model is touched
+            device=str(device) if device is not None else "cpu",
+            methods=tuple(chosen),
+            smooth=(smooth,) if isinstance(smooth, str) else tuple(smooth or ()),
+            batch_size=batch_size,
+            max_batch_memory=max_batch_memory,
+            fast_channels=fast_channels,
+            fast_resolution=fast_resolution,
+            use_head_gradients=use_head_gradients,
+            channels_last=channels_last,
+            input_size=input_size,
+            max_pixels=max_pixels,
+            relu=relu,
+        )
+        self.max_pixels = options.max_pixels
+        self.relu = options.relu
         self.model = model if isinstance(model, Model) else load_model(model)
         if device is not None:
-            self.model.to(device)
-        names = [method] if isinstance(method, str | Method) else list(method)
-        if not names:
-            raise MethodError("no method given")
-        self.methods: list[Method] = [m if isinstance(m, Method) else get_method(m) for m in names]
-        self.smooth = {smooth} if isinstance(smooth, str) else set(smooth or ())
-        if self.smooth - set(smoothing.SMOOTHERS):
-            raise MethodError(
-                f"unknown smoothing {sorted(self.smooth - set(smoothing.SMOOTHERS))}: "
-                f"choose from {', '.join(smoothing.SMOOTHERS)}"
+            self.model.to(check_device(device))
+        if options.input_size is not None:
+            check_input_size(self.model, options.input_size)
+            self.model = replace(
+                self.model, preprocess=replace(self.model.preprocess, input_size=options.input_size)
             )
+        self.smooth = set(options.smooth)
         self.augmentations = (
             smoothing.Augmentation(),
             *[a for a in augmentations if a != smoothing.Augmentation()],
         )
-        if max_batch_memory < 1:
-            raise MethodError(f"max_batch_memory must be positive, not {max_batch_memory}")
-        if fast_channels is not None and fast_channels < 1:
-            raise MethodError(f"fast_channels must be at least 1, not {fast_channels}")
-        if fast_resolution is not None and not 0 < fast_resolution <= 1:
-            raise MethodError(f"fast_resolution must be in (0, 1], not {fast_resolution}")
-        self.max_batch_memory = max_batch_memory
-        self.fast_channels = fast_channels
-        self.fast_resolution = fast_resolution
-        self.progress = progress
-        self.channels_last = channels_last
-        self.passes = 0  # rows the perturbation methods have run through the model so far
-        self._row_bytes: int | None = None
-        self._replays: dict[str, Replay] = {}
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
-        self.batch_size = batch_size
+        self.batch_size = options.batch_size
+        self.classes, self.top = classes, top
+        self.resolve_classes(classes, top, 1)  # checks the default classes against the model
         if layer is None:
             layers: list[LayerSpec] = [auto_layer(self.model)]
+        elif layer == "all" or (isinstance(layer, Sequence) and list(layer) == ["all"]):
+            layers = list(layers_like_auto(self.model))
         elif isinstance(layer, str | nn.Module):
             layers = [layer]
         else:
             layers = list(layer)
-        self.layers = Taps(self.model.net, layers).names  # resolves names, raises LayerError
-        self.heads = self._probe_heads()
-        for name in self.layers:
-            if any(m.needs == "head" for m in self.methods):
-                require_cam_head(self.heads[name], self.model, name, self._channels[name])
-        # Layers whose class-score gradients come from the head's weights, with no backward pass.
-        self.head_gradients = {
-            n for n, h in self.heads.items() if h is not None and use_head_gradients
-        }
+        targets = find_targets(self.model, layers)
+        if any(m.needs == "head" for m in self.methods):
+            for target in targets:
+                target.require_head(self.model)
+        scores = any(m.needs == "scores" for m in self.methods)
+        if scores:
+            targets = [
+                replace(t, replay=plan_replay(self.model.net, t.name, t.module, t.adapter, t.head))
+                for t in targets
+            ]
+        self._targets: tuple[Target, ...] = tuple(targets)
+        self._settings = Settings(
+            head_gradients=options.use_head_gradients,
+            max_batch_memory=options.max_batch_memory,
+            fast_channels=options.fast_channels,
+            fast_resolution=options.fast_resolution,
+            channels_last=options.channels_last,
+            row_bytes=forward_bytes(self.model.net, probe_input(self.model)) if scores else None,
+        )
+        self.config = options.replace(
+            device=str(self.model.device),
+            model=getattr(self.model, "spec", None),
+            weights=_optional_str(getattr(self.model, "weights", None)),
+            layers=tuple(t.name for t in targets),
+            classes=(),
+            top=None,
+        )
+        self._closed = False
+
+    @classmethod
+    def from_config(cls, config: ExplainConfig, model: Model | None = None) -> Explainer:
+        """The Explainer ``config`` describes; ``model`` (already loaded from ``config.model``,
+        say, to share it between Explainers) instead of loading it again."""
+        if model is None:
+            model = load_model(config.model, weights=config.weights, device=config.device)
+        return cls(
+            model,
+            method=list(config.methods),
+            layer=list(config.layers) or None,
+            device=config.device,
+            batch_size=config.batch_size,
+            use_head_gradients=config.use_head_gradients,
+            smooth=list(config.smooth),
+            augmentations=smoothing.augmentations(config.tta_flips, config.tta_scales),
+            max_batch_memory=config.max_batch_memory,
+            fast_channels=config.fast_channels,
+            fast_resolution=config.fast_resolution,
+            channels_last=config.channels_last,
+            input_size=config.input_size,
+            max_pixels=config.max_pixels,
+            relu=config.relu,
+            classes=list(config.classes) or None,
+            top=config.top,
+        )
+
+    # --- what it was built with ------------------------------------------------------------------
+
+    @property
+    def layers(self) -> list[str]:
+        return [t.name for t in self._targets]
+
+    @property
+    def heads(self) -> dict[str, CamHead | None]:
+        """The GAP -> Linear head each layer feeds, or None."""
+        return {t.name: t.head for t in self._targets}
+
+    @property
+    def head_gradients(self) -> set[str]:
+        """Layers whose class-score gradients come from the head's weights, with no backward pass."""
+        if not self._settings.head_gradients:
+            return set()
+        return {t.name for t in self._targets if t.head is not None}
+
+    def close(self) -> None:
+        """Drops the replays traced from the model; the Explainer cannot be used after."""
+        self._targets = tuple(replace(t, replay=None) for t in self._targets)
+        self._closed = True
 
     def __enter__(self) -> Explainer:
         return self
@@ -139,28 +240,19 @@ class Explainer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        pass  # hooks live only inside each call; nothing to release
+        self.close()
 
-    def _probe_heads(self) -> dict[str, CamHead | None]:
-        """One probe forward pass: checks every layer gives a spatial map and finds the GAP ->
-        Linear head each layer feeds, if any."""
-        net = self.model.net
-        with _eval_mode(net), Taps(net, self.layers) as taps, torch.inference_mode():
-            logits = net(probe_input(self.model))
-        self._channels = {name: int(a.shape[1]) for name, a in taps.activations.items()}
-        return {
-            name: find_cam_head(self.model, name, taps.activations[name], logits)
-            for name in self.layers
-        }
+    # --- explaining ------------------------------------------------------------------------------
 
     @overload
     def explain(  # type: ignore[overload-overlap]  # a str is a Sequence too: this one wins
         self,
         inputs: str | Path | Image.Image | np.ndarray,
         *,
-        classes: ClassSpec | Sequence[ClassSpec] | Sequence[Sequence[ClassSpec]] | None = None,
+        classes: Classes | None = None,
         top: int | None = None,
         names: Sequence[str] | None = None,
+        progress: Progress | None = None,
     ) -> Explanation: ...
 
     @overload
@@ -168,9 +260,10 @@ class Explainer:
         self,
         inputs: Sequence[ImageInput],
         *,
-        classes: ClassSpec | Sequence[ClassSpec] | Sequence[Sequence[ClassSpec]] | None = None,
+        classes: Classes | None = None,
         top: int | None = None,
         names: Sequence[str] | None = None,
+        progress: Progress | None = None,
     ) -> list[Explanation]: ...
 
     @overload
@@ -178,18 +271,20 @@ class Explainer:
         self,
         inputs: torch.Tensor,
         *,
-        classes: ClassSpec | Sequence[ClassSpec] | Sequence[Sequence[ClassSpec]] | None = None,
+        classes: Classes | None = None,
         top: int | None = None,
         names: Sequence[str] | None = None,
+        progress: Progress | None = None,
     ) -> Explanation | list[Explanation]: ...
 
     def explain(
         self,
         inputs: ImageInput | Sequence[ImageInput],
         *,
-        classes: ClassSpec | Sequence[ClassSpec] | Sequence[Sequence[ClassSpec]] | None = None,
+        classes: Classes | None = None,
         top: int | None = None,
         names: Sequence[str] | None = None,
+        progress: Progress | None = None,
     ) -> Explanation | list[Explanation]:
         """Maps for ``inputs``: a path, a PIL image, an RGB array, a normalized [3, H, W] tensor
         (one image -> one :class:`Explanation`), or a list of those or an [N, 3, H, W] batch
@@ -197,48 +292,57 @@ class Explainer:
 
         ``classes``: class indices or names for every image (``[285, "espresso"]``), or one list per
         image (a list of lists, as long as the inputs); otherwise the ``top`` (default 1) predicted
-        classes of each image. ``names``: how reports name the inputs (default: their paths, or
-        ``<image N>``).
+        classes of each image (when a call gives neither, the Explainer's own ``classes``/``top``).
+        ``names``: how reports name the inputs (default: their paths, or ``<image N>``).
+        ``progress`` gets the perturbation methods' :class:`~camlens.progress.Event` s.
+
+        All or nothing: a path that cannot be read raises (an
+        :class:`~camlens.errors.ImageError` naming it) and no image of the call is explained.
+        :func:`camlens.batch.explain_files` reads a list of files the other way: every readable
+        one explained, every other one reported.
         """
         single = isinstance(inputs, str | Path | Image.Image | np.ndarray) or (
             isinstance(inputs, torch.Tensor) and inputs.ndim == 3
         )
-        items = _as_items(inputs, names)
-        per_image = self.resolve_classes(classes, top, len(items))
-        results: list[Explanation] = []
-        for start in range(0, len(items), self.batch_size):
-            chunk = items[start : start + self.batch_size]
-            wanted = per_image[start : start + self.batch_size] if per_image else None
-            results.extend(self._explain_batch(chunk, wanted, top or 1, start))
+        batches = self.iter_explain(
+            inputs, classes=classes, top=top, names=names, progress=progress
+        )
+        results = [result for batch in batches for result in batch]
         return results[0] if single else results
 
     def iter_explain(
         self,
-        inputs: Sequence[ImageInput],
+        inputs: ImageInput | Sequence[ImageInput],
         *,
-        classes: ClassSpec | Sequence[ClassSpec] | Sequence[Sequence[ClassSpec]] | None = None,
+        classes: Classes | None = None,
         top: int | None = None,
         names: Sequence[str] | None = None,
+        progress: Progress | None = None,
     ) -> Iterator[list[Explanation]]:
         """Like :meth:`explain` for a list, but yields each batch's explanations as it is done."""
-        items = _as_items(inputs, names)
+        if self._closed:
+            raise CamlensError("this Explainer is closed")
+        items = _as_items(inputs, names, self.max_pixels)
+        if classes is None and top is None:
+            classes, top = self.classes, self.top
         per_image = self.resolve_classes(classes, top, len(items))
         for start in range(0, len(items), self.batch_size):
             chunk = items[start : start + self.batch_size]
             wanted = per_image[start : start + self.batch_size] if per_image else None
-            yield self._explain_batch(chunk, wanted, top or 1, start)
+            yield self._explain_batch(chunk, wanted, top or 1, start, progress)
 
     def resolve_classes(
-        self,
-        classes: ClassSpec | Sequence[ClassSpec] | Sequence[Sequence[ClassSpec]] | None,
-        top: int | None,
-        count: int,
+        self, classes: Classes | None, top: int | None, count: int
     ) -> list[list[int]] | None:
         """The class indices to explain for each of ``count`` images, or None for the top classes;
         raises ClassError for unknown classes, a list of lists of the wrong length, or both
         ``classes`` and ``top``."""
         if classes is None:
-            if top is not None and not 1 <= top <= self.model.num_classes:
+            if top is not None and (
+                isinstance(top, bool)
+                or not isinstance(top, int)
+                or not 1 <= top <= self.model.num_classes
+            ):
                 raise ClassError(f"top must be between 1 and {self.model.num_classes}, not {top}")
             return None
         if top is not None:
@@ -260,24 +364,44 @@ class Explainer:
         return [flat] * count
 
     def _explain_batch(
-        self, items: list[_Item], wanted: list[list[int]] | None, top: int, offset: int
+        self,
+        items: list[_Item],
+        wanted: list[list[int]] | None,
+        top: int,
+        offset: int,
+        progress: Progress | None,
     ) -> list[Explanation]:
+        started = time.perf_counter()
         model = self.model
-        photos = [item.image for item in items]
         if all(item.tensor is None for item in items):
-            x = preprocess([p for p in photos if p is not None], model.preprocess)
+            x = preprocess(
+                [item.image for item in items if item.image is not None], model.preprocess
+            )
         else:
             x = torch.stack([item.tensor_or(model) for item in items])
         x = x.to(model.device)
-        probs, chosen, per_image = self._class_maps(x, wanted, top)
-        if "tta" in self.smooth:  # the same classes, explained on each augmented input
-            runs = [per_image]
-            runs += [
-                self._class_maps(aug.apply(x), chosen, top)[2] for aug in self.augmentations[1:]
-            ]
-            per_image = smoothing.merge_augmented(runs, self.augmentations)
-        results = []
+        with eval_mode(model.net), RUNS.shared():
+            capture = self._capture(x, progress)
+            chosen = capture.probs.topk(top, dim=1).indices.tolist() if wanted is None else wanted
+            per_image = self._class_maps(capture, chosen)
+            captures = [capture]
+            if "tta" in self.smooth:  # the same classes, explained on each augmented input
+                runs = [per_image]
+                for aug in self.augmentations[1:]:
+                    captures.append(self._capture(aug.apply(x), progress))
+                    runs.append(self._class_maps(captures[-1], chosen))
+                per_image = smoothing.merge_augmented(runs, self.augmentations)
+        stats = CallStats(
+            images=len(items),
+            forward_passes=len(captures),
+            backward_passes=sum(c.backward_passes for c in captures),
+            perturbation_passes=sum(c.perturbation_passes for c in captures),
+            seconds=time.perf_counter() - started,
+            replays=tuple(sorted(capture.replay_kinds.items())),
+        )
+        probs = capture.probs
         top_p, top_i = probs.topk(min(TOP_PREDICTIONS, model.num_classes), dim=1)
+        results = []
         for b, item in enumerate(items):
             predictions = [
                 Prediction(int(i), model.labels[int(i)], float(p))
@@ -298,61 +422,43 @@ class Explainer:
                     model=model.name,
                     predictions=predictions,
                     maps=per_image[b],
+                    stats=stats,
                 )
             )
         return results
 
-    def _class_maps(
-        self, x: torch.Tensor, wanted: list[list[int]] | None, top: int
-    ) -> tuple[torch.Tensor, list[list[int]], list[list[ClassMap]]]:
-        """One forward pass on ``x`` (plus backward or perturbation passes where methods need
-        them) -> (probabilities, the classes explained per image, the maps per image)."""
-        model = self.model
-        grad_layers = [
-            name
-            for name in self.layers
-            if name not in self.head_gradients and any(m.needs == "gradients" for m in self.methods)
+    def _capture(self, x: torch.Tensor, progress: Progress | None) -> Capture:
+        autograd = [
+            t.name
+            for t in self._targets
+            if not (t.head is not None and self._settings.head_gradients)
+            and any(m.needs == "gradients" for m in self.methods)
         ]
-        with (
-            _eval_mode(model.net),
-            Taps(model.net, self.layers, gradients=bool(grad_layers)) as taps,
-        ):
-            if grad_layers:
-                with torch.no_grad():
-                    logits = model.net(x)
-            else:
-                with torch.inference_mode():
-                    logits = model.net(x)
-            acts = dict(taps.activations)
-        probs = torch.softmax(logits.detach().float(), dim=1)
-        chosen = probs.topk(top, dim=1).indices.tolist() if wanted is None else wanted
+        return Capture(
+            self.model,
+            self._targets,
+            x,
+            gradients=autograd,
+            settings=self._settings,
+            progress=progress,
+        )
+
+    def _class_maps(self, capture: Capture, chosen: list[list[int]]) -> list[list[ClassMap]]:
+        """The maps of the classes ``chosen`` for each image, per layer, rank and method, from
+        one capture."""
+        model = self.model
         depth = max(len(cs) for cs in chosen)
-        index = torch.tensor([cs + [cs[-1]] * (depth - len(cs)) for cs in chosen], device=x.device)
-        valid = torch.tensor([[j < len(cs) for j in range(depth)] for cs in chosen])
-
-        # gradients[layer][j]: d score(class chosen[:, j]) / d activations, for every rank j
-        gradients: dict[str, list[torch.Tensor]] = {name: [] for name in grad_layers}
-        for j in range(depth):
-            if not grad_layers:
-                break
-            score = (logits.gather(1, index[:, j : j + 1]) * valid[:, j : j + 1].to(x.device)).sum()
-            grads = torch.autograd.grad(
-                score, [acts[name] for name in grad_layers], retain_graph=j < depth - 1
-            )
-            for name, g in zip(grad_layers, grads, strict=True):
-                gradients[name].append(g)
-
+        # each image's class list padded with its last class, so that ranks form a tensor
+        index = torch.tensor(
+            [cs + [cs[-1]] * (depth - len(cs)) for cs in chosen], device=capture.x.device
+        )
+        reduce = smoothing.pca_map if "pca" in self.smooth else None
         per_image: list[list[ClassMap]] = [[] for _ in chosen]
-        for name in self.layers:
-            a = acts[name].detach()
-            with _eval_mode(model.net):
-                raws = [
-                    self._raw_maps(m, name, a, gradients.get(name, []), index, x, logits.detach())
-                    for m in self.methods
-                ]
+        for target in self._targets:
+            raws = [m.maps(capture, target.name, index, reduce) for m in self.methods]
             for j in range(depth):
                 for method, raw in zip(self.methods, raws, strict=True):
-                    maps, flat = normalize(raw[:, j].detach())
+                    maps, flat = normalize(raw[:, j].detach(), relu=self.relu)
                     for b, cs in enumerate(chosen):
                         if j < len(cs):
                             c = cs[j]
@@ -360,125 +466,18 @@ class Explainer:
                                 ClassMap(
                                     c,
                                     model.labels[c],
-                                    float(probs[b, c]),
+                                    float(capture.probs[b, c]),
                                     method.name,
-                                    name,
+                                    target.name,
                                     maps[b],
                                     bool(flat[b]),
                                 )
                             )
-        return probs, chosen, per_image
-
-    def _raw_maps(
-        self,
-        method: Method,
-        layer: str,
-        a: torch.Tensor,
-        gradients: list[torch.Tensor],
-        index: torch.Tensor,
-        x: torch.Tensor,
-        logits: torch.Tensor,
-    ) -> torch.Tensor:
-        """``method``'s maps before ReLU and normalization for every rank of ``index`` [N, D]:
-        [N, D, h, w]. With "pca" smoothing, a separable method's per-channel terms are reduced to
-        their first principal component instead of summed."""
-        pca = "pca" in self.smooth and method.separable
-        options = dict(method.options)
-        if method.needs == "activations":
-            raw: torch.Tensor = method.fn(a, **options)
-            return raw[:, None].expand(-1, index.shape[1], -1, -1)
-        if method.needs == "scores":
-            scorer = self._scorer(layer, x, logits, index, a)
-            weights = method.fn(a, scorer, **options).to(a.dtype)
-            self.passes += scorer.passes
-            if pca:
-                per_rank = [weights[:, j, :, None, None] * a for j in range(index.shape[1])]
-                return torch.stack([smoothing.pca_map(t) for t in per_rank], dim=1)
-            return torch.einsum("ndk,nkhw->ndhw", weights, a)
-        maps = []
-        for j in range(index.shape[1]):
-            if method.needs == "head" or layer in self.head_gradients:
-                head = self.heads[layer]
-                assert head is not None  # checked in __init__
-                operand = _head_operand(method, a, head.weight[index[:, j]])
-            else:
-                operand = gradients[j]
-            if pca:
-                terms = smoothing.channel_terms(method.fn, a, operand, **options)
-                maps.append(smoothing.pca_map(terms))
-            else:
-                maps.append(method.fn(a, operand, **options))
-        return torch.stack(maps, dim=1)
-
-    def _scorer(
-        self,
-        layer: str,
-        x: torch.Tensor,
-        logits: torch.Tensor,
-        index: torch.Tensor,
-        a: torch.Tensor,
-    ) -> Scorer:
-        """What the perturbation methods run the model with, for this batch and layer."""
-        net = self.model.net
-        if self._row_bytes is None:
-            self._row_bytes = forward_bytes(net, probe_input(self.model))
-        height, width = self.model.preprocess.input_size
-        row_bytes = int(self._row_bytes * x.shape[-2] * x.shape[-1] / (height * width))
-
-        def replay() -> Replay:
-            found = build_replay(
-                net, layer, self.heads[layer], x, a, logits, self._replays.get(layer)
-            )
-            if found.kind != "full":
-                self._replays[layer] = found
-            return found
-
-        return Scorer(
-            net,
-            x,
-            logits,
-            index,
-            a,
-            replay=replay,
-            row_bytes=row_bytes,
-            max_batch_memory=self.max_batch_memory,
-            channels=self.fast_channels,
-            resolution=self.fast_resolution,
-            channels_last=self.channels_last,
-            progress=self.progress,
-        )
+        return per_image
 
 
-def _head_operand(method: Method, activations: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """What a method takes when the layer feeds a GAP -> Linear head whose class rows are ``rows``
-    [N, K]: CAM takes them as they are; a gradient method takes the exact gradient of the logit,
-    ``W[c, k] / (h * w)`` at every location."""
-    rows = rows.to(activations.dtype)
-    if method.needs == "head":
-        return rows
-    h, w = activations.shape[-2:]
-    return (rows / (h * w))[:, :, None, None].expand_as(activations)
-
-
-@contextmanager
-def _eval_mode(net: nn.Module) -> Iterator[None]:
-    """Runs in eval mode (batch norm statistics, no dropout) and restores each module's mode.
-
-    A model already in eval mode (the usual case) is left alone: ``net.eval()`` and
-    ``net.train(...)`` walk every module through ``nn.Module.__setattr__``, which cost as much as
-    a tenth of EfficientNet-Lite0's forward pass at batch 1. Otherwise the modules that were
-    training are switched back one by one, so a model with some modules in each mode gets its
-    own mix back."""
-    training = [module for module in net.modules() if module.training]
-    if not training:
-        yield
-        return
-    net.eval()
-    try:
-        yield
-    finally:
-        for module in training:
-            module.training = True
+def _optional_str(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
 class _Item:
@@ -499,8 +498,10 @@ class _Item:
         return x
 
 
-def _as_items(inputs: Any, names: Sequence[str] | None = None) -> list[_Item]:
-    items = _items(inputs)
+def _as_items(inputs: Any, names: Sequence[str] | None, max_pixels: int) -> list[_Item]:
+    items = _items(inputs, max_pixels)
+    if not items:
+        raise CamlensError("no images given")
     if names is not None:
         if len(names) != len(items):
             raise CamlensError(f"{len(names)} names given for {len(items)} images")
@@ -509,24 +510,41 @@ def _as_items(inputs: Any, names: Sequence[str] | None = None) -> list[_Item]:
     return items
 
 
-def _items(inputs: Any) -> list[_Item]:
+def _items(inputs: Any, max_pixels: int) -> list[_Item]:
+    if inputs is None:
+        raise CamlensError(
+            "no image given (None): pass a path, a PIL image, an RGB array or a tensor"
+        )
     if isinstance(inputs, torch.Tensor):
-        if inputs.ndim == 3:
-            inputs = inputs[None]
-        if inputs.ndim != 4 or inputs.shape[1] != 3:
-            raise CamlensError(
-                f"a tensor input must be [3, H, W] or [N, 3, H, W], not {list(inputs.shape)}"
-            )
-        return [_Item(None, None, t) for t in inputs.detach()]
+        return [_Item(None, None, t) for t in _tensor_batch(inputs)]
     if isinstance(inputs, str | Path | Image.Image | np.ndarray):
         inputs = [inputs]
+    if not isinstance(inputs, Sequence):
+        raise CamlensError(
+            f"cannot explain a {type(inputs).__name__}: pass a path, a PIL image, an RGB array, "
+            "a tensor, or a list of those"
+        )
     items = []
     for x in inputs:
         if isinstance(x, torch.Tensor):
-            items.extend(_items(x))
+            items.extend(_items(x, max_pixels))
         else:
             source = str(x) if isinstance(x, str | Path) else None
-            items.append(_Item(load_image(x), source))
-    if not items:
-        raise CamlensError("no images given")
+            items.append(_Item(load_image(x, max_pixels=max_pixels), source))
     return items
+
+
+def _tensor_batch(x: torch.Tensor) -> torch.Tensor:
+    """A tensor input as a float32 [N, 3, H, W] batch of normalized images."""
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise CamlensError(f"a tensor input must be [3, H, W] or [N, 3, H, W], not {list(x.shape)}")
+    if not x.is_floating_point():
+        raise CamlensError(
+            f"a tensor input must hold normalized floats, not {x.dtype}: pass pixels as a PIL "
+            "image or a numpy array, or normalize them (camlens.images.preprocess)"
+        )
+    if x.shape[0] == 0:
+        raise CamlensError("no images given (an empty batch)")
+    return x.detach().to(torch.float32)

@@ -6,25 +6,34 @@ import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from camlens import render
+from camlens.files import atomic_write
 from camlens.maps import upsample
-
-if TYPE_CHECKING:
-    from camlens.localize import Box
+from camlens.types import Box, Prediction
 
 
 @dataclass(frozen=True)
-class Prediction:
-    class_index: int
-    label: str
-    score: float  # softmax probability
+class CallStats:
+    """What the batch an explanation came from cost: its ``images``, the model's
+    ``forward_passes`` (one, more with test-time augmentation), ``backward_passes`` (zero where
+    the gradients came from a GAP -> Linear head), ``perturbation_passes`` (rows the perturbation
+    methods ran through the model or its replay), the ``replays`` used per layer and the wall
+    time in ``seconds``."""
+
+    images: int = 0
+    forward_passes: int = 0
+    backward_passes: int = 0
+    perturbation_passes: int = 0
+    seconds: float = 0.0
+    replays: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -57,7 +66,8 @@ class Explanation:
     ``image`` is the photo, upright, at its own size (for a tensor input, the input itself
     de-normalized); ``source`` names it (a path, or ``<image N>``). The constructor also takes a
     function that makes the image, called on first use (the explainer's tensor inputs: most
-    callers of a tensor batch never look at the pictures).
+    callers of a tensor batch never look at the pictures). ``stats``: what the batch it came from
+    cost (passes, time).
     """
 
     source: str
@@ -65,6 +75,7 @@ class Explanation:
     model: str
     predictions: list[Prediction]
     maps: list[ClassMap]
+    stats: CallStats
 
     def __init__(
         self,
@@ -74,6 +85,7 @@ class Explanation:
         model: str,
         predictions: list[Prediction],
         maps: list[ClassMap] | None = None,
+        stats: CallStats | None = None,
     ) -> None:
         self.source = source
         self._image = image
@@ -81,6 +93,7 @@ class Explanation:
         self.model = model
         self.predictions = predictions
         self.maps = maps if maps is not None else []
+        self.stats = stats or CallStats()
 
     @property
     def image(self) -> Image.Image:
@@ -121,8 +134,15 @@ class Explanation:
         width = full.shape[1]
         return flat_index % width, flat_index // width
 
-    def to_dict(self, files: Sequence[tuple[str, str]] | None = None) -> dict[str, Any]:
-        """The JSON report (see DESIGN.md); ``files`` gives (overlay, map) names per map."""
+    def to_dict(
+        self,
+        files: Sequence[tuple[str, str]] | None = None,
+        *,
+        panels: Sequence[str] | None = None,
+        grid: str | None = None,
+    ) -> dict[str, Any]:
+        """The JSON report (the fields `camlens explain` writes); ``files``: (overlay, map) per map,
+        ``panels`` the panel picture of each map, ``grid`` the picture of all maps."""
         width, height = self.size
         explanations = []
         for i, m in enumerate(self.maps):
@@ -134,13 +154,16 @@ class Explanation:
                 "layer": m.layer,
                 "flat": m.flat,
                 "peak": list(self.peak(i)),
+                "map_shape": [int(n) for n in m.map.shape[-2:]],
             }
             if files is not None:
                 entry["overlay"], entry["map"] = files[i]
+            if panels is not None:
+                entry["panel"] = panels[i]
             if m.boxes is not None:
                 entry["boxes"] = [b.to_dict() for b in m.boxes]
             explanations.append(entry)
-        return {
+        report = {
             "image": self.source,
             "size": [width, height],
             "model": self.model,
@@ -150,21 +173,35 @@ class Explanation:
             ],
             "explanations": explanations,
         }
+        if grid is not None:
+            report["grid"] = grid
+        return report
 
     def save(
-        self, out_dir: str | Path, stem: str | None = None, *, cmap: str = "jet", alpha: float = 0.5
+        self,
+        out_dir: str | Path,
+        stem: str | None = None,
+        *,
+        cmap: str = "jet",
+        alpha: float = 0.5,
+        panels: bool = False,
+        grid: bool = False,
     ) -> Path:
         """Writes ``STEM.json``, an overlay PNG at the photo's size and the map (``.npy``, float32
         [height, width] in [0, 1]) for each map; returns the JSON's path. ``stem`` defaults to the
-        source's file stem."""
+        source's file stem. ``panels``: also ``BASE.panel.png`` per map (photo | heatmap |
+        overlay); ``grid``: also ``STEM.grid.png`` with every map of the image. Each file appears
+        whole or not at all, the JSON last, so a report on disk always names files that are
+        complete."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         stem = stem or _safe(Path(self.source).stem) or "image"
-        files = []
+        files: list[tuple[str, str]] = []
+        panel_files: list[str] = []
         for i, m in enumerate(self.maps):
             base = f"{stem}.{_safe(m.method)}.{_safe(m.layer)}.{m.class_index}"
             full = self._numpy(self.map_at_image(i))
-            np.save(out / f"{base}.npy", full.astype(np.float32))
+            atomic_write(out / f"{base}.npy", partial(_save_npy, full.astype(np.float32)))
             picture = render.overlay(self.image, full, cmap=cmap, alpha=alpha)
             if m.boxes:
                 picture = render.draw_boxes(
@@ -172,9 +209,16 @@ class Explanation:
                 )
             render.save_png(picture, out / f"{base}.png")
             files.append((f"{base}.png", f"{base}.npy"))
-        path = out / f"{stem}.json"
-        path.write_text(json.dumps(self.to_dict(files), indent=2) + "\n")
-        return path
+            if panels:
+                render.save_png(self.panel(i, cmap=cmap, alpha=alpha), out / f"{base}.panel.png")
+                panel_files.append(f"{base}.panel.png")
+        all_maps = None
+        if grid:
+            all_maps = f"{stem}.grid.png"
+            render.save_png(_grid([self], cmap=cmap, alpha=alpha), out / all_maps)
+        document = self.to_dict(files, panels=panel_files if panels else None, grid=all_maps)
+        report = json.dumps(document, indent=2, allow_nan=False) + "\n"
+        return atomic_write(out / f"{stem}.json", lambda temp: temp.write_text(report))
 
     @staticmethod
     def _numpy(t: torch.Tensor) -> np.ndarray:
@@ -185,7 +229,18 @@ def grid(
     explanations: Sequence[Explanation], *, cmap: str = "jet", alpha: float = 0.5
 ) -> Image.Image:
     """One picture: a row per image, a column per map (its classes x layers x methods), each tile
-    titled with the label, probability, and the method and layer where they vary."""
+    titled as :func:`grid_cells` says; a long strip (many images, one map each) is laid out near
+    square by :func:`camlens.render.grid`."""
+    cells = grid_cells(explanations)
+    width = max((len(r) for r in cells), default=0)
+    rows = [[*r, *([None] * (width - len(r)))] for r in cells]
+    names = [Path(e.source).name for e in explanations]
+    return render.grid(rows, row_titles=names, cmap=cmap, alpha=alpha)
+
+
+def grid_cells(explanations: Sequence[Explanation]) -> list[list[render.GridCell]]:
+    """The tiles of :func:`grid`, a row per image: each titled with the label and probability, the
+    method and layer where they vary, and "flat map" where nothing was left after the ReLU."""
     methods = {m.method for e in explanations for m in e.maps}
     layers = {m.layer for e in explanations for m in e.maps}
     rows = []
@@ -197,12 +252,19 @@ def grid(
                 title += f"\n{m.method}"
             if len(layers) > 1:
                 title += f"\n{m.layer}"
+            if m.flat:
+                title += "\nflat map: no positive evidence"
             row.append(render.GridCell(e.image, e._numpy(e.map_at_image(i)), title))
         rows.append(row)
-    width = max((len(r) for r in rows), default=0)
-    cells = [[*r, *([None] * (width - len(r)))] for r in rows]
-    names = [Path(e.source).name for e in explanations]
-    return render.grid(cells, row_titles=names, cmap=cmap, alpha=alpha)
+    return rows
+
+
+_grid = grid  # for Explanation.save, whose own ``grid`` argument hides the function
+
+
+def _save_npy(array: np.ndarray, path: Path) -> None:
+    with open(path, "wb") as handle:  # a file object: np.save would add .npy to the temp name
+        np.save(handle, array)
 
 
 def _safe(text: str) -> str:

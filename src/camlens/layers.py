@@ -8,8 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from camlens.errors import LayerError, MethodError
+from camlens.errors import LayerError, MethodError, ModelError
 from camlens.models.model import Model
+from camlens.taps import RUNS, hooked
 
 # Module types whose output is not a feature map worth explaining, though it may be 4-D.
 _NOT_FEATURES = (
@@ -28,7 +29,8 @@ _NOT_FEATURES = (
 class LayerInfo:
     name: str
     kind: str  # the module's class name
-    shape: tuple[int, ...]  # output shape for one input image, [C, H, W]
+    shape: tuple[int, ...]  # the maps' shape for one input image, [K, h, w]
+    adapter: str = "conv"  # how the output becomes maps (see camlens.adapters)
 
 
 def probe_input(model: Model, batch: int = 1) -> torch.Tensor:
@@ -39,43 +41,125 @@ def probe_input(model: Model, batch: int = 1) -> torch.Tensor:
 
 
 def spatial_layers(model: Model) -> list[LayerInfo]:
-    """Every module whose output is a spatial map [N, C, H, W] with H * W > 1, in the order their
-    forward passes finish (a container after its children), found with one probe forward pass."""
+    """Every module whose output its model's adapter rule (:mod:`camlens.adapters`) turns into
+    maps [N, K, h, w] with h * w > 1, in the order their forward passes finish (a container after
+    its children), found with one probe forward pass."""
     seen: dict[str, LayerInfo] = {}
-    handles = []
 
     def record(name: str) -> Any:
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            if isinstance(output, torch.Tensor) and output.ndim == 4 and output[0, 0].numel() > 1:
+            adapter = model.adapter(name, module, output)
+            if adapter is None:
+                return
+            maps = adapter.to_maps(output)
+            if maps.ndim == 4 and maps.shape[2] * maps.shape[3] > 1:
                 seen.pop(name, None)  # re-insert: the last call's position counts
-                seen[name] = LayerInfo(name, type(module).__name__, tuple(output.shape[1:]))
+                seen[name] = LayerInfo(
+                    name, type(module).__name__, tuple(maps.shape[1:]), adapter.describe()
+                )
 
         return hook
 
-    for name, module in model.net.named_modules():
-        if name and not isinstance(module, _NOT_FEATURES):
-            handles.append(module.register_forward_hook(record(name)))
-    try:
-        with torch.inference_mode():
-            model.net(probe_input(model))
-    finally:
-        for handle in handles:
-            handle.remove()
+    hooks = [
+        (module, record(name))
+        for name, module in model.net.named_modules()
+        if name and not isinstance(module, _NOT_FEATURES)
+    ]
+    with hooked(hooks), RUNS.shared(), torch.inference_mode():
+        model.net(probe_input(model))
     return list(seen.values())
 
 
 def auto_layer(model: Model, layers: list[LayerInfo] | None = None) -> str:
     """The automatic target layer: the last module to produce a spatial feature map (pooling and
-    dropout excluded). For a container that ends in that module the container is chosen, as its
-    forward finishes last: ``bn2`` in EfficientNet, ``layer4`` in ResNet, ``features`` (the last conv
-    stage, after its max pooling) in VGG16."""
+    dropout excluded; a container that ends in that module is chosen, as its forward finishes
+    last), unless that map is the previous one pooled down to half its grid.
+
+    The exception is a rule on the shapes, not on the architecture: when the last layer's output
+    has the channels of the layer that finished just before it on a grid half as large in each
+    direction (``floor`` or ``ceil`` of ``n / 2``), an operation camlens does not tap, a final
+    pooling, made it, and the layer before it is chosen. That pooling adds no feature, and it
+    would cost the map half its resolution: VGG16's ``features`` ends in a max pooling from 14x14
+    to 7x7, so the choice is ``features.29``, the ReLU after conv5_3 at 14x14, which is Keras's
+    ``block5_conv3`` (a Keras conv layer's output includes its activation), the layer of the CAM
+    and Grad-CAM write-ups on VGG. Other networks keep their last stage: ``bn2`` in
+    EfficientNet, ``layer4`` in ResNet (their last stage's children have its grid), and a model
+    from :func:`camlens.build_cam_model`, whose backbone has no final pooling, ``features``."""
     layers = spatial_layers(model) if layers is None else layers
     if not layers:
         raise LayerError(
             f"{model.name} has no layer with a spatial output (no conv layer): "
             "class activation maps need one"
         )
+    if len(layers) > 1 and _pooled_to_half(layers[-2].shape, layers[-1].shape):
+        return layers[-2].name
     return layers[-1].name
+
+
+def _pooled_to_half(before: tuple[int, ...], after: tuple[int, ...]) -> bool:
+    """``after`` [C, H, W] has the channels of ``before`` on a grid half as large each way."""
+    if len(before) != 3 or len(after) != 3 or before[0] != after[0]:
+        return False
+    return all(
+        a in (b // 2, (b + 1) // 2) and b >= 2 for b, a in zip(before[1:], after[1:], strict=True)
+    )
+
+
+def layers_like_auto(model: Model, layers: list[LayerInfo] | None = None) -> list[str]:
+    """``--layer all``: every spatial layer of the same module type as the automatic layer, in
+    depth order (the order their forward passes finish): every conv stage's ReLU of a VGG (the
+    13 layers the Grad-CAM write-ups show), ``layer1`` .. ``layer4`` of a ResNet, every
+    batch-norm-and-activation of an EfficientNet."""
+    layers = spatial_layers(model) if layers is None else layers
+    chosen = auto_layer(model, layers)
+    kind = next(info.kind for info in layers if info.name == chosen)
+    return [info.name for info in layers if info.kind == kind]
+
+
+def check_input_size(model: Model, size: tuple[int, int]) -> None:
+    """A :class:`~camlens.errors.ModelError` unless ``model`` can classify inputs of ``size``
+    (height, width) as it does at its own size: its forward pass must run, and its first linear
+    layer must read globally pooled channels (a GAP head, which any size feeds alike), not a
+    flattened grid of fixed size (VGG's ``Linear(512 * 7 * 7, 4096)`` reads a 7x7 grid, which
+    an adaptive pooling would stretch another image size into)."""
+    own = tuple(model.preprocess.input_size)
+    if tuple(size) == own:
+        return
+    first: list[int] = []
+    last_map: list[int] = []
+
+    def linear(module: nn.Module, inputs: Any, output: Any) -> None:
+        if not first and isinstance(module, nn.Linear):
+            first.append(module.in_features)
+
+    def spatial(module: nn.Module, inputs: Any, output: Any) -> None:
+        if (
+            not first
+            and isinstance(output, torch.Tensor)
+            and output.ndim == 4
+            and not isinstance(module, _NOT_FEATURES)
+        ):
+            last_map[:] = [int(output.shape[1])]
+
+    hooks = [(m, linear if isinstance(m, nn.Linear) else spatial) for m in model.net.modules()]
+    height, width = size
+    x = torch.zeros(1, 3, height, width, device=model.device)
+    try:
+        with hooked(hooks), RUNS.shared(), torch.inference_mode():
+            model.net(x)
+    except Exception as exc:  # the architecture cannot take this size
+        raise ModelError(
+            f"{model.name} cannot take {height}x{width} inputs ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); its own size is "
+            f"{own[0]}x{own[1]}"
+        ) from None
+    if first and last_map and first[0] != last_map[0]:
+        raise ModelError(
+            f"{model.name} has a fixed-size head (its first linear layer takes {first[0]} "
+            f"features, not the {last_map[0]} channels of a global average pooling): at "
+            f"{height}x{width} its scores would mean nothing; explain it at its own size "
+            f"{own[0]}x{own[1]}, or give it a GAP head (camlens train)"
+        )
 
 
 @dataclass(frozen=True)

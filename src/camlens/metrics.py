@@ -29,7 +29,9 @@ from scipy import sparse
 from scipy.sparse import linalg as sparse_linalg
 
 from camlens.errors import CamlensError
-from camlens.localize import Box, MapLike, as_map
+from camlens.localize import MapLike, as_map
+from camlens.modes import eval_mode
+from camlens.types import Box
 
 if TYPE_CHECKING:
     from camlens.models import Model
@@ -230,17 +232,12 @@ def _probabilities(
 ) -> npt.NDArray[np.float64]:
     """The softmax probability of the given class for each input of each chunk, in order."""
     net = model.net
-    was_training = net.training
-    net.eval()
     out: list[float] = []
-    try:
-        with torch.inference_mode():
-            for x, classes in chunks:
-                probs = torch.softmax(net(x.to(model.device)).float(), dim=1)
-                index = torch.tensor(classes, device=probs.device)[:, None]
-                out.extend(probs.gather(1, index)[:, 0].tolist())
-    finally:
-        net.train(was_training)
+    with eval_mode(net), torch.inference_mode():
+        for x, classes in chunks:
+            probs = torch.softmax(net(x.to(model.device)).float(), dim=1)
+            index = torch.tensor(classes, device=probs.device)[:, None]
+            out.extend(probs.gather(1, index)[:, 0].tolist())
     return np.asarray(out, dtype=np.float64)
 
 

@@ -1,5 +1,7 @@
-"""Eval mode for the duration of a call, with each module's own mode restored after, and safe when
-several threads run the same model at once."""
+"""Modes of a user's network, left as found: :func:`eval_mode` for the duration of a call (safe when
+several threads run the same model at once), :func:`keep_modes` around training. Both give each
+module its own mode back, so a model whose modules were in mixed modes gets its own mix back
+(``net.train(was_training)`` would flatten it)."""
 
 from __future__ import annotations
 
@@ -44,3 +46,17 @@ def eval_mode(net: nn.Module) -> Iterator[None]:
                 del _ACTIVE[key]
             else:
                 _ACTIVE[key] = (depth - 1, training)
+
+
+@contextmanager
+def keep_modes(net: nn.Module) -> Iterator[None]:
+    """Gives every module of ``net`` the mode it had on entry back on exit, whatever the body set
+    (training switches modules to train mode and back on purpose). Not for sharing between
+    threads: a body that changes modes changes them for everyone using ``net``."""
+    modes = [(module, module.training) for module in net.modules()]
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            if module.training != training:
+                module.training = training

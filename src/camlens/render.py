@@ -20,7 +20,7 @@ import difflib
 import functools
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeAlias
@@ -30,11 +30,13 @@ import numpy as np
 import numpy.typing as npt
 import torch
 import torch.nn.functional as F
-from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
 from PIL import Image, ImageDraw, ImageFont
 
 from camlens.errors import CamlensError
+from camlens.files import atomic_write
 
 __all__ = [
     "GridCell",
@@ -301,9 +303,81 @@ def _fit_within(image: Image.Image, tile: int) -> Image.Image:
     return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
 
 
-def _shorten(text: str, max_chars: int) -> str:
-    max_chars = max(4, max_chars)
-    return text if len(text) <= max_chars else text[: max_chars - 1].rstrip() + "…"
+#: A grid whose unwrapped picture is more than this many times wider than high, or higher than wide,
+#: is wrapped (see :func:`grid`).
+WRAP_ASPECT = 4.0
+
+
+def _wrap_text(text: str, max_px: float, width_of: Callable[[str], float]) -> list[str]:
+    """``text`` broken into lines no wider than ``max_px`` (as ``width_of`` measures them): at its
+    own line breaks, then between words, and inside a word only when the word alone is too wide.
+    Nothing is left out: the lines hold every character of ``text`` but the spaces they replace."""
+    lines: list[str] = []
+    for paragraph in text.split("\n"):
+        line = ""
+        for word in paragraph.split():
+            candidate = f"{line} {word}" if line else word
+            if width_of(candidate) <= max_px:
+                line = candidate
+                continue
+            if line:
+                lines.append(line)
+            line = ""
+            for char in word:  # a word wider than the line is cut where it has to be
+                if line and width_of(line + char) > max_px:
+                    lines.append(line)
+                    line = ""
+                line += char
+        lines.append(line)
+    return lines
+
+
+@dataclass(frozen=True)
+class _GridLayout:
+    """Where the rows of a grid go: ``per_line`` cells on each line (a row longer than that goes on
+    over several lines), ``rows_per_block`` rows stacked in each block, blocks side by side."""
+
+    per_line: int
+    rows_per_block: int
+    blocks: int
+
+    def lines_per_row(self, n_cols: int) -> int:
+        return math.ceil(n_cols / self.per_line)
+
+
+def _grid_layout(
+    n_rows: int,
+    n_cols: int,
+    cell_w: float,
+    cell_h: float,
+    left: float,
+    top: float,
+    pad: float,
+    *,
+    wrap: bool,
+    keep_rows: bool,
+) -> _GridLayout:
+    """One block with every row on its line, unless that picture is more than :data:`WRAP_ASPECT`
+    times wider than high or higher than wide: then the layout nearest to square (``keep_rows``:
+    rows are not broken over lines, as column titles need)."""
+
+    def aspect(layout: _GridLayout) -> float:
+        lines = layout.rows_per_block * layout.lines_per_row(n_cols)
+        width = layout.blocks * (left + layout.per_line * cell_w) + pad
+        height = top + lines * cell_h + pad
+        return width / height
+
+    plain = _GridLayout(n_cols, n_rows, 1)
+    if not wrap or 1 / WRAP_ASPECT <= aspect(plain) <= WRAP_ASPECT:
+        return plain
+    options = []
+    for per_line in [n_cols] if keep_rows else range(n_cols, 0, -1):
+        for rows_per_block in range(n_rows, 0, -1):
+            blocks = math.ceil(n_rows / rows_per_block)
+            if math.ceil(n_rows / blocks) == rows_per_block:  # no block left empty
+                options.append(_GridLayout(per_line, rows_per_block, blocks))
+    # nearest to square; among equals, rows kept whole, then fewer blocks (options' order)
+    return min(options, key=lambda layout: round(abs(math.log(aspect(layout))), 9))
 
 
 def grid(
@@ -314,6 +388,7 @@ def grid(
     cmap: str = "jet",
     alpha: float = 0.5,
     tile: int = 256,
+    wrap: bool = True,
 ) -> Image.Image:
     """A rows x columns figure of overlays, each cell with its own title, as an RGB PIL image.
 
@@ -321,8 +396,42 @@ def grid(
     :func:`save_png` (or ``.save()``). Each cell is drawn in a ``tile`` x ``tile`` pixel box keeping
     its photo's aspect; a None cell (or a row shorter than the longest) is left blank, and a cell
     whose ``map2d`` is None shows its photo alone. Row titles go on the left, column titles on top.
+    Titles are never cut: a long one goes on over as many lines as it needs.
+
+    ``wrap``: a grid that would be more than :data:`WRAP_ASPECT` times wider than high, or higher
+    than wide (17 photos with one map each, one photo with 20 maps), is laid out nearer to square:
+    its rows in several blocks side by side (each with its row titles, and column titles above),
+    and, without column titles, a row too long for that broken over several lines.
     Drawn with a matplotlib ``Figure`` on an Agg canvas (no pyplot, no figures left registered).
     """
+    fig = _grid_figure(
+        cells,
+        row_titles=row_titles,
+        col_titles=col_titles,
+        cmap=cmap,
+        alpha=alpha,
+        tile=tile,
+        wrap=wrap,
+    )
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    rgba = np.asarray(canvas.buffer_rgba())
+    out = Image.fromarray(np.ascontiguousarray(rgba[..., :3]))
+    fig.clear()
+    return out
+
+
+def _grid_figure(
+    cells: Sequence[Sequence[GridCell | None]],
+    *,
+    row_titles: Sequence[str] | None,
+    col_titles: Sequence[str] | None,
+    cmap: str,
+    alpha: float,
+    tile: int,
+    wrap: bool,
+) -> Figure:
+    """The figure :func:`grid` draws (its texts are the titles, as drawn)."""
     alpha = check_alpha(alpha)
     _lut(cmap)
     if isinstance(tile, bool) or not isinstance(tile, int) or tile < 16:
@@ -350,33 +459,64 @@ def grid(
     title_px = max(9.0, tile * 0.045)  # cell title font size in pixels
     header_px = title_px * 1.2  # row and column title font size in pixels
     pad = max(4.0, tile * 0.03)
-    title_band = title_px * 2.0
-    header_band = header_px * 2.2
-    left = header_band if row_titles is not None else 0.0
-    top = header_band if col_titles is not None else 0.0
-    cell_w = tile + pad
-    cell_h = tile + title_band + pad
-    width = math.ceil(left + n_cols * cell_w + pad)
-    height = math.ceil(top + n_rows * cell_h + pad)
-    max_chars = int(tile / (title_px * 0.6))
 
     def to_points(px: float) -> float:
         return px * 72.0 / dpi
 
+    measure = RendererAgg(1, 1, dpi)
+
+    def wrapped(text: str, px: float, bold: bool = False) -> list[str]:
+        font = FontProperties(size=to_points(px), weight="bold" if bold else "normal")
+
+        def width_of(line: str) -> float:
+            return float(measure.get_text_width_height_descent(line, font, ismath=False)[0])
+
+        return _wrap_text(str(text), tile - 2.0, width_of)
+
+    titles = [[_lines_or_none(cell, title_px, wrapped) for cell in row] for row in rows]
+    row_lines = [wrapped(t, header_px, bold=True) for t in row_titles or []]
+    col_lines = [wrapped(t, header_px, bold=True) for t in col_titles or []]
+    title_lines = max([1, *(len(t) for row in titles for t in row if t)])
+    title_band = title_px * (1.25 * title_lines + 0.75)
+
+    def header_band(lines: list[list[str]]) -> float:
+        return header_px * (1.25 * max(len(t) for t in lines) + 0.95)
+
+    left = header_band(row_lines) if row_titles is not None else 0.0
+    top = header_band(col_lines) if col_titles is not None else 0.0
+    cell_w = tile + pad
+    cell_h = tile + title_band + pad
+    layout = _grid_layout(
+        n_rows,
+        n_cols,
+        cell_w,
+        cell_h,
+        left,
+        top,
+        pad,
+        wrap=wrap,
+        keep_rows=col_titles is not None,
+    )
+    wraps = layout.lines_per_row(n_cols)
+    block_w = left + layout.per_line * cell_w
+    width = math.ceil(layout.blocks * block_w + pad)
+    height = math.ceil(top + layout.rows_per_block * wraps * cell_h + pad)
+
     fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi, facecolor="white")
-    canvas = FigureCanvasAgg(fig)
     for r, row in enumerate(rows):
-        # Top edge (pixels from the figure's top) of this row's image box.
-        box_top = top + pad + r * cell_h + title_band
+        block, slot = divmod(r, layout.rows_per_block)
         for c, cell in enumerate(row):
             if cell is None:
                 continue
+            line, column = divmod(c, layout.per_line)
+            # Top edge (pixels from the figure's top) of this cell's image box.
+            box_top = top + pad + (slot * wraps + line) * cell_h + title_band
             photo = _fit_within(_as_rgb(cell.image, f"cells[{r}][{c}].image"), tile)
             if cell.map2d is not None:
                 shown = overlay(photo, cell.map2d, cmap=cmap, alpha=alpha)
             else:
                 shown = photo
-            x0 = left + pad + c * cell_w
+            x0 = block * block_w + left + pad + column * cell_w
             ax = fig.add_axes(
                 (x0 / width, 1 - (box_top + tile) / height, tile / width, tile / height)
             )
@@ -385,45 +525,58 @@ def grid(
             ax.imshow(np.asarray(shown), aspect="equal", interpolation="antialiased")
             ax.set_anchor("N")
             ax.set_axis_off()
-            if cell.title:
+            lines = titles[r][c]
+            if lines:
                 ax.set_title(
-                    _shorten(cell.title, max_chars),
+                    "\n".join(lines),
                     fontsize=to_points(title_px),
                     pad=to_points(title_px * 0.4),
+                    linespacing=1.25,
                     parse_math=False,
                 )
     if row_titles is not None:
-        for r, text in enumerate(row_titles):
-            y = top + pad + r * cell_h + title_band + tile / 2
+        for r, lines in enumerate(row_lines):
+            block, slot = divmod(r, layout.rows_per_block)
+            first = top + pad + slot * wraps * cell_h + title_band
+            last = first + (wraps - 1) * cell_h + tile
             fig.text(
-                left / 2 / width,
-                1 - y / height,
-                _shorten(str(text), int(tile / (header_px * 0.6))),
+                (block * block_w + left / 2) / width,
+                1 - (first + last) / 2 / height,
+                "\n".join(lines),
                 rotation=90,
                 ha="center",
                 va="center",
+                multialignment="center",
+                linespacing=1.25,
                 fontsize=to_points(header_px),
                 fontweight="bold",
                 parse_math=False,
             )
     if col_titles is not None:
-        for c, text in enumerate(col_titles):
-            x = left + pad + c * cell_w + tile / 2
-            fig.text(
-                x / width,
-                1 - top / 2 / height,
-                _shorten(str(text), int(tile / (header_px * 0.6))),
-                ha="center",
-                va="center",
-                fontsize=to_points(header_px),
-                fontweight="bold",
-                parse_math=False,
-            )
-    canvas.draw()
-    rgba = np.asarray(canvas.buffer_rgba())
-    out = Image.fromarray(np.ascontiguousarray(rgba[..., :3]))
-    fig.clear()
-    return out
+        for block in range(layout.blocks):
+            for c, lines in enumerate(col_lines):
+                x = block * block_w + left + pad + c * cell_w + tile / 2
+                fig.text(
+                    x / width,
+                    1 - top / 2 / height,
+                    "\n".join(lines),
+                    ha="center",
+                    va="center",
+                    multialignment="center",
+                    linespacing=1.25,
+                    fontsize=to_points(header_px),
+                    fontweight="bold",
+                    parse_math=False,
+                )
+    return fig
+
+
+def _lines_or_none(
+    cell: GridCell | None, px: float, wrapped: Callable[[str, float], list[str]]
+) -> list[str] | None:
+    if cell is None or not cell.title:
+        return None
+    return wrapped(cell.title, px)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -528,10 +681,8 @@ def draw_boxes(
 
 
 def save_png(image: Image.Image, path: str | os.PathLike[str]) -> Path:
-    """Save the image as PNG at ``path`` (whatever its suffix), creating parent folders."""
+    """Save the image as PNG at ``path`` (whatever its suffix), creating parent folders; the file
+    appears whole or not at all."""
     if not isinstance(image, Image.Image):
         raise CamlensError(f"{path}: expected a PIL.Image.Image, got {type(image).__name__}")
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    image.save(target, format="PNG")
-    return target
+    return atomic_write(path, lambda temp: image.save(temp, format="PNG"))

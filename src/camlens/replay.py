@@ -12,6 +12,11 @@ part after it needs to run. Three ways, the first that reproduces the model's lo
   computed before it (a skip connection around the layer) or the input.
 - ``"full"``: the whole network, with a forward hook that replaces the layer's output. Always
   right, no faster than a plain forward pass.
+
+Activations are the layer's ``[N, K, h, w]`` maps; the layer's adapter (:mod:`camlens.adapters`)
+puts edited maps back into the layer's own layout before the rest of the network runs.
+Tracing happens once per layer (:func:`plan_replay`); each batch then checks that the planned
+shortcut reproduces its logits (:func:`build_replay`).
 """
 
 from __future__ import annotations
@@ -25,16 +30,20 @@ from typing import Any, Literal
 import torch
 from torch import fx, nn
 
+from camlens.adapters import CONV, LayerAdapter
 from camlens.layers import CamHead
+from camlens.taps import RUNS, hooked
 
 ReplayKind = Literal["head", "graph", "full"]
+Tail = Callable[[torch.Tensor], torch.Tensor]  # the layer's raw output -> logits
 
 
 @dataclass
 class Replay:
     """``replay(activations [M, K, h, w], rows [M]) -> logits [M, classes]``: the network's logits
     when the target layer outputs ``activations``; ``rows`` says which input image each row
-    belongs to (only the ``"full"`` replay uses it). ``note`` says why a faster kind was not used.
+    belongs to (the ``"full"`` replay runs those inputs, a token layer's adapter takes the tokens
+    the maps do not hold from them). ``note`` says why a faster kind was not used.
     """
 
     kind: ReplayKind
@@ -46,52 +55,82 @@ class Replay:
         return self.fn(activations, rows)
 
 
-def build_replay(
+@dataclass(frozen=True)
+class ReplayPlan:
+    """What can replay ``layer``, found once: its head, and the traced tail of the network after
+    it (None, with the reason in ``note``, where the network cannot be cut there)."""
+
+    layer: str
+    module: nn.Module
+    adapter: LayerAdapter = CONV
+    head: CamHead | None = None
+    tail: Tail | None = None
+    note: str = ""
+
+
+def plan_replay(
     net: nn.Module,
     layer: str,
-    head: CamHead | None,
+    module: nn.Module,
+    adapter: LayerAdapter = CONV,
+    head: CamHead | None = None,
+) -> ReplayPlan:
+    """Traces ``net`` and cuts it after ``module`` (see the module docstring), holding
+    :data:`camlens.taps.RUNS` alone while tracing. Never raises for a network that cannot be cut:
+    the plan then has no tail and says why."""
+    try:
+        with RUNS.exclusive():
+            tail: Tail | None = _graph_tail(net, module)
+        note = ""
+    except Exception as exc:  # an optional shortcut: any failure means "use the next one"
+        tail, note = None, f"graph: {type(exc).__name__}: {exc}"[:300]
+    return ReplayPlan(layer, module, adapter, head, tail, note)
+
+
+def build_replay(
+    plan: ReplayPlan,
+    net: nn.Module,
     x: torch.Tensor,
     activations: torch.Tensor,
+    output: torch.Tensor,
     logits: torch.Tensor,
-    known: Replay | None = None,
 ) -> Replay:
-    """The fastest replay of ``net`` after ``layer`` that gives back ``logits`` from
-    ``activations`` (the layer's output on the inputs ``x``), within the tolerance
-    :func:`camlens.layers.find_cam_head` uses; ``known``, one found before, is checked first.
-    Call in eval mode."""
-    module = dict(net.named_modules())[layer]
+    """The fastest replay of ``plan`` that gives back ``logits`` from ``activations`` (the layer's
+    maps on the inputs ``x``; ``output`` its raw output), within the tolerance
+    :func:`camlens.layers.find_cam_head` uses. Call in eval mode."""
+    adapter = plan.adapter
+    notes = [plan.note] if plan.note else []
+    candidates: list[tuple[ReplayKind, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]] = []
+    if plan.head is not None:
+        candidates.append(("head", _head_replay(net, plan.head)))
+    if plan.tail is not None:
+        tail = plan.tail
+
+        def graph(acts: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            return tail(adapter.from_maps(acts, output[rows]))
+
+        candidates.append(("graph", graph))
     rows = torch.arange(len(x), device=x.device)
-    notes = []
-    candidates: list[tuple[ReplayKind, Callable[[], Callable[..., torch.Tensor]]]] = []
-    if known is not None and known.kind != "full":
-        candidates.append((known.kind, lambda: known.fn))
-    if head is not None:
-        candidates.append(("head", lambda: _head_replay(net, head)))
-    candidates.append(("graph", lambda: _graph_replay(net, module)))
-    for kind, make in candidates:
+    for kind, fn in candidates:
         try:
-            fn = make()
             with torch.inference_mode():
                 out = fn(activations, rows)
         except Exception as exc:  # an optional shortcut: any failure means "use the next one"
             notes.append(f"{kind}: {type(exc).__name__}: {exc}"[:300])
             continue
         if _close(out, logits):
-            return Replay(kind, layer, fn, "; ".join(notes))
+            return Replay(kind, plan.layer, fn, "; ".join(notes))
         notes.append(f"{kind}: does not reproduce the model's logits")
 
     def full(acts: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        def replace(_module: nn.Module, _inputs: Any, _output: Any) -> torch.Tensor:
-            return acts
+        def replace(_module: nn.Module, _inputs: Any, raw: Any) -> torch.Tensor:
+            return adapter.from_maps(acts, raw)
 
-        handle = module.register_forward_hook(replace)
-        try:
+        with hooked([(plan.module, replace)]):
             out: torch.Tensor = net(x[rows])
-        finally:
-            handle.remove()
         return out
 
-    return Replay("full", layer, full, "; ".join(notes))
+    return Replay("full", plan.layer, full, "; ".join(notes))
 
 
 def _close(out: Any, logits: torch.Tensor) -> bool:
@@ -107,7 +146,7 @@ def _close(out: Any, logits: torch.Tensor) -> bool:
 def _head_replay(
     net: nn.Module, head: CamHead
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    linear = dict(net.named_modules())[head.name]
+    linear = net.get_submodule(head.name)
 
     def replay(activations: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = linear(activations.mean(dim=(2, 3)))
@@ -143,9 +182,7 @@ class _Tracer(fx.Tracer):
         )
 
 
-def _graph_replay(
-    net: nn.Module, module: nn.Module
-) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def _graph_tail(net: nn.Module, module: nn.Module) -> Tail:
     """The part of ``net`` after ``module`` as a ``torch.fx.GraphModule`` that takes the module's
     output; raises ValueError where the network cannot be cut there."""
     tracer = _Tracer(module)
@@ -185,11 +222,11 @@ def _graph_replay(
             env[node] = tail.node_copy(node, lambda a: env[a])
     gm = fx.GraphModule(tracer.root, tail)
 
-    def replay(activations: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = gm(activations)
+    def run(raw: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = gm(raw)
         return out
 
-    return replay
+    return run
 
 
 def forward_bytes(net: nn.Module, x: torch.Tensor) -> int:
@@ -203,11 +240,6 @@ def forward_bytes(net: nn.Module, x: torch.Tensor) -> int:
         if isinstance(output, torch.Tensor):
             largest = max(largest, output[:1].numel() * output.element_size())
 
-    handles = [m.register_forward_hook(hook) for m in net.modules()]
-    try:
-        with torch.inference_mode():
-            net(x[:1])
-    finally:
-        for handle in handles:
-            handle.remove()
+    with hooked([(m, hook) for m in net.modules()]), RUNS.shared(), torch.inference_mode():
+        net(x[:1])
     return int(x[:1].numel() * x.element_size() + 4 * largest)

@@ -4,9 +4,8 @@ activations instead of their sum)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -16,26 +15,6 @@ from camlens.maps import normalize
 from camlens.methods.eigen import first_component
 
 SMOOTHERS = ("tta", "pca")
-
-
-def channel_terms(
-    fn: Callable[..., torch.Tensor],
-    activations: torch.Tensor,
-    operand: torch.Tensor,
-    **options: Any,
-) -> torch.Tensor:
-    """The per-channel terms [N, K, h, w] of a separable method's map ``fn(A, operand)`` (one
-    that sums over channels terms that each depend on one channel): ``fn`` is run on the ``N * K``
-    channels as one-channel images, ``fn(A[n, k], operand[n, k])``, so that
-    ``channel_terms(...).sum(1) == fn(A, operand)``. ``operand`` is [N, K] (class weights) or
-    [N, K, h, w] (gradients). For Grad-CAM these are ``w_k A_k``, for HiResCAM ``G_k * A_k``."""
-    n, k, h, w = activations.shape
-    single = fn(
-        activations.reshape(n * k, 1, h, w),
-        operand.reshape(n * k, 1, *operand.shape[2:]),
-        **options,
-    )
-    return single.reshape(n, k, h, w)
 
 
 def pca_map(terms: torch.Tensor) -> torch.Tensor:

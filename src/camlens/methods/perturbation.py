@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from camlens.progress import Event, Progress
 from camlens.replay import Replay
 
 Build = Callable[[int, int], torch.Tensor]
-Progress = Callable[[int, int], None]
 MaskNormalize = Literal["upsampled", "activations"]
 
 
@@ -40,6 +40,9 @@ class Scorer:
     Speed knobs that change the result, off by default: ``channels`` keeps only that many channels
     per image, those whose activation varies most over the locations (as Faster Score-CAM does);
     ``resolution`` runs the masked passes at that fraction of the input size.
+
+    ``progress`` gets ``Event("passes", done, total)`` as each method's passes go (``done == 0``
+    when a method starts).
     """
 
     def __init__(
@@ -133,7 +136,7 @@ class Scorer:
         out = torch.empty(total, self.classes.shape[1], device=self.x.device)
         step = max(1, int(self.max_batch_memory // max(per_row, 1)))
         if self.progress is not None:
-            self.progress(0, total)
+            self.progress(Event("passes", 0, total))
         with torch.inference_mode():
             for start in range(0, total, step):
                 stop = min(start + step, total)
@@ -141,7 +144,7 @@ class Scorer:
                 out[start:stop] = logits.gather(1, self.classes[rows[start:stop]]).float()
                 self.passes += stop - start
                 if self.progress is not None:
-                    self.progress(stop, total)
+                    self.progress(Event("passes", stop, total))
         return out
 
 

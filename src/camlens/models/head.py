@@ -8,37 +8,56 @@ With ``A = features(x)`` of shape [N, K, h, w] the network computes
     z_c = \\sum_k W_{ck} \\frac{1}{hw} \\sum_{ij} A_{kij} + b_c,
 
 so the class activation map ``M_c[i, j] = sum_k W_ck A_kij`` averages to the logit (less the bias),
-and plain CAM reads it straight from the head's weights. :func:`build_cam_model` puts such a head on
-the embedded EfficientNet-Lite0, on any timm or torchvision convolutional network (with a local
-weights file, or random weights with a warning), and :mod:`camlens.train` trains it on a folder.
+and plain CAM reads it straight from the head's weights. This module holds the network
+(:class:`CamNet`), its backbones (the embedded EfficientNet-Lite0, any timm or torchvision
+convolutional network) and its spec; :func:`camlens.build_cam_model` (:mod:`camlens.models.build`)
+builds one from a backbone and a weights file, and :mod:`camlens.train` trains it on a folder.
 
 The network's modules are always named ``features`` (the backbone, whose output is the CAM layer
 that :func:`camlens.layers.auto_layer` picks), ``pool``, ``dropout`` and ``fc`` (the head
 :func:`camlens.layers.find_cam_head` finds).
+
+A built network's spec, the string :func:`camlens.load_model` rebuilds it from (given the weights
+of the whole network), is its name with what the name leaves out when it is not the default::
+
+    BACKBONE [at HxW] -> GAP [-> Dropout(P)] -> Linear(K, C)
+
+``efficientnet_lite0 -> GAP -> Linear(1280, 2)``, ``torchvision:resnet18 at 64x64 -> GAP ->
+Dropout(0.3) -> Linear(512, 3)``: ``at HxW`` when the input size is not the backbone's own,
+``Dropout(P)`` when the dropout is not 0.2.
 """
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections import OrderedDict
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from camlens.errors import ModelError
-from camlens.images import PreprocessConfig
-from camlens.models.loading import DEFAULT_SPEC, _read_state_dict, _timm_preprocess
-from camlens.models.model import Model
+from camlens.errors import CamlensError, ModelError
+from camlens.images import PreprocessConfig, parse_size
+from camlens.models.architectures import (
+    DEFAULT_SPEC,
+    DEFAULT_TIMM_NAME,
+    check_torchvision_name,
+    default_network,
+    timm_network,
+    timm_preprocess,
+    torchvision_network,
+    torchvision_preprocess,
+)
+from camlens.modes import eval_mode
 
 BACKBONE_FORMS = (
     f"'{DEFAULT_SPEC}' (the embedded default, offline ImageNet weights), 'timm:NAME' or "
     "'torchvision:NAME' (with weights= a local state dict; random weights without)"
 )
-CHECKPOINT_SUFFIX = ".camlens"
+#: The dropout of :func:`camlens.build_cam_model` unless told otherwise (left out of specs).
+DEFAULT_DROPOUT = 0.2
 _TRANSFORMER = (
     "{} is a vision transformer: its features are tokens, not the [N, C, H, W] map of a "
     "convolutional backbone that CAM needs"
@@ -103,7 +122,7 @@ class CamNet(nn.Module):
 
 
 @dataclass
-class _Backbone:
+class Backbone:
     """A feature extractor, and how its state-dict keys relate to those of the full network:
     ``key_in_file = prefix + key_in_features``; keys under ``dropped`` belong to the removed head."""
 
@@ -118,75 +137,30 @@ class _Backbone:
         return self.features.body if isinstance(self.features, TimmFeatures) else self.features
 
 
-def build_cam_model(
-    backbone: str | None = None,
-    num_classes: int | None = None,
-    *,
-    weights: str | Path | None = None,
-    class_names: Sequence[str] | None = None,
-    dropout: float = 0.2,
-    input_size: int | tuple[int, int] | None = None,
-    device: str | torch.device = "cpu",
-) -> Model:
-    """A CAM-ready classifier: ``backbone``'s last convolutional features -> global average pooling
-    -> dropout -> ``nn.Linear(K, num_classes)`` (see :mod:`camlens.models.head` for the formula).
-
-    ``backbone``: ``None`` or ``"efficientnet_lite0"`` for the embedded EfficientNet-Lite0 with its
-    offline ImageNet weights; ``"timm:NAME"`` (``forward_features``) or ``"torchvision:NAME"`` (VGG
-    and AlexNet ``features`` without their last max pooling, so the map keeps the conv5 resolution
-    as in the CAM paper; ResNet, RegNet and the like without ``avgpool`` and ``fc``; DenseNet
-    ``features`` and its final ReLU; ...), filled from ``weights``: a local state dict
-    (.pth/.pt/.bin/.safetensors) of the whole classifier or of its features only (a "no top" file),
-    or a ``.camlens`` checkpoint of the same backbone. Without ``weights`` a timm or torchvision
-    backbone has random weights, with a warning.
-
-    ``num_classes`` (or ``class_names``, which gives it): the head's outputs; :func:`camlens.train`
-    names the classes after the folders when no names are given. ``input_size``: (height, width)
-    or one side in pixels, instead of the backbone's own. The head is initialized from
-    ``torch``'s current random state (seed it for repeatable results).
-
-    >>> model = build_cam_model("timm:resnet50", num_classes=2, weights="resnet50.safetensors")  # doctest: +SKIP
-    >>> camlens.Explainer(model, method="cam")                                                   # doctest: +SKIP
-    """
-    spec = DEFAULT_SPEC if backbone in (None, "default") else str(backbone)
-    labels = _class_names(num_classes, class_names)
-    if not 0.0 <= dropout < 1.0:
-        raise ModelError(f"dropout must be in [0, 1), not {dropout}")
-    source = _backbone(spec, weights)
-    preprocess = _with_input_size(source.preprocess, input_size)
-    channels = feature_channels(source.features, preprocess, spec)
-    net = CamNet(source.features, CamConfig(spec, len(labels), channels, float(dropout)))
-    net.eval()
-    return Model(net, preprocess, labels, describe(net.config)).to(device)
-
-
 def describe(config: CamConfig) -> str:
     """The name a built model goes by in reports: ``BACKBONE -> GAP -> Linear(K, C)``."""
     return f"{config.backbone} -> GAP -> Linear({config.channels}, {config.num_classes})"
 
 
-def skeleton(config: CamConfig) -> CamNet:
-    """A :class:`CamNet` of ``config``'s architecture with random weights, no warning (for loading
-    a checkpoint, whose weights replace them all)."""
-    source = _backbone(config.backbone, None, skeleton=True)
-    return CamNet(source.features, config)
+def skeleton(config: CamConfig) -> tuple[CamNet, PreprocessConfig]:
+    """A :class:`CamNet` of ``config``'s architecture with uninitialized or random weights, no
+    warning (for loading a whole network's weights, which replace them all), and its backbone's
+    own preprocessing."""
+    source = make_backbone(config.backbone, filled=True)
+    return CamNet(source.features, config), source.preprocess
 
 
 def feature_channels(features: nn.Module, preprocess: PreprocessConfig, spec: str) -> int:
     """``K``, from one probe forward pass; a :class:`ModelError` unless the output is a spatial
     map [N, K, h, w]."""
     height, width = preprocess.input_size
-    was_training = features.training
-    features.eval()
     try:
-        with torch.inference_mode():
+        with eval_mode(features), torch.inference_mode():
             out = features(torch.zeros(1, 3, height, width))
     except Exception as exc:  # an input too small for the architecture, for one
         raise ModelError(
             f"{spec}: the backbone fails on a {height}x{width} input ({type(exc).__name__}: {exc})"
         ) from None
-    finally:
-        features.train(was_training)
     if not isinstance(out, torch.Tensor) or out.ndim != 4:
         shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ModelError(
@@ -201,98 +175,103 @@ def feature_channels(features: nn.Module, preprocess: PreprocessConfig, spec: st
     return int(out.shape[1])
 
 
-def _class_names(num_classes: int | None, class_names: Sequence[str] | None) -> tuple[str, ...]:
-    if class_names is not None:
-        names = tuple(str(n) for n in class_names)
-        if num_classes is not None and num_classes != len(names):
-            raise ModelError(f"{len(names)} class names given for num_classes={num_classes}")
-        if len(set(names)) != len(names):
-            raise ModelError(f"class names must differ from each other: {list(names)}")
-        num_classes = len(names)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ModelError(f"a classifier needs num_classes >= 2 (or class_names), not {num_classes}")
-    return names if class_names is not None else tuple(f"class {i}" for i in range(num_classes))
+def cam_spec(config: CamConfig, input_size: tuple[int, int] | None = None) -> str:
+    """The spec of a :class:`CamNet` of ``config`` whose input is ``input_size`` (height, width;
+    ``None`` for the backbone's own): :func:`describe`, with ``at HxW`` and ``Dropout(P)`` when
+    they are not the defaults (see the module docstring). :func:`parse_cam_spec` reads it back."""
+    backbone = config.backbone
+    if input_size is not None:
+        backbone += f" at {input_size[0]}x{input_size[1]}"
+    dropout = "" if config.dropout == DEFAULT_DROPOUT else f" -> Dropout({config.dropout!r})"
+    return f"{backbone} -> GAP{dropout} -> Linear({config.channels}, {config.num_classes})"
 
 
-def _with_input_size(
-    preprocess: PreprocessConfig, size: int | tuple[int, int] | None
+_CAM_SPEC = re.compile(
+    r"(?P<backbone>\S+)(?: at (?P<height>\d+)x(?P<width>\d+))? -> GAP"
+    r"(?: -> Dropout\((?P<dropout>[-+.\deE]+)\))? -> Linear\((?P<channels>\d+), (?P<classes>\d+)\)"
+)
+
+
+def is_cam_spec(text: str) -> bool:
+    """Whether ``text`` looks like a built network's spec (its ``-> GAP ->`` part)."""
+    return " -> GAP" in text
+
+
+def parse_cam_spec(text: str) -> tuple[CamConfig, tuple[int, int] | None]:
+    """The config and input size (``None``: the backbone's own) of a spec written by
+    :func:`cam_spec`; a :class:`ModelError` saying the form when ``text`` does not have it."""
+    match = _CAM_SPEC.fullmatch(text.strip())
+    if match is None:
+        raise ModelError(
+            f"{text!r} is not the spec of a built model: 'BACKBONE [at HxW] -> GAP "
+            "[-> Dropout(P)] -> Linear(K, C)', as in 'efficientnet_lite0 -> GAP -> Linear(1280, 2)'"
+        )
+    dropout = float(match["dropout"]) if match["dropout"] else DEFAULT_DROPOUT
+    if not 0.0 <= dropout < 1.0:
+        raise ModelError(f"{text!r}: dropout must be in [0, 1), not {dropout}")
+    size = None
+    if match["height"]:
+        size = (int(match["height"]), int(match["width"]))
+    config = CamConfig(match["backbone"], int(match["classes"]), int(match["channels"]), dropout)
+    return config, size
+
+
+def with_input_size(
+    preprocess: PreprocessConfig, size: int | tuple[int, int] | str | None
 ) -> PreprocessConfig:
+    """``preprocess`` with another input size (height, width, or one side for a square);
+    unchanged for ``None``."""
     if size is None:
         return preprocess
-    pair = (size, size) if isinstance(size, int) else tuple(size)
-    if len(pair) != 2 or not all(isinstance(n, int) and n >= 16 for n in pair):
+    try:
+        pair = parse_size(size)
+    except CamlensError:
+        pair = (0, 0)
+    if min(pair) < 16:
         raise ModelError(f"input_size must be (height, width) of at least 16 pixels, not {size}")
     return PreprocessConfig(
         (pair[0], pair[1]), preprocess.interpolation, preprocess.mean, preprocess.std
     )
 
 
-def _backbone(spec: str, weights: str | Path | None, *, skeleton: bool = False) -> _Backbone:
-    """The backbone of ``spec``: filled from ``weights``, or with its default or random weights
-    (random with a warning); ``skeleton=True``: its weights are about to be replaced (no warning,
-    and torchvision networks are built without spending time on initialization)."""
+def make_backbone(spec: str, *, filled: bool) -> Backbone:
+    """The backbone of ``spec`` (see :data:`BACKBONE_FORMS`). ``filled=True``: every weight is
+    about to be loaded from a file, so the default backbone is built without its embedded weights
+    and torchvision networks without spending time on initialization; otherwise the default has
+    its ImageNet weights and the others random ones."""
     if spec == DEFAULT_SPEC:
-        if weights is None and not skeleton:  # a user's build: the embedded ImageNet weights
-            from camlens.models.loading import load_model
-
-            return _timm_backbone("tf_efficientnet_lite0", load_model(DEFAULT_SPEC).net)
-        if weights is not None and Path(weights).suffix != CHECKPOINT_SUFFIX:
-            raise ModelError(
-                f"the default backbone has its own weights; to use {weights}, give "
-                "'timm:tf_efficientnet_lite0' as the backbone"
-            )
-        source = _timm_backbone("tf_efficientnet_lite0")
-    elif spec.startswith("timm:"):
-        source = _timm_backbone(spec[len("timm:") :])
-    elif spec.startswith("torchvision:"):
-        empty = skeleton or weights is not None
-        source = _torchvision_backbone(spec[len("torchvision:") :], empty=empty)
-    else:
-        raise ModelError(f"unknown backbone {spec!r}: use {BACKBONE_FORMS}")
-    if weights is not None:
-        _fill_backbone(source, spec, Path(weights))
-    elif not skeleton:
-        warnings.warn(
-            f"backbone {spec} has random weights (no weights= file given): its features are "
-            "noise, so a head trained on them learns little and its maps mean nothing; pass "
-            "weights= a local state dict of the pretrained network",
-            UserWarning,
-            stacklevel=3,
-        )
-    return source
+        if filled:
+            return _timm_backbone(DEFAULT_TIMM_NAME)
+        return _timm_backbone(DEFAULT_TIMM_NAME, default_network())
+    if spec.startswith("timm:"):
+        return _timm_backbone(spec[len("timm:") :])
+    if spec.startswith("torchvision:"):
+        return _torchvision_backbone(spec[len("torchvision:") :], empty=filled)
+    raise ModelError(f"unknown backbone {spec!r}: use {BACKBONE_FORMS}")
 
 
-def _timm_backbone(name: str, body: nn.Module | None = None) -> _Backbone:
-    import timm
-
+def _timm_backbone(name: str, body: nn.Module | None = None) -> Backbone:
     if body is None:
-        if name not in timm.list_models():
-            close = timm.list_models(f"*{name}*")[:5]
-            hint = f"; similar: {', '.join(close)}" if close else ""
-            raise ModelError(f"timm has no model named {name!r}{hint}")
-        body = timm.create_model(name, pretrained=False)
+        body = timm_network(name)
     classifier = str((getattr(body, "pretrained_cfg", {}) or {}).get("classifier", "classifier"))
-    preprocess = _timm_preprocess(body)
+    preprocess = timm_preprocess(body)
     body.reset_classifier(0)  # type: ignore[operator]  # the ImageNet classifier goes; forward_features stays as it was
-    return _Backbone(TimmFeatures(body), preprocess, prefix="", dropped=(classifier + ".",))
+    return Backbone(TimmFeatures(body), preprocess, prefix="", dropped=(classifier + ".",))
 
 
-def _torchvision_backbone(name: str, *, empty: bool = False) -> _Backbone:
+def _torchvision_backbone(name: str, *, empty: bool = False) -> Backbone:
     """``empty``: built on the meta device and given uninitialized memory (every weight is about
     to be loaded; this skips, for VGG16, initializing a classifier of 120 million weights)."""
-    import torchvision
-
-    if name not in torchvision.models.list_models():
-        raise ModelError(f"torchvision has no classification model named {name!r}")
+    check_torchvision_name(name)
     if name.startswith(("vit_", "swin_")):
         raise ModelError(_TRANSFORMER.format(f"torchvision:{name}"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. inception's note on its init scheme
         if not empty:
-            full = torchvision.models.get_model(name, weights=None)
+            full = torchvision_network(name)
         else:
             with torch.device("meta"):
-                full = torchvision.models.get_model(name, weights=None)
+                full = torchvision_network(name)
     if type(full).__name__ in ("SwinTransformer", "VisionTransformer"):
         raise ModelError(_TRANSFORMER.format(f"torchvision:{name}"))
     source = _torchvision_parts(full, name)
@@ -304,8 +283,8 @@ def _torchvision_backbone(name: str, *, empty: bool = False) -> _Backbone:
     return source
 
 
-def _torchvision_parts(full: nn.Module, name: str) -> _Backbone:
-    preprocess = _torchvision_preprocess(name)
+def _torchvision_parts(full: nn.Module, name: str) -> Backbone:
+    preprocess = torchvision_preprocess(name)
     children = dict(full.named_children())
     features: nn.Module
     if isinstance(children.get("features"), nn.Sequential):
@@ -317,76 +296,13 @@ def _torchvision_parts(full: nn.Module, name: str) -> _Backbone:
             modules["relu"] = nn.ReLU()
         features = nn.Sequential(modules)
         dropped = tuple(f"{n}." for n in children if n != "features")
-        return _Backbone(features, preprocess, prefix="features.", dropped=dropped)
+        return Backbone(features, preprocess, prefix="features.", dropped=dropped)
     if isinstance(children.get("layers"), nn.Sequential):  # MNASNet
         dropped = tuple(f"{n}." for n in children if n != "layers")
-        return _Backbone(children["layers"], preprocess, prefix="layers.", dropped=dropped)
+        return Backbone(children["layers"], preprocess, prefix="layers.", dropped=dropped)
     kept = OrderedDict((n, m) for n, m in children.items() if n not in _TORCHVISION_HEADS)
     dropped = tuple(f"{n}." for n in children if n not in kept)
-    return _Backbone(nn.Sequential(kept), preprocess, prefix="", dropped=dropped)
-
-
-def _torchvision_preprocess(name: str) -> PreprocessConfig:
-    import torchvision
-
-    try:
-        transforms = torchvision.models.get_model_weights(name).DEFAULT.transforms()
-        size = int(transforms.crop_size[0])
-        return PreprocessConfig(
-            input_size=(size, size),
-            interpolation=str(transforms.interpolation.value),
-            mean=tuple(transforms.mean),  # type: ignore[arg-type]
-            std=tuple(transforms.std),  # type: ignore[arg-type]
-        )
-    except (ValueError, AttributeError, KeyError, IndexError):
-        return PreprocessConfig(interpolation="bilinear")
-
-
-def _fill_backbone(source: _Backbone, spec: str, path: Path) -> None:
-    """Loads the backbone's weights from ``path``: a whole classifier's state dict (its head keys
-    are ignored), its features only, or a ``.camlens`` checkpoint with the same backbone."""
-    prefix: str
-    dropped: tuple[str, ...]
-    if path.suffix == CHECKPOINT_SUFFIX:
-        from camlens.checkpoint import read_checkpoint
-
-        header, state = read_checkpoint(path)
-        if header.config.backbone != spec:
-            raise ModelError(
-                f"{path}: a checkpoint of backbone {header.config.backbone!r}, not {spec!r}"
-            )
-        inner = "body." if isinstance(source.features, TimmFeatures) else ""
-        prefix, dropped = f"features.{inner}", ("pool.", "dropout.", "fc.")
-    else:
-        state = _read_state_dict(path)
-        prefix, dropped = source.prefix, source.dropped
-    target = source.target
-    expected = target.state_dict()
-    candidates = {k: v for k, v in state.items() if not k.startswith(dropped)}
-    picked: dict[str, torch.Tensor] = {}
-    unexpected = []
-    for key, tensor in candidates.items():
-        short = key[len(prefix) :] if key.startswith(prefix) else key
-        if short in expected:
-            picked[short] = tensor
-        else:
-            unexpected.append(key)
-    missing = [k for k in expected if k not in picked]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing (e.g. {prefix}{missing[0]})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-    wrong = [
-        f"{prefix}{k} {tuple(v.shape)} instead of {tuple(expected[k].shape)}"
-        for k, v in picked.items()
-        if v.shape != expected[k].shape
-    ]
-    if wrong:
-        problems.append(f"{len(wrong)} of another shape (e.g. {wrong[0]})")
-    if problems:
-        raise ModelError(f"{path}: does not fit backbone {spec}: " + ", ".join(problems))
-    target.load_state_dict(picked, strict=True)
+    return Backbone(nn.Sequential(kept), preprocess, prefix="", dropped=dropped)
 
 
 def header_json(config: CamConfig) -> dict[str, Any]:
@@ -414,8 +330,15 @@ def config_from_json(data: Any, where: str) -> CamConfig:
 
 
 __all__ = [
+    "BACKBONE_FORMS",
+    "Backbone",
     "CamConfig",
     "CamNet",
-    "build_cam_model",
+    "TimmFeatures",
+    "cam_spec",
     "describe",
+    "feature_channels",
+    "make_backbone",
+    "parse_cam_spec",
+    "skeleton",
 ]

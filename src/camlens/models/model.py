@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import difflib
+import functools
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -17,9 +20,14 @@ from camlens.images import PreprocessConfig
 class Model:
     """A classifier ready to explain: ``net`` maps a normalized [N, 3, H, W] batch to logits.
 
-    ``labels[i]`` names class ``i``; ``preprocess`` says how photos become inputs; ``name`` is the spec
-    it was loaded from (written into reports). ``adapter`` chooses how each layer's output becomes
-    ``[N, K, h, w]`` maps (see :mod:`camlens.adapters`; convolutional layers by default).
+    ``labels[i]`` names class ``i``; ``preprocess`` says how photos become inputs; ``name`` names
+    the model in reports. ``adapter`` chooses how each layer's output becomes ``[N, K, h, w]`` maps
+    (see :mod:`camlens.adapters`; convolutional layers by default).
+
+    ``spec`` and ``weights`` load the model back: ``camlens.load_model(model.spec,
+    weights=model.weights)`` rebuilds the same network with the same preprocessing and labels (see
+    :func:`camlens.load_model` for each kind of model). ``spec`` is ``None`` for a network given
+    as an ``nn.Module``, which camlens cannot build again.
     """
 
     net: nn.Module
@@ -27,6 +35,8 @@ class Model:
     labels: tuple[str, ...]
     name: str
     adapter: AdapterRule = field(default=default_rule, repr=False, compare=False)
+    spec: str | None = None
+    weights: Path | None = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.net(x)
@@ -50,7 +60,20 @@ class Model:
         return self
 
     def class_index(self, cls: int | str) -> int:
-        """The index of a class given by index or by name (exact, then case-insensitive match)."""
+        """The index of a class given by index or by name, as people type it.
+
+        A name matches, in this order, the first rule that finds anything:
+
+        1. a whole label, exactly (``"tiger cat"``);
+        2. a whole label, ignoring case, with underscores for spaces (``"Tiger_Cat"``);
+        3. one synonym of a label, the same way: ImageNet's labels list several, separated by
+           commas, so ``"cab"``, ``"taxi"`` and ``"Taxicab"`` all name 468, "cab, hack, taxi,
+           taxicab";
+        4. for an ImageNet-1k model, a WordNet id (``"n02930766"``, 468).
+
+        A name that matches several classes under its rule is an error listing them with their
+        indices (ImageNet's ``"crane"`` is the bird, 134, and the machine, 517), never the first.
+        """
         n = self.num_classes
         if isinstance(cls, bool):
             raise ClassError(f"class {cls!r} is not a class index or name")
@@ -63,12 +86,65 @@ class Model:
         text = str(cls).strip()
         if text.lstrip("-").isdigit():
             return self.class_index(int(text))
-        if text in self.labels:
-            return self.labels.index(text)
-        folded = [label.casefold() for label in self.labels]
-        if text.casefold() in folded:
-            return folded.index(text.casefold())
-        close = [label for label in self.labels if text.casefold() in label.casefold()][:5]
+        found = _matches(self.labels, text)
+        if len(found) == 1:
+            return found[0]
+        if found:
+            wnids = _wnids(self.labels)
+            listed = ", ".join(
+                f"{i} {self.labels[i]!r}" + (f" ({wnids[i]})" if wnids else "") for i in found
+            )
+            raise ClassError(
+                f"class name {text!r} is ambiguous in {self.name}: it names {listed}; "
+                "give the index" + (" or the WordNet id" if wnids else "")
+            )
+        key = _normal(text)
+        close = [label for label in self.labels if key in _normal(label)][:5]
         close = close or difflib.get_close_matches(text, self.labels, n=5, cutoff=0.7)
         hint = f"; did you mean one of: {', '.join(repr(c) for c in close)}" if close else ""
         raise ClassError(f"class name {text!r} is not one of {self.name}'s {n} class names{hint}")
+
+
+def _normal(name: str) -> str:
+    """A name as compared: case folded, underscores as spaces, runs of spaces as one."""
+    return " ".join(name.replace("_", " ").casefold().split())
+
+
+@functools.lru_cache(maxsize=8)
+def _label_keys(labels: tuple[str, ...]) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+    """``(whole, synonym)``: the classes of each normalized whole label and of each synonym."""
+    whole: dict[str, list[int]] = {}
+    synonym: dict[str, list[int]] = {}
+    for index, label in enumerate(labels):
+        whole.setdefault(_normal(label), []).append(index)
+        for part in dict.fromkeys(_normal(p) for p in label.split(",")):
+            if part:
+                synonym.setdefault(part, []).append(index)
+    return whole, synonym
+
+
+def _wnids(labels: tuple[str, ...]) -> tuple[str, ...] | None:
+    """ImageNet's WordNet ids when ``labels`` are ImageNet-1k's, else None."""
+    if len(labels) != 1000:
+        return None
+    from camlens.models.labels import imagenet_labels, imagenet_wnids
+
+    return imagenet_wnids() if labels == imagenet_labels() else None
+
+
+def _matches(labels: tuple[str, ...], text: str) -> list[int]:
+    """The classes ``text`` names under the first rule of :meth:`Model.class_index` that finds any."""
+    exact = [i for i, label in enumerate(labels) if label == text]
+    if exact:
+        return exact
+    whole, synonym = _label_keys(tuple(labels))
+    key = _normal(text)
+    if key in whole:
+        return whole[key]
+    if key in synonym:
+        return synonym[key]
+    if re.fullmatch(r"n\d{8}", key):
+        wnids = _wnids(tuple(labels))
+        if wnids is not None and key in wnids:
+            return [wnids.index(key)]
+    return []

@@ -239,6 +239,7 @@ class ServerState:
                 fast_channels=fast_channels,
                 fast_resolution=fast_resolution,
                 max_pixels=self.settings.max_pixels,
+                device=str(self.model.device),
             ),
         )
         count = (len(indices) or top or 1) * len(method_names) * max(1, len(layer_names))

@@ -30,7 +30,6 @@ from typing import Any
 
 from PIL import Image
 
-from camlens import smoothing
 from camlens.config import ExplainConfig
 from camlens.explain import Explainer
 from camlens.explanation import ClassMap, Explanation
@@ -103,19 +102,11 @@ class _Pending:
 
 
 def explainer_for(model: Model, config: ExplainConfig, batch_size: int) -> Explainer:
-    """An explainer of ``model`` with the options of ``config`` (methods, layers, smoothing...)."""
-    return Explainer(
+    """An explainer of ``model`` with the options of ``config`` (methods, layers, smoothing...),
+    ``batch_size`` images per forward pass; classes are given to each call."""
+    return Explainer.from_config(
+        config.replace(classes=(), top=None, batch_size=batch_size, device=str(model.device)),
         model,
-        method=list(config.methods),
-        layer=list(config.layers) or None,
-        batch_size=batch_size,
-        use_head_gradients=config.use_head_gradients,
-        smooth=list(config.smooth) or None,
-        augmentations=smoothing.augmentations(config.tta_flips, config.tta_scales),
-        max_batch_memory=config.max_batch_memory,
-        fast_channels=config.fast_channels,
-        fast_resolution=config.fast_resolution,
-        channels_last=config.channels_last,
     )
 
 

@@ -34,7 +34,10 @@ from camlens.errors import ModelError
 from camlens.images import PreprocessConfig
 from camlens.models.head import CamConfig, CamNet, config_from_json, header_json, skeleton
 from camlens.models.model import Model
+from camlens.models.weights import load_state
+from camlens.version import __version__
 
+CHECKPOINT_SUFFIX = ".camlens"
 FORMAT = "camlens"
 VERSION = 1
 METADATA_KEY = "camlens"
@@ -75,10 +78,9 @@ def save(
     (the suffix is added when missing), and returns the path written.
 
     ``training``: a summary to store; by default what :func:`camlens.train` left on the model.
-    ``camlens.load_model(path)`` gives back the same predictions and maps, bit for bit.
+    ``camlens.load_model(path)`` gives back the same predictions and maps, bit for bit, so the
+    path becomes the model's ``spec`` (and its ``weights`` ``None``).
     """
-    from camlens import __version__
-
     net = model.net
     if not isinstance(net, CamNet):
         raise ModelError(
@@ -90,8 +92,8 @@ def save(
             f"{model.name}: {len(model.labels)} labels for {net.config.num_classes} outputs"
         )
     target = Path(path)
-    if target.suffix != ".camlens":
-        target = target.with_name(target.name + ".camlens")
+    if target.suffix != CHECKPOINT_SUFFIX:
+        target = target.with_name(target.name + CHECKPOINT_SUFFIX)
     header = Header(
         net.config,
         tuple(model.labels),
@@ -103,6 +105,7 @@ def save(
     # clones: safetensors refuses tensors that share memory, and wants them contiguous on the CPU
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in net.state_dict().items()}
     _write_atomically(state, metadata, target)
+    model.spec, model.weights = str(target), None
     return target
 
 
@@ -136,34 +139,19 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[Header, dict[str, tor
 
 
 def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Model:
-    """The :class:`Model` saved in ``path`` (in eval mode), named after the path."""
+    """The :class:`Model` saved in ``path`` (in eval mode), named after the path, which is also
+    its spec."""
     path = Path(path)
     header, state = read_checkpoint(path)
-    net = skeleton(header.config)
-    expected = net.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [
-        f"{k} {tuple(v.shape)} instead of {tuple(expected[k].shape)}"
-        for k, v in state.items()
-        if k in expected and v.shape != expected[k].shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing (e.g. {missing[0]})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-    if wrong:
-        problems.append(f"{len(wrong)} of another shape (e.g. {wrong[0]})")
-    if problems:
-        raise ModelError(
-            f"{path}: its weights do not fit the backbone its header names "
-            f"({header.config.backbone}): " + ", ".join(problems)
-        )
-    net.load_state_dict(state, strict=True)
+    net, _ = skeleton(header.config)
+    load_state(
+        net,
+        state,
+        f"{path}: its weights do not fit the backbone its header names ({header.config.backbone})",
+    )
     net.training_summary = dict(header.training)
     net.eval()
-    return Model(net, header.preprocess, header.class_names, str(path)).to(device)
+    return Model(net, header.preprocess, header.class_names, str(path), spec=str(path)).to(device)
 
 
 def _read(path: Path, *, weights: bool) -> tuple[Header, dict[str, torch.Tensor] | None]:

@@ -1,0 +1,269 @@
+"""Capture: one forward pass under taps gives, per target layer, the activations as
+``[N, K, h, w]`` maps (through the layer's adapter), the GAP -> Linear head the layer feeds when
+there is one, and on demand the gradients of any set of classes (all of them in one batched
+backward pass) or a :class:`~camlens.methods.perturbation.Scorer` for the perturbation methods.
+
+A :class:`Capture` is what the methods read (it is their :class:`~camlens.methods.Evidence`); it
+belongs to one call and one thread. What is found once per model and layers (adapters, heads,
+replay plans) is a :class:`Target`, made by :func:`find_targets` on a probe input.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from camlens.adapters import LayerAdapter
+from camlens.errors import CamlensError, LayerError, MethodError, ModelError
+from camlens.layers import CamHead, find_cam_head, probe_input, require_cam_head
+from camlens.methods.perturbation import Scorer
+from camlens.models import Model
+from camlens.modes import eval_mode
+from camlens.progress import Progress
+from camlens.replay import Replay, ReplayPlan, build_replay
+from camlens.taps import RUNS, Hook, LayerSpec, Taps, hooked, resolve_layer
+
+
+@dataclass(frozen=True)
+class Target:
+    """A layer to explain, as found on the probe input: its module, the adapter that turns its
+    output into maps, the maps' depth ``channels``, the GAP -> Linear head it feeds (or None), and
+    the plan to replay the network after it (perturbation methods only)."""
+
+    name: str
+    module: nn.Module
+    adapter: LayerAdapter
+    channels: int
+    head: CamHead | None
+    replay: ReplayPlan | None = None
+
+    def require_head(self, model: Model) -> CamHead:
+        return require_cam_head(self.head, model, self.name, self.channels)
+
+
+def find_targets(model: Model, layers: Sequence[LayerSpec]) -> list[Target]:
+    """The targets of ``layers`` (names or modules), found with one probe forward pass: a
+    :class:`~camlens.errors.LayerError` for a layer that does not exist, is not run by the model or
+    whose output is no spatial map."""
+    named = [resolve_layer(model.net, layer) for layer in layers]
+    outputs: dict[str, object] = {}
+
+    def keep(name: str) -> Hook:
+        def hook(module: nn.Module, inputs: object, output: object) -> None:
+            outputs[name] = output
+
+        return hook
+
+    with (
+        eval_mode(model.net),
+        hooked([(module, keep(name)) for name, module in named]),
+        RUNS.shared(),
+        torch.inference_mode(),
+    ):
+        logits = model.net(probe_input(model))
+    targets = []
+    for name, module in named:
+        if name not in outputs:
+            raise LayerError(f"layer {name!r} is not run by {model.name}'s forward pass")
+        output = outputs[name]
+        adapter = model.adapter(name, module, output)
+        maps = adapter.to_maps(output) if adapter is not None else None  # type: ignore[arg-type]
+        if maps is None or maps.ndim != 4:
+            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output)
+            raise LayerError(
+                f"layer {name!r} ({type(module).__name__}) gives {shape}, not a spatial map "
+                "[N, C, H, W]; choose a conv layer (see `camlens layers`)"
+            )
+        head = find_cam_head(model, name, maps, logits)
+        targets.append(Target(name, module, adapter, int(maps.shape[1]), head))  # type: ignore[arg-type]
+    return targets
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How a capture runs the model beyond its forward pass: ``head_gradients`` takes the gradient
+    of a GAP -> Linear head's logits from its weights; the rest is passed to the
+    :class:`~camlens.methods.perturbation.Scorer` (``row_bytes``: the memory one input row takes in
+    a forward pass)."""
+
+    head_gradients: bool = True
+    max_batch_memory: int = 512 * 2**20
+    fast_channels: int | None = None
+    fast_resolution: float | None = None
+    channels_last: bool = True
+    row_bytes: int | None = None
+
+
+class Capture:
+    """One forward pass of ``model`` on the batch ``x`` [N, 3, H, W], tapped at ``targets``.
+
+    ``gradients``: the layers (names) whose gradients will be asked for by autograd; the forward
+    pass then records the graph after them (only after them). Reading: :meth:`activations`,
+    :meth:`class_weights`, :meth:`gradients`, :meth:`scorer` (see
+    :class:`~camlens.methods.Evidence`); ``logits`` and ``probs`` [N, classes]; ``passes`` (rows
+    the perturbation methods ran through the model) and ``backward_passes`` so far.
+
+    Non-finite input is refused, and a model whose logits are not finite is named in the error.
+    Run it in eval mode (:func:`camlens.modes.eval_mode`) holding :data:`camlens.taps.RUNS`
+    shared, as :class:`~camlens.explain.Explainer` does for a whole batch.
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        targets: Sequence[Target],
+        x: torch.Tensor,
+        *,
+        gradients: Sequence[str] = (),
+        settings: Settings | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        if not bool(torch.isfinite(x).all()):
+            raise CamlensError("the input has NaN or infinite values")
+        self.model = model
+        self.targets = {t.name: t for t in targets}
+        self.x = x
+        self.settings = settings or Settings()
+        self.progress = progress
+        self.passes = 0
+        self.backward_passes = 0
+        self._autograd = [name for name in self.targets if name in set(gradients)]
+        self._gradients: dict[tuple[tuple[int, ...], ...], dict[str, list[torch.Tensor]]] = {}
+        self._replays: dict[str, Replay] = {}
+        self._scorers: list[Scorer] = []
+        net = model.net
+        adapters = {t.name: t.adapter for t in targets}
+        with Taps(
+            net, list(self.targets), gradients=bool(self._autograd), adapters=adapters
+        ) as taps:
+            if self._autograd:
+                with torch.no_grad():
+                    logits = net(x)
+            else:
+                with torch.inference_mode():
+                    logits = net(x)
+        self._logits = logits  # with the graph after the tapped layers, when there is one
+        self._maps = taps.activations
+        self._outputs = {name: o.detach() for name, o in taps.outputs.items()}
+        self.logits = logits.detach()
+        if not bool(torch.isfinite(self.logits).all()):
+            raise ModelError(
+                f"{model.name} gave NaN or infinite scores for this input: the model or its "
+                "weights are broken"
+            )
+        self.probs = torch.softmax(self.logits.float(), dim=1)
+
+    # --- Evidence --------------------------------------------------------------------------------
+
+    def activations(self, layer: str) -> torch.Tensor:
+        return self._maps[layer].detach()
+
+    def class_weights(self, layer: str, index: torch.Tensor) -> torch.Tensor:
+        head = self.targets[layer].require_head(self.model)
+        return head.weight[index].to(self._maps[layer].dtype)
+
+    def gradients(self, layer: str, index: torch.Tensor) -> list[torch.Tensor]:
+        """The gradient of each rank's class score, ``d y[n, index[n, j]] / d A[n]``, as ``D``
+        tensors [N, K, h, w]. Where the layer feeds a GAP -> Linear head (and head gradients are
+        on) it is ``W[c] / (h * w)`` at every location, with no backward pass; otherwise every
+        rank of every autograd layer comes from one batched backward pass (the first call)."""
+        target = self.targets[layer]
+        if target.head is not None and self.settings.head_gradients:
+            a = self._maps[layer]
+            h, w = a.shape[-2:]
+            rows = target.head.weight[index].to(a.dtype) / (h * w)  # [N, D, K]
+            return [r[:, :, None, None].expand_as(a) for r in rows.unbind(1)]
+        if layer not in self._autograd:
+            raise MethodError(f"no gradients were recorded for layer {layer!r}")
+        key = tuple(tuple(int(c) for c in row) for row in index.tolist())
+        if key not in self._gradients:
+            self._gradients[key] = self._backward(index)
+        return self._gradients[key][layer]
+
+    def scorer(self, layer: str, index: torch.Tensor) -> Scorer:
+        target = self.targets[layer]
+        a = self.activations(layer)
+        plan = target.replay
+
+        def replay() -> Replay:
+            if plan is None:
+                raise MethodError(f"no replay was planned for layer {layer!r}")
+            if layer not in self._replays:
+                self._replays[layer] = build_replay(
+                    plan, self.model.net, self.x, a, self._outputs[layer], self.logits
+                )
+            return self._replays[layer]
+
+        scorer = Scorer(
+            self.model.net,
+            self.x,
+            self.logits,
+            index,
+            a,
+            replay=replay,
+            row_bytes=self._row_bytes(),
+            max_batch_memory=self.settings.max_batch_memory,
+            channels=self.settings.fast_channels,
+            resolution=self.settings.fast_resolution,
+            channels_last=self.settings.channels_last,
+            progress=self.progress,
+        )
+        self._scorers.append(scorer)
+        return scorer
+
+    # --- what the call cost ----------------------------------------------------------------------
+
+    @property
+    def perturbation_passes(self) -> int:
+        """Rows the perturbation methods have run through the model (or its replay) so far."""
+        return sum(s.passes for s in self._scorers)
+
+    @property
+    def replay_kinds(self) -> dict[str, str]:
+        """The kind of replay used at each layer so far (``head``, ``graph``, ``full``)."""
+        return {name: r.kind for name, r in self._replays.items()}
+
+    # --- internals -------------------------------------------------------------------------------
+
+    def _row_bytes(self) -> int:
+        if self.settings.row_bytes is None:
+            return 4 * self.x[0].numel() * 8
+        height, width = self.model.preprocess.input_size
+        return int(self.settings.row_bytes * self.x.shape[-2] * self.x.shape[-1] / (height * width))
+
+    def _backward(self, index: torch.Tensor) -> dict[str, list[torch.Tensor]]:
+        """One backward pass for the ``D`` ranks of ``index`` [N, D] at every autograd layer: the
+        ranks are a batch of gradient outputs (``is_grads_batched``), so the layers after the
+        target are read once for all classes (VGG16's 400 MB first linear layer, say). Falls back
+        to one pass per rank where an operation has no batching rule."""
+        leaves = [self._maps[name] for name in self._autograd]
+        n, depth = index.shape
+        seeds = torch.zeros(
+            depth, *self._logits.shape, dtype=self._logits.dtype, device=index.device
+        )
+        rows = torch.arange(n, device=index.device)
+        for j in range(depth):
+            seeds[j, rows, index[:, j]] = 1
+        self.backward_passes += 1
+        if depth == 1:
+            grads = torch.autograd.grad(self._logits, leaves, seeds[0], retain_graph=True)
+            return {name: [g] for name, g in zip(self._autograd, grads, strict=True)}
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # vmap's "no batching rule, slower" notes
+                batched = torch.autograd.grad(
+                    self._logits, leaves, seeds, retain_graph=True, is_grads_batched=True
+                )
+            return {
+                name: list(g.unbind(0)) for name, g in zip(self._autograd, batched, strict=True)
+            }
+        except RuntimeError:  # an operation vmap cannot batch: one pass per rank
+            per_rank = [
+                torch.autograd.grad(self._logits, leaves, seeds[j], retain_graph=True)
+                for j in range(depth)
+            ]
+            return {name: [ranks[i] for ranks in per_rank] for i, name in enumerate(self._autograd)}
