@@ -149,6 +149,9 @@ def test_explain_matches_the_python_api(
     assert np.array_equal(np.asarray(picture), np.asarray(expected.overlay(0)))
     heatmap = Image.open(io.BytesIO(client.get(maps[0]["heatmap"]).content))
     assert heatmap.size == (451, 300)
+    small = client.get(maps[0]["heatmap"], params={"max_side": 100})
+    assert Image.open(io.BytesIO(small.content)).size == (100, 67)  # the photo's shape
+    assert client.get(maps[0]["heatmap"], params={"max_side": 0}).json()["parameter"] == "max_side"
     photo = Image.open(io.BytesIO(client.get(body["image"]["url"]).content))
     assert photo.format == "JPEG" and photo.size == (451, 300)
     assert client.get(body["url"]).json() == body

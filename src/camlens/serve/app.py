@@ -52,6 +52,7 @@ from camlens.explanation import Explanation
 from camlens.images import load_image
 from camlens.layers import auto_layer, spatial_layers
 from camlens.localize import add_boxes, boxes_from_map
+from camlens.maps import upsample
 from camlens.methods import METHODS
 from camlens.models import Model
 from camlens.serve.batcher import Batcher, Closed, QueueFull
@@ -389,10 +390,14 @@ def overlay_png(explanation: Explanation, i: int, cmap: str, alpha: float, boxes
     return _png(picture)
 
 
-def heatmap_png(explanation: Explanation, i: int, cmap: str) -> bytes:
-    """Map ``i`` coloured, alone, at the photo's size (the page lays it over the photo)."""
-    full = explanation.map_at_image(i).detach().float().cpu().numpy()
-    return _png(Image.fromarray(render.colorize(full, cmap)))
+def heatmap_png(explanation: Explanation, i: int, cmap: str, max_side: int | None = None) -> bytes:
+    """Map ``i`` coloured, alone, at the photo's size, or at most ``max_side`` pixels on its
+    longer side with the photo's shape (the page lays it over the photo, as large as it shows)."""
+    width, height = explanation.size
+    scale = 1.0 if max_side is None else min(1.0, max_side / max(width, height))
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    resized = upsample(explanation.maps[i].map, size).detach().float().cpu().numpy()
+    return _png(Image.fromarray(render.colorize(resized, cmap)))
 
 
 def map_npy(explanation: Explanation, i: int) -> bytes:
@@ -742,12 +747,18 @@ def create_app(model: Model, settings: ServeSettings | None = None) -> FastAPI:
         tags=["results"],
     )
     def get_heatmap(
-        st: State, result_id: str, index: int, cmap: Annotated[str, Query()] = "jet"
+        st: State,
+        result_id: str,
+        index: int,
+        cmap: Annotated[str, Query()] = "jet",
+        max_side: Annotated[
+            int | None, Query(ge=1, description="at most this many pixels on the longer side")
+        ] = None,
     ) -> Response:
-        """Map ``index`` coloured, alone, at the photo's size."""
+        """Map ``index`` coloured, alone, at the photo's size (or smaller, with its shape)."""
         found, i = st.class_map(result_id, index)
         _check("cmap", lambda: OutputConfig(cmap=cmap))
-        return _file(heatmap_png(found.explanation, i, cmap), "image/png")
+        return _file(heatmap_png(found.explanation, i, cmap, max_side), "image/png")
 
     @app.get(
         "/api/results/{result_id}/maps/{index}/map.npy",

@@ -264,8 +264,11 @@ export function mountExplore(root, { server, model, methods }) {
     box.style.setProperty("--aspect", String(width / height));
     const photo = element("img", { className: "photo", src: state.result.image.url,
       alt: state.result.image.name, draggable: "false" });
+    // as large as the screen can show it (the browser scales it to the photo, as the overlay is)
+    const side = Math.round(Math.min(Math.max(width, height),
+      (large ? 1600 : 800) * (window.devicePixelRatio || 1)));
     const heat = element("img", { className: "heat", alt: "", draggable: "false",
-      src: withQuery(map.heatmap, { cmap: state.cmap }) });
+      src: withQuery(map.heatmap, { cmap: state.cmap, max_side: side }) });
     heat.style.opacity = String(state.alpha);
     const marks = svg("svg", { class: "marks", viewBox: `0 0 ${width} ${height}`,
       preserveAspectRatio: "none", "aria-hidden": "true" });
