@@ -16,8 +16,9 @@ peak upsamples the map to the photo's size; the server's JSON holds the same).
   segments of ``--seconds``; explanations per second, and the CPU time each explanation took (on
   the HTTP side the server's and the clients'), which other processes on a shared machine do not
   change as much as they change the rates.
-- **Load** (``--load S``): 50 concurrent clients for S seconds after a 10 s warm-up: response
-  codes, p50/p95 latency, the server's RSS (highest in the warm-up, highest after).
+- **Load** (``--load S``): 50 concurrent clients for S seconds after a warm-up (10 s and 200
+  responses, enough to fill the 128 results the server keeps): response codes, p50/p95 latency,
+  the server's RSS (highest in the warm-up, highest after).
 
 Photos: scikit-image's chelsea (451 x 300) and coffee (600 x 400) as JPEG, in turn.
 """
@@ -153,7 +154,13 @@ def main() -> None:
         load_report: LoadReport | None = None
         if args.load > 0:
             load_report = load(
-                url, images, pid=process.pid, clients=50, seconds=args.load, warmup=10
+                url,
+                images,
+                pid=process.pid,
+                clients=50,
+                seconds=args.load,
+                warmup=10,
+                warmup_requests=200,
             )
 
     api_p50, http_p50 = statistics.median(api_times), statistics.median(http_times)
@@ -183,7 +190,7 @@ def main() -> None:
     if load_report is not None:
         lines += [
             "",
-            f"Load, 50 clients for {args.load:g} s after 10 s of warm-up: {load_report.summary()}.",
+            f"Load, 50 clients for {args.load:g} s after the warm-up: {load_report.summary()}.",
         ]
     text = "\n".join(lines)
     print(text)

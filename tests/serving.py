@@ -108,6 +108,7 @@ async def _load(
     clients: int,
     seconds: float,
     warmup: float,
+    warmup_requests: int,
     max_requests: int,
     pid: int,
     fields: dict[str, str],
@@ -117,13 +118,14 @@ async def _load(
     report = LoadReport()
     server = psutil.Process(pid)
     start = time.monotonic()
-    measure_from = start + warmup
-    end = measure_from + seconds
+    answered = [0]  # responses so far
+    # The warm-up lasts `warmup` seconds and `warmup_requests` responses (at most 60 s more).
+    phase = {"measure_from": math.inf, "end": start + warmup + 60 + seconds}
     budget = [max_requests]
 
     async def client(number: int, http: httpx.AsyncClient) -> None:
         i = number
-        while time.monotonic() < end and budget[0] > 0:
+        while time.monotonic() < phase["end"] and budget[0] > 0:
             budget[0] -= 1
             name, data = photos[i % len(photos)]
             i += 1
@@ -136,27 +138,34 @@ async def _load(
                 report.errors.append(f"{type(exc).__name__}: {exc}")
                 continue
             done = time.monotonic()
-            if sent >= measure_from:
+            answered[0] += 1
+            if sent >= phase["measure_from"]:
                 report.statuses[response.status_code] += 1
                 if response.status_code == 200:
                     report.latencies.append(done - sent)
             if response.status_code == 503:
                 await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
 
-    async def watch_memory() -> None:
-        while time.monotonic() < measure_from:
+    async def watch() -> None:
+        while time.monotonic() < phase["end"]:
+            now = time.monotonic()
+            warm = now >= start + warmup and answered[0] >= warmup_requests
+            if warm or now >= start + warmup + 60:
+                phase["measure_from"] = now
+                phase["end"] = now + seconds
+                break
             report.warm_rss = max(report.warm_rss, server.memory_info().rss)
             await asyncio.sleep(0.2)
-        while time.monotonic() < end + 1:
+        while time.monotonic() < phase["end"] + 1:
             report.peak_rss = max(report.peak_rss, server.memory_info().rss)
             await asyncio.sleep(0.2)
 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(limits=limits, timeout=120) as http:
-        memory = asyncio.create_task(watch_memory())
+        watcher = asyncio.create_task(watch())
         await asyncio.gather(*(client(n, http) for n in range(clients)))
-        report.seconds = time.monotonic() - max(measure_from, start)
-        await memory
+        report.seconds = time.monotonic() - min(phase["measure_from"], time.monotonic())
+        await watcher
     return report
 
 
@@ -168,12 +177,14 @@ def load(
     clients: int = 50,
     seconds: float = 10.0,
     warmup: float = 4.0,
+    warmup_requests: int = 0,
     max_requests: int = 100_000,
     fields: dict[str, str] | None = None,
 ) -> LoadReport:
-    """``clients`` concurrent clients posting ``photos`` in turn to ``url`` (on this machine) for
-    ``warmup`` + ``seconds`` seconds (or ``max_requests`` in all); a 503 is retried after its
-    Retry-After. The report counts only what came after the warm-up."""
+    """``clients`` concurrent clients posting ``photos`` in turn to ``url`` (on this machine):
+    a warm-up of ``warmup`` seconds and ``warmup_requests`` responses (60 s longer at most), then
+    ``seconds`` seconds (or ``max_requests`` requests in all); a 503 is retried after its
+    Retry-After. The report counts only what was sent after the warm-up."""
     if not url.startswith(("http://127.", "http://localhost", "http://[::1]")):
         raise ValueError(f"load runs only against this machine, not {url}")
     return asyncio.run(
@@ -183,6 +194,7 @@ def load(
             clients=clients,
             seconds=seconds,
             warmup=warmup,
+            warmup_requests=warmup_requests,
             max_requests=max_requests,
             pid=pid,
             fields=fields or {},
