@@ -10,6 +10,7 @@ pretrained config; :func:`preprocess` applies it and :func:`denormalize` undoes 
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import threading
@@ -25,7 +26,7 @@ import numpy.typing as npt
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from camlens.errors import CamlensError, ImageError
+from camlens.errors import CamlensError, ImageError, PixelLimitError
 
 MAX_PIXELS = 64_000_000
 """Default limit on width * height of an image file (64 megapixels, e.g. 8000x8000).
@@ -72,29 +73,40 @@ class PreprocessConfig:
 
 
 def load_image(
-    source: str | os.PathLike[str] | Image.Image | npt.NDArray[Any],
+    source: str
+    | os.PathLike[str]
+    | bytes
+    | bytearray
+    | memoryview
+    | IO[bytes]
+    | Image.Image
+    | npt.NDArray[Any],
     *,
     max_pixels: int = MAX_PIXELS,
 ) -> Image.Image:
     """Read ``source`` as an upright RGB image (mode ``"RGB"``, pixels loaded, no file left open).
 
-    ``source`` is a path, a PIL image or a numpy array (HxW, HxWx3 or HxWx4; uint8, or float in
-    [0, 1]). The EXIF orientation is applied. Every mode becomes RGB: grayscale and bilevel are
-    repeated over the channels; 16-bit samples are scaled by their full range (``round(v / 257)``,
-    not clipped); 32-bit integer and float samples by the range they fit (float in [0, 1], 0..255,
-    0..65535, else their own min..max); palette, CMYK, YCbCr, LAB and HSV through Pillow; images
-    with transparency (alpha, a palette alpha or a transparent colour) are composited over white,
-    each channel ``round(c * a / 255 + 255 * (1 - a / 255))``. Multi-frame files give their first
-    frame.
+    ``source`` is a path, the bytes of an image file (``bytes``, ``bytearray``, ``memoryview``),
+    a binary file object open for reading and seekable (``io.BytesIO``, an upload; read from its
+    start, as Pillow does, and left open), a PIL image or a numpy array (HxW, HxWx3 or HxWx4;
+    uint8, or float in [0, 1]). The EXIF orientation is applied. Every mode becomes RGB: grayscale
+    and bilevel are repeated over the channels; 16-bit samples are scaled by their full range
+    (``round(v / 257)``, not clipped); 32-bit integer and float samples by the range they fit
+    (float in [0, 1], 0..255, 0..65535, else their own min..max); palette, CMYK, YCbCr, LAB and
+    HSV through Pillow; images with transparency (alpha, a palette alpha or a transparent colour)
+    are composited over white, each channel ``round(c * a / 255 + 255 * (1 - a / 255))``.
+    Multi-frame files give their first frame.
 
-    A file whose header says it has more than ``max_pixels`` pixels (default :data:`MAX_PIXELS`,
-    64 megapixels) is refused before decoding; Pillow's own decompression-bomb limit is set aside
-    for that file, so this limit is the one that governs. In-memory images and arrays are already
+    A file (or bytes, or file object) whose header says it has more than ``max_pixels`` pixels
+    (default :data:`MAX_PIXELS`, 64 megapixels) is refused before decoding, with a
+    :class:`~camlens.errors.PixelLimitError`; Pillow's own decompression-bomb limit is set aside
+    for that file, so this limit is the one that governs. PIL images and arrays are already
     decoded and are not limited.
 
-    Raises :class:`~camlens.errors.ImageError` naming the source and the problem: no such file, a
-    directory, an empty, unreadable, unrecognized, truncated or oversized file, or an array of the
-    wrong shape, dtype or range.
+    Raises :class:`~camlens.errors.ImageError` naming the source (bytes are ``<bytes>``, a file
+    object its ``name`` or ``<file object>``) and the problem: no such file, a directory, an
+    empty, unreadable, unrecognized, truncated or oversized file, or an array of the wrong shape,
+    dtype or range.
     """
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
         raise CamlensError(f"max_pixels must be a positive number of pixels, not {max_pixels!r}")
@@ -107,9 +119,28 @@ def load_image(
     if isinstance(source, str | os.PathLike):
         path = Path(source)
         return _to_rgb(_read_file(path, max_pixels), str(path))
+    if isinstance(source, bytes | bytearray | memoryview):
+        data = io.BytesIO(source)
+        return _to_rgb(_read_stream(data, "<bytes>", len(data.getbuffer()), max_pixels), "<bytes>")
+    if _is_binary_file(source):
+        name = getattr(source, "name", None)
+        label = name if isinstance(name, str) and name else "<file object>"
+        return _to_rgb(_read_stream(source, label, None, max_pixels), label)
     raise ImageError(
-        f"<{type(source).__name__}>", "is not a path, a PIL image or a numpy array of pixels"
+        f"<{type(source).__name__}>",
+        "is not a path, image bytes, a binary file object, a PIL image or a numpy array of pixels",
     )
+
+
+def _is_binary_file(source: object) -> bool:
+    """A readable, seekable file object that gives bytes."""
+    read = getattr(source, "read", None)
+    if not callable(read) or not callable(getattr(source, "seek", None)):
+        return False
+    if isinstance(source, io.TextIOBase):
+        return False
+    mode = getattr(source, "mode", "b")
+    return not isinstance(mode, str) or "b" in mode
 
 
 def _read_file(path: Path, max_pixels: int) -> Image.Image:
@@ -128,26 +159,41 @@ def _read_file(path: Path, max_pixels: int) -> Image.Image:
         handle = open(path, "rb")  # noqa: SIM115 - closed by the ``with`` below
     except OSError as exc:
         raise ImageError(path, _os_problem(exc)) from None
-    with handle, warnings.catch_warnings():
+    with handle:
+        return _read_stream(handle, str(path), info.st_size, max_pixels)
+
+
+def _read_stream(handle: IO[bytes], label: str, size: int | None, max_pixels: int) -> Image.Image:
+    """The decoded, upright image in the open file ``handle`` (``size`` bytes long, if known), in
+    its own mode; the size limit is checked from the header before any pixel is decoded."""
+    if size is None:
+        try:
+            size = handle.seek(0, io.SEEK_END)
+            handle.seek(0)
+        except (OSError, ValueError) as exc:
+            raise ImageError(label, f"cannot be read ({exc})") from None
+    if size == 0:
+        raise ImageError(label, "is empty (0 bytes)")
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             img = _open(handle)
         except UnidentifiedImageError:
-            raise ImageError(path, "is not an image Pillow can read") from None
+            raise ImageError(label, "is not an image Pillow can read") from None
         except MemoryError:
             raise
         except Exception as exc:
-            raise ImageError(path, f"is corrupt ({_pillow_says(exc)})") from exc
+            raise ImageError(label, f"is corrupt ({_pillow_says(exc)})") from exc
         with img:
             width, height = img.size
             if width * height > max_pixels:
-                raise ImageError(
-                    path,
+                raise PixelLimitError(
+                    label,
                     f"is {width}x{height} pixels ({_count(width * height)}), over the limit of "
                     f"{_count(max_pixels)}; pass max_pixels= (--max-pixels) to raise it",
                 )
-            _decode(img, str(path))
-            return _upright(img, str(path))
+            _decode(img, label)
+            return _upright(img, label)
 
 
 def _open(handle: IO[bytes]) -> Image.Image:
