@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -146,9 +146,8 @@ class Capture:
         self._replays: dict[str, Replay] = {}
         self._scorers: list[Scorer] = []
         net = model.net
-        adapters = {t.name: t.adapter for t in targets}
         with Taps(
-            net, list(self.targets), gradients=bool(self._autograd), adapters=adapters
+            net, list(self.targets), gradients=bool(self._autograd), adapter=model.adapter
         ) as taps:
             if self._autograd:
                 with torch.no_grad():
@@ -159,6 +158,7 @@ class Capture:
         self._logits = logits  # with the graph after the tapped layers, when there is one
         self._maps = taps.activations
         self._outputs = {name: o.detach() for name, o in taps.outputs.items()}
+        self._adapters = taps.adapters  # this input's (a token grid follows the input's size)
         self.logits = logits.detach()
         if not bool(torch.isfinite(self.logits).all()):
             raise ModelError(f"{model.name} gives NaN or infinite scores for this input: {BROKEN}")
@@ -201,7 +201,12 @@ class Capture:
                 raise MethodError(f"no replay was planned for layer {layer!r}")
             if layer not in self._replays:
                 self._replays[layer] = build_replay(
-                    plan, self.model.net, self.x, a, self._outputs[layer], self.logits
+                    replace(plan, adapter=self._adapters[layer]),
+                    self.model.net,
+                    self.x,
+                    a,
+                    self._outputs[layer],
+                    self.logits,
                 )
             return self._replays[layer]
 

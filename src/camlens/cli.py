@@ -94,7 +94,8 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="efficientnet_lite0 (default, offline ImageNet weights), timm:NAME or torchvision:NAME",
+        help="efficientnet_lite0 (default, offline ImageNet weights), timm:NAME, torchvision:NAME, "
+        "a .camlens checkpoint or a Keras .keras/.h5 file",
     ),
 ]
 WeightsOpt = Annotated[
@@ -461,8 +462,9 @@ def methods() -> None:
 
 @app.command()
 def layers(model: ModelOpt = None, weights: WeightsOpt = None, device: DeviceOpt = "cpu") -> None:
-    """The model's layers with spatial output and their shapes; * marks the automatic choice.
-    A VGG's layers also show their Keras names (block5_conv3), which --layer accepts too."""
+    """The model's layers with spatial output, their maps' shapes and how each output becomes maps
+    (conv, channels-last, tokens on a grid); * marks the automatic choice. A VGG's layers also
+    show their Keras names (block5_conv3), which --layer accepts too."""
     from camlens.keras_names import keras_names
     from camlens.layers import auto_layer, spatial_layers, warn_if_broken
 
@@ -473,14 +475,14 @@ def layers(model: ModelOpt = None, weights: WeightsOpt = None, device: DeviceOpt
         warn_if_broken(loaded)
     aliases = {name: alias for alias, name in keras_names(loaded.net).items()}
     table = Table(show_header=True, header_style="bold", box=None)
-    columns = ("", "layer", "Keras name", "type", "output [C, H, W]")
+    columns = ("", "layer", "Keras name", "type", "maps [C, H, W]", "adapter")
     for column in columns if aliases else columns[:2] + columns[3:]:
         table.add_column(column)
     for info in found:
         mark = "*" if info.name == chosen else ""
         shape = "x".join(map(str, info.shape))
         extra = [aliases.get(info.name, "")] if aliases else []
-        table.add_row(*map(escape, [mark, info.name, *extra, info.kind, shape]))
+        table.add_row(*map(escape, [mark, info.name, *extra, info.kind, shape, info.adapter]))
     out_console.print(table)
     say(f"* automatic target layer of {loaded.name}: {chosen}")
 
@@ -499,7 +501,8 @@ def train_command(
         typer.Option(
             "--backbone",
             "-b",
-            help="efficientnet_lite0 (default, offline ImageNet weights), timm:NAME or torchvision:NAME",
+            help="efficientnet_lite0 (default, offline ImageNet weights), timm:NAME, torchvision:NAME, "
+            "a .camlens checkpoint or a Keras .keras/.h5 file",
         ),
     ] = "efficientnet_lite0",
     weights: Annotated[
@@ -919,6 +922,73 @@ def synthetic_command(
     say(f"training set: {train_set}")
     say(f"held-out set: {test_set}")
     say(f"model: {weights}")
+
+
+@app.command()
+def serve(
+    model: ModelOpt = None,
+    weights: WeightsOpt = None,
+    runs: Annotated[
+        Path | None, typer.Option("--runs", help="a folder of finished runs to serve under /runs/")
+    ] = None,
+    host: Annotated[
+        str, typer.Option("--host", help="address to listen on (this machine only by default)")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8000,
+    device: DeviceOpt = "cpu",
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, help="images per forward pass")
+    ] = 16,
+    batch_wait: Annotated[
+        float,
+        typer.Option("--batch-wait", min=0, max=1000, help="ms to wait for a batch to fill"),
+    ] = 5.0,
+    queue_size: Annotated[
+        int, typer.Option("--queue-size", min=1, help="requests that may wait; then 503")
+    ] = 64,
+    results: Annotated[
+        int, typer.Option("--results", min=1, help="results whose files stay available")
+    ] = 128,
+    max_upload: Annotated[
+        float, typer.Option("--max-upload", min=0.001, help="MB per uploaded image")
+    ] = 20.0,
+    max_pixels: Annotated[
+        int, typer.Option("--max-pixels", min=1, help="refuse larger images")
+    ] = 40_000_000,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option("--cors-origin", help="an origin allowed to call the API (repeat)"),
+    ] = None,
+) -> None:
+    """Serve the explorer page and the HTTP API (documented at /docs) around one model."""
+    try:
+        import uvicorn
+
+        from camlens.serve import ServeSettings, create_app
+    except ImportError as exc:
+        fail(f"camlens serve needs the serve extra: pip install 'camlens[serve]' ({exc})")
+    with bad_input():
+        settings = ServeSettings(
+            runs=runs,
+            max_upload_bytes=round(max_upload * 2**20),
+            max_pixels=max_pixels,
+            max_batch=batch_size,
+            batch_wait=batch_wait / 1000,
+            max_queue=queue_size,
+            results=results,
+            cors_origins=tuple(cors_origin or ()),
+        )
+        application = create_app(_load(model, weights, device), settings)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        _say(f"listening on {host}: anyone who can reach this machine can use the server")
+    uvicorn.run(
+        application,
+        host=host,
+        port=port,
+        log_level="info",
+        limit_concurrency=max(100, 4 * queue_size),
+        timeout_graceful_shutdown=5,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -21,6 +21,10 @@ class ImageError(CamlensError):
         super().__init__(f"{self.path}: {problem}")
 
 
+class PixelLimitError(ImageError):
+    """An image whose header says it has more pixels than the limit (refused before decoding)."""
+
+
 class ModelError(CamlensError):
     """A model spec, weights file or architecture that camlens cannot use."""
 

@@ -21,7 +21,7 @@ from camlens import smoothing
 from camlens.capture import Capture, Settings, Target, find_targets
 from camlens.config import ExplainConfig, resolve_methods
 from camlens.devices import check_device
-from camlens.errors import CamlensError, ClassError, FlatMapWarning, MethodError
+from camlens.errors import CamlensError, ClassError, FlatMapWarning, MethodError, ModelError
 from camlens.explanation import CallStats, ClassMap, Explanation
 from camlens.images import MAX_PIXELS, load_image, preprocess, tensor_to_image
 from camlens.layers import CamHead, auto_layer, check_input_size, layers_like_auto, probe_input
@@ -143,6 +143,8 @@ class Explainer:
             smoothing.Augmentation(),
             *[a for a in augmentations if a != smoothing.Augmentation()],
         )
+        if "tta" in self.smooth:
+            self._check_augmented_sizes()
         self.batch_size = options.batch_size
         self.classes, self.top = classes, top
         self.resolve_classes(classes, top, 1)  # checks the default classes against the model
@@ -182,6 +184,22 @@ class Explainer:
             top=None,
         )
         self._closed = False
+
+    def _check_augmented_sizes(self) -> None:
+        """Test-time augmentation rescales the input: a model with a fixed input size (a timm ViT
+        without ``dynamic_img_size``, a Keras model with a ``Flatten`` head) is said to refuse it
+        here, with what to do, rather than failing in the middle of a call."""
+        height, width = self.model.preprocess.input_size
+        for scale in sorted({a.scale for a in self.augmentations if a.scale != 1}):
+            size = (max(1, round(height * scale)), max(1, round(width * scale)))
+            try:
+                check_input_size(self.model, size, head=False)
+            except ModelError as exc:
+                raise ModelError(
+                    f"test-time augmentation rescales the input by {scale:g}, and {exc}; "
+                    "use the flips alone (tta_scales=(1.0,), or "
+                    "augmentations=camlens.smoothing.augmentations(scales=(1.0,)))"
+                ) from None
 
     @classmethod
     def from_config(cls, config: ExplainConfig, model: Model | None = None) -> Explainer:
