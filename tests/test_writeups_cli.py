@@ -246,3 +246,27 @@ def test_person_not_person_write_up(tmp_path: Path) -> None:
         folder = next(out.rglob(Path(report["image"]).stem + ".json")).parent
         assert all((folder / e["panel"]).is_file() for e in entries)
         assert len({e["panel"] for e in entries}) == 2
+
+
+def test_all_methods_on_a_layer_without_a_head_leave_cam_out(resnet18: camlens.Model) -> None:
+    """`--method all` at a layer no GAP -> Linear head reads: CAM is left out with a warning
+    naming why, every other method runs; CAM alone there is still refused."""
+    with pytest.warns(UserWarning, match="cam left out: .*no global-average-pooling"):
+        explainer = camlens.Explainer(
+            resnet18, method=["cam", "gradcam", "eigencam"], layer="layer3"
+        )
+    assert [m.name for m in explainer.methods] == ["gradcam", "eigencam"]
+    assert explainer.config.methods == ("gradcam", "eigencam")
+    with pytest.raises(camlens.CamlensError, match="CAM needs a GAP -> Linear head"):
+        camlens.Explainer(resnet18, method="cam", layer="layer3")
+
+
+def test_serve_and_input_size_limits(tmp_path: Path) -> None:
+    from camlens.config import ExplainConfig
+
+    with pytest.raises(camlens.CamlensError, match="over 64 megapixels"):
+        ExplainConfig(input_size=(100000, 100000))
+    result = runner.invoke(
+        app, ["serve", "--model", "torchvision:vgg16", "--input-size", "448", "--port", "0"]
+    )
+    assert result.exit_code == 2 and "fixed-size head" in result.stderr

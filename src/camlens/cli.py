@@ -959,11 +959,13 @@ def serve(
         list[str] | None,
         typer.Option("--cors-origin", help="an origin allowed to call the API (repeat)"),
     ] = None,
+    input_size: InputSizeOpt = None,
 ) -> None:
     """Serve the explorer page and the HTTP API (documented at /docs) around one model."""
     try:
         import uvicorn
 
+        from camlens.images import parse_size
         from camlens.serve import ServeSettings, create_app
     except ImportError as exc:
         fail(f"camlens serve needs the serve extra: pip install 'camlens[serve]' ({exc})")
@@ -978,7 +980,10 @@ def serve(
             results=results,
             cors_origins=tuple(cors_origin or ()),
         )
-        application = create_app(_load(model, weights, device), settings)
+        loaded = _load(model, weights, device)
+        if input_size is not None:
+            loaded = _at_size(loaded, parse_size(input_size))
+        application = create_app(loaded, settings)
     if host not in ("127.0.0.1", "localhost", "::1"):
         _say(f"listening on {host}: anyone who can reach this machine can use the server")
     uvicorn.run(
@@ -989,6 +994,18 @@ def serve(
         limit_concurrency=max(100, 4 * queue_size),
         timeout_graceful_shutdown=5,
     )
+
+
+def _at_size(model: Any, size: tuple[int, int]) -> Any:
+    """``model`` explained at ``size`` (height, width) from now on: refused where its head reads
+    a fixed grid (see :func:`camlens.layers.check_input_size`)."""
+    from dataclasses import replace
+
+    from camlens.layers import check_input_size
+
+    check_input_size(model, size)
+    model.preprocess = replace(model.preprocess, input_size=size)
+    return model
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -138,7 +138,13 @@ class ExplainConfig:
             size = _sequence(self.input_size, "input_size")
             if len(size) != 2:
                 raise CamlensError(f"input_size must be (height, width), not {list(size)}")
-            set_(self, "input_size", tuple(_integer(n, "input_size", 8) for n in size))
+            pair = tuple(_integer(n, "input_size", 8) for n in size)
+            if pair[0] * pair[1] > MAX_PIXELS:
+                raise CamlensError(
+                    f"input_size {pair[0]}x{pair[1]} is over {MAX_PIXELS // 10**6} megapixels: "
+                    "the model's activations would not fit in memory"
+                )
+            set_(self, "input_size", pair)
         set_(self, "max_pixels", _integer(self.max_pixels, "max_pixels", 1))
         set_(self, "relu", _flag(self.relu, "relu"))
         if "all" in self.layers and len(self.layers) > 1:

@@ -24,7 +24,14 @@ from camlens.devices import check_device
 from camlens.errors import CamlensError, ClassError, FlatMapWarning, MethodError, ModelError
 from camlens.explanation import CallStats, ClassMap, Explanation
 from camlens.images import MAX_PIXELS, load_image, preprocess, tensor_to_image
-from camlens.layers import CamHead, auto_layer, check_input_size, layers_like_auto, probe_input
+from camlens.layers import (
+    CamHead,
+    auto_layer,
+    check_input_size,
+    describe_head,
+    layers_like_auto,
+    probe_input,
+)
 from camlens.maps import normalize
 from camlens.methods import METHODS, Method, get_method
 from camlens.models import Model, load_model
@@ -157,9 +164,17 @@ class Explainer:
         else:
             layers = list(layer)
         targets = find_targets(self.model, layers)
-        if any(m.needs == "head" for m in self.methods):
-            for target in targets:
-                target.require_head(self.model)
+        head_methods = [m for m in self.methods if m.needs == "head"]
+        headless = [t for t in targets if t.head is None]
+        if head_methods and headless:
+            if len(head_methods) == len(self.methods):
+                headless[0].require_head(self.model)  # raises: says why CAM does not apply
+            self.methods = [m for m in self.methods if m.needs != "head"]
+            warnings.warn(
+                f"{', '.join(m.name for m in head_methods)} left out: "
+                f"{describe_head(self.model, headless[0].name, headless[0].channels)}",
+                stacklevel=2,
+            )
         scores = any(m.needs == "scores" for m in self.methods)
         if scores:
             targets = [
@@ -176,6 +191,7 @@ class Explainer:
             row_bytes=forward_bytes(self.model.net, probe_input(self.model)) if scores else None,
         )
         self.config = options.replace(
+            methods=tuple(m.name for m in self.methods),
             device=str(self.model.device),
             model=getattr(self.model, "spec", None),
             weights=_optional_str(getattr(self.model, "weights", None)),
