@@ -32,6 +32,7 @@ EVERY_OPTION = ExplainConfig(
     channels_last=False,
     input_size=(448, 320),
     max_pixels=1000,
+    relu=False,
 )
 
 
@@ -48,7 +49,9 @@ def test_every_option_differs_from_its_default_and_survives_json() -> None:
 
 
 def test_output_config_round_trip() -> None:
-    output = OutputConfig(cmap="viridis", alpha=0.25, boxes="all", threshold="otsu")
+    output = OutputConfig(
+        cmap="viridis", alpha=0.25, boxes="all", threshold="otsu", panels=True, grids=True
+    )
     assert OutputConfig.from_json(output.to_json()) == output
     assert OutputConfig.from_dict({"threshold": "0.15"}).threshold == 0.15
 
@@ -85,6 +88,7 @@ def test_groups_resolve_for_everyone() -> None:
         ({"model": ""}, "model must be a non-empty string"),
         ({"use_head_gradients": "yes"}, "use_head_gradients must be true or false"),
         ({"max_pixels": 0}, "max_pixels must be at least 1"),
+        ({"layers": ["all", "layer4"]}, "'all' stands for every layer"),
     ],
 )
 def test_bad_values_are_refused_by_name(options: dict[str, object], message: str) -> None:

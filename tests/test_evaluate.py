@@ -206,7 +206,9 @@ def test_evaluate_command_reports_bad_ground_truth_and_evaluates_the_rest(
     assert report["methods"][0]["deletion_auc"] is not None
     assert (out / "deletion_insertion.png").is_file()
     assert "gradcam" in result.stdout
-    assert "2 of 4 images evaluated" in " ".join(result.stdout.split())
+    # 6 annotation files: 2 left out by their problems (empty, ghost), 2 more by the evaluation
+    assert "2 of 6 images evaluated" in " ".join(result.stdout.split())
+    assert report["images"] == 6
 
 
 def test_evaluate_reports_progress_events(default_model: camlens.Model, voc_set: Path) -> None:
@@ -286,4 +288,34 @@ def test_evaluate_command_with_no_known_class(voc_set: Path, tmp_path: Path) -> 
     assert result.exit_code == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "'unicorn'" in result.stderr
     assert "could be evaluated" in result.stdout
-    assert json.loads((tmp_path / "o" / "evaluation.json").read_text())["evaluated"] == 0
+    assert not (tmp_path / "o" / "evaluation.json").exists()  # nothing to write
+
+
+def test_evaluate_and_localize_take_smoothing_and_fast_modes(voc_set: Path, tmp_path: Path) -> None:
+    """The same explanation options as `explain`: --smooth reaches the maps evaluate scores."""
+    runs = {}
+    for name, extra in (("plain", []), ("tta", ["--smooth", "tta"])):
+        out = tmp_path / name
+        result = runner.invoke(
+            app, ["evaluate", str(voc_set), "--no-faithfulness", "--out", str(out), *extra]
+        )
+        assert result.exit_code == 2, result.output  # the set's bad ground truth, as above
+        runs[name] = json.loads((out / "evaluation.json").read_text())["methods"][0]
+    assert runs["plain"]["energy_pointing"] != runs["tta"]["energy_pointing"]
+    located = runner.invoke(
+        app,
+        [
+            "localize",
+            str(voc_set / "chelsea.jpg"),
+            "--method",
+            "scorecam",
+            "--fast-channels",
+            "8",
+            "--smooth",
+            "pca",
+            "--out",
+            str(tmp_path / "l"),
+        ],
+    )
+    assert located.exit_code == 0, located.output
+    assert "Egyptian cat" in (tmp_path / "l" / "boxes.jsonl").read_text()

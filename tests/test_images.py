@@ -5,6 +5,7 @@ Bad and unusual files are made here in ``tmp_path``; expected pixels are worked 
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import time
@@ -19,7 +20,7 @@ import torch
 from PIL import Image, ImageFile
 
 from camlens import images
-from camlens.errors import CamlensError, ImageError
+from camlens.errors import CamlensError, ImageError, PixelLimitError
 from camlens.images import (
     IMAGE_SUFFIXES,
     MAX_PIXELS,
@@ -76,6 +77,8 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_directory(tmp_path: Path) -> None:
+    assert error_of(str(tmp_path)) == f"{tmp_path}: is a folder with no image files in it"
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
     assert error_of(str(tmp_path)) == f"{tmp_path}: is a directory, not an image file"
 
 
@@ -129,9 +132,60 @@ def test_named_pipe_is_refused_without_blocking(tmp_path: Path) -> None:
 
 
 def test_unsupported_source_type() -> None:
-    assert error_of(b"\x89PNG") == (
-        "<bytes>: is not a path, a PIL image or a numpy array of pixels"
+    assert error_of(3.5) == (
+        "<float>: is not a path, image bytes, a binary file object, a PIL image or a numpy array "
+        "of pixels"
     )
+    assert error_of(io.StringIO("text")).startswith("<StringIO>: is not a path")
+
+
+# --- bytes and file objects ----------------------------------------------------------------------
+
+
+def test_bytes_and_file_objects_read_as_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "photo.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (7, 5, 3), dtype=np.uint8)).save(path)
+    expected = pixels(load_image(path))
+    data = path.read_bytes()
+    assert pixels(load_image(data)) == expected
+    assert pixels(load_image(bytearray(data))) == expected
+    assert pixels(load_image(memoryview(data))) == expected
+    stream = io.BytesIO(data)
+    stream.seek(4)  # read from the start, as Pillow does
+    assert pixels(load_image(stream)) == expected
+    assert not stream.closed  # the caller's object, left open
+    with open(path, "rb") as handle:
+        assert pixels(load_image(handle)) == expected
+
+
+def test_bytes_problems_are_named() -> None:
+    assert error_of(b"") == "<bytes>: is empty (0 bytes)"
+    assert error_of(b"hello, not an image") == "<bytes>: is not an image Pillow can read"
+    assert error_of(io.BytesIO()) == "<file object>: is empty (0 bytes)"
+
+
+def test_file_object_is_named_by_its_name(tmp_path: Path) -> None:
+    path = tmp_path / "notes.png"
+    path.write_text("not an image")
+    with open(path, "rb") as handle:
+        assert error_of(handle) == f"{path}: is not an image Pillow can read"
+
+
+def test_huge_image_bytes_refused_from_header(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = blank_png(tmp_path / "huge.png", 20000, 20000).read_bytes()
+    decoded: list[bool] = []
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(True))
+    with pytest.raises(PixelLimitError) as caught:
+        load_image(data)
+    assert str(caught.value).startswith("<bytes>: is 20000x20000 pixels (400.0 megapixels), over")
+    assert not decoded
+    with pytest.raises(PixelLimitError, match="over the limit of 99 pixels"):
+        load_image(
+            io.BytesIO(blank_png(tmp_path / "small.png", 10, 10).read_bytes()), max_pixels=99
+        )
 
 
 # --- size limit ----------------------------------------------------------------------------------
@@ -464,6 +518,20 @@ def test_denormalize_inverts_preprocess() -> None:
     assert torch.allclose(denormalize(x, config)[0], expected, rtol=0, atol=1e-6)
     assert torch.allclose(denormalize(x[0], config), expected, rtol=0, atol=1e-6)
     assert np.array_equal(np.asarray(tensor_to_image(x[0], config)), array)
+
+
+def test_bgr_channel_order() -> None:
+    """Blue, green, red to the model, mean and std in that order; back to RGB pictures."""
+    img = Image.new("RGB", (3, 2), (10, 20, 30))
+    config = PreprocessConfig((2, 3), "nearest", (0.1, 0.2, 0.3), (0.5, 0.25, 0.125), "BGR")
+    x = preprocess([img], config)
+    expected = (
+        torch.tensor([30.0, 20.0, 10.0]) / 255 - torch.tensor([0.1, 0.2, 0.3])
+    ) / torch.tensor([0.5, 0.25, 0.125])
+    assert torch.allclose(x[0, :, 1, 2], expected, atol=1e-6)
+    assert np.array_equal(np.asarray(tensor_to_image(x[0], config)), np.asarray(img))
+    with pytest.raises(CamlensError, match="channel_order must be 'RGB' or 'BGR', not 'GBR'"):
+        preprocess([img], PreprocessConfig(channel_order="GBR"))
 
 
 def test_denormalize_clips_to_unit_range() -> None:

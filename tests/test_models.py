@@ -105,7 +105,7 @@ def test_weights_that_do_not_fit(tmp_path: Path) -> None:
         camlens.load_model("torchvision:resnet18", weights=path)
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(camlens.CamlensError, match="cannot read weights"):
+    with pytest.raises(camlens.CamlensError, match="not a state dict camlens can load safely"):
         camlens.load_model("torchvision:resnet18", weights=garbage)
 
 

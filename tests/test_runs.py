@@ -204,7 +204,7 @@ def test_killed_at_any_moment_then_resumed_gives_the_bytes_of_one_run(
     assert sorted(r["image"] for r in rows) == [f"imgs/{i:03d}.jpg" for i in range(24)]  # once each
     assert not [p for p in (tmp_path / "killed").rglob("*") if p.suffix == ".tmp"]
     assert tree(tmp_path / "killed") == tree(tmp_path / "whole")  # index included, byte for byte
-    record = json.loads((tmp_path / "killed" / ".camlens" / "run.json").read_text())
+    record = json.loads((tmp_path / "killed" / ".camlens" / "run").read_text())
     assert [s.get("finished") is not None for s in record["sessions"]] == [False, True]
 
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from camlens.errors import LayerError
+
 
 class LayerAdapter:
     """How a layer's output relates to ``[N, K, h, w]`` maps.
@@ -55,6 +57,59 @@ class Conv(LayerAdapter):
 
 
 CONV = Conv()
+
+
+@dataclass(frozen=True)
+class ChannelsLast(LayerAdapter):
+    """A channels-last ``[N, H, W, C]`` map (a Keras layer's, a Swin stage's in timm) as
+    ``[N, C, H, W]``: a permutation of the axes, both ways."""
+
+    name = "channels-last"
+
+    def to_maps(self, output: torch.Tensor) -> torch.Tensor:
+        return output.permute(0, 3, 1, 2)
+
+    def from_maps(self, maps: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        return maps.permute(0, 2, 3, 1)
+
+
+CHANNELS_LAST = ChannelsLast()
+
+
+@dataclass(frozen=True)
+class Tokens(LayerAdapter):
+    """A transformer's tokens ``[N, prefix + h*w, C]`` as ``[N, C, h, w]``.
+
+    The first ``prefix`` tokens (a ViT's class token, DeiT's class and distillation tokens,
+    register tokens) belong to no place in the image and are dropped; the patch tokens that follow
+    are laid out row by row on the ``grid`` ``(h, w)``, as the patch embedding makes them.
+    ``from_maps`` puts the prefix tokens back, taken from ``output``.
+    """
+
+    prefix: int
+    grid: tuple[int, int]
+    name = "tokens"
+
+    def to_maps(self, output: torch.Tensor) -> torch.Tensor:
+        h, w = self.grid
+        if output.ndim != 3 or output.shape[1] != self.prefix + h * w:
+            raise LayerError(
+                f"tokens {tuple(output.shape)} do not fit {self.describe()}: expected "
+                f"[N, {self.prefix + h * w}, C]"
+            )
+        maps: torch.Tensor = output[:, self.prefix :].unflatten(1, (h, w)).permute(0, 3, 1, 2)
+        return maps
+
+    def from_maps(self, maps: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        patches = maps.flatten(2).transpose(1, 2)  # [N, h*w, C], row by row
+        if not self.prefix:
+            return patches
+        return torch.cat([output[:, : self.prefix].to(patches.dtype), patches], dim=1)
+
+    def describe(self) -> str:
+        h, w = self.grid
+        return f"tokens ({self.prefix} + {h}x{w})" if self.prefix else f"tokens ({h}x{w})"
+
 
 AdapterRule = Callable[[str, nn.Module, object], LayerAdapter | None]
 """``rule(layer_name, module, output) -> adapter``, or None where the output is no spatial map

@@ -47,7 +47,7 @@ from camlens.config import ExplainConfig, OutputConfig
 from camlens.errors import CamlensError
 from camlens.explain import Explainer
 from camlens.explanation import Explanation
-from camlens.files import atomic_open, output_folder
+from camlens.files import atomic_open, fit_stem, output_folder
 from camlens.images import IMAGE_SUFFIXES, PreprocessConfig, load_image, preprocess
 from camlens.localize import Localization, localize_objects
 from camlens.models import Model
@@ -115,7 +115,9 @@ class _Layout:
                 relative = resolved.relative_to(self.cwd)
             except ValueError:
                 relative = resolved.relative_to(resolved.anchor)
-        name = relative.name if self.has_namesake(path) else relative.stem
+        # ``..png`` has the stem ``.``: its whole name, so that its outputs stay inside ``out``
+        plain = relative.stem not in ("", ".", "..")
+        name = relative.stem if plain and not self.has_namesake(path) else relative.name
         return out / relative.parent / name
 
     def has_namesake(self, path: Path) -> bool:
@@ -200,7 +202,7 @@ class Item:
 class Run:
     """An open run on ``out`` (:func:`open_run`): its items cut into fixed ``chunks`` (the
     batches), the ``index`` to append to, the ``temp`` folder of its temporary files, and its
-    ``record`` (``OUT/.camlens/run.json``). Only one run at a time holds an OUT (a lock the operating
+    ``record`` (``OUT/.camlens/run``). Only one run at a time holds an OUT (a lock the operating
     system drops when the process ends, however it ends)."""
 
     out: Path
@@ -236,7 +238,7 @@ class Run:
 
 
 def run_options(config: ExplainConfig, output: OutputConfig, threads: int) -> dict[str, Any]:
-    """What a run's outputs depend on, as ``OUT/.camlens/run.json`` keeps it: the explanation's options
+    """What a run's outputs depend on, as ``OUT/.camlens/run`` keeps it: the explanation's options
     (classes and top included), the output's, and the forward pass's ``threads``."""
     return {"explain": config.to_dict(), "output": output.to_dict(), "threads": threads}
 
@@ -427,6 +429,9 @@ def explain_files(
             return outcomes
         for j, result in zip(live, results, strict=True):
             item = chunk[j]
+            if isinstance(result, CamlensError):  # the model failed on this image alone
+                outcomes[j].problem = str(result)
+                continue
             if not item.done and item.stem is not None:
                 outcomes[j].result = result
                 outcomes[j].written = writing.submit(
@@ -524,10 +529,13 @@ def localize_files(
     for paths, images, failed in read_batches(files, explainer.batch_size, explainer.max_pixels):
         finished = list(failed)
         if images:
-            results = explainer.explain(
+            results = explainer.explain_each(
                 images, top=top, names=[str(p) for p in paths], progress=report
             )
             for path, result in zip(paths, results, strict=True):
+                if isinstance(result, CamlensError):  # the model failed on this image alone
+                    finished.append(Done(path, problem=str(result)))
+                    continue
                 try:
                     stem = stems.claim(path, ".boxes.png")
                     found = localize_objects(
@@ -537,8 +545,10 @@ def localize_files(
                         iou_threshold=iou_threshold,
                         min_score=min_score,
                         batch_size=explainer.batch_size,
+                        mode=output.boxes or "largest",
                     )
-                    picture = save_png(found.picture(), f"{stem}.boxes.png")
+                    name = fit_stem(stem.name, ".boxes.png")
+                    picture = save_png(found.picture(), stem.with_name(f"{name}.boxes.png"))
                 except CamlensError as exc:
                     finished.append(Done(path, result, problem=str(exc)))
                     continue

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -26,6 +26,8 @@ from camlens.modes import eval_mode
 from camlens.progress import Progress
 from camlens.replay import Replay, ReplayPlan, build_replay
 from camlens.taps import RUNS, Hook, LayerSpec, Taps, hooked, resolve_layer
+
+BROKEN = "the model or its weights are broken"
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,8 @@ def find_targets(model: Model, layers: Sequence[LayerSpec]) -> list[Target]:
         torch.inference_mode(),
     ):
         logits = model.net(probe_input(model))
+    if isinstance(logits, torch.Tensor) and not bool(torch.isfinite(logits).all()):
+        raise ModelError(f"{model.name} gives NaN or infinite scores on a test input: {BROKEN}")
     targets = []
     for name, module in named:
         if name not in outputs:
@@ -77,6 +81,12 @@ def find_targets(model: Model, layers: Sequence[LayerSpec]) -> list[Target]:
             raise LayerError(
                 f"layer {name!r} ({type(module).__name__}) gives {shape}, not a spatial map "
                 "[N, C, H, W]; choose a conv layer (see `camlens layers`)"
+            )
+        if maps.shape[2] * maps.shape[3] < 2:
+            raise LayerError(
+                f"layer {name!r} ({type(module).__name__}) gives {maps.shape[2]}x{maps.shape[3]} "
+                "maps: a single location cannot show where; choose a layer with a larger output "
+                "(see `camlens layers`)"
             )
         head = find_cam_head(model, name, maps, logits)
         targets.append(Target(name, module, adapter, int(maps.shape[1]), head))  # type: ignore[arg-type]
@@ -136,9 +146,8 @@ class Capture:
         self._replays: dict[str, Replay] = {}
         self._scorers: list[Scorer] = []
         net = model.net
-        adapters = {t.name: t.adapter for t in targets}
         with Taps(
-            net, list(self.targets), gradients=bool(self._autograd), adapters=adapters
+            net, list(self.targets), gradients=bool(self._autograd), adapter=model.adapter
         ) as taps:
             if self._autograd:
                 with torch.no_grad():
@@ -149,12 +158,10 @@ class Capture:
         self._logits = logits  # with the graph after the tapped layers, when there is one
         self._maps = taps.activations
         self._outputs = {name: o.detach() for name, o in taps.outputs.items()}
+        self._adapters = taps.adapters  # this input's (a token grid follows the input's size)
         self.logits = logits.detach()
         if not bool(torch.isfinite(self.logits).all()):
-            raise ModelError(
-                f"{model.name} gave NaN or infinite scores for this input: the model or its "
-                "weights are broken"
-            )
+            raise ModelError(f"{model.name} gives NaN or infinite scores for this input: {BROKEN}")
         self.probs = torch.softmax(self.logits.float(), dim=1)
 
     # --- Evidence --------------------------------------------------------------------------------
@@ -194,7 +201,12 @@ class Capture:
                 raise MethodError(f"no replay was planned for layer {layer!r}")
             if layer not in self._replays:
                 self._replays[layer] = build_replay(
-                    plan, self.model.net, self.x, a, self._outputs[layer], self.logits
+                    replace(plan, adapter=self._adapters[layer]),
+                    self.model.net,
+                    self.x,
+                    a,
+                    self._outputs[layer],
+                    self.logits,
                 )
             return self._replays[layer]
 

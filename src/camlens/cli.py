@@ -13,8 +13,9 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TextIO, cast
 
 import typer
 from rich.console import Console
@@ -29,6 +30,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from typer.core import TyperGroup
 
 from camlens.errors import CamlensError
 from camlens.images import MAX_PIXELS, find_images
@@ -36,13 +38,56 @@ from camlens.progress import Event
 
 if TYPE_CHECKING:
     from camlens.batch import Done
+    from camlens.explanation import Explanation
     from camlens.train import EpochRecord
+
+
+@contextmanager
+def one_line_warnings() -> Iterator[None]:
+    """Shows each warning as one line, ``camlens: warning: ...``, never Python's own format with
+    a line of source; a warning with the same text as an earlier one of the same block is not
+    shown again."""
+    shown: set[str] = set()
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        text = str(message)
+        if text not in shown:
+            shown.add(text)
+            say(f"camlens: warning: {text}", style="yellow", err=True)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
+
+class _Commands(TyperGroup):
+    """The commands, each run with :func:`one_line_warnings`; a usage error (an option's value
+    of the wrong type, a missing argument, an unknown command) is one line too, not a box."""
+
+    def invoke(self, ctx: Any) -> Any:  # Any: typer's own click Context
+        with one_line_warnings():
+            try:
+                return super().invoke(ctx)
+            except typer.TyperException as exc:
+                where = getattr(exc, "ctx", None)
+                hint = f" (see `{where.command_path} --help`)" if where is not None else ""
+                _say(f"{exc.format_message()}{hint}")
+                raise typer.Exit(getattr(exc, "exit_code", 2)) from None
+
 
 app = typer.Typer(
     help="Where a CNN classifier looks: class activation maps (CAM, Grad-CAM and family).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=_Commands,
 )
 # Reports are often piped to a file: give tables room rather than the 80 columns of a non-terminal.
 out_console = Console(width=None if sys.stdout.isatty() else 200)
@@ -53,7 +98,8 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="efficientnet_lite0 (default, offline ImageNet weights), timm:NAME or torchvision:NAME",
+        help="efficientnet_lite0 (default, offline ImageNet weights), timm:NAME, torchvision:NAME, "
+        "a .camlens checkpoint or a Keras .keras/.h5 file",
     ),
 ]
 WeightsOpt = Annotated[
@@ -99,6 +145,23 @@ FastResolutionOpt = Annotated[
         help="Score-CAM family: masked passes at this fraction of the input size (approximate)",
     ),
 ]
+InputSizeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--input-size",
+        help="explain at HEIGHTxWIDTH (or one side) instead of the model's own input size; "
+        "for a model with a global-average-pooling head (any camlens-built model); a model whose "
+        "head reads a fixed grid (VGG's classifier) is refused",
+    ),
+]
+AllBoxesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--all-boxes",
+        help="a box for every region of each map above the threshold, not only the largest "
+        "(several objects of one class)",
+    ),
+]
 ThresholdOpt = Annotated[
     str,
     typer.Option(
@@ -110,9 +173,21 @@ ThresholdOpt = Annotated[
 
 def say(text: str, *, style: str | None = None, err: bool = False) -> None:
     """One line of text, printed as it is: never read as Rich markup (a file named
-    ``[cat] photo.jpg`` prints as such) or highlighted."""
+    ``[cat] photo.jpg`` prints as such) or highlighted, and one line whatever it holds."""
     console = err_console if err else out_console
-    console.print(text, style=style, markup=False, highlight=False, soft_wrap=True)
+    console.print(one_line(text), style=style, markup=False, highlight=False, soft_wrap=True)
+
+
+# control characters and line separators (a file name may hold a newline) as their escapes:
+# \n, \t, \x1b, \x85, \u2028...
+_CONTROLS = {c: repr(chr(c))[1:-1] for c in [*range(32), *range(127, 160), 0x2028, 0x2029]}
+
+
+def one_line(text: str) -> str:
+    """``text`` as one printable line: control characters as escapes (``\\n``), bytes of a file
+    name that are not UTF-8 as ``\\xNN``."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text.translate(_CONTROLS)
 
 
 def _say(message: str) -> None:
@@ -181,7 +256,7 @@ class EventBars:
         if event.problem is not None:
             self.problems += 1
             self.progress.console.print(
-                f"camlens: {event.problem}",
+                one_line(f"camlens: {event.problem}"),
                 style="red",
                 markup=False,
                 highlight=False,
@@ -248,10 +323,45 @@ class _Rate(TextColumn):
 
 
 def _files(paths: Sequence[Path]) -> list[Path]:
-    files = find_images(paths)
-    if not files:
+    """The image files of ``paths``; a folder without any is kept, for the runner to say so."""
+    files = find_images(paths, empty_folders=True)
+    if all(file.is_dir() for file in files):
         fail("no images found in " + ", ".join(map(str, paths)))
     return files
+
+
+def console_line(result: Explanation) -> str:
+    """One line per explained image: its top-3 predictions, the classes explained, and the maps
+    that came out flat (nothing left after the ReLU: no positive evidence at that layer)."""
+    top = "; ".join(f"{p.label} {p.score:.3f}" for p in result.predictions[:3])
+    explained = "; ".join(dict.fromkeys(m.label for m in result.maps))
+    line = f"{result.source}: {top} | explained: {explained}"
+    flat = [f"{m.label} ({m.method}, {m.layer})" for m in result.maps if m.flat]
+    if flat:
+        more = f" and {len(flat) - 3} more" if len(flat) > 3 else ""
+        line += (
+            f" | {len(flat)} flat map{'s' if len(flat) > 1 else ''}, no positive evidence: "
+            f"{'; '.join(flat[:3])}{more} (--no-relu shows the signed map)"
+        )
+    return line
+
+
+def row_line(row: dict[str, object]) -> str:
+    """:func:`console_line` of an image from its row in a run's index (a Ray run's images come
+    back as rows)."""
+    predictions = cast(list[dict[str, object]], row["predictions"])
+    maps = cast(list[dict[str, object]], row["explanations"])
+    top = "; ".join(f"{p['label']} {cast(float, p['score']):.3f}" for p in predictions[:3])
+    explained = "; ".join(dict.fromkeys(str(m["label"]) for m in maps))
+    line = f"{row['image']}: {top} | explained: {explained}"
+    flat = [f"{m['label']} ({m['method']}, {m['layer']})" for m in maps if m.get("flat")]
+    if flat:
+        more = f" and {len(flat) - 3} more" if len(flat) > 3 else ""
+        line += (
+            f" | {len(flat)} flat map{'s' if len(flat) > 1 else ''}, no positive evidence: "
+            f"{'; '.join(flat[:3])}{more} (--no-relu shows the signed map)"
+        )
+    return line
 
 
 def _optional_path(path: Path | None) -> str | None:
@@ -295,11 +405,24 @@ def explain(
             "--boxes", help="box each map's largest region, in the JSON and on the overlay"
         ),
     ] = False,
+    all_boxes: AllBoxesOpt = False,
     threshold: ThresholdOpt = "0.2",
     smooth: SmoothOpt = None,
     max_batch_memory: MaxBatchMemoryOpt = 512,
     fast_channels: FastChannelsOpt = None,
     fast_resolution: FastResolutionOpt = None,
+    input_size: InputSizeOpt = None,
+    relu: Annotated[
+        bool,
+        typer.Option(
+            "--relu/--no-relu",
+            help="--no-relu: signed maps, min-max of the raw map (a class with no positive "
+            "evidence still shows where it is least negative)",
+        ),
+    ] = True,
+    panels: Annotated[
+        bool, typer.Option("--panels", help="also a photo | heatmap | overlay picture per map")
+    ] = False,
     # --- runs over many files ---
     output_format: Annotated[
         str,
@@ -356,13 +479,16 @@ def explain(
     """Explain images: writes OUT/STEM.json, an overlay and a map per class and method, and
     OUT/index.jsonl (a line per image; `camlens summary OUT` reads it). Run again, the same
     command skips the images already done (--overwrite redoes them); Ctrl-C stops after the
-    batches under way."""
+    batches under way.
+
+    --layer all: every layer of the automatic layer's kind (every conv stage of a VGG), in depth
+    order, and OUT/STEM.grid.png with all of them per image."""
     from camlens.batch import explain_files
     from camlens.config import ExplainConfig, OutputConfig
     from camlens.explain import Explainer
-    from camlens.explanation import Explanation
     from camlens.explanation import grid as grid_of
     from camlens.files import output_file, output_folder
+    from camlens.images import parse_size
     from camlens.localize import parse_threshold
     from camlens.render import save_png
 
@@ -381,12 +507,16 @@ def explain(
             fast_channels=fast_channels,
             fast_resolution=fast_resolution,
             max_pixels=max_pixels,
+            input_size=parse_size(input_size) if input_size is not None else None,
+            relu=relu,
         )
         output = OutputConfig(
             cmap=cmap,
             alpha=alpha,
-            boxes="largest" if boxes else None,
+            boxes="all" if all_boxes else "largest" if boxes else None,
             threshold=parse_threshold(threshold),
+            panels=panels,
+            grids=config.layers == ("all",),
             format=output_format,  # type: ignore[arg-type]  # checked by OutputConfig
             overlay_format=overlay_format,  # type: ignore[arg-type]
             quality=quality,
@@ -440,10 +570,12 @@ def explain(
                 if done.explanation is not None and grid_file is not None and done.row is not None:
                     kept.append(done.explanation)
                 if done.row is not None and done.problem is None:
-                    best = done.row["predictions"][0]
-                    say(
-                        f"{done.row['image']}: {best['label']} ({best['score']:.3f}) -> {done.report}"
+                    line = (
+                        console_line(done.explanation)
+                        if done.explanation is not None
+                        else row_line(done.row)
                     )
+                    say(f"{line} -> {done.report}")
         except KeyboardInterrupt:  # a second Ctrl-C: what is in the index is done, the rest is not
             runs.close()
             say(tally.line(out, interrupted=True), err=True)
@@ -643,27 +775,29 @@ def methods() -> None:
 
 @app.command()
 def layers(model: ModelOpt = None, weights: WeightsOpt = None, device: DeviceOpt = "cpu") -> None:
-    """The model's layers with spatial output and their shapes; * marks the automatic choice.
-    A VGG's layers also show their Keras names (block5_conv3), which --layer accepts too."""
+    """The model's layers with spatial output, their maps' shapes and how each output becomes maps
+    (conv, channels-last, tokens on a grid); * marks the automatic choice. A VGG's layers also
+    show their Keras names (block5_conv3), which --layer accepts too."""
     from camlens.keras_names import keras_names
-    from camlens.layers import auto_layer, spatial_layers
+    from camlens.layers import auto_layer, spatial_layers, warn_if_broken
 
     with bad_input():
         loaded = _load(model, weights, device)
         found = spatial_layers(loaded)
         chosen = auto_layer(loaded, found)
+        warn_if_broken(loaded)
     aliases = {name: alias for alias, name in keras_names(loaded.net).items()}
     table = Table(show_header=True, header_style="bold", box=None)
-    columns = ("", "layer", "Keras name", "type", "output [C, H, W]")
+    columns = ("", "layer", "Keras name", "type", "maps [C, H, W]", "adapter")
     for column in columns if aliases else columns[:2] + columns[3:]:
         table.add_column(column)
     for info in found:
         mark = "*" if info.name == chosen else ""
         shape = "x".join(map(str, info.shape))
         extra = [aliases.get(info.name, "")] if aliases else []
-        table.add_row(mark, info.name, *extra, info.kind, shape)
+        table.add_row(*map(escape, [mark, info.name, *extra, info.kind, shape, info.adapter]))
     out_console.print(table)
-    out_console.print(f"* automatic target layer of {loaded.name}: {chosen}")
+    say(f"* automatic target layer of {loaded.name}: {chosen}")
 
 
 @app.command("train")
@@ -680,7 +814,8 @@ def train_command(
         typer.Option(
             "--backbone",
             "-b",
-            help="efficientnet_lite0 (default, offline ImageNet weights), timm:NAME or torchvision:NAME",
+            help="efficientnet_lite0 (default, offline ImageNet weights), timm:NAME, torchvision:NAME, "
+            "a .camlens checkpoint or a Keras .keras/.h5 file",
         ),
     ] = "efficientnet_lite0",
     weights: Annotated[
@@ -750,26 +885,28 @@ def train_command(
     OUT's stem + .training.png (the training curves); prints the validation accuracy and the
     confusion matrix. Unreadable images are listed on stderr and skipped (exit status 2 at the end).
     """
-    import warnings
-
     import torch
 
+    from camlens.devices import check_device
     from camlens.images import parse_size
     from camlens.models import build_cam_model, save
-    from camlens.train import optimizer_config, scan_folder, train
+    from camlens.models.checkpoint import checkpoint_path
+    from camlens.train import check_settings, optimizer_config, scan_folder, train
 
     validation: float | Path
     try:
         validation = float(val)
     except ValueError:
         validation = Path(val)
-    if out.suffix != ".camlens":
-        out = out.with_name(out.name + ".camlens")
-    with bad_input(), warnings.catch_warnings(record=True) as caught, _progress() as progress:
-        warnings.simplefilter("always")
+    with bad_input(), _unreadable_listed(), _progress() as progress:
+        # every setting, the device, the checkpoint's place and the folder before any model
         size = parse_size(input_size) if input_size is not None else None
-        # bad settings and folders fail before any model is built
         optimizer_config(optimizer, weight_decay, momentum, nesterov)
+        check_settings(
+            epochs, batch_size, lr, views, patience, fine_tune, fine_tune_epochs, fine_tune_lr
+        )
+        check_device(device)
+        out = checkpoint_path(out, "--out")
         classes = scan_folder(folder, classes_from=classes_from).classes
         torch.manual_seed(seed)
         model = build_cam_model(
@@ -800,41 +937,43 @@ def train_command(
             fine_tune_lr=fine_tune_lr,
             seed=seed,
             progress=EventBars(progress),
-            callback=lambda record: progress.console.print(_epoch_line(record), highlight=False),
+            callback=lambda record: progress.console.print(
+                _epoch_line(record), markup=False, highlight=False, soft_wrap=True
+            ),
         )
         checkpoint = save(model, out)
-    for warning in caught:
-        if "unreadable image" not in str(warning.message):  # listed one a line as they were met
-            err_console.print(
-                f"camlens: warning: {escape(str(warning.message))}",
-                style="yellow",
-                highlight=False,
-                soft_wrap=True,
-            )
-    curve = history.plot(out.with_name(out.name[: -len(".camlens")] + ".training.png"))
+        curve = history.plot(out.with_name(out.name[: -len(".camlens")] + ".training.png"))
     best = history.best
     if best is not None and best.val_accuracy is not None:
-        out_console.print(
+        say(
             f"validation accuracy {best.val_accuracy:.3f}, loss {best.val_loss:.4g} "
             f"(best epoch {history.best_epoch} of {len(history.epochs)}; "
-            f"{history.train_images} training, {history.val_images} validation images)",
-            highlight=False,
+            f"{history.train_images} training, {history.val_images} validation images)"
         )
     if history.confusion is not None:
         table = Table(title="validation confusion matrix (rows: true class, columns: predicted)")
         table.add_column("true \\ predicted", style="bold")
         for name in model.labels:
-            table.add_column(name, justify="right")
+            table.add_column(escape(name), justify="right")
         for name, row in zip(model.labels, history.confusion, strict=True):
-            table.add_row(name, *(str(v) for v in row))
+            table.add_row(escape(name), *(str(v) for v in row))
         out_console.print(table)
     if history.interrupted:
-        out_console.print(f"interrupted: kept the best epoch so far ({history.best_epoch})")
-    out_console.print(f"wrote {checkpoint} and {curve}", highlight=False)
+        say(f"interrupted: kept the best epoch so far ({history.best_epoch})")
+    say(f"wrote {checkpoint} and {curve}")
     if history.interrupted:
         raise typer.Exit(130)
     if history.skipped:
         raise typer.Exit(2)
+
+
+@contextmanager
+def _unreadable_listed() -> Iterator[None]:
+    """Training's warning that lists the unreadable images, left out: they were said one a line
+    as they were met."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="skipped .* unreadable image")
+        yield
 
 
 def _epoch_line(record: EpochRecord) -> str:
@@ -875,6 +1014,8 @@ def localize(
     max_batch_memory: MaxBatchMemoryOpt = 512,
     fast_channels: FastChannelsOpt = None,
     fast_resolution: FastResolutionOpt = None,
+    input_size: InputSizeOpt = None,
+    all_boxes: AllBoxesOpt = False,
 ) -> None:
     """Find objects: a box per top class (its map's largest region above the threshold),
     duplicates merged across classes, each box cropped and re-classified. Writes OUT/boxes.jsonl
@@ -883,6 +1024,7 @@ def localize(
     from camlens.config import ExplainConfig, OutputConfig
     from camlens.explain import Explainer
     from camlens.files import output_folder
+    from camlens.images import parse_size
     from camlens.localize import check_localize_options, parse_threshold
 
     with bad_input():  # every option, and the output folder, before any model runs
@@ -892,16 +1034,20 @@ def localize(
             device=device,
             methods=(method,),
             layers=(layer,) if layer else (),
-            top=top,
             smooth=tuple(smooth or ()),
             batch_size=batch_size,
             max_batch_memory=_mib(max_batch_memory),
             fast_channels=fast_channels,
             fast_resolution=fast_resolution,
             max_pixels=max_pixels,
+            input_size=parse_size(input_size) if input_size is not None else None,
         )
-        output = OutputConfig(threshold=parse_threshold(threshold))
+        output = OutputConfig(
+            threshold=parse_threshold(threshold), boxes="all" if all_boxes else "largest"
+        )
         check_localize_options(min_score=min_score, iou_threshold=iou)
+        if top < 1:
+            raise CamlensError(f"--top must be at least 1, not {top}")
         out = output_folder(out)
     files = _files(paths)
     with bad_input():
@@ -914,7 +1060,7 @@ def localize(
             explainer,
             out,
             model=explainer.model if crops else None,
-            top=top,
+            top=min(top, explainer.model.num_classes),  # a model may have fewer classes
             min_score=min_score,
             iou_threshold=iou,
             output=output,
@@ -951,12 +1097,7 @@ def evaluate_command(
     ] = None,
     model: ModelOpt = None,
     weights: WeightsOpt = None,
-    method: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--method", help="a method (repeat for several; 'all', 'gradients'); a row each"
-        ),
-    ] = None,
+    method: MethodsOpt = None,
     layer: Annotated[str | None, typer.Option("--layer", help="target layer")] = None,
     threshold: ThresholdOpt = "0.2",
     tolerance: Annotated[
@@ -980,18 +1121,39 @@ def evaluate_command(
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("camlens-eval"),
     device: DeviceOpt = "cpu",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
+    batch_size: BatchSizeOpt = 16,
+    smooth: SmoothOpt = None,
+    max_batch_memory: MaxBatchMemoryOpt = 512,
+    fast_channels: FastChannelsOpt = None,
+    fast_resolution: FastResolutionOpt = None,
 ) -> None:
     """Evaluate methods against ground-truth boxes: prints a table (a row per method), writes
     OUT/evaluation.json and OUT/deletion_insertion.png."""
-    from camlens.config import resolve_methods
+    from camlens.config import ExplainConfig
     from camlens.datasets import read_dataset
-    from camlens.evaluate import evaluate
+    from camlens.evaluate import check_evaluate_options, evaluate
+    from camlens.files import output_folder
     from camlens.localize import parse_threshold
     from camlens.metrics import ROAD_PERCENTAGES
 
-    with bad_input():
+    with bad_input():  # every option and the output folder before any model runs
+        config = ExplainConfig(
+            model=model,
+            weights=_optional_path(weights),
+            device=device,
+            methods=tuple(method or ["gradcam"]),
+            layers=(layer,) if layer else (),
+            smooth=tuple(smooth or ()),
+            batch_size=batch_size,
+            max_batch_memory=_mib(max_batch_memory),
+            fast_channels=fast_channels,
+            fast_resolution=fast_resolution,
+        )
         box_threshold = parse_threshold(threshold)
+        check_evaluate_options(
+            tolerance=tolerance, iou_threshold=iou, steps=steps, batch_size=batch_size, limit=limit
+        )
+        out = output_folder(out)
         data = read_dataset(dataset, images)
         loaded = _load(model, weights, device)
         total = min(len(data), limit) if limit is not None else len(data)
@@ -999,30 +1161,30 @@ def evaluate_command(
             report = evaluate(
                 loaded,
                 data,
-                list(resolve_methods(method or ["gradcam"])),
-                layer=layer,
+                config=config,
                 threshold=box_threshold,
                 tolerance=tolerance,
                 iou_threshold=iou,
                 faithfulness=faithfulness,
                 steps=steps,
                 road_percentages=ROAD_PERCENTAGES if road_metric else (),
-                batch_size=batch_size,
                 limit=limit,
                 progress=EventBars(progress),
             )
-    if report.evaluated:
-        out_console.print(report.table())
-    else:
-        out_console.print(f"no image of {dataset} could be evaluated")
-    saved = report.save(out / "evaluation.json")
-    out_console.print(f"report: {saved}")
-    plot = report.plot(out / "deletion_insertion.png")
-    if plot is not None:
-        out_console.print(f"deletion/insertion curves: {plot}")
-    if report.problems:
-        out_console.print(
-            f"{len(report.problems)} problems with {dataset} (on stderr); "
+        if report.evaluated:
+            out_console.print(report.table())
+            say(f"report: {report.save(out / 'evaluation.json')}")
+            plot = report.plot(out / "deletion_insertion.png")
+            if plot is not None:
+                say(f"deletion/insertion curves: {plot}")
+        else:  # an earlier run's report stays
+            say(
+                f"no image of {dataset} could be evaluated: {out / 'evaluation.json'} left as it was"
+            )
+    if report.problems or not report.evaluated:
+        count = len(report.problems)
+        say(
+            f"{count} problem{'' if count == 1 else 's'} with {dataset} (on stderr); "
             f"{report.evaluated} of {report.images} images evaluated"
         )
         raise typer.Exit(2)
@@ -1050,6 +1212,7 @@ def synthetic_command(
     import torch
 
     from camlens.datasets import make_synthetic
+    from camlens.files import atomic_write, output_folder
     from camlens.train import train_synthetic_model
 
     if train_model and objects != 1:
@@ -1057,9 +1220,10 @@ def synthetic_command(
             "--train makes one object per image (the CNN learns each image's class): drop --objects"
         )
     with bad_input():
+        out = output_folder(out, "OUT")
         if not train_model:
             written = make_synthetic(out, count, seed=seed, size=size, objects=objects)
-            out_console.print(str(written), highlight=False, soft_wrap=True)
+            say(str(written))
             return
         train_set = make_synthetic(out / "train", count, seed=seed, size=size)
         test_set = make_synthetic(out / "test", max(count // 4, 1), seed=seed + 1, size=size)
@@ -1067,13 +1231,94 @@ def synthetic_command(
             model = train_synthetic_model(
                 train_set, seed=seed, threads=1, progress=EventBars(progress)
             )
-    weights = out / "model.pt"
-    torch.save(model.net.state_dict(), weights)
-    out_console.print(
-        f"training set: {train_set}\nheld-out set: {test_set}\nmodel: {weights}",
-        highlight=False,
-        soft_wrap=True,
+        weights = atomic_write(out / "model.pt", partial(torch.save, model.net.state_dict()))
+    say(f"training set: {train_set}")
+    say(f"held-out set: {test_set}")
+    say(f"model: {weights}")
+
+
+@app.command()
+def serve(
+    model: ModelOpt = None,
+    weights: WeightsOpt = None,
+    runs: Annotated[
+        Path | None, typer.Option("--runs", help="a folder of finished runs to serve under /runs/")
+    ] = None,
+    host: Annotated[
+        str, typer.Option("--host", help="address to listen on (this machine only by default)")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8000,
+    device: DeviceOpt = "cpu",
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, help="images per forward pass")
+    ] = 16,
+    batch_wait: Annotated[
+        float,
+        typer.Option("--batch-wait", min=0, max=1000, help="ms to wait for a batch to fill"),
+    ] = 5.0,
+    queue_size: Annotated[
+        int, typer.Option("--queue-size", min=1, help="requests that may wait; then 503")
+    ] = 64,
+    results: Annotated[
+        int, typer.Option("--results", min=1, help="results whose files stay available")
+    ] = 128,
+    max_upload: Annotated[
+        float, typer.Option("--max-upload", min=0.001, help="MB per uploaded image")
+    ] = 20.0,
+    max_pixels: Annotated[
+        int, typer.Option("--max-pixels", min=1, help="refuse larger images")
+    ] = 40_000_000,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option("--cors-origin", help="an origin allowed to call the API (repeat)"),
+    ] = None,
+    input_size: InputSizeOpt = None,
+) -> None:
+    """Serve the explorer page and the HTTP API (documented at /docs) around one model."""
+    try:
+        import uvicorn
+
+        from camlens.images import parse_size
+        from camlens.serve import ServeSettings, create_app
+    except ImportError as exc:
+        fail(f"camlens serve needs the serve extra: pip install 'camlens[serve]' ({exc})")
+    with bad_input():
+        settings = ServeSettings(
+            runs=runs,
+            max_upload_bytes=round(max_upload * 2**20),
+            max_pixels=max_pixels,
+            max_batch=batch_size,
+            batch_wait=batch_wait / 1000,
+            max_queue=queue_size,
+            results=results,
+            cors_origins=tuple(cors_origin or ()),
+        )
+        loaded = _load(model, weights, device)
+        if input_size is not None:
+            loaded = _at_size(loaded, parse_size(input_size))
+        application = create_app(loaded, settings)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        _say(f"listening on {host}: anyone who can reach this machine can use the server")
+    uvicorn.run(
+        application,
+        host=host,
+        port=port,
+        log_level="info",
+        limit_concurrency=max(100, 4 * queue_size),
+        timeout_graceful_shutdown=5,
     )
+
+
+def _at_size(model: Any, size: tuple[int, int]) -> Any:
+    """``model`` explained at ``size`` (height, width) from now on: refused where its head reads
+    a fixed grid (see :func:`camlens.layers.check_input_size`)."""
+    from dataclasses import replace
+
+    from camlens.layers import check_input_size
+
+    check_input_size(model, size)
+    model.preprocess = replace(model.preprocess, input_size=size)
+    return model
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -47,7 +47,12 @@ METHOD_GROUPS: dict[str, tuple[str, ...]] = {
 def resolve_methods(names: str | Iterable[str]) -> tuple[str, ...]:
     """Method names (any accepted spelling, or a group of :data:`METHOD_GROUPS`) -> their canonical
     names, each once, in the order given; an unknown name is a :class:`MethodError`."""
-    given = [names] if isinstance(names, str) else list(names)
+    if isinstance(names, str):
+        given = [names]
+    elif isinstance(names, Iterable):
+        given = list(names)
+    else:
+        raise MethodError(f"methods are named by strings, not {names!r}")
     if not given:
         raise MethodError("no method given: choose one or more of " + ", ".join(METHODS))
     out: list[str] = []
@@ -67,13 +72,15 @@ class ExplainConfig:
     ``model``/``weights``: a spec for :func:`camlens.load_model` (None: the embedded default) and
     its local weights file. ``methods``: names or groups (``all``, ``gradients``, ``scores``),
     stored as canonical names. ``layers``: target layer names (empty: the automatic one).
+    ``layers=("all",)``: every spatial layer of the automatic layer's kind, in depth order.
     ``classes`` (indices or names, for every image) or ``top`` (the top K predicted classes; 1
     when neither is given). ``smooth``: ``tta`` and/or ``pca``; ``tta_flips``/``tta_scales`` the
     test-time augmentations. ``batch_size`` images per forward pass; ``max_batch_memory`` bytes per
     batch of masked or ablated passes; ``fast_channels``/``fast_resolution`` the approximate modes
     of the perturbation methods; ``use_head_gradients`` takes a GAP -> Linear head's gradients from
     its weights; ``channels_last`` the masked passes' memory format. ``input_size`` (height, width)
-    replaces the model's input size; ``max_pixels`` refuses larger image files.
+    replaces the model's input size; ``max_pixels`` refuses larger image files. ``relu=False``
+    keeps each map's sign (min-max of the raw map, see :func:`camlens.maps.normalize`).
     """
 
     model: str | None = None
@@ -94,6 +101,7 @@ class ExplainConfig:
     channels_last: bool = True
     input_size: tuple[int, int] | None = None
     max_pixels: int = MAX_PIXELS
+    relu: bool = True
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalized values are set once, here
@@ -132,8 +140,17 @@ class ExplainConfig:
             size = _sequence(self.input_size, "input_size")
             if len(size) != 2:
                 raise CamlensError(f"input_size must be (height, width), not {list(size)}")
-            set_(self, "input_size", tuple(_integer(n, "input_size", 8) for n in size))
+            pair = tuple(_integer(n, "input_size", 8) for n in size)
+            if pair[0] * pair[1] > MAX_PIXELS:
+                raise CamlensError(
+                    f"input_size {pair[0]}x{pair[1]} is over {MAX_PIXELS // 10**6} megapixels: "
+                    "the model's activations would not fit in memory"
+                )
+            set_(self, "input_size", pair)
         set_(self, "max_pixels", _integer(self.max_pixels, "max_pixels", 1))
+        set_(self, "relu", _flag(self.relu, "relu"))
+        if "all" in self.layers and len(self.layers) > 1:
+            raise CamlensError("layers: 'all' stands for every layer; give it alone")
 
     # --- JSON -------------------------------------------------------------------------------------
 
@@ -162,7 +179,9 @@ class ExplainConfig:
 class OutputConfig:
     """How results are drawn and written: the overlays' colormap and heatmap opacity ``alpha``;
     ``boxes``: none, the ``largest`` region of each map or ``all`` its regions, found at
-    ``threshold`` (a fraction of the map's maximum, or ``"otsu"``).
+    ``threshold`` (a fraction of the map's maximum, or ``"otsu"``); ``panels``: also a
+    "photo | heatmap | overlay" picture per map; ``grids``: also one picture per image with all
+    its maps (the layers in depth order).
 
     What a run writes (:mod:`camlens.outputs`): ``format`` ``"files"`` (an overlay and a ``.npy``
     at the photo's size per map) or ``"dataset"`` (an overlay per map, the maps at the layer's
@@ -173,6 +192,8 @@ class OutputConfig:
     alpha: float = 0.5
     boxes: BoxMode | None = None
     threshold: Threshold = 0.2
+    panels: bool = False
+    grids: bool = False
     # --- runs over many files ---
     format: RunFormat = "files"
     overlay_format: OverlayFormat | None = None
@@ -190,6 +211,8 @@ class OutputConfig:
             else check_threshold(self.threshold)
         )
         set_(self, "threshold", threshold)
+        set_(self, "panels", _flag(self.panels, "panels"))
+        set_(self, "grids", _flag(self.grids, "grids"))
         # --- runs over many files ---
         if self.format not in ("files", "dataset"):
             raise CamlensError(f"format must be 'files' or 'dataset', not {self.format!r}")
@@ -306,7 +329,7 @@ def _classes(value: Any) -> tuple[int | str, ...]:
             c = c.strip()
             if not c:
                 raise ClassError("an empty class name")
-            if c.lstrip("-").isdigit():
+            if c.lstrip("-").isascii() and c.lstrip("-").isdigit():
                 c = int(c)
         out.append(c)
     return tuple(dict.fromkeys(out))

@@ -26,7 +26,7 @@ def check_device(device: str | torch.device) -> torch.device:
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        raise CamlensError(f"unknown device {str(device)!r}: this machine has {here}") from None
+        raise CamlensError(f"unknown device {str(device)!r} (available: {here})") from None
     if parsed.type == "cpu":
         return parsed
     if parsed.type == "cuda":

@@ -37,6 +37,7 @@ from camlens.batch import Done, Item, class_tuple, open_run, read_photo, run_opt
 from camlens.config import ExplainConfig, OutputConfig
 from camlens.errors import CamlensError
 from camlens.explain import Explainer
+from camlens.explanation import Explanation
 from camlens.images import PreprocessConfig
 from camlens.outputs import FolderClasses, error_row, write_image
 from camlens.progress import Event, Progress
@@ -257,7 +258,7 @@ class _BatchExplainer:
         ]
         live = [j for j, problem in enumerate(problems) if not problem]
         rows: list[Row] = []
-        results = []
+        results: list[Explanation | CamlensError] = []
         if live:
             try:
                 results = self.explainer.explain_prepared(
@@ -270,7 +271,12 @@ class _BatchExplainer:
             except CamlensError as exc:
                 problems = [p or str(exc) for p in problems]
                 live, results = [], []
-        explained = dict(zip(live, results, strict=True))
+        explained = {}
+        for j, result in zip(live, results, strict=True):
+            if isinstance(result, CamlensError):  # the model failed on this image alone
+                problems[j] = str(result)
+            else:
+                explained[j] = result
         for j, name in enumerate(names):
             if done[j]:
                 continue

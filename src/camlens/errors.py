@@ -1,7 +1,8 @@
 """Errors camlens raises on bad input: each names the thing at fault and the problem.
 
 All derive from :class:`CamlensError` (a ``ValueError``), so callers can catch one type and the
-command line can turn any of them into a one-line message and exit status 2.
+command line can turn any of them into a one-line message and exit status 2. Warnings derive from
+:class:`CamlensWarning` (a ``UserWarning``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ class ImageError(CamlensError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+
+class PixelLimitError(ImageError):
+    """An image whose header says it has more pixels than the limit (refused before decoding)."""
 
 
 class ModelError(CamlensError):
@@ -39,3 +44,12 @@ class ClassError(CamlensError):
 class DatasetError(CamlensError):
     """A dataset camlens cannot use: a ground-truth file, or a training folder (missing, empty,
     one class only, a class with no readable image)."""
+
+
+class CamlensWarning(UserWarning):
+    """Something camlens did that the user should know of, though nothing failed."""
+
+
+class FlatMapWarning(CamlensWarning):
+    """Maps that came out constant (returned as zeros with ``flat=True``): the method found no
+    evidence for the class at the layer, or the picture has a single pixel."""

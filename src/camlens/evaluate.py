@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,8 +34,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from camlens.config import ExplainConfig
 from camlens.datasets.readers import Annotated, Dataset, GroundTruth, check_boxes, read_dataset
 from camlens.errors import CamlensError
+from camlens.files import atomic_write
 from camlens.localize import CAM_THRESHOLD, Threshold, boxes_from_map, check_threshold
 from camlens.metrics import (
     LOCALIZATION_IOU,
@@ -89,7 +92,9 @@ _PERCENT = {
 class Report:
     """The result of :func:`evaluate`: ``rows[method][key]`` holds the aggregates (keys of
     :data:`COLUMNS`, ``None`` where not measured), ``curves[method]`` the mean deletion and insertion
-    curves, ``per_image`` one record per (image, method), ``problems`` the messages about bad input."""
+    curves, ``per_image`` one record per (image, method), ``problems`` the messages about bad input.
+    ``images``: the images of the dataset (with those its annotations' problems left out, unless
+    a ``limit`` was given), ``evaluated`` those measured."""
 
     dataset: str
     format: str
@@ -125,11 +130,10 @@ class Report:
         }
 
     def save(self, path: str | Path) -> Path:
-        """Writes the JSON report."""
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
-        return out
+        """Writes the JSON report, whole or not at all (a temporary file, then renamed over
+        ``path``): strict JSON, a value that is not a finite number written as ``null``."""
+        text = json.dumps(_finite(self.to_dict()), indent=1, allow_nan=False) + "\n"
+        return atomic_write(path, lambda temp: temp.write_text(text, encoding="utf-8"))
 
     def plot(self, path: str | Path) -> Path | None:
         """The mean deletion and insertion curves of every method, one PNG (None when faithfulness
@@ -146,13 +150,14 @@ class Report:
 
     def table(self) -> Any:
         """A Rich table: a row per method, a column per metric (arrows say which way is better)."""
+        from rich.markup import escape
         from rich.table import Table
 
         title = (
             f"{Path(self.dataset).name}: {self.evaluated} of {self.images} images, "
             f"model {self.model}, threshold {self.settings['threshold']}"
         )
-        table = Table(title=title, header_style="bold")
+        table = Table(title=escape(title), header_style="bold")
         table.add_column("method", no_wrap=True)
         shown = [
             c for c in COLUMNS if any(self.rows[m].get(c[0]) is not None for m in self.methods)
@@ -171,12 +176,52 @@ class Report:
                     cells.append(f"{value:.1f}")
                 else:
                     cells.append(f"{value:.3f}")
-            table.add_row(m, *cells)
+            table.add_row(escape(m), *cells)
         return table
+
+
+def _finite(value: Any) -> Any:
+    """``value`` (JSON-ready) with every float that is not finite replaced by ``None``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _mean(values: Sequence[float | bool]) -> float | None:
     return float(np.mean([float(v) for v in values])) if values else None
+
+
+def check_evaluate_options(
+    *,
+    tolerance: float = POINTING_TOLERANCE,
+    iou_threshold: float = LOCALIZATION_IOU,
+    steps: int = 32,
+    road_percentages: Sequence[float] = ROAD_PERCENTAGES,
+    batch_size: int = 16,
+    limit: int | None = None,
+) -> None:
+    """A :class:`CamlensError` naming the first option of :func:`evaluate` that cannot be used:
+    a tolerance that is not a finite number >= 0, an IoU outside (0, 1], ROAD percentages
+    outside [0, 1], steps, a batch size or a limit that are not whole numbers >= 1."""
+
+    def number(value: Any) -> bool:
+        return not isinstance(value, bool) and isinstance(value, int | float)
+
+    if not number(tolerance) or not 0 <= tolerance < math.inf:
+        raise CamlensError(f"tolerance must be a finite number of pixels >= 0, not {tolerance!r}")
+    if not number(iou_threshold) or not 0 < iou_threshold <= 1:
+        raise CamlensError(f"iou_threshold must be a number in (0, 1], not {iou_threshold!r}")
+    if not all(number(p) and 0 <= p <= 1 for p in road_percentages):
+        raise CamlensError(f"road_percentages must lie in [0, 1], not {list(road_percentages)}")
+    for name, count in (("steps", steps), ("batch_size", batch_size), ("limit", limit)):
+        if count is None and name == "limit":
+            continue
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise CamlensError(f"{name} must be a whole number >= 1, not {count!r}")
 
 
 def evaluate(
@@ -195,6 +240,7 @@ def evaluate(
     limit: int | None = None,
     images: str | Path | None = None,
     progress: Progress | None = None,
+    config: ExplainConfig | None = None,
 ) -> Report:
     """Evaluates ``methods`` (names, see ``camlens methods``) of ``model`` on ``dataset`` (a
     :class:`~camlens.datasets.Dataset`, a COCO JSON file or a Pascal VOC folder; ``images``: where
@@ -209,6 +255,10 @@ def evaluate(
     ``"images"`` (``total``: the images to evaluate) for each message about bad input as it is
     found (``problem`` set; the image it is about is counted when it is done) and for each image
     when it is done (``item``: its name).
+
+    ``config``: an :class:`~camlens.config.ExplainConfig` to explain with (its methods, layers,
+    batch size, smoothing and fast modes; its classes and top are not used: the evaluation picks
+    the top 5 and the ground-truth classes), instead of ``methods``, ``layer`` and ``batch_size``.
     """
     from camlens.explain import Explainer
     from camlens.images import load_image, preprocess
@@ -217,8 +267,14 @@ def evaluate(
 
     started = time.perf_counter()
     threshold = check_threshold(threshold)
-    if batch_size < 1:
-        raise CamlensError(f"batch_size must be at least 1, not {batch_size}")
+    check_evaluate_options(
+        tolerance=tolerance,
+        iou_threshold=iou_threshold,
+        steps=steps,
+        road_percentages=road_percentages,
+        batch_size=batch_size,
+        limit=limit,
+    )
     data = dataset if isinstance(dataset, Dataset) else read_dataset(dataset, images)
     items = data.items[:limit] if limit is not None else data.items
     problems: list[str] = []
@@ -241,7 +297,11 @@ def evaluate(
     for message in data.problems:
         problem(message)
     loaded = model if isinstance(model, ModelClass) else load_model(model)
-    explainer = Explainer(loaded, method=methods, layer=layer, batch_size=batch_size)
+    if config is not None:
+        explainer = Explainer.from_config(config.replace(classes=(), top=None), loaded)
+        batch_size = explainer.batch_size
+    else:
+        explainer = Explainer(loaded, method=methods, layer=layer, batch_size=batch_size)
     names = [m.name for m in explainer.methods]
 
     # Ground-truth class names -> the model's classes.
@@ -280,7 +340,16 @@ def evaluate(
         if not batch:
             continue
         sources = [str(item.image) for item, _, _ in batch]
-        results = explainer.explain([p for _, p, _ in batch], top=top, names=sources)
+        each = explainer.explain_each([p for _, p, _ in batch], top=top, names=sources)
+        for failed in each:  # the model fails on this image (NaN scores, say): the others go on
+            if isinstance(failed, CamlensError):
+                problem(f"{failed}; image left out")
+        finished([s for s, r in zip(sources, each, strict=True) if isinstance(r, CamlensError)])
+        kept = [i for i, r in enumerate(each) if not isinstance(r, CamlensError)]
+        batch, sources = [batch[i] for i in kept], [sources[i] for i in kept]
+        results: list[Any] = [each[i] for i in kept]
+        if not batch:
+            continue
         # The ground-truth classes outside the top k get their maps from a second pass.
         missing = [
             sorted({c for c, _ in known} - {m.class_index for m in r.maps})
@@ -333,7 +402,7 @@ def evaluate(
         layers=list(explainer.layers),
         methods=names,
         settings=settings,
-        images=len(items),
+        images=len(items) + (data.left_out if limit is None else 0),
         evaluated=evaluated,
         rows=rows_out,
         curves=curves,

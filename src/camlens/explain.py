@@ -4,12 +4,13 @@ returns an `Explanation` per image; one Explainer may be shared by several threa
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import Any, overload
+from typing import Any, cast, overload
 
 import numpy as np
 import torch
@@ -20,10 +21,17 @@ from camlens import smoothing
 from camlens.capture import Capture, Settings, Target, find_targets
 from camlens.config import ExplainConfig, resolve_methods
 from camlens.devices import check_device
-from camlens.errors import CamlensError, ClassError, MethodError
+from camlens.errors import CamlensError, ClassError, FlatMapWarning, MethodError, ModelError
 from camlens.explanation import CallStats, ClassMap, Explanation
 from camlens.images import MAX_PIXELS, load_image, preprocess, tensor_to_image
-from camlens.layers import CamHead, auto_layer, probe_input
+from camlens.layers import (
+    CamHead,
+    auto_layer,
+    check_input_size,
+    describe_head,
+    layers_like_auto,
+    probe_input,
+)
 from camlens.maps import normalize
 from camlens.methods import METHODS, Method, get_method
 from camlens.models import Model, load_model
@@ -50,7 +58,10 @@ class Explainer:
     ``model``: a :class:`Model`, a spec for :func:`load_model` or an ``nn.Module``.
     ``method``: a name, a group (``all``, ``gradients``, ``scores``) or several (see ``camlens
     methods``); a :class:`~camlens.methods.Method` with options is taken as it is. ``layer``: a
-    name or module, or several; the last spatial layer by default (see ``camlens layers``).
+    name or module, or several; the last spatial layer by default (see ``camlens layers``);
+    ``"all"``: every spatial layer of the automatic layer's kind, in depth order.
+    ``input_size`` (height, width): explain at another size than the model's own (a model whose
+    head reads a fixed grid is refused). ``relu=False``: signed maps (min-max of the raw map).
     ``classes``/``top``: what :meth:`explain` explains when a call says neither (by default the
     top class). :meth:`from_config` builds one from an :class:`~camlens.config.ExplainConfig`.
 
@@ -98,6 +109,7 @@ class Explainer:
         channels_last: bool = True,
         input_size: tuple[int, int] | None = None,
         max_pixels: int = MAX_PIXELS,
+        relu: bool = True,
         classes: Classes | None = None,
         top: int | None = None,
     ) -> None:
@@ -121,12 +133,15 @@ class Explainer:
             channels_last=channels_last,
             input_size=input_size,
             max_pixels=max_pixels,
+            relu=relu,
         )
         self.max_pixels = options.max_pixels
+        self.relu = options.relu
         self.model = model if isinstance(model, Model) else load_model(model)
         if device is not None:
             self.model.to(check_device(device))
         if options.input_size is not None:
+            check_input_size(self.model, options.input_size)
             self.model = replace(
                 self.model, preprocess=replace(self.model.preprocess, input_size=options.input_size)
             )
@@ -135,19 +150,31 @@ class Explainer:
             smoothing.Augmentation(),
             *[a for a in augmentations if a != smoothing.Augmentation()],
         )
+        if "tta" in self.smooth:
+            self._check_augmented_sizes()
         self.batch_size = options.batch_size
         self.classes, self.top = classes, top
         self.resolve_classes(classes, top, 1)  # checks the default classes against the model
         if layer is None:
             layers: list[LayerSpec] = [auto_layer(self.model)]
+        elif layer == "all" or (isinstance(layer, Sequence) and list(layer) == ["all"]):
+            layers = list(layers_like_auto(self.model))
         elif isinstance(layer, str | nn.Module):
             layers = [layer]
         else:
             layers = list(layer)
         targets = find_targets(self.model, layers)
-        if any(m.needs == "head" for m in self.methods):
-            for target in targets:
-                target.require_head(self.model)
+        head_methods = [m for m in self.methods if m.needs == "head"]
+        headless = [t for t in targets if t.head is None]
+        if head_methods and headless:
+            if len(head_methods) == len(self.methods):
+                headless[0].require_head(self.model)  # raises: says why CAM does not apply
+            self.methods = [m for m in self.methods if m.needs != "head"]
+            warnings.warn(
+                f"{', '.join(m.name for m in head_methods)} left out: "
+                f"{describe_head(self.model, headless[0].name, headless[0].channels)}",
+                stacklevel=2,
+            )
         scores = any(m.needs == "scores" for m in self.methods)
         if scores:
             targets = [
@@ -164,6 +191,7 @@ class Explainer:
             row_bytes=forward_bytes(self.model.net, probe_input(self.model)) if scores else None,
         )
         self.config = options.replace(
+            methods=tuple(m.name for m in self.methods),
             device=str(self.model.device),
             model=getattr(self.model, "spec", None),
             weights=_optional_str(getattr(self.model, "weights", None)),
@@ -172,6 +200,22 @@ class Explainer:
             top=None,
         )
         self._closed = False
+
+    def _check_augmented_sizes(self) -> None:
+        """Test-time augmentation rescales the input: a model with a fixed input size (a timm ViT
+        without ``dynamic_img_size``, a Keras model with a ``Flatten`` head) is said to refuse it
+        here, with what to do, rather than failing in the middle of a call."""
+        height, width = self.model.preprocess.input_size
+        for scale in sorted({a.scale for a in self.augmentations if a.scale != 1}):
+            size = (max(1, round(height * scale)), max(1, round(width * scale)))
+            try:
+                check_input_size(self.model, size, head=False)
+            except ModelError as exc:
+                raise ModelError(
+                    f"test-time augmentation rescales the input by {scale:g}, and {exc}; "
+                    "use the flips alone (tta_scales=(1.0,), or "
+                    "augmentations=camlens.smoothing.augmentations(scales=(1.0,)))"
+                ) from None
 
     @classmethod
     def from_config(cls, config: ExplainConfig, model: Model | None = None) -> Explainer:
@@ -194,6 +238,7 @@ class Explainer:
             channels_last=config.channels_last,
             input_size=config.input_size,
             max_pixels=config.max_pixels,
+            relu=config.relu,
             classes=list(config.classes) or None,
             top=config.top,
         )
@@ -286,10 +331,19 @@ class Explainer:
         ``names``: how reports name the inputs (default: their paths, or ``<image N>``).
         ``progress`` gets the perturbation methods' :class:`~camlens.progress.Event` s.
 
-        All or nothing: a path that cannot be read raises (an
-        :class:`~camlens.errors.ImageError` naming it) and no image of the call is explained.
-        :func:`camlens.batch.explain_files` reads a list of files the other way: every readable
-        one explained, every other one reported.
+        Tensor inputs must hold finite floats: a float64 or float16 batch is converted to
+        float32, an integer one (pixels) is refused, as are ``None``, an empty list and an empty
+        batch (a :class:`~camlens.errors.CamlensError` saying which).
+
+        All or nothing: a path that cannot be read, an input with NaN or infinite values, a model
+        that gives NaN scores... raises a :class:`~camlens.errors.CamlensError` (an
+        :class:`~camlens.errors.ImageError` naming the file) and no image of the call is
+        explained. :meth:`explain_each` takes the same inputs the other way: every good one
+        explained, each bad one's error in its place, as the batch runner
+        (:func:`camlens.batch.explain_files`) does with files.
+
+        A map that comes out constant (all zero after the ReLU, or an image of a single pixel) is
+        zeros with ``flat=True``, and a :class:`~camlens.errors.FlatMapWarning` names the image.
         """
         single = isinstance(inputs, str | Path | Image.Image | np.ndarray) or (
             isinstance(inputs, torch.Tensor) and inputs.ndim == 3
@@ -299,6 +353,72 @@ class Explainer:
         )
         results = [result for batch in batches for result in batch]
         return results[0] if single else results
+
+    def explain_each(
+        self,
+        inputs: ImageInput | Sequence[ImageInput],
+        *,
+        classes: Classes | None = None,
+        top: int | None = None,
+        names: Sequence[str] | None = None,
+        progress: Progress | None = None,
+    ) -> list[Explanation | CamlensError]:
+        """Like :meth:`explain`, but one bad input does not lose the others: a list with one
+        entry per input, in order, each the input's :class:`Explanation` or the
+        :class:`~camlens.errors.CamlensError` that stopped it (an
+        :class:`~camlens.errors.ImageError` naming a file that cannot be read, an input with NaN
+        or infinite values...). Always a list, also for one input.
+
+        >>> for result in explainer.explain_each(["cat.jpg", "broken.jpg"]):  # doctest: +SKIP
+        ...     print(result if isinstance(result, camlens.CamlensError) else result.predictions[0])
+
+        What is wrong with the call itself, not with one input, still raises: ``None``, an empty
+        list or batch, a tensor that is not [N, 3, H, W] floats, unknown classes, ``classes``
+        and ``top`` both given, too few ``names``. Each good input gets what :meth:`explain`
+        would give it in the same batch; a batch that fails is explained again one image at a
+        time, so that the error is given to the input it belongs to."""
+        if self._closed:
+            raise CamlensError("this Explainer is closed")
+        entries = _each_item(inputs, names, self.max_pixels)
+        if classes is None and top is None:
+            classes, top = self.classes, self.top
+        per_image = self.resolve_classes(classes, top, len(entries))
+        return self._each(entries, per_image, top, progress)
+
+    def _each(
+        self,
+        entries: Sequence[_Item | CamlensError],
+        per_image: list[list[int]] | None,
+        top: int | None,
+        progress: Progress | None,
+    ) -> list[Explanation | CamlensError]:
+        """:meth:`explain_each` of inputs already read: a batch that fails is explained again
+        one image at a time, so that the error is given to the input it belongs to."""
+        out: list[Explanation | CamlensError | None] = [
+            e if isinstance(e, CamlensError) else None for e in entries
+        ]
+        good = [i for i, e in enumerate(entries) if isinstance(e, _Item)]
+
+        def run(chunk: list[int]) -> list[Explanation]:
+            items = [cast(_Item, entries[i]) for i in chunk]
+            wanted = [per_image[i] for i in chunk] if per_image is not None else None
+            return self._explain_batch(items, wanted, top or 1, 0, progress)
+
+        for start in range(0, len(good), self.batch_size):
+            chunk = good[start : start + self.batch_size]
+            try:
+                for i, result in zip(chunk, run(chunk), strict=True):
+                    out[i] = result
+            except CamlensError as exc:
+                if len(chunk) == 1:
+                    out[chunk[0]] = _naming(exc, entries[chunk[0]])
+                    continue
+                for i in chunk:  # find the input at fault: each alone
+                    try:
+                        out[i] = run([i])[0]
+                    except CamlensError as alone:
+                        out[i] = _naming(alone, entries[i])
+        return [cast(Explanation | CamlensError, r) for r in out]
 
     def iter_explain(
         self,
@@ -329,12 +449,14 @@ class Explainer:
         classes: Classes | None = None,
         top: int | None = None,
         names: Sequence[str] | None = None,
-    ) -> list[Explanation]:
-        """Explains photos that were already preprocessed elsewhere (by the reading threads of a
-        run, say): ``inputs`` is the [N, 3, H, W] batch :func:`camlens.images.preprocess` makes
-        of ``photos``, and the explanations show ``photos`` at their own size, as
-        :meth:`explain` of the photos would. Up to ``batch_size`` images go through the model
-        together; ``classes``, ``top`` and ``names`` as in :meth:`explain`."""
+    ) -> list[Explanation | CamlensError]:
+        """:meth:`explain_each` of photos that were already preprocessed elsewhere (by the
+        reading threads of a run, say): ``inputs`` is the [N, 3, H, W] batch
+        :func:`camlens.images.preprocess` makes of ``photos``, and the explanations show
+        ``photos`` at their own size, as :meth:`explain` of the photos would. Up to
+        ``batch_size`` images go through the model together; one that makes its batch fail gets
+        the error, the others their explanations. ``classes``, ``top`` and ``names`` as in
+        :meth:`explain`."""
         if self._closed:
             raise CamlensError("this Explainer is closed")
         tensors = _tensor_batch(inputs)
@@ -349,12 +471,7 @@ class Explainer:
         if classes is None and top is None:
             classes, top = self.classes, self.top
         per_image = self.resolve_classes(classes, top, len(items))
-        results: list[Explanation] = []
-        for start in range(0, len(items), self.batch_size):
-            chunk = items[start : start + self.batch_size]
-            wanted = per_image[start : start + self.batch_size] if per_image else None
-            results.extend(self._explain_batch(chunk, wanted, top or 1, start, None))
-        return results
+        return self._each(items, per_image, top, None)
 
     def resolve_classes(
         self, classes: Classes | None, top: int | None, count: int
@@ -424,6 +541,10 @@ class Explainer:
             seconds=time.perf_counter() - started,
             replays=tuple(sorted(capture.replay_kinds.items())),
         )
+        for b, item in enumerate(items):
+            if _pixels(item, x[b]) == 1:  # a single pixel: no map can show where
+                for m in per_image[b]:
+                    m.map, m.flat = torch.zeros_like(m.map), True
         probs = capture.probs
         top_p, top_i = probs.topk(min(TOP_PREDICTIONS, model.num_classes), dim=1)
         results = []
@@ -450,6 +571,8 @@ class Explainer:
                     stats=stats,
                 )
             )
+        for b, result in enumerate(results):
+            _warn_flat(result, single=_pixels(items[b], x[b]) == 1)
         return results
 
     def _capture(self, x: torch.Tensor, progress: Progress | None) -> Capture:
@@ -483,7 +606,7 @@ class Explainer:
             raws = [m.maps(capture, target.name, index, reduce) for m in self.methods]
             for j in range(depth):
                 for method, raw in zip(self.methods, raws, strict=True):
-                    maps, flat = normalize(raw[:, j].detach())
+                    maps, flat = normalize(raw[:, j].detach(), relu=self.relu)
                     for b, cs in enumerate(chosen):
                         if j < len(cs):
                             c = cs[j]
@@ -505,6 +628,50 @@ def _optional_str(value: object) -> str | None:
     return None if value is None else str(value)
 
 
+def _naming(exc: CamlensError, entry: _Item | CamlensError) -> CamlensError:
+    """``exc`` with the input it is about named first, as every per-input error is."""
+    source = entry.source if isinstance(entry, _Item) else None
+    if source is None or str(exc).startswith(f"{source}: "):
+        return exc
+    try:
+        named = type(exc)(f"{source}: {exc}")
+    except TypeError:  # an error type made otherwise (ImageError names its path already)
+        named = CamlensError(f"{source}: {exc}")
+    return named
+
+
+def _pixels(item: _Item, x: torch.Tensor) -> int:
+    """How many pixels the input's own picture has (a tensor input's: its height x width)."""
+    if item.image is not None:
+        width, height = item.image.size
+        return width * height
+    return int(x.shape[-1] * x.shape[-2])
+
+
+#: Flat maps listed by name in a :class:`~camlens.errors.FlatMapWarning`; more are counted.
+FLAT_LISTED = 3
+
+
+def _warn_flat(result: Explanation, *, single: bool) -> None:
+    """A :class:`~camlens.errors.FlatMapWarning` naming the image and its flat maps, if any."""
+    flat = [m for m in result.maps if m.flat]
+    if not flat:
+        return
+    if single:
+        text = f"{result.source}: a picture of a single pixel: its maps are flat (no place to show)"
+    else:
+        listed = ", ".join(
+            f"{m.method} of class {m.class_index} ({m.label}) at {m.layer}"
+            for m in flat[:FLAT_LISTED]
+        )
+        more = f" and {len(flat) - FLAT_LISTED} more" if len(flat) > FLAT_LISTED else ""
+        text = (
+            f"{result.source}: {len(flat)} of {len(result.maps)} maps are flat (constant: the "
+            f"method found no evidence there, shown as zeros): {listed}{more}"
+        )
+    warnings.warn(FlatMapWarning(text), stacklevel=5)
+
+
 class _Item:
     """One input: a photo (with its source) or an already normalized tensor."""
 
@@ -521,6 +688,42 @@ class _Item:
         assert self.image is not None
         x: torch.Tensor = preprocess([self.image], model.preprocess)[0]
         return x
+
+
+def _each_item(
+    inputs: Any, names: Sequence[str] | None, max_pixels: int
+) -> list[_Item | CamlensError]:
+    """:func:`_as_items` with each input's own problem (a file that cannot be read, NaN values)
+    in its place instead of raised; what is wrong with ``inputs`` as a whole still raises. Every
+    input is named (its path, or ``<image N>`` by its place in ``inputs``)."""
+    entries: list[_Item | CamlensError] = []
+    if isinstance(inputs, str | Path | Image.Image | np.ndarray):
+        pieces: list[Any] = [inputs]
+    elif isinstance(inputs, Sequence):
+        pieces = list(inputs)
+    else:  # None, a tensor batch, something else: as a whole (the tensor's rows split below)
+        pieces = []
+        entries.extend(_items(inputs, max_pixels))
+    for piece in pieces:
+        if isinstance(piece, torch.Tensor):
+            entries.extend(_items(piece, max_pixels))  # a malformed tensor: a malformed call
+            continue
+        try:
+            entries.extend(_items(piece, max_pixels))
+        except CamlensError as exc:
+            entries.append(exc)
+    if not entries:
+        raise CamlensError("no images given")
+    if names is not None and len(names) != len(entries):
+        raise CamlensError(f"{len(names)} names given for {len(entries)} images")
+    for i, entry in enumerate(entries):
+        if isinstance(entry, _Item):
+            if names is not None:
+                entry.source = names[i]
+            entry.source = entry.source or f"<image {i}>"
+            if entry.tensor is not None and not bool(torch.isfinite(entry.tensor).all()):
+                entries[i] = CamlensError(f"{entry.source}: the input has NaN or infinite values")
+    return entries
 
 
 def _as_items(inputs: Any, names: Sequence[str] | None, max_pixels: int) -> list[_Item]:

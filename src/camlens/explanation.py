@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from camlens import render
-from camlens.files import atomic_write
+from camlens.files import atomic_write, fit_stem
 from camlens.maps import upsample
 from camlens.types import Box, Prediction
 
@@ -129,37 +129,41 @@ class Explanation:
 
     def peak(self, i: int = 0) -> tuple[int, int]:
         """(x, y) of the maximum of map ``i`` in the photo's pixels."""
-        full = self.map_at_image(i)
-        flat_index = int(torch.argmax(full))
-        width = full.shape[1]
-        return flat_index % width, flat_index // width
+        return _peak(self.map_at_image(i))
 
     def to_dict(
         self,
         files: Sequence[tuple[str, str]] | None = None,
         *,
-        peaks: Sequence[tuple[int, int]] | None = None,
+        panels: Sequence[str] | None = None,
+        grid: str | None = None,
     ) -> dict[str, Any]:
-        """The JSON report (the fields `camlens explain` writes); ``files``: (overlay, map) per map;
-        ``peaks``: :meth:`peak` of each map, when the caller has them already."""
+        """The JSON report (the fields `camlens explain` writes); ``files``: (overlay, map) per map,
+        ``panels`` the panel picture of each map, ``grid`` the picture of all maps. A map's
+        ``flat`` says it is constant (zeros) at the photo's own size: flat at the layer, or made so
+        by the resizing (a picture of one pixel)."""
         width, height = self.size
         explanations = []
         for i, m in enumerate(self.maps):
+            full = self.map_at_image(i)
             entry: dict[str, Any] = {
                 "class_index": m.class_index,
                 "label": m.label,
                 "score": m.score,
                 "method": m.method,
                 "layer": m.layer,
-                "flat": m.flat,
-                "peak": list(peaks[i] if peaks is not None else self.peak(i)),
+                "flat": m.flat or not bool(full.max() > 0),
+                "peak": list(_peak(full)),
+                "map_shape": [int(n) for n in m.map.shape[-2:]],
             }
             if files is not None:
                 entry["overlay"], entry["map"] = files[i]
+            if panels is not None:
+                entry["panel"] = panels[i]
             if m.boxes is not None:
                 entry["boxes"] = [b.to_dict() for b in m.boxes]
             explanations.append(entry)
-        return {
+        report = {
             "image": self.source,
             "size": [width, height],
             "model": self.model,
@@ -169,20 +173,37 @@ class Explanation:
             ],
             "explanations": explanations,
         }
+        if grid is not None:
+            report["grid"] = grid
+        return report
 
     def save(
-        self, out_dir: str | Path, stem: str | None = None, *, cmap: str = "jet", alpha: float = 0.5
+        self,
+        out_dir: str | Path,
+        stem: str | None = None,
+        *,
+        cmap: str = "jet",
+        alpha: float = 0.5,
+        panels: bool = False,
+        grid: bool = False,
     ) -> Path:
         """Writes ``STEM.json``, an overlay PNG at the photo's size and the map (``.npy``, float32
         [height, width] in [0, 1]) for each map; returns the JSON's path. ``stem`` defaults to the
-        source's file stem. Each file appears whole or not at all, the JSON last, so a report on
-        disk always names files that are complete."""
+        source's file stem; one too long for the file names is cut
+        (:func:`camlens.files.fit_stem`). ``panels``: also ``BASE.panel.png`` per map (photo |
+        heatmap | overlay); ``grid``: also ``STEM.grid.png`` with every map of the image. Each file
+        appears whole or not at all, the JSON last, so a report on disk always names files that
+        are complete."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         stem = stem or _safe(Path(self.source).stem) or "image"
-        files = []
+        tails = [f".{_safe(m.method)}.{_safe(m.layer)}.{m.class_index}" for m in self.maps]
+        longest = max([".json", ".grid.png", *(t + ".panel.png" for t in tails)], key=len)
+        stem = fit_stem(stem, longest)
+        files: list[tuple[str, str]] = []
+        panel_files: list[str] = []
         for i, m in enumerate(self.maps):
-            base = f"{stem}.{_safe(m.method)}.{_safe(m.layer)}.{m.class_index}"
+            base = stem + tails[i]
             full = self._numpy(self.map_at_image(i))
             atomic_write(out / f"{base}.npy", partial(_save_npy, full.astype(np.float32)))
             picture = render.overlay(self.image, full, cmap=cmap, alpha=alpha)
@@ -192,7 +213,15 @@ class Explanation:
                 )
             render.save_png(picture, out / f"{base}.png")
             files.append((f"{base}.png", f"{base}.npy"))
-        report = json.dumps(self.to_dict(files), indent=2, allow_nan=False) + "\n"
+            if panels:
+                render.save_png(self.panel(i, cmap=cmap, alpha=alpha), out / f"{base}.panel.png")
+                panel_files.append(f"{base}.panel.png")
+        all_maps = None
+        if grid:
+            all_maps = f"{stem}.grid.png"
+            render.save_png(_grid([self], cmap=cmap, alpha=alpha), out / all_maps)
+        document = self.to_dict(files, panels=panel_files if panels else None, grid=all_maps)
+        report = json.dumps(document, indent=2, allow_nan=False) + "\n"
         return atomic_write(out / f"{stem}.json", lambda temp: temp.write_text(report))
 
     @staticmethod
@@ -204,8 +233,18 @@ def grid(
     explanations: Sequence[Explanation], *, cmap: str = "jet", alpha: float = 0.5
 ) -> Image.Image:
     """One picture: a row per image, a column per map (its classes x layers x methods), each tile
-    titled with the label, probability, and the method and layer where they vary; a long strip
-    (many images, one map each) is laid out near square by :func:`camlens.render.grid`."""
+    titled as :func:`grid_cells` says; a long strip (many images, one map each) is laid out near
+    square by :func:`camlens.render.grid`."""
+    cells = grid_cells(explanations)
+    width = max((len(r) for r in cells), default=0)
+    rows = [[*r, *([None] * (width - len(r)))] for r in cells]
+    names = [Path(e.source).name for e in explanations]
+    return render.grid(rows, row_titles=names, cmap=cmap, alpha=alpha)
+
+
+def grid_cells(explanations: Sequence[Explanation]) -> list[list[render.GridCell]]:
+    """The tiles of :func:`grid`, a row per image: each titled with the label and probability, the
+    method and layer where they vary, and "flat map" where nothing was left after the ReLU."""
     methods = {m.method for e in explanations for m in e.maps}
     layers = {m.layer for e in explanations for m in e.maps}
     rows = []
@@ -217,12 +256,21 @@ def grid(
                 title += f"\n{m.method}"
             if len(layers) > 1:
                 title += f"\n{m.layer}"
+            if m.flat:
+                title += "\nflat map: no positive evidence"
             row.append(render.GridCell(e.image, e._numpy(e.map_at_image(i)), title))
         rows.append(row)
-    width = max((len(r) for r in rows), default=0)
-    cells = [[*r, *([None] * (width - len(r)))] for r in rows]
-    names = [Path(e.source).name for e in explanations]
-    return render.grid(cells, row_titles=names, cmap=cmap, alpha=alpha)
+    return rows
+
+
+_grid = grid  # for Explanation.save, whose own ``grid`` argument hides the function
+
+
+def _peak(full: torch.Tensor) -> tuple[int, int]:
+    """(x, y) of the maximum of a map [height, width] (the first, in reading order)."""
+    flat_index = int(torch.argmax(full))
+    width = full.shape[1]
+    return flat_index % width, flat_index // width
 
 
 def _save_npy(array: np.ndarray, path: Path) -> None:

@@ -3,6 +3,7 @@ folder, then an atomic rename), and an output place is checked before any work i
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -17,17 +18,23 @@ from camlens.errors import CamlensError
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """A temporary path beside ``path`` to write to; on a clean exit it is renamed to ``path``
     (replacing any file there at once), on an error it is removed and ``path`` is left as it was.
-    The parent folder is created. Errors name ``path``, never the temporary file."""
+    The parent folder is created. Errors name ``path``, never the temporary file: an ``OSError``
+    while writing becomes a :class:`~camlens.errors.CamlensError`."""
     target = Path(path)
     _make_folder(target.parent, f"cannot write {target}")
     try:
-        handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        handle, name = tempfile.mkstemp(
+            prefix=f".{_short(target.name)}.", suffix=".tmp", dir=target.parent
+        )
     except OSError as exc:
         raise CamlensError(f"cannot write {target} ({_reason(exc)})") from None
     os.close(handle)
     temp = Path(name)
     try:
-        yield temp
+        try:
+            yield temp
+        except OSError as exc:  # the disk full while writing, say: one line naming the target
+            raise CamlensError(f"cannot write {target} ({_reason(exc)})") from None
         try:
             os.chmod(temp, 0o666 & ~_UMASK)
             os.replace(temp, target)
@@ -74,7 +81,10 @@ def output_file(path: str | os.PathLike[str], what: str) -> Path:
     target = Path(path)
     if target.is_dir():
         raise CamlensError(f"{what} {target} is a folder, not a file")
-    output_folder(target.parent, f"{what}'s folder")
+    try:
+        output_folder(target.parent, "its folder")
+    except CamlensError as exc:
+        raise CamlensError(f"{what} {target} cannot be written: {exc}") from None
     return target
 
 
@@ -85,6 +95,28 @@ def _make_folder(folder: Path, message: str) -> None:
         raise CamlensError(f"{message}: a file is in the way") from None
     except OSError as exc:
         raise CamlensError(f"{message} ({_reason(exc)})") from None
+
+
+NAME_MAX = 255
+"""The longest file name, in bytes, that common file systems take."""
+
+
+def fit_stem(stem: str, suffix: str) -> str:
+    """``stem``, or when ``stem + suffix`` would be a longer file name than :data:`NAME_MAX`
+    bytes, its beginning with ``~`` and 8 hex digits of its hash (so two long stems that begin
+    alike stay apart), as long as fits: the outputs of an input with a long name can be written.
+    """
+    if len((stem + suffix).encode("utf-8", "surrogateescape")) <= NAME_MAX:
+        return stem
+    tag = "~" + hashlib.sha1(stem.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    room = NAME_MAX - len((tag + suffix).encode("utf-8", "surrogateescape"))
+    return _short(stem, max(room, 1)) + tag
+
+
+def _short(name: str, limit: int = 96) -> str:
+    """``name`` cut to at most ``limit`` bytes in UTF-8 (whole characters), so that a temporary
+    name made from it stays within the 255 bytes a file name may have."""
+    return name.encode("utf-8", "surrogateescape")[:limit].decode("utf-8", "ignore")
 
 
 def _reason(exc: OSError) -> str:

@@ -10,6 +10,7 @@ pretrained config; :func:`preprocess` applies it and :func:`denormalize` undoes 
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import threading
@@ -25,7 +26,7 @@ import numpy.typing as npt
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from camlens.errors import CamlensError, ImageError
+from camlens.errors import CamlensError, ImageError, PixelLimitError
 
 MAX_PIXELS = 64_000_000
 """Default limit on width * height of an image file (64 megapixels, e.g. 8000x8000).
@@ -56,42 +57,56 @@ class PreprocessConfig:
     """How an RGB photo becomes a model input.
 
     The whole photo is resized to ``input_size`` (no center crop), so that every pixel of the original
-    has a place in the feature grid and maps can be laid over the full photo.
+    has a place in the feature grid and maps can be laid over the full photo. ``channel_order``
+    ``"BGR"`` feeds the model blue, green, red (Caffe-style models, Keras's VGG and ResNet); ``mean``
+    and ``std`` are then given in that order too.
     """
 
     input_size: tuple[int, int] = (224, 224)  # (height, width)
     interpolation: str = "bicubic"  # a PIL resampling name: nearest, bilinear, bicubic, lanczos
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    channel_order: str = "RGB"  # or "BGR"
 
 
 # --- reading -------------------------------------------------------------------------------------
 
 
 def load_image(
-    source: str | os.PathLike[str] | Image.Image | npt.NDArray[Any],
+    source: str
+    | os.PathLike[str]
+    | bytes
+    | bytearray
+    | memoryview
+    | IO[bytes]
+    | Image.Image
+    | npt.NDArray[Any],
     *,
     max_pixels: int = MAX_PIXELS,
 ) -> Image.Image:
     """Read ``source`` as an upright RGB image (mode ``"RGB"``, pixels loaded, no file left open).
 
-    ``source`` is a path, a PIL image or a numpy array (HxW, HxWx3 or HxWx4; uint8, or float in
-    [0, 1]). The EXIF orientation is applied. Every mode becomes RGB: grayscale and bilevel are
-    repeated over the channels; 16-bit samples are scaled by their full range (``round(v / 257)``,
-    not clipped); 32-bit integer and float samples by the range they fit (float in [0, 1], 0..255,
-    0..65535, else their own min..max); palette, CMYK, YCbCr, LAB and HSV through Pillow; images
-    with transparency (alpha, a palette alpha or a transparent colour) are composited over white,
-    each channel ``round(c * a / 255 + 255 * (1 - a / 255))``. Multi-frame files give their first
-    frame.
+    ``source`` is a path, the bytes of an image file (``bytes``, ``bytearray``, ``memoryview``),
+    a binary file object open for reading and seekable (``io.BytesIO``, an upload; read from its
+    start, as Pillow does, and left open), a PIL image or a numpy array (HxW, HxWx3 or HxWx4;
+    uint8, or float in [0, 1]). The EXIF orientation is applied. Every mode becomes RGB: grayscale
+    and bilevel are repeated over the channels; 16-bit samples are scaled by their full range
+    (``round(v / 257)``, not clipped); 32-bit integer and float samples by the range they fit
+    (float in [0, 1], 0..255, 0..65535, else their own min..max); palette, CMYK, YCbCr, LAB and
+    HSV through Pillow; images with transparency (alpha, a palette alpha or a transparent colour)
+    are composited over white, each channel ``round(c * a / 255 + 255 * (1 - a / 255))``.
+    Multi-frame files give their first frame.
 
-    A file whose header says it has more than ``max_pixels`` pixels (default :data:`MAX_PIXELS`,
-    64 megapixels) is refused before decoding; Pillow's own decompression-bomb limit is set aside
-    for that file, so this limit is the one that governs. In-memory images and arrays are already
+    A file (or bytes, or file object) whose header says it has more than ``max_pixels`` pixels
+    (default :data:`MAX_PIXELS`, 64 megapixels) is refused before decoding, with a
+    :class:`~camlens.errors.PixelLimitError`; Pillow's own decompression-bomb limit is set aside
+    for that file, so this limit is the one that governs. PIL images and arrays are already
     decoded and are not limited.
 
-    Raises :class:`~camlens.errors.ImageError` naming the source and the problem: no such file, a
-    directory, an empty, unreadable, unrecognized, truncated or oversized file, or an array of the
-    wrong shape, dtype or range.
+    Raises :class:`~camlens.errors.ImageError` naming the source (bytes are ``<bytes>``, a file
+    object its ``name`` or ``<file object>``) and the problem: no such file, a directory, an
+    empty, unreadable, unrecognized, truncated or oversized file, or an array of the wrong shape,
+    dtype or range.
     """
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
         raise CamlensError(f"max_pixels must be a positive number of pixels, not {max_pixels!r}")
@@ -104,9 +119,28 @@ def load_image(
     if isinstance(source, str | os.PathLike):
         path = Path(source)
         return _to_rgb(_read_file(path, max_pixels), str(path))
+    if isinstance(source, bytes | bytearray | memoryview):
+        data = io.BytesIO(source)
+        return _to_rgb(_read_stream(data, "<bytes>", len(data.getbuffer()), max_pixels), "<bytes>")
+    if _is_binary_file(source):
+        name = getattr(source, "name", None)
+        label = name if isinstance(name, str) and name else "<file object>"
+        return _to_rgb(_read_stream(source, label, None, max_pixels), label)
     raise ImageError(
-        f"<{type(source).__name__}>", "is not a path, a PIL image or a numpy array of pixels"
+        f"<{type(source).__name__}>",
+        "is not a path, image bytes, a binary file object, a PIL image or a numpy array of pixels",
     )
+
+
+def _is_binary_file(source: object) -> bool:
+    """A readable, seekable file object that gives bytes."""
+    read = getattr(source, "read", None)
+    if not callable(read) or not callable(getattr(source, "seek", None)):
+        return False
+    if isinstance(source, io.TextIOBase):
+        return False
+    mode = getattr(source, "mode", "b")
+    return not isinstance(mode, str) or "b" in mode
 
 
 def _read_file(path: Path, max_pixels: int) -> Image.Image:
@@ -116,6 +150,8 @@ def _read_file(path: Path, max_pixels: int) -> Image.Image:
     except OSError as exc:
         raise ImageError(path, _os_problem(exc)) from None
     if stat.S_ISDIR(info.st_mode):
+        if not _images_under(path):
+            raise ImageError(path, "is a folder with no image files in it")
         raise ImageError(path, "is a directory, not an image file")
     if not stat.S_ISREG(info.st_mode):  # a FIFO or device would block or never end
         raise ImageError(path, "is not a regular file")
@@ -125,26 +161,41 @@ def _read_file(path: Path, max_pixels: int) -> Image.Image:
         handle = open(path, "rb")  # noqa: SIM115 - closed by the ``with`` below
     except OSError as exc:
         raise ImageError(path, _os_problem(exc)) from None
-    with handle, warnings.catch_warnings():
+    with handle:
+        return _read_stream(handle, str(path), info.st_size, max_pixels)
+
+
+def _read_stream(handle: IO[bytes], label: str, size: int | None, max_pixels: int) -> Image.Image:
+    """The decoded, upright image in the open file ``handle`` (``size`` bytes long, if known), in
+    its own mode; the size limit is checked from the header before any pixel is decoded."""
+    if size is None:
+        try:
+            size = handle.seek(0, io.SEEK_END)
+            handle.seek(0)
+        except (OSError, ValueError) as exc:
+            raise ImageError(label, f"cannot be read ({exc})") from None
+    if size == 0:
+        raise ImageError(label, "is empty (0 bytes)")
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             img = _open(handle)
         except UnidentifiedImageError:
-            raise ImageError(path, "is not an image Pillow can read") from None
+            raise ImageError(label, "is not an image Pillow can read") from None
         except MemoryError:
             raise
         except Exception as exc:
-            raise ImageError(path, f"is corrupt ({_pillow_says(exc)})") from exc
+            raise ImageError(label, f"is corrupt ({_pillow_says(exc)})") from exc
         with img:
             width, height = img.size
             if width * height > max_pixels:
-                raise ImageError(
-                    path,
+                raise PixelLimitError(
+                    label,
                     f"is {width}x{height} pixels ({_count(width * height)}), over the limit of "
                     f"{_count(max_pixels)}; pass max_pixels= (--max-pixels) to raise it",
                 )
-            _decode(img, str(path))
-            return _upright(img, str(path))
+            _decode(img, label)
+            return _upright(img, label)
 
 
 def _open(handle: IO[bytes]) -> Image.Image:
@@ -310,11 +361,13 @@ def _count(pixels: int) -> str:
 
 def preprocess(images: Sequence[Image.Image], config: PreprocessConfig) -> torch.Tensor:
     """A float32 batch [N, 3, H, W] for the model: each whole image resized to
-    ``config.input_size`` (no crop) with ``config.interpolation``, scaled to [0, 1], then
-    ``(x - mean) / std``. Images not in RGB are converted as :func:`load_image` does."""
+    ``config.input_size`` (no crop) with ``config.interpolation``, scaled to [0, 1], its channels
+    in ``config.channel_order``, then ``(x - mean) / std``. Images not in RGB are converted as
+    :func:`load_image` does."""
     resample = _resampling(config.interpolation)
     height, width = _input_size(config)
     mean, std = _mean_std(config)
+    bgr = _is_bgr(config)
     pixels = np.empty((len(images), height, width, 3), dtype=np.uint8)
     for i, img in enumerate(images):
         if not isinstance(img, Image.Image):
@@ -322,6 +375,8 @@ def preprocess(images: Sequence[Image.Image], config: PreprocessConfig) -> torch
         rgb = img if img.mode == "RGB" else _to_rgb(img, f"<image {i}>")
         pixels[i] = np.asarray(rgb.resize((width, height), resample))
     x = torch.from_numpy(pixels).permute(0, 3, 1, 2)
+    if bgr:
+        x = x.flip(1)
     x = x.to(dtype=torch.float32, memory_format=torch.contiguous_format)
     x.div_(255.0).sub_(mean.view(1, 3, 1, 1)).div_(std.view(1, 3, 1, 1))
     return x
@@ -329,13 +384,14 @@ def preprocess(images: Sequence[Image.Image], config: PreprocessConfig) -> torch
 
 def denormalize(x: torch.Tensor, config: PreprocessConfig) -> torch.Tensor:
     """Undo the normalization of :func:`preprocess` on [N, 3, H, W] or [3, H, W]: ``x * std +
-    mean``, clipped to [0, 1]."""
+    mean``, clipped to [0, 1], with the channels back in RGB order."""
     if x.ndim not in (3, 4) or x.shape[-3] != 3:
         raise CamlensError(f"expected a [3, H, W] or [N, 3, H, W] tensor, not {list(x.shape)}")
     if not x.is_floating_point():
         x = x.to(torch.float32)
     mean, std = (t.to(x.device, x.dtype).view(3, 1, 1) for t in _mean_std(config))
-    return (x * std + mean).clamp(0.0, 1.0)
+    pixels = (x * std + mean).clamp(0.0, 1.0)
+    return pixels.flip(-3) if _is_bgr(config) else pixels
 
 
 def tensor_to_image(x3hw: torch.Tensor, config: PreprocessConfig) -> Image.Image:
@@ -360,7 +416,7 @@ def parse_size(size: str | int | Sequence[int]) -> tuple[int, int]:
     """
     if isinstance(size, str):
         parts = [p.strip() for p in size.strip().lower().split("x")]
-        if len(parts) in (1, 2) and all(p.isdigit() for p in parts):
+        if len(parts) in (1, 2) and all(p.isascii() and p.isdigit() for p in parts):
             numbers = [int(p) for p in parts]
             pair = (numbers[0], numbers[-1])
             if min(pair) > 0:
@@ -394,39 +450,79 @@ def _resampling(name: str) -> Image.Resampling:
 
 
 def _input_size(config: PreprocessConfig) -> tuple[int, int]:
-    size = tuple(config.input_size)
-    if len(size) != 2 or not all(isinstance(n, int) and n > 0 for n in size):
+    try:
+        size = tuple(config.input_size)
+    except TypeError:
+        size = ()
+    if len(size) != 2 or not all(
+        isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in size
+    ):
         raise CamlensError(f"input_size must be (height, width) in pixels, not {config.input_size}")
     return size[0], size[1]
 
 
+def _is_bgr(config: PreprocessConfig) -> bool:
+    order = str(config.channel_order).upper()
+    if order not in ("RGB", "BGR"):
+        raise CamlensError(f"channel_order must be 'RGB' or 'BGR', not {config.channel_order!r}")
+    return order == "BGR"
+
+
 def _mean_std(config: PreprocessConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    mean = torch.tensor(config.mean, dtype=torch.float32)
-    std = torch.tensor(config.std, dtype=torch.float32)
+    try:
+        mean = torch.tensor(config.mean, dtype=torch.float32)
+        std = torch.tensor(config.std, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError):
+        raise CamlensError(
+            f"mean and std need 3 numbers each, not {config.mean!r} and {config.std!r}"
+        ) from None
     if mean.shape != (3,) or std.shape != (3,):
         raise CamlensError(f"mean and std need 3 values each, not {config.mean} and {config.std}")
+    if not bool(torch.isfinite(mean).all() and torch.isfinite(std).all()):
+        raise CamlensError(
+            f"mean and std must be finite numbers, not {config.mean} and {config.std}"
+        )
     if not bool((std != 0).all()):
         raise CamlensError(f"std must not be 0: {config.std}")
     return mean, std
 
 
+def check_preprocess(config: PreprocessConfig) -> PreprocessConfig:
+    """``config`` when :func:`preprocess` can use it; otherwise a
+    :class:`~camlens.errors.CamlensError` naming the field at fault (an input size that is not two
+    positive whole numbers, an unknown interpolation, a mean or std that is not three finite
+    numbers, a std of 0)."""
+    if not isinstance(config, PreprocessConfig):
+        raise CamlensError(f"preprocess must be a PreprocessConfig, not {type(config).__name__}")
+    _input_size(config)
+    _resampling(config.interpolation)
+    _mean_std(config)
+    return config
+
+
 # --- finding files -------------------------------------------------------------------------------
 
 
-def find_images(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """The image files named by ``paths``, in the order given, each once.
+def find_images(
+    paths: Sequence[str | os.PathLike[str]], *, empty_folders: bool = False
+) -> list[Path]:
+    """The image files named by ``paths``, in the order given, each once (as first named: ``x.jpg``
+    and ``a/../x.jpg``, or a link to it, are one file).
 
-    A directory gives the files under it (recursively, sorted) whose suffix is in
-    :data:`IMAGE_SUFFIXES`, skipping hidden files and directories (names starting with ``.``) and
-    not following symbolic links to directories. Any other path is kept as it is, even one that
-    does not exist or is not an image, so that :func:`load_image` reports the problem.
+        A directory gives the files under it (recursively, sorted) whose suffix is in
+        :data:`IMAGE_SUFFIXES`, skipping hidden files and directories (names starting with ``.``) and
+        not following symbolic links to directories. Any other path is kept as it is, even one that
+        does not exist or is not an image, so that :func:`load_image` reports the problem; with
+        ``empty_folders``, so is a directory with no image file under it (``load_image`` says "is a
+        folder with no image files in it"), where it would otherwise give nothing, unsaid.
     """
-    found: dict[Path, None] = {}
+    found: dict[str, Path] = {}
     for given in paths:
         path = Path(given)
-        for file in _images_under(path) if path.is_dir() else [path]:
-            found.setdefault(file)
-    return list(found)
+        files = _images_under(path) if path.is_dir() else [path]
+        for file in files or ([path] if empty_folders else []):
+            found.setdefault(os.path.realpath(file), file)  # a file named twice is one input
+    return list(found.values())
 
 
 def _images_under(root: Path) -> list[Path]:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from camlens.errors import LayerError, MethodError
+from camlens.errors import LayerError, MethodError, ModelError
 from camlens.models.model import Model
+from camlens.modes import eval_mode
 from camlens.taps import RUNS, hooked
 
 # Module types whose output is not a feature map worth explaining, though it may be 4-D.
@@ -42,9 +44,10 @@ def probe_input(model: Model, batch: int = 1) -> torch.Tensor:
 
 def spatial_layers(model: Model) -> list[LayerInfo]:
     """Every module whose output its model's adapter rule (:mod:`camlens.adapters`) turns into
-    maps [N, K, h, w] with h * w > 1, in the order their forward passes finish (a container after
+    maps [N, K, h, w] with h * w > 1 (one row per input image), in the order their forward passes finish (a container after
     its children), found with one probe forward pass."""
     seen: dict[str, LayerInfo] = {}
+    x = probe_input(model)
 
     def record(name: str) -> Any:
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
@@ -52,7 +55,7 @@ def spatial_layers(model: Model) -> list[LayerInfo]:
             if adapter is None:
                 return
             maps = adapter.to_maps(output)
-            if maps.ndim == 4 and maps.shape[2] * maps.shape[3] > 1:
+            if maps.ndim == 4 and maps.shape[0] == len(x) and maps.shape[2] * maps.shape[3] > 1:
                 seen.pop(name, None)  # re-insert: the last call's position counts
                 seen[name] = LayerInfo(
                     name, type(module).__name__, tuple(maps.shape[1:]), adapter.describe()
@@ -66,8 +69,24 @@ def spatial_layers(model: Model) -> list[LayerInfo]:
         if name and not isinstance(module, _NOT_FEATURES)
     ]
     with hooked(hooks), RUNS.shared(), torch.inference_mode():
-        model.net(probe_input(model))
+        model.net(x)
     return list(seen.values())
+
+
+def warn_if_broken(model: Model) -> bool:
+    """Whether ``model`` gives finite scores on the probe input; a warning naming the model when
+    it does not (NaN weights, say: nothing can be explained with it, though its layers can be
+    listed)."""
+    with eval_mode(model.net), RUNS.shared(), torch.inference_mode():
+        logits = model.net(probe_input(model))
+    if isinstance(logits, torch.Tensor) and not bool(torch.isfinite(logits).all()):
+        warnings.warn(
+            f"{model.name} gives NaN or infinite scores on a test input: the model or its "
+            "weights are broken",
+            stacklevel=2,
+        )
+        return False
+    return True
 
 
 def auto_layer(model: Model, layers: list[LayerInfo] | None = None) -> str:
@@ -82,18 +101,43 @@ def auto_layer(model: Model, layers: list[LayerInfo] | None = None) -> str:
     would cost the map half its resolution: VGG16's ``features`` ends in a max pooling from 14x14
     to 7x7, so the choice is ``features.29``, the ReLU after conv5_3 at 14x14, which is Keras's
     ``block5_conv3`` (a Keras conv layer's output includes its activation), the layer of the CAM
-    and Grad-CAM write-ups on VGG. Other networks keep their last stage: ``bn2`` in
+    and Grad-CAM write-ups on VGG. A layer that feeds a GAP -> Linear head is kept all the same
+    (CAM is exact there). Other networks keep their last stage: ``bn2`` in
     EfficientNet, ``layer4`` in ResNet (their last stage's children have its grid), and a model
-    from :func:`camlens.build_cam_model`, whose backbone has no final pooling, ``features``."""
+    from :func:`camlens.build_cam_model`, whose backbone has no final pooling, ``features``.
+    A model family may choose otherwise (``Model.default_layer``: a ViT's ``blocks[-1].norm1``, see
+    :mod:`camlens.models.families`)."""
     layers = spatial_layers(model) if layers is None else layers
     if not layers:
         raise LayerError(
             f"{model.name} has no layer with a spatial output (no conv layer): "
             "class activation maps need one"
         )
-    if len(layers) > 1 and _pooled_to_half(layers[-2].shape, layers[-1].shape):
+    if model.default_layer is not None and any(i.name == model.default_layer for i in layers):
+        return model.default_layer
+    if (
+        len(layers) > 1
+        and _pooled_to_half(layers[-2].shape, layers[-1].shape)
+        and not _feeds_cam_head(model, layers[-1].name)
+    ):
         return layers[-2].name
     return layers[-1].name
+
+
+def _feeds_cam_head(model: Model, name: str) -> bool:
+    """Whether layer ``name`` feeds a GAP -> Linear head (then CAM is exact there, and the layer
+    is kept even after a pooling: a Keras VGG16 base with GAP -> Dense on top)."""
+    module = model.net.get_submodule(name)
+    kept: list[torch.Tensor] = []
+
+    def keep(m: nn.Module, inputs: Any, output: Any) -> None:
+        adapter = model.adapter(name, m, output)
+        if adapter is not None:
+            kept.append(adapter.to_maps(output))
+
+    with hooked([(module, keep)]), RUNS.shared(), torch.inference_mode():
+        logits = model.net(probe_input(model))
+    return bool(kept) and find_cam_head(model, name, kept[-1], logits) is not None
 
 
 def _pooled_to_half(before: tuple[int, ...], after: tuple[int, ...]) -> bool:
@@ -105,14 +149,72 @@ def _pooled_to_half(before: tuple[int, ...], after: tuple[int, ...]) -> bool:
     )
 
 
+def layers_like_auto(model: Model, layers: list[LayerInfo] | None = None) -> list[str]:
+    """``--layer all``: every spatial layer of the same module type as the automatic layer, in
+    depth order (the order their forward passes finish): every conv stage's ReLU of a VGG (the
+    13 layers the Grad-CAM write-ups show), ``layer1`` .. ``layer4`` of a ResNet, every
+    batch-norm-and-activation of an EfficientNet."""
+    layers = spatial_layers(model) if layers is None else layers
+    chosen = auto_layer(model, layers)
+    kind = next(info.kind for info in layers if info.name == chosen)
+    return [info.name for info in layers if info.kind == kind]
+
+
+def check_input_size(model: Model, size: tuple[int, int], *, head: bool = True) -> None:
+    """A :class:`~camlens.errors.ModelError` unless ``model`` can classify inputs of ``size``
+    (height, width) as it does at its own size: its forward pass must run, and (``head=True``)
+    its first linear layer must read globally pooled channels (a GAP head, which any size feeds
+    alike), not a flattened grid of fixed size (VGG's ``Linear(512 * 7 * 7, 4096)`` reads a 7x7
+    grid, which an adaptive pooling would stretch another image size into)."""
+    own = tuple(model.preprocess.input_size)
+    if tuple(size) == own:
+        return
+    first: list[int] = []
+    last_map: list[int] = []
+
+    def linear(module: nn.Module, inputs: Any, output: Any) -> None:
+        if not first and isinstance(module, nn.Linear):
+            first.append(module.in_features)
+
+    def spatial(module: nn.Module, inputs: Any, output: Any) -> None:
+        if (
+            not first
+            and isinstance(output, torch.Tensor)
+            and output.ndim == 4
+            and not isinstance(module, _NOT_FEATURES)
+        ):
+            last_map[:] = [int(output.shape[1])]
+
+    hooks = [(m, linear if isinstance(m, nn.Linear) else spatial) for m in model.net.modules()]
+    height, width = size
+    x = torch.zeros(1, 3, height, width, device=model.device)
+    try:
+        with hooked(hooks), RUNS.shared(), torch.inference_mode():
+            model.net(x)
+    except Exception as exc:  # the architecture cannot take this size
+        raise ModelError(
+            f"{model.name} cannot take {height}x{width} inputs ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); its own size is "
+            f"{own[0]}x{own[1]}"
+        ) from None
+    if head and first and last_map and first[0] != last_map[0]:
+        raise ModelError(
+            f"{model.name} has a fixed-size head (its first linear layer takes {first[0]} "
+            f"features, not the {last_map[0]} channels of a global average pooling): at "
+            f"{height}x{width} its scores would mean nothing; explain it at its own size "
+            f"{own[0]}x{own[1]}, or give it a GAP head (camlens train)"
+        )
+
+
 @dataclass(frozen=True)
 class CamHead:
-    """A GAP -> Linear head fed by ``layer``: ``logits = linear(mean_ij A) `` (``name`` is the
+    """A GAP -> Linear head fed by ``layer``: ``logits = W mean_ij A + b`` (``name`` is the
     Linear's)."""
 
     layer: str
     name: str
     weight: torch.Tensor  # [classes, channels]
+    bias: torch.Tensor | None = None  # [classes]
 
 
 def find_cam_head(
@@ -122,31 +224,36 @@ def find_cam_head(
 
     Checked numerically, not by architecture: a Linear qualifies when ``linear(A.mean((2, 3)))``
     equals the model's logits on the probe input. Then CAM is exact and the gradient of every logit
-    with respect to ``A`` is ``W[c] / (h * w)``, known without a backward pass.
+    with respect to ``A`` is ``W[c] / (h * w)``, known without a backward pass. The candidates are
+    the model's linear layers (``Model.linear_heads``: its ``nn.Linear`` modules, a Keras model's
+    ``Dense`` layers), the last first.
     """
+    if not bool(torch.isfinite(logits).all() and torch.isfinite(activations).all()):
+        return None  # nothing to compare: the caller says that the model is broken
     pooled = activations.mean(dim=(2, 3))
     channels = activations.shape[1]
-    for name, module in reversed(list(model.net.named_modules())):
-        if isinstance(module, nn.Linear) and module.in_features == channels:
+    for head in reversed(model.linear_heads(model.net)):
+        if head.weight.ndim == 2 and head.weight.shape[1] == channels:
             with torch.inference_mode():
-                out = module(pooled)
+                out = nn.functional.linear(pooled.to(head.weight.dtype), head.weight, head.bias)
             if out.shape == logits.shape and torch.allclose(
                 out, logits, rtol=1e-4, atol=1e-4 * float(logits.abs().max()) + 1e-6
             ):
-                return CamHead(layer, name, module.weight.detach())
+                return CamHead(layer, head.name, head.weight, head.bias)
     return None
 
 
 def describe_head(model: Model, layer: str, channels: int) -> str:
     """Why CAM does not apply: names the last Linear layer found and what it takes."""
-    linears = [(n, m) for n, m in model.net.named_modules() if isinstance(m, nn.Linear)]
+    linears = model.linear_heads(model.net)
     if not linears:
         return f"{model.name} has no Linear layer"
-    name, last = linears[-1]
+    last = linears[-1]
+    features = int(last.weight.shape[-1])
     return (
         f"{model.name} has no global-average-pooling -> Linear head after {layer!r}: its last "
-        f"Linear {name!r} takes {last.in_features} features, {layer!r} gives {channels} channels"
-        + ("" if last.in_features != channels else " but other layers lie between them")
+        f"Linear {last.name!r} takes {features} features, {layer!r} gives {channels} channels"
+        + ("" if features != channels else " but other layers lie between them")
     )
 
 

@@ -322,13 +322,15 @@ def localize_objects(
     iou_threshold: float = 0.5,
     min_score: float = MIN_SCORE,
     batch_size: int = 16,
+    mode: Mode = "largest",
 ) -> Localization:
     """Several objects in one photo, from an explanation with maps for several classes (say the top
     5: ``explainer.explain(path, top=5)``):
 
     1. one box per class map: the largest component above ``threshold`` (:func:`boxes_from_map`),
        for the classes whose probability is at least ``min_score`` (:data:`MIN_SCORE`, 0.01, by
-       default: a second object in a photo often gets only a few percent);
+       default: a second object in a photo often gets only a few percent); ``mode="all"``: a box
+       per component, so several instances of one class (two pandas) are each found;
     2. duplicates merged across classes: non-maximum suppression by IoU (``iou_threshold``), the
        more probable class winning, separately for each (method, layer);
     3. with a ``model``: each box cropped from the original photo and re-classified by the same
@@ -341,9 +343,9 @@ def localize_objects(
     for i, m in enumerate(explanation.maps):
         if m.flat or m.score < min_score:
             continue
-        found = boxes_from_map(explanation.map_at_image(i), threshold=threshold)
-        if found:
-            obj = LocalizedObject(m.class_index, m.label, m.score, found[0], m.method, m.layer)
+        found = boxes_from_map(explanation.map_at_image(i), threshold=threshold, mode=mode)
+        for box in found:
+            obj = LocalizedObject(m.class_index, m.label, m.score, box, m.method, m.layer)
             candidates.setdefault((m.method, m.layer), []).append(obj)
     objects: list[LocalizedObject] = []
     for group in candidates.values():

@@ -9,13 +9,19 @@ import torch.nn.functional as F
 CONSTANT_TOLERANCE = 1e-6
 
 
-def normalize(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def normalize(maps: torch.Tensor, *, relu: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """ReLU, then min-max to [0, 1], each map of ``maps`` [N, h, w] on its own.
+
+    ``relu=False`` keeps the sign: plain min-max of the raw map, ``(M - min M) / (max M - min M)``
+    (what ``cv2.normalize(M, None, 0, 1, NORM_MINMAX)`` gives), so a map that is negative
+    everywhere (a class with no positive evidence at that layer) still shows where it is least
+    negative, and 0 is no longer "no evidence".
 
     Returns ``(normalized, flat)``: ``flat[n]`` is True where map ``n`` was constant (all zero after
     the ReLU, say) or not finite; such a map is returned as zeros, never NaN.
     """
-    maps = maps.clamp(min=0)
+    if relu:
+        maps = maps.clamp(min=0)
     flat_maps = maps.flatten(1)
     low = flat_maps.amin(dim=1)
     high = flat_maps.amax(dim=1)

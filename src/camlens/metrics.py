@@ -29,6 +29,7 @@ from scipy import sparse
 from scipy.sparse import linalg as sparse_linalg
 
 from camlens.errors import CamlensError
+from camlens.files import atomic_write
 from camlens.localize import MapLike, as_map
 from camlens.modes import eval_mode
 from camlens.types import Box
@@ -624,9 +625,8 @@ def plot_curves(
         ax.legend(fontsize="small")
     fig.tight_layout()
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    return out
+    kind = out.suffix[1:].lower() or "png"
+    return atomic_write(out, lambda temp: fig.savefig(temp, format=kind))
 
 
 __all__ = [

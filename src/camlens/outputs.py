@@ -3,7 +3,7 @@
 
 - ``files`` (the default, the README's contract): ``STEM.json``, and per map an overlay at the
   photo's size (PNG unless asked otherwise) and the map as a float32 ``.npy`` at the photo's
-  size. About 1.5 MB per map for a 640x480 photo, most of it the ``.npy``.
+  size; the panels and the grid when asked, as :meth:`Explanation.save` writes them. About 1.5 MB per map for a 640x480 photo, most of it the ``.npy``.
 - ``dataset``: ``STEM.json`` and per map an overlay (JPEG, quality 90, unless asked otherwise);
   no ``.npy``: the map is kept exactly at the layer's resolution (``layer_map`` in the report and
   the index row), and :func:`camlens.maps.upsample` of it to the photo's size gives the ``.npy``
@@ -40,6 +40,8 @@ from camlens import render
 from camlens.config import OutputConfig
 from camlens.errors import CamlensError
 from camlens.explanation import Explanation, _safe
+from camlens.explanation import grid as explanation_grid
+from camlens.files import fit_stem
 from camlens.localize import boxes_from_map
 from camlens.models import Model
 from camlens.runs import Row
@@ -78,18 +80,19 @@ def write_image(
     prefix = f"{folder_rel}/" if folder_rel else ""
     kind = overlay_format(output)
     suffix = OVERLAY_SUFFIXES[kind]
+    tails = [f".{_safe(m.method)}.{_safe(m.layer)}.{m.class_index}" for m in result.maps]
+    longest = max([".json", ".grid.png", *(t + ".panel.png" for t in tails)], key=len)
+    name = fit_stem(name, longest)  # a long input name is cut, as Explanation.save cuts it
     image = result.image
     photo = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
     height, width = photo.shape[:2]
     files: list[tuple[str, str]] = []
-    peaks: list[tuple[int, int]] = []
+    panels: list[str] = []
     extras: list[dict[str, Any]] = []
     for i, m in enumerate(result.maps):
         full_t = result.map_at_image(i).to(torch.float32)
         full = np.ascontiguousarray(full_t.numpy())
-        at = int(torch.argmax(full_t))  # as Explanation.peak: the first maximum
-        peaks.append((at % width, at // width))
-        base = f"{name}.{_safe(m.method)}.{_safe(m.layer)}.{m.class_index}"
+        base = name + tails[i]
         found = boxes_from_map(full, threshold=output.threshold, mode="largest")
         if output.boxes is not None:
             m.boxes = (
@@ -108,6 +111,10 @@ def write_image(
             put(folder / f"{base}.npy", npy_bytes(full), temp)
             map_name = f"{base}.npy"
         files.append((f"{base}{suffix}", map_name))
+        if output.panels:
+            panel = result.panel(i, cmap=output.cmap, alpha=output.alpha)
+            put(folder / f"{base}.panel.png", encode(panel, "png", output.quality), temp)
+            panels.append(f"{base}.panel.png")
         extras.append(
             {
                 "box": found[0].to_dict()["box"] if found else None,
@@ -117,7 +124,19 @@ def write_image(
                 "layer_map": layer_values(m.map),
             }
         )
-    report = result.to_dict(files, peaks=peaks)
+    grid = None
+    if output.grids:
+        grid = f"{name}.grid.png"
+        put(
+            folder / grid,
+            encode(
+                explanation_grid([result], cmap=output.cmap, alpha=output.alpha),
+                "png",
+                output.quality,
+            ),
+            temp,
+        )
+    report = result.to_dict(files, panels=panels if output.panels else None, grid=grid)
     for entry, extra in zip(report["explanations"], extras, strict=True):
         if not entry["map"]:
             entry["map"] = None
@@ -126,12 +145,14 @@ def write_image(
         report["truth"] = truth
     text = json.dumps(report, indent=2, allow_nan=False) + "\n"
     put(folder / f"{name}.json", text.encode(), temp)
-    row: Row = {"image": report["image"], "stem": stem, "report": f"{stem}.json"}
+    row: Row = {"image": report["image"], "stem": stem, "report": f"{prefix}{name}.json"}
     row.update((k, v) for k, v in report.items() if k != "image")
     for entry in row["explanations"]:
-        entry["overlay"] = prefix + entry["overlay"]
-        if entry["map"] is not None:
-            entry["map"] = prefix + entry["map"]
+        for key in ("overlay", "map", "panel"):
+            if entry.get(key) is not None:
+                entry[key] = prefix + entry[key]
+    if row.get("grid") is not None:
+        row["grid"] = prefix + row["grid"]
     assert (width, height) == tuple(report["size"])
     return row
 

@@ -102,7 +102,7 @@ def build_replay(
     notes = [plan.note] if plan.note else []
     candidates: list[tuple[ReplayKind, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]] = []
     if plan.head is not None:
-        candidates.append(("head", _head_replay(net, plan.head)))
+        candidates.append(("head", _head_replay(plan.head)))
     if plan.tail is not None:
         tail = plan.tail
 
@@ -143,14 +143,13 @@ def _close(out: Any, logits: torch.Tensor) -> bool:
     )
 
 
-def _head_replay(
-    net: nn.Module, head: CamHead
-) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    linear = net.get_submodule(head.name)
+def _head_replay(head: CamHead) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``W mean_ij A + b`` from the head's own weights (an ``nn.Linear``'s or a Keras
+    ``Dense``'s)."""
 
     def replay(activations: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = linear(activations.mean(dim=(2, 3)))
-        return out
+        pooled = activations.mean(dim=(2, 3)).to(head.weight.dtype)
+        return nn.functional.linear(pooled, head.weight, head.bias)
 
     return replay
 

@@ -1,5 +1,5 @@
 """A run's record on disk: the index of what it wrote (``OUT/index.jsonl``), the options it ran
-with (``OUT/.camlens/run.json``), and the summary of a whole run.
+with (``OUT/.camlens/run``), and the summary of a whole run.
 
 ``OUT/index.jsonl`` (JSON Lines, UTF-8): one line per input image, appended only once every file
 of the image is complete, the lines of a batch in one write. A run killed at any moment leaves at
@@ -36,7 +36,7 @@ batches finished. A line is one of:
 float32); :func:`camlens.maps.upsample` of it to ``(height, width)`` is the map at the photo's
 size, bit for bit the ``.npy`` of the files format.
 
-``OUT/.camlens/run.json``: ``{"camlens": version, "options": {"explain": ..., "output": ..., "threads":
+``OUT/.camlens/run``: ``{"camlens": version, "options": {"explain": ..., "output": ..., "threads":
 ...}, "sessions": [{"runner", "started", "finished", "images", "explained", "skipped", "errors",
 "interrupted", "seconds"}, ...]}``. A run on an ``OUT`` whose options differ is refused unless it
 overwrites.
@@ -64,9 +64,11 @@ from camlens.errors import CamlensError
 from camlens.files import atomic_open
 
 INDEX = "index.jsonl"
-RECORD = "run.json"
+RECORD = "run"
+"""The run record's file name in :data:`STATE`: JSON, without the suffix, so that a search
+for the reports (``OUT/**/*.json``) finds the reports alone."""
 STATE = ".camlens"
-"""The hidden folder, inside OUT, of a run's record (``run.json``), lock and temporary files."""
+"""The hidden folder, inside OUT, of a run's record (``run``), lock and temporary files."""
 
 Row = dict[str, Any]
 
@@ -156,7 +158,7 @@ def _cut_torn_line(fd: int) -> None:
 
 
 def read_record(out: Path) -> dict[str, Any] | None:
-    """``OUT/.camlens/run.json``, or None when there is none."""
+    """``OUT/.camlens/run``, or None when there is none."""
     path = out / STATE / RECORD
     try:
         text = path.read_text(encoding="utf-8")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import difflib
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from camlens.adapters import CONV, LayerAdapter
+from camlens.adapters import AdapterRule, LayerAdapter, default_rule
 from camlens.errors import LayerError
 from camlens.keras_names import keras_names
 
@@ -131,10 +131,12 @@ class Taps:
     ...     logits = net(x)
     ...     a = taps.activations["layer4"]        # [N, K, h, w]
 
-    Each layer's output goes through its adapter (``adapters[name]``, see
-    :mod:`camlens.adapters`; a convolutional map is taken as it is) and is kept as
+    Each layer's output goes through the adapter that ``adapter``, the model's rule, gives it (see
+    :mod:`camlens.adapters`; by default a convolutional map, taken as it is; the one used is kept
+    in ``adapters[name]``: a token layer's grid follows the input's size) and is kept as
     ``activations[name]`` ``[N, K, h, w]``, with the raw output in ``outputs[name]``. The rest of
-    the network gets the adapter's ``from_maps`` of a clone of the kept maps, so an in-place
+    the network gets the adapter's ``from_maps`` of the kept maps, copied where it would share
+    their memory (a conv map, a permuted channels-last one), so an in-place
     operation downstream (a ``ReLU(inplace=True)`` after a conv) cannot change them, and gradients
     with respect to them are well defined. Hooks are removed on exit, also when the forward pass
     raised; exceptions are never swallowed.
@@ -153,14 +155,15 @@ class Taps:
         layers: Sequence[LayerSpec],
         *,
         gradients: bool = False,
-        adapters: Mapping[str, LayerAdapter] | None = None,
+        adapter: AdapterRule = default_rule,
     ) -> None:
         self.net = net
         self.gradients = gradients
+        self.rule = adapter
         self.layers = [resolve_layer(net, layer) for layer in layers]
-        self.adapters = dict(adapters or {})
         self.activations: dict[str, torch.Tensor] = {}
         self.outputs: dict[str, torch.Tensor] = {}
+        self.adapters: dict[str, LayerAdapter] = {}
         self._hooked: Any = None
 
     @property
@@ -183,10 +186,9 @@ class Taps:
             hooks.__exit__(exc_type, exc, tb)
 
     def _hook(self, name: str) -> Hook:
-        adapter = self.adapters.get(name, CONV)
-
         def hook(module: nn.Module, inputs: Any, output: Any) -> Any:
-            if not isinstance(output, torch.Tensor) or (adapter is CONV and output.ndim != 4):
+            adapter = self.rule(name, module, output)
+            if adapter is None or not isinstance(output, torch.Tensor):
                 shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output)
                 raise LayerError(
                     f"layer {name!r} ({type(module).__name__}) gives {shape}, not a spatial map "
@@ -199,6 +201,10 @@ class Taps:
                     maps = maps.detach().requires_grad_(True)
             self.activations[name] = maps
             self.outputs[name] = output
-            return adapter.from_maps(maps.clone(), output)
+            self.adapters[name] = adapter
+            passed = adapter.from_maps(maps, output)
+            if passed.untyped_storage().data_ptr() == maps.untyped_storage().data_ptr():
+                passed = passed.clone()  # the network gets its own copy of the kept maps
+            return passed
 
         return hook

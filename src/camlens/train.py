@@ -73,6 +73,7 @@ from torch import nn
 
 from camlens.datasets.readers import Dataset, read_dataset
 from camlens.errors import CamlensError, DatasetError, ImageError, ModelError
+from camlens.files import atomic_write
 from camlens.images import PreprocessConfig, find_images, load_image, preprocess
 from camlens.models.checkpoint import save
 from camlens.models.head import CamNet, TimmFeatures
@@ -187,9 +188,8 @@ class History:
         axes[1].set_ylim(-0.02, 1.02)
         axes[0].legend(fontsize="small")
         out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(out)
-        return out
+        kind = out.suffix[1:].lower() or "png"
+        return atomic_write(out, lambda temp: figure.savefig(temp, format=kind))
 
 
 # --- the folder ----------------------------------------------------------------------------------
@@ -382,8 +382,12 @@ def optimizer_config(
         raise CamlensError("nesterov needs a momentum above 0 (e.g. momentum=0.9)")
     if weight_decay is None:
         weight_decay = 1e-2 if key == "adamw" else 0.0
-    if not weight_decay >= 0:
-        raise CamlensError(f"weight_decay must be >= 0, not {weight_decay}")
+    if (
+        isinstance(weight_decay, bool)
+        or not isinstance(weight_decay, int | float)
+        or not 0 <= weight_decay < math.inf
+    ):
+        raise CamlensError(f"weight_decay must be a finite number >= 0, not {weight_decay!r}")
     return OptimizerConfig(key, float(weight_decay), float(momentum), bool(nesterov))
 
 
@@ -470,8 +474,15 @@ def train(
             f"train needs a model made by camlens.build_cam_model; {model.name} is a "
             f"{type(net).__name__}"
         )
-    _check_settings(epochs, batch_size, lr, views, patience, fine_tune, fine_tune_epochs)
+    check_settings(
+        epochs, batch_size, lr, views, patience, fine_tune, fine_tune_epochs, fine_tune_lr
+    )
     optim = optimizer_config(optimizer, weight_decay, momentum, nesterov)
+    if fine_tune and fine_tune > len(backbone_blocks(net)):  # before any epoch, not after
+        raise CamlensError(
+            f"fine_tune={fine_tune}: the backbone of {model.name} has "
+            f"{len(backbone_blocks(net))} blocks"
+        )
     data = scan_folder(folder, classes_from=classes_from)
     class_map = _class_map(model, data.classes, str(data.root))
     samples = [(path, class_map[c]) for path, c in data.samples]
@@ -522,13 +533,7 @@ def train(
         try:
             trainer.head_phase(train_set, val_set, epochs, batch_size, lr, optim, generator)
             if fine_tune:
-                blocks = backbone_blocks(net)
-                if fine_tune > len(blocks):
-                    raise CamlensError(
-                        f"fine_tune={fine_tune}: the backbone of {model.name} has {len(blocks)} "
-                        "blocks"
-                    )
-                chosen = blocks[-fine_tune:]
+                chosen = backbone_blocks(net)[-fine_tune:]
                 history.fine_tuned = [name for name, _ in chosen]
                 trainer.fine_tune_phase(
                     model,
@@ -551,7 +556,7 @@ def train(
     return history
 
 
-def _check_settings(
+def check_settings(
     epochs: int,
     batch_size: int,
     lr: float,
@@ -559,7 +564,10 @@ def _check_settings(
     patience: int,
     fine_tune: int,
     fine_tune_epochs: int,
+    fine_tune_lr: float | None = None,
 ) -> None:
+    """:func:`train`'s counts and learning rates, checked: a :class:`CamlensError` naming the
+    first that is not a whole number at least its minimum, or not a finite positive rate."""
     for name, value, low in (
         ("epochs", epochs, 1),
         ("batch_size", batch_size, 1),
@@ -570,8 +578,16 @@ def _check_settings(
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise CamlensError(f"{name} must be an integer >= {low}, not {value!r}")
-    if not lr > 0:
-        raise CamlensError(f"lr must be positive, not {lr}")
+    for name, rate in (("lr", lr), ("fine_tune_lr", fine_tune_lr)):
+        if rate is None and name == "fine_tune_lr":
+            continue
+        if (
+            isinstance(rate, bool)
+            or not isinstance(rate, int | float)
+            or not math.isfinite(rate)
+            or not rate > 0
+        ):
+            raise CamlensError(f"{name} must be a positive finite number, not {rate!r}")
 
 
 def _class_map(model: Model, classes: tuple[str, ...], where: str) -> list[int]:

@@ -54,13 +54,15 @@ class Annotated:
 @dataclass
 class Dataset:
     """Annotated images read from ``path`` (``format`` "voc", "coco" or "synthetic"), the class
-    names in the order met (COCO: the categories' order), and the problems met while reading."""
+    names in the order met (COCO: the categories' order), and the problems met while reading;
+    ``left_out``: how many images the annotations list that a problem kept out of ``items``."""
 
     path: Path
     format: str
     items: list[Annotated]
     classes: list[str]
     problems: list[str] = field(default_factory=list)
+    left_out: int = 0
 
     def __len__(self) -> int:
         return len(self.items)
@@ -152,7 +154,7 @@ def read_voc(path: str | Path, images: str | Path | None = None) -> Dataset:
         items.append(item)
     if not items and problems:
         problems.append(f"{root}: no usable annotation in {len(files)} files")
-    return Dataset(root, "voc", items, classes, problems)
+    return Dataset(root, "voc", items, classes, problems, left_out=len(files) - len(items))
 
 
 def _voc_image(xml_file: Path, name: str, base: Path, image_dir: Path | None) -> Path:
@@ -278,6 +280,7 @@ def read_coco(path: str | Path, images: str | Path | None = None) -> Dataset:
         else:
             problems.append(f"{json_file}: a category without id and name: {cat!r}")
     image_dir = Path(images) if images is not None else None
+    left_out = 0
     records: dict[Any, dict[str, Any]] = {}
     for entry in data["images"]:
         if (
@@ -286,6 +289,7 @@ def read_coco(path: str | Path, images: str | Path | None = None) -> Dataset:
             or not isinstance(entry.get("file_name"), str)
         ):
             problems.append(f"{json_file}: an image entry without id and file_name: {entry!r}")
+            left_out += 1
             continue
         records[entry["id"]] = entry
     objects: dict[Any, list[GroundTruth]] = {}
@@ -324,7 +328,10 @@ def read_coco(path: str | Path, images: str | Path | None = None) -> Dataset:
         objects.setdefault(image_id, []).append(GroundTruth(label, _whole(Box(x, y, x + w, y + h))))
     items = []
     for image_id, entry in records.items():
-        if image_id in broken or image_id not in objects:
+        if image_id in broken:
+            left_out += 1
+            continue
+        if image_id not in objects:
             continue
         name = entry["file_name"]
         candidates = (
@@ -339,6 +346,7 @@ def read_coco(path: str | Path, images: str | Path | None = None) -> Dataset:
                 + ", ".join(str(c.parent) for c in candidates)
                 + ")"
             )
+            left_out += 1
             continue
         size = None
         if isinstance(entry.get("width"), int) and isinstance(entry.get("height"), int):
@@ -346,7 +354,8 @@ def read_coco(path: str | Path, images: str | Path | None = None) -> Dataset:
         items.append(
             Annotated(found, objects[image_id], size, f"{json_file.name}, image id {image_id}")
         )
-    return Dataset(json_file, "coco", items, list(dict.fromkeys(categories.values())), problems)
+    classes = list(dict.fromkeys(categories.values()))
+    return Dataset(json_file, "coco", items, classes, problems, left_out=left_out)
 
 
 def read_dataset(path: str | Path, images: str | Path | None = None) -> Dataset:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from camlens.maps import CONSTANT_TOLERANCE
 from camlens.progress import Event, Progress
 from camlens.replay import Replay
 
@@ -245,6 +246,24 @@ def masked_scores(
     return scores
 
 
+def channel_softmax(scores: torch.Tensor) -> torch.Tensor:
+    """``softmax_k`` of class scores [N, D, K] (-inf for channels left out), the weights of the
+    Score-CAM family; all zero for an (image, class) whose two or more scored channels all got
+    the same score (to :data:`~camlens.maps.CONSTANT_TOLERANCE` of its size). Such scores carry
+    no information on where the class is (a model whose logits are constant, say): the uniform
+    weights a softmax would give them make the mean activation, the same map for every class,
+    where the map should say that nothing was found (flat)."""
+    finite = torch.isfinite(scores)
+    high = torch.where(finite, scores, -math.inf).amax(dim=-1)
+    low = torch.where(finite, scores, math.inf).amin(dim=-1)
+    size = torch.maximum(high.abs(), low.abs())
+    same = finite.sum(dim=-1) >= 2
+    same &= ~(high - low > CONSTANT_TOLERANCE * size)
+    weights = torch.softmax(scores, dim=-1)
+    nothing = same | ~finite.any(dim=-1)
+    return torch.where(nothing[..., None], torch.zeros_like(weights), weights)
+
+
 def scorecam(
     activations: torch.Tensor,
     scorer: Scorer,
@@ -258,6 +277,8 @@ def scorecam(
         H_k = s(Up(A_k)),   s(U) = (U - min U) / (max U - min U)       (0 for a constant map)
         w_k = softmax_k( Y_c(X * H_k) - Y_c(X_b) )
         M   = ReLU(sum_k w_k * A_k)
+
+    (``w = 0``, a flat map, where every ``Y_c(X * H_k)`` is the same: :func:`channel_softmax`.)
 
     ``Y_c`` is the class logit and ``X_b`` a baseline input. The baseline's score ``Y_c(X_b)`` is
     the same for every channel ``k``, and a softmax does not change when one constant is subtracted
@@ -282,7 +303,7 @@ def scorecam(
     scores = masked_scores(
         activations, scorer, align_corners=mask_align_corners, normalize=mask_normalize
     )
-    return torch.softmax(scores, dim=-1)
+    return channel_softmax(scores)
 
 
 def noise(seed: int, sample: int, channel: int, size: tuple[int, int], std: float) -> torch.Tensor:
@@ -330,7 +351,7 @@ def sscam(
         align_corners=mask_align_corners,
         normalize=mask_normalize,
     )
-    return torch.softmax(scores, dim=-1)
+    return channel_softmax(scores)
 
 
 def iscam(
@@ -363,7 +384,7 @@ def iscam(
         align_corners=mask_align_corners,
         normalize=mask_normalize,
     )
-    return torch.softmax(scores, dim=-1)
+    return channel_softmax(scores)
 
 
 def ablationcam(activations: torch.Tensor, scorer: Scorer) -> torch.Tensor:

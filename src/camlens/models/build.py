@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from camlens.devices import check_device
 from camlens.errors import ModelError
 from camlens.models.architectures import DEFAULT_SPEC, DEFAULT_TIMM_NAME
 from camlens.models.checkpoint import CHECKPOINT_SUFFIX, read_checkpoint
@@ -64,6 +65,7 @@ def build_cam_model(
     >>> model = build_cam_model("timm:resnet50", num_classes=2, weights="resnet50.safetensors")  # doctest: +SKIP
     >>> camlens.Explainer(model, method="cam")                                                   # doctest: +SKIP
     """
+    target = check_device(device)  # before any network is built
     spec = DEFAULT_SPEC if backbone in (None, "default") else str(backbone)
     labels = _class_names(num_classes, class_names)
     if not 0.0 <= dropout < 1.0:
@@ -77,7 +79,7 @@ def build_cam_model(
     own = preprocess.input_size == source.preprocess.input_size
     name = describe(config)
     loadable = cam_spec(config, None if own else preprocess.input_size)
-    return Model(net, preprocess, labels, name, spec=loadable).to(device)
+    return Model(net, preprocess, labels, name, spec=loadable).to(target)
 
 
 def _class_names(num_classes: int | None, class_names: Sequence[str] | None) -> tuple[str, ...]:

@@ -23,15 +23,15 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from camlens.errors import ModelError
-from camlens.images import PreprocessConfig
+from camlens.errors import CamlensError, ModelError
+from camlens.files import atomic_path, output_file
+from camlens.images import PreprocessConfig, check_preprocess
 from camlens.models.head import CamConfig, CamNet, config_from_json, header_json, skeleton
 from camlens.models.model import Model
 from camlens.models.weights import load_state
@@ -91,9 +91,7 @@ def save(
         raise ModelError(
             f"{model.name}: {len(model.labels)} labels for {net.config.num_classes} outputs"
         )
-    target = Path(path)
-    if target.suffix != CHECKPOINT_SUFFIX:
-        target = target.with_name(target.name + CHECKPOINT_SUFFIX)
+    target = checkpoint_path(path)
     header = Header(
         net.config,
         tuple(model.labels),
@@ -109,20 +107,27 @@ def save(
     return target
 
 
+def checkpoint_path(path: str | os.PathLike[str], what: str = "checkpoint") -> Path:
+    """``path`` as :func:`save` writes it (``.camlens`` added when missing), once checked that a
+    file can be written there: a :class:`~camlens.errors.CamlensError` naming ``what`` and the
+    path when it is a folder or its folder cannot be created or written (so that ``camlens
+    train --out`` is checked before any training)."""
+    target = Path(path)
+    if target.suffix != CHECKPOINT_SUFFIX:
+        target = target.with_name(target.name + CHECKPOINT_SUFFIX)
+    return output_file(target, what)
+
+
 def _write_atomically(
     state: dict[str, torch.Tensor], metadata: dict[str, str], target: Path
 ) -> None:
     from safetensors.torch import save_file
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(handle)
-    try:
-        save_file(state, temp, metadata=metadata)
-        os.replace(temp, target)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    with atomic_path(target) as temp:  # errors name the target, never the temporary file
+        try:
+            save_file(state, str(temp), metadata=metadata)
+        except OSError as exc:
+            raise ModelError(f"cannot write {target} ({exc.strerror or exc})") from None
 
 
 def read_header(path: str | os.PathLike[str]) -> Header:
@@ -143,7 +148,10 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
     its spec."""
     path = Path(path)
     header, state = read_checkpoint(path)
-    net, _ = skeleton(header.config)
+    try:
+        net, _ = skeleton(header.config)
+    except CamlensError as exc:  # a backbone this camlens cannot build: say which file names it
+        raise ModelError(f"{path}: {exc}") from None
     load_state(
         net,
         state,
@@ -204,6 +212,10 @@ def _parse_header(data: Any, where: str) -> Header:
         training = dict(data.get("training") or {})
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"{where}: the camlens header is incomplete ({exc!r})") from None
+    try:
+        check_preprocess(preprocess)
+    except CamlensError as exc:
+        raise ModelError(f"{where}: the header's preprocessing is unusable: {exc}") from None
     if len(names) != config.num_classes:
         raise ModelError(
             f"{where}: the header names {len(names)} classes for {config.num_classes} outputs"

@@ -326,6 +326,12 @@ def config_from_json(data: Any, where: str) -> CamConfig:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"{where}: the header's model description is incomplete ({exc})") from None
+    if config.num_classes < 1 or config.channels < 1 or not 0.0 <= config.dropout < 1.0:
+        raise ModelError(
+            f"{where}: the header's model description is impossible: {config.num_classes} "
+            f"classes, {config.channels} channels, dropout {config.dropout} (want at least 1, at "
+            "least 1, and [0, 1))"
+        )
     return config
 
 

@@ -13,8 +13,9 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from camlens.devices import check_device
 from camlens.errors import ModelError
-from camlens.images import PreprocessConfig
+from camlens.images import PreprocessConfig, check_preprocess
 from camlens.models.architectures import (
     DEFAULT_SPEC,
     check_timm_name,
@@ -26,6 +27,7 @@ from camlens.models.architectures import (
     torchvision_preprocess,
 )
 from camlens.models.checkpoint import CHECKPOINT_SUFFIX, load_checkpoint
+from camlens.models.families import token_family
 from camlens.models.head import (
     CamNet,
     cam_spec,
@@ -35,6 +37,7 @@ from camlens.models.head import (
     skeleton,
     with_input_size,
 )
+from camlens.models.keras import KERAS_SUFFIXES
 from camlens.models.labels import default_labels
 from camlens.models.model import Model
 from camlens.models.synthetic import (
@@ -48,7 +51,8 @@ from camlens.models.weights import classifier_size, load_state, read_state_dict
 SPEC_FORMS = (
     f"'{DEFAULT_SPEC}' (the default, offline ImageNet weights), 'timm:NAME' or 'torchvision:NAME' "
     "(with weights= a local .pth/.pt/.bin/.safetensors state dict; random weights without), "
-    f"a .camlens checkpoint, '{SYNTHETIC_SPEC}' (the synthetic benchmark's CNN, with weights=), or "
+    f"a .camlens checkpoint, a Keras .keras/.h5 file, '{SYNTHETIC_SPEC}' (the synthetic "
+    "benchmark's CNN, with weights=), or "
     "a built model's spec such as 'efficientnet_lite0 -> GAP -> Linear(1280, 2)' (with weights=)"
 )
 
@@ -58,7 +62,7 @@ def load_model(
     *,
     weights: str | os.PathLike[str] | None = None,
     labels: Sequence[str] | str | os.PathLike[str] | None = None,
-    preprocess: PreprocessConfig | None = None,
+    preprocess: PreprocessConfig | str | None = None,
     device: str | torch.device = "cpu",
 ) -> Model:
     """Returns a :class:`Model` in eval mode.
@@ -77,10 +81,16 @@ def load_model(
       :func:`camlens.build_cam_model` gives, see :mod:`camlens.models.head`): that network, filled
       from ``weights``, a state dict of the whole network (classes named ``class 0``...) or its
       ``.camlens`` checkpoint;
+    - a path ending in ``.keras`` or ``.h5``: a Keras 3 model (:mod:`camlens.models.keras`, with
+      the ``keras`` extra), or a Keras model object;
     - an ``nn.Module`` of your own, for which ``preprocess`` should be given (ImageNet defaults are
       assumed, with a warning, otherwise).
 
-    ``labels``: class names, or a text file with one name a line.
+    ``labels``: class names, or a text file with one name a line. ``preprocess`` may also name a
+    ``keras.applications`` preprocessing mode: ``"caffe"``, ``"tf"``, ``"torch"`` or ``"raw"``.
+    ``device``: where the model goes (``cpu``, ``cuda``, ``cuda:1``, ``mps``), checked before
+    anything is loaded: one that this machine does not have is a
+    :class:`~camlens.errors.CamlensError` naming the devices it has.
 
     Every model camlens gives has a ``spec`` and ``weights`` that load it back:
     ``load_model(model.spec, weights=model.weights)`` rebuilds the same network, preprocessing and
@@ -99,8 +109,18 @@ def load_model(
     >>> load_model(model.spec, weights=model.weights).labels == model.labels   # doctest: +SKIP
     True
     """
+    target = check_device(device)
+    if isinstance(preprocess, PreprocessConfig):
+        check_preprocess(preprocess)
     if isinstance(spec, Model):
         model = spec
+    elif isinstance(spec, nn.Module) and any(
+        cls.__module__.startswith("keras.") for cls in type(spec).__mro__
+    ):
+        from camlens.models.keras import from_keras
+
+        model = from_keras(spec, preprocess=preprocess)
+        preprocess = None  # taken into account
     elif isinstance(spec, nn.Module):
         model = _wrap_module(spec, preprocess)
     elif isinstance(spec, str | os.PathLike) and str(spec).endswith(CHECKPOINT_SUFFIX):
@@ -109,6 +129,13 @@ def load_model(
         model = load_checkpoint(spec)
     elif isinstance(spec, str) and is_cam_spec(spec):
         model = _load_built(spec, weights)
+    elif isinstance(spec, str | os.PathLike) and str(spec).lower().endswith(KERAS_SUFFIXES):
+        from camlens.models.keras import load_keras
+
+        if weights is not None:
+            raise ModelError(f"{spec} is a Keras model file with its own weights; drop {weights}")
+        model = load_keras(spec, preprocess=preprocess)
+        preprocess = None  # taken into account
     elif weights is not None and str(weights).endswith(CHECKPOINT_SUFFIX):
         raise ModelError(
             f"{weights} is a camlens checkpoint, not a state dict: load it with load_model({str(weights)!r})"
@@ -134,12 +161,17 @@ def load_model(
         model = _load_synthetic(weights)
     else:
         raise ModelError(f"unknown model spec {spec!r}: use {SPEC_FORMS}")
+    if isinstance(preprocess, str):  # a keras.applications mode, at the model's input size
+        from camlens.models.keras import preprocess_mode
+
+        current = model.preprocess
+        preprocess = preprocess_mode(preprocess, current.input_size, current.interpolation)
     if preprocess is not None:
         model.preprocess = preprocess
     if labels is not None:
         model.labels = _read_labels(labels, model)
     model.net.eval()
-    return model.to(device)
+    return model.to(target)
 
 
 def _load_timm(name: str, weights: str | os.PathLike[str] | None) -> Model:
@@ -152,7 +184,8 @@ def _load_timm(name: str, weights: str | os.PathLike[str] | None) -> Model:
     spec = f"timm:{name}"
     path = _fill(net, state, spec, weights)
     labels = default_labels(_num_outputs(net))
-    return Model(net, timm_preprocess(net), labels, spec, spec=spec, weights=path)
+    model = Model(net, timm_preprocess(net), labels, spec, spec=spec, weights=path)
+    return token_family(model)  # transformers: token and channels-last layers
 
 
 def _load_torchvision(name: str, weights: str | os.PathLike[str] | None) -> Model:
@@ -233,15 +266,16 @@ def _fill(
     return Path(weights)
 
 
-def _wrap_module(net: nn.Module, preprocess: PreprocessConfig | None) -> Model:
+def _wrap_module(net: nn.Module, preprocess: PreprocessConfig | str | None) -> Model:
     if preprocess is None:
         warnings.warn(
             f"no preprocessing given for this {type(net).__name__}: assuming 224x224 bilinear with "
             "ImageNet mean and std; pass preprocess=PreprocessConfig(...) if it was trained otherwise",
             stacklevel=3,
         )
-        preprocess = PreprocessConfig(interpolation="bilinear")
-    return Model(net, preprocess, default_labels(_num_outputs(net)), type(net).__name__)
+    config = preprocess if isinstance(preprocess, PreprocessConfig) else None
+    config = config or PreprocessConfig(interpolation="bilinear")  # a mode: set by the caller
+    return token_family(Model(net, config, default_labels(_num_outputs(net)), type(net).__name__))
 
 
 def _num_outputs(net: nn.Module) -> int:

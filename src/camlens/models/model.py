@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +15,26 @@ from torch import nn
 from camlens.adapters import AdapterRule, default_rule
 from camlens.errors import ClassError
 from camlens.images import PreprocessConfig
+
+
+@dataclass(frozen=True)
+class LinearHead:
+    """A linear layer that may serve as a CAM head: ``out = x @ weight.T + bias``."""
+
+    name: str  # the layer's name in the model
+    weight: torch.Tensor  # [outputs, features], detached
+    bias: torch.Tensor | None  # [outputs]
+
+
+def torch_linear_heads(net: nn.Module) -> list[LinearHead]:
+    """The ``nn.Linear`` modules of ``net``, in the order of ``named_modules()``."""
+    return [
+        LinearHead(
+            name, module.weight.detach(), None if module.bias is None else module.bias.detach()
+        )
+        for name, module in net.named_modules()
+        if isinstance(module, nn.Linear)
+    ]
 
 
 @dataclass
@@ -28,6 +49,10 @@ class Model:
     weights=model.weights)`` rebuilds the same network with the same preprocessing and labels (see
     :func:`camlens.load_model` for each kind of model). ``spec`` is ``None`` for a network given
     as an ``nn.Module``, which camlens cannot build again.
+    ``linear_heads`` lists the linear layers a GAP -> Linear CAM head may end in (the
+    ``nn.Linear`` modules by default; a Keras model's ``Dense`` layers). ``default_layer``, when a
+    model family sets it, is the automatic target layer (a ViT's ``blocks.11.norm1``); otherwise
+    the rule of :func:`camlens.layers.auto_layer` chooses.
     """
 
     net: nn.Module
@@ -37,6 +62,10 @@ class Model:
     adapter: AdapterRule = field(default=default_rule, repr=False, compare=False)
     spec: str | None = None
     weights: Path | None = None
+    linear_heads: Callable[[nn.Module], list[LinearHead]] = field(
+        default=torch_linear_heads, repr=False, compare=False
+    )
+    default_layer: str | None = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.net(x)
@@ -84,7 +113,7 @@ class Model:
                 )
             return cls
         text = str(cls).strip()
-        if text.lstrip("-").isdigit():
+        if text.lstrip("-").isascii() and text.lstrip("-").isdigit():
             return self.class_index(int(text))
         found = _matches(self.labels, text)
         if len(found) == 1:

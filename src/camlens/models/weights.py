@@ -14,6 +14,8 @@ does not fit is always reported the same way::
 from __future__ import annotations
 
 import os
+import pickle
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,10 @@ import torch
 from torch import nn
 
 from camlens.errors import ModelError
+
+#: What is said of a weights file that is not a state dict, or not one that can be read without
+#: running code in it (a pickle of other objects): camlens never offers to read it unsafely.
+NOT_SAFE = "not a state dict camlens can load safely"
 
 #: Keys under which training scripts often nest the state dict in a saved dictionary.
 NESTED_KEYS = ("state_dict", "model", "model_state_dict")
@@ -41,19 +47,44 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 
             state: Any = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's notes on pickle protocols are not for users
+                warnings.simplefilter("ignore")
+                state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read weights ({exc.strerror or exc})") from None
     except Exception as exc:  # any reader failure is a bad file, said in one line
-        raise ModelError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from None
+        raise ModelError(f"{path}: {NOT_SAFE} ({_what_failed(path, exc)})") from None
     for key in NESTED_KEYS:
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
             state = state[key]
     if not isinstance(state, Mapping) or not all(
         isinstance(v, torch.Tensor) for v in state.values()
     ):
-        raise ModelError(f"{path}: not a state dict (a mapping of names to tensors)")
+        raise ModelError(f"{path}: {NOT_SAFE} (it holds no mapping of names to tensors)")
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
     return dict(state)
+
+
+def _what_failed(path: Path, exc: Exception) -> str:
+    """What ``path`` seemed to be, in camlens's words: never the reader's own text, which for a
+    pickle suggests reading it with ``weights_only=False`` (running any code in it)."""
+    if path.suffix == ".safetensors":
+        return "a truncated or corrupt safetensors file"
+    try:
+        with open(path, "rb") as handle:
+            start = handle.read(4)
+    except OSError:
+        start = b""
+    if not start:
+        return "the file is empty"
+    if start.startswith(b"PK"):  # torch.save's zip archive
+        if isinstance(exc, pickle.UnpicklingError):
+            return "a torch.save file of objects other than tensors, which could run code if read"
+        return "a truncated or corrupt torch.save file"
+    if start.startswith(b"\x80"):  # a plain pickle
+        return "a pickle, not a torch.save file of tensors; reading it could run code"
+    return "neither a torch.save file of tensors nor a safetensors file"
 
 
 def classifier_size(state: Mapping[str, torch.Tensor]) -> int:

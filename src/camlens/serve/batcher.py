@@ -1,0 +1,315 @@
+"""The request batcher: concurrent requests explained together, one forward pass per batch.
+
+Requests wait in a bounded queue. One worker thread, the only caller of the model, takes the
+oldest request and every queued request with compatible options (the same methods, layers and
+smoothing; classes given, or the top classes) up to ``max_batch``, and explains them in one call.
+While more requests are on their way (announced with :meth:`Batcher.expect`: their upload is
+being decoded, say), it waits for them, at most ``max_wait`` seconds after the oldest one arrived;
+a lone request starts at once. Under load the queue fills while a batch runs, so batches grow and
+throughput with them. A request that
+finds the queue full (in requests or in pixels) is refused at once with :class:`QueueFull`, which
+says when to try again: there is never an unbounded backlog.
+
+Requests for the top K classes are met by explaining the largest K of the batch and keeping each
+request's first K maps of each method and layer. Explainers are made in the worker thread (their
+probe pass runs the model) and kept, the ``explainers`` most recently used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from camlens.config import ExplainConfig
+from camlens.explain import Explainer
+from camlens.explanation import ClassMap, Explanation
+from camlens.models import Model
+
+log = logging.getLogger("camlens.serve")
+
+
+class QueueFull(Exception):
+    """The queue has no room: try again in ``retry_after`` seconds."""
+
+    def __init__(self, retry_after: int) -> None:
+        self.retry_after = retry_after
+        super().__init__(f"the server is busy: try again in {retry_after} s")
+
+
+class Closed(Exception):
+    """The batcher was closed before the request ran."""
+
+
+class Ticket:
+    """A request on its way to the queue (see :meth:`Batcher.expect`): handed to
+    :meth:`Batcher.explain`, or cancelled if the request never comes (both only once)."""
+
+    def __init__(self, batcher: Batcher) -> None:
+        self._batcher = batcher
+        self.open = True
+
+    def cancel(self) -> None:
+        with self._batcher._cond:
+            self._close()
+
+    def _close(self) -> None:  # with the batcher's lock held
+        if self.open:
+            self.open = False
+            self._batcher._expected -= 1
+            self._batcher._cond.notify_all()
+
+
+@dataclass(frozen=True)
+class Request:
+    """One image to explain. ``config`` holds the options (its ``classes`` as indices, or
+    ``top``); ``name`` names the image in its explanation."""
+
+    image: Image.Image
+    name: str
+    config: ExplainConfig
+
+    @property
+    def key(self) -> tuple[ExplainConfig, bool]:
+        """Requests with the same key are explained in one call: the same explainer, and classes
+        given (True) or the top classes (False)."""
+        return self.config.replace(classes=(), top=None), bool(self.config.classes)
+
+    @property
+    def pixels(self) -> int:
+        return self.image.width * self.image.height
+
+
+@dataclass
+class _Pending:
+    request: Request
+    future: asyncio.Future[Explanation]
+    loop: asyncio.AbstractEventLoop
+    arrived: float
+    key: tuple[ExplainConfig, bool] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.key = self.request.key
+
+
+def explainer_for(model: Model, config: ExplainConfig, batch_size: int) -> Explainer:
+    """An explainer of ``model`` with the options of ``config`` (methods, layers, smoothing...),
+    ``batch_size`` images per forward pass; classes are given to each call."""
+    return Explainer.from_config(
+        config.replace(classes=(), top=None, batch_size=batch_size, device=str(model.device)),
+        model,
+    )
+
+
+class Batcher:
+    """Explains :class:`Request`s in batches on one worker thread (see the module docstring).
+
+    ``max_queue`` requests and ``max_queue_pixels`` pixels of photos may wait (a lone request is
+    always taken, whatever its size). Call :meth:`start` once, :meth:`close` at the end.
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        *,
+        max_batch: int = 16,
+        max_wait: float = 0.005,
+        max_queue: int = 64,
+        max_queue_pixels: int = 400_000_000,
+        explainers: int = 8,
+    ) -> None:
+        if max_batch < 1 or max_queue < 1 or max_queue_pixels < 1 or explainers < 1:
+            raise ValueError("max_batch, max_queue, max_queue_pixels and explainers must be >= 1")
+        if not max_wait >= 0:
+            raise ValueError(f"max_wait must be >= 0 seconds, not {max_wait}")
+        self.model = model
+        self.max_batch = max_batch
+        self.max_wait = max_wait
+        self.max_queue = max_queue
+        self.max_queue_pixels = max_queue_pixels
+        self.explainer_cache = explainers
+        self.batches = 0  # batches run so far
+        self.images = 0  # images explained so far
+        self.largest_batch = 0
+        self._queue: list[_Pending] = []
+        self._queued_pixels = 0
+        self._expected = 0  # requests announced but not queued yet
+        self._cond = threading.Condition()
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self._explainers: OrderedDict[ExplainConfig, Explainer] = OrderedDict()
+        self._seconds_per_image = 0.05  # an estimate, updated as batches run
+        self.on_batch: Callable[[int], None] | None = None  # called with each batch's size
+
+    # --- the caller's side -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("the batcher is already started")
+        self._thread = threading.Thread(target=self._work, name="camlens-model", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stops the worker after the batch it is running; waiting requests fail with Closed."""
+        with self._cond:
+            self._closing = True
+            waiting, self._queue = self._queue, []
+            self._queued_pixels = 0
+            self._cond.notify_all()
+        for pending in waiting:
+            _deliver(pending, error=Closed("the server is shutting down"))
+        if self._thread is not None:
+            self._thread.join()
+
+    @property
+    def queued(self) -> int:
+        with self._cond:
+            return len(self._queue)
+
+    def expect(self) -> Ticket:
+        """Announces a request that will come soon: until it does (:meth:`explain` with the
+        ticket) or the ticket is cancelled, a batch waits for it, ``max_wait`` at most."""
+        with self._cond:
+            self._expected += 1
+        return Ticket(self)
+
+    async def explain(self, request: Request, ticket: Ticket | None = None) -> Explanation:
+        """The explanation of ``request``, once its batch has run. Raises :class:`QueueFull` at
+        once when there is no room, and the explainer's error (a CamlensError for options the
+        model refuses) if its batch failed. ``ticket``: the one :meth:`expect` gave for it."""
+        loop = asyncio.get_running_loop()
+        pending = _Pending(request, loop.create_future(), loop, time.monotonic())
+        with self._cond:
+            if ticket is not None:
+                ticket._close()
+            if self._closing:
+                raise Closed("the server is shutting down")
+            pixels = self._queued_pixels + request.pixels
+            if len(self._queue) >= self.max_queue or (
+                self._queue and pixels > self.max_queue_pixels
+            ):
+                raise QueueFull(self.retry_after())
+            self._queue.append(pending)
+            self._queued_pixels = pixels
+            self._cond.notify_all()
+        return await pending.future
+
+    def retry_after(self) -> int:
+        """Seconds until the queue has room: the time to explain what waits, at least 1."""
+        return max(1, math.ceil(len(self._queue) * self._seconds_per_image))
+
+    # --- the worker's side -----------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            batch = self._take()
+            if batch is None:
+                return
+            started = time.monotonic()
+            try:
+                results = self._run([p.request for p in batch])
+            except Exception as exc:
+                if not isinstance(exc, ValueError):  # a CamlensError is the client's problem
+                    log.exception("a batch of %d failed", len(batch))
+                for pending in batch:
+                    _deliver(pending, error=exc)
+                continue
+            elapsed = time.monotonic() - started
+            self._seconds_per_image = 0.8 * self._seconds_per_image + 0.2 * elapsed / len(batch)
+            self.batches += 1
+            self.images += len(batch)
+            self.largest_batch = max(self.largest_batch, len(batch))
+            if self.on_batch is not None:
+                self.on_batch(len(batch))
+            for pending, result in zip(batch, results, strict=True):
+                _deliver(pending, result=result)
+
+    def _take(self) -> list[_Pending] | None:
+        """The next batch: the oldest request and the compatible ones behind it, once there are
+        ``max_batch`` of them, or no other request is expected, or the oldest has waited
+        ``max_wait``; None when closing."""
+        with self._cond:
+            while not self._queue:
+                if self._closing:
+                    return None
+                self._cond.wait()
+            first = self._queue[0]
+            deadline = first.arrived + self.max_wait
+            while True:
+                batch = [p for p in self._queue if p.key == first.key][: self.max_batch]
+                remaining = deadline - time.monotonic()
+                if (
+                    len(batch) >= self.max_batch
+                    or remaining <= 0
+                    or self._closing
+                    or not self._expected
+                ):
+                    break
+                self._cond.wait(remaining)
+            taken = {id(p) for p in batch}
+            self._queue = [p for p in self._queue if id(p) not in taken]
+            self._queued_pixels -= sum(p.request.pixels for p in batch)
+            return batch
+
+    def _explainer(self, config: ExplainConfig) -> Explainer:
+        explainer = self._explainers.get(config)
+        if explainer is None:
+            explainer = explainer_for(self.model, config, self.max_batch)
+            self._explainers[config] = explainer
+            while len(self._explainers) > self.explainer_cache:
+                self._explainers.popitem(last=False)
+        self._explainers.move_to_end(config)
+        return explainer
+
+    def _run(self, requests: list[Request]) -> list[Explanation]:
+        config, classes_given = requests[0].key
+        explainer = self._explainer(config)
+        images = [r.image for r in requests]
+        names = [r.name for r in requests]
+        if classes_given:
+            lists: Any = [list(r.config.classes) for r in requests]
+            return explainer.explain(images, classes=lists, names=names)
+        tops = [r.config.top or 1 for r in requests]
+        results = explainer.explain(images, top=max(tops), names=names)
+        for result, top in zip(results, tops, strict=True):
+            result.maps = _first_ranks(result.maps, top)
+        return results
+
+
+def _first_ranks(maps: list[ClassMap], top: int) -> list[ClassMap]:
+    """The maps of the first ``top`` ranks of each (layer, method): the explainer gives each
+    layer's and method's maps in the order of the classes' ranks."""
+    seen: dict[tuple[str, str], int] = {}
+    kept = []
+    for m in maps:
+        rank = seen.get((m.layer, m.method), 0)
+        seen[(m.layer, m.method)] = rank + 1
+        if rank < top:
+            kept.append(m)
+    return kept
+
+
+def _deliver(
+    pending: _Pending, *, result: Explanation | None = None, error: BaseException | None = None
+) -> None:
+    """Hands a result (or an error) to the waiting request, on its event loop's thread."""
+
+    def settle() -> None:
+        if pending.future.done():  # cancelled: the client went away
+            return
+        if error is not None:
+            pending.future.set_exception(error)
+        else:
+            pending.future.set_result(result)  # type: ignore[arg-type]
+
+    with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+        pending.loop.call_soon_threadsafe(settle)

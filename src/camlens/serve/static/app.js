@@ -1,0 +1,78 @@
+// The page: loads what the server offers, then shows a view chosen by the address's #fragment.
+// A view is a function (root element, context) -> {keydown(event) -> handled?, dispose()};
+// add one to VIEWS (and, when it should be offered, to the navigation) to add a page.
+
+import { getJSON } from "./api.js";
+import { mountExplore } from "./explore.js";
+
+const VIEWS = {
+  explore: { title: "Explore", mount: mountExplore, offered: () => true },
+};
+
+const view = document.getElementById("view");
+const help = document.getElementById("help");
+const helpButton = document.getElementById("help-button");
+let current = null;
+let context = null;
+
+function route() {
+  const name = window.location.hash.replace(/^#\/?/, "").split("/")[0] || "explore";
+  return VIEWS[name] && VIEWS[name].offered(context) ? name : "explore";
+}
+
+function show() {
+  const name = route();
+  current?.dispose();
+  for (const link of document.querySelectorAll("#nav a")) {
+    link.toggleAttribute("aria-current", link.dataset.view === name);
+  }
+  current = VIEWS[name].mount(view, context);
+}
+
+function toggleHelp(open = help.hidden) {
+  help.hidden = !open;
+  helpButton.setAttribute("aria-expanded", String(open));
+}
+
+async function start() {
+  try {
+    const [server, model, methods] = await Promise.all([
+      getJSON("/api/server"),
+      getJSON("/api/model"),
+      getJSON("/api/methods"),
+    ]);
+    context = { server, model, methods };
+  } catch (error) {
+    view.replaceChildren(Object.assign(document.createElement("p"), {
+      className: "message error",
+      textContent: `The server did not answer: ${error.message}`,
+    }));
+    return;
+  }
+  document.getElementById("model-name").textContent =
+    `${context.model.name} · ${context.model.num_classes} classes`;
+  const offered = Object.entries(VIEWS).filter(([, v]) => v.offered(context));
+  const nav = document.getElementById("nav");
+  if (offered.length > 1) {
+    nav.replaceChildren(...offered.map(([name, v]) => {
+      const link = Object.assign(document.createElement("a"), { href: `#/${name}`, textContent: v.title });
+      link.dataset.view = name;
+      return link;
+    }));
+  }
+  window.addEventListener("hashchange", show);
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "?") {
+      toggleHelp();
+    } else if (event.key === "Escape" && !help.hidden) {
+      toggleHelp(false);
+    } else if (current?.keydown(event)) {
+      event.preventDefault();
+    }
+  });
+  helpButton.addEventListener("click", () => toggleHelp());
+  show();
+  document.body.dataset.ready = "true";
+}
+
+start();

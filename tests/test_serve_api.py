@@ -1,0 +1,580 @@
+"""The HTTP API of ``camlens serve`` through FastAPI's test client, with the real model: every
+endpoint, every documented error, the request batcher, and the safety of ``--runs`` files."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import os
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import camlens
+from camlens.config import ExplainConfig
+from camlens.errors import CamlensError
+from camlens.layers import auto_layer, spatial_layers
+from camlens.methods import METHODS
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient
+
+from camlens.serve import ServeSettings, create_app
+from camlens.serve.batcher import Batcher, Request
+
+
+def blank_png(path: Path, width: int, height: int) -> Path:
+    """A valid all-black 1-bit PNG of any size, a few kB per megapixel (no image in memory)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    packer = zlib.compressobj(9)
+    row = bytes(1 + (width + 7) // 8)
+    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+    return path
+
+
+def jpeg(pixels: np.ndarray, quality: int = 95) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def cat(chelsea: np.ndarray) -> bytes:
+    return jpeg(chelsea)
+
+
+@pytest.fixture(scope="module")
+def client(default_model: camlens.Model) -> Iterator[TestClient]:
+    with TestClient(create_app(default_model)) as c:
+        yield c
+
+
+def post(client: TestClient, image: bytes, name: str = "cat.jpg", **fields: Any) -> Any:
+    return client.post("/api/explain", files={"image": (name, image, "image/jpeg")}, data=fields)
+
+
+# --- the model, the methods, the server ----------------------------------------------------------
+
+
+def test_model(client: TestClient, default_model: camlens.Model) -> None:
+    body = client.get("/api/model").json()
+    assert body["name"] == default_model.name
+    assert body["num_classes"] == 1000 and body["classes"][285] == "Egyptian cat"
+    assert body["preprocessing"]["input_size"] == list(default_model.preprocess.input_size)
+    layers = spatial_layers(default_model)
+    assert [layer["name"] for layer in body["layers"]] == [info.name for info in layers]
+    assert body["auto_layer"] == auto_layer(default_model) == "bn2"
+    bn2 = next(layer for layer in body["layers"] if layer["name"] == "bn2")
+    assert bn2["shape"] == [1280, 7, 7]
+
+
+def test_methods(client: TestClient) -> None:
+    body = client.get("/api/methods").json()
+    assert [m["name"] for m in body["methods"]] == list(METHODS)
+    assert body["methods"][0]["needs"] == "head" and "Zhou" in body["methods"][0]["paper"]
+    assert body["groups"]["scores"] == ["scorecam", "sscam", "iscam", "ablationcam"]
+
+
+def test_server_and_docs(client: TestClient) -> None:
+    body = client.get("/api/server").json()
+    assert body["max_upload_bytes"] == 20 * 2**20 and body["runs"] is False
+    assert "jet" in body["colormaps"]
+    spec = client.get("/openapi.json").json()
+    assert {"/api/model", "/api/methods", "/api/explain"} <= set(spec["paths"])
+    form = spec["paths"]["/api/explain"]["post"]
+    assert {"413", "415", "422", "503"} <= set(form["responses"])
+    docs = client.get("/docs").text
+    assert "cdn" not in docs.lower()  # the documentation page works offline
+    assert client.get("/static-offline-docs/swagger-ui-bundle.js").status_code == 200
+
+
+def test_page_is_served_with_a_strict_policy(client: TestClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert page.headers["x-content-type-options"] == "nosniff"
+    for name in ("app.js", "style.css"):
+        assert client.get(f"/static/{name}").status_code == 200
+
+
+# --- explain --------------------------------------------------------------------------------------
+
+
+def test_explain_matches_the_python_api(
+    client: TestClient, default_model: camlens.Model, cat: bytes
+) -> None:
+    response = post(client, cat, top="2", methods=["gradcam,cam"])
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["image"]["name"] == "cat.jpg" and body["image"]["size"] == [451, 300]
+    assert body["predictions"][0]["label"] == "Egyptian cat" and len(body["predictions"]) == 5
+    assert body["methods"] == ["gradcam", "cam"] and body["layers"] == ["bn2"]
+    with camlens.Explainer(default_model, method=["gradcam", "cam"]) as ex:
+        expected = ex.explain(Image.open(io.BytesIO(cat)), top=2)
+    maps = body["explanations"]
+    assert [(m["class_index"], m["method"]) for m in maps] == [
+        (m.class_index, m.method) for m in expected.maps
+    ]
+    for i, m in enumerate(maps):
+        assert m["index"] == i and m["layer"] == "bn2" and m["boxes"] is None
+        assert m["score"] == pytest.approx(expected.maps[i].score, abs=1e-6)
+        assert tuple(m["peak"]) == expected.peak(i)
+        npy = client.get(m["map"])
+        assert npy.status_code == 200
+        array = np.load(io.BytesIO(npy.content), allow_pickle=False)
+        assert array.dtype == np.float32 and array.shape == (300, 451)
+        np.testing.assert_allclose(array, expected.map_at_image(i).numpy(), atol=1e-5)
+    overlay = client.get(maps[0]["overlay"])
+    assert overlay.headers["content-type"] == "image/png"
+    picture = Image.open(io.BytesIO(overlay.content))
+    assert picture.size == (451, 300)
+    assert np.array_equal(np.asarray(picture), np.asarray(expected.overlay(0)))
+    heatmap = Image.open(io.BytesIO(client.get(maps[0]["heatmap"]).content))
+    assert heatmap.size == (451, 300)
+    small = client.get(maps[0]["heatmap"], params={"max_side": 100})
+    assert Image.open(io.BytesIO(small.content)).size == (100, 67)  # the photo's shape
+    assert client.get(maps[0]["heatmap"], params={"max_side": 0}).json()["parameter"] == "max_side"
+    photo = Image.open(io.BytesIO(client.get(body["image"]["url"]).content))
+    assert photo.format == "JPEG" and photo.size == (451, 300)
+    assert client.get(body["url"]).json() == body
+
+
+def test_explain_classes_by_name_and_index(client: TestClient, cat: bytes) -> None:
+    fields = {"classes": ["Egyptian cat", "tench, Tinca tinca", "968"], "methods": "cam"}
+    body = post(client, cat, **fields).json()
+    assert [m["class_index"] for m in body["explanations"]] == [285, 0, 968]
+
+
+def test_explain_boxes_and_colormap(client: TestClient, cat: bytes) -> None:
+    body = post(client, cat, boxes="largest", cmap="viridis", alpha="0.3").json()
+    (m,) = body["explanations"]
+    ((box,),) = [m["boxes"]]
+    x0, y0, x1, y1 = box["box"]
+    assert 0 <= x0 < x1 <= 451 and 0 <= y0 < y1 <= 300 and 0 < box["score"] <= 1
+    assert (
+        "cmap=viridis" in m["overlay"] and "alpha=0.3" in m["overlay"] and "boxes=1" in m["overlay"]
+    )
+    with_boxes = np.asarray(Image.open(io.BytesIO(client.get(m["overlay"]).content)))
+    plain_url = m["overlay"].replace("boxes=1", "boxes=0")
+    plain = np.asarray(Image.open(io.BytesIO(client.get(plain_url).content)))
+    assert (with_boxes != plain).any(axis=-1).mean() < 0.2  # only the outline and its label
+    assert (with_boxes != plain).any()
+
+
+def test_explain_inline(client: TestClient, cat: bytes) -> None:
+    body = post(client, cat, inline="true").json()
+    (m,) = body["explanations"]
+    assert m["overlay"].startswith("data:image/png;base64,")
+    assert m["map"].startswith("data:application/octet-stream;base64,")
+    inline = np.load(io.BytesIO(base64.b64decode(m["map"].split(",", 1)[1])))
+    by_url = np.load(io.BytesIO(client.get(f"{body['url']}/maps/0/map.npy").content))
+    assert np.array_equal(inline, by_url)
+
+
+@pytest.mark.parametrize(
+    ("fields", "parameter", "words"),
+    [
+        ({"top": "0"}, "top", "top must be at least 1"),
+        ({"top": "many"}, "top", "valid integer"),
+        ({"top": "1001"}, "top", "at most 1000"),
+        ({"methods": "gradcam,nosuch"}, "methods", "unknown method 'nosuch'"),
+        ({"layers": "bn3"}, "layers", "did you mean bn2"),
+        ({"classes": "1000"}, "classes", "out of range"),
+        ({"classes": "5", "top": "2"}, "classes", "not both"),
+        ({"smooth": "blur"}, "smooth", "unknown smoothing"),
+        ({"fast_channels": "0"}, "fast_channels", "at least 1"),
+        ({"fast_resolution": "2"}, "fast_resolution", "(0, 1]"),
+        ({"boxes": "most"}, "boxes", "largest"),
+        ({"threshold": "high"}, "threshold", "otsu"),
+        ({"cmap": "jett"}, "cmap", "unknown colormap 'jett'"),
+        ({"alpha": "1.5"}, "alpha", "[0, 1]"),
+        ({"top": "20", "methods": "gradients"}, "top", "over this server's limit of 100"),
+        ({"methods": "cam", "layers": "blocks.5"}, "methods", "GAP -> Linear head"),
+    ],
+)
+def test_bad_parameter_is_a_422_naming_it(
+    client: TestClient, cat: bytes, fields: dict[str, str], parameter: str, words: str
+) -> None:
+    response = post(client, cat, **fields)
+    assert response.status_code == 422
+    body = response.json()
+    assert body["parameter"] == parameter and words in body["detail"]
+    assert "\n" not in body["detail"]
+
+
+def test_unknown_class_name_gets_suggestions(client: TestClient, cat: bytes) -> None:
+    response = post(client, cat, classes="egyptian kat")
+    assert response.status_code == 422
+    assert response.json() == {
+        "detail": "class name 'egyptian kat' is not one of efficientnet_lite0's 1000 class "
+        "names; did you mean one of: 'Egyptian cat'",
+        "parameter": "classes",
+    }
+
+
+def test_missing_image_is_a_422(client: TestClient) -> None:
+    response = client.post("/api/explain", data={"top": "1"})
+    assert response.status_code == 422 and response.json()["parameter"] == "image"
+
+
+@pytest.mark.parametrize(
+    ("data", "name", "problem"),
+    [
+        (b"just some text", "notes.txt", "notes.txt: is not an image Pillow can read"),
+        (b"", "empty.png", "empty.png: is empty (0 bytes)"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "../../etc/x.png", "x.png: is"),
+    ],
+)
+def test_non_image_is_a_415(client: TestClient, data: bytes, name: str, problem: str) -> None:
+    response = post(client, data, name=name)
+    assert response.status_code == 415
+    assert response.json()["detail"].startswith(problem)
+    assert response.json()["parameter"] == "image"
+
+
+def test_image_over_the_pixel_limit_is_a_413_before_decoding(
+    client: TestClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = blank_png(tmp_path / "huge.png", 20000, 20000).read_bytes()  # 400 MP in ~50 kB
+    assert len(data) < 200_000
+    from PIL import ImageFile
+
+    decoded: list[bool] = []
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(True))
+    response = post(client, data, name="huge.png")
+    assert response.status_code == 413
+    assert response.json() == {
+        "detail": "huge.png: is 20000x20000 pixels (400.0 megapixels), over the limit of "
+        "40.0 megapixels",
+        "parameter": "image",
+    }
+    assert not decoded
+
+
+def test_upload_over_the_size_limit_is_a_413(
+    default_model: camlens.Model, chelsea: np.ndarray
+) -> None:
+    big = jpeg(chelsea, quality=100)
+    assert len(big) > 50_000 + 16 * 1024  # over the limit, also with the form's allowance
+    with TestClient(create_app(default_model, ServeSettings(max_upload_bytes=50_000))) as c:
+        response = post(c, big)
+        assert response.status_code == 413
+        assert response.json() == {
+            "detail": "the upload is over this server's limit of 50000 bytes",
+            "parameter": "image",
+        }
+        # without a Content-Length (chunked): refused once the bytes received pass the limit
+        boundary = "camlensboundary"
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+
+        def chunks() -> Iterator[bytes]:
+            yield head
+            for start in range(0, len(big), 8192):
+                yield big[start : start + 8192]
+            yield f"\r\n--{boundary}--\r\n".encode()
+
+        chunked = c.post(
+            "/api/explain",
+            content=chunks(),
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
+        assert chunked.status_code == 413 and "50000 bytes" in chunked.json()["detail"]
+        assert post(c, jpeg(chelsea, quality=40)).status_code == 200  # under the limit: fine
+
+
+def test_uploads_stay_in_memory(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import tempfile
+
+    rolled: list[bool] = []
+    original = tempfile.SpooledTemporaryFile.rollover
+
+    def rollover(self: Any) -> None:
+        rolled.append(True)
+        original(self)
+
+    monkeypatch.setattr(tempfile.SpooledTemporaryFile, "rollover", rollover)
+    noise = np.random.default_rng(0).integers(0, 256, (1100, 1100, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, format="PNG")  # about 3.6 MB: over Starlette's 1 MB spool
+    assert len(buffer.getvalue()) > 3 * 2**20
+    assert post(client, buffer.getvalue(), name="noise.png").status_code == 200
+    assert not rolled
+
+
+def test_result_files_errors(client: TestClient, cat: bytes) -> None:
+    body = post(client, cat).json()
+    missing = client.get("/api/results/nosuchresult/maps/0/map.npy")
+    assert missing.status_code == 404 and "explain the image again" in missing.json()["detail"]
+    assert client.get(f"{body['url']}/maps/1/map.npy").status_code == 404
+    bad = client.get(f"{body['url']}/maps/0/overlay.png", params={"cmap": "nosuch"})
+    assert bad.status_code == 422 and bad.json()["parameter"] == "cmap"
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [ServeSettings(results=2), ServeSettings(results_bytes=2 * 3 * 451 * 300)],
+    ids=["count", "bytes"],
+)
+def test_old_results_are_dropped(
+    default_model: camlens.Model, cat: bytes, settings: ServeSettings
+) -> None:
+    with TestClient(create_app(default_model, settings)) as c:
+        urls = [post(c, cat).json()["url"] for _ in range(3)]
+        assert [c.get(u).status_code for u in urls] == [404, 200, 200]
+
+
+# --- a full queue ---------------------------------------------------------------------------------
+
+
+def test_full_queue_is_a_503_with_retry_after(default_model: camlens.Model, cat: bytes) -> None:
+    app = create_app(default_model, ServeSettings(max_queue=1, batch_wait=0))
+    batcher = app.state.camlens.batcher
+    running, release = threading.Event(), threading.Event()
+    real_run = batcher._run
+
+    def held_run(requests: list[Request]) -> Any:
+        running.set()
+        assert release.wait(60)
+        return real_run(requests)
+
+    batcher._run = held_run
+    with TestClient(app) as c:
+        statuses: list[int] = []
+
+        def send() -> None:
+            statuses.append(post(c, cat).status_code)
+
+        first = threading.Thread(target=send)
+        first.start()
+        assert running.wait(60)  # the worker holds the first request
+        second = threading.Thread(target=send)
+        second.start()
+        deadline = time.monotonic() + 60
+        while batcher.queued < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert batcher.queued == 1  # the second waits: the queue is full
+        refused = post(c, cat)
+        assert refused.status_code == 503
+        assert int(refused.headers["retry-after"]) >= 1
+        assert "busy" in refused.json()["detail"]
+        release.set()
+        first.join(60)
+        second.join(60)
+        assert statuses == [200, 200]
+
+
+# --- the batcher ----------------------------------------------------------------------------------
+
+
+def test_batcher_explains_concurrent_requests_together(
+    default_model: camlens.Model, chelsea: np.ndarray, coffee: np.ndarray
+) -> None:
+    photos = [Image.fromarray(chelsea), Image.fromarray(coffee)] * 3
+    tops = [1, 3, 2, 1, 3, 2]
+    batcher = Batcher(default_model, max_batch=4, max_wait=0.5)
+    config = ExplainConfig(methods=("gradcam", "eigencam"))
+    requests = [
+        Request(p, f"photo{i}", config.replace(top=t))
+        for i, (p, t) in enumerate(zip(photos, tops, strict=True))
+    ]
+    requests.append(Request(photos[0], "by class", config.replace(classes=(285, 1))))
+
+    async def run_all() -> list[camlens.Explanation]:
+        tickets = [batcher.expect() for _ in requests]  # all on their way: batches wait for them
+        return await asyncio.gather(
+            *(batcher.explain(r, t) for r, t in zip(requests, tickets, strict=True))
+        )
+
+    batcher.start()
+    try:
+        results = asyncio.run(run_all())
+    finally:
+        batcher.close()
+    assert batcher.images == 7
+    assert batcher.batches < 7 and batcher.largest_batch == 4  # batched, and never past the size
+    with camlens.Explainer(default_model, method=["gradcam", "eigencam"]) as ex:
+        for request, result in zip(requests, results, strict=True):
+            alone = (
+                ex.explain(request.image, top=request.config.top)
+                if request.config.top
+                else (ex.explain(request.image, classes=list(request.config.classes)))
+            )
+            assert result.source == request.name
+            assert [(m.class_index, m.method) for m in result.maps] == [
+                (m.class_index, m.method) for m in alone.maps
+            ]
+            for got, want in zip(result.maps, alone.maps, strict=True):
+                torch_close(got.map, want.map)
+
+
+def test_batcher_waits_for_expected_requests_only(
+    default_model: camlens.Model, chelsea: np.ndarray
+) -> None:
+    batcher = Batcher(default_model, max_wait=600)  # a wait that would fail the test
+    request = Request(Image.fromarray(chelsea), "cat", ExplainConfig())
+
+    async def scenario() -> None:
+        await asyncio.wait_for(batcher.explain(request), 60)  # alone: starts at once
+        assert batcher.batches == 1
+        ticket = batcher.expect()
+        first = asyncio.ensure_future(batcher.explain(request))
+        await asyncio.sleep(0.2)
+        assert not first.done()  # waits for the request on its way
+        second = asyncio.ensure_future(batcher.explain(request, ticket))
+        await asyncio.wait_for(asyncio.gather(first, second), 60)
+        assert batcher.batches == 2 and batcher.largest_batch == 2
+        cancelled = batcher.expect()
+        third = asyncio.ensure_future(batcher.explain(request))
+        await asyncio.sleep(0.2)
+        cancelled.cancel()  # that request never comes: the batch goes without it
+        await asyncio.wait_for(third, 60)
+        assert batcher.batches == 3
+
+    batcher.start()
+    try:
+        asyncio.run(scenario())
+    finally:
+        batcher.close()
+
+
+def torch_close(a: Any, b: Any) -> None:
+    np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
+
+
+def test_batcher_refuses_when_full_and_fails_waiting_requests_on_close(
+    default_model: camlens.Model, chelsea: np.ndarray
+) -> None:
+    from camlens.serve.batcher import Closed, QueueFull
+
+    batcher = Batcher(default_model, max_queue=2, max_queue_pixels=10**9)  # never started
+    request = Request(Image.fromarray(chelsea), "cat", ExplainConfig())
+
+    async def scenario() -> None:
+        waiting = [asyncio.ensure_future(batcher.explain(request)) for _ in range(2)]
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFull) as full:
+            await batcher.explain(request)
+        assert full.value.retry_after >= 1
+        batcher.close()
+        for task in waiting:
+            with pytest.raises(Closed):
+                await task
+
+    asyncio.run(scenario())
+
+
+def test_batcher_bounds_queued_pixels(default_model: camlens.Model, chelsea: np.ndarray) -> None:
+    from camlens.serve.batcher import QueueFull
+
+    photo = Image.fromarray(chelsea)  # 135,300 pixels
+    batcher = Batcher(default_model, max_queue=10, max_queue_pixels=200_000)
+    request = Request(photo, "cat", ExplainConfig())
+
+    async def scenario() -> None:
+        first = asyncio.ensure_future(batcher.explain(request))  # alone: taken whatever its size
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFull):
+            await batcher.explain(request)
+        batcher.close()
+        with pytest.raises(Exception, match="shutting down"):
+            await first
+
+    asyncio.run(scenario())
+
+
+# --- settings, CORS, run files --------------------------------------------------------------------
+
+
+def test_settings_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(CamlensError, match=r"runs: .* is not a folder"):
+        ServeSettings(runs=tmp_path / "missing")
+    with pytest.raises(CamlensError, match="max_queue must be"):
+        ServeSettings(max_queue=0)
+    with pytest.raises(CamlensError, match="batch_wait"):
+        ServeSettings(batch_wait=-1)
+
+
+def test_no_cors_unless_asked(default_model: camlens.Model, client: TestClient) -> None:
+    origin = {"Origin": "http://elsewhere.test"}
+    assert "access-control-allow-origin" not in client.get("/api/methods", headers=origin).headers
+    settings = ServeSettings(cors_origins=("http://tool.test",))
+    with TestClient(create_app(default_model, settings)) as c:
+        allowed = c.get("/api/methods", headers={"Origin": "http://tool.test"})
+        assert allowed.headers["access-control-allow-origin"] == "http://tool.test"
+        other = c.get("/api/methods", headers=origin)
+        assert "access-control-allow-origin" not in other.headers
+
+
+@pytest.fixture
+def runs_client(default_model: camlens.Model, tmp_path: Path) -> Iterator[TestClient]:
+    runs = tmp_path / "runs"
+    (runs / "cats").mkdir(parents=True)
+    (runs / "index.jsonl").write_text('{"image": "cats/0.jpg"}\n')
+    (runs / "cats" / "0.json").write_text("{}")
+    (tmp_path / "secret.txt").write_text("not for clients")
+    os.symlink(tmp_path / "secret.txt", runs / "escape.txt")
+    os.symlink(tmp_path, runs / "parent")
+    os.symlink(runs / "cats" / "0.json", runs / "inside.json")
+    with TestClient(create_app(default_model, ServeSettings(runs=runs))) as c:
+        yield c
+
+
+def test_run_files_are_served(runs_client: TestClient) -> None:
+    assert runs_client.get("/api/server").json()["runs"] is True
+    index = runs_client.get("/runs/index.jsonl")
+    assert index.status_code == 200 and index.text == '{"image": "cats/0.jpg"}\n'
+    assert runs_client.get("/runs/cats/0.json").json() == {}
+    assert runs_client.get("/runs/inside.json").status_code == 200  # a link that stays inside
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/runs/../secret.txt",
+        "/runs/%2e%2e/secret.txt",
+        "/runs/..%2fsecret.txt",
+        "/runs/cats/..%2f..%2fsecret.txt",
+        "/runs/%2e%2e%2fsecret.txt",
+        "/runs/escape.txt",  # a symbolic link out of the folder
+        "/runs/parent/secret.txt",  # a link to a folder outside
+        "/runs/cats",  # no listing
+    ],
+)
+def test_run_files_never_leave_the_folder(runs_client: TestClient, path: str) -> None:
+    response = runs_client.get(path)
+    assert response.status_code == 404
+    assert "not for clients" not in response.text
+
+
+def test_serve_command_checks_its_options_first(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from camlens.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "--runs", str(tmp_path / "missing")])
+    assert result.exit_code == 2
+    assert f"runs: {tmp_path / 'missing'} is not a folder" in result.stderr
+    assert "Traceback" not in result.output
