@@ -96,7 +96,8 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class ServeSettings:
     """How the server runs. ``runs``: a folder whose files are served under ``/runs/`` (none
-    outside it). ``max_upload_bytes`` per request; ``max_pixels`` per image (checked before
+    outside it), and whose runs (itself, and the folders one level down, that hold an
+    ``index.jsonl``) the gallery shows. ``max_upload_bytes`` per request; ``max_pixels`` per image (checked before
     decoding); ``max_maps`` per request (classes x methods x layers). ``max_batch`` images per
     forward pass, gathered for at most ``batch_wait`` seconds; ``max_queue`` requests (and
     ``max_queue_pixels`` pixels) may wait, beyond that a 503. ``results``: how many results keep
