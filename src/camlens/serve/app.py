@@ -676,7 +676,7 @@ def create_app(model: Model, settings: ServeSettings | None = None) -> FastAPI:
         found = []
         for place in gallery.runs().values():
             try:
-                found.append(run_json(gallery.index(place), root))
+                found.append(run_json(gallery.facts(place), place, root))
             except RunNotFound:
                 continue  # gone since it was found
             except RunUnreadable as exc:
@@ -736,7 +736,7 @@ def create_app(model: Model, settings: ServeSettings | None = None) -> FastAPI:
             "limit": limit,
             "total": len(positions),
             "images": [
-                image_json(place, index.items[p], class_index, root)
+                image_json(place, index.items[p], index.row(index.items[p]), class_index, root)
                 for p in positions[offset : offset + limit]
             ],
         }
@@ -766,7 +766,8 @@ def create_app(model: Model, settings: ServeSettings | None = None) -> FastAPI:
         if class_name is not None and class_name.strip():
             class_index = _check("class", lambda: index.class_of(class_name))
         root = request.scope.get("root_path", "")
-        return image_json(place, index.items[image_id], class_index, root)
+        item = index.items[image_id]
+        return image_json(place, item, index.row(item), class_index, root)
 
     @app.get(
         "/api/runs/{run}/summary",

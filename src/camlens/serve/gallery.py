@@ -6,9 +6,11 @@ a run itself, hold runs one level down, or both; hidden folders and links that l
 ``FOLDER`` are left out (their files could not be served). A run is named by its folder's name,
 and only names found there are accepted: no path from a client is ever opened.
 
-An index is read with :func:`camlens.runs.iter_index`, without the maps at the layer's resolution
-(``layer_map``), and kept while the file stays the same (its size and modification time); a run
-that grows is read again. The most recently used runs are kept, at most ``keep`` of them.
+An index is read with :func:`camlens.runs.iter_index_at`, once while the file stays the same (its
+size and modification time; a run that grows is read again), and its summary computed then. What
+is kept of each image is what sorting and filtering need, and where its line is: a page reads its
+images' rows again (60 lines, not the whole index). The most recently used runs are kept, at most
+``keep`` of them.
 """
 
 from __future__ import annotations
@@ -19,13 +21,22 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 from urllib.parse import quote
 
 from camlens.errors import CamlensError
-from camlens.runs import INDEX, Notable, Row, Summary, iter_index, read_record, summarize
+from camlens.runs import (
+    INDEX,
+    Notable,
+    Row,
+    Summary,
+    iter_index_at,
+    read_record,
+    read_row,
+    summarize,
+)
 
 Sort = Literal["score", "spread", "off_center", "name"]
 Order = Literal["asc", "desc"]
@@ -37,6 +48,10 @@ DEFAULT_ORDER: dict[str, Order] = {
     "off_center": "desc",
     "name": "asc",
 }
+
+
+SUMMARIZED = ("label", "flat", "spread", "off_center", "overlay")
+"""What :func:`camlens.runs.summarize` reads of an image's first map."""
 
 
 class RunNotFound(CamlensError):
@@ -93,37 +108,38 @@ def _inside(index: Path, root: Path) -> bool:
         return False
 
 
-@dataclass
+class MapKey(NamedTuple):
+    """What the gallery sorts a map by."""
+
+    class_index: Any
+    score: float | None
+    spread: float | None
+    off_center: float | None
+    flat: bool
+
+
+@dataclass(frozen=True)
 class Item:
-    """One row of an index, as the gallery uses it: ``position`` is its line among the rows."""
+    """One image of an index, as little of it as sorting and filtering need (the page reads its
+    row again, at ``offset``): ``position`` is its place among the rows, ``group`` the class
+    :func:`camlens.runs.summarize` counts it under (its true class, else its top-1)."""
 
     position: int
-    row: Row
-    group: int | None  # the class the summary counts it under (truth, else the top-1)
-
-    @property
-    def image(self) -> str:
-        return str(self.row.get("image", ""))
-
-    @property
-    def error(self) -> str | None:
-        error = self.row.get("error")
-        return None if error is None else str(error)
-
-    @property
-    def maps(self) -> list[Mapping[str, Any]]:
-        maps = self.row.get("explanations")
-        return [m for m in maps if isinstance(m, Mapping)] if isinstance(maps, list) else []
+    offset: int
+    image: str
+    failed: bool
+    group: int | None
+    top_score: float | None
+    maps: tuple[MapKey, ...]
 
     def focus(self, class_index: int | None) -> int | None:
         """The map shown (and sorted by): the first of ``class_index`` when it has one, else
         its first map; None without maps."""
-        maps = self.maps
-        if not maps:
+        if not self.maps:
             return None
         if class_index is not None:
-            for i, m in enumerate(maps):
-                if m.get("class_index") == class_index:
+            for i, m in enumerate(self.maps):
+                if m.class_index == class_index:
                     return i
         return 0
 
@@ -131,14 +147,13 @@ class Item:
         """The number ``sort`` orders by (None: last, whatever the order)."""
         focus = self.focus(class_index)
         if focus is None:
-            predictions = self.row.get("predictions")
-            if sort == "score" and isinstance(predictions, list) and predictions:
-                return _number(predictions[0].get("score"))
-            return None
+            return self.top_score if sort == "score" else None
         chosen = self.maps[focus]
-        if sort != "score" and chosen.get("flat"):
+        if sort == "score":
+            return chosen.score
+        if chosen.flat:
             return None  # a flat map is nowhere: it has no spread and no center
-        return _number(chosen.get(sort))
+        return chosen.spread if sort == "spread" else chosen.off_center
 
 
 def _number(value: Any) -> float | None:
@@ -149,7 +164,8 @@ def _number(value: Any) -> float | None:
 
 @dataclass
 class RunIndex:
-    """A run's index as read at one time (``stamp``), with the summary and the orders asked."""
+    """A run's index as read at one time (``stamp``): its items, summary, record, the names seen
+    in it, and the orders asked for so far."""
 
     place: Place
     stamp: tuple[int, int, int]
@@ -157,7 +173,11 @@ class RunIndex:
     summary: Summary
     record: dict[str, Any] | None
     labels: dict[int, str]
+    model: str | None
+    methods: list[str]
+    layers: list[str]
     orders: OrderedDict[tuple[Any, ...], list[int]] = field(default_factory=OrderedDict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def class_of(self, given: str) -> int:
         """A class of the run from its index or its exact name (any case); 422 otherwise."""
@@ -183,15 +203,16 @@ class RunIndex:
         """The positions of the items that pass the filters, in the order asked: by the value,
         then by image name; items without the value (failed images, flat maps) last."""
         key = (class_index, status, sort, order)
-        found = self.orders.get(key)
-        if found is not None:
-            self.orders.move_to_end(key)
-            return found
+        with self.lock:
+            found = self.orders.get(key)
+            if found is not None:
+                self.orders.move_to_end(key)
+                return found
         chosen = [
             item
             for item in self.items
             if (class_index is None or item.group == class_index)
-            and (status == "all" or (status == "failed") == (item.error is not None))
+            and (status == "all" or (status == "failed") == item.failed)
         ]
         sign = -1.0 if order == "desc" else 1.0
         if sort == "name":
@@ -210,20 +231,33 @@ class RunIndex:
 
             chosen.sort(key=by_value)
         positions = [it.position for it in chosen]
-        self.orders[key] = positions
-        while len(self.orders) > 32:
-            self.orders.popitem(last=False)
+        with self.lock:
+            self.orders[key] = positions
+            while len(self.orders) > 32:
+                self.orders.popitem(last=False)
         return positions
+
+    def row(self, item: Item) -> Row:
+        """The item's whole row, read again from the index."""
+        try:
+            return read_row(self.place.folder / INDEX, item.offset)
+        except CamlensError as exc:
+            problem = str(exc).replace(str(self.place.folder), self.place.name)
+            raise RunUnreadable(
+                f"run {self.place.name!r} changed while it was read: {problem}"
+            ) from None
 
 
 class Gallery:
     """The runs under ``root``: found again at each call (runs come and go), their indexes kept
-    while they do not change (the ``keep`` most recently used); safe across threads."""
+    while they do not change (the ``keep`` most recently used, and what the list of runs says of
+    every run); safe across threads."""
 
     def __init__(self, root: Path, keep: int = 4) -> None:
         self.root = root
         self.keep = keep
         self._indexes: OrderedDict[str, RunIndex] = OrderedDict()
+        self._listed: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
         self._lock = threading.Lock()
 
     def runs(self) -> dict[str, Place]:
@@ -235,81 +269,121 @@ class Gallery:
             raise RunNotFound(f"there is no run named {name!r} here (GET /api/runs lists them)")
         return found[name]
 
-    def index(self, place: Place) -> RunIndex:
-        """The run's index, read again if the file changed since it was last read."""
-        path = place.folder / INDEX
+    def _stamp(self, place: Place) -> tuple[int, int, int]:
         try:
-            info = path.stat()
+            info = (place.folder / INDEX).stat()
         except OSError:
             raise RunNotFound(f"run {place.name!r} has no index any more") from None
-        stamp = (info.st_mtime_ns, info.st_size, info.st_ino)
+        return (info.st_mtime_ns, info.st_size, info.st_ino)
+
+    def index(self, place: Place) -> RunIndex:
+        """The run's index, read again if the file changed since it was last read."""
+        stamp = self._stamp(place)
         key = str(place.folder)
         with self._lock:
             kept = self._indexes.get(key)
             if kept is not None and kept.stamp == stamp:
                 self._indexes.move_to_end(key)
                 return kept
-        loaded = self._read(place, path, stamp)
+        loaded = _read(place, stamp)
         with self._lock:
             self._indexes[key] = loaded
             self._indexes.move_to_end(key)
             while len(self._indexes) > self.keep:
                 self._indexes.popitem(last=False)
+            self._listed[key] = (stamp, run_facts(loaded))
         return loaded
 
-    def _read(self, place: Place, path: Path, stamp: tuple[int, int, int]) -> RunIndex:
-        try:
-            rows = [_light(row) for row in iter_index(path)]
-        except CamlensError as exc:
-            problem = str(exc).replace(str(place.folder), place.name)
-            raise RunUnreadable(f"run {place.name!r}: {problem}") from None
-        try:
-            record = read_record(place.folder)
-        except CamlensError:
-            record = None
-        try:
-            summary = summarize(rows, top=10)
-        except (KeyError, TypeError, ValueError, IndexError):
-            raise RunUnreadable(
-                f"run {place.name!r}: its index has rows camlens did not write"
-            ) from None
-        by_truth = summary.by == "truth"
-        items = []
-        for position, row in enumerate(rows):
-            items.append(Item(position, row, _group(row, by_truth)))
-        labels = {c.class_index: c.label for c in summary.classes}
-        return RunIndex(place, stamp, items, summary, record, labels)
-
-    def page(
-        self,
-        place: Place,
-        *,
-        class_name: str | None,
-        status: str,
-        sort: str,
-        order: str,
-        offset: int,
-        limit: int,
-    ) -> tuple[RunIndex, int | None, int, list[Item]]:
-        """The index, the class filtered by, how many items pass and the page asked for."""
-        index = self.index(place)
-        class_index = None if class_name is None else index.class_of(class_name)
-        positions = index.select(class_index, status, sort, order)
-        page = [index.items[p] for p in positions[offset : offset + limit]]
-        return index, class_index, len(positions), page
+    def facts(self, place: Place) -> dict[str, Any]:
+        """What the list of runs says of the run (:func:`run_facts`), without keeping its index
+        when it was not kept already."""
+        stamp = self._stamp(place)
+        with self._lock:
+            listed = self._listed.get(str(place.folder))
+        if listed is not None and listed[0] == stamp:
+            return listed[1]
+        return run_facts(self.index(place))
 
 
-def _light(row: Row) -> Row:
-    """The row without its maps at the layer's resolution (the gallery does not show them)."""
-    maps = row.get("explanations")
-    if not isinstance(maps, list):
-        return row
-    light = dict(row)
-    light["explanations"] = [
-        {k: v for k, v in m.items() if k != "layer_map"} if isinstance(m, Mapping) else m
-        for m in maps
+def _read(place: Place, stamp: tuple[int, int, int]) -> RunIndex:
+    """A run's index, its record and its summary (the rows themselves are not kept)."""
+    items: list[Item] = []
+    lean: list[Row] = []  # what summarize() reads of each row
+    model: str | None = None
+    methods: dict[str, None] = {}
+    layers: dict[str, None] = {}
+    try:
+        for position, (offset, row) in enumerate(iter_index_at(place.folder / INDEX)):
+            maps = row.get("explanations")
+            entries = [m for m in maps if isinstance(m, Mapping)] if isinstance(maps, list) else []
+            predictions = row.get("predictions")
+            top = predictions[0] if isinstance(predictions, list) and predictions else None
+            failed = row.get("error") is not None
+            if model is None and not failed and row.get("model"):
+                model = str(row["model"])
+            for m in entries:
+                if m.get("method") is not None:
+                    methods[str(m["method"])] = None
+                if m.get("layer") is not None:
+                    layers[str(m["layer"])] = None
+            items.append(
+                Item(
+                    position,
+                    offset,
+                    str(row.get("image", "")),
+                    failed,
+                    None,
+                    _number(top.get("score")) if isinstance(top, Mapping) else None,
+                    tuple(
+                        MapKey(
+                            m.get("class_index"),
+                            _number(m.get("score")),
+                            _number(m.get("spread")),
+                            _number(m.get("off_center")),
+                            bool(m.get("flat")),
+                        )
+                        for m in entries
+                    ),
+                )
+            )
+            lean.append(
+                {
+                    "image": row.get("image"),
+                    "error": row.get("error"),
+                    "predictions": predictions,
+                    "truth": row.get("truth"),
+                    "explanations": [{k: entries[0].get(k) for k in SUMMARIZED}] if entries else [],
+                }
+            )
+    except CamlensError as exc:
+        problem = str(exc).replace(str(place.folder), place.name)
+        raise RunUnreadable(f"run {place.name!r}: {problem}") from None
+    try:
+        summary = summarize(lean, top=10)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+        raise RunUnreadable(
+            f"run {place.name!r}: its index has rows camlens did not write"
+        ) from None
+    by_truth = summary.by == "truth"
+    items = [
+        replace(item, group=_group(row, by_truth)) for item, row in zip(items, lean, strict=True)
     ]
-    return light
+    del lean
+    try:
+        record = read_record(place.folder)
+    except CamlensError:
+        record = None
+    return RunIndex(
+        place,
+        stamp,
+        items,
+        summary,
+        record,
+        {c.class_index: c.label for c in summary.classes},
+        model,
+        list(methods),
+        list(layers),
+    )
 
 
 def _group(row: Mapping[str, Any], by_truth: bool) -> int | None:
@@ -323,36 +397,40 @@ def _group(row: Mapping[str, Any], by_truth: bool) -> int | None:
     return index if isinstance(index, int) else None
 
 
-def run_options(index: RunIndex) -> dict[str, Any]:
-    """What the run was made with, from its record and its rows: model, methods, layers,
-    format (files or dataset)."""
+def run_facts(index: RunIndex) -> dict[str, Any]:
+    """What the list of runs says of a run: its counts, and what it was made with (model,
+    methods, layers, format) from its record, else from its rows."""
     options = (index.record or {}).get("options", {})
     explain = options.get("explain", {}) if isinstance(options, Mapping) else {}
     output = options.get("output", {}) if isinstance(options, Mapping) else {}
-    rows = [it.row for it in index.items if it.error is None]
-    model = next((str(r["model"]) for r in rows if r.get("model")), None)
+    model = index.model
     if model is None and isinstance(explain.get("model"), str):
         model = explain["model"]
-    methods = _names(explain.get("methods")) or _seen(rows, "method")
-    layers = _names(explain.get("layers")) or _seen(rows, "layer")
     fmt = output.get("format") if isinstance(output.get("format"), str) else None
-    return {"model": model, "methods": methods, "layers": layers, "format": fmt}
+    summary = index.summary
+    return {
+        "name": index.place.name,
+        "images": summary.images,
+        "explained": summary.explained,
+        "errors": len(summary.errors),
+        "labelled": summary.labelled,
+        "model": model,
+        "methods": _names(explain.get("methods")) or index.methods,
+        "layers": _names(explain.get("layers")) or index.layers,
+        "format": fmt,
+        "problem": None,
+    }
 
 
 def _names(value: Any) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list) else []
 
 
-def _seen(rows: Sequence[Row], key: str) -> list[str]:
-    seen: dict[str, None] = {}
-    for row in rows:
-        for m in row.get("explanations") or []:
-            if isinstance(m, Mapping) and m.get(key) is not None:
-                seen[str(m[key])] = None
-    return list(seen)
-
-
 # --- the JSON sent ---------------------------------------------------------------------------------
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def file_url(place: Place, relative: Any, root: str = "") -> str | None:
@@ -366,13 +444,15 @@ def file_url(place: Place, relative: Any, root: str = "") -> str | None:
     return f"{root}/runs/" + quote(place.prefix + "/".join(parts), safe="/")
 
 
-def image_json(place: Place, item: Item, class_index: int | None, root: str = "") -> dict[str, Any]:
-    """An image of the gallery: :class:`~camlens.serve.schemas.GalleryImageOut`."""
-    row = item.row
-    predictions = row.get("predictions") if isinstance(row.get("predictions"), list) else []
+def image_json(
+    place: Place, item: Item, row: Row, class_index: int | None, root: str = ""
+) -> dict[str, Any]:
+    """An image of the gallery (its ``row`` of the index): :class:`GalleryImageOut`."""
+    predictions = _list(row.get("predictions"))
     truth = row.get("truth")
+    error = row.get("error")
     maps = []
-    for m in item.maps:
+    for m in (m for m in _list(row.get("explanations")) if isinstance(m, Mapping)):
         maps.append(
             {
                 "class_index": m.get("class_index"),
@@ -393,7 +473,7 @@ def image_json(place: Place, item: Item, class_index: int | None, root: str = ""
         "id": item.position,
         "image": item.image,
         "size": row.get("size"),
-        "error": item.error,
+        "error": None if error is None else str(error),
         "prediction": predictions[0] if predictions else None,
         "predictions": predictions,
         "truth": truth if isinstance(truth, Mapping) else None,
@@ -403,19 +483,9 @@ def image_json(place: Place, item: Item, class_index: int | None, root: str = ""
     }
 
 
-def run_json(index: RunIndex, root: str = "") -> dict[str, Any]:
-    """A run of the list: :class:`~camlens.serve.schemas.RunOut`."""
-    summary = index.summary
-    return {
-        "name": index.place.name,
-        "url": f"{root}/runs/" + quote(index.place.prefix, safe="/"),
-        "images": summary.images,
-        "explained": summary.explained,
-        "errors": len(summary.errors),
-        "labelled": summary.labelled,
-        **run_options(index),
-        "problem": None,
-    }
+def run_json(facts: Mapping[str, Any], place: Place, root: str = "") -> dict[str, Any]:
+    """A run of the list (:func:`run_facts` and its URL): :class:`RunOut`."""
+    return {**facts, "url": f"{root}/runs/" + quote(place.prefix, safe="/")}
 
 
 def unreadable_run_json(place: Place, problem: str, root: str = "") -> dict[str, Any]:
