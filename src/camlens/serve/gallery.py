@@ -258,6 +258,7 @@ class Gallery:
         self.keep = keep
         self._indexes: OrderedDict[str, RunIndex] = OrderedDict()
         self._listed: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+        self._reading: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
 
     def runs(self) -> dict[str, Place]:
@@ -278,21 +279,24 @@ class Gallery:
 
     def index(self, place: Place) -> RunIndex:
         """The run's index, read again if the file changed since it was last read."""
-        stamp = self._stamp(place)
         key = str(place.folder)
         with self._lock:
-            kept = self._indexes.get(key)
-            if kept is not None and kept.stamp == stamp:
+            reading = self._reading.setdefault(key, threading.Lock())
+        with reading:  # one reader per run: the others wait for what it reads
+            stamp = self._stamp(place)
+            with self._lock:
+                kept = self._indexes.get(key)
+                if kept is not None and kept.stamp == stamp:
+                    self._indexes.move_to_end(key)
+                    return kept
+            loaded = _read(place, stamp)
+            with self._lock:
+                self._indexes[key] = loaded
                 self._indexes.move_to_end(key)
-                return kept
-        loaded = _read(place, stamp)
-        with self._lock:
-            self._indexes[key] = loaded
-            self._indexes.move_to_end(key)
-            while len(self._indexes) > self.keep:
-                self._indexes.popitem(last=False)
-            self._listed[key] = (stamp, run_facts(loaded))
-        return loaded
+                while len(self._indexes) > self.keep:
+                    self._indexes.popitem(last=False)
+                self._listed[key] = (stamp, run_facts(loaded))
+            return loaded
 
     def facts(self, place: Place) -> dict[str, Any]:
         """What the list of runs says of the run (:func:`run_facts`), without keeping its index

@@ -192,7 +192,8 @@ export function mountGallery(root) {
     state.total = 0;
     state.loading = null;
     $("thumbs").replaceChildren();
-    $("no-images").hidden = true;
+    $("no-images").hidden = false;
+    $("no-images").textContent = "Reading the run…"; // a large index takes a few seconds once
     $("more").hidden = true;
     $("gallery-count").textContent = "";
     const runChanged = view.run !== state.run;
@@ -276,7 +277,9 @@ export function mountGallery(root) {
         renderCount();
       })
       .catch((error) => {
-        if (generation === state.generation) say(error.message);
+        if (generation !== state.generation) return;
+        say(error.message);
+        $("no-images").hidden = true;
       })
       .finally(() => {
         if (generation === state.generation) {
@@ -525,10 +528,13 @@ export function mountGallery(root) {
   }
 
   async function start() {
+    $("no-images").hidden = false;
+    $("no-images").textContent = "Reading the runs…";
     try {
       state.runs = (await getJSON("/api/runs")).runs;
     } catch (error) {
       say(error.message);
+      $("no-images").hidden = true;
       return;
     }
     if (disposed) return;
