@@ -65,6 +65,7 @@ export function mountGallery(root) {
     run: null, // the run shown
     summary: null,
     key: null, // what the list holds: run, class, status, sort and order
+    listing: null, // the list being started
     view: null, // the address's state
     items: [],
     total: 0,
@@ -118,10 +119,11 @@ export function mountGallery(root) {
     const key = JSON.stringify([view.run, view.class, view.status, view.sort, view.order]);
     if (key !== state.key) {
       state.key = key;
-      await startList(view);
+      state.listing = startList(view);
     }
+    await state.listing; // the list's first page, for the image's place in it
+    if (disposed || state.view !== view) return; // a newer address took over meanwhile
     if (notice) say(notice);
-    if (disposed) return;
     if (view.image === null) closeImage();
     else await openImage(view.image);
   }
@@ -186,7 +188,7 @@ export function mountGallery(root) {
   // --- the list --------------------------------------------------------------------------------
 
   async function startList(view) {
-    state.generation += 1;
+    const generation = ++state.generation;
     say("");
     state.items = [];
     state.total = 0;
@@ -206,9 +208,10 @@ export function mountGallery(root) {
       try {
         await loadSummary(view.run);
       } catch (error) {
-        say(error.message);
+        if (generation === state.generation) say(error.message);
         return;
       }
+      if (generation !== state.generation) return; // the address changed meanwhile
     }
     $("class-filter").value = view.status === "failed" ? "failed" : view.class;
     if ($("class-filter").value !== (view.status === "failed" ? "failed" : view.class)) {
