@@ -64,3 +64,52 @@ def photo_files(tmp_path: Path, chelsea: np.ndarray, coffee: np.ndarray) -> list
     Image.fromarray(chelsea).save(first, quality=95)
     Image.fromarray(coffee).save(second, quality=95)
     return [first, second]
+
+
+@pytest.fixture(scope="session")
+def small_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of two small runs made by ``camlens explain`` (for the gallery of ``camlens
+    serve --runs``): ``files``, six sample photos in folders named by their class (the rocket's
+    ``missile`` is a mistake of the model), top 2, Grad-CAM and CAM, files format; ``dataset``,
+    the same photos in one folder, top 2, Grad-CAM, dataset format. Each has an unreadable file."""
+    from skimage import data
+    from typer.testing import CliRunner
+
+    from camlens.cli import app
+
+    base = tmp_path_factory.mktemp("gallery")
+    photos = {
+        "Egyptian_cat/chelsea.jpg": data.chelsea(),
+        "Egyptian_cat/chelsea_face.jpg": data.chelsea()[20:280, 120:420],
+        "espresso/coffee.jpg": data.coffee(),
+        "military_uniform/grace_hopper.jpg": None,
+        "moped/motorcycle.jpg": data.stereo_motorcycle()[0],
+        "missile/rocket.jpg": data.rocket(),
+    }
+    from matplotlib import cbook
+
+    for name, array in photos.items():
+        for folder, path in (("val", name), ("photos", name.split("/")[1])):
+            target = base / folder / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if array is None:
+                with Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as p:
+                    p.convert("RGB").save(target, quality=92)
+            else:
+                Image.fromarray(np.asarray(array)).convert("RGB").save(target, quality=92)
+    (base / "val" / "espresso" / "broken.jpg").write_bytes(b"not a photo")
+    (base / "photos" / "broken.jpg").write_bytes(b"not a photo")
+    runs = base / "runs"
+    commands = [
+        ["val", "--top", "2", "--method", "gradcam", "--method", "cam", "--out", "runs/files"],
+        ["photos", "--top", "2", "--format", "dataset", "--out", "runs/dataset"],
+    ]
+    here = os.getcwd()
+    os.chdir(base)  # the index keeps the paths as given: short ones
+    try:
+        for args in commands:
+            result = CliRunner().invoke(app, ["explain", *args])
+            assert result.exit_code == 2, result.output  # 2: the unreadable file
+    finally:
+        os.chdir(here)
+    return runs

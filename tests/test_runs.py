@@ -26,7 +26,7 @@ from camlens.errors import CamlensError
 from camlens.images import preprocess
 from camlens.maps import upsample
 from camlens.outputs import overlay_pixels
-from camlens.runs import INDEX, read_index, summarize
+from camlens.runs import INDEX, iter_index_at, read_index, read_row, summarize
 
 runner = CliRunner()
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -300,3 +300,14 @@ def test_prepared_inputs_give_the_explanation_of_the_photos(default_model: camle
         assert torch.equal(p.maps[1].map, d.maps[1].map)
     with pytest.raises(CamlensError, match="1 photos given for 2 inputs"):
         explainer.explain_prepared(preprocess(photos, default_model.preprocess), photos[:1])
+
+
+def test_rows_are_read_again_at_their_offsets(tmp_path: Path) -> None:
+    index = tmp_path / INDEX
+    index.write_bytes(b'{"image": "a.jpg"}\n\n{"image": "b.jpg", "error": "x"}\n{"image": "c.j')
+    found = list(iter_index_at(index))
+    assert [row for _, row in found] == read_index(tmp_path)  # the torn last line left out
+    assert [offset for offset, _ in found] == [0, 20]
+    assert [read_row(index, offset) for offset, _ in found] == [row for _, row in found]
+    with pytest.raises(CamlensError, match=r"index.jsonl, a line: not a camlens index row"):
+        read_row(index, 3)

@@ -194,3 +194,147 @@ def test_page_works_offline(server: str, page: Any) -> None:
     page.goto(f"{server}/docs")
     page.wait_for_selector(".swagger-ui .opblock")
     assert requested and all(u.startswith(server) or u.startswith("data:") for u in requested)
+
+
+# --- the run gallery (serve --runs) --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gallery_server(tmp_path_factory: pytest.TempPathFactory, small_runs: Path) -> Iterator[str]:
+    log = tmp_path_factory.mktemp("serve-runs") / "serve.log"
+    with camlens_serve(["--runs", str(small_runs)], log=log) as (url, _):
+        yield url
+
+
+def names(page: Any) -> list[str]:
+    return [str(n) for n in page.locator(".thumb .thumb-name").all_inner_texts()]
+
+
+def test_gallery_of_a_run(gallery_server: str, page: Any, tmp_path: Path) -> None:
+    import httpx
+    from playwright.sync_api import expect
+
+    shots = Shots(tmp_path)
+    page.goto(gallery_server)
+    page.wait_for_selector("body[data-ready]")
+    page.click("#nav a[data-view=gallery]")
+    runs = page.locator(".run")
+    expect(runs).to_have_count(2)
+    expect(runs.nth(0)).to_have_attribute("aria-pressed", "true")  # the first run, "dataset"
+    runs.nth(1).click()
+    expect(runs.nth(1)).to_have_attribute("aria-pressed", "true")
+    expect(runs.nth(1)).to_contain_text("7 images · 1 failed")
+    expect(page).to_have_url(f"{gallery_server}/#/gallery/files")
+
+    # every image of the run, the overlays loaded, the failed one with its badge and reason
+    thumbs = page.locator(".thumb")
+    expect(thumbs).to_have_count(7)
+    expect(page.locator("#gallery-count")).to_have_text("7 images · by score, highest first")
+    expect(thumbs.nth(0).locator(".thumb-name")).to_have_text("coffee.jpg")  # 90%, the highest
+    failed = page.locator(".thumb.failed")
+    expect(failed).to_have_count(1)
+    expect(failed.locator(".badge.error")).to_have_text("error")
+    expect(failed).to_contain_text("val/espresso/broken.jpg: is not an image Pillow can read")
+    expect(thumbs.nth(6)).to_have_class("thumb failed")  # last in every order
+    for image in page.locator(".thumb img").all():
+        expect(image).not_to_have_js_property("naturalWidth", 0)
+    rocket = page.locator(".thumb", has_text="rocket.jpg")
+    expect(rocket.locator(".wrong")).to_have_text("is missile")  # the model's mistake
+    expect(page.locator("#facts")).to_contain_text("Top-1 right83.3% of 6")
+    shots.take(page, "gallery-1-run")
+
+    # filtered by a class (true classes, from the folders' names)
+    expect(page.locator("#class-label")).to_have_text("Class (true, from folder names)")
+    page.select_option("#class-filter", label="Egyptian cat (2)")
+    expect(page.locator("#gallery-title")).to_have_text("Egyptian cat")
+    expect(thumbs).to_have_count(2)
+    assert names(page) == ["chelsea.jpg", "chelsea_face.jpg"]  # 80%, then 40%
+    expect(page).to_have_url(f"{gallery_server}/#/gallery/files?class=285")
+    shots.take(page, "gallery-2-class")
+
+    # sorted by spread, as the API orders them
+    page.click("#sort button[data-sort=spread]")
+    expect(page.locator("#sort button[data-sort=spread]")).to_have_attribute("aria-pressed", "true")
+    expect(page.locator("#gallery-count")).to_have_text("2 images · by spread, highest first")
+    api = httpx.get(
+        f"{gallery_server}/api/runs/files/images", params={"class": "285", "sort": "spread"}
+    ).json()["images"]
+    spreads = [i["maps"][i["focus"]]["spread"] for i in api]
+    assert spreads[0] > spreads[1]
+    expect(thumbs.nth(0).locator(".thumb-name")).to_have_text(api[0]["image"].split("/")[-1])
+    expect(thumbs.nth(0).locator(".thumb-notes")).to_have_text(f"spread {round(100 * spreads[0])}%")
+    assert names(page) == [i["image"].split("/")[-1] for i in api]
+    page.click("#order button[data-order=asc]")
+    expect(thumbs.nth(0).locator(".thumb-name")).to_have_text(api[1]["image"].split("/")[-1])
+    page.click("#order button[data-order=desc]")
+    expect(thumbs.nth(0).locator(".thumb-name")).to_have_text(api[0]["image"].split("/")[-1])
+    shots.take(page, "gallery-3-spread")
+
+    # opened: all its maps, each with its class, method, layer and score
+    first, second = (i["image"].split("/")[-1] for i in api)
+    thumbs.nth(0).click()
+    detail = page.locator("#detail")
+    expect(detail).to_be_visible()
+    expect(page.locator("#grid-view")).to_be_hidden()
+    expect(page.locator("#detail-title")).to_have_text(first)
+    expect(page.locator("#detail-position")).to_have_text("1 of 2")
+    cards = page.locator(".map-card")
+    expect(cards).to_have_count(4)  # Egyptian cat and tiger cat, Grad-CAM and CAM
+    expect(cards.nth(0).locator(".tag").nth(0)).to_have_text("Grad-CAM")
+    expect(cards.nth(1).locator(".tag").nth(0)).to_have_text("CAM")
+    expect(cards.nth(0).locator(".tag.layer")).to_have_text("bn2")
+    expect(cards.nth(0).locator("strong")).to_have_text("Egyptian cat")
+    expect(cards.nth(2).locator("strong")).to_have_text("tiger cat")
+    width = api[0]["size"][0]
+    for card in cards.all():
+        expect(card.locator("img")).to_have_js_property("naturalWidth", width)
+        expect(card.locator("figcaption")).to_contain_text("spread")
+    expect(page.locator("#detail-meta")).to_contain_text("true class: Egyptian cat ✓")
+    expect(page.locator(".chip").nth(0)).to_have_class("chip truth")
+    shots.take(page, "gallery-4-image")
+
+    # the keyboard: → the next image, ← back, Esc to the grid, on the image it came from
+    page.keyboard.press("ArrowRight")
+    expect(page.locator("#detail-title")).to_have_text(second)
+    expect(page.locator("#detail-position")).to_have_text("2 of 2")
+    expect(page.locator("#detail-next")).to_be_disabled()
+    shots.take(page, "gallery-5-next")
+    page.keyboard.press("ArrowLeft")
+    expect(page.locator("#detail-title")).to_have_text(first)
+    page.keyboard.press("Escape")
+    expect(detail).to_be_hidden()
+    expect(thumbs).to_have_count(2)
+    expect(thumbs.nth(0)).to_be_focused()
+    expect(page).to_have_url(f"{gallery_server}/#/gallery/files?class=285&sort=spread")
+
+    # the failed images alone; then another run, without classes from folders
+    page.select_option("#class-filter", label="Failed images (1)")
+    expect(thumbs).to_have_count(1)
+    expect(page.locator("#gallery-title")).to_have_text("Failed images")
+    runs.nth(0).click()
+    expect(page.locator("#class-label")).to_have_text("Class (top-1 prediction)")
+    expect(thumbs).to_have_count(7)
+    expect(page).to_have_url(f"{gallery_server}/#/gallery/dataset?sort=spread")  # the order stays
+    widest = httpx.get(
+        f"{gallery_server}/api/runs/dataset/images", params={"sort": "spread", "limit": 1}
+    ).json()["images"][0]
+    expect(page.locator(".thumb img").first).to_have_attribute("src", widest["maps"][0]["overlay"])
+    assert widest["maps"][0]["overlay"].startswith("/runs/dataset/photos/")
+    # an address with an image opens it at once
+    page.goto(f"{gallery_server}/#/gallery/files?image=0")
+    expect(detail).to_be_visible()
+    expect(page.locator("#detail-position")).to_have_text("2 of 7")
+    expect(page.locator("#detail-title")).to_have_text("chelsea.jpg")
+    page.keyboard.press("Escape")
+    expect(detail).to_be_hidden()
+    expect(thumbs).to_have_count(7)
+
+
+def test_no_gallery_without_runs(server: str, page: Any) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(f"{server}/#/gallery")
+    page.wait_for_selector("body[data-ready]")
+    expect(page.locator("#nav a")).to_have_count(0)
+    expect(page.locator(".explore")).to_be_visible()  # the explorer, not the gallery
+    expect(page.locator("#help-gallery")).to_be_hidden()

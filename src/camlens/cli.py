@@ -1242,7 +1242,12 @@ def serve(
     model: ModelOpt = None,
     weights: WeightsOpt = None,
     runs: Annotated[
-        Path | None, typer.Option("--runs", help="a folder of finished runs to serve under /runs/")
+        Path | None,
+        typer.Option(
+            "--runs",
+            help="a run's --out folder, or a folder of them: their files under /runs/ and a "
+            "gallery on the page",
+        ),
     ] = None,
     host: Annotated[
         str, typer.Option("--host", help="address to listen on (this machine only by default)")

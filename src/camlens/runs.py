@@ -87,25 +87,51 @@ def read_index(out: str | os.PathLike[str]) -> list[Row]:
 
 
 def iter_index(path: Path) -> Iterator[Row]:
+    for _, row in iter_index_at(path):
+        yield row
+
+
+def iter_index_at(path: Path) -> Iterator[tuple[int, Row]]:
+    """The rows of the index at ``path``, each with the byte offset of its line (for
+    :func:`read_row`), as :func:`read_index` reads them."""
     try:
         handle = open(path, "rb")  # noqa: SIM115 - closed by the with below
     except FileNotFoundError:
         return
     except OSError as exc:
         raise CamlensError(f"cannot read {path} ({exc.strerror})") from None
+    offset = 0
     with handle:
         for number, line in enumerate(handle, 1):
+            start, offset = offset, offset + len(line)
             if not line.endswith(b"\n"):
                 return  # torn by a kill: the image is not done
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except ValueError:
-                row = None
-            if not isinstance(row, dict):
-                raise CamlensError(f"{path}, line {number}: not a camlens index row")
-            yield row
+            yield start, _parse_row(line, path, number)
+
+
+def read_row(path: Path, offset: int) -> Row:
+    """The row whose line starts at byte ``offset`` of the index at ``path`` (an offset that
+    :func:`iter_index_at` gave: lines are only ever appended to an index)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            line = handle.readline()
+    except OSError as exc:
+        raise CamlensError(f"cannot read {path} ({exc.strerror})") from None
+    return _parse_row(line, path, None)
+
+
+def _parse_row(line: bytes, path: Path, number: int | None) -> Row:
+    try:
+        row = json.loads(line)
+    except ValueError:
+        row = None
+    if not isinstance(row, dict):
+        where = f"line {number}" if number is not None else "a line"
+        raise CamlensError(f"{path}, {where}: not a camlens index row")
+    return row
 
 
 class IndexWriter:

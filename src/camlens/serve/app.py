@@ -57,14 +57,33 @@ from camlens.methods import METHODS
 from camlens.models import Model
 from camlens.serve.batcher import Batcher, Closed, QueueFull
 from camlens.serve.batcher import Request as Job
+from camlens.serve.gallery import (
+    DEFAULT_ORDER,
+    Gallery,
+    Order,
+    Place,
+    RunIndex,
+    RunNotFound,
+    RunUnreadable,
+    Sort,
+    Status,
+    image_json,
+    run_json,
+    summary_json,
+    unreadable_run_json,
+)
 from camlens.serve.schemas import (
     ErrorBody,
     ExplainOut,
+    GalleryImageOut,
+    GalleryPageOut,
     LayerOut,
     MethodOut,
     MethodsOut,
     ModelOut,
     Preprocessing,
+    RunsOut,
+    RunSummaryOut,
     ServerOut,
 )
 from camlens.serve.store import Result, ResultStore
@@ -77,7 +96,8 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class ServeSettings:
     """How the server runs. ``runs``: a folder whose files are served under ``/runs/`` (none
-    outside it). ``max_upload_bytes`` per request; ``max_pixels`` per image (checked before
+    outside it), and whose runs (itself, and the folders one level down, that hold an
+    ``index.jsonl``) the gallery shows. ``max_upload_bytes`` per request; ``max_pixels`` per image (checked before
     decoding); ``max_maps`` per request (classes x methods x layers). ``max_batch`` images per
     forward pass, gathered for at most ``batch_wait`` seconds; ``max_queue`` requests (and
     ``max_queue_pixels`` pixels) may wait, beyond that a 503. ``results``: how many results keep
@@ -195,6 +215,7 @@ class ServerState:
             max_queue_pixels=settings.max_queue_pixels,
         )
         self.store = ResultStore(settings.results, settings.results_bytes)
+        self.gallery = None if settings.runs is None else Gallery(settings.runs)
 
     # --- options ---------------------------------------------------------------------------------
 
@@ -360,6 +381,27 @@ class ServerState:
         if not 0 <= index < count:
             raise ApiError(404, f"map {index} does not exist: this result has maps 0..{count - 1}")
         return found, index
+
+    # --- the run gallery -------------------------------------------------------------------------
+
+    def runs(self) -> Gallery:
+        if self.gallery is None:
+            raise ApiError(
+                404, "this server shows no runs: start it with camlens serve --runs FOLDER"
+            )
+        return self.gallery
+
+    def run_index(self, name: str) -> tuple[Place, RunIndex]:
+        """The run named ``name`` and its index: 404 for a name not found, 500 for an index
+        that cannot be read."""
+        gallery = self.runs()
+        try:
+            place = gallery.place(name)
+            return place, gallery.index(place)
+        except RunNotFound as exc:
+            raise ApiError(404, str(exc)) from None
+        except RunUnreadable as exc:
+            raise ApiError(500, str(exc)) from None
 
 
 # --- files ----------------------------------------------------------------------------------------
@@ -617,6 +659,128 @@ def create_app(model: Model, settings: ServeSettings | None = None) -> FastAPI:
             colormaps=list(render.COMMON_CMAPS),
             runs=settings.runs is not None,
         )
+
+    # --- the run gallery ---------------------------------------------------------------------
+
+    run_errors: dict[int | str, dict[str, Any]] = {
+        404: {"model": ErrorBody, "description": "no such run, or no --runs folder"}
+    }
+
+    @app.get("/api/runs", response_model=RunsOut, responses=run_errors, tags=["runs"])
+    def get_runs(request: Request, st: State) -> Any:
+        """The runs found in the --runs folder (the folder itself if it is a run, and the runs
+        one level down): per run its images, how many were explained and failed, the model,
+        methods and layers, and where its files are served."""
+        gallery = st.runs()
+        root = request.scope.get("root_path", "")
+        found = []
+        for place in gallery.runs().values():
+            try:
+                found.append(run_json(gallery.facts(place), place, root))
+            except RunNotFound:
+                continue  # gone since it was found
+            except RunUnreadable as exc:
+                found.append(unreadable_run_json(place, str(exc), root))
+        return {"folder": gallery.root.name, "runs": found}
+
+    @app.get(
+        "/api/runs/{run}/images",
+        response_model=GalleryPageOut,
+        responses={**run_errors, 422: ERRORS[422]},
+        tags=["runs"],
+    )
+    def get_run_images(
+        request: Request,
+        st: State,
+        run: str,
+        class_name: Annotated[
+            str | None,
+            Query(
+                alias="class",
+                description="a class index or name: the images of that true class (when the "
+                "run has classes from folder names), else of that top-1 class",
+            ),
+        ] = None,
+        status: Annotated[Status, Query(description="all, explained or failed images")] = "all",
+        sort: Annotated[
+            Sort,
+            Query(
+                description="by the shown map's score, spread or off-center (the map of the class "
+                "filtered by, else the first), or by the image's name"
+            ),
+        ] = "score",
+        order: Annotated[
+            Order | None, Query(description="asc or desc (default: desc, asc by name)")
+        ] = None,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=500)] = 60,
+    ) -> Any:
+        """A page of a run's images, filtered and sorted: per image its size, predictions,
+        true class when known, error when it failed, and each map's class, method, layer,
+        score, spread, off-center, peak, box and overlay URL. Failed images and flat maps
+        come last in the orders by value."""
+        place, index = st.run_index(run)
+        chosen = order or DEFAULT_ORDER[sort]
+        class_index = None
+        if class_name is not None and class_name.strip():
+            class_index = _check("class", lambda: index.class_of(class_name))
+        positions = index.select(class_index, status, sort, chosen)
+        root = request.scope.get("root_path", "")
+        return {
+            "run": place.name,
+            "class_index": class_index,
+            "status": status,
+            "sort": sort,
+            "order": chosen,
+            "offset": offset,
+            "limit": limit,
+            "total": len(positions),
+            "images": [
+                image_json(place, index.items[p], index.row(index.items[p]), class_index, root)
+                for p in positions[offset : offset + limit]
+            ],
+        }
+
+    @app.get(
+        "/api/runs/{run}/images/{image_id}",
+        response_model=GalleryImageOut,
+        responses={**run_errors, 422: ERRORS[422]},
+        tags=["runs"],
+    )
+    def get_run_image(
+        request: Request,
+        st: State,
+        run: str,
+        image_id: int,
+        class_name: Annotated[
+            str | None, Query(alias="class", description="the class whose map is in focus")
+        ] = None,
+    ) -> Any:
+        """One image of a run, by its ``id`` (its row in the index)."""
+        place, index = st.run_index(run)
+        if not 0 <= image_id < len(index.items):
+            raise ApiError(
+                404, f"run {place.name!r} has images 0..{len(index.items) - 1}, not {image_id}"
+            )
+        class_index = None
+        if class_name is not None and class_name.strip():
+            class_index = _check("class", lambda: index.class_of(class_name))
+        root = request.scope.get("root_path", "")
+        item = index.items[image_id]
+        return image_json(place, item, index.row(item), class_index, root)
+
+    @app.get(
+        "/api/runs/{run}/summary",
+        response_model=RunSummaryOut,
+        responses=run_errors,
+        tags=["runs"],
+    )
+    def get_run_summary(request: Request, st: State, run: str) -> Any:
+        """The run as ``camlens summary`` sees it: per class the images, mean score and (with
+        classes from folder names) top-1 and top-5 accuracy; the images whose first map is most
+        spread or off center, and the most confident mistakes."""
+        _, index = st.run_index(run)
+        return summary_json(index, request.scope.get("root_path", ""))
 
     @app.post(
         "/api/explain",

@@ -102,3 +102,111 @@ class ExplainOut(BaseModel):
     layers: list[str]
     predictions: list[PredictionOut] = Field(description="the top 5, best first")
     explanations: list[MapOut]
+
+
+# --- the run gallery (serve --runs) ---------------------------------------------------------------
+
+
+class RunOut(BaseModel):
+    name: str = Field(description="the run's folder name, as the other /api/runs URLs take it")
+    url: str = Field(description="where its files are served, under /runs/")
+    images: int = Field(description="rows of its index")
+    explained: int
+    errors: int = Field(description="images that could not be explained")
+    labelled: int = Field(description="images with a true class from their folder's name")
+    model: str | None
+    methods: list[str]
+    layers: list[str] = Field(description="the layers asked for (empty: the automatic one)")
+    format: str | None = Field(description="files or dataset (None when the run has no record)")
+    problem: str | None = Field(
+        default=None, description="why its index cannot be read (then it shows nothing)"
+    )
+
+
+class RunsOut(BaseModel):
+    folder: str = Field(description="the name of the folder served with --runs")
+    runs: list[RunOut]
+
+
+class ClassOut(BaseModel):
+    class_index: int
+    label: str
+
+
+class GalleryMapOut(BaseModel):
+    class_index: int
+    label: str
+    score: float = Field(description="the class's probability")
+    method: str
+    layer: str
+    flat: bool = Field(description="the method gave a constant map (zeros)")
+    peak: list[int] | None = Field(description="(x, y) of the map's maximum in the photo's pixels")
+    box: list[int | float] | None = Field(description="its largest region above the threshold")
+    spread: float | None = Field(description="the share of the photo where the map is >= 0.5")
+    off_center: float | None = Field(
+        description="its center of mass from the photo's center (0 center, 1 a corner)"
+    )
+    overlay: str | None = Field(description="URL of the overlay under /runs/")
+    map: str | None = Field(description="URL of the .npy map (files format), else None")
+
+
+class GalleryImageOut(BaseModel):
+    id: int = Field(description="the image's row in the index, for GET /api/runs/{run}/images/{id}")
+    image: str = Field(description="the path the run was given")
+    size: list[int] | None = Field(description="(width, height)")
+    error: str | None = Field(description="why the image could not be explained")
+    prediction: PredictionOut | None = Field(description="the top-1 class")
+    predictions: list[PredictionOut] = Field(description="the top 5, best first")
+    truth: ClassOut | None = Field(description="the class its folder names, when it names one")
+    report: str | None = Field(description="URL of its JSON report under /runs/")
+    focus: int | None = Field(
+        description="the map shown and sorted by: the first of the class filtered by, else the "
+        "first map"
+    )
+    maps: list[GalleryMapOut]
+
+
+class GalleryPageOut(BaseModel):
+    run: str
+    class_index: int | None = Field(description="the class filtered by")
+    status: str
+    sort: str
+    order: str
+    offset: int
+    limit: int
+    total: int = Field(description="images that pass the filters")
+    images: list[GalleryImageOut]
+
+
+class ClassLineOut(BaseModel):
+    class_index: int
+    label: str
+    images: int
+    score: float = Field(description="mean top-1 probability")
+    top1: float | None = Field(description="share whose top-1 is the true class (with labels)")
+    top5: float | None
+    spread: float | None = Field(description="mean spread of the images' first maps")
+    off_center: float | None
+
+
+class NotableOut(BaseModel):
+    image: str
+    label: str
+    value: float = Field(description="what put it on its list")
+    overlay: str | None = Field(description="URL of its first map's overlay")
+
+
+class RunSummaryOut(BaseModel):
+    run: str
+    images: int
+    explained: int
+    errors: int
+    flat: int = Field(description="images whose first map is flat")
+    labelled: int
+    top1: float | None
+    top5: float | None
+    by: str = Field(description="truth (classes from folder names) or predicted (the top-1)")
+    classes: list[ClassLineOut] = Field(description="most images first")
+    spread: list[NotableOut] = Field(description="the images whose first map is most spread")
+    off_center: list[NotableOut] = Field(description="... most off center")
+    confident_mistakes: list[NotableOut] = Field(description="wrong top-1, highest score first")

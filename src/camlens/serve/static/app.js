@@ -1,28 +1,38 @@
 // The page: loads what the server offers, then shows a view chosen by the address's #fragment.
-// A view is a function (root element, context) -> {keydown(event) -> handled?, dispose()};
-// add one to VIEWS (and, when it should be offered, to the navigation) to add a page.
+// A view is a function (root element, context) -> {keydown(event) -> handled?, dispose(), and
+// optionally navigate(), called when the address changes within the view}; add one to VIEWS
+// (and, when it should be offered, to the navigation) to add a page.
 
 import { getJSON } from "./api.js";
 import { mountExplore } from "./explore.js";
+import { mountGallery } from "./gallery.js";
 
 const VIEWS = {
   explore: { title: "Explore", mount: mountExplore, offered: () => true },
+  gallery: { title: "Gallery", mount: mountGallery, offered: (ctx) => ctx.server.runs },
 };
 
 const view = document.getElementById("view");
 const help = document.getElementById("help");
 const helpButton = document.getElementById("help-button");
 let current = null;
+let currentName = null;
 let context = null;
 
+// The view named by the address: #/NAME, #/NAME/more or #/NAME?more (the view reads the rest).
 function route() {
-  const name = window.location.hash.replace(/^#\/?/, "").split("/")[0] || "explore";
+  const name = window.location.hash.replace(/^#\/?/, "").split(/[/?]/)[0] || "explore";
   return VIEWS[name] && VIEWS[name].offered(context) ? name : "explore";
 }
 
 function show() {
   const name = route();
+  if (name === currentName && current?.navigate) {
+    current.navigate(); // the same view, another place in it
+    return;
+  }
   current?.dispose();
+  currentName = name;
   for (const link of document.querySelectorAll("#nav a")) {
     link.toggleAttribute("aria-current", link.dataset.view === name);
   }
@@ -49,6 +59,7 @@ async function start() {
     }));
     return;
   }
+  document.getElementById("help-gallery").hidden = !context.server.runs;
   document.getElementById("model-name").textContent =
     `${context.model.name} · ${context.model.num_classes} classes`;
   const offered = Object.entries(VIEWS).filter(([, v]) => v.offered(context));

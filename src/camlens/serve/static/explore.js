@@ -24,7 +24,7 @@ const SVG = "http://www.w3.org/2000/svg";
 
 export const methodName = (name) => NAMES[name] ?? name;
 
-function element(tag, attributes = {}, ...children) {
+export function element(tag, attributes = {}, ...children) {
   const node = document.createElement(tag);
   for (const [name, value] of Object.entries(attributes)) {
     if (name === "className") node.className = value;
@@ -45,7 +45,7 @@ function megabytes(bytes) {
   return `${(bytes / 2 ** 20).toFixed(1).replace(/\.0$/, "")} MB`;
 }
 
-function percent(score) {
+export function percent(score) {
   return score >= 0.001 ? `${(100 * score).toFixed(1)}%` : "<0.1%";
 }
 

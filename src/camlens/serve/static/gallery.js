@@ -1,0 +1,565 @@
+// The run gallery (camlens serve --runs): the runs found, a grid of a run's images (the overlay of
+// the map shown, loaded as it scrolls into view) filtered by class and sorted, more pages as the
+// page scrolls down; an image opened shows all its maps, ← → step through the list, Esc goes
+// back to it. What is shown lives in the address: #/gallery/RUN?class=285&sort=spread&image=12.
+
+import { getJSON } from "./api.js";
+import { element, methodName, percent } from "./explore.js";
+
+const PAGE = 60;
+const SORTS = ["score", "spread", "off_center", "name"];
+const SORT_NAMES = { score: "score", spread: "spread", off_center: "off-center", name: "name" };
+
+function parseHash() {
+  const hash = window.location.hash.replace(/^#\/?/, "");
+  const at = hash.indexOf("?");
+  const path = at < 0 ? hash : hash.slice(0, at);
+  const params = new URLSearchParams(at < 0 ? "" : hash.slice(at + 1));
+  const segment = path.split("/")[1];
+  let run = null;
+  try {
+    run = segment ? decodeURIComponent(segment) : null;
+  } catch {
+    run = null;
+  }
+  const image = Number.parseInt(params.get("image") ?? "", 10);
+  return {
+    run,
+    class: params.get("class") ?? "",
+    status: params.get("status") === "failed" ? "failed" : "all",
+    sort: SORTS.includes(params.get("sort")) ? params.get("sort") : "score",
+    order: ["asc", "desc"].includes(params.get("order")) ? params.get("order") : null,
+    image: Number.isInteger(image) && image >= 0 ? image : null,
+  };
+}
+
+function hashOf(view) {
+  const params = new URLSearchParams();
+  if (view.class) params.set("class", view.class);
+  if (view.status !== "all") params.set("status", view.status);
+  if (view.sort !== "score") params.set("sort", view.sort);
+  if (view.order) params.set("order", view.order);
+  if (view.image !== null) params.set("image", String(view.image));
+  const query = params.toString();
+  return `#/gallery/${encodeURIComponent(view.run ?? "")}${query ? `?${query}` : ""}`;
+}
+
+const defaultOrder = (sort) => (sort === "name" ? "asc" : "desc");
+const baseName = (path) => path.split(/[\\/]/).pop() || path;
+const shortLabel = (label) => String(label).split(",")[0];
+const plural = (n, word) => `${n.toLocaleString("en")} ${word}${n === 1 ? "" : "s"}`;
+
+function valueText(sort, map) {
+  if (!map || sort === "name" || sort === "score") return "";
+  if (map.flat) return "flat map";
+  const value = map[sort];
+  if (value === null || value === undefined) return "";
+  return sort === "spread" ? `spread ${Math.round(100 * value)}%` : `off-center ${value.toFixed(2)}`;
+}
+
+export function mountGallery(root) {
+  root.replaceChildren(document.getElementById("gallery-template").content.cloneNode(true));
+  const $ = (id) => root.querySelector(`#${id}`);
+  const state = {
+    runs: [],
+    run: null, // the run shown
+    summary: null,
+    key: null, // what the list holds: run, class, status, sort and order
+    listing: null, // the list being started
+    view: null, // the address's state
+    items: [],
+    total: 0,
+    loading: null,
+    generation: 0, // bumped when the list starts again: older answers are dropped
+    open: null, // the image opened
+    openIndex: -1, // its place in the list, -1 if it is not in it
+    pushed: false, // the address of the opened image was pushed by this page (Esc goes back)
+    scroll: 0,
+  };
+  let disposed = false;
+
+  // --- messages ------------------------------------------------------------------------------
+
+  function say(text) {
+    const message = $("gallery-message");
+    message.textContent = text;
+    message.className = "message error";
+    message.hidden = !text;
+  }
+
+  // --- the address -----------------------------------------------------------------------------
+
+  function go(changes, { push = false } = {}) {
+    const hash = hashOf({ ...state.view, ...changes });
+    if (hash === window.location.hash) return navigate();
+    if (push) {
+      state.pushed = true; // Esc goes back in the history, to the address before
+      window.location.hash = hash; // hashchange: the app calls navigate()
+    } else {
+      window.history.replaceState(null, "", hash);
+      navigate();
+    }
+  }
+
+  // Shows what the address says: the run, the list (started again when a filter changed) and
+  // the image opened, if any.
+  async function navigate() {
+    if (disposed || !state.runs.length) return;
+    const view = parseHash();
+    const usable = state.runs.filter((r) => !r.problem);
+    let notice = "";
+    if (!usable.some((r) => r.name === view.run)) {
+      if (view.run !== null) notice = `There is no run named “${view.run}” to show here.`;
+      if (!usable.length) return say(notice || "No run here can be read.");
+      view.run = usable[0].name;
+      view.image = null;
+      window.history.replaceState(null, "", hashOf(view));
+    }
+    state.view = view;
+    const key = JSON.stringify([view.run, view.class, view.status, view.sort, view.order]);
+    if (key !== state.key) {
+      state.key = key;
+      state.listing = startList(view);
+    }
+    await state.listing; // the list's first page, for the image's place in it
+    if (disposed || state.view !== view) return; // a newer address took over meanwhile
+    if (notice) say(notice);
+    if (view.image === null) closeImage();
+    else await openImage(view.image);
+  }
+
+  // --- the runs --------------------------------------------------------------------------------
+
+  function renderRuns() {
+    const list = $("runs");
+    list.replaceChildren(...state.runs.map((run) => {
+      const facts = [plural(run.images, "image")];
+      if (run.errors) facts.push(`${run.errors.toLocaleString("en")} failed`);
+      const button = element("button", { type: "button", className: "run",
+        "aria-pressed": String(run.name === state.run), "data-run": run.name },
+      element("strong", { className: "run-name", text: run.name }),
+      element("span", { className: "run-facts", text: run.problem ? "cannot be read" : facts.join(" · ") }),
+      element("span", { className: "run-model",
+        text: run.problem ?? [run.model, run.methods.map(methodName).join(", "), run.format]
+          .filter(Boolean).join(" · ") }));
+      if (run.problem) button.disabled = true;
+      button.addEventListener("click", () => {
+        if (run.name !== state.run) go({ run: run.name, class: "", status: "all", image: null });
+      });
+      return element("li", {}, button);
+    }));
+  }
+
+  async function loadSummary(run) {
+    const summary = await getJSON(`/api/runs/${encodeURIComponent(run)}/summary`);
+    if (state.run !== run) return;
+    state.summary = summary;
+    const select = $("class-filter");
+    const classes = [...summary.classes].sort((a, b) => a.label.localeCompare(b.label));
+    select.replaceChildren(
+      element("option", { value: "", text: `All images (${summary.images.toLocaleString("en")})` }),
+      ...classes.map((c) => element("option", { value: String(c.class_index),
+        text: `${c.label} (${c.images.toLocaleString("en")})` })),
+    );
+    if (summary.errors) {
+      select.append(element("option", { value: "failed",
+        text: `Failed images (${summary.errors.toLocaleString("en")})` }));
+    }
+    $("class-label").textContent = summary.by === "truth" ? "Class (true, from folder names)"
+      : "Class (top-1 prediction)";
+    const facts = [
+      ["Images", summary.images.toLocaleString("en")],
+      ["Explained", summary.explained.toLocaleString("en")],
+    ];
+    if (summary.errors) facts.push(["Failed", summary.errors.toLocaleString("en")]);
+    if (summary.flat) facts.push(["Flat first map", summary.flat.toLocaleString("en")]);
+    if (summary.top1 !== null) {
+      facts.push(["Top-1 right", `${percent(summary.top1)} of ${summary.labelled.toLocaleString("en")}`]);
+      facts.push(["Top-5 right", percent(summary.top5)]);
+    }
+    const info = state.runs.find((r) => r.name === run);
+    if (info?.model) facts.push(["Model", info.model]);
+    if (info?.layers.length) facts.push(["Layers", info.layers.join(", ")]);
+    $("facts").replaceChildren(...facts.flatMap(([name, value]) => [
+      element("dt", { text: name }), element("dd", { text: value }),
+    ]));
+  }
+
+  // --- the list --------------------------------------------------------------------------------
+
+  async function startList(view) {
+    const generation = ++state.generation;
+    say("");
+    state.items = [];
+    state.total = 0;
+    state.loading = null;
+    $("thumbs").replaceChildren();
+    $("no-images").hidden = false;
+    $("no-images").textContent = "Reading the run…"; // a large index takes a few seconds once
+    $("more").hidden = true;
+    $("gallery-count").textContent = "";
+    const runChanged = view.run !== state.run;
+    state.run = view.run;
+    renderRuns();
+    renderControls(view);
+    if (runChanged) {
+      state.summary = null;
+      $("class-filter").replaceChildren();
+      try {
+        await loadSummary(view.run);
+      } catch (error) {
+        if (generation === state.generation) say(error.message);
+        return;
+      }
+      if (generation !== state.generation) return; // the address changed meanwhile
+    }
+    $("class-filter").value = view.status === "failed" ? "failed" : view.class;
+    if ($("class-filter").value !== (view.status === "failed" ? "failed" : view.class)) {
+      $("class-filter").value = ""; // a class index the run does not have: the list says so
+    }
+    renderTitle(view);
+    await loadMore();
+  }
+
+  function renderControls(view) {
+    for (const button of root.querySelectorAll("#sort button")) {
+      button.setAttribute("aria-pressed", String(button.dataset.sort === view.sort));
+    }
+    const order = view.order ?? defaultOrder(view.sort);
+    const [high, low] = root.querySelectorAll("#order button");
+    high.textContent = view.sort === "name" ? "Z to A" : "Highest first";
+    low.textContent = view.sort === "name" ? "A to Z" : "Lowest first";
+    high.setAttribute("aria-pressed", String(order === "desc"));
+    low.setAttribute("aria-pressed", String(order === "asc"));
+  }
+
+  function renderTitle(view) {
+    let title = "All images";
+    if (view.status === "failed") title = "Failed images";
+    else if (view.class) {
+      const found = state.summary?.classes.find((c) => String(c.class_index) === view.class);
+      title = found ? found.label : `Class ${view.class}`;
+    }
+    $("gallery-title").textContent = title;
+  }
+
+  function renderCount() {
+    const view = state.view;
+    const order = view.order ?? defaultOrder(view.sort);
+    const direction = view.sort === "name" ? (order === "asc" ? "A to Z" : "Z to A")
+      : (order === "desc" ? "highest first" : "lowest first");
+    const shown = state.items.length < state.total
+      ? `${state.items.length.toLocaleString("en")} of ${plural(state.total, "image")}`
+      : plural(state.total, "image");
+    $("gallery-count").textContent = view.status === "failed" ? shown
+      : `${shown} · by ${SORT_NAMES[view.sort]}, ${direction}`;
+    $("no-images").hidden = state.total > 0;
+    $("no-images").textContent = "No image of this run matches.";
+    $("more").hidden = state.items.length >= state.total;
+  }
+
+  // The next page of the list (once at a time); resolves when it is on screen.
+  function loadMore() {
+    if (state.loading) return state.loading;
+    if (state.items.length && state.items.length >= state.total) return Promise.resolve();
+    const view = state.view;
+    const generation = state.generation;
+    const params = new URLSearchParams({ sort: view.sort, offset: String(state.items.length),
+      limit: String(PAGE) });
+    if (view.order) params.set("order", view.order);
+    if (view.class) params.set("class", view.class);
+    if (view.status !== "all") params.set("status", view.status);
+    $("load-more").disabled = true;
+    state.loading = getJSON(`/api/runs/${encodeURIComponent(view.run)}/images?${params}`)
+      .then((page) => {
+        if (generation !== state.generation || disposed) return;
+        const start = state.items.length;
+        state.items.push(...page.images);
+        state.total = page.total;
+        $("thumbs").append(...page.images.map((item, i) => tile(item, start + i)));
+        renderCount();
+      })
+      .catch((error) => {
+        if (generation !== state.generation) return;
+        say(error.message);
+        $("no-images").hidden = true;
+      })
+      .finally(() => {
+        if (generation === state.generation) {
+          state.loading = null;
+          $("load-more").disabled = false;
+          // still room on the screen (a tall window, a short page): fill it
+          if (!disposed && nearBottom() && state.items.length < state.total && !state.open) loadMore();
+        }
+      });
+    return state.loading;
+  }
+
+  function nearBottom() {
+    const more = $("more");
+    return !more.hidden && more.getBoundingClientRect().top < window.innerHeight + 600;
+  }
+
+  function tile(item, index) {
+    const map = item.focus === null ? null : item.maps[item.focus];
+    const name = baseName(item.image);
+    const button = element("button", { type: "button", className: "thumb",
+      "data-id": String(item.id), "data-index": String(index), title: item.image });
+    const frame = element("div", { className: "thumb-frame" });
+    if (item.error) {
+      button.classList.add("failed");
+      frame.append(element("span", { className: "thumb-error", text: item.error }),
+        element("span", { className: "badge error", text: "error" }));
+    } else if (map?.overlay) {
+      const image = element("img", { src: map.overlay, loading: "lazy", decoding: "async",
+        draggable: "false", alt: `${shortLabel(map.label)}, ${methodName(map.method)}, over ${name}` });
+      if (item.size) {
+        image.width = item.size[0];
+        image.height = item.size[1];
+      }
+      frame.append(image);
+      if (map.flat) frame.append(element("span", { className: "badge flat", text: "flat" }));
+    }
+    const lines = [element("span", { className: "thumb-name", text: name })];
+    if (map) {
+      lines.push(element("span", { className: "thumb-class" },
+        element("span", { className: "thumb-label", text: shortLabel(map.label), title: map.label }),
+        element("span", { className: "score", text: percent(map.score) })));
+    } else if (!item.error && item.prediction) {
+      lines.push(element("span", { className: "thumb-class" },
+        element("span", { className: "thumb-label", text: shortLabel(item.prediction.label) }),
+        element("span", { className: "score", text: percent(item.prediction.score) })));
+    }
+    // what line 2 does not say: the top-1 when the map shown is another class's, or the true
+    // class when the top-1 (shown) is wrong
+    const notes = [];
+    const value = valueText(state.view.sort, map);
+    if (value) notes.push(element("span", { text: value }));
+    const top = item.prediction;
+    const wrong = Boolean(item.truth && top && item.truth.class_index !== top.class_index);
+    if (top && map && map.class_index !== top.class_index) {
+      notes.push(element("span", { className: wrong ? "wrong" : "", title: top.label,
+        text: `top-1 ${shortLabel(top.label)} ${percent(top.score)}` }));
+    } else if (wrong) {
+      notes.push(element("span", { className: "wrong", title: `true class: ${item.truth.label}`,
+        text: `is ${shortLabel(item.truth.label)}` }));
+    }
+    if (notes.length) lines.push(element("span", { className: "thumb-notes" }, ...notes));
+    button.append(frame, element("span", { className: "thumb-text" }, ...lines));
+    button.addEventListener("click", () => go({ image: item.id }, { push: true }));
+    return element("li", {}, button);
+  }
+
+  // --- one image -------------------------------------------------------------------------------
+
+  async function openImage(id) {
+    let index = state.items.findIndex((item) => item.id === id);
+    let item = index >= 0 ? state.items[index] : null;
+    if (!item) {
+      const params = new URLSearchParams();
+      if (state.view.class) params.set("class", state.view.class);
+      try {
+        item = await getJSON(`/api/runs/${encodeURIComponent(state.view.run)}/images/${id}?${params}`);
+      } catch (error) {
+        say(error.message);
+        go({ image: null });
+        return;
+      }
+      if (disposed || state.view.image !== id) return;
+      index = state.items.findIndex((i) => i.id === id);
+    }
+    if (!state.open) state.scroll = window.scrollY;
+    state.open = item;
+    state.openIndex = index;
+    renderDetail(item);
+    $("grid-view").hidden = true;
+    $("detail").hidden = false;
+    window.scrollTo({ top: 0 });
+    if (!root.querySelector("#detail").contains(document.activeElement)) $("detail-back").focus();
+  }
+
+  function closeImage() {
+    if (!state.open) return;
+    const id = state.open.id;
+    state.open = null;
+    state.openIndex = -1;
+    state.pushed = false;
+    $("detail").hidden = true;
+    $("grid-view").hidden = false;
+    window.scrollTo({ top: state.scroll });
+    const thumb = root.querySelector(`.thumb[data-id="${id}"]`);
+    if (thumb) {
+      thumb.focus({ preventScroll: true });
+      thumb.scrollIntoView({ block: "nearest" });
+    }
+    if (nearBottom()) loadMore();
+  }
+
+  function back() {
+    if (state.pushed) window.history.back();
+    else go({ image: null });
+  }
+
+  async function step(direction) {
+    if (!state.open || state.openIndex < 0) return;
+    const next = state.openIndex + direction;
+    if (next < 0) return;
+    if (next >= state.items.length && state.items.length < state.total) await loadMore();
+    if (next < state.items.length) go({ image: state.items[next].id });
+  }
+
+  function renderDetail(item) {
+    const name = baseName(item.image);
+    $("detail-title").textContent = name;
+    $("detail-title").title = item.image;
+    $("detail-position").textContent = state.openIndex >= 0
+      ? `${(state.openIndex + 1).toLocaleString("en")} of ${state.total.toLocaleString("en")}` : "";
+    $("detail-prev").disabled = state.openIndex <= 0;
+    $("detail-next").disabled = state.openIndex < 0 || state.openIndex >= state.total - 1;
+
+    const meta = [element("span", { className: "path", text: item.image })];
+    if (item.size) meta.push(element("span", { text: `${item.size[0]} × ${item.size[1]}` }));
+    if (item.truth) {
+      const right = item.prediction?.class_index === item.truth.class_index;
+      meta.push(element("span", { className: right ? "right" : "wrong",
+        text: `true class: ${item.truth.label}${right ? " ✓" : ` ✗ (top-1 ${shortLabel(item.prediction?.label ?? "none")})`}` }));
+    }
+    if (item.report) {
+      meta.push(element("a", { href: item.report, target: "_blank", rel: "noopener", text: "report JSON" }));
+    }
+    $("detail-meta").replaceChildren(...meta.flatMap((part, i) => (i ? [" · ", part] : [part])));
+
+    $("detail-predictions").replaceChildren(...item.predictions.map((p, rank) => {
+      const chip = element("li", { className: "chip", title: p.label },
+        element("span", { className: "rank", text: String(rank + 1) }),
+        element("span", { className: "label", text: shortLabel(p.label) }),
+        element("span", { className: "score", text: percent(p.score) }));
+      if (item.truth?.class_index === p.class_index) chip.classList.add("truth");
+      return chip;
+    }));
+
+    $("detail-error").hidden = !item.error;
+    $("detail-error").textContent = item.error ?? "";
+
+    const pairs = new Set(item.maps.map((m) => `${m.method}\u0000${m.layer}`));
+    const columns = item.maps.length <= 1 ? 1 : Math.min(4, Math.max(2, pairs.size));
+    $("detail-maps").style.setProperty("--columns", String(columns));
+    $("detail-maps").style.setProperty("--rows", String(Math.min(2, Math.ceil(item.maps.length / columns))));
+    $("detail-maps").replaceChildren(...item.maps.map((m, i) => {
+      const frame = element("div", { className: "frame" });
+      const [width, height] = item.size ?? [4, 3];
+      frame.style.setProperty("--ratio", `${width} / ${height}`);
+      frame.style.setProperty("--aspect", String(width / height));
+      if (m.overlay) {
+        frame.append(element("img", { src: m.overlay, draggable: "false",
+          alt: `${shortLabel(m.label)}, ${methodName(m.method)} at ${m.layer}, over ${name}` }));
+      }
+      const parts = [
+        element("strong", { text: shortLabel(m.label), title: m.label }),
+        element("span", { className: "score", text: percent(m.score) }),
+        element("span", { className: "tag", text: methodName(m.method) }),
+        element("span", { className: "tag layer", text: m.layer }),
+      ];
+      if (m.flat) {
+        parts.push(element("span", { className: "flat", text: "flat map: no evidence for this class" }));
+      } else {
+        const numbers = [];
+        if (m.spread !== null) numbers.push(`spread ${Math.round(100 * m.spread)}%`);
+        if (m.off_center !== null) numbers.push(`off-center ${m.off_center.toFixed(2)}`);
+        parts.push(element("span", { className: "peak-text", text: numbers.join(" · ") }));
+      }
+      const card = element("figure", { className: "card map-card" }, frame,
+        element("figcaption", {}, ...parts));
+      if (i === item.focus && state.view.class) card.classList.add("focus");
+      return card;
+    }));
+  }
+
+  // --- controls, keyboard ----------------------------------------------------------------------
+
+  $("class-filter").addEventListener("change", () => {
+    const value = $("class-filter").value;
+    if (value === "failed") go({ class: "", status: "failed", image: null });
+    else go({ class: value, status: "all", image: null });
+  });
+  for (const button of root.querySelectorAll("#sort button")) {
+    button.addEventListener("click", () => go({ sort: button.dataset.sort, order: null, image: null }));
+  }
+  for (const button of root.querySelectorAll("#order button")) {
+    button.addEventListener("click", () => {
+      const order = button.dataset.order;
+      go({ order: order === defaultOrder(state.view.sort) ? null : order, image: null });
+    });
+  }
+  $("load-more").addEventListener("click", () => loadMore());
+  $("detail-back").addEventListener("click", back);
+  $("detail-prev").addEventListener("click", () => step(-1));
+  $("detail-next").addEventListener("click", () => step(1));
+
+  const observer = new IntersectionObserver((entries) => {
+    if (entries.some((e) => e.isIntersecting) && !state.open) loadMore();
+  }, { rootMargin: "600px 0px" });
+  observer.observe($("more"));
+
+  function columns() {
+    const template = getComputedStyle($("thumbs")).gridTemplateColumns;
+    return Math.max(1, template.split(" ").filter(Boolean).length);
+  }
+
+  function keydown(event) {
+    const target = event.target;
+    if (target instanceof HTMLSelectElement || target instanceof HTMLInputElement) return false;
+    if (event.ctrlKey || event.metaKey || event.altKey) return false;
+    const key = event.key;
+    if (state.open) {
+      if (key === "ArrowLeft") step(-1);
+      else if (key === "ArrowRight") step(1);
+      else if (key === "Escape") back();
+      else return false;
+      return true;
+    }
+    const moves = { ArrowLeft: -1, ArrowRight: 1, ArrowUp: -columns(), ArrowDown: columns() };
+    if (!(key in moves)) return false;
+    const thumbs = [...root.querySelectorAll(".thumb")];
+    if (!thumbs.length) return false;
+    const at = thumbs.indexOf(document.activeElement);
+    const next = at < 0 ? 0 : Math.min(thumbs.length - 1, Math.max(0, at + moves[key]));
+    thumbs[next].focus({ preventScroll: true });
+    thumbs[next].scrollIntoView({ block: "nearest" });
+    if (next >= thumbs.length - columns()) loadMore();
+    return true;
+  }
+
+  async function start() {
+    $("no-images").hidden = false;
+    $("no-images").textContent = "Reading the runs…";
+    try {
+      state.runs = (await getJSON("/api/runs")).runs;
+    } catch (error) {
+      say(error.message);
+      $("no-images").hidden = true;
+      return;
+    }
+    if (disposed) return;
+    if (!state.runs.length) {
+      $("no-images").hidden = false;
+      $("no-images").textContent = "No run here yet: camlens explain PHOTOS --out FOLDER/NAME " +
+        "writes one, then reload this page.";
+      return;
+    }
+    renderRuns();
+    await navigate();
+  }
+
+  start();
+  return {
+    keydown,
+    navigate() {
+      navigate();
+    },
+    dispose() {
+      disposed = true;
+      observer.disconnect();
+    },
+  };
+}
