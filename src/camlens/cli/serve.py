@@ -1,0 +1,109 @@
+"""``camlens serve``: the explorer page and the HTTP API around one model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from camlens.cli.common import (
+    DeviceOpt,
+    InputSizeOpt,
+    ModelOpt,
+    WeightsOpt,
+    _load,
+    _say,
+    app,
+    bad_input,
+    fail,
+)
+
+
+@app.command()
+def serve(
+    model: ModelOpt = None,
+    weights: WeightsOpt = None,
+    runs: Annotated[
+        Path | None,
+        typer.Option(
+            "--runs",
+            help="a run's --out folder, or a folder of them: their files under /runs/ and a "
+            "gallery on the page",
+        ),
+    ] = None,
+    host: Annotated[
+        str, typer.Option("--host", help="address to listen on (this machine only by default)")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8000,
+    device: DeviceOpt = "cpu",
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, help="images per forward pass")
+    ] = 16,
+    batch_wait: Annotated[
+        float,
+        typer.Option("--batch-wait", min=0, max=1000, help="ms to wait for a batch to fill"),
+    ] = 5.0,
+    queue_size: Annotated[
+        int, typer.Option("--queue-size", min=1, help="requests that may wait; then 503")
+    ] = 64,
+    results: Annotated[
+        int, typer.Option("--results", min=1, help="results whose files stay available")
+    ] = 128,
+    max_upload: Annotated[
+        float, typer.Option("--max-upload", min=0.001, help="MB per uploaded image")
+    ] = 20.0,
+    max_pixels: Annotated[
+        int, typer.Option("--max-pixels", min=1, help="refuse larger images")
+    ] = 40_000_000,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option("--cors-origin", help="an origin allowed to call the API (repeat)"),
+    ] = None,
+    input_size: InputSizeOpt = None,
+) -> None:
+    """Serve the explorer page and the HTTP API (documented at /docs) around one model."""
+    try:
+        import uvicorn
+
+        from camlens.images import parse_size
+        from camlens.serve import ServeSettings, create_app
+    except ImportError as exc:
+        fail(f"camlens serve needs the serve extra: pip install 'camlens[serve]' ({exc})")
+    with bad_input():
+        settings = ServeSettings(
+            runs=runs,
+            max_upload_bytes=round(max_upload * 2**20),
+            max_pixels=max_pixels,
+            max_batch=batch_size,
+            batch_wait=batch_wait / 1000,
+            max_queue=queue_size,
+            results=results,
+            cors_origins=tuple(cors_origin or ()),
+        )
+        loaded = _load(model, weights, device)
+        if input_size is not None:
+            loaded = _at_size(loaded, parse_size(input_size))
+        application = create_app(loaded, settings)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        _say(f"listening on {host}: anyone who can reach this machine can use the server")
+    uvicorn.run(
+        application,
+        host=host,
+        port=port,
+        log_level="info",
+        limit_concurrency=max(100, 4 * queue_size),
+        timeout_graceful_shutdown=5,
+    )
+
+
+def _at_size(model: Any, size: tuple[int, int]) -> Any:
+    """``model`` explained at ``size`` (height, width) from now on: refused where its head reads
+    a fixed grid (see :func:`camlens.layers.check_input_size`)."""
+    from dataclasses import replace
+
+    from camlens.layers import check_input_size
+
+    check_input_size(model, size)
+    model.preprocess = replace(model.preprocess, input_size=size)
+    return model
