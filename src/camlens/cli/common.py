@@ -66,7 +66,7 @@ class _Commands(TyperGroup):
             except typer.TyperException as exc:
                 where = getattr(exc, "ctx", None)
                 hint = f" (see `{where.command_path} --help`)" if where is not None else ""
-                _say(f"{exc.format_message()}{hint}")
+                say_problem(f"{exc.format_message()}{hint}")
                 raise typer.Exit(getattr(exc, "exit_code", 2)) from None
 
 
@@ -178,14 +178,14 @@ def one_line(text: str) -> str:
     return text.translate(_CONTROLS)
 
 
-def _say(message: str) -> None:
+def say_problem(message: str) -> None:
     """One line about bad input on stderr (the command goes on)."""
     say(f"camlens: {message}", style="red", err=True)
 
 
 def fail(message: str) -> NoReturn:
     """One line on stderr and exit status 2."""
-    _say(message)
+    say_problem(message)
     raise typer.Exit(2)
 
 
@@ -212,7 +212,8 @@ def _warn(caught: list[warnings.WarningMessage]) -> None:
             say(f"camlens: warning: {text}", style="yellow", err=True)
 
 
-def _load(spec: str | None, weights: Path | None, device: str):  # type: ignore[no-untyped-def]
+def model_from_options(spec: str | None, weights: Path | None, device: str):  # type: ignore[no-untyped-def]
+    """The model of --model and --weights (camlens.models is imported only when a command needs it)."""
     from camlens.models import load_model
 
     return load_model(spec, weights=weights, device=device)
@@ -281,7 +282,7 @@ class EventBars:
 
 
 @contextmanager
-def _progress(total: int | None = None, *, rate: bool = False) -> Iterator[Progress]:
+def progress_bars(total: int | None = None, *, rate: bool = False) -> Iterator[Progress]:
     """Rich progress on stderr when it is a terminal (and ``total``, if given, is at least 2);
     with ``rate``, also the units per second and the time left."""
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()]
@@ -310,7 +311,7 @@ class _Rate(TextColumn):
         return Text("" if speed is None else f"{speed:.1f}/s", style="progress.data.speed")
 
 
-def _files(paths: Sequence[Path]) -> list[Path]:
+def input_files(paths: Sequence[Path]) -> list[Path]:
     """The image files of ``paths``; a folder without any is kept, for the runner to say so."""
     files = find_images(paths, empty_folders=True)
     if all(file.is_dir() for file in files):
@@ -318,11 +319,11 @@ def _files(paths: Sequence[Path]) -> list[Path]:
     return files
 
 
-def _optional_path(path: Path | None) -> str | None:
+def path_text(path: Path | None) -> str | None:
     return None if path is None else str(path)
 
 
-def _mib(mib: int) -> int:
+def mib_bytes(mib: int) -> int:
     if mib < 1:
         fail(f"--max-batch-memory must be at least 1 MiB, not {mib}")
     return mib * 2**20

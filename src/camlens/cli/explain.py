@@ -32,14 +32,14 @@ from camlens.cli.common import (
     SmoothOpt,
     ThresholdOpt,
     WeightsOpt,
-    _files,
-    _mib,
-    _optional_path,
-    _progress,
     app,
     bad_input,
     fail,
+    input_files,
+    mib_bytes,
     out_console,
+    path_text,
+    progress_bars,
     say,
 )
 from camlens.errors import CamlensError
@@ -205,7 +205,7 @@ def explain(
     with bad_input():  # every option, and the output places, before any model runs
         config = ExplainConfig(
             model=model,
-            weights=_optional_path(weights),
+            weights=path_text(weights),
             device=device,
             methods=tuple(method or ["gradcam"]),
             layers=tuple(layer or ()),
@@ -213,7 +213,7 @@ def explain(
             top=top,
             smooth=tuple(smooth or ()),
             batch_size=batch_size,
-            max_batch_memory=_mib(max_batch_memory),
+            max_batch_memory=mib_bytes(max_batch_memory),
             fast_channels=fast_channels,
             fast_resolution=fast_resolution,
             max_pixels=max_pixels,
@@ -238,12 +238,12 @@ def explain(
             )
         out = output_folder(out)
         grid_file = output_file(grid, "--grid") if grid is not None else None
-    files = _outside(_files(paths), out)
+    files = _outside(input_files(paths), out)
     with bad_input():
         explainer = Explainer.from_config(config)
     kept: list[Explanation] = []
     tally = _Tally()
-    with _progress(rate=True) as progress, _stop_on_ctrl_c() as stopping, bad_input():
+    with progress_bars(rate=True) as progress, _stop_on_ctrl_c() as stopping, bad_input():
         bars = EventBars(progress)
         if ray is not None:
             from camlens.distributed import explain_on_ray

@@ -23,14 +23,14 @@ from camlens.cli.common import (
     SmoothOpt,
     ThresholdOpt,
     WeightsOpt,
-    _files,
-    _load,
-    _mib,
-    _optional_path,
-    _progress,
     app,
     bad_input,
+    input_files,
+    mib_bytes,
+    model_from_options,
     out_console,
+    path_text,
+    progress_bars,
     say,
 )
 from camlens.errors import CamlensError
@@ -83,13 +83,13 @@ def localize(
     with bad_input():  # every option, and the output folder, before any model runs
         config = ExplainConfig(
             model=model,
-            weights=_optional_path(weights),
+            weights=path_text(weights),
             device=device,
             methods=(method,),
             layers=(layer,) if layer else (),
             smooth=tuple(smooth or ()),
             batch_size=batch_size,
-            max_batch_memory=_mib(max_batch_memory),
+            max_batch_memory=mib_bytes(max_batch_memory),
             fast_channels=fast_channels,
             fast_resolution=fast_resolution,
             max_pixels=max_pixels,
@@ -102,11 +102,11 @@ def localize(
         if top < 1:
             raise CamlensError(f"--top must be at least 1, not {top}")
         out = output_folder(out)
-    files = _files(paths)
+    files = input_files(paths)
     with bad_input():
         explainer = Explainer.from_config(config)
     found = 0
-    with _progress(len(files)) as progress:
+    with progress_bars(len(files)) as progress:
         bars = EventBars(progress)
         for done in localize_files(
             files,
@@ -192,13 +192,13 @@ def evaluate_command(
     with bad_input():  # every option and the output folder before any model runs
         config = ExplainConfig(
             model=model,
-            weights=_optional_path(weights),
+            weights=path_text(weights),
             device=device,
             methods=tuple(method or ["gradcam"]),
             layers=(layer,) if layer else (),
             smooth=tuple(smooth or ()),
             batch_size=batch_size,
-            max_batch_memory=_mib(max_batch_memory),
+            max_batch_memory=mib_bytes(max_batch_memory),
             fast_channels=fast_channels,
             fast_resolution=fast_resolution,
         )
@@ -208,9 +208,9 @@ def evaluate_command(
         )
         out = output_folder(out)
         data = read_dataset(dataset, images)
-        loaded = _load(model, weights, device)
+        loaded = model_from_options(model, weights, device)
         total = min(len(data), limit) if limit is not None else len(data)
-        with _progress(total) as progress:
+        with progress_bars(total) as progress:
             report = evaluate(
                 loaded,
                 data,

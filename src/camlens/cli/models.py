@@ -9,9 +9,9 @@ from camlens.cli.common import (
     DeviceOpt,
     ModelOpt,
     WeightsOpt,
-    _load,
     app,
     bad_input,
+    model_from_options,
     out_console,
     say,
 )
@@ -39,7 +39,7 @@ def layers(model: ModelOpt = None, weights: WeightsOpt = None, device: DeviceOpt
     from camlens.layers import auto_layer, spatial_layers, warn_if_broken
 
     with bad_input():
-        loaded = _load(model, weights, device)
+        loaded = model_from_options(model, weights, device)
         found = spatial_layers(loaded)
         chosen = auto_layer(loaded, found)
         warn_if_broken(loaded)

@@ -12,11 +12,11 @@ from camlens.cli.common import (
     InputSizeOpt,
     ModelOpt,
     WeightsOpt,
-    _load,
-    _say,
     app,
     bad_input,
     fail,
+    model_from_options,
+    say_problem,
 )
 
 
@@ -81,12 +81,12 @@ def serve(
             results=results,
             cors_origins=tuple(cors_origin or ()),
         )
-        loaded = _load(model, weights, device)
+        loaded = model_from_options(model, weights, device)
         if input_size is not None:
             loaded = _at_size(loaded, parse_size(input_size))
         application = create_app(loaded, settings)
     if host not in ("127.0.0.1", "localhost", "::1"):
-        _say(f"listening on {host}: anyone who can reach this machine can use the server")
+        say_problem(f"listening on {host}: anyone who can reach this machine can use the server")
     uvicorn.run(
         application,
         host=host,

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from camlens.cli.common import EventBars, _progress, app, bad_input, fail, say
+from camlens.cli.common import EventBars, app, bad_input, fail, progress_bars, say
 
 
 @app.command("synthetic")
@@ -48,7 +48,7 @@ def synthetic_command(
             return
         train_set = make_synthetic(out / "train", count, seed=seed, size=size)
         test_set = make_synthetic(out / "test", max(count // 4, 1), seed=seed + 1, size=size)
-        with _progress() as progress:
+        with progress_bars() as progress:
             model = train_synthetic_model(
                 train_set, seed=seed, threads=1, progress=EventBars(progress)
             )

@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from camlens.cli.common import DeviceOpt, EventBars, _progress, app, bad_input, out_console, say
+from camlens.cli.common import DeviceOpt, EventBars, app, bad_input, out_console, progress_bars, say
 
 if TYPE_CHECKING:
     from camlens.train import EpochRecord
@@ -116,7 +116,7 @@ def train_command(
         validation = float(val)
     except ValueError:
         validation = Path(val)
-    with bad_input(), _unreadable_listed(), _progress() as progress:
+    with bad_input(), _unreadable_listed(), progress_bars() as progress:
         # every setting, the device, the checkpoint's place and the folder before any model
         size = parse_size(input_size) if input_size is not None else None
         optimizer_config(optimizer, weight_decay, momentum, nesterov)
