@@ -375,7 +375,7 @@ SUITES = {
         ("resnet18", "efficientnet_lite0"), (1,), score_variants, score_rows(), lambda _: 3, 1, 1
     ),
     "vgg": Suite(
-        ("vgg16",), (1, 8), vgg_variants, vgg_rows(), lambda batch: 9 if batch == 1 else 5, 1, 1
+        ("vgg16",), (1, 8), vgg_variants, vgg_rows(), lambda batch: 15 if batch == 1 else 7, 1, 1
     ),
 }
 
@@ -511,7 +511,8 @@ def main() -> None:
     parser.add_argument(
         "--rounds",
         type=int,
-        help="timed rounds (quick: 3 (1 for scores); gradients: 25 at batch 1, 7 at 16; scores: 3)",
+        help="timed rounds (quick: 3 (1 for scores); gradients: 25 at batch 1, 7 at 16; scores: 3; "
+        "vgg: 15 at batch 1, 7 at 8)",
     )
     parser.add_argument(
         "--memory", action="store_true", help="peak RSS per variant, largest batch (Linux)"
