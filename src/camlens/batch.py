@@ -211,7 +211,6 @@ class Run:
     temp: Path
     record: dict[str, Any]
     lock: int
-    skipped: int
     counts: dict[str, int] = field(default_factory=lambda: {"explained": 0, "errors": 0})
     started: float = field(default_factory=time.monotonic)
 
@@ -297,7 +296,7 @@ def open_run(
     except BaseException:
         os.close(lock)
         raise
-    return Run(out, chunks, index, temp, record, lock, skipped)
+    return Run(out, chunks, index, temp, record, lock)
 
 
 def plan_items(files: Sequence[Path], out: Path) -> list[Item]:

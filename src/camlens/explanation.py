@@ -137,15 +137,17 @@ class Explanation:
         *,
         panels: Sequence[str] | None = None,
         grid: str | None = None,
+        fulls: Sequence[torch.Tensor] | None = None,
     ) -> dict[str, Any]:
         """The JSON report (the fields `camlens explain` writes); ``files``: (overlay, map) per map,
-        ``panels`` the panel picture of each map, ``grid`` the picture of all maps. A map's
-        ``flat`` says it is constant (zeros) at the photo's own size: flat at the layer, or made so
-        by the resizing (a picture of one pixel)."""
+        ``panels`` the panel picture of each map, ``grid`` the picture of all maps; ``fulls``:
+        :meth:`map_at_image` of each map, when the caller has them already (else each map is
+        upsampled here). A map's ``flat`` says it is constant (zeros) at the photo's own size:
+        flat at the layer, or made so by the resizing (a picture of one pixel)."""
         width, height = self.size
         explanations = []
         for i, m in enumerate(self.maps):
-            full = self.map_at_image(i)
+            full = fulls[i] if fulls is not None else self.map_at_image(i)
             entry: dict[str, Any] = {
                 "class_index": m.class_index,
                 "label": m.label,

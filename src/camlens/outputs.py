@@ -27,9 +27,8 @@ import json
 import math
 import os
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -46,9 +45,6 @@ from camlens.localize import boxes_from_map
 from camlens.models import Model
 from camlens.runs import Row
 
-Format = Literal["files", "dataset"]
-OverlayFormat = Literal["png", "jpeg", "webp"]
-FORMATS: tuple[Format, ...] = ("files", "dataset")
 OVERLAY_SUFFIXES: dict[str, str] = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 PNG_LEVEL = 1
 """zlib level of the PNG overlays a run writes: 3.4x faster to encode than Pillow's default (6)
@@ -85,12 +81,13 @@ def write_image(
     name = fit_stem(name, longest)  # a long input name is cut, as Explanation.save cuts it
     image = result.image
     photo = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
-    height, width = photo.shape[:2]
     files: list[tuple[str, str]] = []
+    fulls: list[torch.Tensor] = []
     panels: list[str] = []
     extras: list[dict[str, Any]] = []
     for i, m in enumerate(result.maps):
         full_t = result.map_at_image(i).to(torch.float32)
+        fulls.append(full_t)
         full = np.ascontiguousarray(full_t.numpy())
         base = name + tails[i]
         found = boxes_from_map(full, threshold=output.threshold, mode="largest")
@@ -136,7 +133,7 @@ def write_image(
             ),
             temp,
         )
-    report = result.to_dict(files, panels=panels if output.panels else None, grid=grid)
+    report = result.to_dict(files, panels=panels if output.panels else None, grid=grid, fulls=fulls)
     for entry, extra in zip(report["explanations"], extras, strict=True):
         if not entry["map"]:
             entry["map"] = None
@@ -153,7 +150,6 @@ def write_image(
                 entry[key] = prefix + entry[key]
     if row.get("grid") is not None:
         row["grid"] = prefix + row["grid"]
-    assert (width, height) == tuple(report["size"])
     return row
 
 
@@ -283,6 +279,3 @@ class FolderClasses:
         except CamlensError:
             return None
         return {"class_index": index, "label": self.model.labels[index]}
-
-
-Truth = Callable[[Path], dict[str, Any] | None]
