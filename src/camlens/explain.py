@@ -26,6 +26,7 @@ from camlens.explanation import CallStats, ClassMap, Explanation
 from camlens.images import MAX_PIXELS, load_image, preprocess, tensor_to_image
 from camlens.layers import (
     CamHead,
+    at_input_size,
     auto_layer,
     check_input_size,
     describe_head,
@@ -141,10 +142,7 @@ class Explainer:
         if device is not None:
             self.model.to(check_device(device))
         if options.input_size is not None:
-            check_input_size(self.model, options.input_size)
-            self.model = replace(
-                self.model, preprocess=replace(self.model.preprocess, input_size=options.input_size)
-            )
+            self.model = at_input_size(self.model, options.input_size)
         self.smooth = set(options.smooth)
         self.augmentations = (
             smoothing.Augmentation(),

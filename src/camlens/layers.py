@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -158,6 +158,13 @@ def layers_like_auto(model: Model, layers: list[LayerInfo] | None = None) -> lis
     chosen = auto_layer(model, layers)
     kind = next(info.kind for info in layers if info.name == chosen)
     return [info.name for info in layers if info.kind == kind]
+
+
+def at_input_size(model: Model, size: tuple[int, int]) -> Model:
+    """``model`` (a copy sharing its network) preprocessing to ``size`` (height, width), once
+    :func:`check_input_size` has found that it can classify inputs of that size."""
+    check_input_size(model, size)
+    return replace(model, preprocess=replace(model.preprocess, input_size=size))
 
 
 def check_input_size(model: Model, size: tuple[int, int], *, head: bool = True) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -66,7 +66,9 @@ def serve(
     try:
         import uvicorn
 
+        from camlens.config import ExplainConfig
         from camlens.images import parse_size
+        from camlens.layers import at_input_size
         from camlens.serve import ServeSettings, create_app
     except ImportError as exc:
         fail(f"camlens serve needs the serve extra: pip install 'camlens[serve]' ({exc})")
@@ -81,9 +83,12 @@ def serve(
             results=results,
             cors_origins=tuple(cors_origin or ()),
         )
+        size = None
+        if input_size is not None:  # checked as every front-end checks it
+            size = ExplainConfig(input_size=parse_size(input_size)).input_size
         loaded = model_from_options(model, weights, device)
-        if input_size is not None:
-            loaded = _at_size(loaded, parse_size(input_size))
+        if size is not None:
+            loaded = at_input_size(loaded, size)
         application = create_app(loaded, settings)
     if host not in ("127.0.0.1", "localhost", "::1"):
         say_problem(f"listening on {host}: anyone who can reach this machine can use the server")
@@ -95,15 +100,3 @@ def serve(
         limit_concurrency=max(100, 4 * queue_size),
         timeout_graceful_shutdown=5,
     )
-
-
-def _at_size(model: Any, size: tuple[int, int]) -> Any:
-    """``model`` explained at ``size`` (height, width) from now on: refused where its head reads
-    a fixed grid (see :func:`camlens.layers.check_input_size`)."""
-    from dataclasses import replace
-
-    from camlens.layers import check_input_size
-
-    check_input_size(model, size)
-    model.preprocess = replace(model.preprocess, input_size=size)
-    return model
