@@ -161,6 +161,8 @@ def test_filtered_by_class_from_folder_names(client: TestClient) -> None:
     }
     assert images(client, "files", **{"class": "285"})["images"] == cats["images"]
     assert images(client, "files", **{"class": "egyptian CAT"})["total"] == 2
+    # as camlens explain --class reads names: underscores for spaces (a folder's own name)
+    assert images(client, "files", **{"class": "Egyptian_cat"})["class_index"] == 285
     # the true class, not the top-1: the rocket is filed as a missile, predicted an oil rig
     missile = images(client, "files", **{"class": "missile"})
     assert [i["image"] for i in missile["images"]] == ["val/missile/rocket.jpg"]

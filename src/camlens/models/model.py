@@ -115,7 +115,7 @@ class Model:
         text = str(cls).strip()
         if text.lstrip("-").isascii() and text.lstrip("-").isdigit():
             return self.class_index(int(text))
-        found = _matches(self.labels, text)
+        found = label_matches(self.labels, text)
         if len(found) == 1:
             return found[0]
         if found:
@@ -161,7 +161,7 @@ def _wnids(labels: tuple[str, ...]) -> tuple[str, ...] | None:
     return imagenet_wnids() if labels == imagenet_labels() else None
 
 
-def _matches(labels: tuple[str, ...], text: str) -> list[int]:
+def label_matches(labels: tuple[str, ...], text: str) -> list[int]:
     """The classes ``text`` names under the first rule of :meth:`Model.class_index` that finds any."""
     exact = [i for i, label in enumerate(labels) if label == text]
     if exact:

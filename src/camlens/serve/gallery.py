@@ -27,6 +27,7 @@ from typing import Any, Literal, NamedTuple
 from urllib.parse import quote
 
 from camlens.errors import CamlensError
+from camlens.models.model import label_matches
 from camlens.runs import (
     INDEX,
     Notable,
@@ -180,7 +181,9 @@ class RunIndex:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def class_of(self, given: str) -> int:
-        """A class of the run from its index or its exact name (any case); 422 otherwise."""
+        """A class of the run from its index or its name, as :meth:`camlens.Model.class_index`
+        reads names (any case, underscores for spaces, one synonym); 422 otherwise, or when the
+        name fits several of the run's classes."""
         text = given.strip()
         if text.lstrip("-").isdigit():
             index = int(text)
@@ -189,12 +192,13 @@ class RunIndex:
                     f"class must be a class index (0 or more) or name, not {given!r}"
                 )
             return index
-        for index, label in self.labels.items():
-            if label == text:
-                return index
-        folded = {label.casefold(): index for index, label in self.labels.items()}
-        if text.casefold() in folded:
-            return folded[text.casefold()]
+        indices = list(self.labels)
+        found = [indices[i] for i in label_matches(tuple(self.labels.values()), text)]
+        if len(found) == 1:
+            return found[0]
+        if found:
+            names = ", ".join(f"{self.labels[i]!r} ({i})" for i in found)
+            raise CamlensError(f"class {given!r} names several classes of the run: {names}")
         close = difflib.get_close_matches(text, list(self.labels.values()), n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}" if close else ""
         raise CamlensError(f"class {given!r} is not a class of run {self.place.name!r}{hint}")
