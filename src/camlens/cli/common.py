@@ -51,6 +51,7 @@ def one_line_warnings() -> Iterator[None]:
             say(f"camlens: warning: {text}", style="yellow", err=True)
 
     with warnings.catch_warnings():
+        warnings.simplefilter("always")  # every warning reaches show(), which drops repeats
         warnings.showwarning = show
         yield
 
@@ -191,25 +192,12 @@ def fail(message: str) -> NoReturn:
 
 @contextmanager
 def bad_input() -> Iterator[None]:
-    """Turns camlens's own errors into a one-line message and exit status 2, and the library's
-    warnings into one line each (``camlens: warning: ...``)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            yield
-        except CamlensError as exc:
-            _warn(caught)
-            fail(str(exc))
-    _warn(caught)
-
-
-def _warn(caught: list[warnings.WarningMessage]) -> None:
-    seen = set()
-    for warning in caught:
-        text = str(warning.message)
-        if text not in seen:
-            seen.add(text)
-            say(f"camlens: warning: {text}", style="yellow", err=True)
+    """Turns camlens's own errors into a one-line message and exit status 2 (warnings are
+    already one line each, as they come: :func:`one_line_warnings`)."""
+    try:
+        yield
+    except CamlensError as exc:
+        fail(str(exc))
 
 
 def model_from_options(spec: str | None, weights: Path | None, device: str):  # type: ignore[no-untyped-def]
