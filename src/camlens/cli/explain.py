@@ -53,22 +53,21 @@ if TYPE_CHECKING:
 def console_line(result: Explanation) -> str:
     """One line per explained image: its top-3 predictions, the classes explained, and the maps
     that came out flat (nothing left after the ReLU: no positive evidence at that layer)."""
-    top = "; ".join(f"{p.label} {p.score:.3f}" for p in result.predictions[:3])
-    explained = "; ".join(dict.fromkeys(m.label for m in result.maps))
-    line = f"{result.source}: {top} | explained: {explained}"
-    flat = [f"{m.label} ({m.method}, {m.layer})" for m in result.maps if m.flat]
-    if flat:
-        more = f" and {len(flat) - 3} more" if len(flat) > 3 else ""
-        line += (
-            f" | {len(flat)} flat map{'s' if len(flat) > 1 else ''}, no positive evidence: "
-            f"{'; '.join(flat[:3])}{more} (--no-relu shows the signed map)"
-        )
-    return line
+    return row_line(
+        {
+            "image": result.source,
+            "predictions": [{"label": p.label, "score": p.score} for p in result.predictions],
+            "explanations": [
+                {"label": m.label, "method": m.method, "layer": m.layer, "flat": m.flat}
+                for m in result.maps
+            ],
+        }
+    )
 
 
 def row_line(row: dict[str, object]) -> str:
-    """:func:`console_line` of an image from its row in a run's index (a Ray run's images come
-    back as rows)."""
+    """:func:`console_line` of an image from its row in a run's index (what a Ray run's images
+    come back as)."""
     predictions = cast(list[dict[str, object]], row["predictions"])
     maps = cast(list[dict[str, object]], row["explanations"])
     top = "; ".join(f"{p['label']} {cast(float, p['score']):.3f}" for p in predictions[:3])
