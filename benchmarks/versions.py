@@ -5,104 +5,53 @@ machine?
     python benchmarks/versions.py /tmp/before/src src --case scorecam --processes 4 --calls 3
     python benchmarks/versions.py /tmp/before/src src --case vgg --processes 2 --calls 15
 
-Each process imports one version (``PYTHONPATH``), times its case and prints the times; the
-processes alternate between the versions, so that the machine's load hits both alike. Cases:
+Each process imports one version (``PYTHONPATH``), times its case with ``benchmarks/run.py``'s
+models, inputs and variants (one photo, batch 1; one warm-up round, then ``--calls`` rounds in
+turn) and prints the times; the processes alternate between the versions, so that the machine's
+load hits both alike. Cases:
 
-- ``scorecam``: Score-CAM of the top-1 class on the default EfficientNet-Lite0, one photo
-  (chelsea), batch 1; one warm-up call, then ``--calls`` timed calls.
-- ``vgg``: torchvision VGG16 (seeded random weights) at ``features.29``, one photo: the bare
-  forward pass, the reference (forward keeping the layer's output + ``torch.autograd.grad`` of the
-  top-1 score to it) and camlens's Grad-CAM of the top-1 class, in turn in each of ``--calls``
-  rounds; with ``--with-peer``, pytorch-grad-cam's 5 calls (one per class) in each round too.
+- ``scorecam``: Score-CAM of the top-1 class on the default EfficientNet-Lite0.
+- ``vgg``: torchvision VGG16 at ``features.29``: the bare forward pass, the reference (forward
+  keeping the layer's output + ``torch.autograd.grad`` of the top-1 score to it) and camlens's
+  Grad-CAM of the top-1 class; with ``--with-peer``, pytorch-grad-cam's 5 calls too.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import statistics
 import subprocess
 import sys
-import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
-
-def scorecam(calls: int, with_peer: bool) -> dict[str, list[float]]:
-    from skimage import data
-
-    import camlens
-    from camlens.images import preprocess
-
-    model = camlens.load_model()
-    x = preprocess([camlens.load_image(data.chelsea())], model.preprocess)
-    explainer = camlens.Explainer(model, method="scorecam", batch_size=1)
-    return rounds({"scorecam": lambda: explainer.explain(x, top=1)}, calls)
-
-
-def vgg(calls: int, with_peer: bool) -> dict[str, list[float]]:
-    import torch
-    import torchvision
-    from skimage import data
-
-    import camlens
-    from camlens.images import preprocess
-
-    torch.manual_seed(0)
-    net = torchvision.models.vgg16().eval()
-    model = camlens.load_model(net)
-    x = preprocess([camlens.load_image(data.chelsea())], model.preprocess)
-    module = dict(net.named_modules())["features.29"]
-    explainer = camlens.Explainer(model, method="gradcam", layer="features.29", batch_size=1)
-
-    def forward() -> object:
-        with torch.no_grad():
-            return net(x)
-
-    def reference() -> object:
-        kept: list[torch.Tensor] = []
-        handle = module.register_forward_hook(lambda m, i, o: kept.append(o))
-        try:
-            logits = net(x)
-        finally:
-            handle.remove()
-        score = logits.gather(1, logits.argmax(1, keepdim=True)).sum()
-        return torch.autograd.grad(score, kept[0])
-
-    cases: dict[str, Callable[[], object]] = {
-        "forward": forward,
-        "forward + grad to layer": reference,
-        "camlens Grad-CAM top-1": lambda: explainer.explain(x, top=1),
-    }
-    if with_peer:
-        import pytorch_grad_cam
-        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-        def peer() -> object:
-            with pytorch_grad_cam.GradCAM(model=net, target_layers=[module]) as cam:
-                maps = [cam(input_tensor=x, targets=[ClassifierOutputTarget(c)]) for c in range(5)]
-            net.zero_grad(set_to_none=True)
-            return maps
-
-        cases["pytorch-grad-cam, 5 classes"] = peer
-    return rounds(cases, calls)
+CASES = {
+    # case: the model of run.py, its variants and the names of those timed
+    "scorecam": ("efficientnet_lite0", "score_variants", ["camlens Score-CAM top-1"]),
+    "vgg": (
+        "vgg16",
+        "vgg_variants",
+        ["forward", "forward + grad to layer", "camlens Grad-CAM top-1"],
+    ),
+}
+PEER = "pytorch-grad-cam GradCAM, 5 classes"
 
 
-def rounds(cases: dict[str, Callable[[], object]], calls: int) -> dict[str, list[float]]:
-    for run in cases.values():
-        run()  # warm-up
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(calls):
-        for name, run in cases.items():
-            start = time.perf_counter()
-            run()
-            times[name].append((time.perf_counter() - start) * 1000)
-    return times
+def timed(case: str, calls: int, with_peer: bool) -> dict[str, list[float]]:
+    """The case's variants, as ``benchmarks/run.py`` builds them, round-robin for ``calls`` rounds
+    after one warm-up round."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import run
 
-
-CASES = {"scorecam": scorecam, "vgg": vgg}
+    key, variants, names = CASES[case]
+    chosen = names + ([PEER] if with_peer and case == "vgg" else [])
+    model, layer = run.load(key)
+    x = run.make_input(model, 1)
+    items = [v for v in getattr(run, variants)(model, layer, x) if v.name in chosen]
+    return run.time_round_robin(items, calls, 1)
 
 
 def main() -> None:
@@ -114,6 +63,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=3, help="timed calls per process")
     parser.add_argument("--with-peer", action="store_true", help="vgg: pytorch-grad-cam too")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--out", type=Path, help="also write the lines printed to this file")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -121,7 +71,7 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
         warnings.simplefilter("ignore")
-        print(json.dumps(CASES[args.case](args.calls, args.with_peer)))
+        print(json.dumps(timed(args.case, args.calls, args.with_peer)))
         return
     versions = {"before": args.before.resolve(), "after": args.after.resolve()}
     times: dict[str, dict[str, list[float]]] = {name: {} for name in versions}
@@ -134,13 +84,24 @@ def main() -> None:
             out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
             for case, values in json.loads(out.stdout.strip().splitlines()[-1]).items():
                 times[name].setdefault(case, []).extend(values)
-    print(f"{args.case}: medians in ms of {args.processes} x {args.calls} calls, 2 versions")
+    load = os.getloadavg()[0]
+    lines = [
+        f"# benchmarks/versions.py --case {args.case}, {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        "",
+        f"medians in ms of {args.processes} processes x {args.calls} calls per version, "
+        f"alternately; {args.threads} torch threads; load average (1 min) {load:.1f} at the end",
+        "",
+    ]
     for name, src in versions.items():
         medians = {case: round(statistics.median(v), 1) for case, v in times[name].items()}
-        print(f"{name} ({src}): {medians}")
+        lines.append(f"- {name} (`{src}`): {medians}")
         if args.case == "vgg":
             ratio = medians["camlens Grad-CAM top-1"] / medians["forward + grad to layer"]
-            print(f"  camlens Grad-CAM top-1 / forward + grad to layer: {ratio:.3f}")
+            lines.append(f"  - camlens Grad-CAM top-1 / forward + grad to layer: {ratio:.3f}")
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    if args.out:
+        args.out.write_text(text)
 
 
 if __name__ == "__main__":
