@@ -81,6 +81,8 @@ class ExplainConfig:
     its weights; ``channels_last`` the masked passes' memory format. ``input_size`` (height, width)
     replaces the model's input size; ``max_pixels`` refuses larger image files. ``relu=False``
     keeps each map's sign (min-max of the raw map, see :func:`camlens.maps.normalize`).
+    ``normalize``: ``minmax`` (each map stretched to [0, 1]) or ``max`` (ReLU, then divided by its
+    maximum, as the CAM and Grad-CAM write-ups do; not with ``relu=False``).
     """
 
     model: str | None = None
@@ -102,6 +104,7 @@ class ExplainConfig:
     input_size: tuple[int, int] | None = None
     max_pixels: int = MAX_PIXELS
     relu: bool = True
+    normalize: str = "minmax"
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalized values are set once, here
@@ -149,6 +152,7 @@ class ExplainConfig:
             set_(self, "input_size", pair)
         set_(self, "max_pixels", _integer(self.max_pixels, "max_pixels", 1))
         set_(self, "relu", _flag(self.relu, "relu"))
+        set_(self, "normalize", _normalization(self.normalize, self.relu))
         if "all" in self.layers and len(self.layers) > 1:
             raise CamlensError("layers: 'all' stands for every layer; give it alone")
 
@@ -180,8 +184,9 @@ class OutputConfig:
     """How results are drawn and written: the overlays' colormap and heatmap opacity ``alpha``;
     ``boxes``: none, the ``largest`` region of each map or ``all`` its regions, found at
     ``threshold`` (a fraction of the map's maximum, or ``"otsu"``); ``panels``: also a
-    "photo | heatmap | overlay" picture per map; ``grids``: also one picture per image with all
-    its maps (the layers in depth order).
+    "photo | heatmap | overlay" picture per map, with ``raw_panels`` a fourth tile, the map at
+    the layer's own grid (:func:`camlens.render.raw_map`); ``grids``: also one picture per image
+    with all its maps (the layers in depth order).
 
     What a run writes (:mod:`camlens.outputs`): ``format`` ``"files"`` (an overlay and a ``.npy``
     at the photo's size per map) or ``"dataset"`` (an overlay per map, the maps at the layer's
@@ -193,6 +198,7 @@ class OutputConfig:
     boxes: BoxMode | None = None
     threshold: Threshold = 0.2
     panels: bool = False
+    raw_panels: bool = False
     grids: bool = False
     # --- runs over many files ---
     format: RunFormat = "files"
@@ -212,6 +218,9 @@ class OutputConfig:
         )
         set_(self, "threshold", threshold)
         set_(self, "panels", _flag(self.panels, "panels"))
+        set_(self, "raw_panels", _flag(self.raw_panels, "raw_panels"))
+        if self.raw_panels and not self.panels:
+            raise CamlensError("raw_panels is a tile of the panels: give panels=True with it")
         set_(self, "grids", _flag(self.grids, "grids"))
         # --- runs over many files ---
         if self.format not in ("files", "dataset"):
@@ -317,6 +326,22 @@ def _number(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise CamlensError(f"{name} must be a finite number, not {value!r}")
     return float(value)
+
+
+NORMALIZATIONS = ("minmax", "max")
+"""The values of ``ExplainConfig.normalize`` (:func:`camlens.maps.normalize`'s modes)."""
+
+
+def _normalization(value: Any, relu: bool) -> str:
+    key = value.strip().lower() if isinstance(value, str) else value
+    if key not in NORMALIZATIONS:
+        raise CamlensError(f"normalize must be 'minmax' or 'max', not {value!r}")
+    if key == "max" and not relu:
+        raise CamlensError(
+            "normalize 'max' divides the map by its maximum after the ReLU; a signed map "
+            "(relu off, --no-relu) is min-maxed: give normalize 'minmax' with it"
+        )
+    return str(key)
 
 
 def _classes(value: Any) -> tuple[int | str, ...]:

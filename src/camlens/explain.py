@@ -33,7 +33,7 @@ from camlens.layers import (
     layers_like_auto,
     probe_input,
 )
-from camlens.maps import normalize
+from camlens.maps import Normalization, normalize
 from camlens.methods import METHODS, Method, get_method
 from camlens.models import Model, load_model
 from camlens.modes import eval_mode
@@ -63,6 +63,8 @@ class Explainer:
     ``"all"``: every spatial layer of the automatic layer's kind, in depth order.
     ``input_size`` (height, width): explain at another size than the model's own (a model whose
     head reads a fixed grid is refused). ``relu=False``: signed maps (min-max of the raw map).
+    ``normalize="max"``: each map divided by its maximum after the ReLU (the write-ups' way)
+    instead of min-maxed.
     ``classes``/``top``: what :meth:`explain` explains when a call says neither (by default the
     top class). :meth:`from_config` builds one from an :class:`~camlens.config.ExplainConfig`.
 
@@ -111,6 +113,7 @@ class Explainer:
         input_size: tuple[int, int] | None = None,
         max_pixels: int = MAX_PIXELS,
         relu: bool = True,
+        normalize: str = "minmax",
         classes: Classes | None = None,
         top: int | None = None,
     ) -> None:
@@ -135,9 +138,11 @@ class Explainer:
             input_size=input_size,
             max_pixels=max_pixels,
             relu=relu,
+            normalize=normalize,
         )
         self.max_pixels = options.max_pixels
         self.relu = options.relu
+        self.normalize: Normalization = "max" if options.normalize == "max" else "minmax"
         self.model = model if isinstance(model, Model) else load_model(model)
         if device is not None:
             self.model.to(check_device(device))
@@ -237,6 +242,7 @@ class Explainer:
             input_size=config.input_size,
             max_pixels=config.max_pixels,
             relu=config.relu,
+            normalize=config.normalize,
             classes=list(config.classes) or None,
             top=config.top,
         )
@@ -604,7 +610,7 @@ class Explainer:
             raws = [m.maps(capture, target.name, index, reduce) for m in self.methods]
             for j in range(depth):
                 for method, raw in zip(self.methods, raws, strict=True):
-                    maps, flat = normalize(raw[:, j].detach(), relu=self.relu)
+                    maps, flat = normalize(raw[:, j].detach(), relu=self.relu, mode=self.normalize)
                     for b, cs in enumerate(chosen):
                         if j < len(cs):
                             c = cs[j]
@@ -617,6 +623,7 @@ class Explainer:
                                     target.name,
                                     maps[b],
                                     bool(flat[b]),
+                                    normalize=self.normalize,
                                 )
                             )
         return per_image

@@ -16,7 +16,7 @@ from PIL import Image
 
 from camlens import render
 from camlens.files import atomic_write, fit_stem
-from camlens.maps import upsample
+from camlens.maps import Normalization, upsample
 from camlens.types import Box, Prediction
 
 
@@ -40,9 +40,10 @@ class CallStats:
 class ClassMap:
     """One map: an image, a class, a method, a layer.
 
-    ``map`` is at the layer's resolution [h, w], in [0, 1] (ReLU and min-max applied). ``flat`` is
-    True when the method gave a constant map (returned as zeros). ``boxes``: boxes in the photo's
-    pixels once localized (:func:`camlens.localize.add_boxes`), else None.
+    ``map`` is at the layer's resolution [h, w], in [0, 1] (ReLU and min-max applied, or divided
+    by its maximum when ``normalize`` is ``"max"``). ``flat`` is True when the method gave a
+    constant map (returned as zeros). ``boxes``: boxes in the photo's pixels once localized
+    (:func:`camlens.localize.add_boxes`), else None.
     """
 
     class_index: int
@@ -53,6 +54,7 @@ class ClassMap:
     map: torch.Tensor
     flat: bool = False
     boxes: list[Box] | None = None
+    normalize: Normalization = "minmax"
 
     @property
     def title(self) -> str:
@@ -108,23 +110,32 @@ class Explanation:
 
     def map_at_input(self, i: int = 0) -> torch.Tensor:
         """Map ``i`` upsampled (bilinear) to the model's input size, [H_in, W_in] in [0, 1]."""
-        return upsample(self.maps[i].map, self.input_size)
+        return upsample(self.maps[i].map, self.input_size, mode=self.maps[i].normalize)
 
     def map_at_image(self, i: int = 0) -> torch.Tensor:
         """Map ``i`` upsampled (bilinear) to the photo's own size, [height, width] in [0, 1]."""
         width, height = self.size
-        return upsample(self.maps[i].map, (height, width))
+        return upsample(self.maps[i].map, (height, width), mode=self.maps[i].normalize)
 
     def overlay(self, i: int = 0, *, cmap: str = "jet", alpha: float = 0.5) -> Image.Image:
         """Map ``i`` laid over the photo, at the photo's own size."""
         return render.overlay(self.image, self._numpy(self.map_at_image(i)), cmap=cmap, alpha=alpha)
 
-    def panel(self, i: int = 0, *, cmap: str = "jet", alpha: float = 0.5) -> Image.Image:
-        """ "photo | heatmap | overlay" for map ``i``, titled with its class and method."""
+    def panel(
+        self, i: int = 0, *, cmap: str = "jet", alpha: float = 0.5, raw: bool = False
+    ) -> Image.Image:
+        """ "photo | heatmap | overlay" for map ``i``, titled with its class and method; ``raw``:
+        and a fourth tile, the map at the layer's own grid before upsampling, a cell per value
+        with a colorbar (:func:`camlens.render.raw_map`)."""
         m = self.maps[i]
         title = f"{m.title}  ({m.method}, {m.layer})"
         return render.panel(
-            self.image, self._numpy(self.map_at_image(i)), title=title, cmap=cmap, alpha=alpha
+            self.image,
+            self._numpy(self.map_at_image(i)),
+            title=title,
+            cmap=cmap,
+            alpha=alpha,
+            raw=self._numpy(m.map) if raw else None,
         )
 
     def peak(self, i: int = 0) -> tuple[int, int]:
@@ -188,12 +199,14 @@ class Explanation:
         alpha: float = 0.5,
         panels: bool = False,
         grid: bool = False,
+        raw_panels: bool = False,
     ) -> Path:
         """Writes ``STEM.json``, an overlay PNG at the photo's size and the map (``.npy``, float32
         [height, width] in [0, 1]) for each map; returns the JSON's path. ``stem`` defaults to the
         source's file stem; one too long for the file names is cut
         (:func:`camlens.files.fit_stem`). ``panels``: also ``BASE.panel.png`` per map (photo |
-        heatmap | overlay); ``grid``: also ``STEM.grid.png`` with every map of the image. Each file
+        heatmap | overlay; with ``raw_panels`` also the map at the layer's grid, see
+        :meth:`panel`); ``grid``: also ``STEM.grid.png`` with every map of the image. Each file
         appears whole or not at all, the JSON last, so a report on disk always names files that
         are complete."""
         out = Path(out_dir)
@@ -215,14 +228,17 @@ class Explanation:
                 )
             render.save_png(picture, out / f"{base}.png")
             files.append((f"{base}.png", f"{base}.npy"))
-            if panels:
-                render.save_png(self.panel(i, cmap=cmap, alpha=alpha), out / f"{base}.panel.png")
+            if panels or raw_panels:
+                picture = self.panel(i, cmap=cmap, alpha=alpha, raw=raw_panels)
+                render.save_png(picture, out / f"{base}.panel.png")
                 panel_files.append(f"{base}.panel.png")
         all_maps = None
         if grid:
             all_maps = f"{stem}.grid.png"
             render.save_png(_grid([self], cmap=cmap, alpha=alpha), out / all_maps)
-        document = self.to_dict(files, panels=panel_files if panels else None, grid=all_maps)
+        document = self.to_dict(
+            files, panels=panel_files if panels or raw_panels else None, grid=all_maps
+        )
         report = json.dumps(document, indent=2, allow_nan=False) + "\n"
         return atomic_write(out / f"{stem}.json", lambda temp: temp.write_text(report))
 

@@ -16,6 +16,10 @@ Keras                     torchvision VGG16   torchvision VGG19
 ``block5_pool``           ``features.30``     ``features.36``
 ========================  ==================  ==================
 
+The Caffe names of the original VGG release, which keras-cam and other write-ups use, are
+accepted too: ``convB_C`` is ``blockB_convC`` (``conv5_3`` is ``block5_conv3``) and ``poolB`` is
+``blockB_pool``.
+
 The names are read off the network's structure, not its class: a ``features`` sequence of 3x3
 convolutions each followed by a ReLU, in blocks closed by max pooling (torchvision's VGG11 to VGG19
 without batch norm, and the backbone of a model built on them with
@@ -48,3 +52,18 @@ def keras_names(net: nn.Module) -> dict[str, str]:
         else:
             return {}  # not a plain VGG sequence (batch norm, another kernel, another layer)
     return names if not pending else {}
+
+
+def caffe_names(net: nn.Module) -> dict[str, str]:
+    """The Caffe names of ``net``'s VGG layers (``conv5_3``, ``pool5``) -> their names in ``net``."""
+    out: dict[str, str] = {}
+    for name, here in keras_names(net).items():
+        block, _, part = name.removeprefix("block").partition("_")
+        caffe = f"pool{block}" if part == "pool" else f"conv{block}_{part.removeprefix('conv')}"
+        out[caffe] = here
+    return out
+
+
+def vgg_names(net: nn.Module) -> dict[str, str]:
+    """Every name a VGG layer answers to besides its own: Keras's, then Caffe's."""
+    return {**keras_names(net), **caffe_names(net)}

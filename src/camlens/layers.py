@@ -73,6 +73,40 @@ def spatial_layers(model: Model) -> list[LayerInfo]:
     return list(seen.values())
 
 
+def every_layer(model: Model) -> list[tuple[str, str, tuple[int, ...]]]:
+    """``camlens layers --all``: every named module (a Keras model's layers, as ``model.summary()``
+    lists them) that runs on the probe input, in the order their forward passes finish, as
+    ``(name, type, output shape for one image)``; an output that is not one tensor has the
+    shape ``()``. A Keras model's layers give the shapes Keras knows (``-1`` for a size left
+    open). The spatial layers among them are those of :func:`spatial_layers`."""
+    keras_layers = getattr(model.net, "names", None)  # a KerasNet: its layers' own shapes
+    if isinstance(keras_layers, dict) and keras_layers:
+        rows = []
+        for name, layer in keras_layers.items():
+            try:
+                dims = tuple(layer.output.shape[1:])
+            except (AttributeError, ValueError):  # a layer used more than once, say
+                dims = ()
+            rows.append(
+                (name, type(layer).__name__, tuple(-1 if n is None else int(n) for n in dims))
+            )
+        return rows
+    seen: dict[str, tuple[str, str, tuple[int, ...]]] = {}
+
+    def record(name: str) -> Any:
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            shape = tuple(output.shape[1:]) if isinstance(output, torch.Tensor) else ()
+            seen.pop(name, None)
+            seen[name] = (name, type(module).__name__, tuple(int(n) for n in shape))
+
+        return hook
+
+    hooks = [(module, record(name)) for name, module in model.net.named_modules() if name]
+    with hooked(hooks), RUNS.shared(), torch.inference_mode():
+        model.net(probe_input(model))
+    return list(seen.values())
+
+
 def warn_if_broken(model: Model) -> bool:
     """Whether ``model`` gives finite scores on the probe input; a warning naming the model when
     it does not (NaN weights, say: nothing can be explained with it, though its layers can be
@@ -127,6 +161,11 @@ def auto_layer(model: Model, layers: list[LayerInfo] | None = None) -> str:
 def _feeds_cam_head(model: Model, name: str) -> bool:
     """Whether layer ``name`` feeds a GAP -> Linear head (then CAM is exact there, and the layer
     is kept even after a pooling: a Keras VGG16 base with GAP -> Dense on top)."""
+    return cam_head_of(model, name) is not None
+
+
+def cam_head_of(model: Model, name: str) -> str | None:
+    """The name of the GAP -> Linear head layer ``name`` feeds (its Linear or Dense), or None."""
     module = model.net.get_submodule(name)
     kept: list[torch.Tensor] = []
 
@@ -137,7 +176,8 @@ def _feeds_cam_head(model: Model, name: str) -> bool:
 
     with hooked([(module, keep)]), RUNS.shared(), torch.inference_mode():
         logits = model.net(probe_input(model))
-    return bool(kept) and find_cam_head(model, name, kept[-1], logits) is not None
+    head = find_cam_head(model, name, kept[-1], logits) if kept else None
+    return None if head is None else head.name
 
 
 def _pooled_to_half(before: tuple[int, ...], after: tuple[int, ...]) -> bool:

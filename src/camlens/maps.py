@@ -1,6 +1,9 @@
-"""What every method's output goes through: ReLU and min-max normalization, then upsampling."""
+"""What every method's output goes through: ReLU and normalization to [0, 1] (min-max, or division
+by the maximum as the CAM write-ups do), then upsampling."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -8,9 +11,18 @@ import torch.nn.functional as F
 # A map whose range is below this fraction of its largest magnitude is treated as constant.
 CONSTANT_TOLERANCE = 1e-6
 
+Normalization = Literal["minmax", "max"]
+"""How a map is brought to [0, 1]: ``minmax`` (the default) or ``max`` (see :func:`normalize`)."""
 
-def normalize(maps: torch.Tensor, *, relu: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+
+def normalize(
+    maps: torch.Tensor, *, relu: bool = True, mode: Normalization = "minmax"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """ReLU, then min-max to [0, 1], each map of ``maps`` [N, h, w] on its own.
+
+    ``mode="max"``: ReLU, then divide by the maximum, ``M / max M`` (the write-ups'
+    ``heatmap / np.max(heatmap)``): where the ReLU cut nothing the map's minimum stays above 0,
+    where min-max would stretch it to 0. Needs ``relu=True``.
 
     ``relu=False`` keeps the sign: plain min-max of the raw map, ``(M - min M) / (max M - min M)``
     (what ``cv2.normalize(M, None, 0, 1, NORM_MINMAX)`` gives), so a map that is negative
@@ -20,6 +32,8 @@ def normalize(maps: torch.Tensor, *, relu: bool = True) -> tuple[torch.Tensor, t
     Returns ``(normalized, flat)``: ``flat[n]`` is True where map ``n`` was constant (all zero after
     the ReLU, say) or not finite; such a map is returned as zeros, never NaN.
     """
+    if mode == "max" and not relu:
+        raise ValueError("normalize mode 'max' needs the ReLU (relu=True)")
     if relu:
         maps = maps.clamp(min=0)
     flat_maps = maps.flatten(1)
@@ -27,21 +41,28 @@ def normalize(maps: torch.Tensor, *, relu: bool = True) -> tuple[torch.Tensor, t
     high = flat_maps.amax(dim=1)
     span = high - low
     finite = torch.isfinite(flat_maps).all(dim=1)
-    flat = ~finite | ~(span > CONSTANT_TOLERANCE * high.abs())
+    flat = ~finite | ~(span > CONSTANT_TOLERANCE * high.abs())  # constant: flat in either mode
+    if mode == "max":
+        low, span = torch.zeros_like(low), high
     safe_span = torch.where(flat, torch.ones_like(span), span)
     out = (maps - low[:, None, None]) / safe_span[:, None, None]
     out = torch.where(flat[:, None, None], torch.zeros_like(out), out)
     return out.clamp(0, 1), flat
 
 
-def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def upsample(
+    maps: torch.Tensor, size: tuple[int, int], *, mode: Normalization = "minmax"
+) -> torch.Tensor:
     """Bilinear resize of maps [..., h, w] in [0, 1] to ``size`` (height, width), renormalized so
     that each map again spans [0, 1] (interpolation can lower the peak a little); a map that is all
-    zero stays zero."""
+    zero stays zero. ``mode``: the maps' normalization (:func:`normalize`), kept: ``max`` maps are
+    divided by their new maximum only."""
     lead = maps.shape[:-2]
     flat = maps.reshape(-1, 1, *maps.shape[-2:]).float()
     big = F.interpolate(flat, size=size, mode="bilinear", align_corners=False)[:, 0]
     low = big.flatten(1).amin(dim=1)[:, None, None]
+    if mode == "max":
+        low = torch.zeros_like(low)
     high = big.flatten(1).amax(dim=1)[:, None, None]
     span = high - low
     big = torch.where(span > 0, (big - low) / torch.where(span > 0, span, 1), torch.zeros_like(big))

@@ -109,7 +109,7 @@ def write_image(
             map_name = f"{base}.npy"
         files.append((f"{base}{suffix}", map_name))
         if output.panels:
-            panel = result.panel(i, cmap=output.cmap, alpha=output.alpha)
+            panel = result.panel(i, cmap=output.cmap, alpha=output.alpha, raw=output.raw_panels)
             put(folder / f"{base}.panel.png", encode(panel, "png", output.quality), temp)
             panels.append(f"{base}.panel.png")
         extras.append(

@@ -46,6 +46,7 @@ __all__ = [
     "grid",
     "overlay",
     "panel",
+    "raw_map",
     "save_png",
 ]
 
@@ -254,30 +255,132 @@ def panel(
     title: str | None = None,
     cmap: str = "jet",
     alpha: float = 0.5,
+    raw: MapLike | None = None,
 ) -> Image.Image:
-    """Three tiles side by side, "photo | heatmap | overlay", each at the photo's own size.
+    """Three tiles side by side, "photo | heatmap | overlay", each at the photo's own size, and a
+    fourth when ``raw`` is given: that map (the layer's own grid, before upsampling) drawn by
+    :func:`raw_map` at the photo's height.
 
-    The result is ``3 * W`` wide and ``H`` high, plus a white strip above with ``title`` (font
-    scaled with the photo's height) when a title is given.
+    The result is ``3 * W`` wide (plus the fourth tile's width) and ``H`` high, plus a white strip
+    above with ``title`` (font scaled with the photo's height) when a title is given.
     """
     alpha = check_alpha(alpha)
     photo, heat = _photo_and_heat(image, map2d, cmap)
     width, height = photo.size
     blended = _blend(np.asarray(photo), heat, alpha)
+    grid_tile = None if raw is None else raw_map(raw, height, cmap=cmap)
 
     strip = 0
     font_size = _font_size(height)
     if title:
         strip = round(font_size * 1.6)
-    out = Image.new("RGB", (3 * width, height + strip), (255, 255, 255))
+    extra = 0 if grid_tile is None else grid_tile.width
+    out = Image.new("RGB", (3 * width + extra, height + strip), (255, 255, 255))
     out.paste(photo, (0, strip))
     out.paste(Image.fromarray(heat), (width, strip))
     out.paste(Image.fromarray(blended), (2 * width, strip))
+    if grid_tile is not None:
+        out.paste(grid_tile, (3 * width, strip))
     if title:
         draw = ImageDraw.Draw(out)
-        text, font = _fit_text(draw, title, font_size, max_width=3 * width - font_size)
-        draw.text((1.5 * width, strip / 2), text, fill=(0, 0, 0), font=font, anchor="mm")
+        text, font = _fit_text(draw, title, font_size, max_width=out.width - font_size)
+        draw.text((out.width / 2, strip / 2), text, fill=(0, 0, 0), font=font, anchor="mm")
     return out
+
+
+# The smallest height raw_map draws at (a smaller tile is drawn at this height, then shrunk).
+_RAW_MIN_HEIGHT = 240
+# Cell values are written in the cells up to this many cells.
+_RAW_MAX_LABELLED = 196
+
+
+def _cell_text(value: float) -> str:
+    """A value in [0, 1] in two decimals, short: ``.53``, ``0``, ``1``."""
+    text = f"{value:.2f}"
+    return "1" if text == "1.00" else "0" if text == "0.00" else text[1:]
+
+
+def raw_map(map2d: MapLike, height: int = 480, *, cmap: str = "jet") -> Image.Image:
+    """A map at its own grid, as the CAM write-ups show it with ``plt.matshow``: one square cell
+    per value (nearest neighbour, no smoothing), thin lines between the cells, the rows and
+    columns numbered, a colorbar with the values, and the values themselves written in the cells
+    when there are at most 196 (14 x 14). ``height``: the tile's height in pixels (its width
+    follows the grid's aspect, plus the colorbar). Colours as :func:`colorize`, values in [0, 1].
+    """
+    _lut(cmap)
+    arr = _as_map(map2d, "raw map")
+    if isinstance(height, bool) or not isinstance(height, int) or height < 16:
+        raise CamlensError(f"height must be an integer of at least 16 pixels, got {height!r}")
+    rows, cols = arr.shape
+    draw_height = max(height, _RAW_MIN_HEIGHT)
+    dpi = 100.0
+    side = draw_height * 0.78  # the grid's longer side, in pixels
+    cell = side / max(rows, cols)
+    grid_w, grid_h = cell * cols, cell * rows
+    left, right, top = 0.11 * side, 0.30 * side, 0.11 * side
+    draw_width = round(left + grid_w + right)
+    fig = Figure(figsize=(draw_width / dpi, draw_height / dpi), dpi=dpi)
+    fig.patch.set_facecolor("white")
+    ax = fig.add_axes(
+        (
+            left / draw_width,
+            (draw_height - top - grid_h) / draw_height,
+            grid_w / draw_width,
+            grid_h / draw_height,
+        )
+    )
+    image = ax.imshow(
+        arr, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest", resample=False, aspect="equal"
+    )
+    font = max(6.0, min(11.0, side / 40)) * 72 / dpi * 1.4
+    step_r = max(1, math.ceil(rows / 8))
+    step_c = max(1, math.ceil(cols / 8))
+    ax.set_xticks(range(0, cols, step_c))
+    ax.set_yticks(range(0, rows, step_r))
+    ax.tick_params(labelsize=font, length=2)
+    ax.xaxis.tick_top()
+    ax.set_xticks(np.arange(-0.5, cols, 1.0), minor=True)
+    ax.set_yticks(np.arange(-0.5, rows, 1.0), minor=True)
+    ax.grid(which="minor", color="white", linewidth=max(0.3, min(1.0, cell / 40)))
+    ax.tick_params(which="minor", length=0)
+    ax.set_title(f"layer grid {rows}x{cols}", fontsize=font, pad=font * 1.8)
+    if rows * cols <= _RAW_MAX_LABELLED and cell >= 14:
+        cell_font = max(4.0, min(font, cell * 0.3 * 72 / dpi))
+        lut = _lut(cmap).astype(np.float64) / 255
+        for r in range(rows):
+            for c in range(cols):
+                v = float(arr[r, c])
+                shade = lut[min(int(v * len(lut)), len(lut) - 1)]
+                dark = 0.299 * shade[0] + 0.587 * shade[1] + 0.114 * shade[2] < 0.5
+                ax.text(
+                    c,
+                    r,
+                    _cell_text(v),
+                    ha="center",
+                    va="center",
+                    fontsize=cell_font,
+                    color="white" if dark else "black",
+                )
+    bar_ax = fig.add_axes(
+        (
+            (left + grid_w + 0.06 * side) / draw_width,
+            (draw_height - top - grid_h) / draw_height,
+            0.05 * side / draw_width,
+            grid_h / draw_height,
+        )
+    )
+    bar = fig.colorbar(image, cax=bar_ax)
+    bar.set_ticks([0.0, 0.25, 0.5, 0.75, 1.0])
+    bar.ax.tick_params(labelsize=font)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    rgba = np.asarray(canvas.buffer_rgba())
+    tile = Image.fromarray(np.ascontiguousarray(rgba[..., :3]))
+    fig.clear()
+    if draw_height != height:
+        width = max(1, round(tile.width * height / draw_height))
+        tile = tile.resize((width, height), Image.Resampling.LANCZOS)
+    return tile
 
 
 # --------------------------------------------------------------------------------------------------

@@ -96,7 +96,7 @@ def merge_augmented(
     the map). Each map is undone (:meth:`Augmentation.undo`), the maps are averaged and the mean is
     scaled to [0, 1] again::
 
-        M = s( (1 / T) sum_t undo_t(M_t) ),   s = min-max (all zero -> flat)
+        M = s( (1 / T) sum_t undo_t(M_t) ),   s = min-max, or / max for ``max`` maps (all zero -> flat)
     """
     merged = []
     for b, base_maps in enumerate(runs[0]):
@@ -106,7 +106,7 @@ def merge_augmented(
             stack = torch.stack(
                 [aug.undo(run[b][i].map, size) for aug, run in zip(augmented, runs, strict=True)]
             )
-            maps, flat = normalize(stack.mean(dim=0)[None])
+            maps, flat = normalize(stack.mean(dim=0)[None], mode=base.normalize)
             row.append(replace(base, map=maps[0], flat=bool(flat[0])))
         merged.append(row)
     return merged

@@ -15,7 +15,7 @@ from torch import nn
 
 from camlens.adapters import AdapterRule, LayerAdapter, default_rule
 from camlens.errors import LayerError
-from camlens.keras_names import keras_names
+from camlens.keras_names import vgg_names
 
 LayerSpec = str | nn.Module
 Hook = Callable[[nn.Module, Any, Any], Any]
@@ -39,7 +39,7 @@ def resolve_layer(net: nn.Module, layer: LayerSpec) -> tuple[str, nn.Module]:
         )
     if layer in modules and layer != "":
         return layer, modules[layer]
-    aliases = keras_names(net)  # block5_conv3 -> features.29 in a VGG (see camlens.keras_names)
+    aliases = vgg_names(net)  # block5_conv3, conv5_3 -> features.29 in a VGG (camlens.keras_names)
     if layer in aliases:
         return aliases[layer], modules[aliases[layer]]
     close = difflib.get_close_matches(str(layer), [n for n in modules if n] + list(aliases), n=5)

@@ -34,7 +34,16 @@ Training
     ``nesterov``; no weight decay unless given), as the person / not-person write-up trains; a
     cosine learning rate over all the steps, early stopping when the
     validation loss has not improved for ``patience`` epochs; the best epoch's weights (lowest
-    validation loss) are kept. ``fine_tune=N`` then unfreezes the last ``N`` blocks of the
+    validation loss) are kept. ``schedule``: ``cosine`` (the default), ``step`` (the rate divided
+    by 10 at half and at three quarters of the steps) or ``constant``; ``lr_decay=d`` is Keras's
+    ``decay`` instead, ``lr / (1 + d * t)`` at step ``t``. ``loss="binary"`` (two classes): the
+    head is trained as one output ``d`` with binary cross-entropy, as a ``Dense(1, sigmoid)``
+    head is, and stored as the two rows ``-w/2, w/2`` (softmax of those is ``1 - sigmoid(d),
+    sigmoid(d)``, and class 1's CAM is ``w . A`` up to scale). ``plain=True`` switches off what
+    camlens adds to a write-up's plain training: augmentation and extra views (one view), weight
+    decay (0 unless given), the schedule (constant unless given), early stopping and the choice
+    of the best epoch (the last is kept); the model's dropout must be 0 too
+    (``build_cam_model(dropout=0)``, or ``--plain`` on the command line). ``fine_tune=N`` then unfreezes the last ``N`` blocks of the
     backbone (see :func:`backbone_blocks`) and trains them with the head at a lower learning rate,
     on freshly augmented images every epoch (a changing backbone cannot be cached); batch norm
     statistics stay frozen. Everything random is drawn from ``seed`` (the global RNG state is
@@ -391,6 +400,62 @@ def optimizer_config(
     return OptimizerConfig(key, float(weight_decay), float(momentum), bool(nesterov))
 
 
+SCHEDULES = ("cosine", "step", "constant")
+LOSSES = ("softmax", "binary")
+
+
+def check_training(
+    schedule: str | None, lr_decay: float | None, loss: str, num_classes: int | None = None
+) -> None:
+    """The schedule and loss settings of :func:`train`, checked (a :class:`CamlensError` naming
+    the bad one): ``schedule`` one of :data:`SCHEDULES` (or None: the default), ``lr_decay`` a
+    finite number >= 0 and not with a ``schedule``, ``loss`` one of :data:`LOSSES`, ``binary``
+    for two classes only."""
+    if schedule is not None and schedule not in SCHEDULES:
+        raise CamlensError(f"schedule must be one of {', '.join(SCHEDULES)}, not {schedule!r}")
+    if lr_decay is not None:
+        if (
+            isinstance(lr_decay, bool)
+            or not isinstance(lr_decay, int | float)
+            or not 0 <= lr_decay < math.inf
+        ):
+            raise CamlensError(f"lr_decay must be a finite number >= 0, not {lr_decay!r}")
+        if schedule is not None:
+            raise CamlensError(
+                "lr_decay is a schedule of its own (Keras's decay: lr / (1 + decay * step)); "
+                "give it or a schedule, not both"
+            )
+    if loss not in LOSSES:
+        raise CamlensError(f"loss must be one of {', '.join(LOSSES)}, not {loss!r}")
+    if loss == "binary" and num_classes is not None and num_classes != 2:
+        raise CamlensError(
+            f"loss 'binary' (one output, binary cross-entropy) is for two classes, not "
+            f"{num_classes}: use loss 'softmax'"
+        )
+
+
+def _scheduler(
+    optimizer: torch.optim.Optimizer, schedule: str, lr_decay: float | None, steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The learning rate per step: ``lr_decay`` (Keras's ``lr / (1 + decay * t)``) when given,
+    else cosine annealing over ``steps``, steps of /10 at 1/2 and 3/4 of them, or constant."""
+    lr_scheduler = torch.optim.lr_scheduler
+    if lr_decay is not None:
+        decay = float(lr_decay)
+        return lr_scheduler.LambdaLR(optimizer, lambda t: 1.0 / (1.0 + decay * t))
+    if schedule == "cosine":
+        return lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
+    if schedule == "step":
+        return lr_scheduler.MultiStepLR(optimizer, [steps // 2, 3 * steps // 4], gamma=0.1)
+    return lr_scheduler.LambdaLR(optimizer, lambda t: 1.0)
+
+
+def _two_from_one(d: torch.Tensor) -> torch.Tensor:
+    """The logits ``[-d/2, d/2]`` of one output ``d`` [N, 1]: their softmax is ``1 - sigmoid(d),
+    sigmoid(d)`` and their cross-entropy is the binary cross-entropy of ``d``."""
+    return torch.cat([-d / 2, d / 2], dim=1)
+
+
 def _step(
     logits: torch.Tensor,
     y: torch.Tensor,
@@ -443,6 +508,10 @@ def train(
     fine_tune: int = 0,
     fine_tune_epochs: int = 3,
     fine_tune_lr: float | None = None,
+    schedule: str | None = None,
+    lr_decay: float | None = None,
+    loss: str = "softmax",
+    plain: bool = False,
     seed: int = 0,
     progress: Progress | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
@@ -459,7 +528,8 @@ def train(
     ``"sgd"`` with ``momentum`` (0 by default) and ``nesterov`` (``weight_decay`` 0 by default). The model's classes: named after the folders when
     the model was built without ``class_names``, otherwise the folders must carry those names.
     ``fine_tune``: how many of the backbone's last blocks to train afterwards, for
-    ``fine_tune_epochs`` at ``fine_tune_lr`` (default ``lr / 100``). ``progress``: called with
+    ``fine_tune_epochs`` at ``fine_tune_lr`` (default ``lr / 100``). ``schedule`` (``cosine``
+    unless ``plain``), ``lr_decay``, ``loss`` and ``plain``: see :mod:`camlens.train`. ``progress``: called with
     each :class:`~camlens.progress.Event` (see :mod:`camlens.train`). ``checkpoint``: a ``.camlens`` file to write the best
     model to at the end, also after Ctrl-C. ``callback``: called with each epoch's record.
 
@@ -477,6 +547,18 @@ def train(
     check_settings(
         epochs, batch_size, lr, views, patience, fine_tune, fine_tune_epochs, fine_tune_lr
     )
+    check_training(schedule, lr_decay, loss, model.num_classes)
+    if plain:
+        if net.dropout.p:
+            raise CamlensError(
+                f"plain training has no dropout, and {model.name} has a dropout of "
+                f"{net.dropout.p:g}: build it with dropout=0 (camlens train --plain does)"
+            )
+        augment, views, patience_off = False, 1, True
+        weight_decay = 0.0 if weight_decay is None else weight_decay
+    else:
+        patience_off = False
+    schedule = schedule or ("constant" if plain or lr_decay is not None else "cosine")
     optim = optimizer_config(optimizer, weight_decay, momentum, nesterov)
     if fine_tune and fine_tune > len(backbone_blocks(net)):  # before any epoch, not after
         raise CamlensError(
@@ -506,7 +588,11 @@ def train(
             ),
             "classes_from": classes_from,
             "augment": augment,
-            "patience": patience,
+            "patience": None if patience_off else patience,
+            "schedule": "lr_decay" if lr_decay is not None else schedule,
+            "lr_decay": lr_decay,
+            "loss": loss,
+            "plain": plain,
             "fine_tune": fine_tune,
             "fine_tune_epochs": fine_tune_epochs if fine_tune else 0,
             "fine_tune_lr": (fine_tune_lr or lr / 100) if fine_tune else None,
@@ -529,7 +615,10 @@ def train(
         _require_each_class(train_set, model, str(data.root))
         history.train_images, history.val_images = len(train_set.labels), len(val_set.labels)
         history.val_files = [str(p) for p in val_set.paths]
-        trainer = _Trainer(net, model.num_classes, history, reporter, patience, callback)
+        trainer = _Trainer(
+            net, model.num_classes, history, reporter, None if patience_off else patience, callback
+        )
+        trainer.schedule, trainer.lr_decay, trainer.binary = schedule, lr_decay, loss == "binary"
         try:
             trainer.head_phase(train_set, val_set, epochs, batch_size, lr, optim, generator)
             if fine_tune:
@@ -731,9 +820,12 @@ class _Trainer:
         num_classes: int,
         history: History,
         reporter: _Reporter,
-        patience: int,
+        patience: int | None,
         callback: Callable[[EpochRecord], None] | None,
     ) -> None:
+        self.schedule = "cosine"
+        self.lr_decay: float | None = None
+        self.binary = False  # the head trained as one output (loss "binary")
         self.net = net
         self.num_classes = num_classes
         self.history = history
@@ -759,10 +851,23 @@ class _Trainer:
     ) -> None:
         net = self.net
         n, views = train_set.features.shape[:2]
-        params = list(net.fc.parameters())
+        single = nn.Linear(net.fc.in_features, 1).to(net.fc.weight.device)  # loss "binary"
+
+        def head(x: torch.Tensor) -> torch.Tensor:
+            if self.binary:
+                return _two_from_one(single(net.dropout(x)))
+            return net.head(x)
+
+        def store() -> None:  # the one output as fc's two rows, -w/2 and w/2
+            if self.binary:
+                with torch.no_grad():
+                    net.fc.weight.copy_(_two_from_one(single.weight.T).T)
+                    net.fc.bias.copy_(_two_from_one(single.bias[None])[0])
+
+        params = list((single if self.binary else net.fc).parameters())
         optimizer = optim.make(params, lr)
         steps = epochs * math.ceil(n / batch_size)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
+        schedule = _scheduler(optimizer, self.schedule, self.lr_decay, steps)
         task = self.reporter.task("head epochs", epochs)
         self.stop, self.bad_epochs = False, 0
         # the inputs are cached tensors: only fc's parameters get gradients
@@ -776,10 +881,11 @@ class _Trainer:
                 rows = order[at : at + batch_size].to(train_set.features.device)
                 x = train_set.features[rows, pick[at : at + batch_size].to(rows.device)]
                 y = train_set.labels[rows]
-                loss, right = _step(net.head(x), y, optimizer, schedule)
+                loss, right = _step(head(x), y, optimizer, schedule)
                 total += loss * len(rows)
                 correct += right
             net.dropout.eval()
+            store()
             with torch.no_grad():
                 val_logits = net.head(val_set.features[:, 0]) if len(val_set.labels) else None
             self.end_epoch(
@@ -820,7 +926,7 @@ class _Trainer:
         optimizer = optim.make(params, lr)
         n = len(train_set.paths)
         steps = epochs * math.ceil(n / batch_size)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
+        schedule = _scheduler(optimizer, self.schedule, self.lr_decay, steps)
         device = model.device
         task = self.reporter.task("fine-tune epochs", epochs)
         with _only_trainable(net, params):
@@ -896,7 +1002,8 @@ class _Trainer:
             seconds=time.perf_counter() - began,
         )
         history.epochs.append(record)
-        score = val_loss if val_loss is not None else -record.epoch  # no validation: the last
+        # no validation, or no early stopping (plain): the last epoch is kept
+        score = val_loss if val_loss is not None and self.patience is not None else -record.epoch
         if score < self.best_loss:
             self.best_loss = score
             self.best_state = state()
@@ -906,7 +1013,7 @@ class _Trainer:
                 history.confusion = _confusion(val_logits, val_labels, self.num_classes)
         else:
             self.bad_epochs += 1
-            if self.bad_epochs >= self.patience:
+            if self.patience is not None and self.bad_epochs >= self.patience:
                 history.stopped_early = True
                 self.stop = True
         self.reporter.advance(task, 1, f"epoch {record.epoch}")

@@ -94,10 +94,21 @@ def explain(
     layer: LayersOpt = None,
     classes: Annotated[
         list[str] | None,
-        typer.Option("--class", "-c", help="class index or name (repeat for several)"),
+        typer.Option(
+            "--class",
+            "-c",
+            help="class index or name (repeat for several); not with --top: give one or the other",
+        ),
     ] = None,
     top: Annotated[
-        int | None, typer.Option("--top", "-k", help="explain the top K predicted classes")
+        int | None,
+        typer.Option(
+            "--top",
+            "-k",
+            help="explain the top K predicted classes (default 1; not with --class). The "
+            "console line shows the top-3 predictions whatever is explained, then "
+            "'explained:' and the classes explained",
+        ),
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("camlens-out"),
     cmap: Annotated[str, typer.Option(help="matplotlib colormap of the overlays")] = "jet",
@@ -129,8 +140,24 @@ def explain(
             "evidence still shows where it is least negative)",
         ),
     ] = True,
+    normalize: Annotated[
+        str,
+        typer.Option(
+            "--normalize",
+            help="minmax: each map stretched to [0, 1]; max: divided by its maximum after the "
+            "ReLU, as the CAM and Grad-CAM write-ups do (not with --no-relu)",
+        ),
+    ] = "minmax",
     panels: Annotated[
         bool, typer.Option("--panels", help="also a photo | heatmap | overlay picture per map")
+    ] = False,
+    raw_panel: Annotated[
+        bool,
+        typer.Option(
+            "--raw-panel",
+            help="a fourth tile in each panel: the map at the layer's own grid, before "
+            "upsampling (a cell per value, a colorbar); implies --panels",
+        ),
     ] = False,
     # --- runs over many files ---
     output_format: Annotated[
@@ -218,13 +245,15 @@ def explain(
             max_pixels=max_pixels,
             input_size=parse_size(input_size) if input_size is not None else None,
             relu=relu,
+            normalize=normalize,
         )
         output = OutputConfig(
             cmap=cmap,
             alpha=alpha,
             boxes="all" if all_boxes else "largest" if boxes else None,
             threshold=parse_threshold(threshold),
-            panels=panels,
+            panels=panels or raw_panel,
+            raw_panels=raw_panel,
             grids=config.layers == ("all",),
             format=output_format,  # type: ignore[arg-type]  # checked by OutputConfig
             overlay_format=overlay_format,  # type: ignore[arg-type]

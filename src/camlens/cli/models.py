@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+import typer
 from rich.markup import escape
 from rich.table import Table
 
@@ -31,18 +34,47 @@ def methods() -> None:
 
 
 @app.command()
-def layers(model: ModelOpt = None, weights: WeightsOpt = None, device: DeviceOpt = "cpu") -> None:
+def layers(
+    model: ModelOpt = None,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = "cpu",
+    every: Annotated[
+        bool,
+        typer.Option(
+            "--all",
+            help="every layer, spatial or not, with its output shape (as Keras's "
+            "model.summary() lists them)",
+        ),
+    ] = False,
+) -> None:
     """The model's layers with spatial output, their maps' shapes and how each output becomes maps
-    (conv, channels-last, tokens on a grid); * marks the automatic choice. A VGG's layers also
-    show their Keras names (block5_conv3), which --layer accepts too."""
+    (conv, channels-last, tokens on a grid); * marks the automatic choice: the last layer with a
+    spatial map (a nested base model's output, the layer that feeds its GAP -> Dense head), or
+    the one before a final pooling that halves its grid, unless the pooled one feeds a GAP ->
+    Linear head. A VGG's layers also show their Keras names (block5_conv3); --layer takes those
+    and the Caffe names (conv5_3) too."""
     from camlens.keras_names import keras_names
-    from camlens.layers import auto_layer, spatial_layers, warn_if_broken
+    from camlens.layers import auto_layer, cam_head_of, every_layer, spatial_layers, warn_if_broken
 
     with bad_input():
         loaded = model_from_options(model, weights, device)
         found = spatial_layers(loaded)
         chosen = auto_layer(loaded, found)
         warn_if_broken(loaded)
+        head = cam_head_of(loaded, chosen)
+    if every:
+        spatial = {info.name: info for info in found}
+        table = Table(show_header=True, header_style="bold", box=None)
+        for column in ("", "layer", "type", "output shape", "maps [C, H, W]"):
+            table.add_column(column)
+        for name, kind, dims in every_layer(loaded):
+            info = spatial.get(name)
+            maps = "x".join(map(str, info.shape)) if info is not None else ""
+            row = ["*" if name == chosen else "", name, kind, str(list(dims)), maps]
+            table.add_row(*map(escape, row))
+        out_console.print(table)
+        say(f"* automatic target layer of {loaded.name}: {chosen}{_head_note(head)}")
+        return
     aliases = {name: alias for alias, name in keras_names(loaded.net).items()}
     table = Table(show_header=True, header_style="bold", box=None)
     columns = ("", "layer", "Keras name", "type", "maps [C, H, W]", "adapter")
@@ -54,4 +86,10 @@ def layers(model: ModelOpt = None, weights: WeightsOpt = None, device: DeviceOpt
         extra = [aliases.get(info.name, "")] if aliases else []
         table.add_row(*map(escape, [mark, info.name, *extra, info.kind, shape, info.adapter]))
     out_console.print(table)
-    say(f"* automatic target layer of {loaded.name}: {chosen}")
+    say(f"* automatic target layer of {loaded.name}: {chosen}{_head_note(head)}")
+    if aliases:
+        say("--layer also takes their Caffe names: conv5_3 for block5_conv3, pool5 for block5_pool")
+
+
+def _head_note(head: str | None) -> str:
+    return "" if head is None else f" (it feeds the GAP -> Linear head {head!r}: CAM applies)"

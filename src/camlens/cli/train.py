@@ -70,14 +70,51 @@ def train_command(
         typer.Option("--weight-decay", help="default: 0.01 with adamw, 0 with sgd"),
     ] = None,
     augment: Annotated[
-        bool, typer.Option("--augment/--no-augment", help="flips and random resized crops")
-    ] = True,
+        bool | None,
+        typer.Option("--augment/--no-augment", help="flips and random resized crops (default on)"),
+    ] = None,
     views: Annotated[
-        int, typer.Option("--views", min=1, help="cached views of each training image")
-    ] = 4,
+        int | None,
+        typer.Option("--views", min=1, help="cached views of each training image (default 4)"),
+    ] = None,
     patience: Annotated[
-        int, typer.Option("--patience", min=1, help="epochs without progress before stopping")
-    ] = 3,
+        int | None,
+        typer.Option(
+            "--patience", min=1, help="epochs without progress before stopping (default 3)"
+        ),
+    ] = None,
+    schedule: Annotated[
+        str | None,
+        typer.Option(
+            "--schedule",
+            help="the learning rate over the steps: cosine (default), step (/10 at 1/2 and 3/4 "
+            "of them) or constant (default with --plain)",
+        ),
+    ] = None,
+    lr_decay: Annotated[
+        float | None,
+        typer.Option(
+            "--lr-decay",
+            help="Keras's decay instead of a schedule: lr / (1 + DECAY * step) (1e-6 in the "
+            "write-ups)",
+        ),
+    ] = None,
+    loss: Annotated[
+        str,
+        typer.Option(
+            "--loss",
+            help="softmax: cross-entropy over the classes; binary (two classes): one output "
+            "with binary cross-entropy, as a Dense(1, sigmoid) head",
+        ),
+    ] = "softmax",
+    plain: Annotated[
+        bool,
+        typer.Option(
+            "--plain",
+            help="train as the write-ups do: no dropout, augmentation, extra views, weight "
+            "decay, schedule or early stopping (the last epoch is kept)",
+        ),
+    ] = False,
     fine_tune: Annotated[
         int, typer.Option("--fine-tune", min=0, help="then train the backbone's last N blocks")
     ] = 0,
@@ -93,7 +130,10 @@ def train_command(
             "instead of the backbone's",
         ),
     ] = None,
-    dropout: Annotated[float, typer.Option("--dropout", help="before the linear layer")] = 0.2,
+    dropout: Annotated[
+        float | None,
+        typer.Option("--dropout", help="before the linear layer (default 0.2, 0 with --plain)"),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     device: DeviceOpt = "cpu",
 ) -> None:
@@ -106,10 +146,17 @@ def train_command(
     import torch
 
     from camlens.devices import check_device
+    from camlens.errors import CamlensError
     from camlens.images import parse_size
     from camlens.models import build_cam_model, save
     from camlens.models.checkpoint import checkpoint_path
-    from camlens.train import check_settings, optimizer_config, scan_folder, train
+    from camlens.train import (
+        check_settings,
+        check_training,
+        optimizer_config,
+        scan_folder,
+        train,
+    )
 
     validation: float | Path
     try:
@@ -119,13 +166,34 @@ def train_command(
     with bad_input(), _unreadable_listed(), progress_bars() as progress:
         # every setting, the device, the checkpoint's place and the folder before any model
         size = parse_size(input_size) if input_size is not None else None
+        if plain:
+            given = [
+                name
+                for name, value in (
+                    ("--augment", augment),
+                    ("--views", views),
+                    ("--patience", patience),
+                    ("--dropout", dropout if dropout else None),
+                )
+                if value
+            ]
+            if given:
+                raise CamlensError(
+                    f"--plain switches off {', '.join(given)}: give one or the other"
+                )
+        views = 1 if plain else 4 if views is None else views
+        patience = 3 if patience is None else patience
+        augment = not plain if augment is None else augment
+        dropout = (0.0 if plain else 0.2) if dropout is None else dropout
         optimizer_config(optimizer, weight_decay, momentum, nesterov)
         check_settings(
             epochs, batch_size, lr, views, patience, fine_tune, fine_tune_epochs, fine_tune_lr
         )
+        check_training(schedule, lr_decay, loss)
         check_device(device)
         out = checkpoint_path(out, "--out")
         classes = scan_folder(folder, classes_from=classes_from).classes
+        check_training(schedule, lr_decay, loss, len(classes))
         torch.manual_seed(seed)
         model = build_cam_model(
             backbone,
@@ -153,6 +221,10 @@ def train_command(
             fine_tune=fine_tune,
             fine_tune_epochs=fine_tune_epochs,
             fine_tune_lr=fine_tune_lr,
+            schedule=schedule,
+            lr_decay=lr_decay,
+            loss=loss,
+            plain=plain,
             seed=seed,
             progress=EventBars(progress),
             callback=lambda record: progress.console.print(

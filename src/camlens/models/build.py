@@ -13,7 +13,7 @@ import torch
 from camlens.devices import check_device
 from camlens.errors import ModelError
 from camlens.models.architectures import DEFAULT_SPEC, DEFAULT_TIMM_NAME
-from camlens.models.checkpoint import CHECKPOINT_SUFFIX, read_checkpoint
+from camlens.models.checkpoint import CHECKPOINT_SUFFIX, read_checkpoint, read_header
 from camlens.models.head import (
     Backbone,
     CamConfig,
@@ -25,6 +25,7 @@ from camlens.models.head import (
     make_backbone,
     with_input_size,
 )
+from camlens.models.keras import KERAS_SUFFIXES
 from camlens.models.model import Model
 from camlens.models.weights import load_state, read_state_dict
 
@@ -51,6 +52,12 @@ def build_cam_model(
     or a ``.camlens`` checkpoint of the same backbone. Without ``weights`` a timm or torchvision
     backbone has random weights, with a warning.
 
+    ``backbone`` may also be a Keras file of a headless base (``.keras``/``.h5``, saved with
+    ``include_top=False``; its preprocessing from the JSON beside it, as for
+    :func:`camlens.load_model`; the file is read again when the model is loaded back, so keep it
+    at the same path) or a ``.camlens`` checkpoint, whose backbone is taken with its trained
+    weights and its input size and preprocessing.
+
     ``num_classes`` (or ``class_names``, which gives it): the head's outputs; :func:`camlens.train`
     names the classes after the folders when no names are given. ``input_size``: (height, width)
     or one side in pixels, or ``"HxW"`` (:func:`camlens.images.parse_size`: ``"128x68"`` is 128
@@ -70,13 +77,17 @@ def build_cam_model(
     labels = _class_names(num_classes, class_names)
     if not 0.0 <= dropout < 1.0:
         raise ModelError(f"dropout must be in [0, 1), not {dropout}")
-    source = _backbone(spec, weights)
+    own_size = None
+    if spec.endswith(CHECKPOINT_SUFFIX):  # a trained model's backbone, at its input size
+        spec, source, own_size = _checkpoint_backbone(Path(spec), weights)
+    else:
+        source = _backbone(spec, weights)
     preprocess = with_input_size(source.preprocess, input_size)
     channels = feature_channels(source.features, preprocess, spec)
     config = CamConfig(spec, len(labels), channels, float(dropout))
     net = CamNet(source.features, config)
     net.eval()
-    own = preprocess.input_size == source.preprocess.input_size
+    own = preprocess.input_size == (own_size or source.preprocess.input_size)
     name = describe(config)
     loadable = cam_spec(config, None if own else preprocess.input_size)
     return Model(net, preprocess, labels, name, spec=loadable).to(target)
@@ -104,6 +115,10 @@ def _backbone(spec: str, weights: str | os.PathLike[str] | None) -> Backbone:
             f"the default backbone has its own weights; to use {path}, give "
             f"'timm:{DEFAULT_TIMM_NAME}' as the backbone"
         )
+    if spec.lower().endswith(KERAS_SUFFIXES):
+        if path is not None:
+            raise ModelError(f"{spec} is a Keras file with its own weights: give no weights file")
+        return make_backbone(spec, filled=False)
     source = make_backbone(spec, filled=path is not None)
     if path is not None:
         _fill_backbone(source, spec, path)
@@ -116,6 +131,25 @@ def _backbone(spec: str, weights: str | os.PathLike[str] | None) -> Backbone:
             stacklevel=3,
         )
     return source
+
+
+def _checkpoint_backbone(
+    path: Path, weights: str | os.PathLike[str] | None
+) -> tuple[str, Backbone, tuple[int, int]]:
+    """The backbone of the ``.camlens`` checkpoint ``path`` with its trained weights and the
+    checkpoint's preprocessing: (its backbone's spec, the backbone, that backbone's own input
+    size)."""
+    if weights is not None:
+        raise ModelError(
+            f"{path} is a checkpoint with its own weights: give no weights file with it"
+        )
+    header = read_header(path)
+    spec = header.config.backbone
+    source = make_backbone(spec, filled=True)
+    own_size = source.preprocess.input_size
+    _fill_backbone(source, spec, path)
+    source.preprocess = header.preprocess
+    return spec, source, own_size
 
 
 def _fill_backbone(source: Backbone, spec: str, path: Path) -> None:

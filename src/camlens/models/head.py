@@ -54,7 +54,8 @@ from camlens.modes import eval_mode
 
 BACKBONE_FORMS = (
     f"'{DEFAULT_SPEC}' (the embedded default, offline ImageNet weights), 'timm:NAME' or "
-    "'torchvision:NAME' (with weights= a local state dict; random weights without)"
+    "'torchvision:NAME' (with weights= a local state dict; random weights without), a Keras "
+    "file of a headless base (.keras, .h5) or a .camlens checkpoint"
 )
 #: The dropout of :func:`camlens.build_cam_model` unless told otherwise (left out of specs).
 DEFAULT_DROPOUT = 0.2
@@ -93,6 +94,21 @@ class TimmFeatures(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.body.forward_features(x)  # type: ignore[operator]
         return out
+
+
+class KerasFeatures(nn.Module):
+    """A headless Keras base (``include_top=False``) as a backbone: its ``[N, H, W, K]`` output as
+    the ``[N, K, H, W]`` map the head pools. ``net`` is the :class:`~camlens.models.keras.KerasNet`
+    (its layers keep their Keras names under ``features.net``)."""
+
+    def __init__(self, net: nn.Module, channels_first: bool) -> None:
+        super().__init__()
+        self.net = net
+        self.channels_first = channels_first
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.net(x)
+        return out if self.channels_first or out.ndim != 4 else out.permute(0, 3, 1, 2)
 
 
 class CamNet(nn.Module):
@@ -247,6 +263,13 @@ def make_backbone(spec: str, *, filled: bool) -> Backbone:
         return _timm_backbone(spec[len("timm:") :])
     if spec.startswith("torchvision:"):
         return _torchvision_backbone(spec[len("torchvision:") :], empty=filled)
+    from camlens.models.keras import KERAS_SUFFIXES, load_keras
+
+    if spec.lower().endswith(KERAS_SUFFIXES):
+        loaded = load_keras(spec)  # its preprocessing from the JSON beside it, or guessed
+        net = loaded.net
+        channels_first = bool(getattr(net, "channels_first", False))
+        return Backbone(KerasFeatures(net, channels_first), loaded.preprocess)
     raise ModelError(f"unknown backbone {spec!r}: use {BACKBONE_FORMS}")
 
 

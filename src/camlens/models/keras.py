@@ -351,11 +351,27 @@ def load_keras(
             loaded = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:  # every reader failure is a bad file, said in one line
         text = " ".join(str(exc).split())
-        if "safe_mode" in text or "arbitrary code" in text:
-            what = "a Lambda layer's Python function" if "Lambda" in text else "Python code"
+        chain: list[str] = []
+        cause = exc.__cause__ or exc.__context__
+        while cause is not None and len(chain) < 8:  # a Sequential wraps the layer's failure
+            chain.append(str(cause))
+            cause = cause.__cause__ or cause.__context__
+        whole = " ".join([text, *chain])
+        lam = "'class_name': 'Lambda'" in whole or "Lambda" in text
+        if lam:
             raise ModelError(
-                f"{path}: refused: loading it would run {what} stored in the file, and camlens "
-                "loads Keras files in safe mode only"
+                f"{path}: refused: it has a Lambda layer, whose Python function camlens does not "
+                "load (Keras files are loaded in safe mode only, which runs no code from a "
+                "file); a Lambda that averages the last conv layer's map is a global average "
+                "pooling: rebuild the model with keras.layers.GlobalAveragePooling2D() in its "
+                "place (data_format='channels_first' if the map is channels first), copy the "
+                "weights (new.set_weights(old.get_weights())) and save that, or give camlens "
+                "the model object (camlens.load_model(model))"
+            ) from None
+        if "safe_mode" in text or "arbitrary code" in text:
+            raise ModelError(
+                f"{path}: refused: loading it would run Python code stored in the file, and "
+                "camlens loads Keras files in safe mode only"
             ) from None
         raise ModelError(
             f"{path}: cannot load the Keras model ({type(exc).__name__}: {text[:300]})"
