@@ -16,7 +16,14 @@ class's, the number of top classes).
    false boxes (boxes that find no object: another class, a box off the object, a second box);
 5. boxes the objects of scikit-image's sample photos (one object each to a person) with the
    default model, top 5, at min_score 0.05, 0.01 and 0;
-6. prints a Markdown table for ``benchmarks/README.md`` and writes ``DIR/summary.json``.
+6. prints a Markdown table for ``benchmarks/README.md`` and writes ``DIR/summary.json``;
+7. ``--pairs`` (alone: ``--pairs-only``): two objects, two boxes. The default model's Grad-CAM of
+   its top class on photos with two copies of one object pasted side by side (the cat's head of
+   ``skimage.data.chelsea()`` or the cup of ``coffee()``, the second mirrored; touching,
+   overlapping by 10% or 15% apart) and with one copy alone; for each way of boxing
+   (``boxes_from_map(mode="all")`` at several thresholds, with and without the cut at saddles)
+   the pairs that get a box on each object (IoU >= 0.5) and the single objects that get one box
+   and one only (not split), written to ``DIR/pairs.json``.
 """
 
 from __future__ import annotations
@@ -29,12 +36,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from camlens.datasets import Annotated, Dataset, make_synthetic, read_dataset, train_synthetic_model
+from camlens.datasets import Annotated, Dataset, make_synthetic, read_dataset
 from camlens.explain import Explainer
 from camlens.explanation import Explanation
 from camlens.localize import LocalizedObject, localize_objects
 from camlens.metrics import iou
 from camlens.models import Model, load_model
+from camlens.train import train_synthetic_model
 
 Rule = Callable[[Explanation], list[LocalizedObject]]
 
@@ -85,9 +93,14 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=600)
     parser.add_argument("--multi", type=int, default=100, help="two-object images")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pairs", type=int, default=12, help="pasted pairs per layout")
+    parser.add_argument("--pairs-only", action="store_true", help="step 7 alone")
     args = parser.parse_args()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
+    if args.pairs_only:
+        two_objects(args.pairs, args.seed, out)
+        return
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         train = make_synthetic(Path(scratch, "train"), args.train, seed=args.seed)
@@ -106,6 +119,104 @@ def main() -> None:
         for rule, found in by_rule.items():
             print(f"  {name}, min_score {rule}: {found}")
     print(f"\n{summary['seconds']} s (set, training and the sweeps)")
+    two_objects(args.pairs, args.seed, out)
+
+
+# --- 7. two objects, two boxes ---------------------------------------------------------------------
+
+OBJECTS = {"cat": ("chelsea", (30, 0, 400, 300)), "cup": ("coffee", (75, 10, 480, 390))}
+LAYOUTS = {"touching": 0.0, "overlapping 10%": -0.1, "15% apart": 0.15}
+BoxT = tuple[int, int, int, int]
+
+
+def pasted(kind: str, layout: str | None, rng: Any, height: int = 300) -> tuple[Any, list[BoxT]]:
+    """A photo of one object (``layout`` None) or two side by side (the second mirrored),
+    pasted on a crop of a texture photo, and the objects' boxes."""
+    import numpy as np
+    from PIL import Image, ImageOps
+    from skimage import data
+
+    name, box = OBJECTS[kind]
+    thing = Image.fromarray(np.asarray(getattr(data, name)())).crop(box)
+    side = int(height * rng.uniform(0.6, 0.8))
+    thing = thing.resize((round(side * thing.width / thing.height), side))
+    w = thing.width
+    gap = 0 if layout is None else round(LAYOUTS[layout] * w)
+    count = 1 if layout is None else 2
+    width = int(count * w + (count - 1) * gap + 2 * int(rng.integers(20, 60)))
+    texture = np.asarray(getattr(data, ("grass", "gravel", "brick")[int(rng.integers(3))])())
+    background = Image.fromarray(texture).convert("RGB").resize((max(width, height),) * 2)
+    canvas = background.crop((0, 0, width, height))
+    top = int(rng.integers(0, height - side + 1))
+    left = (width - (count * w + (count - 1) * gap)) // 2
+    boxes = []
+    for i in range(count):
+        x = left + i * (w + gap)
+        canvas.paste(thing if i == 0 else ImageOps.mirror(thing), (x, top))
+        boxes.append((x, top, x + w, top + side))
+    if count == 2 and gap < 0:  # the mirrored copy covers the first one's overlapping strip
+        x0, y0, _, y1 = boxes[0]
+        boxes[0] = (x0, y0, boxes[1][0], y1)
+    return canvas, boxes
+
+
+def box_iou(a: BoxT, b: BoxT) -> float:
+    return float(iou(a, b))
+
+
+def two_objects(per_layout: int, seed: int, out: Path) -> None:
+    import numpy as np
+
+    from camlens.localize import boxes_from_map
+
+    rng = np.random.default_rng(seed)
+    explainer = Explainer(load_model(), method="gradcam")
+    cases: list[tuple[str, str, Any, list[BoxT]]] = []
+    for kind in OBJECTS:
+        for layout in [*LAYOUTS, None]:
+            for _ in range(per_layout):
+                photo, boxes = pasted(kind, layout, rng)
+                cases.append((kind, layout or "one object", photo, boxes))
+    rules: list[tuple[str, Any, float | None]] = [
+        ("threshold 0.2, no cut (before)", 0.2, None),
+        ("threshold 0.3, no cut", 0.3, None),
+        ("threshold 0.4, no cut", 0.4, None),
+        ("threshold 0.5, no cut", 0.5, None),
+        ("threshold otsu, no cut", "otsu", None),
+        ("threshold 0.2, cut at saddles of depth 0.05", 0.2, 0.05),
+        ("threshold 0.2, cut at saddles of depth 0.1", 0.2, 0.1),
+        ("threshold 0.2, cut at saddles of depth 0.15", 0.2, 0.15),
+        ("threshold 0.2, cut at saddles of depth 0.2", 0.2, 0.2),
+        ("threshold 0.2, cut at saddles of depth 0.3", 0.2, 0.3),
+    ]
+    maps = []
+    for kind, layout, photo, boxes in cases:
+        result = explainer.explain(photo, top=1)
+        maps.append((kind, layout, result.map_at_image(0).numpy(), boxes))
+    rows = []
+    for name, threshold, saddle in rules:
+        row: dict[str, Any] = {"rule": name}
+        for layout in [*LAYOUTS, "one object"]:
+            chosen = [m for m in maps if m[1] == layout]
+            good = 0
+            for _, _, full, truth in chosen:
+                found = boxes_from_map(full, threshold=threshold, mode="all", saddle=saddle)
+                hits = [any(box_iou(b.xyxy, t) >= 0.5 for b in found) for t in truth]
+                good += all(hits) and len(found) == len(truth)
+            row[layout] = f"{good} of {len(chosen)}"
+        rows.append(row)
+    columns = [*LAYOUTS, "one object"]
+    lines = [
+        "| `--all-boxes` | "
+        + " | ".join(f"two, {c}" if c != "one object" else c for c in columns)
+        + " |",
+        "|---|" + "---:|" * len(columns),
+    ]
+    lines += ["| " + r["rule"] + " | " + " | ".join(r[c] for c in columns) + " |" for r in rows]
+    (out / "pairs.json").write_text(
+        json.dumps({"per_layout": per_layout, "seed": seed, "rows": rows}, indent=1) + "\n"
+    )
+    print("\n".join(lines))
 
 
 def sample_photos() -> dict[str, dict[str, list[list[Any]]]]:

@@ -421,3 +421,30 @@ def test_nested_base_the_automatic_layer_feeds_the_gap(
     for kind, shape in (("GlobalAveragePooling2D", "[4]"), ("Dense", "[3]")):  # not spatial
         (row,) = [line for line in every.stdout.splitlines() if f" {kind} " in line]
         assert shape in row
+
+
+# --- 4. two objects, two boxes ---------------------------------------------------------------------
+
+
+def blobs(*centers: tuple[float, float], sigma: float = 12.0) -> np.ndarray:
+    y, x = np.mgrid[0:60, 0:100]
+    return sum(np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * sigma**2)) for cx, cy in centers)
+
+
+def test_all_boxes_cut_a_region_at_the_saddle_between_two_peaks() -> None:
+    from camlens.localize import SADDLE_DEPTH, boxes_from_map
+
+    two = blobs((30, 30), (70, 30))  # touching: one region above 0.2, a saddle at half the peaks
+    assert two[30, 50] / two[30, 30] == pytest.approx(0.5, abs=0.01)
+    assert len(boxes_from_map(two, mode="all", saddle=None)) == 1  # the threshold alone: one box
+    left, right = sorted(boxes_from_map(two, mode="all"), key=lambda b: b.x0)
+    assert left.x1 == right.x0 == 51  # cut at the saddle, at the middle
+    assert (left.y0, left.y1) == (right.y0, right.y1)
+    # one object with a shallow dip (the saddle 10% below its lower peak) stays one box
+    shallow = blobs((35, 30), (65, 30))
+    dip = 1 - shallow[30, 50] / shallow.max()
+    assert 0 < dip < SADDLE_DEPTH
+    assert len(boxes_from_map(shallow, mode="all")) == 1
+    assert len(boxes_from_map(shallow, mode="all", saddle=dip / 2)) == 2
+    assert len(boxes_from_map(blobs((50, 30)), mode="all")) == 1
+    assert len(boxes_from_map(two)) == 1  # the largest region: the cut is for all boxes only
