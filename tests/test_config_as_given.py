@@ -5,6 +5,7 @@ bit for bit, with the same passes."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import warnings
 from typing import Any
 
@@ -16,6 +17,8 @@ from hypothesis import strategies as st
 
 import camlens
 from camlens.config import ExplainConfig
+from camlens.errors import MethodError
+from camlens.methods import get_method
 from camlens.models.synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PREPROCESS, SyntheticCNN
 
 REBUILT_AS_GIVEN = [  # what the Explainer may resolve: the model and where it runs, the layers
@@ -81,6 +84,28 @@ def test_classes_and_top_are_kept(default_model: camlens.Model, coffee: np.ndarr
     assert camlens.ExplainConfig is ExplainConfig
 
 
+def test_method_options_are_config_options(tiny: camlens.Model, photos: list[np.ndarray]) -> None:
+    """A method given with options (Python only) is its name and its ``method_options`` in the
+    config, which rebuilds it; an option its function does not take is refused by name."""
+    sscam = get_method("sscam").with_options(samples=2, std=1.0)
+    ex = camlens.Explainer(tiny, method=[sscam, "gradcam"], fast_channels=4)
+    assert ex.config.method_options == {"sscam": {"samples": 2, "std": 1.0}}
+    assert json.loads(ex.config.to_json())["method_options"] == {
+        "sscam": {"samples": 2, "std": 1.0}
+    }
+    ours = ex.explain(photos)
+    assert ours[0].stats.perturbation_passes == 2 * 4 * 3  # 2 samples of 4 channels, 3 images
+    assert_same(ours, rebuilt(ex, tiny).explain(photos))
+    plain = camlens.Explainer(tiny, method=["sscam", "gradcam"], fast_channels=4).explain(photos)
+    assert not torch.equal(plain[0].maps[0].map, ours[0].maps[0].map)  # the options did apply
+    with pytest.raises(MethodError, match=r"sscam has no option 'smaples': its options are"):
+        camlens.Explainer(tiny, method=get_method("sscam").with_options(smaples=2))
+    with pytest.raises(MethodError, match=r"gradcam has no option 'k': it has none"):
+        camlens.Explainer.from_config(
+            ExplainConfig(method_options={"gradcam": {"k": 1}}), model=tiny
+        )
+
+
 # --- the property, over generated configs, on a tiny network ---------------------------------------
 
 METHODS = ["cam", "gradcam", "gradcampp", "layercam", "hirescam", "eigencam", "scorecam"]
@@ -99,6 +124,8 @@ def configs(draw: st.DrawFn) -> dict[str, Any]:
     elif which == "classes":
         names = st.sampled_from([0, 1, 2, 3, *SYNTHETIC_CLASSES])
         options["classes"] = tuple(draw(st.lists(names, min_size=1, max_size=2, unique=True)))
+    if "scorecam" in methods and draw(st.booleans()):
+        options["method_options"] = {"scorecam": {"mask_align_corners": True}}
     options["smooth"] = tuple(draw(st.lists(st.sampled_from(["tta", "pca"]), unique=True)))
     options["tta_flips"] = draw(st.booleans())
     scales = st.lists(st.sampled_from([0.75, 1.0, 1.25, 1.5]), min_size=1, max_size=2, unique=True)
@@ -127,6 +154,7 @@ def photos() -> list[np.ndarray]:
     return [g.integers(0, 256, (40 + 9 * i, 50, 3), dtype=np.uint8) for i in range(3)]
 
 
+@pytest.mark.slow  # 25 configs, three Explainers each
 @given(options=configs())
 @settings(max_examples=25, deadline=None, derandomize=True, database=None)
 def test_any_config_rebuilds_the_same_maps(
@@ -135,12 +163,15 @@ def test_any_config_rebuilds_the_same_maps(
     """The keyword form and from_config of a generated config report it as given, and the
     Explainers rebuilt from their reports through JSON give the same maps with the same passes."""
     config = ExplainConfig(**options)
-    keywords = {k: v for k, v in options.items() if k not in ("methods", "layers")}
+    keywords = {
+        k: v for k, v in options.items() if k not in ("methods", "method_options", "layers")
+    }
+    methods = [
+        get_method(n).with_options(**config.method_options.get(n, {})) for n in config.methods
+    ]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # flat maps of a random network
-        by_keywords = camlens.Explainer(
-            tiny, method=list(config.methods), layer=list(config.layers), **keywords
-        )
+        by_keywords = camlens.Explainer(tiny, method=methods, layer=list(config.layers), **keywords)
         by_config = camlens.Explainer.from_config(config, model=tiny)
         assert by_keywords.config == by_config.config
         for name in REBUILT_AS_GIVEN:

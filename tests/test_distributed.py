@@ -182,8 +182,9 @@ def test_ray_actors_run_the_drivers_config(
     local, remote = tree(images / "local-smoothed"), tree(images / "ray-smoothed")
     assert sorted(remote.pop(INDEX).splitlines()) == sorted(local.pop(INDEX).splitlines())
     assert len(remote) == 7 * 5 and remote == local  # a report and 2 x 2 overlays per image
-    report = json.loads(local["000.json"])
-    assert [e["class_index"] for e in report["explanations"]] == [285, 285, 967, 967]
+    reports = [json.loads(text) for name, text in local.items() if name.endswith(".json")]
+    assert len(reports) == 7
+    assert [e["class_index"] for e in reports[0]["explanations"]] == [285, 285, 967, 967]
 
 
 STATE_QUERY = """
