@@ -106,6 +106,15 @@ def test_method_options_are_config_options(tiny: camlens.Model, photos: list[np.
         )
 
 
+def test_odd_methods_and_layers_are_named(tiny: camlens.Model) -> None:
+    with pytest.raises(MethodError, match="method must be a name, a Method or a list"):
+        camlens.Explainer(tiny, method=42)  # type: ignore[arg-type]
+    with pytest.raises(camlens.CamlensError, match="layer must be a name, a module or a list"):
+        camlens.Explainer(tiny, layer=123)  # type: ignore[arg-type]
+    with pytest.raises(camlens.CamlensError, match="layer must be a name, a module or a list"):
+        camlens.Explainer(tiny, layer=["features.5", 1])  # type: ignore[list-item]
+
+
 # --- the property, over generated configs, on a tiny network ---------------------------------------
 
 METHODS = ["cam", "gradcam", "gradcampp", "layercam", "hirescam", "eigencam", "scorecam"]

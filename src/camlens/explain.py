@@ -16,7 +16,7 @@ from torch import nn
 from camlens import inputs as coerce
 from camlens import smoothing
 from camlens.config import ExplainConfig, resolve_methods
-from camlens.errors import CamlensError, MethodError
+from camlens.errors import CamlensError, LayerError, MethodError
 from camlens.explanation import Explanation
 from camlens.images import MAX_PIXELS
 from camlens.inputs import Classes, ClassSpec, ImageInput, Item
@@ -85,7 +85,7 @@ class Explainer:
         top: int | None = None,
     ) -> None:
         methods = _methods(method)
-        layers = [layer] if isinstance(layer, str | nn.Module) else list(layer or [])
+        layers = _layers(layer)
         config = ExplainConfig(  # checks every option before any model is touched
             model=model if isinstance(model, str) else None,
             device=str(device) if device is not None else "cpu",
@@ -309,7 +309,9 @@ class Explainer:
 
 
 def _methods(method: str | Method | Sequence[str | Method]) -> list[Method]:
-    """Method names, groups and :class:`Method` objects (taken as they are) -> each method once."""
+    """Method names, groups and :class:`Method` objects (with their options) -> each method once."""
+    if not isinstance(method, str | Method | Sequence):
+        raise MethodError(f"method must be a name, a Method or a list of them, not {method!r}")
     given = [method] if isinstance(method, str | Method) else list(method)
     if not given:
         raise MethodError("no method given: choose one or more of " + ", ".join(METHODS))
@@ -318,3 +320,13 @@ def _methods(method: str | Method | Sequence[str | Method]) -> list[Method]:
         for one in [m] if isinstance(m, Method) else map(get_method, resolve_methods(m)):
             chosen.setdefault(one.name, one)
     return list(chosen.values())
+
+
+def _layers(layer: LayerSpec | Sequence[LayerSpec] | None) -> list[LayerSpec]:
+    if layer is None:
+        return []
+    if isinstance(layer, str | nn.Module):
+        return [layer]
+    if not isinstance(layer, Sequence) or not all(isinstance(x, str | nn.Module) for x in layer):
+        raise LayerError(f"layer must be a name, a module or a list of them, not {layer!r}")
+    return list(layer)
