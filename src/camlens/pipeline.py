@@ -65,7 +65,8 @@ class Pipeline:
         move: bool,
     ) -> None:
         if not isinstance(model, Model):
-            model = load_model(model or config.model, weights=config.weights, device=config.device)
+            spec = config.model if model is None else model
+            model = load_model(spec, weights=config.weights, device=config.device)
         elif move:
             model.to(check_device(config.device))
         self.model = model if config.input_size is None else at_input_size(model, config.input_size)
@@ -215,9 +216,8 @@ class Pipeline:
 
     def _capture(self, x: torch.Tensor, progress: Progress | None) -> Capture:
         gradients = any(m.needs == "gradients" for m in self.methods)
-        autograd = [
-            n for n in [t.name for t in self.targets] if gradients and n not in self.head_gradients
-        ]
+        heads = self.head_gradients
+        autograd = [t.name for t in self.targets if gradients and t.name not in heads]
         return Capture(
             self.model,
             self.targets,
