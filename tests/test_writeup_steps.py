@@ -448,3 +448,27 @@ def test_all_boxes_cut_a_region_at_the_saddle_between_two_peaks() -> None:
     assert len(boxes_from_map(shallow, mode="all", saddle=dip / 2)) == 2
     assert len(boxes_from_map(blobs((50, 30)), mode="all")) == 1
     assert len(boxes_from_map(two)) == 1  # the largest region: the cut is for all boxes only
+
+
+def test_server_normalize_field(default_model: camlens.Model, chelsea: np.ndarray) -> None:
+    import io
+
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from camlens.serve import create_app
+
+    buffer = io.BytesIO()
+    Image.fromarray(chelsea).save(buffer, format="PNG")
+    upload = {"image": ("cat.png", buffer.getvalue(), "image/png")}
+    expected = camlens.Explainer(default_model, method="cam", normalize="max").explain(chelsea)
+    with TestClient(create_app(default_model)) as client:
+        answer = client.post(
+            "/api/explain", files=upload, data={"methods": "cam", "normalize": "max"}
+        )
+        assert answer.status_code == 200, answer.text
+        got = np.load(io.BytesIO(client.get(answer.json()["explanations"][0]["map"]).content))
+        bad = client.post("/api/explain", files=upload, data={"normalize": "l2"})
+    np.testing.assert_allclose(got, expected.map_at_image(0).numpy(), atol=1e-6)
+    assert float(got.min()) > 0  # CAM of the default model is positive everywhere on this photo
+    assert bad.status_code == 422 and bad.json()["parameter"] == "normalize"
