@@ -55,7 +55,9 @@ def test_html_shows_the_photo_each_overlay_and_the_top5(result: camlens.Explanat
     first = np.asarray(result.overlay(0).resize(pictures[1].size), dtype=float)
     assert np.abs(first - np.asarray(pictures[1], dtype=float)).mean() < 6
     captions = re.findall(r"<figcaption>(.*?)</figcaption>", page)
-    assert captions[1] == f"<b>cat &lt;tabby&gt;</b> {result.maps[0].score:.3f}<br>gradcam · features"
+    assert (
+        captions[1] == f"<b>cat &lt;tabby&gt;</b> {result.maps[0].score:.3f}<br>gradcam · features"
+    )
     for caption, m in zip(captions[1:], result.maps, strict=True):
         assert caption.endswith(f"<br>{m.method} · features")
     assert [m.label for m in result.maps].index("dog & co") == 2
