@@ -83,6 +83,14 @@ class Shots:
         return data
 
 
+def titles(server: str) -> dict[str, str]:
+    """The methods' display names as the page shows them: the server's title, else the name."""
+    import httpx
+
+    methods = httpx.get(f"{server}/api/methods").json()["methods"]
+    return {m["name"]: m.get("title") or m["name"] for m in methods}
+
+
 def heat_source(page: Any) -> str:
     return str(page.locator("#stage img.heat").get_attribute("src"))
 
@@ -91,6 +99,7 @@ def test_explore_a_photo(server: str, page: Any, tmp_path: Path, chelsea: np.nda
     from playwright.sync_api import expect
 
     shots = Shots(tmp_path)
+    title = titles(server)
     photo = tmp_path / "chelsea.jpg"
     Image.fromarray(chelsea).save(photo, quality=95)
 
@@ -107,7 +116,7 @@ def test_explore_a_photo(server: str, page: Any, tmp_path: Path, chelsea: np.nda
     expect(predictions.nth(0)).to_have_attribute("aria-pressed", "true")
     stage = page.locator("#stage")
     expect(stage.locator("figcaption")).to_contain_text("Egyptian cat")
-    expect(stage.locator("figcaption")).to_contain_text("Grad-CAM")
+    expect(stage.locator("figcaption")).to_contain_text(title["gradcam"])
     expect(stage.locator("img.heat")).to_have_js_property("naturalWidth", 451)
     first_source = heat_source(page)
     first = shots.take(page, "1-egyptian-cat")
@@ -123,7 +132,7 @@ def test_explore_a_photo(server: str, page: Any, tmp_path: Path, chelsea: np.nda
 
     # another method: the page asks the server again and shows it
     page.select_option("#method", "layercam")
-    expect(stage.locator("figcaption .tag").first).to_have_text("LayerCAM")
+    expect(stage.locator("figcaption .tag").first).to_have_text(title["layercam"])
     expect(stage.locator("figcaption")).to_contain_text("tiger cat")
     expect(page.locator("#busy")).to_be_hidden()
     shots.take(page, "3-layercam")
@@ -157,13 +166,13 @@ def test_explore_a_photo(server: str, page: Any, tmp_path: Path, chelsea: np.nda
     page.click("#show-compare")
     cards = page.locator(".card")
     expect(cards).to_have_count(4)
-    expect(cards.nth(0).locator(".tag").first).to_have_text("CAM")
-    expect(cards.nth(3).locator(".tag").first).to_have_text("LayerCAM")
+    expect(cards.nth(0).locator(".tag").first).to_have_text(title["cam"])
+    expect(cards.nth(3).locator(".tag").first).to_have_text(title["layercam"])
     for card in cards.all():
         expect(card.locator("img.heat")).to_have_js_property("naturalWidth", 451)
     shots.take(page, "5-compare")
     cards.nth(1).click()  # opens Grad-CAM alone
-    expect(stage.locator("figcaption .tag").first).to_have_text("Grad-CAM")
+    expect(stage.locator("figcaption .tag").first).to_have_text(title["gradcam"])
 
     # a method the model refuses at a layer: the reason, and the pickers back to what is shown
     page.select_option("#layer", "blocks.5")
@@ -172,7 +181,7 @@ def test_explore_a_photo(server: str, page: Any, tmp_path: Path, chelsea: np.nda
     message = page.locator("#message")
     expect(message).to_contain_text("CAM needs a GAP -> Linear head")
     expect(page.locator("#method")).to_have_value("gradcam")
-    expect(stage.locator("figcaption .tag").first).to_have_text("Grad-CAM")
+    expect(stage.locator("figcaption .tag").first).to_have_text(title["gradcam"])
     shots.take(page, "6-refused-method")
 
     # a file that is not an image: the server's reason, on the page
@@ -280,8 +289,9 @@ def test_gallery_of_a_run(gallery_server: str, page: Any, tmp_path: Path) -> Non
     expect(page.locator("#detail-position")).to_have_text("1 of 2")
     cards = page.locator(".map-card")
     expect(cards).to_have_count(4)  # Egyptian cat and tiger cat, Grad-CAM and CAM
-    expect(cards.nth(0).locator(".tag").nth(0)).to_have_text("Grad-CAM")
-    expect(cards.nth(1).locator(".tag").nth(0)).to_have_text("CAM")
+    title = titles(gallery_server)
+    expect(cards.nth(0).locator(".tag").nth(0)).to_have_text(title["gradcam"])
+    expect(cards.nth(1).locator(".tag").nth(0)).to_have_text(title["cam"])
     expect(cards.nth(0).locator(".tag.layer")).to_have_text("bn2")
     expect(cards.nth(0).locator("strong")).to_have_text("Egyptian cat")
     expect(cards.nth(2).locator("strong")).to_have_text("tiger cat")
