@@ -6,6 +6,7 @@ test's folder, and also to ``$CAMLENS_SCREENSHOTS`` when it is set."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -205,6 +206,322 @@ def test_page_works_offline(server: str, page: Any) -> None:
     assert requested and all(u.startswith(server) or u.startswith("data:") for u in requested)
 
 
+def in_view(page: Any, selector: str) -> bool:
+    """Whether the element is wholly inside the window, as it is scrolled now."""
+    return bool(
+        page.evaluate(
+            """(selector) => {
+              const r = document.querySelector(selector).getBoundingClientRect();
+              return r.width > 0 && r.top >= 0 && r.left >= 0
+                && r.bottom <= innerHeight && r.right <= innerWidth;
+            }""",
+            selector,
+        )
+    )
+
+
+def page_width(page: Any) -> int:
+    return int(page.evaluate("document.documentElement.scrollWidth"))
+
+
+def luminance(page: Any, script: str) -> float:
+    """The relative brightness (0..1) of a computed CSS colour."""
+    colour = str(page.evaluate(script))
+    red, green, blue = (float(v) for v in re.findall(r"[\d.]+", colour)[:3])
+    return (0.2126 * red + 0.7152 * green + 0.0722 * blue) / 255
+
+
+PHONE = {"width": 390, "height": 844}
+
+
+def test_phone(server: str, page: Any, tmp_path: Path, chelsea: np.ndarray) -> None:
+    """At 390x844 every control is reachable and the map comes first, on screen after an upload."""
+    from playwright.sync_api import expect
+
+    shots = Shots(tmp_path)
+    photo = tmp_path / "chelsea.jpg"
+    Image.fromarray(chelsea).save(photo, quality=95)
+    page.set_viewport_size(PHONE)
+    page.goto(server)
+    page.wait_for_selector("body[data-ready]")
+    assert page_width(page) == 390  # the header wrapped the model name instead of overflowing
+    for control in ("#help-button", "a.docs", "#pick-empty"):
+        assert in_view(page, control), control
+    page.click("#help-button")
+    expect(page.locator("#help")).to_be_visible()
+    assert in_view(page, "#help")
+    page.keyboard.press("Escape")
+    expect(page.locator("#help")).to_be_hidden()
+    shots.take(page, "phone-0-empty")
+
+    # the keyboard reaches the buttons, never the hidden file input
+    focused = []
+    for _ in range(12):
+        page.keyboard.press("Tab")
+        focused.append(page.evaluate("document.activeElement.id || document.activeElement.tagName"))
+    assert "pick-empty" in focused and "file" not in focused
+
+    # after an upload the map is on screen without scrolling, above the classes and the settings
+    page.set_input_files("#file", str(photo))
+    expect(page.locator(".prediction")).to_have_count(5)
+    expect(page.locator("#stage img.heat")).to_have_js_property("naturalWidth", 451)
+    assert in_view(page, "#stage .frame") and in_view(page, "#stage figcaption")
+    tops = [
+        page.locator(f".{panel}").bounding_box()["y"]
+        for panel in ("stage-panel", "predictions", "controls")
+    ]
+    assert tops == sorted(tops)
+    assert page_width(page) == 390
+    shots.take(page, "phone-1-map")
+
+    # compare: the frames of a row line up though their captions wrap differently
+    page.click("#show-compare")
+    cards = page.locator(".card")
+    expect(cards).to_have_count(4)
+    for card in cards.all():
+        expect(card.locator("img.heat")).to_have_js_property("naturalWidth", 451)
+    # a caption three lines long in the first card (a long layer name, say)
+    page.evaluate(
+        "document.querySelector('.card .peak-text').textContent = 'a caption long enough to wrap "
+        "on three lines of a card this narrow'"
+    )
+    rows: dict[float, list[tuple[float, float]]] = {}
+    for card in cards.all():
+        box = card.bounding_box()
+        caption = card.locator("figcaption").bounding_box()
+        frame = card.locator(".frame").bounding_box()
+        rows.setdefault(round(box["y"]), []).append((frame["y"], caption["height"]))
+    assert len(rows) == 2
+    assert any(len({round(h) for _, h in row}) > 1 for row in rows.values())  # they differ
+    for row in rows.values():
+        assert len({round(y) for y, _ in row}) == 1, rows
+    assert page_width(page) == 390
+    page.locator("#compare").scroll_into_view_if_needed()
+    shots.take(page, "phone-2-compare")
+
+    # dark, as the system asks
+    light = luminance(page, "getComputedStyle(document.documentElement).backgroundColor")
+    page.emulate_media(color_scheme="dark")
+    dark = luminance(page, "getComputedStyle(document.documentElement).backgroundColor")
+    ink = luminance(page, "getComputedStyle(document.documentElement).color")
+    assert light > 0.9 and dark < 0.1 and ink > 0.8
+    page.click("#show-single")
+    page.evaluate("window.scrollTo(0, 0)")
+    shots.take(page, "phone-3-dark")
+
+
+def test_keys_colorbar_address_drop(
+    server: str, page: Any, tmp_path: Path, chelsea: np.ndarray
+) -> None:
+    """A select chosen with the mouse leaves the shortcuts working; the colorbar follows the
+    colormap; the settings live in the address; the drop hint hides what is under it."""
+    from playwright.sync_api import expect
+
+    shots = Shots(tmp_path)
+    photo = tmp_path / "chelsea.jpg"
+    Image.fromarray(chelsea).save(photo, quality=95)
+    page.set_viewport_size({"width": 1280, "height": 800})
+    page.goto(server)
+    page.wait_for_selector("body[data-ready]")
+
+    # the drop hint is opaque: the empty state's text does not show through
+    page.evaluate(
+        """() => {
+          const transfer = new DataTransfer();
+          transfer.items.add(new File(["x"], "a.jpg", { type: "image/jpeg" }));
+          document.dispatchEvent(new DragEvent("dragover", { dataTransfer: transfer, bubbles: true,
+            cancelable: true }));
+        }"""
+    )
+    expect(page.locator("body")).to_have_class("dragging")
+    alpha = page.evaluate(
+        "getComputedStyle(document.body, '::after').backgroundColor.match(/[\\d.]+/g)[3] ?? '1'"
+    )
+    assert float(alpha) >= 0.9
+    shots.take(page, "drop-hint")
+    page.evaluate("document.body.classList.remove('dragging')")
+
+    page.set_input_files("#file", str(photo))
+    expect(page.locator(".prediction")).to_have_count(5)
+    colorbar = page.locator(".colorbar img")
+    expect(colorbar).to_have_attribute("src", re.compile(r"/static/cmap-jet\.png$"))
+    expect(colorbar).to_have_js_property("naturalWidth", 256)
+
+    # the colormap chosen with the mouse: the focus leaves the select, "m" is the next method
+    page.click("#cmap")
+    page.select_option("#cmap", "viridis")
+    expect(colorbar).to_have_attribute("src", re.compile(r"/static/cmap-viridis\.png$"))
+    expect(colorbar).to_have_js_property("naturalWidth", 256)
+    assert page.evaluate("document.activeElement.id") != "cmap"
+    before = page.locator("#method").input_value()
+    page.keyboard.press("m")
+    expect(page.locator("#method")).not_to_have_value(before)
+    expect(page.locator("#cmap")).to_have_value("viridis")
+    method = page.locator("#method").input_value()
+    expect(page.locator("#stage figcaption .tag").first).to_have_text(titles(server)[method])
+    shots.take(page, "viridis")
+
+    # the settings are in the address: a reload (or a link) shows them again
+    page.click("#show-compare")
+    expect(page).to_have_url(re.compile(rf"#/explore\?method={method}&cmap=viridis&view=compare$"))
+    page.reload()
+    page.wait_for_selector("body[data-ready]")
+    expect(page.locator("#method")).to_have_value(method)
+    expect(page.locator("#cmap")).to_have_value("viridis")
+    expect(page.locator("#show-compare")).to_have_attribute("aria-pressed", "true")
+    # what the address names and this server does not have is said, not dropped in silence
+    page.goto(f"{server}/#/explore?method=nomethod&cmap=magma")
+    expect(page.locator("#message")).to_have_text(
+        "Not applied from the address (unknown here): method=nomethod"
+    )
+    expect(page.locator("#cmap")).to_have_value("magma")
+
+
+def test_other_class_and_several_photos(
+    server: str, page: Any, tmp_path: Path, chelsea: np.ndarray, coffee: np.ndarray
+) -> None:
+    from playwright.sync_api import expect
+
+    shots = Shots(tmp_path)
+    Image.fromarray(chelsea).save(tmp_path / "chelsea.jpg", quality=95)
+    Image.fromarray(coffee).save(tmp_path / "coffee.jpg", quality=95)
+    (tmp_path / "notes.txt").write_text("not a photo")
+    page.set_viewport_size({"width": 1280, "height": 800})
+    page.goto(server)
+    page.wait_for_selector("body[data-ready]")
+    page.set_input_files("#file", str(tmp_path / "chelsea.jpg"))
+    predictions = page.locator(".prediction")
+    expect(predictions).to_have_count(5)
+
+    # a class outside the top five, found by a word of its label
+    query = page.locator("#class-query")
+    query.fill("tench")
+    expect(page.locator("#class-options li").first).to_have_text("tench, Tinca tinca0")
+    query.press("Enter")
+    expect(predictions).to_have_count(6)
+    expect(predictions.nth(5)).to_have_attribute("aria-pressed", "true")
+    expect(predictions.nth(5).locator(".label")).to_have_text("tench")
+    stage = page.locator("#stage")
+    expect(stage.locator("figcaption strong")).to_have_text("tench")
+    expect(stage.locator("img.heat")).to_have_js_property("naturalWidth", 451)
+    # a word matches words: "cat" finds the cats first, not "catamaran" or "bullfrog"
+    query.fill("cat")
+    labels = page.locator("#class-options li").all_inner_texts()
+    assert [lab.rstrip("0123456789") for lab in labels[:2]] == ["tiger cat", "Persian cat"]
+    page.locator("#class-options li", has_text="Egyptian cat").click()
+    expect(predictions.nth(0)).to_have_attribute("aria-pressed", "true")
+    expect(stage.locator("figcaption strong")).to_have_text("Egyptian cat")
+    shots.take(page, "other-class")
+
+    # several photos: a strip, each explained; a file the server refuses is marked with why
+    page.set_input_files(
+        "#file", [str(tmp_path / n) for n in ("chelsea.jpg", "coffee.jpg", "notes.txt")]
+    )
+    strip = page.locator(".strip-photo")
+    expect(strip).to_have_count(3)
+    expect(page.locator(".strip-photo.done")).to_have_count(2)
+    expect(page.locator(".strip-photo.failed")).to_have_count(1)
+    expect(strip.nth(2)).to_have_attribute("title", re.compile("is not an image Pillow can read"))
+    expect(predictions.nth(0).locator(".label")).to_have_text("Egyptian cat")
+    strip.nth(1).click()
+    expect(strip.nth(1)).to_have_attribute("aria-current", "true")
+    expect(predictions.nth(0).locator(".label")).to_have_text("espresso")
+    expect(stage.locator("figcaption strong")).to_have_text("espresso")
+    shots.take(page, "several-photos")
+    strip.nth(2).click()
+    expect(page.locator("#message")).to_contain_text("is not an image Pillow can read")
+
+    # a dropped folder: its images, in name order, the rest counted
+    found = page.evaluate(
+        """async () => {
+          const { imageFiles } = await import(new URL("static/photos.js", document.baseURI));
+          const file = (name, type) => ({ isFile: true, isDirectory: false, name,
+            file: (ok) => ok(new File(["x"], name, { type })) });
+          const folder = (name, children) => ({ isFile: false, isDirectory: true, name,
+            createReader() {
+              let given = false;
+              return { readEntries(ok) { ok(given ? [] : children); given = true; } };
+            } });
+          const tree = folder("photos", [file("b.jpg", "image/jpeg"), file("notes.txt", "text/plain"),
+            folder("more", [file("a.png", "")]), file("a.webp", "image/webp")]);
+          const found = await imageFiles({ items: [{ kind: "file", webkitGetAsEntry: () => tree }],
+            files: [] });
+          return [found.files.map((f) => f.name), found.skipped];
+        }"""
+    )
+    assert found == [["a.webp", "b.jpg", "a.png"], 1]
+
+
+# A server behind a reverse proxy at /camlens/: the app told its root path, as uvicorn's
+# --root-path or a proxy's X-Forwarded-Prefix handling would.
+BEHIND_PROXY = """
+import sys, uvicorn, camlens
+from camlens.serve import create_app
+app = create_app(camlens.load_model())
+app.root_path = "/camlens"
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+"""
+
+
+@pytest.fixture(scope="module")
+def proxied_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    from serving import free_port
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve-proxied") / "serve.log"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-c", BEHIND_PROXY, str(port)], stdout=out, stderr=out, env=env
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, log.read_text()
+            try:
+                if httpx.get(f"{url}/camlens/api/server", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.25)
+        yield f"{url}/camlens"
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def test_behind_a_proxy(
+    proxied_server: str, page: Any, tmp_path: Path, chelsea: np.ndarray
+) -> None:
+    """Every request of the page, the API docs' link included, goes under the root path."""
+    from playwright.sync_api import expect
+
+    photo = tmp_path / "chelsea.jpg"
+    Image.fromarray(chelsea).save(photo, quality=95)
+    requested: list[str] = []
+    page.on("request", lambda r: requested.append(r.url))
+    page.goto(f"{proxied_server}/")
+    page.wait_for_selector("body[data-ready]")
+    page.set_input_files("#file", str(photo))
+    expect(page.locator("#stage img.heat")).to_have_js_property("naturalWidth", 451)
+    expect(page.locator("#stage img.photo")).to_have_js_property("naturalWidth", 451)
+    expect(page.locator(".colorbar img")).to_have_js_property("naturalWidth", 256)
+    expect(page.locator("a.docs")).to_have_js_property("href", f"{proxied_server}/docs")
+    with page.expect_download() as download:
+        page.click("#download-overlay")
+    assert Image.open(download.value.path()).size == (451, 300)
+    served = [u for u in requested if not u.startswith(("data:", "blob:"))]
+    assert len(served) >= 8
+    assert [u for u in served if not u.startswith(f"{proxied_server}/")] == []
+
+
 # --- the run gallery (serve --runs) --------------------------------------------------------------
 
 
@@ -338,6 +655,45 @@ def test_gallery_of_a_run(gallery_server: str, page: Any, tmp_path: Path) -> Non
     page.keyboard.press("Escape")
     expect(detail).to_be_hidden()
     expect(thumbs).to_have_count(7)
+
+    # a class by name in the address: the class list and the title say it alike
+    page.goto(f"{gallery_server}/#/gallery/files?class=espresso")
+    expect(thumbs).to_have_count(1)
+    expect(page.locator("#gallery-title")).to_have_text("espresso")
+    expect(page.locator("#class-filter")).to_have_value("967")
+    expect(page.locator("#class-filter option:checked")).to_have_text("espresso (1)")
+
+    # the per-class table of the run's summary; a class opens its images
+    summary = httpx.get(f"{gallery_server}/api/runs/files/summary").json()
+    table = page.locator("#class-table")
+    table.locator("summary").click()
+    rows = table.locator("tbody tr")
+    expect(rows).to_have_count(len(summary["classes"]))
+    moped = next(c for c in summary["classes"] if c["label"] == "moped")
+    row = table.locator("tbody tr", has_text="moped")
+    expect(row.locator("td").nth(0)).to_have_text(str(moped["images"]))
+    expect(row.locator("td").nth(1)).to_have_text(f"{100 * moped['score']:.1f}%")
+    expect(table.locator("thead th")).to_have_text(
+        ["Class", "Images", "Mean score", "Top-1 right", "Top-5 right", "Spread", "Off-center"]
+    )
+    shots.take(page, "gallery-6-classes")
+    row.locator("button").click()
+    expect(page).to_have_url(f"{gallery_server}/#/gallery/files?class=665")
+    expect(page.locator("#gallery-title")).to_have_text("moped")
+    expect(thumbs).to_have_count(1)
+
+    # on a phone: no overflow; an image opened far down the list shows its top, not the page's
+    page.set_viewport_size(PHONE)
+    page.goto(f"{gallery_server}/#/gallery/files")
+    expect(thumbs).to_have_count(7)
+    assert page_width(page) == 390
+    thumbs.nth(5).scroll_into_view_if_needed()
+    thumbs.nth(5).click()
+    expect(detail).to_be_visible()
+    assert page.evaluate("scrollY") > 0
+    assert in_view(page, "#detail-title") and in_view(page, "#detail-back")
+    assert page_width(page) == 390
+    shots.take(page, "gallery-7-phone")
 
 
 def test_no_gallery_without_runs(server: str, page: Any) -> None:

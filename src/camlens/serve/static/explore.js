@@ -46,7 +46,8 @@ export function matchClasses(classes, query, limit = SUGGESTIONS) {
       else return;
     }
     const first = words(shortLabel(label));
-    if (!wanted.every((w) => first.some((h) => h.startsWith(w)))) rank += 0.5;
+    if (first.join(" ") === wanted.join(" ")) rank -= 0.5; // the query is the label's first name
+    else if (!wanted.every((w) => first.some((h) => h.startsWith(w)))) rank += 0.5;
     found.push({ index, label, rank });
   });
   found.sort((a, b) => a.rank - b.rank || a.index - b.index);
@@ -77,7 +78,7 @@ export function mountExplore(root, { server, model, methods }) {
     photos: [], // {file, thumb (object URL), result, status, error}
     photo: null, // the one on screen
     rank: 0, // in entries(): the top-5, then the class searched for
-    searched: null, // {class_index, label}
+    searched: null, // {class_index, label, scores: photo -> score}
     method: defaults.method,
     layer: defaults.layer,
     cmap: defaults.cmap,
@@ -276,6 +277,7 @@ export function mountExplore(root, { server, model, methods }) {
     }
     stopBackground();
     for (const p of state.photos) if (p.thumb) URL.revokeObjectURL(p.thumb);
+    state.searched = null;
     state.photos = taken.map(photoOf);
     for (const p of state.photos) p.thumb = URL.createObjectURL(p.file);
     state.photo = state.photos[0];
@@ -331,6 +333,15 @@ export function mountExplore(root, { server, model, methods }) {
     update();
   }
 
+  // The photo small; a file the browser cannot show either is named instead.
+  function thumbnail(photo) {
+    const image = element("img", { src: photo.thumb, alt: "", draggable: "false" });
+    image.addEventListener("error", () => {
+      image.replaceWith(element("span", { className: "strip-name", text: photo.file.name }));
+    });
+    return image;
+  }
+
   function renderStrip() {
     const strip = $("strip");
     strip.hidden = state.photos.length < 2;
@@ -340,7 +351,7 @@ export function mountExplore(root, { server, model, methods }) {
       const button = element("button", { type: "button", className: `strip-photo ${p.status}`,
         title: p.error ? `${p.file.name}: ${p.error}` : p.file.name, "data-index": String(i),
         "aria-current": String(p === state.photo), "aria-label": `${p.file.name}, ${p.status}` },
-      element("img", { src: p.thumb, alt: "", draggable: "false" }),
+      thumbnail(p),
       element("span", { className: "strip-state", text: words[p.status] }));
       button.addEventListener("click", () => showPhoto(p));
       return element("li", {}, button);
@@ -366,6 +377,13 @@ export function mountExplore(root, { server, model, methods }) {
     const extra = state.searched
       && !predictions.some((p) => p.class_index === state.searched.class_index);
     return extra ? [...predictions, { ...state.searched, searched: true }] : predictions;
+  }
+
+  // The score of the class searched for, from the latest answer that explained it.
+  function searchedScore() {
+    const map = result()?.explanations.find((e) => e.class_index === state.searched?.class_index);
+    if (map && state.searched) state.searched.scores.set(state.photo, map.score);
+    return state.searched?.scores.get(state.photo);
   }
 
   function selectedClass() {
@@ -423,6 +441,7 @@ export function mountExplore(root, { server, model, methods }) {
           for (const p of state.photos) if (p.thumb) URL.revokeObjectURL(p.thumb);
           state.photos = [fresh];
         }
+        if (state.photos.length === 1) state.searched = null;
         state.photo = fresh;
         state.rank = 0;
         $("file-name").textContent = fresh.file.name;
@@ -523,8 +542,7 @@ export function mountExplore(root, { server, model, methods }) {
     $("class-search").hidden = !result();
     if (!result()) return;
     entries().forEach((p, rank) => {
-      const map = p.searched ? result().explanations.find((e) => e.class_index === p.class_index) : null;
-      const score = p.searched ? map?.score : p.score;
+      const score = p.searched ? searchedScore() : p.score;
       const button = element("button", { type: "button",
         className: `prediction${p.searched ? " searched" : ""}`,
         "aria-pressed": String(rank === state.rank), "data-rank": String(rank), title: p.label });
@@ -601,8 +619,7 @@ export function mountExplore(root, { server, model, methods }) {
         return card;
       }).filter(Boolean);
       const chosen = entries()[state.rank];
-      const map = answer.explanations.find((e) => e.class_index === chosen?.class_index);
-      const score = chosen?.searched ? map?.score : chosen?.score;
+      const score = chosen?.searched ? searchedScore() : chosen?.score;
       const heading = element("h2", { className: "compare-title" },
         element("strong", { text: shortLabel(chosen?.label ?? "") }),
         element("span", { className: "score", text: score === undefined ? "" : percent(score) }));
@@ -709,7 +726,7 @@ export function mountExplore(root, { server, model, methods }) {
       selectRank(top);
       return;
     }
-    state.searched = { class_index: found.index, label: found.label };
+    state.searched = { class_index: found.index, label: found.label, scores: new Map() };
     selectRank(entries().length - 1);
   }
 

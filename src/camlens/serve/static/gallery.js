@@ -44,6 +44,7 @@ function hashOf(view) {
   return `#/gallery/${encodeURIComponent(view.run ?? "")}${query ? `?${query}` : ""}`;
 }
 
+const share = (fraction) => `${(100 * fraction).toFixed(1)}%`; // of the images: 0 is 0%
 const defaultOrder = (sort) => (sort === "name" ? "asc" : "desc");
 const baseName = (path) => path.split(/[\\/]/).pop() || path;
 
@@ -192,8 +193,8 @@ export function mountGallery(root, { model }) {
     const columns = [
       ["images", "Images", (v) => v.toLocaleString("en")],
       ["score", "Mean score", percent],
-      ["top1", "Top-1 right", percent],
-      ["top5", "Top-5 right", percent],
+      ["top1", "Top-1 right", share],
+      ["top5", "Top-5 right", share],
       ["spread", "Spread", (v) => `${Math.round(100 * v)}%`],
       ["off_center", "Off-center", (v) => v.toFixed(2)],
     ].filter(([key]) => has(key));
