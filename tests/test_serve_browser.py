@@ -452,6 +452,65 @@ def test_other_class_and_several_photos(
     assert found == [["a.webp", "b.jpg", "a.png"], 1]
 
 
+# The text fields of every form the page posts, in window.sentForms (Chromium does not show a
+# multipart body holding a file to the test).
+SENT_FORMS = """
+window.sentForms = [];
+const send = window.fetch;
+window.fetch = (input, init = {}) => {
+  if (init.body instanceof FormData) {
+    window.sentForms.push(Object.fromEntries(
+      [...init.body.entries()].filter(([, value]) => typeof value === "string")));
+  }
+  return send(input, init);
+};
+"""
+
+
+def test_perturbation_methods(server: str, page: Any, tmp_path: Path, chelsea: np.ndarray) -> None:
+    """Score-CAM: the fast mode offered with what it trades, sent to the server; a request
+    cancelled leaves the map shown and its settings."""
+    from playwright.sync_api import expect
+
+    shots = Shots(tmp_path)
+    photo = tmp_path / "chelsea.jpg"
+    Image.fromarray(chelsea).save(photo, quality=95)
+    page.add_init_script(SENT_FORMS)
+    page.goto(f"{server}/#/explore?fast=64")
+    page.wait_for_selector("body[data-ready]")
+    page.set_input_files("#file", str(photo))
+    expect(page.locator(".prediction")).to_have_count(5)
+    expect(page.locator("#fast-field")).to_be_hidden()  # Grad-CAM has no masked passes
+    stage = page.locator("#stage")
+    first = heat_source(page)
+
+    # cancelled: the Grad-CAM map stays, and the method picker says so
+    page.select_option("#method", "scorecam")
+    expect(page.locator("#busy")).to_be_visible()
+    expect(page.locator("#busy-text")).to_contain_text("masked passes")
+    page.click("#cancel")
+    expect(page.locator("#busy")).to_be_hidden()
+    expect(page.locator("#message")).to_have_text("Cancelled.")
+    expect(page.locator("#method")).to_have_value("gradcam")
+    assert heat_source(page) == first
+
+    # the fast mode: offered for Score-CAM, saying what it trades, and sent
+    page.select_option("#method", "scorecam")
+    expect(page.locator("#fast-field")).to_be_visible()
+    expect(page.locator("#fast")).to_have_value("64")
+    expect(page.locator("#fast-note")).to_have_text(
+        "The 64 of 1280 channels of largest variance: 20× fewer masked passes; the map "
+        "approximates the exact one (close, not equal)."
+    )
+    expect(stage.locator("figcaption .tag").first).to_have_text(
+        titles(server)["scorecam"], timeout=120_000
+    )
+    expect(stage.locator("img.heat")).to_have_js_property("naturalWidth", 451)
+    sent = page.evaluate("window.sentForms.at(-1)")
+    assert sent["methods"] == "scorecam" and sent["fast_channels"] == "64"
+    shots.take(page, "scorecam-fast")
+
+
 # A server behind a reverse proxy at /camlens/: the app told its root path, as uvicorn's
 # --root-path or a proxy's X-Forwarded-Prefix handling would.
 BEHIND_PROXY = """

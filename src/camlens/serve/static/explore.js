@@ -13,6 +13,7 @@ const TOP = 5;
 const MAX_PHOTOS = 50; // a strip longer than this is hard to use; the rest are reported, not taken
 const COMPARE_DEFAULT = ["cam", "gradcam", "gradcampp", "layercam"];
 const SUGGESTIONS = 12;
+const FAST_CHANNELS = [64, 128, 256]; // offered when the layer has more channels
 
 function stemOf(name) {
   return (name || "photo").replace(/\.[^.]*$/, "").replace(/[^\w.-]+/g, "_") || "photo";
@@ -71,7 +72,9 @@ export function mountExplore(root, { server, model, methods }) {
     view: "single",
     compare: COMPARE_DEFAULT.filter((m) => known.includes(m)),
     layers: [model.auto_layer],
+    fast: null, // all channels: the exact map
   };
+  const perturbation = new Set(methods.methods.filter((m) => m.needs === "scores").map((m) => m.name));
   const maxPhotos = Math.min(MAX_PHOTOS, server.results_kept);
 
   const state = {
@@ -87,7 +90,10 @@ export function mountExplore(root, { server, model, methods }) {
     view: defaults.view,
     compareMethods: new Set(defaults.compare),
     compareLayers: new Set(defaults.layers),
+    fast: defaults.fast,
     request: null,
+    started: 0, // when the request on screen was sent (ms)
+    ticker: null,
     background: null, // the request explaining the other photos of the strip
     reportUrl: null,
     shown: null, // the method and layer on screen in the single view
@@ -151,8 +157,37 @@ export function mountExplore(root, { server, model, methods }) {
     $("show-compare").setAttribute("aria-pressed", String(state.view === "compare"));
     $("compare-pick").hidden = state.view !== "compare";
     setAlpha(state.alpha);
+    showFast();
   }
 
+  // The fast mode of the perturbation methods, offered when one is on screen: only the N
+  // channels of largest variance get a masked pass.
+  function fastApplies(shown = pairs()) {
+    return shown.some(([m]) => perturbation.has(m));
+  }
+
+  function showFast() {
+    const shown = pairs();
+    $("fast-field").hidden = !fastApplies(shown);
+    const counts = [...new Set(shown.map(([, l]) => layerInfo.get(l)?.shape[0]).filter(Boolean))];
+    const fewest = Math.min(...counts);
+    const offered = FAST_CHANNELS.filter((n) => n < fewest);
+    if (state.fast !== null && !offered.includes(state.fast)) offered.push(state.fast);
+    const select = $("fast");
+    const all = counts.length === 1 ? `exact: all ${counts[0]} channels` : "exact: all channels";
+    select.replaceChildren(element("option", { value: "", text: all }),
+      ...offered.sort((a, b) => a - b).map((n) => element("option", { value: String(n),
+        text: `fast: ${n} channels` })));
+    select.value = state.fast === null ? "" : String(state.fast);
+    $("fast-note").textContent = state.fast === null
+      ? "One masked pass per channel: slow, exact."
+      : counts.length === 1
+        ? `The ${state.fast} of ${counts[0]} channels of largest variance: ` +
+          `${Math.round(counts[0] / state.fast)}× fewer masked passes; the map approximates the ` +
+          "exact one (close, not equal)."
+        : `The ${state.fast} channels of largest variance per layer: fewer masked passes; the maps ` +
+          "approximate the exact ones (close, not equal).";
+  }
   methodSelect.addEventListener("change", () => { state.method = methodSelect.value; update(); });
   $("layer").addEventListener("change", () => { state.layer = $("layer").value; update(); });
   $("compare-layers").addEventListener("change", () => {
@@ -160,6 +195,11 @@ export function mountExplore(root, { server, model, methods }) {
     update();
   });
   $("cmap").addEventListener("change", () => { state.cmap = $("cmap").value; render(); });
+  $("fast").addEventListener("change", () => {
+    state.fast = $("fast").value ? Number($("fast").value) : null;
+    update();
+  });
+  $("cancel").addEventListener("click", () => cancel());
   $("alpha").addEventListener("input", () => setAlpha(Number($("alpha").value) / 100));
   $("boxes").addEventListener("change", () => { state.boxes = $("boxes").checked; render(); });
   $("show-single").addEventListener("click", () => setView("single"));
@@ -209,6 +249,7 @@ export function mountExplore(root, { server, model, methods }) {
       (v) => { state.compareMethods = new Set(list(v)); });
     take("layers", (v) => list(v).every((l) => layerOrder.includes(l)),
       (v) => { state.compareLayers = new Set(list(v)); });
+    take("fast", (v) => /^[1-9]\d*$/.test(v), (v) => { state.fast = Number(v); });
     showSettings();
     return refused;
   }
@@ -226,6 +267,7 @@ export function mountExplore(root, { server, model, methods }) {
     set("view", state.view, defaults.view);
     set("compare", known.filter((m) => state.compareMethods.has(m)).join(","), defaults.compare.join(","));
     set("layers", layerOrder.filter((l) => state.compareLayers.has(l)).join(","), defaults.layers.join(","));
+    set("fast", state.fast ?? "", "");
     const query = params.toString();
     const hash = `#/explore${query ? `?${query}` : ""}`;
     const current = window.location.hash;
@@ -243,9 +285,42 @@ export function mountExplore(root, { server, model, methods }) {
     message.hidden = !text;
   }
 
+  // The request on screen: how long it has run, and a Cancel button.
   function busy(on) {
     $("busy").hidden = !on;
     root.querySelector(".stage-panel").setAttribute("aria-busy", String(on));
+    clearInterval(state.ticker);
+    state.ticker = null;
+    if (!on) return;
+    state.started = performance.now();
+    const slow = fastApplies() ? " (masked passes)" : "";
+    const tick = () => {
+      const seconds = Math.floor((performance.now() - state.started) / 1000);
+      $("busy-text").textContent = `Explaining${slow}… ${seconds ? `${seconds} s` : ""}`.trim();
+    };
+    tick();
+    state.ticker = setInterval(tick, 1000);
+  }
+
+  // Stops the request on screen; what was shown stays, with the settings that made it.
+  function cancel() {
+    if (!state.request) return;
+    state.request.abort();
+    state.request = null;
+    busy(false);
+    if (state.shown) {
+      state.method = state.shown.method;
+      state.layer = state.shown.layer;
+      state.view = state.shown.view;
+      state.fast = state.shown.fast;
+      if (state.shown.compareMethods) {
+        state.compareMethods = new Set(state.shown.compareMethods);
+        state.compareLayers = new Set(state.shown.compareLayers);
+      }
+      showSettings();
+    }
+    say("Cancelled.", "note");
+    render();
   }
 
   // --- photos ----------------------------------------------------------------------------------
@@ -304,8 +379,9 @@ export function mountExplore(root, { server, model, methods }) {
         next.status = "explaining";
         renderStrip();
         try {
-          next.result = await explain(next.file, requestFor(next, pairs()).options,
-            { signal: controller.signal });
+          const { options } = requestFor(next, pairs());
+          next.result = await explain(next.file, options, { signal: controller.signal });
+          next.fast = options.fast_channels ?? null;
           next.status = "done";
         } catch (error) {
           if (error.name === "AbortError") {
@@ -407,17 +483,22 @@ export function mountExplore(root, { server, model, methods }) {
       || (photo.result?.predictions ?? []).some((p) => p.class_index === classIndex);
     if (inTop && (count * TOP <= server.max_maps || classIndex === undefined)) options.top = TOP;
     else options.classes = [classIndex];
+    if (fastApplies(shown) && state.fast !== null) options.fast_channels = state.fast;
     return { options, count };
   }
 
   // Explains what the screen shows (for `fresh`, a new photo, or the one shown), unless its
   // result already has it.
   async function update(fresh = null) {
+    showFast();
     const shown = pairs();
     const photo = fresh ?? state.photo;
     if (!photo || !shown.length) return render();
     const c = fresh ? undefined : selectedClass();
-    if (!fresh && photo.result && shown.every(([m, l]) => findMap(c, m, l))) return render();
+    const sameMode = !fastApplies(shown) || (photo.fast ?? null) === state.fast;
+    if (!fresh && photo.result && sameMode && shown.every(([m, l]) => findMap(c, m, l))) {
+      return render();
+    }
     const { options, count } = requestFor(photo, shown, c);
     if (count > server.max_maps) {
       say(`${count} methods × layers are more than this server explains at once ` +
@@ -433,6 +514,7 @@ export function mountExplore(root, { server, model, methods }) {
       const answer = await explain(photo.file, options, { signal: controller.signal });
       if (state.request !== controller) return;
       photo.result = answer;
+      photo.fast = options.fast_channels ?? null;
       photo.status = "done";
       photo.error = null;
       if (fresh) {
@@ -582,6 +664,16 @@ export function mountExplore(root, { server, model, methods }) {
     $("left-out").textContent = notes.length ? `Not shown: ${notes.join("; ")}` : "";
   }
 
+  // What the answer cost the server, when it says (passes and seconds).
+  function renderCost(answer) {
+    const stats = answer?.stats;
+    const parts = [];
+    if (stats && Number.isFinite(stats.passes)) parts.push(`${stats.passes.toLocaleString("en")} passes`);
+    if (stats && Number.isFinite(stats.seconds)) parts.push(`${stats.seconds.toFixed(2)} s on the server`);
+    $("cost").hidden = !parts.length;
+    $("cost").textContent = parts.length ? `This answer: ${parts.join(", ")}` : "";
+  }
+
   function render() {
     writeAddress();
     const answer = result();
@@ -602,10 +694,15 @@ export function mountExplore(root, { server, model, methods }) {
       const stage = $("stage");
       if (map) {
         stage.replaceChildren(frame(map, { large: true }), caption(map, true));
-        state.shown = { method: map.method, layer: map.layer };
+        state.shown = { method: map.method, layer: map.layer, view: "single", fast: state.fast };
       }
     } else {
-      const cards = pairs().map(([method, layer]) => {
+      const shown = pairs();
+      if (shown.every(([m, l]) => findMap(c, m, l))) {
+        state.shown = { method: state.method, layer: state.layer, view: "compare", fast: state.fast,
+          compareMethods: new Set(state.compareMethods), compareLayers: new Set(state.compareLayers) };
+      }
+      const cards = shown.map(([method, layer]) => {
         const map = findMap(c, method, layer);
         if (!map) return null;
         const card = element("button", { type: "button", className: "card",
@@ -628,6 +725,7 @@ export function mountExplore(root, { server, model, methods }) {
       $("compare").style.setProperty("--columns", String(columns));
     }
     renderLeftOut(pairs(), c);
+    renderCost(answer);
     updateDownloads();
   }
 
@@ -790,6 +888,7 @@ export function mountExplore(root, { server, model, methods }) {
       setAlpha(state.alpha + (key === "]" ? 0.1 : -0.1));
     } else if (key === "o") $("file").click();
     else if (key === "/" && result()) query.focus();
+    else if (key === "Escape" && state.request) cancel();
     else return false;
     return true;
   }
