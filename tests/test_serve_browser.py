@@ -260,6 +260,7 @@ def test_phone(server: str, page: Any, tmp_path: Path, chelsea: np.ndarray) -> N
         page.keyboard.press("Tab")
         focused.append(page.evaluate("document.activeElement.id || document.activeElement.tagName"))
     assert "pick-empty" in focused and "file" not in focused
+    page.evaluate("document.activeElement.blur()")
 
     # after an upload the map is on screen without scrolling, above the classes and the settings
     page.set_input_files("#file", str(photo))
