@@ -722,6 +722,15 @@ def test_gallery_of_a_run(gallery_server: str, page: Any, tmp_path: Path) -> Non
     expect(page.locator("#gallery-title")).to_have_text("espresso")
     expect(page.locator("#class-filter")).to_have_value("967")
     expect(page.locator("#class-filter option:checked")).to_have_text("espresso (1)")
+    page.goto(f"{gallery_server}/#/gallery/files?class=zebrafish")
+    expect(page.locator("#gallery-message")).to_have_text(
+        "class 'zebrafish' is not a class of run 'files'"
+    )
+    expect(page.locator("#gallery-title")).to_have_text("Class “zebrafish”")
+    expect(page.locator("#class-filter option:checked")).to_have_text(
+        "“zebrafish”: not a class of this run"
+    )
+    expect(thumbs).to_have_count(0)
 
     # the per-class table of the run's summary; a class opens its images
     summary = httpx.get(f"{gallery_server}/api/runs/files/summary").json()

@@ -905,6 +905,7 @@ export function mountExplore(root, { server, model, methods }) {
     },
     dispose() {
       state.request?.abort();
+      clearInterval(state.ticker);
       stopBackground();
       for (const p of state.photos) if (p.thumb) URL.revokeObjectURL(p.thumb);
       document.removeEventListener("dragover", onDragOver);

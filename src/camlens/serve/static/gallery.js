@@ -332,6 +332,13 @@ export function mountGallery(root, { model }) {
         if (generation !== state.generation) return;
         say(error.message);
         $("no-images").hidden = true;
+        if (!state.items.length && view.class && error.parameter === "class") {
+          // the class list says it too, rather than "All images" over an empty list
+          const select = $("class-filter");
+          select.append(element("option", { className: "extra", value: `?${view.class}`,
+            text: `“${view.class}”: not a class of this run` }));
+          select.value = `?${view.class}`;
+        }
       })
       .finally(() => {
         if (generation === state.generation) {
@@ -531,6 +538,7 @@ export function mountGallery(root, { model }) {
   releaseAfterPointer($("class-filter"));
   $("class-filter").addEventListener("change", () => {
     const value = $("class-filter").value;
+    if (value.startsWith("?")) return; // the address's unknown class, already shown
     if (value === "failed") go({ class: "", status: "failed", image: null });
     else go({ class: value, status: "all", image: null });
   });
