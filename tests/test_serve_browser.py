@@ -371,6 +371,31 @@ def test_keys_colorbar_address_drop(
     expect(page.locator("#cmap")).to_have_value("viridis")
     expect(page.locator("#show-compare")).to_have_attribute("aria-pressed", "true")
     # what the address names and this server does not have is said, not dropped in silence
+    # maps asked for that the answer lacks are named: CAM applies at bn2 (the GAP -> Linear
+    # head's input) and not at blocks.5, with the server's reason when it gives one
+    page.goto(f"{server}/#/explore?view=compare&compare=cam,gradcam&layers=bn2,blocks.5")
+    page.set_input_files("#file", str(photo))
+    expect(page.locator(".prediction")).to_have_count(5)
+    import httpx
+
+    answer = httpx.post(
+        f"{server}/api/explain",
+        files={"image": photo.read_bytes()},
+        data={"methods": ["cam", "gradcam"], "layers": ["bn2", "blocks.5"], "top": "5"},
+    ).json()
+    title = titles(server)
+    answered = {(m["method"], m["layer"]) for m in answer["explanations"]}
+    asked = [("cam", "blocks.5"), ("gradcam", "blocks.5"), ("cam", "bn2"), ("gradcam", "bn2")]
+    expect(page.locator(".card")).to_have_count(len([p for p in asked if p in answered]))
+    assert ("cam", "blocks.5") not in answered
+    left_out = page.locator("#left-out")
+    expect(left_out).to_be_visible()
+    expect(left_out).to_contain_text(f"{title['cam']} at blocks.5: ")
+    for method, layer in asked:
+        if (method, layer) in answered:
+            expect(left_out).not_to_contain_text(f"{title[method]} at {layer}:")
+    shots.take(page, "left-out")
+
     page.goto(f"{server}/#/explore?method=nomethod&cmap=magma")
     expect(page.locator("#message")).to_have_text(
         "Not applied from the address (unknown here): method=nomethod"
