@@ -30,6 +30,7 @@ from camlens.localize import Threshold, check_threshold, parse_threshold
 from camlens.methods import METHODS, get_method
 from camlens.render import check_alpha, check_cmap
 from camlens.smoothing import SMOOTHERS
+from camlens.types import class_number
 
 BoxMode = Literal["largest", "all"]
 RunFormat = Literal["files", "dataset"]
@@ -329,7 +330,7 @@ def _classes(value: Any) -> tuple[int | str, ...]:
             c = c.strip()
             if not c:
                 raise ClassError("an empty class name")
-            if c.lstrip("-").isascii() and c.lstrip("-").isdigit():
-                c = int(c)
+            number = class_number(c)
+            c = c if number is None else number
         out.append(c)
     return tuple(dict.fromkeys(out))

@@ -183,7 +183,7 @@ def _connect(ray: Any, address: str | None) -> bool:
 def _batch_row(number: int, chunk: list[Item]) -> dict[str, Any]:
     return {
         "batch": number,
-        "paths": [str(item.path.resolve()) for item in chunk],
+        "paths": [os.path.realpath(item.path) for item in chunk],  # a symlink loop: no error
         "names": [str(item.path) for item in chunk],
         "stems": [item.stem or "" for item in chunk],
         "problems": [item.problem or "" for item in chunk],

@@ -55,7 +55,7 @@ import math
 import os
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,6 +132,22 @@ def _parse_row(line: bytes, path: Path, number: int | None) -> Row:
         where = f"line {number}" if number is not None else "a line"
         raise CamlensError(f"{path}, {where}: not a camlens index row")
     return row
+
+
+def keep_rows(out: Path, keep: Callable[[Row], bool]) -> set[str]:
+    """Leaves in ``OUT/index.jsonl`` only the rows for which ``keep(row)`` is true (the file
+    replaced whole, or removed when none is kept; untouched when all are) and returns their
+    :func:`row_key` s: what a new run of the same images finds done."""
+    path = out / INDEX
+    rows = read_index(out)
+    kept = [row for row in rows if keep(row)]
+    if len(kept) != len(rows):
+        if kept:
+            with atomic_open(path) as handle:
+                handle.writelines(json.dumps(row, allow_nan=False) + "\n" for row in kept)
+        else:
+            path.unlink(missing_ok=True)
+    return {row_key(row) for row in kept}
 
 
 class IndexWriter:

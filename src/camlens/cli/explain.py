@@ -235,9 +235,13 @@ def explain(
             raise CamlensError(
                 "--grid is not available with --ray: explain the grid's images alone"
             )
+        if grid is not None and grid.suffix.lower() != ".png":
+            raise CamlensError(f"--grid {grid}: the grid is a PNG; give it a .png name")
         out = output_folder(out)
         grid_file = output_file(grid, "--grid") if grid is not None else None
     files = _outside(input_files(paths), out)
+    if grid_file is not None and os.path.realpath(grid_file) in map(os.path.realpath, files):
+        fail(f"--grid {grid_file} is one of the inputs: the grid would overwrite it")
     with bad_input():
         explainer = Explainer.from_config(config)
     kept: list[Explanation] = []
@@ -354,8 +358,8 @@ def bare_ray(args: list[str]) -> list[str]:
 
 def _outside(files: list[Path], out: Path) -> list[Path]:
     """``files`` less those inside ``out`` (a run's own outputs are never its inputs)."""
-    root = out.resolve()
-    return [f for f in files if root not in f.resolve().parents]
+    root = Path(os.path.realpath(out))  # realpath, not resolve(): a symlink loop is no error here
+    return [f for f in files if root not in Path(os.path.realpath(f)).parents]
 
 
 @contextmanager

@@ -242,6 +242,14 @@ def _read_voc_file(xml_file: Path, base: Path, image_dir: Path | None) -> Annota
 # COCO
 
 
+def _coco_id(value: object) -> bool:
+    """Whether ``value`` can be a COCO id: a whole number or a text (``[1]``, ``{}``, ``true`` or
+    ``null`` cannot, nor a fraction)."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int | str) or (isinstance(value, float) and value.is_integer())
+
+
 def read_coco(path: str | Path, images: str | Path | None = None) -> Dataset:
     """COCO JSON (``images``, ``annotations`` with ``bbox = [x, y, w, h]``, ``categories``).
 
@@ -275,7 +283,7 @@ def read_coco(path: str | Path, images: str | Path | None = None) -> Dataset:
     problems: list[str] = []
     categories: dict[Any, str] = {}
     for cat in data["categories"]:
-        if isinstance(cat, dict) and "id" in cat and isinstance(cat.get("name"), str):
+        if isinstance(cat, dict) and _coco_id(cat.get("id")) and isinstance(cat.get("name"), str):
             categories[cat["id"]] = cat["name"]
         else:
             problems.append(f"{json_file}: a category without id and name: {cat!r}")
@@ -285,7 +293,7 @@ def read_coco(path: str | Path, images: str | Path | None = None) -> Dataset:
     for entry in data["images"]:
         if (
             not isinstance(entry, dict)
-            or "id" not in entry
+            or not _coco_id(entry.get("id"))
             or not isinstance(entry.get("file_name"), str)
         ):
             problems.append(f"{json_file}: an image entry without id and file_name: {entry!r}")
@@ -300,13 +308,13 @@ def read_coco(path: str | Path, images: str | Path | None = None) -> Dataset:
             problems.append(f"{json_file}: annotation {k} is not an object")
             continue
         image_id = ann.get("image_id")
-        if image_id not in records:
+        if not _coco_id(image_id) or image_id not in records:
             problems.append(
                 f"{json_file}: {where} names the image id {image_id!r}, which is not listed"
             )
             continue
         name = records[image_id]["file_name"]
-        if ann.get("category_id") not in categories:
+        if not _coco_id(ann.get("category_id")) or ann["category_id"] not in categories:
             problems.append(
                 f"{name}: {where} has the category id {ann.get('category_id')!r}, which is not listed"
             )
@@ -349,8 +357,9 @@ def read_coco(path: str | Path, images: str | Path | None = None) -> Dataset:
             left_out += 1
             continue
         size = None
-        if isinstance(entry.get("width"), int) and isinstance(entry.get("height"), int):
-            size = (entry["width"], entry["height"])
+        width, height = entry.get("width"), entry.get("height")
+        if all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (width, height)):
+            size = (width, height)
         items.append(
             Annotated(found, objects[image_id], size, f"{json_file.name}, image id {image_id}")
         )

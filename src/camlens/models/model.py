@@ -15,6 +15,7 @@ from torch import nn
 from camlens.adapters import AdapterRule, default_rule
 from camlens.errors import ClassError
 from camlens.images import PreprocessConfig
+from camlens.types import class_number
 
 
 @dataclass(frozen=True)
@@ -113,8 +114,9 @@ class Model:
                 )
             return cls
         text = str(cls).strip()
-        if text.lstrip("-").isascii() and text.lstrip("-").isdigit():
-            return self.class_index(int(text))
+        number = class_number(text)
+        if number is not None:
+            return self.class_index(number)
         found = label_matches(self.labels, text)
         if len(found) == 1:
             return found[0]
