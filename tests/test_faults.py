@@ -193,7 +193,9 @@ def test_odd_contents_of_out_are_one_line(
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=3),
-    lambda inner: st.lists(inner, max_size=2) | st.dictionaries(st.text(max_size=2), inner, max_size=2),
+    lambda inner: (
+        st.lists(inner, max_size=2) | st.dictionaries(st.text(max_size=2), inner, max_size=2)
+    ),
     max_leaves=4,
 )
 
@@ -243,3 +245,135 @@ def test_coco_ids_of_any_json_are_read_or_refused(
 
     data = read_coco(coco_file(coco_folder / "coco.json", image_id, ann, category))
     assert "cup.png" in [item.image.name for item in data.items]  # the good image is kept
+
+
+# --- 9, 10. an index whose rows are JSON but not camlens's ----------------------------------------
+
+
+GOOD_ROW = {
+    "image": "a.jpg",
+    "stem": "a",
+    "report": "a.json",
+    "size": [4, 4],
+    "model": "tiny",
+    "predictions": [{"class_index": 1, "label": "square", "score": 0.5}],
+    "explanations": [
+        {"class_index": 1, "label": "square", "score": 0.5, "method": "gradcam", "layer": "x"}
+    ],
+}
+
+
+def spoilt(path: str, value: object) -> dict[str, object]:
+    """GOOD_ROW with the value at ``path`` (``"explanations.0.layer"``) replaced, or removed when
+    ``value`` is ``...``."""
+    row = json.loads(json.dumps(GOOD_ROW))
+    *parents, last = path.split(".")
+    place: object = row
+    for key in parents:
+        place = place[int(key)] if isinstance(place, list) else place[key]  # type: ignore[index]
+    if value is ...:
+        del place[int(last) if isinstance(place, list) else last]  # type: ignore[union-attr, arg-type]
+    else:
+        place[int(last) if isinstance(place, list) else last] = value  # type: ignore[index]
+    return row
+
+
+BAD_ROWS = [
+    ({"foo": 1}, "no image path"),
+    ({"image": "a.jpg", "foo": 1}, "no predictions"),
+    (spoilt("predictions.0.class_index", ...), "predictions[0] has no class_index"),
+    (spoilt("predictions.0.score", "high"), "predictions[0].score is 'high', not a finite number"),
+    (spoilt("explanations.0.class_index", ...), "explanations[0] has no class_index"),
+    (spoilt("explanations.0.method", ...), "explanations[0] has no method"),
+    (spoilt("explanations.0.layer", None), "explanations[0] has no layer"),
+    (spoilt("explanations", {}), "no explanations"),
+    (spoilt("truth", {"label": "x"}), "truth has no class_index"),
+    (spoilt("predictions.0", 3), "predictions[0] is not an object"),
+    ({"image": "a.jpg", "error": 3}, "its error is not a text"),
+]
+
+
+def write_index(folder: Path, *rows: object) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    (folder / "index.jsonl").write_text(text)
+    return folder
+
+
+@pytest.mark.parametrize(("row", "says"), BAD_ROWS)
+def test_summary_of_rows_camlens_did_not_write_is_one_line(
+    tmp_path: Path, row: object, says: str
+) -> None:
+    out = write_index(tmp_path / "run", GOOD_ROW, row)
+    result = invoke("summary", out)
+    assert_clean(result, bad=1)
+    assert problems(result) == [
+        f"camlens: {out / 'index.jsonl'}, line 2: not a camlens index row: {says}"
+    ]
+
+
+def test_summary_of_nan_scores_says_so(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    text = json.dumps(GOOD_ROW).replace('"score": 0.5}]', '"score": NaN}]', 1)
+    (out / "index.jsonl").write_text(text + "\n")
+    result = invoke("summary", out)
+    assert_clean(result, bad=1)
+    assert "predictions[0].score is nan, not a finite number" in problems(result)[0]
+    assert "nan" not in result.stdout
+
+
+@pytest.mark.parametrize(("row", "says"), BAD_ROWS[:3] + BAD_ROWS[4:7])
+def test_the_gallery_lists_such_a_run_with_its_problem(
+    tmp_path: Path, weights: Path, row: object, says: str
+) -> None:
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from camlens.serve import ServeSettings, create_app
+
+    runs = tmp_path / "runs"
+    write_index(runs / "odd", GOOD_ROW, row)
+    write_index(runs / "fine", GOOD_ROW)
+    model = camlens.load_model("synthetic", weights=weights)
+    with TestClient(create_app(model, ServeSettings(runs=runs))) as client:
+        listed = {r["name"]: r for r in client.get("/api/runs").json()["runs"]}
+        assert listed["fine"]["problem"] is None
+        assert listed["odd"]["problem"] == (
+            f"run 'odd': odd/index.jsonl, line 2: not a camlens index row: {says}"
+        )
+        for path in ("/api/runs/odd/images", "/api/runs/odd/summary", "/api/runs/odd/images/0"):
+            answer = client.get(path)
+            assert answer.headers["content-type"] == "application/json", path
+            assert answer.json()["detail"] == listed["odd"]["problem"]
+
+
+# --- 11. localize twice into one --out -------------------------------------------------------------
+
+
+def test_localize_twice_into_one_out_keeps_both_images(photos: list[str], syn: list[str]) -> None:
+    for photo in [*photos, "cat.jpg"]:
+        assert_clean(invoke("localize", photo, "--out", "l", *syn, "--top", "2"), bad=0)
+    lines = [strict_json(line) for line in Path("l/boxes.jsonl").read_text().splitlines()]
+    assert [line["image"] for line in lines] == ["cup.png", "cat.jpg"]  # cat's line replaced
+    assert all(Path("l", line["picture"]).is_file() for line in lines)
+
+
+# --- 15. camlens synthetic --size without bound ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        (["--size", "60000"], "size must be 8 to 2048 pixels a side, not 60000x60000"),
+        (["--size", "2049"], "size must be 8 to 2048 pixels a side"),
+        (["--seed", "-1"], "seed must be a whole number of 0 or more, not -1"),
+    ],
+)
+def test_synthetic_sizes_and_seeds_out_of_range_are_one_line(
+    tmp_path: Path, options: list[str], says: str
+) -> None:
+    result = invoke("synthetic", tmp_path / "s", "--count", "1", *options)
+    assert_clean(result, bad=1)
+    assert says in problems(result)[0]
+    assert not (tmp_path / "s" / "annotations.json").exists()

@@ -544,7 +544,8 @@ def localize_files(
     """Finds objects in ``files`` (:func:`camlens.localize.localize_objects`: a box per top class,
     merged across classes, each crop re-classified by ``model`` unless it is None) and writes
     ``OUT/STEM.boxes.png`` per image and ``OUT/boxes.jsonl`` (a line per image), the JSON Lines
-    file replaced only at the end and only when at least one image was localized."""
+    file replaced only at the end and only when at least one image was localized: the lines of
+    an earlier run into ``out`` stay, but for the images localized again."""
     output = output or OutputConfig()
     stems = Stems(out, files)
     report = progress or _quiet
@@ -585,8 +586,29 @@ def localize_files(
             report(Event("images", count, total, item=str(done.path), problem=done.problem))
             yield done
     if lines:
+        pictures = {json.loads(line)["picture"] for line in lines}
+        earlier = [line for line in _lines(out / "boxes.jsonl") if _picture(line) not in pictures]
         with atomic_open(out / "boxes.jsonl") as handle:
-            handle.write("\n".join(lines) + "\n")
+            handle.write("\n".join(earlier + lines) + "\n")
+
+
+def _lines(path: Path) -> list[str]:
+    """The lines of an earlier run's ``boxes.jsonl`` (none when there is none)."""
+    try:
+        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CamlensError(f"cannot read {path} ({exc})") from None
+
+
+def _picture(line: str) -> object:
+    """The picture a line of ``boxes.jsonl`` is about (None for a line that names none)."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row.get("picture") if isinstance(row, dict) else None
 
 
 def _in_order(finished: list[Done], files: Sequence[Path], start: int) -> list[Done]:
