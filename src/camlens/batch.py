@@ -283,7 +283,7 @@ def open_run(
             )
         items = plan_items(files, out)
         fresh = record is None or record["options"] != dict(options)
-        if fresh:  # a new run, or other options: the earlier rows do not hold for this one
+        if record is None or fresh:  # a new run, or other options: the earlier rows do not hold
             record = {"camlens": __version__, "options": dict(options), "sessions": []}
         redo = {_key_of(item) for item in items} if overwrite else set()
         done = keep_rows(out, lambda row: not fresh and not _redo(row, redo))

@@ -250,6 +250,11 @@ def _coco_id(value: object) -> bool:
     return isinstance(value, int | str) or (isinstance(value, float) and value.is_integer())
 
 
+def _pixels(value: Any) -> bool:
+    """Whether ``value`` is a whole positive number of pixels (not ``true``)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
 def read_coco(path: str | Path, images: str | Path | None = None) -> Dataset:
     """COCO JSON (``images``, ``annotations`` with ``bbox = [x, y, w, h]``, ``categories``).
 
@@ -356,10 +361,10 @@ def read_coco(path: str | Path, images: str | Path | None = None) -> Dataset:
             )
             left_out += 1
             continue
-        size = None
+        size: tuple[int, int] | None = None
         width, height = entry.get("width"), entry.get("height")
-        if all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (width, height)):
-            size = (width, height)
+        if _pixels(width) and _pixels(height):
+            size = (int(width), int(height))  # type: ignore[arg-type]  # checked
         items.append(
             Annotated(found, objects[image_id], size, f"{json_file.name}, image id {image_id}")
         )
