@@ -344,6 +344,7 @@ def test_the_gallery_lists_such_a_run_with_its_problem(
         )
         for path in ("/api/runs/odd/images", "/api/runs/odd/summary", "/api/runs/odd/images/0"):
             answer = client.get(path)
+            assert answer.status_code == 409, path
             assert answer.headers["content-type"] == "application/json", path
             assert answer.json()["detail"] == listed["odd"]["problem"]
 
