@@ -378,3 +378,52 @@ def test_synthetic_sizes_and_seeds_out_of_range_are_one_line(
     assert_clean(result, bad=1)
     assert says in problems(result)[0]
     assert not (tmp_path / "s" / "annotations.json").exists()
+
+
+# --- 14 and options that cannot apply ---------------------------------------------------------------
+
+
+def test_a_ray_address_where_nothing_listens_is_said_in_seconds(
+    photos: list[str], syn: list[str]
+) -> None:
+    pytest.importorskip("ray")
+    import socket
+    import time
+
+    with socket.socket() as probe:  # a port of this machine that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.monotonic()
+    result = invoke("explain", *photos, "--out", "o", *syn, "--ray", f"127.0.0.1:{port}")
+    assert time.monotonic() - started < 30
+    assert_clean(result, bad=1)
+    assert problems(result) == [
+        f"camlens: cannot join the Ray cluster at 127.0.0.1:{port}: Connection refused"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        (["--actors", "3"], "--actors is for --ray runs"),
+        (["--out", "."], "every input is inside --out ."),
+    ],
+)
+def test_options_that_cannot_apply_are_refused(
+    photos: list[str], syn: list[str], options: list[str], says: str
+) -> None:
+    result = invoke("explain", *photos, *syn, *options)
+    assert_clean(result, bad=1)
+    assert says in problems(result)[0]
+    assert not Path("index.jsonl").exists()
+
+
+def test_a_symlink_loop_goes_to_ray_as_a_path(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    from camlens.batch import Item
+    from camlens.distributed import _batch_row
+
+    os.symlink(tmp_path / "b", tmp_path / "a.jpg")
+    os.symlink(tmp_path / "a.jpg", tmp_path / "b")
+    row = _batch_row(0, [Item(tmp_path / "a.jpg", "a")])  # resolve() raised RuntimeError here
+    assert row["paths"] == [os.path.realpath(tmp_path / "a.jpg")]

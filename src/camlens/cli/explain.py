@@ -231,6 +231,8 @@ def explain(
             quality=quality,
         )
         address = _ray_address(ray) if ray is not None else None
+        if ray is None and actors is not None:
+            raise CamlensError("--actors is for --ray runs: add --ray, or drop --actors")
         if ray is not None and grid is not None:
             raise CamlensError(
                 "--grid is not available with --ray: explain the grid's images alone"
@@ -239,7 +241,10 @@ def explain(
             raise CamlensError(f"--grid {grid}: the grid is a PNG; give it a .png name")
         out = output_folder(out)
         grid_file = output_file(grid, "--grid") if grid is not None else None
-    files = _outside(input_files(paths), out)
+    found = input_files(paths)
+    files = _outside(found, out)
+    if not files:
+        fail(f"every input is inside --out {out} (a run's outputs are never its inputs)")
     if grid_file is not None and os.path.realpath(grid_file) in map(os.path.realpath, files):
         fail(f"--grid {grid_file} is one of the inputs: the grid would overwrite it")
     with bad_input():
