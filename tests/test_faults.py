@@ -427,3 +427,34 @@ def test_a_symlink_loop_goes_to_ray_as_a_path(tmp_path: Path) -> None:
     os.symlink(tmp_path / "a.jpg", tmp_path / "b")
     row = _batch_row(0, [Item(tmp_path / "a.jpg", "a")])  # resolve() raised RuntimeError here
     assert row["paths"] == [os.path.realpath(tmp_path / "a.jpg")]
+
+
+# --- camlens serve --port taken --------------------------------------------------------------------
+
+
+def test_a_taken_port_is_said_before_the_model_loads(
+    monkeypatch: pytest.MonkeyPatch, syn: list[str]
+) -> None:
+    pytest.importorskip("uvicorn")
+    import socket
+
+    import camlens.cli.common
+
+    def no_model(*args: object) -> object:
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(camlens.cli.common, "model_from_options", no_model)
+    monkeypatch.setattr("camlens.cli.serve.model_from_options", no_model)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = invoke("serve", *syn, "--port", port)
+    assert_clean(result, bad=1)
+    assert problems(result) == [
+        f"camlens: --port {port} on 127.0.0.1 cannot be used (Address already in use): "
+        "choose another --port"
+    ]
+    result = invoke("serve", *syn, "--host", "no.such.host.invalid")
+    assert_clean(result, bad=1)
+    assert "--host no.such.host.invalid: not an address of this machine" in problems(result)[0]
