@@ -458,3 +458,36 @@ def test_a_taken_port_is_said_before_the_model_loads(
     result = invoke("serve", *syn, "--host", "no.such.host.invalid")
     assert_clean(result, bad=1)
     assert "--host no.such.host.invalid: not an address of this machine" in problems(result)[0]
+
+
+# --- 16. inline answers bounded by bytes ------------------------------------------------------------
+
+
+def test_inline_answers_are_bounded_by_bytes(tmp_path: Path, weights: Path) -> None:
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from camlens.serve import ServeSettings, create_app
+
+    photo = cat(tmp_path / "cat.png", size=(300, 200)).read_bytes()
+    model = camlens.load_model("synthetic", weights=weights)
+    limit = 2**20  # 1 MB: 300x200 maps are 240 kB of .npy each, 320 kB in base64
+    with TestClient(create_app(model, ServeSettings(max_inline_bytes=limit))) as client:
+
+        def ask(top: int, inline: bool) -> object:
+            files = {"image": ("cat.png", photo, "image/png")}
+            form = {"top": str(top), "inline": str(inline).lower()}
+            return client.post("/api/explain", files=files, data=form)
+
+        answer = ask(2, True)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["explanations"][1]["map"].startswith("data:")
+        refused = ask(4, True)
+        assert refused.status_code == 413
+        body = refused.json()
+        assert body["parameter"] == "inline"
+        assert (
+            "inline=true would answer at least 1 MB for 4 maps of 300x200 pixels"
+            in (body["detail"])
+        )
+        assert ask(4, False).status_code == 200  # the URLs alone: no limit
