@@ -491,3 +491,33 @@ def test_inline_answers_are_bounded_by_bytes(tmp_path: Path, weights: Path) -> N
             in (body["detail"])
         )
         assert ask(4, False).status_code == 200  # the URLs alone: no limit
+
+
+# --- the Python API names the argument at fault ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        ({"method": 42}, "method must be a method's name, a Method or a list of them, not 42"),
+        ({"layer": 123}, "layer must be a layer's name, a module or a list of them, not 123"),
+    ],
+)
+def test_explainer_arguments_of_the_wrong_type_are_named(
+    weights: Path, options: dict[str, object], says: str
+) -> None:
+    model = camlens.load_model("synthetic", weights=weights)
+    with pytest.raises(CamlensError) as caught:
+        camlens.Explainer(model, **options)  # type: ignore[arg-type]
+    assert str(caught.value) == says
+
+
+def test_a_result_names_a_map_or_folder_that_is_not_there(photos: list[str], weights: Path) -> None:
+    model = camlens.load_model("synthetic", weights=weights)
+    result = camlens.Explainer(model).explain("cat.jpg")
+    assert result.map_at_image(-1).shape == (64, 96)
+    for bad in (1, -2, "0", True):
+        with pytest.raises(CamlensError, match=r"is not one of this explanation's 1 maps \(0..0\)"):
+            result.map_at_image(bad)  # type: ignore[arg-type]
+    with pytest.raises(CamlensError, match="out_dir cat.jpg is a file, not a folder"):
+        result.save("cat.jpg")

@@ -114,6 +114,10 @@ class Explainer:
         classes: Classes | None = None,
         top: int | None = None,
     ) -> None:
+        if not isinstance(method, str | Method | Sequence):
+            raise MethodError(
+                f"method must be a method's name, a Method or a list of them, not {method!r}"
+            )
         given = [method] if isinstance(method, str | Method) else list(method)
         if not given:
             raise MethodError("no method given: choose one or more of " + ", ".join(METHODS))
@@ -159,8 +163,12 @@ class Explainer:
             layers = list(layers_like_auto(self.model))
         elif isinstance(layer, str | nn.Module):
             layers = [layer]
-        else:
+        elif isinstance(layer, Sequence):
             layers = list(layer)
+        else:
+            raise CamlensError(
+                f"layer must be a layer's name, a module or a list of them, not {layer!r}"
+            )
         targets = find_targets(self.model, layers)
         head_methods = [m for m in self.methods if m.needs == "head"]
         headless = [t for t in targets if t.head is None]
