@@ -519,5 +519,5 @@ def test_a_result_names_a_map_or_folder_that_is_not_there(photos: list[str], wei
     for bad in (1, -2, "0", True):
         with pytest.raises(CamlensError, match=r"is not one of this explanation's 1 maps \(0..0\)"):
             result.map_at_image(bad)  # type: ignore[arg-type]
-    with pytest.raises(CamlensError, match="out_dir cat.jpg is a file, not a folder"):
+    with pytest.raises(CamlensError, match=r"out_dir cat\.jpg is a file, not a folder"):
         result.save("cat.jpg")
