@@ -521,3 +521,27 @@ def test_a_result_names_a_map_or_folder_that_is_not_there(photos: list[str], wei
             result.map_at_image(bad)  # type: ignore[arg-type]
     with pytest.raises(CamlensError, match=r"out_dir cat\.jpg is a file, not a folder"):
         result.save("cat.jpg")
+
+
+# --- an unreadable folder among readable ones ------------------------------------------------------
+
+
+def test_a_folder_that_cannot_be_listed_is_one_bad_input(
+    photos: list[str], syn: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cat(Path("d", "a.jpg"))
+    cup(Path("d", "locked", "b.png"))
+    listing = os.scandir
+
+    def scandir(path: object = ".") -> object:
+        if Path(str(path)).name == "locked":
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return listing(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "scandir", scandir)  # as root, chmod 000 would not stop a read
+    result = invoke("explain", "d", "cat.jpg", "--out", "o", *syn)
+    assert_clean(result, bad=1)
+    assert problems(result) == [
+        "camlens: d/locked: is a folder that cannot be read (permission denied)"
+    ]
+    assert sorted(p.name for p in Path("o").rglob("*.json")) == ["a.json", "cat.json"]
