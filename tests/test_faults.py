@@ -545,3 +545,55 @@ def test_a_folder_that_cannot_be_listed_is_one_bad_input(
         "camlens: d/locked: is a folder that cannot be read (permission denied)"
     ]
     assert sorted(p.name for p in Path("o").rglob("*.json")) == ["a.json", "cat.json"]
+
+
+# --- 7 and Keras files: a JSON beside the model, a damaged file -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def keras_flat(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small Keras model whose Flatten -> Dense head takes 24x24 inputs only, in a .keras."""
+    from camlens.models.keras import import_keras
+
+    try:
+        keras = import_keras()
+    except CamlensError as exc:
+        pytest.skip(str(exc))
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((24, 24, 3))
+    h = keras.layers.Conv2D(4, 3, activation="relu", name="conv1")(inputs)
+    h = keras.layers.Flatten()(h)
+    path = tmp_path_factory.mktemp("keras") / "flat.keras"
+    keras.Model(inputs, keras.layers.Dense(3, name="out")(h)).save(path)
+    return path
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # Keras's
+def test_a_keras_json_input_size_the_model_cannot_take_is_one_line(
+    photos: list[str], keras_flat: Path
+) -> None:
+    Path("flat.keras").write_bytes(keras_flat.read_bytes())
+    Path("flat.keras.json").write_text(json.dumps({"mode": "tf", "input_size": [32, 32]}))
+    result = invoke("explain", "cat.jpg", "--model", "flat.keras", "--out", "o")
+    assert_clean(result, bad=1)
+    assert problems(result)[0].startswith(
+        "camlens: flat.keras.json: input_size 32x32: the model cannot take it ("
+    )
+    Path("flat.keras.json").write_text(json.dumps({"labels": ["a", "b", "c"]}))
+    with pytest.warns(UserWarning) as caught:
+        model = camlens.load_model("flat.keras")
+    assert model.labels == ("a", "b", "c")
+    said = " ".join(str(w.message) for w in caught)
+    assert "no flat.keras.json beside it" not in said
+    assert 'add to flat.keras.json its "mode"' in said
+
+
+@pytest.mark.parametrize("data", [b"PK\x03\x04damaged", b"not a model at all"])
+def test_a_damaged_keras_file_is_not_file_not_found(tmp_path: Path, data: bytes) -> None:
+    pytest.importorskip("keras")
+    path = tmp_path / "m.keras"
+    path.write_bytes(data)
+    with pytest.raises(CamlensError) as caught:
+        camlens.load_model(path)
+    assert "not a Keras model file Keras can read" in str(caught.value)
+    assert "File not found" not in str(caught.value)
