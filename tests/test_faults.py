@@ -597,3 +597,45 @@ def test_a_damaged_keras_file_is_not_file_not_found(tmp_path: Path, data: bytes)
         camlens.load_model(path)
     assert "not a Keras model file Keras can read" in str(caught.value)
     assert "File not found" not in str(caught.value)
+
+
+# --- stalled uploads --------------------------------------------------------------------------------
+
+
+def test_a_stalled_upload_is_a_408_in_its_time() -> None:
+    pytest.importorskip("starlette")
+    import asyncio
+    import time
+
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+
+    from camlens.serve.middleware import BodyLimit
+
+    async def app(scope: dict, receive: object, send: object) -> None:
+        body = await Request(scope, receive).body()  # type: ignore[arg-type]
+        await JSONResponse({"bytes": len(body)})(scope, receive, send)  # type: ignore[arg-type]
+
+    async def call(chunks: list[bytes], stall: float) -> list[dict]:
+        sent: list[dict] = []
+        queue = list(chunks)
+
+        async def receive() -> dict:
+            if queue:
+                return {"type": "http.request", "body": queue.pop(0), "more_body": True}
+            await asyncio.sleep(3600)  # the client stops sending
+            raise AssertionError("not reached")
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/", "headers": []}
+        await BodyLimit(app, limit=10**6, message="too big", stall=stall)(scope, receive, send)
+        return sent
+
+    started = time.monotonic()
+    sent = asyncio.run(call([b"x" * 1000, b"y" * 1000], stall=0.3))
+    assert time.monotonic() - started < 5
+    assert sent[0]["status"] == 408
+    body = json.loads(sent[1]["body"])
+    assert body["detail"] == "the upload stalled: no data for 0.3 s"

@@ -58,6 +58,7 @@ def parameter_of(exc: CamlensError) -> str | None:
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
+    408: {"model": ErrorBody, "description": "the upload stalled: no data for 30 s"},
     413: {
         "model": ErrorBody,
         "description": "upload over the size limit, or image over the pixel limit",
