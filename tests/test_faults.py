@@ -639,3 +639,20 @@ def test_a_stalled_upload_is_a_408_in_its_time() -> None:
     assert sent[0]["status"] == 408
     body = json.loads(sent[1]["body"])
     assert body["detail"] == "the upload stalled: no data for 0.3 s"
+
+
+def test_a_long_form_field_is_a_400_that_gives_the_limit(tmp_path: Path, weights: Path) -> None:
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from camlens.serve import create_app
+
+    photo = cat(tmp_path / "cat.png").read_bytes()
+    model = camlens.load_model("synthetic", weights=weights)
+    with TestClient(create_app(model)) as client:
+        files = {"image": ("cat.png", photo, "image/png")}
+        answer = client.post("/api/explain", files=files, data={"methods": "x" * 100_000})
+    assert answer.status_code == 400
+    assert answer.json()["detail"].startswith(
+        "a form field is over 4 kB, the limit of every field but image"
+    )

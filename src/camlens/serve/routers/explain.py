@@ -20,7 +20,7 @@ from camlens.localize import add_boxes
 from camlens.serve.batcher import Closed, QueueFull
 from camlens.serve.batcher import Request as Job
 from camlens.serve.encoders import data_url, map_npy, overlay_png
-from camlens.serve.errors import ERRORS, ApiError, bad_option
+from camlens.serve.errors import ERRORS, FIELD_BYTES, ApiError, bad_option
 from camlens.serve.parameters import explain_options, only_known_parameters
 from camlens.serve.schemas import ExplainOut, ImageOut, MapOut
 from camlens.serve.state import Root, ServerState, State
@@ -32,7 +32,7 @@ router = APIRouter(prefix="/api", tags=["explain"], dependencies=[Depends(only_k
 @router.post(
     "/explain",
     responses=ERRORS,
-    form_limits={"max_files": 1, "max_fields": 100, "max_part_size": 4096},
+    form_limits={"max_files": 1, "max_fields": 100, "max_part_size": FIELD_BYTES},
 )
 async def explain(
     st: State,
