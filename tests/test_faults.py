@@ -595,7 +595,7 @@ def test_a_damaged_keras_file_is_not_file_not_found(tmp_path: Path, data: bytes)
     path.write_bytes(data)
     with pytest.raises(CamlensError) as caught:
         camlens.load_model(path)
-    assert "not a Keras model file Keras can read" in str(caught.value)
+    assert "cannot load the Keras model: not a file Keras can read" in str(caught.value)
     assert "File not found" not in str(caught.value)
 
 

@@ -387,8 +387,8 @@ def load_keras(
             ) from None
         if "File not found" in text or not _readable_as_keras(path):  # the file is there
             raise ModelError(
-                f"{path}: not a Keras model file Keras can read (a .keras file is a zip archive, "
-                "a .h5 an HDF5 file): damaged, or another kind of file"
+                f"{path}: cannot load the Keras model: not a file Keras can read (a .keras "
+                "file is a zip archive, a .h5 an HDF5 file): damaged, or another kind of file"
             ) from None
         raise ModelError(
             f"{path}: cannot load the Keras model ({type(exc).__name__}: {text[:300]})"
