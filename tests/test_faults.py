@@ -499,8 +499,8 @@ def test_inline_answers_are_bounded_by_bytes(tmp_path: Path, weights: Path) -> N
 @pytest.mark.parametrize(
     ("options", "says"),
     [
-        ({"method": 42}, "method must be a method's name, a Method or a list of them, not 42"),
-        ({"layer": 123}, "layer must be a layer's name, a module or a list of them, not 123"),
+        ({"method": 42}, "method must be a name, a Method or a list of them, not 42"),
+        ({"layer": 123}, "layer must be a name, a module or a list of them, not 123"),
     ],
 )
 def test_explainer_arguments_of_the_wrong_type_are_named(
