@@ -656,3 +656,15 @@ def test_a_long_form_field_is_a_400_that_gives_the_limit(tmp_path: Path, weights
     assert answer.json()["detail"].startswith(
         "a form field is over 4 kB, the limit of every field but image"
     )
+
+
+def test_train_out_that_is_a_folder_is_refused(photos: list[str]) -> None:
+    cat(Path("data", "cat", "0.jpg"))
+    cup(Path("data", "cup", "0.png"))
+    Path("models").mkdir()
+    result = invoke(
+        "train", "data", "--epochs", "1", "--views", "1", "--val", "0", "--out", "models"
+    )
+    assert_clean(result, bad=1)
+    assert "--out models is a folder: give the checkpoint's file name" in problems(result)[0]
+    assert not Path("models.camlens").exists()
