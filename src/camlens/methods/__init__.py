@@ -30,8 +30,12 @@ import torch
 from camlens.errors import MethodError
 from camlens.methods import cam, eigen, gradient, perturbation
 from camlens.methods.perturbation import Scorer
+from camlens.scoring import Goals
 
 MapFunction = Callable[..., torch.Tensor]
+Wanted = Goals | torch.Tensor
+"""What is explained for each image: its ``D`` targets (:class:`~camlens.scoring.Goals`), or
+class indices [N, D] standing for those classes."""
 Needs = Literal["head", "gradients", "activations", "scores"]
 Reduce = Callable[[torch.Tensor], torch.Tensor]
 """Per-channel terms [N, K, h, w] -> a map [N, h, w] (principal-component smoothing); the plain
@@ -39,22 +43,22 @@ map is their sum over channels."""
 
 
 class Evidence(Protocol):
-    """What methods read from one forward pass over a batch of ``N`` images, for the ``D`` classes
-    of each image given by ``index`` [N, D]."""
+    """What methods read from one forward pass over a batch of ``N`` images, for the ``D`` targets
+    of each image given by ``index`` (Goals, or class indices [N, D])."""
 
     def activations(self, layer: str) -> torch.Tensor:
         """The layer's maps [N, K, h, w]."""
         ...
 
-    def class_weights(self, layer: str, index: torch.Tensor) -> torch.Tensor:
-        """The rows of the GAP -> Linear head the layer feeds, per class: [N, D, K]."""
+    def class_weights(self, layer: str, index: Wanted) -> torch.Tensor:
+        """The rows of the GAP -> Linear head the layer feeds, per target: [N, D, K]."""
         ...
 
-    def gradients(self, layer: str, index: torch.Tensor) -> Sequence[torch.Tensor]:
-        """``D`` tensors [N, K, h, w]: the gradient of each rank's class score."""
+    def gradients(self, layer: str, index: Wanted) -> Sequence[torch.Tensor]:
+        """``D`` tensors [N, K, h, w]: the gradient of each rank's target score."""
         ...
 
-    def scorer(self, layer: str, index: torch.Tensor) -> Scorer:
+    def scorer(self, layer: str, index: Wanted) -> Scorer:
         """Runs masked inputs or edited activations of the layer through the model."""
         ...
 
@@ -104,7 +108,7 @@ class Method:
         return replace(self, options=MappingProxyType({**self.options, **options}))
 
     def maps(
-        self, evidence: Evidence, layer: str, index: torch.Tensor, reduce: Reduce | None = None
+        self, evidence: Evidence, layer: str, index: Wanted, reduce: Reduce | None = None
     ) -> torch.Tensor:
         """The maps [N, D, h, w] of the classes ``index`` [N, D] at ``layer``, before ReLU and
         normalization; ``reduce`` replaces the sum over channels of a separable method's terms."""
@@ -133,7 +137,7 @@ class HeadMethod(Method):
     needs: ClassVar[Needs] = "head"
 
     def maps(
-        self, evidence: Evidence, layer: str, index: torch.Tensor, reduce: Reduce | None = None
+        self, evidence: Evidence, layer: str, index: Wanted, reduce: Reduce | None = None
     ) -> torch.Tensor:
         a = evidence.activations(layer)
         weights = evidence.class_weights(layer, index)
@@ -147,7 +151,7 @@ class GradientMethod(Method):
     needs: ClassVar[Needs] = "gradients"
 
     def maps(
-        self, evidence: Evidence, layer: str, index: torch.Tensor, reduce: Reduce | None = None
+        self, evidence: Evidence, layer: str, index: Wanted, reduce: Reduce | None = None
     ) -> torch.Tensor:
         a = evidence.activations(layer)
         return self._per_rank(a, evidence.gradients(layer, index), reduce)
@@ -160,7 +164,7 @@ class ActivationMethod(Method):
     needs: ClassVar[Needs] = "activations"
 
     def maps(
-        self, evidence: Evidence, layer: str, index: torch.Tensor, reduce: Reduce | None = None
+        self, evidence: Evidence, layer: str, index: Wanted, reduce: Reduce | None = None
     ) -> torch.Tensor:
         raw: torch.Tensor = self.fn(evidence.activations(layer), **self.options)
         return raw[:, None].expand(-1, index.shape[1], -1, -1)
@@ -174,7 +178,7 @@ class ScoreMethod(Method):
     needs: ClassVar[Needs] = "scores"
 
     def maps(
-        self, evidence: Evidence, layer: str, index: torch.Tensor, reduce: Reduce | None = None
+        self, evidence: Evidence, layer: str, index: Wanted, reduce: Reduce | None = None
     ) -> torch.Tensor:
         a = evidence.activations(layer)
         weights = self.fn(a, evidence.scorer(layer, index), **self.options).to(a.dtype)

@@ -40,6 +40,7 @@ from camlens.models.head import (
 from camlens.models.keras import KERAS_SUFFIXES
 from camlens.models.labels import default_labels
 from camlens.models.model import Model
+from camlens.models.scores import set_scores
 from camlens.models.synthetic import (
     SYNTHETIC_CLASSES,
     SYNTHETIC_PREPROCESS,
@@ -64,6 +65,7 @@ def load_model(
     labels: Sequence[str] | str | os.PathLike[str] | None = None,
     preprocess: PreprocessConfig | str | None = None,
     device: str | torch.device = "cpu",
+    scores: str | None = None,
 ) -> Model:
     """Returns a :class:`Model` in eval mode.
 
@@ -91,6 +93,11 @@ def load_model(
     ``device``: where the model goes (``cpu``, ``cuda``, ``cuda:1``, ``mps``), checked before
     anything is loaded: one that this machine does not have is a
     :class:`~camlens.errors.CamlensError` naming the devices it has.
+
+    ``scores``: how the outputs become predictions, ``"softmax"``, ``"sigmoid"`` (multi-label
+    and one-output binary heads) or ``"raw"`` (regression); by default what a checkpoint or a
+    Keras model says, else ``sigmoid`` for a one-output model and ``softmax`` otherwise (see
+    :func:`camlens.models.scores.set_scores` for what is refused).
 
     Every model camlens gives has a ``spec`` and ``weights`` that load it back:
     ``load_model(model.spec, weights=model.weights)`` rebuilds the same network, preprocessing and
@@ -171,7 +178,9 @@ def load_model(
     if labels is not None:
         model.labels = _read_labels(labels, model)
     model.net.eval()
-    return model.to(target)
+    model.to(target)
+    set_scores(model, scores)
+    return model
 
 
 def _load_timm(name: str, weights: str | os.PathLike[str] | None) -> Model:

@@ -15,6 +15,7 @@ from torch import nn
 from camlens.adapters import AdapterRule, default_rule
 from camlens.errors import ClassError
 from camlens.images import PreprocessConfig
+from camlens.targets import Scores, TargetError
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,9 @@ class Model:
     ``linear_heads`` lists the linear layers a GAP -> Linear CAM head may end in (the
     ``nn.Linear`` modules by default; a Keras model's ``Dense`` layers). ``default_layer``, when a
     model family sets it, is the automatic target layer (a ViT's ``blocks.11.norm1``); otherwise
-    the rule of :func:`camlens.layers.auto_layer` chooses.
+    the rule of :func:`camlens.layers.auto_layer` chooses. ``scores`` says how the outputs
+    become predictions (:meth:`predict`): ``softmax`` (single-label), ``sigmoid`` (multi-label
+    and one-output binary heads) or ``raw`` (regression outputs, as they are).
     """
 
     net: nn.Module
@@ -66,6 +69,7 @@ class Model:
         default=torch_linear_heads, repr=False, compare=False
     )
     default_layer: str | None = None
+    scores: Scores = "softmax"
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.net(x)
@@ -82,6 +86,18 @@ class Model:
         for b in self.net.buffers():
             return b.device
         return torch.device("cpu")
+
+    def predict(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The predictions [N, outputs] the model's outputs [N, outputs] give, as it scores them:
+        softmax probabilities, per-output sigmoid probabilities, or the raw values."""
+        outputs = outputs.float()
+        if self.scores == "softmax":
+            return torch.softmax(outputs, dim=1)
+        if self.scores == "sigmoid":
+            return torch.sigmoid(outputs)
+        if self.scores == "raw":
+            return outputs
+        raise TargetError(f"{self.name}: unknown scoring {self.scores!r}")
 
     def to(self, device: str | torch.device) -> Model:
         """Moves the network to ``device`` (in place) and returns ``self``."""
