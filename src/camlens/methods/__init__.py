@@ -87,6 +87,7 @@ def channel_terms(
 class Method:
     """A method: ``fn`` and what it needs (its kind, the subclass), with its paper.
 
+    ``title``: the name people write (``"Grad-CAM++"``), for pages and pictures.
     ``options`` are passed to ``fn`` as keyword arguments (see :meth:`with_options`).
     ``separable``: the map is a sum over channels of terms that each depend on one channel only
     (true of CAM, the Grad-CAM family and the score-weighted methods), so the per-channel terms,
@@ -100,7 +101,12 @@ class Method:
     paper: str
     summary: str
     separable: bool = True
+    title: str = ""
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        if not self.title:
+            object.__setattr__(self, "title", self.name)
 
     def with_options(self, **options: Any) -> Method:
         """The same method with keyword arguments for its function, for instance
@@ -196,24 +202,28 @@ METHODS: dict[str, Method] = {
             cam.cam,
             "Zhou et al. 2016, Learning Deep Features for Discriminative Localization",
             "weights of a GAP -> Linear head times the activations; one forward pass, no gradient",
+            title="CAM",
         ),
         GradientMethod(
             "gradcam",
             gradient.gradcam,
             "Selvaraju et al. 2017, Grad-CAM",
             "channel weights = spatial mean of the gradients",
+            title="Grad-CAM",
         ),
         GradientMethod(
             "gradcampp",
             gradient.gradcampp,
             "Chattopadhyay et al. 2018, Grad-CAM++",
             "channel weights = positive gradients weighted by second-order alphas",
+            title="Grad-CAM++",
         ),
         GradientMethod(
             "xgradcam",
             gradient.xgradcam,
             "Fu et al. 2020, Axiom-based Grad-CAM (XGrad-CAM)",
             "channel weights = gradients averaged with the normalized activations as weights",
+            title="XGrad-CAM",
         ),
         GradientMethod(
             "hirescam",
@@ -221,6 +231,7 @@ METHODS: dict[str, Method] = {
             "Draelos & Carin 2020, HiResCAM",
             "gradient times activation per pixel, summed over channels, then ReLU (the "
             "element-wise recipe of the Keras Grad-CAM write-ups)",
+            title="HiResCAM",
         ),
         GradientMethod(
             "gradcam_elementwise",
@@ -228,12 +239,14 @@ METHODS: dict[str, Method] = {
             "Grad-CAM element-wise (pytorch-grad-cam's GradCAMElementWise)",
             "ReLU of each gradient-activation product, then summed over channels (the ReLU "
             "before the sum: not the write-ups' recipe, which is hirescam)",
+            title="Grad-CAM elementwise",
         ),
         GradientMethod(
             "layercam",
             gradient.layercam,
             "Jiang et al. 2021, LayerCAM",
             "positive gradients times activations, element-wise, summed over channels",
+            title="LayerCAM",
         ),
         ScoreMethod(
             "scorecam",
@@ -241,24 +254,28 @@ METHODS: dict[str, Method] = {
             "Wang et al. 2020, Score-CAM",
             "channel weights = softmax over channels of the class score of the input masked by "
             "each channel",
+            title="Score-CAM",
         ),
         ScoreMethod(
             "sscam",
             perturbation.sscam,
             "Wang, Naidu et al. 2020, SS-CAM: Smoothed Score-CAM",
             "Score-CAM with the masked scores averaged over noisy masks",
+            title="SS-CAM",
         ),
         ScoreMethod(
             "iscam",
             perturbation.iscam,
             "Naidu et al. 2020, IS-CAM: Integrated Score-CAM",
             "Score-CAM with the masked scores averaged over a path of growing masks",
+            title="IS-CAM",
         ),
         ScoreMethod(
             "ablationcam",
             perturbation.ablationcam,
             "Desai & Ramaswamy 2020, Ablation-CAM",
             "channel weights = relative drop of the class score when the channel is zeroed",
+            title="Ablation-CAM",
         ),
         ActivationMethod(
             "eigencam",
@@ -266,6 +283,7 @@ METHODS: dict[str, Method] = {
             "Muhammad & Yeasin 2020, Eigen-CAM",
             "first principal component of the activations (no class, sign fixed)",
             separable=False,
+            title="Eigen-CAM",
         ),
         GradientMethod(
             "eigengradcam",
@@ -273,6 +291,7 @@ METHODS: dict[str, Method] = {
             "Eigen-CAM on gradient x activation (pytorch-grad-cam's EigenGradCAM)",
             "first principal component of gradient times activation (sign fixed)",
             separable=False,
+            title="EigenGrad-CAM",
         ),
     ]
 }
