@@ -24,6 +24,7 @@ from camlens.maps import normalize
 from camlens.methods import get_method
 from camlens.modes import eval_mode
 from camlens.replay import plan_replay
+from camlens.models.scores import set_scores
 from camlens.scoring import TargetPlan
 from camlens.targets import (
     Binary,
@@ -390,3 +391,49 @@ def test_scores_are_set_at_load_and_checked(x: torch.Tensor) -> None:
     one.fc = nn.Linear(3, 1)
     with pytest.raises(TargetError, match="one output: softmax of one output is always 1"):
         camlens.load_model(one, preprocess=CONFIG, scores="softmax")
+
+
+def test_checkpoints_keep_the_scoring(tmp_path: Path) -> None:
+    import warnings
+
+    from camlens.models.checkpoint import read_header
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random backbone weights: expected here
+        model = camlens.build_cam_model(
+            "torchvision:resnet18", class_names=["cat", "dog", "owl"], input_size=64
+        )
+    set_scores(model, "sigmoid")
+    path = camlens.save(model, tmp_path / "tags.camlens")
+    assert read_header(path).scores == "sigmoid"
+    loaded = camlens.load_model(path)
+    assert loaded.scores == "sigmoid"
+    assert camlens.load_model(path, scores="raw").scores == "raw"  # what the caller says wins
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+def test_keras_sigmoid_heads_give_logits_and_sigmoid_scoring(tmp_path: Path) -> None:
+    from camlens.models.keras import import_keras
+
+    keras = import_keras()  # on the torch backend
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((16, 16, 3))
+    h = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inputs)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    km = keras.Model(inputs, keras.layers.Dense(3, activation="sigmoid", name="tags")(h))
+    path = tmp_path / "tags.keras"
+    km.save(path)
+    (tmp_path / "tags.keras.json").write_text(json.dumps({"mode": "raw"}))
+    model = camlens.load_model(path)
+    assert model.scores == "sigmoid"
+    x = torch.rand(2, 3, 16, 16) * 255
+    with torch.no_grad():
+        logits = model.net(x)
+    expected = np.asarray(keras.ops.convert_to_numpy(km(x.permute(0, 2, 3, 1))))
+    np.testing.assert_allclose(torch.sigmoid(logits).numpy(), expected, atol=1e-5)
+    (tmp_path / "tags.keras.json").write_text(json.dumps({"mode": "raw", "scores": "raw"}))
+    assert camlens.load_model(path).scores == "raw"
+    (tmp_path / "tags.keras.json").write_text(json.dumps({"mode": "raw", "scores": "odds"}))
+    with pytest.raises(TargetError, match="scores must be one of"):
+        camlens.load_model(path)

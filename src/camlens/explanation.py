@@ -43,6 +43,12 @@ class ClassMap:
     ``map`` is at the layer's resolution [h, w], in [0, 1] (ReLU and min-max applied). ``flat`` is
     True when the method gave a constant map (returned as zeros). ``boxes``: boxes in the photo's
     pixels once localized (:func:`camlens.localize.add_boxes`), else None.
+
+    ``target``: what was explained when it is not a plain class (see :mod:`camlens.targets`), as
+    data (``{"kind": "contrast", "classes": [282, 285]}``), ``explained`` the same in words
+    (``"tiger cat versus Egyptian cat"``) and ``value`` the target's score for this image (the
+    contrast's ``y_a - y_b``, the similarity); ``class_index`` is then the first class the target
+    is about (-1 for none: a similarity, a callable) and ``label`` the words.
     """
 
     class_index: int
@@ -53,10 +59,32 @@ class ClassMap:
     map: torch.Tensor
     flat: bool = False
     boxes: list[Box] | None = None
+    target: dict[str, Any] | None = None
+    explained: str | None = None
+    value: float | None = None
 
     @property
     def title(self) -> str:
+        if self.target is not None and self.value is not None:
+            return f"{self.explained or self.label} {self.value:.2f}"
         return f"{self.label} {self.score:.2f}"
+
+    @property
+    def tag(self) -> str:
+        """What the map explains, in a file name: the class index, or the target (``282-vs-285``,
+        ``output-0``, ``similarity``...), so that two maps of one image never share a name."""
+        target = self.target
+        if target is None or target.get("kind") == "class":
+            return str(self.class_index)
+        kind = str(target.get("kind"))
+        if kind == "contrast":
+            classes = [str(c) for c in target.get("classes", [])]
+            return classes[0] + "-vs-" + "-".join(classes[1:])
+        if kind == "output":
+            return f"output-{target.get('index')}"
+        if kind == "binary":
+            return "positive" if target.get("positive") else "negative"
+        return kind
 
 
 @dataclass(init=False)
@@ -187,6 +215,10 @@ class Explanation:
                 entry["panel"] = panels[i]
             if m.boxes is not None:
                 entry["boxes"] = [b.to_dict() for b in m.boxes]
+            if m.target is not None:
+                entry["target"] = m.target
+                entry["explained"] = m.explained
+                entry["value"] = m.value
             explanations.append(entry)
         report: dict[str, Any] = {
             "image": self.source,

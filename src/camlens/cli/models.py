@@ -55,3 +55,4 @@ def layers(model: ModelOpt = None, weights: WeightsOpt = None, device: DeviceOpt
         table.add_row(*map(escape, [mark, info.name, *extra, info.kind, shape, info.adapter]))
     out_console.print(table)
     say(f"* automatic target layer of {loaded.name}: {chosen}")
+    say(f"outputs: {loaded.num_classes}, scored by {loaded.scores}")
