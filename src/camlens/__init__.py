@@ -1,5 +1,6 @@
 """camlens: where a convolutional classifier looks when it decides (CAM and the Grad-CAM family)."""
 
+from camlens.config import ExplainConfig
 from camlens.errors import CamlensError
 from camlens.explain import Explainer
 from camlens.explanation import ClassMap, Explanation, grid
@@ -16,6 +17,7 @@ __all__ = [
     "Box",
     "CamlensError",
     "ClassMap",
+    "ExplainConfig",
     "Explainer",
     "Explanation",
     "History",
