@@ -437,3 +437,74 @@ def test_keras_sigmoid_heads_give_logits_and_sigmoid_scoring(tmp_path: Path) -> 
     (tmp_path / "tags.keras.json").write_text(json.dumps({"mode": "raw", "scores": "odds"}))
     with pytest.raises(TargetError, match="scores must be one of"):
         camlens.load_model(path)
+
+
+# --- through the Explainer and its config ----------------------------------------------------------
+
+
+def test_the_explainer_runs_the_targets_of_its_config(
+    tiny: camlens.Model, x: torch.Tensor, reference: Path
+) -> None:
+    f = forward_by_hand(tiny.net, x)  # type: ignore[arg-type]
+    ex = camlens.Explainer(
+        tiny, method="gradcam", layer="feat", targets=[Contrast("b", ("a",)), Output(0)]
+    )
+    assert ex.config.targets == (Contrast("b", ("a",)), Output(0))
+    results = ex.explain(x)
+    for i, result in enumerate(results):
+        contrast, output = result.maps
+        assert contrast.target == {"kind": "contrast", "classes": [1, 0]}
+        assert contrast.explained == "b versus a" and contrast.class_index == 1
+        assert contrast.value == pytest.approx(f["y"][i, 1] - f["y"][i, 0], abs=1e-5)
+        assert output.target == {"kind": "output", "index": 0}
+        g = grads_from_pooled(f, np.repeat((f["wfc"][1] - f["wfc"][0])[None], 2, 0))["feat"]
+        want = normalized(expected_raw("gradcam", f["feat"][i], g[i]))
+        np.testing.assert_allclose(contrast.map.numpy(), want, atol=1e-5)
+        entry = result.to_dict()["explanations"][0]
+        assert entry["target"] == {"kind": "contrast", "classes": [1, 0]}
+        assert entry["explained"] == "b versus a"
+    assert ex.config.to_dict()["targets"][0] == {"kind": "contrast", "class": "b", "versus": ["a"]}
+    again = camlens.Explainer.from_config(ex.config, tiny).explain(x)
+    assert torch.equal(again[0].maps[0].map, results[0].maps[0].map)
+
+
+def test_cam_is_left_out_for_a_similarity_and_callables_stay_out_of_json(
+    tiny: camlens.Model, x: torch.Tensor, reference: Path
+) -> None:
+    with pytest.warns(UserWarning, match="cam left out: CAM applies where the target is linear"):
+        ex = camlens.Explainer(
+            tiny, method=["cam", "gradcam"], layer="top", targets=[Similarity(str(reference))]
+        )
+    assert ex.config.methods == ("gradcam",)
+    assert ex.explain(x[0]).maps[0].target == {
+        "kind": "similarity",
+        "reference": str(reference),
+        "layer": None,
+    }
+    with pytest.raises(MethodError, match="not to the callable 'f'"):
+        camlens.Explainer(tiny, method="cam", layer="top", targets=[Function(len, "f")])
+    ex = camlens.Explainer(tiny, layer="top", targets=[Function(lambda y: y[:, 0], "first")])
+    assert ex.explain(x[0]).maps[0].explained == "first"
+    with pytest.raises(TargetError, match="cannot be written as JSON"):
+        ex.config.to_json()
+
+
+def test_above_explains_every_class_scored_at_least_that(x: torch.Tensor) -> None:
+    model = camlens.load_model(Tiny(), preprocess=CONFIG, labels=["a", "b"], scores="sigmoid")
+    logits = model.net(x).detach()
+    probs = torch.sigmoid(logits)
+    threshold = float(probs.flatten().sort().values[1])  # some images have one class, some two
+    results = camlens.Explainer(model, layer="top", above=threshold).explain(x)
+    for i, result in enumerate(results):
+        wanted = sorted(
+            (c for c in range(2) if probs[i, c] >= threshold), key=lambda c: -probs[i, c]
+        )
+        assert [m.class_index for m in result.maps] == wanted
+        assert [p.score for p in result.predictions] == pytest.approx(
+            sorted(probs[i].tolist(), reverse=True)
+        )
+        assert result.to_dict()["scores"] == "sigmoid"
+    with pytest.warns(UserWarning, match="no class scored at least 2"):
+        assert camlens.Explainer(model, layer="top", above=2.0).explain(x[0]).maps == []
+    with pytest.raises(ClassError, match="give one of classes, top, targets or above"):
+        camlens.ExplainConfig(top=2, above=0.5)

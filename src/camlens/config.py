@@ -32,6 +32,7 @@ from camlens.localize import Threshold, check_threshold, parse_threshold
 from camlens.methods import METHODS, get_method
 from camlens.render import check_alpha, check_cmap
 from camlens.smoothing import SMOOTHERS
+from camlens.targets import Scores, Target, as_target, check_above, check_scores
 
 BoxMode = Literal["largest", "all"]
 RunFormat = Literal["files", "dataset"]
@@ -84,6 +85,12 @@ class ExplainConfig:
     its weights; ``channels_last`` the masked passes' memory format. ``input_size`` (height, width)
     replaces the model's input size; ``max_pixels`` refuses larger image files. ``relu=False``
     keeps each map's sign (min-max of the raw map, see :func:`camlens.maps.normalize`).
+
+    What is explained beyond classes (see :mod:`camlens.targets`): ``targets``, for every image
+    (contrasts, outputs, similarities, or in Python callables, which cannot be written as JSON);
+    ``above``: every class whose score is at least that (a multi-label model's tags);
+    ``scores``: how the model's outputs become predictions (``softmax``, ``sigmoid``, ``raw``;
+    None: what the model says). ``classes``, ``top``, ``targets`` and ``above`` exclude each other.
     """
 
     model: str | None = None
@@ -108,6 +115,9 @@ class ExplainConfig:
     input_size: tuple[int, int] | None = None
     max_pixels: int = MAX_PIXELS
     relu: bool = True
+    targets: tuple[Target, ...] = ()
+    above: float | None = None
+    scores: Scores | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalized values are set once, here
@@ -168,6 +178,32 @@ class ExplainConfig:
             set_(self, "input_size", pair)
         set_(self, "max_pixels", _integer(self.max_pixels, "max_pixels", 1))
         set_(self, "relu", _flag(self.relu, "relu"))
+        with _option("targets"):
+            items = (self.targets,) if isinstance(self.targets, Mapping) else self.targets
+            if isinstance(items, str) or not isinstance(items, Sequence):
+                items = (items,)
+            set_(self, "targets", tuple(dict.fromkeys(as_target(t) for t in items)))
+        if self.above is not None:
+            with _option("above"):
+                set_(self, "above", check_above(self.above))
+        if self.scores is not None:
+            with _option("scores"):
+                set_(self, "scores", check_scores(self.scores))
+        chosen = [
+            name
+            for name, given in (
+                ("classes", bool(self.classes)),
+                ("top", self.top is not None),
+                ("targets", bool(self.targets)),
+                ("above", self.above is not None),
+            )
+            if given
+        ]
+        if len(chosen) > 1:
+            raise ClassError(
+                f"give one of classes, top, targets or above, not {' and '.join(chosen)}",
+                option=chosen[1],
+            )
         if "all" in self.layers and len(self.layers) > 1:
             raise CamlensError(
                 "layers: 'all' stands for every layer; give it alone", option="layers"
@@ -176,8 +212,12 @@ class ExplainConfig:
     # --- JSON -------------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """The options as JSON-ready values (tuples as lists)."""
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        """The options as JSON-ready values (tuples as lists, targets as their dicts; a callable
+        target cannot be written and says so)."""
+        out = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        with _option("targets"):
+            out["targets"] = [t.to_dict() for t in self.targets]
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ExplainConfig:

@@ -95,7 +95,8 @@ class Explanation:
     de-normalized); ``source`` names it (a path, or ``<image N>``). The constructor also takes a
     function that makes the image, called on first use (the explainer's tensor inputs: most
     callers of a tensor batch never look at the pictures). ``stats``: what the batch it came from
-    cost (passes, time).
+    cost (passes, time). ``scores``: how the model scored the predictions (``softmax``,
+    ``sigmoid`` or ``raw``, see :func:`camlens.load_model`).
     """
 
     source: str
@@ -114,6 +115,7 @@ class Explanation:
         predictions: list[Prediction],
         maps: list[ClassMap] | None = None,
         stats: CallStats | None = None,
+        scores: str = "softmax",
     ) -> None:
         self.source = source
         self._image = image
@@ -122,6 +124,7 @@ class Explanation:
         self.predictions = predictions
         self.maps = maps if maps is not None else []
         self.stats = stats or CallStats()
+        self.scores = scores
 
     @property
     def image(self) -> Image.Image:
@@ -224,6 +227,7 @@ class Explanation:
             "image": self.source,
             "size": [width, height],
             "model": self.model,
+            "scores": self.scores,
             "predictions": [
                 {"class_index": p.class_index, "label": p.label, "score": p.score}
                 for p in self.predictions

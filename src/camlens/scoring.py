@@ -206,6 +206,22 @@ class TargetPlan:
             )
 
     @property
+    def linear(self) -> bool:
+        """Every target of the plan is linear in the outputs (CAM and head gradients apply)."""
+        return not any(isinstance(t, Similarity | Function) for t in self.targets)
+
+    @property
+    def nonlinear_words(self) -> str:
+        """The targets that are not linear, in words."""
+        return ", ".join(
+            f"the similarity to {Path(t.reference).name}"
+            if isinstance(t, Similarity)
+            else f"the callable {t.name!r}"
+            for t in self.targets
+            if isinstance(t, Similarity | Function)
+        )
+
+    @property
     def embedding(self) -> Embedding | None:
         """The embedding the similarity targets read (None without one)."""
         return next(iter(self._embeddings.values()), None)
