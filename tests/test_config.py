@@ -34,19 +34,25 @@ EVERY_OPTION = ExplainConfig(
     input_size=(448, 320),
     max_pixels=1000,
     relu=False,
+    scores="sigmoid",
 )
 
 
 def test_every_option_differs_from_its_default_and_survives_json() -> None:
     default = ExplainConfig()
     for field in dataclasses.fields(ExplainConfig):
-        if field.name not in ("device", "top"):  # cpu is the only device; top excludes classes
+        # cpu is the only device; top, targets and above exclude classes
+        if field.name not in ("device", "top", "targets", "above"):
             assert getattr(EVERY_OPTION, field.name) != getattr(default, field.name), field.name
     text = EVERY_OPTION.to_json()
     assert ExplainConfig.from_json(text) == EVERY_OPTION
     assert json.loads(text)["methods"] == ["scorecam", "gradcampp", "eigencam"]  # canonical
     top = ExplainConfig(top=3)
     assert ExplainConfig.from_json(top.to_json()) == top
+    targets = ExplainConfig(targets=({"kind": "contrast", "class": 282, "versus": [285]},))
+    assert ExplainConfig.from_json(targets.to_json()) == targets
+    above = ExplainConfig(above=0.5)
+    assert ExplainConfig.from_json(above.to_json()) == above
 
 
 def test_output_config_round_trip() -> None:

@@ -22,9 +22,9 @@ from camlens.errors import CamlensError, ClassError, MethodError
 from camlens.images import PreprocessConfig
 from camlens.maps import normalize
 from camlens.methods import get_method
+from camlens.models.scores import set_scores
 from camlens.modes import eval_mode
 from camlens.replay import plan_replay
-from camlens.models.scores import set_scores
 from camlens.scoring import TargetPlan
 from camlens.targets import (
     Binary,

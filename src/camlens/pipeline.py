@@ -110,7 +110,6 @@ class Pipeline:
             model=getattr(self.model, "spec", None),
             weights=None if weights is None else str(weights),
             layers=tuple(t.name for t in targets),
-            scores=self.model.scores,
         )
 
     @property
