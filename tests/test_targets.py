@@ -506,5 +506,5 @@ def test_above_explains_every_class_scored_at_least_that(x: torch.Tensor) -> Non
         assert result.to_dict()["scores"] == "sigmoid"
     with pytest.warns(UserWarning, match="no class scored at least 2"):
         assert camlens.Explainer(model, layer="top", above=2.0).explain(x[0]).maps == []
-    with pytest.raises(ClassError, match="give one of classes, top, targets or above"):
+    with pytest.raises(ClassError, match="give one of classes, top, targets"):
         camlens.ExplainConfig(top=2, above=0.5)

@@ -201,7 +201,8 @@ class ExplainConfig:
         ]
         if len(chosen) > 1:
             raise ClassError(
-                f"give one of classes, top, targets or above, not {' and '.join(chosen)}",
+                f"give one of classes, top, targets (contrasts, outputs, similarity) or above, "
+                f"not {' and '.join(chosen)}",
                 option=chosen[1],
             )
         if "all" in self.layers and len(self.layers) > 1:

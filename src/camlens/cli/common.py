@@ -315,3 +315,90 @@ def mib_bytes(mib: int) -> int:
     if mib < 1:
         fail(f"--max-batch-memory must be at least 1 MiB, not {mib}")
     return mib * 2**20
+
+
+# --- what is explained beyond classes (camlens.targets) -------------------------------------------
+
+VersusOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--versus",
+        help="explain each --class (or the top-1) versus this class: y_A - y_B (repeat for the "
+        "mean of several); next or next:K for the next K predicted classes",
+    ),
+]
+ScoresOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--scores",
+        help="how the model's outputs become predictions: softmax, sigmoid (multi-label, "
+        "one-output binary) or raw (regression); default: what the model says",
+    ),
+]
+AboveOpt = Annotated[
+    float | None,
+    typer.Option("--above", help="explain every class whose score is at least P (with sigmoid)"),
+]
+OutputOpt = Annotated[
+    list[int] | None,
+    typer.Option("--output", help="explain raw output K as it is (repeat for several)"),
+]
+LikeOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--like", help="explain the similarity to this reference image's embedding (cosine)"
+    ),
+]
+EmbeddingOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--embedding",
+        help="with --like: the layer whose output (averaged over its locations) is the "
+        "embedding; default: the input of the last linear layer",
+    ),
+]
+
+
+def target_options(
+    classes: Sequence[str] | None,
+    versus: Sequence[str] | None,
+    outputs: Sequence[int] | None,
+    like: Path | None,
+    embedding: str | None,
+) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+    """``(classes, targets)`` for an ExplainConfig from the command line: ``--versus`` makes each
+    ``--class`` (or the top-1) a contrast; with any target, the plain classes become class
+    targets beside them. Bad combinations are a CamlensError naming the options."""
+    from camlens.errors import CamlensError
+    from camlens.targets import ClassScore, Contrast, Output, Similarity
+
+    given = list(classes or ())
+    targets: list[Any] = []
+    if embedding is not None and like is None:
+        raise CamlensError("--embedding chooses the features of --like: give --like REF.jpg")
+    if versus:
+        nexts = [v for v in versus if v.strip().lower().startswith("next")]
+        if nexts and len(versus) > 1:
+            raise CamlensError("--versus next[:K] stands alone: do not mix it with classes")
+        if any(v.strip().lower() == "true" for v in versus):
+            raise CamlensError(
+                "--versus true needs each image's true class: not available from the command "
+                "line yet; give the class (--versus CLASS)"
+            )
+        firsts: list[str | None] = list(given) if given else [None]
+        for first in firsts:
+            if nexts:
+                text = nexts[0].strip().lower().removeprefix("next").lstrip("[:").rstrip("]")
+                if text and not text.isdigit():
+                    raise CamlensError(f"--versus {nexts[0]}: write next or next:K (K a number)")
+                targets.append(Contrast(first, next=int(text) if text else 1))
+            else:
+                targets.append(Contrast(first, tuple(versus)))
+        given = []
+    targets.extend(Output(k) for k in outputs or ())
+    if like is not None:
+        targets.append(Similarity(str(like), embedding))
+    if targets and given:
+        targets = [ClassScore(c) for c in given] + targets
+        given = []
+    return tuple(given), tuple(targets)

@@ -17,20 +17,26 @@ from rich.markup import escape
 from rich.table import Table
 
 from camlens.cli.common import (
+    AboveOpt,
     AllBoxesOpt,
     BatchSizeOpt,
     DeviceOpt,
+    EmbeddingOpt,
     EventBars,
     FastChannelsOpt,
     FastResolutionOpt,
     InputSizeOpt,
     LayersOpt,
+    LikeOpt,
     MaxBatchMemoryOpt,
     MaxPixelsOpt,
     MethodsOpt,
     ModelOpt,
+    OutputOpt,
+    ScoresOpt,
     SmoothOpt,
     ThresholdOpt,
+    VersusOpt,
     WeightsOpt,
     app,
     bad_input,
@@ -41,6 +47,7 @@ from camlens.cli.common import (
     path_text,
     progress_bars,
     say,
+    target_options,
 )
 from camlens.errors import CamlensError
 from camlens.images import MAX_PIXELS
@@ -184,6 +191,12 @@ def explain(
             help="with --ray: Explainers at work (default: the cluster's CPUs - 1)",
         ),
     ] = None,
+    versus: VersusOpt = None,
+    scores: ScoresOpt = None,
+    above: AboveOpt = None,
+    output_index: OutputOpt = None,
+    like: LikeOpt = None,
+    embedding: EmbeddingOpt = None,
 ) -> None:
     """Explain images: writes OUT/STEM.json, an overlay and a map per class and method, and
     OUT/index.jsonl (a line per image; `camlens summary OUT` reads it). Run again, the same
@@ -202,13 +215,14 @@ def explain(
     from camlens.render import save_png
 
     with bad_input():  # every option, and the output places, before any model runs
+        given, targets = target_options(classes, versus, output_index, like, embedding)
         config = ExplainConfig(
             model=model,
             weights=path_text(weights),
             device=device,
             methods=tuple(method or ["gradcam"]),
             layers=tuple(layer or ()),
-            classes=tuple(classes or ()),
+            classes=given,
             top=top,
             smooth=tuple(smooth or ()),
             batch_size=batch_size,
@@ -218,6 +232,9 @@ def explain(
             max_pixels=max_pixels,
             input_size=parse_size(input_size) if input_size is not None else None,
             relu=relu,
+            targets=targets,
+            above=above,
+            scores=scores,  # type: ignore[arg-type]  # checked by ExplainConfig
         )
         output = OutputConfig(
             cmap=cmap,
