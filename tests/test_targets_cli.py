@@ -93,3 +93,36 @@ def test_a_regression_output_and_bad_options(photos: Path, tmp_path: Path) -> No
     assert code == 2 and "scores must be one of softmax, sigmoid, raw" in text
     code, text = run("explain", str(photos / "cat.jpg"), "--class", "1", "--versus", "1")
     assert code == 2 and "versus itself" in text
+
+
+def test_the_api_takes_the_same_options(default_model: camlens.Model, photos: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from camlens.serve import create_app
+
+    image = (photos / "cat.jpg").read_bytes()
+
+    def post(client: TestClient, **fields: object) -> object:
+        files = {"image": ("cat.jpg", image, "image/jpeg")}
+        return client.post("/api/explain", files=files, data=fields)
+
+    with TestClient(create_app(default_model)) as client:
+        assert client.get("/api/model").json()["scores"] == "softmax"
+        answer = post(client, classes="tiger cat", versus="Egyptian cat")
+        assert answer.status_code == 200, answer.text
+        (entry,) = answer.json()["explanations"]
+        assert entry["target"] == {"kind": "contrast", "classes": [282, 285]}
+        assert entry["explained"] == "tiger cat versus Egyptian cat"
+        answer = post(client, versus="next:2", output=["3"])
+        assert answer.status_code == 200, answer.text
+        kinds = [e["target"]["kind"] for e in answer.json()["explanations"]]
+        assert kinds == ["contrast", "output"]
+        answer = post(client, scores="sigmoid", above="0.999")
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["scores"] == "sigmoid" and body["explanations"]
+        assert all(p["score"] >= 0.999 for p in body["predictions"][: len(body["explanations"])])
+        bad = post(client, classes="tiger cat", versus="tiger cat")
+        assert bad.status_code == 422 and "versus itself" in bad.json()["detail"]
+        bad = post(client, output="1000")
+        assert bad.status_code == 422 and bad.json()["parameter"] == "output"

@@ -282,6 +282,51 @@ def as_target(value: Any) -> Target:
     raise TargetError(f"not a target: {value!r}")
 
 
+def from_options(
+    classes: Sequence[int | str] | None,
+    versus: Sequence[str] | None = None,
+    outputs: Sequence[int] | None = None,
+    like: str | None = None,
+    embedding: str | None = None,
+) -> tuple[tuple[int | str, ...], tuple[Target, ...]]:
+    """``(classes, targets)`` for an ExplainConfig from a front-end's options (the command line's
+    ``--class``, ``--versus``, ``--output``, ``--like``, ``--embedding``; the server's form
+    fields of the same names): ``versus`` makes each class (or the top-1, with none) a contrast
+    with those classes, or with ``next``/``next:K`` the next K predictions; with any target, the
+    plain classes become class targets beside them. Bad combinations are a TargetError naming
+    the options."""
+    given: list[int | str] = list(classes or ())
+    targets: list[Target] = []
+    if embedding is not None and like is None:
+        raise TargetError("--embedding chooses the features of --like: give --like REF.jpg")
+    if versus:
+        nexts = [v for v in versus if v.strip().lower().startswith("next")]
+        if nexts and len(versus) > 1:
+            raise TargetError("--versus next[:K] stands alone: do not mix it with classes")
+        if any(v.strip().lower() == "true" for v in versus):
+            raise TargetError(
+                "--versus true needs each image's true class, which only a dataset run knows "
+                "(not available yet): give the class (--versus CLASS)"
+            )
+        firsts: list[int | str | None] = list(given) if given else [None]
+        for first in firsts:
+            if nexts:
+                text = nexts[0].strip().lower().removeprefix("next").lstrip("[:").rstrip("]")
+                if text and not text.isdigit():
+                    raise TargetError(f"--versus {nexts[0]}: write next or next:K (K a number)")
+                targets.append(Contrast(first, next=int(text) if text else 1))
+            else:
+                targets.append(Contrast(first, tuple(versus)))
+        given = []
+    targets.extend(Output(k) for k in outputs or ())
+    if like is not None:
+        targets.append(Similarity(like, embedding))
+    if targets and given:
+        targets = [ClassScore(c) for c in given] + targets
+        given = []
+    return tuple(given), tuple(targets)
+
+
 def check_above(value: Any) -> float:
     """``--above P``: a score threshold, a finite number."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
@@ -305,6 +350,7 @@ __all__ = [
     "as_target",
     "check_above",
     "check_scores",
+    "from_options",
     "is_linear",
     "target_from_dict",
 ]

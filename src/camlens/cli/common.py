@@ -365,40 +365,9 @@ def target_options(
     outputs: Sequence[int] | None,
     like: Path | None,
     embedding: str | None,
-) -> tuple[tuple[str, ...], tuple[Any, ...]]:
-    """``(classes, targets)`` for an ExplainConfig from the command line: ``--versus`` makes each
-    ``--class`` (or the top-1) a contrast; with any target, the plain classes become class
-    targets beside them. Bad combinations are a CamlensError naming the options."""
-    from camlens.errors import CamlensError
-    from camlens.targets import ClassScore, Contrast, Output, Similarity
+) -> tuple[tuple[int | str, ...], tuple[Any, ...]]:
+    """``(classes, targets)`` of the command line's options (see
+    :func:`camlens.targets.from_options`)."""
+    from camlens.targets import from_options
 
-    given = list(classes or ())
-    targets: list[Any] = []
-    if embedding is not None and like is None:
-        raise CamlensError("--embedding chooses the features of --like: give --like REF.jpg")
-    if versus:
-        nexts = [v for v in versus if v.strip().lower().startswith("next")]
-        if nexts and len(versus) > 1:
-            raise CamlensError("--versus next[:K] stands alone: do not mix it with classes")
-        if any(v.strip().lower() == "true" for v in versus):
-            raise CamlensError(
-                "--versus true needs each image's true class: not available from the command "
-                "line yet; give the class (--versus CLASS)"
-            )
-        firsts: list[str | None] = list(given) if given else [None]
-        for first in firsts:
-            if nexts:
-                text = nexts[0].strip().lower().removeprefix("next").lstrip("[:").rstrip("]")
-                if text and not text.isdigit():
-                    raise CamlensError(f"--versus {nexts[0]}: write next or next:K (K a number)")
-                targets.append(Contrast(first, next=int(text) if text else 1))
-            else:
-                targets.append(Contrast(first, tuple(versus)))
-        given = []
-    targets.extend(Output(k) for k in outputs or ())
-    if like is not None:
-        targets.append(Similarity(str(like), embedding))
-    if targets and given:
-        targets = [ClassScore(c) for c in given] + targets
-        given = []
-    return tuple(given), tuple(targets)
+    return from_options(classes, versus, outputs, None if like is None else str(like), embedding)

@@ -116,6 +116,9 @@ class ExplainOut(BaseModel):
     image: ImageOut
     methods: list[str]
     layers: list[str]
+    scores: str = Field(
+        default="softmax", description="how the predictions were scored: softmax, sigmoid or raw"
+    )
     predictions: list[PredictionOut] = Field(description="the top 5, best first")
     explanations: list[MapOut]
 
