@@ -113,9 +113,9 @@ def test_tta_flip_by_hand(default_model: camlens.Model, chelsea: np.ndarray) -> 
 def test_tta_scales_come_back_to_the_layer_grid(
     default_model: camlens.Model, chelsea: np.ndarray
 ) -> None:
-    result = camlens.Explainer(
-        default_model, smooth="tta", tta_scales=(1.0, 1.25, 0.75)
-    ).explain(chelsea)
+    result = camlens.Explainer(default_model, smooth="tta", tta_scales=(1.0, 1.25, 0.75)).explain(
+        chelsea
+    )
     plain = camlens.Explainer(default_model).explain(chelsea)
     assert result.maps[0].map.shape == plain.maps[0].map.shape == (7, 7)
     assert float(result.maps[0].map.max()) == 1.0
