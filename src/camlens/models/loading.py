@@ -52,7 +52,8 @@ from camlens.models.weights import classifier_size, load_state, read_state_dict
 SPEC_FORMS = (
     f"'{DEFAULT_SPEC}' (the default, offline ImageNet weights), 'timm:NAME' or 'torchvision:NAME' "
     "(with weights= a local .pth/.pt/.bin/.safetensors state dict; random weights without), "
-    f"a .camlens checkpoint, a Keras .keras/.h5 file, '{SYNTHETIC_SPEC}' (the synthetic "
+    f"a .camlens checkpoint, a Keras .keras/.h5 file, 'hf:FOLDER' (a transformers classifier "
+    "saved with save_pretrained), '{SYNTHETIC_SPEC}' (the synthetic "
     "benchmark's CNN, with weights=), or "
     "a built model's spec such as 'efficientnet_lite0 -> GAP -> Linear(1280, 2)' (with weights=)"
 )
@@ -77,6 +78,9 @@ def load_model(
       state dict or safetensors file; random init, with a warning, without one);
     - a path ending in ``.camlens``: a checkpoint written by :func:`camlens.save` (its own weights,
       classes and preprocessing);
+    - ``"hf:FOLDER"``: a Hugging Face ``transformers`` image classifier saved with
+      ``save_pretrained`` in a local folder, with its image processor (:mod:`camlens.models.hf`,
+      with the ``hf`` extra);
     - ``"synthetic"``: the synthetic benchmark's CNN, filled from ``weights`` (the state dict that
       ``camlens synthetic OUT --train`` writes);
     - a built model's spec, ``"BACKBONE [at HxW] -> GAP [-> Dropout(P)] -> Linear(K, C)"`` (what
@@ -160,6 +164,10 @@ def load_model(
         raise ModelError(
             f"a model spec must be a string or an nn.Module, not {type(spec).__name__}"
         )
+    elif spec.startswith("hf:"):
+        from camlens.models.hf import load_hf
+
+        model = load_hf(spec[len("hf:") :], weights)
     elif spec.startswith("timm:"):
         model = _load_timm(spec[len("timm:") :], weights)
     elif spec.startswith("torchvision:"):
