@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 CODE    := src tests $(wildcard benchmarks)
 
-.PHONY: demo test lint typecheck pytest browser bench clean
+.PHONY: demo test test-fast lint typecheck pytest browser bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -18,6 +18,10 @@ demo: $(STAMP)
 	$(BIN)/python -m camlens.demo
 
 test: $(STAMP) lint typecheck pytest
+
+# The same checks without the tests marked slow (Ray, the browser, load, long runs): a few minutes.
+test-fast: $(STAMP) lint typecheck
+	$(BIN)/pytest -q -m "not slow" --durations=10
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(CODE)
