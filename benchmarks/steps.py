@@ -32,7 +32,7 @@ from datasets import make_images  # benchmarks/datasets.py
 from PIL import Image
 
 import camlens
-from camlens import batch, outputs
+from camlens import batch, outputs, render
 from camlens.config import OutputConfig
 from camlens.explanation import Explanation
 from camlens.localize import boxes_from_map
@@ -99,7 +99,7 @@ def main() -> None:
         add("map", t)
         add("box", timed(boxes_from_map, full, threshold=output.threshold, mode="largest")[1])
         photo = np.asarray(result.image.convert("RGB"))
-        pixels, t = timed(outputs.overlay_pixels, photo, full, output.cmap, output.alpha)
+        pixels, t = timed(render.overlay_pixels, photo, full, output.cmap, output.alpha)
         add("overlay", t)
         picture = Image.fromarray(pixels)
         encodings: list[tuple[str, Callable[..., bytes], tuple[Any, ...]]] = [
@@ -128,7 +128,7 @@ def main() -> None:
         ("write, dataset format (`outputs.write_image`), of which:", "write"),
         ("- the map at the photo's size (`Explanation.map_at_image`)", "map"),
         ("- its largest box (`localize.boxes_from_map` at the photo's size)", "box"),
-        ("- the overlay (`outputs.overlay_pixels`)", "overlay"),
+        ("- the overlay (`render.overlay_pixels`)", "overlay"),
         (f"- JPEG, quality 90 ({kb('jpeg')})", "jpeg"),
         ("- spread and off-center (`outputs.off_center`, the count of full >= 0.5)", "spread"),
     ]

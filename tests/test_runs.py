@@ -25,7 +25,7 @@ from camlens.config import OutputConfig
 from camlens.errors import CamlensError
 from camlens.images import preprocess
 from camlens.maps import upsample
-from camlens.outputs import overlay_pixels
+from camlens.render import overlay_pixels
 from camlens.runs import INDEX, iter_index_at, read_index, read_row, summarize
 
 runner = CliRunner()
@@ -63,13 +63,22 @@ def tree(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize(("cmap", "alpha"), [("jet", 0.5), ("viridis", 0.3), ("tab10", 1.0)])
-def test_overlay_pixels_equal_render_overlay(cmap: str, alpha: float) -> None:
+def test_overlay_is_the_blend_formula(
+    cmap: str, alpha: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import matplotlib
+
     rng = np.random.default_rng(1)
     photo = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
     small = torch.from_numpy(rng.random((5, 7), dtype=np.float32))
     full = upsample(small, (37, 53)).numpy()
     full[0, :3] = [0.0, 1.0, 0.999999]  # both ends of the colormap and the edge of its last bin
-    expected = np.asarray(render.overlay(Image.fromarray(photo), full, cmap=cmap, alpha=alpha))
+    colours = np.rint(matplotlib.colormaps[cmap](full)[..., :3] * 255)
+    expected = np.rint((1 - alpha) * photo.astype(np.float64) + alpha * colours).astype(np.uint8)
+    assert np.array_equal(overlay_pixels(photo, full, cmap, alpha), expected)
+    picture = render.overlay(Image.fromarray(photo), full, cmap=cmap, alpha=alpha)
+    assert np.array_equal(np.asarray(picture), expected)
+    monkeypatch.setattr(render, "_BLEND_CHUNK_PIXELS", 100)  # row by row: the same pixels
     assert np.array_equal(overlay_pixels(photo, full, cmap, alpha), expected)
 
 

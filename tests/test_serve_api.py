@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import os
 import struct
 import threading
@@ -551,6 +552,8 @@ def runs_client(default_model: camlens.Model, tmp_path: Path) -> Iterator[TestCl
 
 def test_run_files_are_served(runs_client: TestClient) -> None:
     assert runs_client.get("/api/server").json()["runs"] is True
+    unknown = runs_client.get("/api/runs", params={"sort": "name"})
+    assert unknown.status_code == 422 and unknown.json()["parameter"] == "sort"
     index = runs_client.get("/runs/index.jsonl")
     assert index.status_code == 200 and index.text == '{"image": "cats/0.jpg"}\n'
     assert runs_client.get("/runs/cats/0.json").json() == {}
@@ -585,3 +588,204 @@ def test_serve_command_checks_its_options_first(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert f"runs: {tmp_path / 'missing'} is not a folder" in result.stderr
     assert "Traceback" not in result.output
+
+
+# --- one config per request, unknown parameters ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "fields", "parameter", "words"),
+    [
+        ("post", "/api/explain", {"method": "gradcampp"}, "method", "did you mean 'methods'?"),
+        ("post", "/api/explain", {"layer": "bn2"}, "layer", "did you mean 'layers'?"),
+        ("post", "/api/explain", {"class": "285"}, "class", "did you mean 'classes'?"),
+        ("post", "/api/explain", {"colour": "x"}, "colour", "takes image, methods, layers"),
+        ("get", "/api/model?verbose=1", None, "verbose", "takes no query parameter"),
+        ("get", "/api/methods?titles=1", None, "titles", "takes no query parameter"),
+    ],
+)
+def test_unknown_parameter_is_a_422_naming_it(
+    client: TestClient,
+    cat: bytes,
+    method: str,
+    url: str,
+    fields: dict[str, str] | None,
+    parameter: str,
+    words: str,
+) -> None:
+    if method == "post":
+        response = client.post(
+            url, files={"image": ("cat.jpg", cat, "image/jpeg")}, data=fields or {}
+        )
+    else:
+        response = client.get(url)
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["parameter"] == parameter and words in body["detail"], body
+    assert "\n" not in body["detail"]
+
+
+def test_unknown_query_parameter_of_a_result_file(client: TestClient, cat: bytes) -> None:
+    body = post(client, cat).json()
+    url = f"{body['url']}/maps/0/overlay.png"
+    response = client.get(url, params={"colormap": "viridis"})
+    assert response.status_code == 422
+    assert response.json()["parameter"] == "colormap"
+    assert "did you mean 'cmap'?" in response.json()["detail"]
+    assert client.get(url, params={"cmap": "viridis", "alpha": "0.4"}).status_code == 200
+    assert client.get(f"{body['url']}?x=1").json()["parameter"] == "x"
+
+
+def test_a_request_is_one_config(
+    default_model: camlens.Model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from camlens.serve.parameters import explain_options
+    from camlens.serve.state import ServerState
+
+    st = ServerState(default_model, ServeSettings(max_batch=4))
+    made: list[ExplainConfig] = []
+    check = ExplainConfig.__post_init__
+
+    def counted(self: ExplainConfig) -> None:
+        check(self)
+        made.append(self)
+
+    monkeypatch.setattr(ExplainConfig, "__post_init__", counted)
+    options = {
+        "methods": ["gradcampp,layercam"],
+        "layers": ["bn2"],
+        "classes": ["Egyptian cat", "tench, Tinca tinca"],
+        "top": None,
+        "smooth": ["pca"],
+        "fast_channels": None,
+        "fast_resolution": None,
+        "boxes": "largest",
+        "threshold": "otsu",
+        "cmap": "viridis",
+        "alpha": 0.25,
+    }
+    config, output = explain_options(st, **options)  # type: ignore[arg-type]
+    assert made == [config]  # one config, no throwaway ones
+    assert config == ExplainConfig(
+        methods=("gradcampp", "layercam"),
+        layers=("bn2",),
+        classes=(285, 0),  # names resolved once, here
+        smooth=("pca",),
+        batch_size=4,
+        max_pixels=st.settings.max_pixels,
+    )
+    assert (output.boxes, output.threshold, output.cmap, output.alpha) == (
+        "largest",
+        "otsu",
+        "viridis",
+        0.25,
+    )
+    made.clear()
+    from camlens.serve.errors import ApiError
+
+    with pytest.raises(ApiError) as bad:
+        explain_options(st, **{**options, "smooth": ["blur"]})  # type: ignore[arg-type]
+    assert bad.value.parameter == "smooth" and len(made) == 0  # refused in that one config
+    # the batcher groups requests by the config, without their classes or top
+    photo = Image.new("RGB", (8, 8))
+    key, given = st.batcher.key(Request(photo, "a", config))
+    assert given and key == config.replace(classes=())
+    assert st.batcher.key(Request(photo, "b", config.replace(classes=(1,))))[0] == key
+    assert st.batcher.key(Request(photo, "c", config.replace(smooth=())))[0] != key
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("model", ""),
+        ("device", "tpu"),
+        ("methods", ("nosuch",)),
+        ("layers", ("bn2", "")),
+        ("classes", (1.5,)),
+        ("top", 0),
+        ("smooth", ("blur",)),
+        ("tta_flips", "yes"),
+        ("tta_scales", (0,)),
+        ("batch_size", 0),
+        ("max_batch_memory", "lots"),
+        ("fast_channels", 0),
+        ("fast_resolution", 2.0),
+        ("use_head_gradients", 1),
+        ("input_size", (224,)),
+        ("max_pixels", 0),
+        ("relu", None),
+    ],
+)
+def test_config_errors_name_their_option(field: str, value: Any) -> None:
+    with pytest.raises(CamlensError) as refused:
+        ExplainConfig(**{field: value})
+    assert refused.value.option == field, str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("cmap", "jett"), ("alpha", 2), ("boxes", "most"), ("threshold", "high"), ("quality", 0)],
+)
+def test_output_config_errors_name_their_option(field: str, value: Any) -> None:
+    from camlens.config import OutputConfig
+
+    with pytest.raises(CamlensError) as refused:
+        OutputConfig(**{field: value})
+    assert refused.value.option == field, str(refused.value)
+
+
+def test_methods_have_titles(client: TestClient) -> None:
+    methods = client.get("/api/methods").json()["methods"]
+    titles = {m["name"]: m["title"] for m in methods}
+    assert titles == {name: m.title for name, m in METHODS.items()}
+    assert titles["gradcampp"] == "Grad-CAM++" and titles["scorecam"] == "Score-CAM"
+    assert len(set(titles.values())) == len(titles)
+
+
+# --- one serializer, one overlay ------------------------------------------------------------------
+
+
+def test_the_answer_is_the_report_and_its_schema(client: TestClient, cat: bytes) -> None:
+    from camlens.serve.schemas import ExplainOut
+
+    body = post(client, cat, top="2", methods="gradcam,eigencam", boxes="largest").json()
+    kept = client.app.state.camlens.store.get(body["id"])  # type: ignore[attr-defined]
+    report = kept.explanation.to_dict()
+    assert body["model"] == report["model"] and body["predictions"] == report["predictions"]
+    assert [body["image"]["name"], body["image"]["size"]] == [report["image"], report["size"]]
+    for got, want in zip(body["explanations"], report["explanations"], strict=True):
+        assert {k: got[k] for k in want} == want  # every field of the report, the same values
+        assert set(got) - set(want) == {"index", "overlay", "heatmap", "map"}
+    assert ExplainOut.model_validate(body).model_dump(mode="json") == body
+    spec = client.get("/openapi.json").json()
+    answer = spec["paths"]["/api/explain"]["post"]["responses"]["200"]
+    assert answer["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ExplainOut"
+    }
+    assert "map_shape" in spec["components"]["schemas"]["MapOut"]["properties"]
+
+
+def test_every_writer_draws_the_same_overlay(
+    default_model: camlens.Model, chelsea: np.ndarray, tmp_path: Path
+) -> None:
+    from camlens.config import OutputConfig
+    from camlens.localize import add_boxes
+    from camlens.outputs import write_image
+    from camlens.serve.encoders import overlay_png
+
+    with camlens.Explainer(default_model, method=["gradcam"]) as ex:
+        result = ex.explain(Image.fromarray(chelsea), top=2)
+    add_boxes(result, threshold=0.3)
+    assert all(m.boxes for m in result.maps)
+    report = json.loads(result.save(tmp_path / "saved", "cat", cmap="magma", alpha=0.4).read_text())
+    (tmp_path / "temp").mkdir()
+    output = OutputConfig(cmap="magma", alpha=0.4, boxes="largest", threshold=0.3)
+    row = write_image(result, "cat", tmp_path / "run", output, tmp_path / "temp")
+    for i, entry in enumerate(report["explanations"]):
+        saved = np.asarray(Image.open(tmp_path / "saved" / entry["overlay"]))
+        written = np.asarray(Image.open(tmp_path / "run" / row["explanations"][i]["overlay"]))
+        served = np.asarray(Image.open(io.BytesIO(overlay_png(result, i, "magma", 0.4, True))))
+        plain = np.asarray(result.overlay(i, cmap="magma", alpha=0.4, boxes=False))
+        assert np.array_equal(saved, written) and np.array_equal(saved, served)
+        assert (saved != plain).any()  # the boxes and their labels are drawn
+        assert entry["boxes"] == row["explanations"][i]["boxes"]

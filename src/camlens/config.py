@@ -20,7 +20,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -87,23 +88,29 @@ class ExplainConfig:
         set_ = object.__setattr__  # frozen: normalized values are set once, here
         set_(self, "model", _optional_text(self.model, "model"))
         set_(self, "weights", _optional_text(self.weights, "weights"))
-        set_(self, "device", device_name(_text(self.device, "device")))
-        set_(self, "methods", resolve_methods(self.methods))
+        with _option("device"):
+            set_(self, "device", device_name(_text(self.device, "device")))
+        with _option("methods"):
+            set_(self, "methods", resolve_methods(self.methods))
         set_(self, "layers", _texts(self.layers, "layers"))
         set_(self, "classes", _classes(self.classes))
         if self.top is not None:
             set_(self, "top", _integer(self.top, "top", 1))
             if self.classes:
-                raise ClassError("give classes or top, not both")
+                raise ClassError("give classes or top, not both", option="classes")
         smooth = tuple(dict.fromkeys(s.strip().lower() for s in _texts(self.smooth, "smooth")))
         unknown = [s for s in smooth if s not in SMOOTHERS]
         if unknown:
-            raise MethodError(f"unknown smoothing {unknown}: choose from {', '.join(SMOOTHERS)}")
+            raise MethodError(
+                f"unknown smoothing {unknown}: choose from {', '.join(SMOOTHERS)}", option="smooth"
+            )
         set_(self, "smooth", smooth)
         set_(self, "tta_flips", _flag(self.tta_flips, "tta_flips"))
         scales = tuple(_number(s, "tta_scales") for s in _sequence(self.tta_scales, "tta_scales"))
         if not scales or any(s <= 0 for s in scales):
-            raise CamlensError(f"tta_scales must be positive numbers, not {list(scales)}")
+            raise CamlensError(
+                f"tta_scales must be positive numbers, not {list(scales)}", option="tta_scales"
+            )
         set_(self, "tta_scales", scales)
         set_(self, "batch_size", _integer(self.batch_size, "batch_size", 1))
         set_(self, "max_batch_memory", _integer(self.max_batch_memory, "max_batch_memory", 1))
@@ -112,25 +119,32 @@ class ExplainConfig:
         if self.fast_resolution is not None:
             value = _number(self.fast_resolution, "fast_resolution")
             if not 0 < value <= 1:
-                raise CamlensError(f"fast_resolution must be in (0, 1], not {value}")
+                raise CamlensError(
+                    f"fast_resolution must be in (0, 1], not {value}", option="fast_resolution"
+                )
             set_(self, "fast_resolution", value)
         set_(self, "use_head_gradients", _flag(self.use_head_gradients, "use_head_gradients"))
         set_(self, "channels_last", _flag(self.channels_last, "channels_last"))
         if self.input_size is not None:
             size = _sequence(self.input_size, "input_size")
             if len(size) != 2:
-                raise CamlensError(f"input_size must be (height, width), not {list(size)}")
+                raise CamlensError(
+                    f"input_size must be (height, width), not {list(size)}", option="input_size"
+                )
             pair = tuple(_integer(n, "input_size", 8) for n in size)
             if pair[0] * pair[1] > MAX_PIXELS:
                 raise CamlensError(
                     f"input_size {pair[0]}x{pair[1]} is over {MAX_PIXELS // 10**6} megapixels: "
-                    "the model's activations would not fit in memory"
+                    "the model's activations would not fit in memory",
+                    option="input_size",
                 )
             set_(self, "input_size", pair)
         set_(self, "max_pixels", _integer(self.max_pixels, "max_pixels", 1))
         set_(self, "relu", _flag(self.relu, "relu"))
         if "all" in self.layers and len(self.layers) > 1:
-            raise CamlensError("layers: 'all' stands for every layer; give it alone")
+            raise CamlensError(
+                "layers: 'all' stands for every layer; give it alone", option="layers"
+            )
 
     # --- JSON -------------------------------------------------------------------------------------
 
@@ -181,32 +195,40 @@ class OutputConfig:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        set_(self, "cmap", check_cmap(_text(self.cmap, "cmap")))
-        set_(self, "alpha", check_alpha(self.alpha))
+        with _option("cmap"):
+            set_(self, "cmap", check_cmap(_text(self.cmap, "cmap")))
+        with _option("alpha"):
+            set_(self, "alpha", check_alpha(self.alpha))
         if self.boxes not in (None, "largest", "all"):
-            raise CamlensError(f"boxes must be 'largest' or 'all' (or none), not {self.boxes!r}")
-        threshold = (
-            parse_threshold(self.threshold)
-            if isinstance(self.threshold, str)
-            else check_threshold(self.threshold)
-        )
+            raise CamlensError(
+                f"boxes must be 'largest' or 'all' (or none), not {self.boxes!r}", option="boxes"
+            )
+        with _option("threshold"):
+            threshold = (
+                parse_threshold(self.threshold)
+                if isinstance(self.threshold, str)
+                else check_threshold(self.threshold)
+            )
         set_(self, "threshold", threshold)
         set_(self, "panels", _flag(self.panels, "panels"))
         set_(self, "grids", _flag(self.grids, "grids"))
         # --- runs over many files ---
         if self.format not in ("files", "dataset"):
-            raise CamlensError(f"format must be 'files' or 'dataset', not {self.format!r}")
+            raise CamlensError(
+                f"format must be 'files' or 'dataset', not {self.format!r}", option="format"
+            )
         if self.overlay_format is not None:
             kind = _text(self.overlay_format, "overlay_format").lower()
             kind = "jpeg" if kind == "jpg" else kind
             if kind not in ("png", "jpeg", "webp"):
                 raise CamlensError(
-                    f"overlay_format must be png, jpeg or webp, not {self.overlay_format!r}"
+                    f"overlay_format must be png, jpeg or webp, not {self.overlay_format!r}",
+                    option="overlay_format",
                 )
             set_(self, "overlay_format", kind)
         quality = _integer(self.quality, "quality", 1)
         if quality > 100:
-            raise CamlensError(f"quality must be at most 100, not {quality}")
+            raise CamlensError(f"quality must be at most 100, not {quality}", option="quality")
         set_(self, "quality", quality)
 
     def to_dict(self) -> dict[str, Any]:
@@ -225,6 +247,18 @@ class OutputConfig:
 
 
 # --- checks ---------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _option(name: str) -> Iterator[None]:
+    """Names ``name`` as the option at fault in a CamlensError raised inside (unless it names one
+    already), so that front-ends can point at it."""
+    try:
+        yield
+    except CamlensError as exc:
+        if exc.option is None:
+            exc.option = name
+        raise
 
 
 def _known_fields(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
@@ -253,7 +287,7 @@ def _plain(value: Any) -> Any:
 
 def _text(value: Any, name: str) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise CamlensError(f"{name} must be a non-empty string, not {value!r}")
+        raise CamlensError(f"{name} must be a non-empty string, not {value!r}", option=name)
     return value.strip()
 
 
@@ -267,7 +301,7 @@ def _optional_text(value: Any, name: str) -> str | None:
 
 def _sequence(value: Any, name: str) -> tuple[Any, ...]:
     if isinstance(value, str | bytes) or not isinstance(value, Sequence):
-        raise CamlensError(f"{name} must be a list, not {value!r}")
+        raise CamlensError(f"{name} must be a list, not {value!r}", option=name)
     return tuple(value)
 
 
@@ -278,7 +312,7 @@ def _texts(value: Any, name: str) -> tuple[str, ...]:
 
 def _flag(value: Any, name: str) -> bool:
     if not isinstance(value, bool):
-        raise CamlensError(f"{name} must be true or false, not {value!r}")
+        raise CamlensError(f"{name} must be true or false, not {value!r}", option=name)
     return value
 
 
@@ -287,15 +321,15 @@ def _integer(value: Any, name: str, least: int) -> int:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         else:
-            raise CamlensError(f"{name} must be a whole number, not {value!r}")
+            raise CamlensError(f"{name} must be a whole number, not {value!r}", option=name)
     if value < least:
-        raise CamlensError(f"{name} must be at least {least}, not {value}")
+        raise CamlensError(f"{name} must be at least {least}, not {value}", option=name)
     return int(value)
 
 
 def _number(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise CamlensError(f"{name} must be a finite number, not {value!r}")
+        raise CamlensError(f"{name} must be a finite number, not {value!r}", option=name)
     return float(value)
 
 
@@ -304,11 +338,11 @@ def _classes(value: Any) -> tuple[int | str, ...]:
     out: list[int | str] = []
     for c in items:
         if isinstance(c, bool) or not isinstance(c, int | str):
-            raise ClassError(f"a class is an index or a name, not {c!r}")
+            raise ClassError(f"a class is an index or a name, not {c!r}", option="classes")
         if isinstance(c, str):
             c = c.strip()
             if not c:
-                raise ClassError("an empty class name")
+                raise ClassError("an empty class name", option="classes")
             if c.lstrip("-").isascii() and c.lstrip("-").isdigit():
                 c = int(c)
         out.append(c)

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 
 class CamlensError(ValueError):
-    """Bad input to camlens: the message names what is wrong and where."""
+    """Bad input to camlens: the message names what is wrong and where. ``option``: the option
+    at fault, when one is (an :class:`~camlens.config.ExplainConfig` field, say), for front-ends
+    that name it apart from the message (the server's ``parameter``)."""
+
+    def __init__(self, *args: object, option: str | None = None) -> None:
+        super().__init__(*args)
+        self.option = option
 
 
 class ImageError(CamlensError):

@@ -115,9 +115,27 @@ class Explanation:
         width, height = self.size
         return upsample(self.maps[i].map, (height, width))
 
-    def overlay(self, i: int = 0, *, cmap: str = "jet", alpha: float = 0.5) -> Image.Image:
-        """Map ``i`` laid over the photo, at the photo's own size."""
-        return render.overlay(self.image, self._numpy(self.map_at_image(i)), cmap=cmap, alpha=alpha)
+    def overlay(
+        self,
+        i: int = 0,
+        *,
+        cmap: str = "jet",
+        alpha: float = 0.5,
+        boxes: bool | Sequence[Box] = True,
+        full: torch.Tensor | None = None,
+    ) -> Image.Image:
+        """Map ``i`` laid over the photo, at the photo's own size, with boxes, each labelled with
+        the class and its score: ``boxes=True`` the map's own (those
+        :func:`camlens.localize.add_boxes` gave it, if any), ``False`` none, or the boxes given.
+        ``full``: :meth:`map_at_image` of the map, when the caller has it already. Every overlay
+        camlens writes or serves is drawn here."""
+        full = self.map_at_image(i) if full is None else full
+        picture = render.overlay(self.image, self._numpy(full), cmap=cmap, alpha=alpha)
+        m = self.maps[i]
+        drawn = (m.boxes or []) if boxes is True else (boxes or [])
+        if not drawn:
+            return picture
+        return render.draw_boxes(picture, [b.xyxy for b in drawn], labels=[m.title] * len(drawn))
 
     def panel(self, i: int = 0, *, cmap: str = "jet", alpha: float = 0.5) -> Image.Image:
         """ "photo | heatmap | overlay" for map ``i``, titled with its class and method."""
@@ -138,15 +156,20 @@ class Explanation:
         panels: Sequence[str] | None = None,
         grid: str | None = None,
         fulls: Sequence[torch.Tensor] | None = None,
+        maps: bool = True,
     ) -> dict[str, Any]:
-        """The JSON report (the fields `camlens explain` writes); ``files``: (overlay, map) per map,
-        ``panels`` the panel picture of each map, ``grid`` the picture of all maps; ``fulls``:
-        :meth:`map_at_image` of each map, when the caller has them already (else each map is
-        upsampled here). A map's ``flat`` says it is constant (zeros) at the photo's own size:
+        """The JSON report, the one serializer of every result camlens writes or sends (the files
+        of `camlens explain` and of a run, the server's answers, `camlens localize`'s lines):
+        the image, its size, the model, the top-5 predictions and, per map, its class, score,
+        method, layer, whether it is flat, its peak, its grid (``map_shape``) and its boxes when
+        it has them. ``files``: (overlay, map) per map, ``panels`` the panel picture of each map,
+        ``grid`` the picture of all maps; ``fulls``: :meth:`map_at_image` of each map, when the
+        caller has them already (else each map is upsampled here); ``maps=False``: no
+        ``explanations``. A map's ``flat`` says it is constant (zeros) at the photo's own size:
         flat at the layer, or made so by the resizing (a picture of one pixel)."""
         width, height = self.size
         explanations = []
-        for i, m in enumerate(self.maps):
+        for i, m in enumerate(self.maps if maps else ()):
             full = fulls[i] if fulls is not None else self.map_at_image(i)
             entry: dict[str, Any] = {
                 "class_index": m.class_index,
@@ -165,7 +188,7 @@ class Explanation:
             if m.boxes is not None:
                 entry["boxes"] = [b.to_dict() for b in m.boxes]
             explanations.append(entry)
-        report = {
+        report: dict[str, Any] = {
             "image": self.source,
             "size": [width, height],
             "model": self.model,
@@ -173,8 +196,9 @@ class Explanation:
                 {"class_index": p.class_index, "label": p.label, "score": p.score}
                 for p in self.predictions
             ],
-            "explanations": explanations,
         }
+        if maps:
+            report["explanations"] = explanations
         if grid is not None:
             report["grid"] = grid
         return report
@@ -204,15 +228,11 @@ class Explanation:
         stem = fit_stem(stem, longest)
         files: list[tuple[str, str]] = []
         panel_files: list[str] = []
-        for i, m in enumerate(self.maps):
+        for i in range(len(self.maps)):
             base = stem + tails[i]
-            full = self._numpy(self.map_at_image(i))
-            atomic_write(out / f"{base}.npy", partial(_save_npy, full.astype(np.float32)))
-            picture = render.overlay(self.image, full, cmap=cmap, alpha=alpha)
-            if m.boxes:
-                picture = render.draw_boxes(
-                    picture, [b.xyxy for b in m.boxes], labels=[m.title] * len(m.boxes)
-                )
+            full = self.map_at_image(i)
+            atomic_write(out / f"{base}.npy", partial(_save_npy, self._numpy(full)))
+            picture = self.overlay(i, cmap=cmap, alpha=alpha, full=full)
             render.save_png(picture, out / f"{base}.png")
             files.append((f"{base}.png", f"{base}.npy"))
             if panels:

@@ -245,16 +245,10 @@ class Localization:
     objects: list[LocalizedObject] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        e = self.explanation
-        width, height = e.size
+        """The explanation's report without its maps (:meth:`Explanation.to_dict`), and the
+        objects."""
         return {
-            "image": e.source,
-            "size": [width, height],
-            "model": e.model,
-            "predictions": [
-                {"class_index": p.class_index, "label": p.label, "score": p.score}
-                for p in e.predictions
-            ],
+            **self.explanation.to_dict(maps=False),
             "objects": [o.to_dict() for o in self.objects],
         }
 

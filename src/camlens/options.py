@@ -22,12 +22,14 @@ Needs = Literal["head", "gradients", "activations", "scores"]
 @dataclass(frozen=True)
 class MethodInfo:
     """A method as a user sees it: its name, what it needs (its kind), its paper and what it
-    does; ``separable`` as in :class:`camlens.methods.Method`."""
+    does, the name people write (``title``: ``"Grad-CAM++"``, for pages and pictures);
+    ``separable`` as in :class:`camlens.methods.Method`."""
 
     name: str
     needs: Needs
     paper: str
     summary: str
+    title: str
     separable: bool = True
 
 
@@ -37,24 +39,28 @@ METHOD_INFO: tuple[MethodInfo, ...] = (
         "head",
         "Zhou et al. 2016, Learning Deep Features for Discriminative Localization",
         "weights of a GAP -> Linear head times the activations; one forward pass, no gradient",
+        "CAM",
     ),
     MethodInfo(
         "gradcam",
         "gradients",
         "Selvaraju et al. 2017, Grad-CAM",
         "channel weights = spatial mean of the gradients",
+        "Grad-CAM",
     ),
     MethodInfo(
         "gradcampp",
         "gradients",
         "Chattopadhyay et al. 2018, Grad-CAM++",
         "channel weights = positive gradients weighted by second-order alphas",
+        "Grad-CAM++",
     ),
     MethodInfo(
         "xgradcam",
         "gradients",
         "Fu et al. 2020, Axiom-based Grad-CAM (XGrad-CAM)",
         "channel weights = gradients averaged with the normalized activations as weights",
+        "XGrad-CAM",
     ),
     MethodInfo(
         "hirescam",
@@ -62,6 +68,7 @@ METHOD_INFO: tuple[MethodInfo, ...] = (
         "Draelos & Carin 2020, HiResCAM",
         "gradient times activation per pixel, summed over channels, then ReLU (the "
         "element-wise recipe of the Keras Grad-CAM write-ups)",
+        "HiResCAM",
     ),
     MethodInfo(
         "gradcam_elementwise",
@@ -69,12 +76,14 @@ METHOD_INFO: tuple[MethodInfo, ...] = (
         "Grad-CAM element-wise (pytorch-grad-cam's GradCAMElementWise)",
         "ReLU of each gradient-activation product, then summed over channels (the ReLU "
         "before the sum: not the write-ups' recipe, which is hirescam)",
+        "Grad-CAM elementwise",
     ),
     MethodInfo(
         "layercam",
         "gradients",
         "Jiang et al. 2021, LayerCAM",
         "positive gradients times activations, element-wise, summed over channels",
+        "LayerCAM",
     ),
     MethodInfo(
         "scorecam",
@@ -82,30 +91,35 @@ METHOD_INFO: tuple[MethodInfo, ...] = (
         "Wang et al. 2020, Score-CAM",
         "channel weights = softmax over channels of the class score of the input masked by "
         "each channel",
+        "Score-CAM",
     ),
     MethodInfo(
         "sscam",
         "scores",
         "Wang, Naidu et al. 2020, SS-CAM: Smoothed Score-CAM",
         "Score-CAM with the masked scores averaged over noisy masks",
+        "SS-CAM",
     ),
     MethodInfo(
         "iscam",
         "scores",
         "Naidu et al. 2020, IS-CAM: Integrated Score-CAM",
         "Score-CAM with the masked scores averaged over a path of growing masks",
+        "IS-CAM",
     ),
     MethodInfo(
         "ablationcam",
         "scores",
         "Desai & Ramaswamy 2020, Ablation-CAM",
         "channel weights = relative drop of the class score when the channel is zeroed",
+        "Ablation-CAM",
     ),
     MethodInfo(
         "eigencam",
         "activations",
         "Muhammad & Yeasin 2020, Eigen-CAM",
         "first principal component of the activations (no class, sign fixed)",
+        "Eigen-CAM",
         separable=False,
     ),
     MethodInfo(
@@ -113,6 +127,7 @@ METHOD_INFO: tuple[MethodInfo, ...] = (
         "gradients",
         "Eigen-CAM on gradient x activation (pytorch-grad-cam's EigenGradCAM)",
         "first principal component of gradient times activation (sign fixed)",
+        "EigenGrad-CAM",
         separable=False,
     ),
 )

@@ -15,13 +15,12 @@ row goes to the index only after that, so a run killed at any moment leaves no p
 the layout and no row for an image whose files are not complete. The same image gives the same
 bytes in every run (the overlays are encoded without timestamps).
 
-The overlays are those of :func:`camlens.render.overlay`, pixel for pixel, made about three times
-faster by a table of the blended values (:func:`overlay_pixels`).
+The report is :meth:`Explanation.to_dict`'s, with the index's fields added per map; the overlays
+are :meth:`Explanation.overlay`'s, the same as the server's and :meth:`Explanation.save`'s.
 """
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import math
@@ -35,7 +34,6 @@ import numpy.typing as npt
 import torch
 from PIL import Image
 
-from camlens import render
 from camlens.config import OutputConfig
 from camlens.errors import CamlensError
 from camlens.explanation import Explanation, _safe
@@ -79,8 +77,6 @@ def write_image(
     tails = [f".{_safe(m.method)}.{_safe(m.layer)}.{m.class_index}" for m in result.maps]
     longest = max([".json", ".grid.png", *(t + ".panel.png" for t in tails)], key=len)
     name = fit_stem(name, longest)  # a long input name is cut, as Explanation.save cuts it
-    image = result.image
-    photo = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
     files: list[tuple[str, str]] = []
     fulls: list[torch.Tensor] = []
     panels: list[str] = []
@@ -97,11 +93,7 @@ def write_image(
                 if output.boxes == "largest"
                 else boxes_from_map(full, threshold=output.threshold, mode=output.boxes)
             )
-        picture = Image.fromarray(overlay_pixels(photo, full, output.cmap, output.alpha))
-        if m.boxes:
-            picture = render.draw_boxes(
-                picture, [b.xyxy for b in m.boxes], labels=[m.title] * len(m.boxes)
-            )
+        picture = result.overlay(i, cmap=output.cmap, alpha=output.alpha, full=full_t)
         put(folder / f"{base}{suffix}", encode(picture, kind, output.quality), temp)
         map_name = ""
         if output.format == "files":
@@ -161,39 +153,7 @@ def error_row(image: str, stem: str | None, problem: str) -> Row:
 # --- pixels and bytes ----------------------------------------------------------------------------
 
 
-def overlay_pixels(
-    photo: npt.NDArray[np.uint8], full: npt.NDArray[np.float32], cmap: str, alpha: float
-) -> npt.NDArray[np.uint8]:
-    """:func:`camlens.render.overlay` of a photo ([H, W, 3] uint8) and a map at its size
-    ([H, W] in [0, 1]), as pixels, equal to it value for value: the colormap's entry of each
-    pixel, ``floor(v * N)``, blended with the photo through a table of
-    ``rint((1 - alpha) * photo + alpha * colour)`` for every photo value and entry."""
-    table = _blend_table(cmap, float(alpha))
-    n = table.shape[2]
-    index = np.minimum(np.clip(full, 0, 1) * np.float32(n), np.float32(n - 1)).astype(np.intp)
-    out = np.empty_like(photo)
-    for c in range(3):
-        flat = photo[..., c].astype(np.intp)
-        flat *= n
-        flat += index
-        out[..., c] = table[c].ravel()[flat]
-    return out
-
-
-@functools.lru_cache(maxsize=16)
-def _blend_table(cmap: str, alpha: float) -> npt.NDArray[np.uint8]:
-    """[3, 256, N]: channel c of photo value p blended with the colormap's entry q."""
-    lut = render._lut(cmap).astype(np.float64)  # [N, 3]
-    photo = np.arange(256, dtype=np.float64)[:, None]
-    table = np.empty((3, 256, lut.shape[0]), dtype=np.uint8)
-    for c in range(3):
-        part = (1 - alpha) * photo + alpha * lut[None, :, c]
-        table[c] = np.clip(np.rint(part), 0, 255).astype(np.uint8)
-    table.setflags(write=False)
-    return table
-
-
-def encode(picture: Image.Image, kind: str, quality: int) -> bytes:
+def encode(picture: Image.Image, kind: str, quality: int = 90) -> bytes:
     """The picture as PNG (zlib level :data:`PNG_LEVEL`), JPEG or WebP at ``quality``."""
     buffer = io.BytesIO()
     if kind == "png":

@@ -83,6 +83,7 @@ def channel_terms(
 class Method:
     """A method: ``fn`` and what it needs (its kind, the subclass), with its paper.
 
+    ``title``: the name people write (``"Grad-CAM++"``), for pages and pictures.
     ``options`` are passed to ``fn`` as keyword arguments (see :meth:`with_options`).
     ``separable``: the map is a sum over channels of terms that each depend on one channel only
     (true of CAM, the Grad-CAM family and the score-weighted methods), so the per-channel terms,
@@ -96,7 +97,12 @@ class Method:
     paper: str
     summary: str
     separable: bool = True
+    title: str = ""
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        if not self.title:
+            object.__setattr__(self, "title", self.name)
 
     def with_options(self, **options: Any) -> Method:
         """The same method with keyword arguments for its function, for instance
@@ -205,7 +211,12 @@ _KINDS: dict[str, type[Method]] = {
 
 METHODS: dict[str, Method] = {
     info.name: _KINDS[info.needs](
-        info.name, _FUNCTIONS[info.name], info.paper, info.summary, separable=info.separable
+        info.name,
+        _FUNCTIONS[info.name],
+        info.paper,
+        info.summary,
+        separable=info.separable,
+        title=info.title,
     )
     for info in METHOD_INFO
 }

@@ -4,6 +4,7 @@
 >>> app = create_app(camlens.load_model(), ServeSettings(max_batch=8))
 """
 
-from camlens.serve.app import ServeSettings, create_app
+from camlens.serve.app import create_app
+from camlens.serve.settings import ServeSettings
 
 __all__ = ["ServeSettings", "create_app"]

@@ -1,8 +1,9 @@
 """The request batcher: concurrent requests explained together, one forward pass per batch.
 
 Requests wait in a bounded queue. One worker thread, the only caller of the model, takes the
-oldest request and every queued request with compatible options (the same methods, layers and
-smoothing; classes given, or the top classes) up to ``max_batch``, and explains them in one call.
+oldest request and every queued request with the same config but for its classes (the same
+methods, layers, smoothing...; classes given, or the top classes) up to ``max_batch``, and
+explains them in one call, by an explainer of that config.
 While more requests are on their way (announced with :meth:`Batcher.expect`: their upload is
 being decoded, say), it waits for them, at most ``max_wait`` seconds after the oldest one arrived;
 a lone request starts at once. Under load the queue fills while a batch runs, so batches grow and
@@ -25,7 +26,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
@@ -79,14 +80,14 @@ class Request:
     config: ExplainConfig
 
     @property
-    def key(self) -> tuple[ExplainConfig, bool]:
-        """Requests with the same key are explained in one call: the same explainer, and classes
-        given (True) or the top classes (False)."""
-        return self.config.replace(classes=(), top=None), bool(self.config.classes)
-
-    @property
     def pixels(self) -> int:
         return self.image.width * self.image.height
+
+
+Key = tuple[ExplainConfig, bool]
+"""Requests with the same key are explained in one call: the config of their explainer (the
+request's, without its classes or top: those are given to each call) and whether classes were
+given (True) or the top classes asked for (False)."""
 
 
 @dataclass
@@ -95,19 +96,7 @@ class _Pending:
     future: asyncio.Future[Explanation]
     loop: asyncio.AbstractEventLoop
     arrived: float
-    key: tuple[ExplainConfig, bool] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.key = self.request.key
-
-
-def explainer_for(model: Model, config: ExplainConfig, batch_size: int) -> Explainer:
-    """An explainer of ``model`` with the options of ``config`` (methods, layers, smoothing...),
-    ``batch_size`` images per forward pass; classes are given to each call."""
-    return Explainer.from_config(
-        config.replace(classes=(), top=None, batch_size=batch_size, device=str(model.device)),
-        model,
-    )
+    key: Key
 
 
 class Batcher:
@@ -187,7 +176,7 @@ class Batcher:
         once when there is no room, and the explainer's error (a CamlensError for options the
         model refuses) if its batch failed. ``ticket``: the one :meth:`expect` gave for it."""
         loop = asyncio.get_running_loop()
-        pending = _Pending(request, loop.create_future(), loop, time.monotonic())
+        pending = _Pending(request, loop.create_future(), loop, time.monotonic(), self.key(request))
         with self._cond:
             if ticket is not None:
                 ticket._close()
@@ -203,6 +192,15 @@ class Batcher:
             self._cond.notify_all()
         return await pending.future
 
+    def key(self, request: Request) -> Key:
+        """The request's :data:`Key`: its config without classes or top, at this batcher's batch
+        size and on the model's device (what the server's config holds already)."""
+        config = request.config
+        explainer_config = config.replace(
+            classes=(), top=None, batch_size=self.max_batch, device=str(self.model.device)
+        )
+        return explainer_config, bool(config.classes)
+
     def retry_after(self) -> int:
         """Seconds until the queue has room: the time to explain what waits, at least 1."""
         return max(1, math.ceil(len(self._queue) * self._seconds_per_image))
@@ -216,7 +214,7 @@ class Batcher:
                 return
             started = time.monotonic()
             try:
-                results = self._run([p.request for p in batch])
+                results = self._run(batch)
             except Exception as exc:
                 if not isinstance(exc, ValueError):  # a CamlensError is the client's problem
                     log.exception("a batch of %d failed", len(batch))
@@ -263,16 +261,17 @@ class Batcher:
     def _explainer(self, config: ExplainConfig) -> Explainer:
         explainer = self._explainers.get(config)
         if explainer is None:
-            explainer = explainer_for(self.model, config, self.max_batch)
+            explainer = Explainer.from_config(config, self.model)
             self._explainers[config] = explainer
             while len(self._explainers) > self.explainer_cache:
                 self._explainers.popitem(last=False)
         self._explainers.move_to_end(config)
         return explainer
 
-    def _run(self, requests: list[Request]) -> list[Explanation]:
-        config, classes_given = requests[0].key
+    def _run(self, batch: list[_Pending]) -> list[Explanation]:
+        config, classes_given = batch[0].key
         explainer = self._explainer(config)
+        requests = [p.request for p in batch]
         images = [r.image for r in requests]
         names = [r.name for r in requests]
         if classes_given:

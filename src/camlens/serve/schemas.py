@@ -36,6 +36,7 @@ class ModelOut(BaseModel):
 
 class MethodOut(BaseModel):
     name: str
+    title: str = Field(description="its name as people write it, for display (Grad-CAM++)")
     needs: str = Field(description="head, gradients, activations or scores")
     summary: str
     paper: str
@@ -78,6 +79,7 @@ class MapOut(BaseModel):
     layer: str
     flat: bool = Field(description="the method gave a constant map (returned as zeros)")
     peak: tuple[int, int] = Field(description="(x, y) of the map's maximum in the photo's pixels")
+    map_shape: tuple[int, int] = Field(description="(h, w): the map's own grid, at the layer")
     boxes: list[BoxOut] | None = Field(default=None, description="when boxes were asked for")
     overlay: str = Field(description="URL of the overlay PNG (a data: URL with inline=true)")
     heatmap: str = Field(description="URL of the coloured map alone, PNG at the photo's size")

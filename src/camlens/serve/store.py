@@ -7,17 +7,17 @@ import secrets
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
 
 from camlens.config import OutputConfig
 from camlens.explanation import Explanation
+from camlens.serve.schemas import ExplainOut
 
 
 @dataclass
 class Result:
     explanation: Explanation
     output: OutputConfig
-    response: dict[str, Any]  # the JSON sent for it
+    response: ExplainOut  # the answer sent for it
 
 
 def _bytes(result: Result) -> int:

@@ -1,0 +1,64 @@
+"""The files of a result, as bytes: the overlay and the coloured map (PNG), the map (``.npy``),
+the photo (JPEG), and ``data:`` URLs of them. The overlays are :meth:`Explanation.overlay`'s
+and the encoders :mod:`camlens.outputs`' (the same bytes as a run writes)."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+from fastapi.responses import Response
+from PIL import Image
+
+from camlens import render
+from camlens.explanation import Explanation
+from camlens.localize import boxes_from_map
+from camlens.maps import upsample
+from camlens.outputs import encode, npy_bytes
+from camlens.types import Box
+
+
+def overlay_png(explanation: Explanation, i: int, cmap: str, alpha: float, boxes: bool) -> bytes:
+    """Map ``i`` over the photo, with its boxes when ``boxes`` (those the request asked for, else
+    its largest region at the default threshold)."""
+    full = explanation.map_at_image(i)
+    drawn: bool | list[Box] = False
+    if boxes:
+        own = explanation.maps[i].boxes
+        drawn = own if own is not None else boxes_from_map(full)
+    picture = explanation.overlay(i, cmap=cmap, alpha=alpha, boxes=drawn, full=full)
+    return encode(picture, "png")
+
+
+def heatmap_png(explanation: Explanation, i: int, cmap: str, max_side: int | None = None) -> bytes:
+    """Map ``i`` coloured, alone, at the photo's size, or at most ``max_side`` pixels on its
+    longer side with the photo's shape (the page lays it over the photo, as large as it shows)."""
+    width, height = explanation.size
+    scale = 1.0 if max_side is None else min(1.0, max_side / max(width, height))
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    resized = upsample(explanation.maps[i].map, size).detach().float().cpu().numpy()
+    return encode(Image.fromarray(render.colorize(resized, cmap)), "png")
+
+
+def map_npy(explanation: Explanation, i: int) -> bytes:
+    """Map ``i`` at the photo's size as float32 ``.npy`` [height, width], in [0, 1]."""
+    return npy_bytes(explanation.map_at_image(i).detach().float().cpu().numpy())
+
+
+def photo_jpeg(explanation: Explanation) -> bytes:
+    buffer = io.BytesIO()
+    explanation.image.save(buffer, format="JPEG", quality=92)
+    return buffer.getvalue()
+
+
+def data_url(media_type: str, data: bytes) -> str:
+    return f"data:{media_type};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def file_response(data: bytes, media_type: str, headers: dict[str, str] | None = None) -> Response:
+    """A file of a result: private, cached for an hour (a result never changes)."""
+    return Response(
+        data,
+        media_type=media_type,
+        headers={"Cache-Control": "private, max-age=3600", **(headers or {})},
+    )

@@ -1,0 +1,145 @@
+"""What a request asks for: its parameters checked against those the endpoint takes (an unknown
+one is a 422 naming it, with the closest known name), and an explain request's options turned
+into one :class:`~camlens.config.ExplainConfig` and one :class:`~camlens.config.OutputConfig`,
+whose errors name the parameter at fault."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from fastapi import Request
+from fastapi.routing import APIRoute
+
+from camlens.config import ExplainConfig, OutputConfig
+from camlens.errors import CamlensError
+from camlens.serve.errors import ApiError, bad_option
+from camlens.serve.state import ServerState
+
+
+@dataclass(frozen=True)
+class Known:
+    """The query parameters and form fields an endpoint takes."""
+
+    query: tuple[str, ...]
+    form: tuple[str, ...]
+
+
+_known: dict[int, Known] = {}
+
+
+def known_names(route: APIRoute) -> Known:
+    """The query parameters and form fields of ``route`` and its dependencies, by the names a
+    client sends (their aliases)."""
+    found = _known.get(id(route))
+    if found is None:
+        query: list[str] = []
+        form: list[str] = []
+        stack = [route.dependant]
+        while stack:
+            dependant = stack.pop()
+            query.extend(f.alias for f in dependant.query_params)
+            form.extend(f.alias for f in dependant.body_params)
+            stack.extend(dependant.dependencies)
+        found = _known[id(route)] = Known(tuple(dict.fromkeys(query)), tuple(dict.fromkeys(form)))
+    return found
+
+
+async def only_known_parameters(request: Request) -> None:
+    """A dependency: a query parameter or form field the endpoint does not take is a 422 naming
+    it, with the closest name it takes (``method``: "did you mean 'methods'?"), never ignored."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    known = known_names(route)
+    for name in request.query_params:
+        if name not in known.query:
+            raise _unknown(request, name, "query parameter", known.query)
+    if known.form:  # the form is parsed already (FastAPI reads it before any dependency)
+        for name in await request.form():
+            if name not in known.form:
+                raise _unknown(request, name, "form field", known.form)
+
+
+def _unknown(request: Request, name: str, kind: str, known: Sequence[str]) -> ApiError:
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    hint = f": did you mean {close[0]!r}?" if close else ""
+    takes = f"takes {', '.join(known)}" if known else f"takes no {kind}"
+    endpoint = f"{request.method} {request.scope['route'].path}"
+    return ApiError(422, f"unknown {kind} {name!r}{hint} ({endpoint} {takes})", name)
+
+
+def items(values: Sequence[str] | None, split: bool = True) -> list[str]:
+    """Repeated form fields, each also split at commas when ``split`` (class names keep theirs)."""
+    out: list[str] = []
+    for value in values or ():
+        parts = value.split(",") if split else [value]
+        out.extend(p.strip() for p in parts if p.strip())
+    return out
+
+
+def explain_options(
+    st: ServerState,
+    *,
+    methods: Sequence[str] | None,
+    layers: Sequence[str] | None,
+    classes: Sequence[str] | None,
+    top: int | None,
+    smooth: Sequence[str] | None,
+    fast_channels: int | None,
+    fast_resolution: float | None,
+    boxes: str | None,
+    threshold: str,
+    cmap: str,
+    alpha: float,
+) -> tuple[ExplainConfig, OutputConfig]:
+    """The request's options as one config and one output config, checked against the model
+    (its classes, layers) and this server's limits; a 422 names the parameter at fault. Class
+    names are resolved here, once: the config holds their indices."""
+    model = st.model
+    try:
+        indices = tuple(model.class_index(c) for c in items(classes, split=False))
+    except CamlensError as exc:
+        raise bad_option(exc, "classes") from None
+    try:
+        config = ExplainConfig(
+            methods=tuple(items(methods)) or ("gradcam",),
+            layers=tuple(items(layers)),
+            classes=indices,
+            top=top,
+            smooth=tuple(items(smooth)),
+            fast_channels=fast_channels,
+            fast_resolution=fast_resolution,
+            max_pixels=st.settings.max_pixels,
+            batch_size=st.settings.max_batch,
+            device=str(model.device),
+        )
+    except CamlensError as exc:
+        raise bad_option(exc) from None
+    unknown = [name for name in config.layers if name not in st.layer_names]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], st.layer_names, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}" if close else ""
+        raise ApiError(
+            422,
+            f"layer {unknown[0]!r} is not a spatial layer of {model.name}{hint} "
+            "(GET /api/model lists them)",
+            "layers",
+        )
+    if config.top is not None and config.top > model.num_classes:
+        raise ApiError(422, f"top must be at most {model.num_classes}, not {config.top}", "top")
+    count = (len(indices) or config.top or 1) * len(config.methods) * max(1, len(config.layers))
+    if count > st.settings.max_maps:
+        raise ApiError(
+            422,
+            f"{count} maps asked for (classes x methods x layers), over this server's limit "
+            f"of {st.settings.max_maps}",
+            "classes" if indices else "top",
+        )
+    box_mode = None if boxes is None or boxes.strip().lower() in ("", "none") else boxes.strip()
+    try:
+        output = OutputConfig(cmap=cmap, alpha=alpha, boxes=box_mode, threshold=threshold)  # type: ignore[arg-type]
+    except CamlensError as exc:
+        raise bad_option(exc) from None
+    return config, output

@@ -1,0 +1,177 @@
+"""``POST /api/explain``: one photo explained, its answer built from the report every camlens
+result has (:meth:`Explanation.to_dict`), and kept for its files."""
+
+from __future__ import annotations
+
+import re
+from pathlib import PurePosixPath
+from typing import Annotated
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Depends, File, Form, UploadFile
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
+
+from camlens.config import ExplainConfig, OutputConfig
+from camlens.errors import CamlensError, ImageError, PixelLimitError
+from camlens.explanation import Explanation
+from camlens.images import load_image
+from camlens.localize import add_boxes
+from camlens.serve.batcher import Closed, QueueFull
+from camlens.serve.batcher import Request as Job
+from camlens.serve.encoders import data_url, map_npy, overlay_png
+from camlens.serve.errors import ERRORS, ApiError, bad_option
+from camlens.serve.parameters import explain_options, only_known_parameters
+from camlens.serve.schemas import ExplainOut, ImageOut, MapOut
+from camlens.serve.state import Root, ServerState, State
+from camlens.serve.store import Result
+
+router = APIRouter(prefix="/api", tags=["explain"], dependencies=[Depends(only_known_parameters)])
+
+
+@router.post(
+    "/explain",
+    responses=ERRORS,
+    form_limits={"max_files": 1, "max_fields": 100, "max_part_size": 4096},
+)
+async def explain(
+    st: State,
+    root: Root,
+    image: Annotated[UploadFile, File(description="the photo (JPEG, PNG, WebP, TIFF...)")],
+    methods: Annotated[
+        list[str] | None,
+        Form(
+            description="method names or groups (all, gradients, scores); repeat or "
+            "separate with commas; default gradcam"
+        ),
+    ] = None,
+    layers: Annotated[
+        list[str] | None,
+        Form(description="target layers (see GET /api/model); default the automatic one"),
+    ] = None,
+    classes: Annotated[
+        list[str] | None,
+        Form(description="class indices or names to explain, one per field (repeat)"),
+    ] = None,
+    top: Annotated[int | None, Form(description="explain the top K classes (default 1)")] = None,
+    boxes: Annotated[
+        str | None, Form(description="none, largest or all: boxes from each map")
+    ] = None,
+    threshold: Annotated[
+        str, Form(description="box threshold: a fraction of the map's maximum, or otsu")
+    ] = "0.2",
+    cmap: Annotated[str, Form(description="matplotlib colormap of the overlays")] = "jet",
+    alpha: Annotated[float, Form(description="heatmap opacity in the overlays, 0..1")] = 0.5,
+    smooth: Annotated[list[str] | None, Form(description="tta and/or pca")] = None,
+    fast_channels: Annotated[
+        int | None, Form(description="perturbation methods: the N channels of largest variance")
+    ] = None,
+    fast_resolution: Annotated[
+        float | None, Form(description="Score-CAM family: masked passes at this fraction")
+    ] = None,
+    inline: Annotated[
+        bool, Form(description="overlay PNG and map .npy as data: URLs in the JSON")
+    ] = False,
+) -> ExplainOut:
+    """Explains one photo: the top-5 predictions and, per map, its class, method, layer,
+    peak, boxes (when asked), whether it is flat, and the URLs of the overlay PNG, the
+    coloured map and the map as float32 `.npy` at the photo's size."""
+    config, output = explain_options(
+        st,
+        methods=methods,
+        layers=layers,
+        classes=classes,
+        top=top,
+        smooth=smooth,
+        fast_channels=fast_channels,
+        fast_resolution=fast_resolution,
+        boxes=boxes,
+        threshold=threshold,
+        cmap=cmap,
+        alpha=alpha,
+    )
+    if st.batcher.queued >= st.settings.max_queue:  # before any decoding
+        retry = st.batcher.retry_after()
+        raise ApiError(
+            503, f"the server is busy: try again in {retry} s", headers={"Retry-After": str(retry)}
+        )
+    name = upload_name(image.filename)
+    ticket = st.batcher.expect()  # a batch about to start waits for this one
+    try:
+        data = await image.read()
+        photo = await run_in_threadpool(read_image, st, data, name)
+        del data
+        explanation = await st.batcher.explain(Job(photo, name, config), ticket)
+    except QueueFull as exc:
+        raise ApiError(503, str(exc), headers={"Retry-After": str(exc.retry_after)}) from None
+    except Closed as exc:
+        raise ApiError(503, str(exc), headers={"Retry-After": "5"}) from None
+    except CamlensError as exc:  # what the model refuses: CAM without a head, say
+        raise bad_option(exc) from None
+    finally:
+        ticket.cancel()  # unless explain() took it
+    return await run_in_threadpool(respond, st, explanation, config, output, inline, root)
+
+
+def upload_name(filename: str | None) -> str:
+    """The upload's file name, without folders or control characters, for messages."""
+    name = PurePosixPath((filename or "").replace("\\", "/")).name
+    name = re.sub(r"[\x00-\x1f\x7f]", "", name).strip()[:120]
+    return name or "upload"
+
+
+def read_image(st: ServerState, data: bytes, name: str) -> Image.Image:
+    """The uploaded image, upright RGB; 413 over the pixel limit, 415 if not an image."""
+    try:
+        return load_image(data, max_pixels=st.settings.max_pixels)
+    except PixelLimitError as exc:
+        problem = exc.problem.split(";")[0]  # the hint about max_pixels= is not the client's
+        raise ApiError(413, f"{name}: {problem}", "image") from None
+    except ImageError as exc:
+        raise ApiError(415, f"{name}: {exc.problem}", "image") from None
+
+
+def respond(
+    st: ServerState,
+    explanation: Explanation,
+    config: ExplainConfig,
+    output: OutputConfig,
+    inline: bool,
+    root: str,
+) -> ExplainOut:
+    """The answer for a finished explanation (boxes added when asked): its report
+    (:meth:`Explanation.to_dict`) with the result's URLs; the result is kept."""
+    if output.boxes is not None:
+        add_boxes(explanation, threshold=output.threshold, mode=output.boxes)
+    result_id = st.store.new_id()
+    base = f"{root}/api/results/{result_id}"
+    overlay_query = urlencode(
+        {"cmap": output.cmap, "alpha": f"{output.alpha:g}", "boxes": int(bool(output.boxes))}
+    )
+    heatmap_query = urlencode({"cmap": output.cmap})
+    report = explanation.to_dict()
+    maps = []
+    for i, entry in enumerate(report["explanations"]):
+        urls = {
+            "overlay": f"{base}/maps/{i}/overlay.png?{overlay_query}",
+            "heatmap": f"{base}/maps/{i}/heatmap.png?{heatmap_query}",
+            "map": f"{base}/maps/{i}/map.npy",
+        }
+        if inline:
+            png = overlay_png(explanation, i, output.cmap, output.alpha, output.boxes is not None)
+            urls["overlay"] = data_url("image/png", png)
+            urls["map"] = data_url("application/octet-stream", map_npy(explanation, i))
+        maps.append(MapOut.model_validate({**entry, "index": i, **urls}))
+    width, height = report["size"]
+    body = ExplainOut(
+        id=result_id,
+        url=base,
+        model=report["model"],
+        image=ImageOut(name=report["image"], size=(width, height), url=f"{base}/photo.jpg"),
+        methods=list(config.methods),
+        layers=sorted({m.layer for m in explanation.maps}, key=st.layer_names.index),
+        predictions=report["predictions"],
+        explanations=maps,
+    )
+    st.store.put(result_id, Result(explanation, output, body))
+    return body

@@ -1,0 +1,100 @@
+"""``/api/results/ID``: a kept result again, and its files (photo, overlays, coloured maps,
+``.npy`` maps)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import Response
+
+from camlens.config import OutputConfig
+from camlens.errors import CamlensError
+from camlens.serve.encoders import file_response, heatmap_png, map_npy, overlay_png, photo_jpeg
+from camlens.serve.errors import ERRORS, bad_option
+from camlens.serve.parameters import only_known_parameters
+from camlens.serve.schemas import ErrorBody, ExplainOut
+from camlens.serve.state import KeptResult, MapIndex
+
+NOT_KEPT: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "no such result (no longer kept), or no such map"}
+}
+
+router = APIRouter(
+    prefix="/api/results",
+    tags=["results"],
+    dependencies=[Depends(only_known_parameters)],
+    responses=NOT_KEPT,
+)
+
+PNG: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}}}, 422: ERRORS[422]}
+
+
+def _output(**options: Any) -> OutputConfig:
+    try:
+        return OutputConfig(**options)
+    except CamlensError as exc:
+        raise bad_option(exc) from None
+
+
+@router.get("/{result_id}")
+async def get_result(found: KeptResult) -> ExplainOut:
+    """A result again, as POST /api/explain returned it (the newest results are kept)."""
+    return found.response
+
+
+@router.get(
+    "/{result_id}/photo.jpg",
+    response_class=Response,
+    responses={200: {"content": {"image/jpeg": {}}}},
+)
+def get_photo(found: KeptResult) -> Response:
+    """The photo as it was explained: upright, RGB, at its own size."""
+    return file_response(photo_jpeg(found.explanation), "image/jpeg")
+
+
+@router.get("/{result_id}/maps/{index}/overlay.png", response_class=Response, responses=PNG)
+def get_overlay(
+    found: KeptResult,
+    index: MapIndex,
+    cmap: Annotated[str, Query(description="matplotlib colormap")] = "jet",
+    alpha: Annotated[float, Query(description="heatmap opacity, 0..1")] = 0.5,
+    boxes: Annotated[bool, Query(description="draw the map's boxes")] = False,
+) -> Response:
+    """Map ``index`` over the photo, at the photo's size."""
+    output = _output(cmap=cmap, alpha=alpha)
+    png = overlay_png(found.explanation, index, output.cmap, output.alpha, boxes)
+    return file_response(png, "image/png")
+
+
+@router.get("/{result_id}/maps/{index}/heatmap.png", response_class=Response, responses=PNG)
+def get_heatmap(
+    found: KeptResult,
+    index: MapIndex,
+    cmap: Annotated[str, Query(description="matplotlib colormap")] = "jet",
+    max_side: Annotated[
+        int | None, Query(ge=1, description="at most this many pixels on the longer side")
+    ] = None,
+) -> Response:
+    """Map ``index`` coloured, alone, at the photo's size (or smaller, with its shape)."""
+    output = _output(cmap=cmap)
+    return file_response(heatmap_png(found.explanation, index, output.cmap, max_side), "image/png")
+
+
+@router.get(
+    "/{result_id}/maps/{index}/map.npy",
+    response_class=Response,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+def get_map(found: KeptResult, index: MapIndex) -> Response:
+    """Map ``index`` as float32 ``.npy`` [height, width] in [0, 1], at the photo's size."""
+    stem = Path(found.explanation.source).stem or "image"
+    m = found.explanation.maps[index]
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{stem}.{m.method}.{m.layer}.{m.class_index}.npy")
+    return file_response(
+        map_npy(found.explanation, index),
+        "application/octet-stream",
+        {"Content-Disposition": f'attachment; filename="{name}"'},
+    )
