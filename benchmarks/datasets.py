@@ -84,6 +84,7 @@ class Run:
     cpu: float  # CPU seconds of the command and its children (user + system)
     watched: float  # images/s read from the index, from its first 10% of rows to its last row
     first: float  # seconds to the first row of the index
+    tail: float  # seconds from the last row of the index to the exit
     size: int  # bytes written
     rss: list[tuple[int, float]]  # [(rows, MB)] every memory_every rows
 
@@ -129,7 +130,7 @@ def run_command(args: list[str], out: Path, count: int, memory_every: int = 0) -
     last = next(t for t, rows in seen if rows >= count)
     rate = (count - r10) / (last - t10) if last > t10 else float("nan")
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    return Run(ended - started, cpu, rate, first - started, size, rss)
+    return Run(ended - started, cpu, rate, first - started, ended - last, size, rss)
 
 
 def main() -> None:
@@ -143,6 +144,9 @@ def main() -> None:
         help="the two folder sizes whose difference gives the rate",
     )
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--variants", nargs="+", help="only these commands (dataset, files, ray), beside the API"
+    )
     parser.add_argument("--ray", action="store_true", help="also time --ray local")
     parser.add_argument("--memory", type=int, nargs="?", const=2000, help="RSS over N images")
     parser.add_argument("--dir", type=Path, help="work folder (default: a temporary one)")
@@ -184,11 +188,14 @@ def main() -> None:
     }
     if args.ray:
         variants["ray"] = ["--top", "1", "--format", "dataset", "--ray", "local"]
+    if args.variants:
+        variants = {k: v for k, v in variants.items() if k in args.variants}
     names = ["api", *variants]
     rates: dict[str, list[float]] = {k: [] for k in names}
     cpu_rates: dict[str, list[float]] = {k: [] for k in names}
     watched: dict[str, list[float]] = {k: [] for k in variants}
     startup: dict[str, list[float]] = {k: [] for k in variants}
+    tails: dict[str, list[tuple[float, float]]] = {k: [] for k in variants}
     sizes: dict[str, int] = {}
     api_time(model, paths[:16])  # warm-up
     for r in range(args.rounds):
@@ -206,6 +213,7 @@ def main() -> None:
                 times = {n: run.seconds for n, run in runs.items()}
                 cpus = {n: run.cpu for n, run in runs.items()}
                 watched[name].append(runs[large].watched)
+                tails[name].append((runs[small].tail, runs[large].tail))
                 sizes[name] = runs[large].size
             rate = (large - small) / (times[large] - times[small])
             rates[name].append(rate)
@@ -246,6 +254,8 @@ def main() -> None:
         "",
         "all rates: " + str({k: [round(v, 1) for v in vs] for k, vs in rates.items()}),
         "per CPU second: " + str({k: [round(v, 1) for v in vs] for k, vs in cpu_rates.items()}),
+        f"seconds from the last index row to the exit ({small}, {large} images): "
+        + str({k: [(round(a, 1), round(b, 1)) for a, b in vs] for k, vs in tails.items()}),
         "index-watched: " + str({k: [round(v, 1) for v in vs] for k, vs in watched.items()}),
     ]
     _emit(lines[1:], args.out, lines)
