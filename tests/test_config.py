@@ -20,6 +20,7 @@ EVERY_OPTION = ExplainConfig(
     weights="weights.safetensors",
     device="cpu",
     methods=("scorecam", "gradcam++", "eigencam"),
+    method_options={"Score-CAM": {"mask_align_corners": True}},
     layers=("layer3", "layer4"),
     classes=(285, "espresso"),
     smooth=("tta", "pca"),
@@ -90,6 +91,10 @@ def test_groups_resolve_for_everyone() -> None:
         ({"use_head_gradients": "yes"}, "use_head_gradients must be true or false"),
         ({"max_pixels": 0}, "max_pixels must be at least 1"),
         ({"layers": ["all", "layer4"]}, "'all' stands for every layer"),
+        ({"method_options": {"scorecam": {"samples": 2}}}, "'scorecam' is not one of the methods"),
+        ({"methods": ["sscam"], "method_options": {"sscam": [2]}}, "options are a mapping"),
+        ({"methods": ["sscam"], "method_options": {"sscam": {"std": [2]}}}, "sscam's std must"),
+        ({"method_options": [1]}, "method_options must map method names"),
     ],
 )
 def test_bad_values_are_refused_by_name(options: dict[str, object], message: str) -> None:

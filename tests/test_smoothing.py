@@ -99,7 +99,7 @@ def test_tta_flip_by_hand(default_model: camlens.Model, chelsea: np.ndarray) -> 
         default_model,
         method=["gradcam", "eigencam"],
         smooth="tta",
-        augmentations=[Augmentation(flip=True)],
+        tta_scales=(1.0,),  # the identity and its flip
     ).explain(chelsea, top=2)
     assert [m.class_index for m in smoothed.maps] == [m.class_index for m in base.maps]
     for m0, m1, s in zip(base.maps, mirrored.maps, smoothed.maps, strict=True):
@@ -111,9 +111,9 @@ def test_tta_flip_by_hand(default_model: camlens.Model, chelsea: np.ndarray) -> 
 def test_tta_scales_come_back_to_the_layer_grid(
     default_model: camlens.Model, chelsea: np.ndarray
 ) -> None:
-    result = camlens.Explainer(
-        default_model, smooth="tta", augmentations=augmentations(scales=(1.0, 1.25, 0.75))
-    ).explain(chelsea)
+    result = camlens.Explainer(default_model, smooth="tta", tta_scales=(1.0, 1.25, 0.75)).explain(
+        chelsea
+    )
     plain = camlens.Explainer(default_model).explain(chelsea)
     assert result.maps[0].map.shape == plain.maps[0].map.shape == (7, 7)
     assert float(result.maps[0].map.max()) == 1.0

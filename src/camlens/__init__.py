@@ -13,6 +13,7 @@ from camlens.version import __version__
 
 # name -> the module that defines it
 _LAZY = {
+    "ExplainConfig": "camlens.config",
     "CamlensError": "camlens.errors",
     "Explainer": "camlens.explain",
     "ClassMap": "camlens.explanation",
@@ -35,6 +36,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
+    from camlens.config import ExplainConfig
     from camlens.errors import CamlensError
     from camlens.explain import Explainer
     from camlens.explanation import ClassMap, Explanation, grid
@@ -64,6 +66,7 @@ __all__ = [
     "Box",
     "CamlensError",
     "ClassMap",
+    "ExplainConfig",
     "Explainer",
     "Explanation",
     "History",

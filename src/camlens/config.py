@@ -23,6 +23,7 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Literal
 
 from camlens.devices import device_name
@@ -52,7 +53,8 @@ class ExplainConfig:
 
     ``model``/``weights``: a spec for :func:`camlens.load_model` (None: the embedded default) and
     its local weights file. ``methods``: names or groups (``all``, ``gradients``, ``scores``),
-    stored as canonical names. ``layers``: target layer names (empty: the automatic one).
+    stored as canonical names; ``method_options``: keyword options of their functions by method
+    (``{"sscam": {"samples": 4}}``, as :meth:`camlens.methods.Method.with_options`). ``layers``: target layer names (empty: the automatic one).
     ``layers=("all",)``: every spatial layer of the automatic layer's kind, in depth order.
     ``classes`` (indices or names, for every image) or ``top`` (the top K predicted classes; 1
     when neither is given). ``smooth``: ``tta`` and/or ``pca``; ``tta_flips``/``tta_scales`` the
@@ -68,6 +70,9 @@ class ExplainConfig:
     weights: str | None = None
     device: str = "cpu"
     methods: tuple[str, ...] = ("gradcam",)
+    method_options: Mapping[str, Mapping[str, Any]] = dataclasses.field(
+        default_factory=dict, hash=False
+    )
     layers: tuple[str, ...] = ()
     classes: tuple[int | str, ...] = ()
     top: int | None = None
@@ -92,6 +97,8 @@ class ExplainConfig:
             set_(self, "device", device_name(_text(self.device, "device")))
         with _option("methods"):
             set_(self, "methods", resolve_methods(self.methods))
+        with _option("method_options"):
+            set_(self, "method_options", _method_options(self.method_options, self.methods))
         set_(self, "layers", _texts(self.layers, "layers"))
         set_(self, "classes", _classes(self.classes))
         if self.top is not None:
@@ -282,7 +289,36 @@ def _json_object(text: str | bytes, what: str) -> dict[str, Any]:
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
     return list(value) if isinstance(value, tuple) else value
+
+
+def _method_options(value: Any, methods: tuple[str, ...]) -> Mapping[str, Mapping[str, Any]]:
+    """``{method: {option: value}}`` with canonical method names among ``methods`` and JSON
+    values (the options' names are checked against the methods' functions by the Explainer)."""
+    if not isinstance(value, Mapping):
+        raise CamlensError(f"method_options must map method names to options, not {value!r}")
+    out: dict[str, Mapping[str, Any]] = {}
+    for name, options in value.items():
+        canonical = resolve_methods(name) if isinstance(name, str) else ()
+        if len(canonical) != 1 or canonical[0] not in methods:
+            raise MethodError(
+                f"method_options: {name!r} is not one of the methods ({', '.join(methods)})"
+            )
+        if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
+            raise CamlensError(f"method_options: {name}'s options are a mapping, not {options!r}")
+        for key, option in options.items():
+            if (option is not None and not isinstance(option, bool | int | float | str)) or (
+                isinstance(option, float) and not math.isfinite(option)
+            ):
+                raise CamlensError(
+                    f"method_options: {name}'s {key} must be a number, text, true/false or "
+                    f"null, not {option!r}"
+                )
+        if options:
+            out[canonical[0]] = MappingProxyType(dict(options))
+    return MappingProxyType(out)
 
 
 def _text(value: Any, name: str) -> str:

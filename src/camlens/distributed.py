@@ -5,8 +5,9 @@
   batches, output stems, resume rule and record) and keeps the index: it alone appends to
   ``OUT/index.jsonl``.
 - Ray tasks read and resize each batch's photos (:func:`_read_batch`).
-- An actor pool of Explainers, each built once from the shipped
-  :class:`~camlens.config.ExplainConfig`, explains a batch per call, whole, and writes its outputs
+- An actor pool of Explainers, each built once from the driver Explainer's own
+  :class:`~camlens.config.ExplainConfig` (``explainer.config``, which rebuilds the same maps),
+  explains a batch per call, whole, and writes its outputs
   into ``OUT`` (which every node must see at the same path: a shared folder), then hands the
   batch's index rows back to the driver.
 - Ray does the distribution, the back-pressure between the stages and the retries: a task or an
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from camlens.batch import Done, Item, class_tuple, open_run, read_photo, run_options
+from camlens.batch import Done, Item, open_run, read_photo, run_options
 from camlens.config import ExplainConfig, OutputConfig
 from camlens.errors import CamlensError
 from camlens.explain import Explainer
@@ -74,7 +75,7 @@ def explain_on_ray(
     except ImportError:
         raise CamlensError("--ray needs Ray: pip install 'camlens[ray]' (or 'ray[data]')") from None
     output = output or OutputConfig()
-    config = explainer.config.replace(classes=class_tuple(explainer.classes), top=explainer.top)
+    config = explainer.config  # what the driver's Explainer runs: every actor runs the same
     run = open_run(
         files,
         out,
@@ -233,10 +234,7 @@ class _BatchExplainer:
                 "same version on every node"
             )
         torch.set_num_threads(threads)
-        settings = ExplainConfig.from_json(config)
-        self.explainer = Explainer.from_config(settings)
-        self.classes = class_tuple(settings.classes) or None
-        self.top = settings.top
+        self.explainer = Explainer.from_config(ExplainConfig.from_json(config))
         self.output = OutputConfig.from_json(output)
         self.out = Path(out)
         self.temp = Path(temp)
@@ -264,8 +262,6 @@ class _BatchExplainer:
                 results = self.explainer.explain_prepared(
                     torch.from_numpy(inputs.copy()),
                     photos,
-                    classes=self.classes,
-                    top=self.top,
                     names=[names[j] for j in live],
                 )
             except CamlensError as exc:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import html
+import io
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -246,6 +249,60 @@ class Explanation:
         report = json.dumps(document, indent=2, allow_nan=False) + "\n"
         return atomic_write(out / f"{stem}.json", lambda temp: temp.write_text(report))
 
+    # --- display: Jupyter's rich output and matplotlib --------------------------------------
+
+    def _repr_html_(self) -> str:
+        """What a notebook shows: the photo, an overlay per map captioned with its class, score,
+        method and layer, and the top-5 predictions as a table (pictures embedded, at most
+        :data:`DISPLAY_SIDE` pixels a side)."""
+        name = Path(self.source).name or "photo"
+        figures = [_html_figure(self.image, html.escape(name), name)]
+        for i, m in enumerate(self.maps):
+            caption = f"<b>{html.escape(m.label)}</b> {m.score:.3f}<br>{html.escape(m.method)}"
+            caption += f" · {html.escape(m.layer)}" + (" · flat map" if m.flat else "")
+            alt = f"{m.method} map of {m.label} over the photo"
+            figures.append(_html_figure(self.overlay(i), caption, alt))
+        rows = "".join(
+            f"<tr><td>{p.class_index}</td><td>{html.escape(p.label)}</td>"
+            f"<td>{p.score:.3f}</td></tr>"
+            for p in self.predictions
+        )
+        table = (
+            '<table style="margin:0 0 0 8px"><thead><tr><th>class</th><th>label</th>'
+            f"<th>score</th></tr></thead><tbody>{rows}</tbody></table>"
+        )
+        return (
+            f'<div class="camlens-explanation" style="display:flex;flex-wrap:wrap;'
+            f'align-items:flex-start;gap:8px">{"".join(figures)}{table}</div>'
+        )
+
+    def _repr_png_(self) -> bytes:
+        """The PNG of :func:`grid` for this image (for front-ends without HTML)."""
+        buffer = io.BytesIO()
+        picture = _grid([self]) if self.maps else _thumbnail(self.image)
+        picture.save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    def show(self, *, cmap: str = "jet", alpha: float = 0.5) -> None:
+        """Shows the photo and each map's overlay in a matplotlib window (``pyplot``, for
+        scripts; a notebook displays the explanation by itself)."""
+        import matplotlib.pyplot as plt
+
+        pictures = [(self.image, Path(self.source).name)]
+        for i, m in enumerate(self.maps):
+            pictures.append(
+                (self.overlay(i, cmap=cmap, alpha=alpha), f"{m.title}\n{m.method}, {m.layer}")
+            )
+        fig, axes = plt.subplots(
+            1, len(pictures), figsize=(3.2 * len(pictures), 3.4), squeeze=False
+        )
+        for ax, (picture, title) in zip(axes[0], pictures, strict=True):
+            ax.imshow(picture)
+            ax.set_title(title, fontsize=9)
+            ax.axis("off")
+        fig.tight_layout()
+        plt.show()
+
     @staticmethod
     def _numpy(t: torch.Tensor) -> np.ndarray:
         return t.detach().float().cpu().numpy()
@@ -286,6 +343,26 @@ def grid_cells(explanations: Sequence[Explanation]) -> list[list[render.GridCell
 
 
 _grid = grid  # for Explanation.save, whose own ``grid`` argument hides the function
+
+
+DISPLAY_SIDE = 320  # the longest side of a picture in an explanation's notebook display
+
+
+def _thumbnail(image: Image.Image) -> Image.Image:
+    picture = image.copy()
+    picture.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE), Image.Resampling.LANCZOS)
+    return picture
+
+
+def _html_figure(image: Image.Image, caption: str, alt: str) -> str:
+    buffer = io.BytesIO()
+    _thumbnail(image).convert("RGB").save(buffer, format="JPEG", quality=85)
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return (
+        '<figure style="margin:0;text-align:center;font-size:12px">'
+        f'<img src="data:image/jpeg;base64,{data}" alt="{html.escape(alt)}">'
+        f"<figcaption>{caption}</figcaption></figure>"
+    )
 
 
 def _peak(full: torch.Tensor) -> tuple[int, int]:

@@ -84,9 +84,6 @@ def augmentations(
     return (identity, *[a for a in out if a != identity])
 
 
-DEFAULT_AUGMENTATIONS = augmentations()
-
-
 def merge_augmented(
     runs: Sequence[Sequence[Sequence[ClassMap]]], augmented: Sequence[Augmentation]
 ) -> list[list[ClassMap]]:

@@ -72,6 +72,9 @@ def load_model(
       state dict or safetensors file; random init, with a warning, without one);
     - a path ending in ``.camlens``: a checkpoint written by :func:`camlens.save` (its own weights,
       classes and preprocessing);
+    - ``"hf:FOLDER"``: a Hugging Face ``transformers`` image classifier saved with
+      ``save_pretrained`` in a local folder, with its image processor (:mod:`camlens.models.hf`,
+      with the ``hf`` extra);
     - ``"synthetic"``: the synthetic benchmark's CNN, filled from ``weights`` (the state dict that
       ``camlens synthetic OUT --train`` writes);
     - a built model's spec, ``"BACKBONE [at HxW] -> GAP [-> Dropout(P)] -> Linear(K, C)"`` (what
@@ -257,6 +260,12 @@ def _load_checkpoint(spec: str, weights: Weights, preprocess: Preprocess) -> Mod
     return load_checkpoint(spec)
 
 
+def _load_hf(spec: str, weights: Weights, preprocess: Preprocess) -> Model:
+    from camlens.models.hf import load_hf
+
+    return load_hf(spec[len("hf:") :], weights)
+
+
 def _load_keras(spec: str, weights: Weights, preprocess: Preprocess) -> Model:
     from camlens.models.keras import load_keras
 
@@ -326,6 +335,11 @@ FAMILIES: list[Family] = [
     ),
     Family(
         "'torchvision:NAME' (the same)", prefix("torchvision:"), partial(_load_named, TORCHVISION)
+    ),
+    Family(
+        "'hf:FOLDER' (a transformers classifier saved with save_pretrained)",
+        prefix("hf:"),
+        _load_hf,
     ),
     Family(
         f"'{SYNTHETIC_SPEC}' (the synthetic benchmark's CNN, with weights=)",
