@@ -55,7 +55,8 @@ def find_targets(model: Model, layers: Sequence[LayerSpec]) -> list[Target]:
     """The targets of ``layers`` (names or modules), found with one probe forward pass: a
     :class:`~camlens.errors.LayerError` for a layer that does not exist, is not run by the model or
     whose output is no spatial map."""
-    named = [resolve_layer(model.net, layer) for layer in layers]
+    aliases = model.layer_names()
+    named = [resolve_layer(model.net, layer, aliases) for layer in layers]
     outputs: dict[str, object] = {}
 
     def keep(name: str) -> Hook:

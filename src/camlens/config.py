@@ -1,5 +1,6 @@
 """`ExplainConfig`: every option an explanation depends on, checked when it is made, with a JSON
-round trip; `OutputConfig`: how the results are drawn and written.
+round trip; `OutputConfig`: how the results are drawn and written. Plain data with checks: it
+imports no torch, matplotlib or model code (the names it checks are in :mod:`camlens.options`).
 
 Every front-end (the ``camlens`` command, ``camlens serve``, a Ray job) builds these two, hands
 them to the same library code and differs only in where files come from and where results go.
@@ -19,53 +20,32 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal
 
-from camlens.devices import check_device
+from camlens.devices import device_name
 from camlens.errors import CamlensError, ClassError, MethodError
-from camlens.images import MAX_PIXELS
-from camlens.localize import Threshold, check_threshold, parse_threshold
-from camlens.methods import METHODS, get_method
-from camlens.render import check_alpha, check_cmap
-from camlens.smoothing import SMOOTHERS
+from camlens.options import (
+    MAX_PIXELS,
+    METHOD_GROUPS,
+    SMOOTHERS,
+    Threshold,
+    check_alpha,
+    check_cmap,
+    check_threshold,
+    parse_threshold,
+    resolve_methods,
+)
 from camlens.targets import Scores, Target, as_target, check_above, check_scores
+
+__all__ = ["METHOD_GROUPS", "ExplainConfig", "OutputConfig", "resolve_methods"]
 
 BoxMode = Literal["largest", "all"]
 RunFormat = Literal["files", "dataset"]
 OverlayFormat = Literal["png", "jpeg", "webp"]
-
-METHOD_GROUPS: dict[str, tuple[str, ...]] = {
-    "all": tuple(METHODS),
-    "gradients": tuple(n for n, m in METHODS.items() if m.needs == "gradients"),
-    "scores": tuple(n for n, m in METHODS.items() if m.needs == "scores"),
-}
-"""Names that stand for several methods: ``all``, ``gradients`` (the Grad-CAM family), ``scores``
-(the perturbation methods: Score-CAM, SS-CAM, IS-CAM, Ablation-CAM)."""
-
-
-def resolve_methods(names: str | Iterable[str]) -> tuple[str, ...]:
-    """Method names (any accepted spelling, or a group of :data:`METHOD_GROUPS`) -> their canonical
-    names, each once, in the order given; an unknown name is a :class:`MethodError`."""
-    if isinstance(names, str):
-        given = [names]
-    elif isinstance(names, Iterable):
-        given = list(names)
-    else:
-        raise MethodError(f"methods are named by strings, not {names!r}")
-    if not given:
-        raise MethodError("no method given: choose one or more of " + ", ".join(METHODS))
-    out: list[str] = []
-    for name in given:
-        if not isinstance(name, str):
-            raise MethodError(f"a method is named by a string, not {name!r}")
-        key = name.strip().lower()
-        group = METHOD_GROUPS.get("gradients" if key == "gradient" else key)
-        out.extend(group if group is not None else [get_method(name).name])
-    return tuple(dict.fromkeys(out))
 
 
 @dataclass(frozen=True)
@@ -124,7 +104,7 @@ class ExplainConfig:
         set_(self, "model", _optional_text(self.model, "model"))
         set_(self, "weights", _optional_text(self.weights, "weights"))
         with _option("device"):
-            set_(self, "device", str(check_device(_text(self.device, "device"))))
+            set_(self, "device", device_name(_text(self.device, "device")))
         with _option("methods"):
             set_(self, "methods", resolve_methods(self.methods))
         with _option("method_options"):

@@ -33,6 +33,7 @@ from camlens.cli.common import (
     MethodsOpt,
     ModelOpt,
     OutputOpt,
+    ReluOpt,
     ScoresOpt,
     SmoothOpt,
     ThresholdOpt,
@@ -40,17 +41,16 @@ from camlens.cli.common import (
     WeightsOpt,
     app,
     bad_input,
+    explain_config,
     fail,
     input_files,
-    mib_bytes,
     out_console,
-    path_text,
     progress_bars,
     say,
     target_options,
 )
 from camlens.errors import CamlensError
-from camlens.images import MAX_PIXELS
+from camlens.options import MAX_PIXELS
 
 if TYPE_CHECKING:
     from camlens.batch import Done
@@ -128,14 +128,7 @@ def explain(
     fast_channels: FastChannelsOpt = None,
     fast_resolution: FastResolutionOpt = None,
     input_size: InputSizeOpt = None,
-    relu: Annotated[
-        bool,
-        typer.Option(
-            "--relu/--no-relu",
-            help="--no-relu: signed maps, min-max of the raw map (a class with no positive "
-            "evidence still shows where it is least negative)",
-        ),
-    ] = True,
+    relu: ReluOpt = True,
     panels: Annotated[
         bool, typer.Option("--panels", help="also a photo | heatmap | overlay picture per map")
     ] = False,
@@ -205,37 +198,33 @@ def explain(
 
     --layer all: every layer of the automatic layer's kind (every conv stage of a VGG), in depth
     order, and OUT/STEM.grid.png with all of them per image."""
-    from camlens.batch import explain_files
-    from camlens.config import ExplainConfig, OutputConfig
-    from camlens.explain import Explainer
-    from camlens.explanation import grid as grid_of
+    from camlens.config import OutputConfig
     from camlens.files import output_file, output_folder
-    from camlens.images import parse_size
-    from camlens.localize import parse_threshold
-    from camlens.render import save_png
+    from camlens.options import parse_threshold
 
-    with bad_input():  # every option, and the output places, before any model runs
+    with bad_input():
         given, targets = target_options(classes, versus, output_index, like, embedding)
-        config = ExplainConfig(
-            model=model,
-            weights=path_text(weights),
-            device=device,
-            methods=tuple(method or ["gradcam"]),
-            layers=tuple(layer or ()),
-            classes=given,
-            top=top,
-            smooth=tuple(smooth or ()),
-            batch_size=batch_size,
-            max_batch_memory=mib_bytes(max_batch_memory),
-            fast_channels=fast_channels,
-            fast_resolution=fast_resolution,
-            max_pixels=max_pixels,
-            input_size=parse_size(input_size) if input_size is not None else None,
-            relu=relu,
-            targets=targets,
-            above=above,
-            scores=scores,  # type: ignore[arg-type]  # checked by ExplainConfig
-        )
+    config = explain_config(
+        model=model,
+        weights=weights,
+        device=device,
+        methods=method,
+        layers=layer,
+        classes=given,
+        top=top,
+        smooth=smooth,
+        batch_size=batch_size,
+        max_batch_memory=max_batch_memory,
+        fast_channels=fast_channels,
+        fast_resolution=fast_resolution,
+        max_pixels=max_pixels,
+        input_size=input_size,
+        relu=relu,
+        targets=targets,
+        above=above,
+        scores=scores,
+    )
+    with bad_input():  # every option, and the output places, before torch or any model loads
         output = OutputConfig(
             cmap=cmap,
             alpha=alpha,
@@ -254,6 +243,11 @@ def explain(
             )
         out = output_folder(out)
         grid_file = output_file(grid, "--grid") if grid is not None else None
+    from camlens.batch import explain_files
+    from camlens.explain import Explainer
+    from camlens.explanation import grid as grid_of
+    from camlens.render import save_png
+
     files = _outside(input_files(paths), out)
     with bad_input():
         explainer = Explainer.from_config(config)

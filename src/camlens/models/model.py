@@ -15,7 +15,25 @@ from torch import nn
 from camlens.adapters import AdapterRule, default_rule
 from camlens.errors import ClassError
 from camlens.images import PreprocessConfig
+from camlens.keras_names import keras_names
 from camlens.targets import Scores, TargetError
+
+AliasRule = Callable[[nn.Module], dict[str, str]]
+"""Other names of a network's layers -> their dotted names in it (empty when it has none)."""
+
+ALIAS_RULES: tuple[AliasRule, ...] = (keras_names,)
+"""The other names every model's layers may be given by, one rule per naming: Keras's names of a
+VGG's layers (``block5_conv3``, :mod:`camlens.keras_names`). A new naming is one entry here."""
+
+
+def layer_aliases(net: nn.Module) -> dict[str, str]:
+    """The names of every rule of :data:`ALIAS_RULES` for ``net``'s layers (the first rule to
+    give a name keeps it)."""
+    found: dict[str, str] = {}
+    for rule in ALIAS_RULES:
+        for alias, name in rule(net).items():
+            found.setdefault(alias, name)
+    return found
 
 
 @dataclass(frozen=True)
@@ -55,7 +73,10 @@ class Model:
     model family sets it, is the automatic target layer (a ViT's ``blocks.11.norm1``); otherwise
     the rule of :func:`camlens.layers.auto_layer` chooses. ``scores`` says how the outputs
     become predictions (:meth:`predict`): ``softmax`` (single-label), ``sigmoid`` (multi-label
-    and one-output binary heads) or ``raw`` (regression outputs, as they are).
+    and one-output binary heads) or ``raw`` (regression outputs, as they are). ``aliases`` gives
+    the other names its layers may be given by (``--layer block5_conv3`` for a VGG's
+    ``features.29``; :func:`layer_aliases` by default), beside the adapters: see
+    :meth:`layer_names`.
     """
 
     net: nn.Module
@@ -70,6 +91,12 @@ class Model:
     )
     default_layer: str | None = None
     scores: Scores = "softmax"
+    aliases: AliasRule = field(default=layer_aliases, repr=False, compare=False)
+
+    def layer_names(self) -> dict[str, str]:
+        """Other names of the network's layers -> their dotted names (``block5_conv3`` ->
+        ``features.29`` in a VGG)."""
+        return self.aliases(self.net)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.net(x)
