@@ -75,7 +75,7 @@ def write_image(
     prefix = f"{folder_rel}/" if folder_rel else ""
     kind = overlay_format(output)
     suffix = OVERLAY_SUFFIXES[kind]
-    tails = [f".{_safe(m.method)}.{_safe(m.layer)}.{m.class_index}" for m in result.maps]
+    tails = [f".{_safe(m.method)}.{_safe(m.layer)}.{_safe(m.tag)}" for m in result.maps]
     longest = max([".json", ".grid.png", *(t + ".panel.png" for t in tails)], key=len)
     name = fit_stem(name, longest)  # a long input name is cut, as Explanation.save cuts it
     files: list[tuple[str, str]] = []

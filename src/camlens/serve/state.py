@@ -38,6 +38,7 @@ class ServerState:
             ),
             layers=[LayerOut(name=i.name, kind=i.kind, shape=list(i.shape)) for i in layers],
             auto_layer=auto_layer(model, layers),
+            scores=model.scores,
         )
         self.batcher = Batcher(
             model,

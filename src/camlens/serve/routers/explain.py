@@ -72,6 +72,23 @@ async def explain(
     inline: Annotated[
         bool, Form(description="overlay PNG and map .npy as data: URLs in the JSON")
     ] = False,
+    versus: Annotated[
+        list[str] | None,
+        Form(
+            description="explain each class (or the top-1) versus this class, y_A - y_B (repeat "
+            "for the mean of several), or next / next:K: the next K predictions"
+        ),
+    ] = None,
+    above: Annotated[
+        float | None, Form(description="explain every class whose score is at least this")
+    ] = None,
+    output_index: Annotated[
+        list[int] | None,
+        Form(alias="output", description="explain raw output K as it is (repeat)"),
+    ] = None,
+    scores: Annotated[
+        str | None, Form(description="softmax, sigmoid or raw: how outputs become predictions")
+    ] = None,
 ) -> ExplainOut:
     """Explains one photo: the top-5 predictions and, per map, its class, method, layer,
     peak, boxes (when asked), whether it is flat, and the URLs of the overlay PNG, the
@@ -89,6 +106,10 @@ async def explain(
         threshold=threshold,
         cmap=cmap,
         alpha=alpha,
+        versus=versus,
+        above=above,
+        outputs=output_index,
+        scores=scores,
     )
     if st.batcher.queued >= st.settings.max_queue:  # before any decoding
         retry = st.batcher.retry_after()
@@ -193,6 +214,7 @@ def respond(
         image=ImageOut(name=report["image"], size=(width, height), url=f"{base}/photo.jpg"),
         methods=list(config.methods),
         layers=sorted({m.layer for m in explanation.maps}, key=st.layer_names.index),
+        scores=report["scores"],
         predictions=report["predictions"],
         explanations=maps,
     )
