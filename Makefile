@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 DEMO    := $(VENV)/.installed-demo
 CODE    := src tests $(wildcard benchmarks)
 
-.PHONY: demo test lint typecheck pytest browser bench docs dist clean
+.PHONY: demo test test-fast lint typecheck pytest browser bench docs dist clean
 
 # Everything: what the tests, the docs and the wheel need.
 $(STAMP): pyproject.toml
@@ -29,6 +29,10 @@ demo: $(DEMO)
 	$(BIN)/python -m camlens.demo
 
 test: $(STAMP) lint typecheck pytest
+
+# The same checks without the tests marked slow (Ray, the browser, load, long runs): a few minutes.
+test-fast: $(STAMP) lint typecheck
+	$(BIN)/pytest -q -m "not slow" --durations=10
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(CODE)

@@ -14,6 +14,7 @@ from camlens.maps import normalize, upsample
 from camlens.methods import METHODS, channel_terms
 from camlens.methods.eigen import first_component
 from camlens.methods.perturbation import Scorer, scorecam
+from camlens.scoring import Goals
 from camlens.smoothing import Augmentation, augmentations, pca_map
 from camlens.taps import Taps
 
@@ -80,7 +81,8 @@ def test_pca_of_score_weighted_activations(resnet18: camlens.Model, chelsea: np.
     with Taps(resnet18.net, ["layer4"]) as taps, torch.inference_mode():
         logits = resnet18.net(x)
     a = taps.activations["layer4"]
-    scorer = Scorer(resnet18.net, x, logits, torch.tensor([[3, 5]]), a, channels=8, resolution=0.25)
+    classes = Goals.classes(torch.tensor([[3, 5]]), logits.shape[1])
+    scorer = Scorer(resnet18.net, x, logits, classes.score, 2, a, channels=8, resolution=0.25)
     weights = scorecam(a, scorer)
     for d, m in enumerate(result.maps):
         expected, _ = normalize(first_component(weights[:, d, :, None, None] * a))

@@ -1,5 +1,6 @@
 """`ExplainConfig`: every option an explanation depends on, checked when it is made, with a JSON
-round trip; `OutputConfig`: how the results are drawn and written.
+round trip; `OutputConfig`: how the results are drawn and written. Plain data with checks: it
+imports no torch, matplotlib or model code (the names it checks are in :mod:`camlens.options`).
 
 Every front-end (the ``camlens`` command, ``camlens serve``, a Ray job) builds these two, hands
 them to the same library code and differs only in where files come from and where results go.
@@ -19,52 +20,33 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal
 
-from camlens.devices import check_device
+from camlens.devices import device_name
 from camlens.errors import CamlensError, ClassError, MethodError
-from camlens.images import MAX_PIXELS
-from camlens.localize import Threshold, check_threshold, parse_threshold
-from camlens.methods import METHODS, get_method
-from camlens.render import check_alpha, check_cmap
-from camlens.smoothing import SMOOTHERS
+from camlens.options import (
+    MAX_PIXELS,
+    METHOD_GROUPS,
+    SMOOTHERS,
+    Threshold,
+    check_alpha,
+    check_cmap,
+    check_threshold,
+    parse_threshold,
+    resolve_methods,
+)
+from camlens.targets import Scores, Target, as_target, check_above, check_scores
+from camlens.types import class_number
+
+__all__ = ["METHOD_GROUPS", "ExplainConfig", "OutputConfig", "resolve_methods"]
 
 BoxMode = Literal["largest", "all"]
 RunFormat = Literal["files", "dataset"]
 OverlayFormat = Literal["png", "jpeg", "webp"]
-
-METHOD_GROUPS: dict[str, tuple[str, ...]] = {
-    "all": tuple(METHODS),
-    "gradients": tuple(n for n, m in METHODS.items() if m.needs == "gradients"),
-    "scores": tuple(n for n, m in METHODS.items() if m.needs == "scores"),
-}
-"""Names that stand for several methods: ``all``, ``gradients`` (the Grad-CAM family), ``scores``
-(the perturbation methods: Score-CAM, SS-CAM, IS-CAM, Ablation-CAM)."""
-
-
-def resolve_methods(names: str | Iterable[str]) -> tuple[str, ...]:
-    """Method names (any accepted spelling, or a group of :data:`METHOD_GROUPS`) -> their canonical
-    names, each once, in the order given; an unknown name is a :class:`MethodError`."""
-    if isinstance(names, str):
-        given = [names]
-    elif isinstance(names, Iterable):
-        given = list(names)
-    else:
-        raise MethodError(f"methods are named by strings, not {names!r}")
-    if not given:
-        raise MethodError("no method given: choose one or more of " + ", ".join(METHODS))
-    out: list[str] = []
-    for name in given:
-        if not isinstance(name, str):
-            raise MethodError(f"a method is named by a string, not {name!r}")
-        key = name.strip().lower()
-        group = METHOD_GROUPS.get("gradients" if key == "gradient" else key)
-        out.extend(group if group is not None else [get_method(name).name])
-    return tuple(dict.fromkeys(out))
 
 
 @dataclass(frozen=True)
@@ -86,6 +68,12 @@ class ExplainConfig:
     keeps each map's sign (min-max of the raw map, see :func:`camlens.maps.normalize`).
     ``normalize``: ``minmax`` (each map stretched to [0, 1]) or ``max`` (ReLU, then divided by its
     maximum, as the CAM and Grad-CAM write-ups do; not with ``relu=False``).
+
+    What is explained beyond classes (see :mod:`camlens.targets`): ``targets``, for every image
+    (contrasts, outputs, similarities, or in Python callables, which cannot be written as JSON);
+    ``above``: every class whose score is at least that (a multi-label model's tags);
+    ``scores``: how the model's outputs become predictions (``softmax``, ``sigmoid``, ``raw``;
+    None: what the model says). ``classes``, ``top``, ``targets`` and ``above`` exclude each other.
     """
 
     model: str | None = None
@@ -111,13 +99,16 @@ class ExplainConfig:
     max_pixels: int = MAX_PIXELS
     relu: bool = True
     normalize: str = "minmax"
+    targets: tuple[Target, ...] = ()
+    above: float | None = None
+    scores: Scores | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalized values are set once, here
         set_(self, "model", _optional_text(self.model, "model"))
         set_(self, "weights", _optional_text(self.weights, "weights"))
         with _option("device"):
-            set_(self, "device", str(check_device(_text(self.device, "device"))))
+            set_(self, "device", device_name(_text(self.device, "device")))
         with _option("methods"):
             set_(self, "methods", resolve_methods(self.methods))
         with _option("method_options"):
@@ -172,6 +163,33 @@ class ExplainConfig:
         set_(self, "max_pixels", _integer(self.max_pixels, "max_pixels", 1))
         set_(self, "relu", _flag(self.relu, "relu"))
         set_(self, "normalize", _normalization(self.normalize, self.relu))
+        with _option("targets"):
+            items = (self.targets,) if isinstance(self.targets, Mapping) else self.targets
+            if isinstance(items, str) or not isinstance(items, Sequence):
+                items = (items,)
+            set_(self, "targets", tuple(dict.fromkeys(as_target(t) for t in items)))
+        if self.above is not None:
+            with _option("above"):
+                set_(self, "above", check_above(self.above))
+        if self.scores is not None:
+            with _option("scores"):
+                set_(self, "scores", check_scores(self.scores))
+        chosen = [
+            name
+            for name, given in (
+                ("classes", bool(self.classes)),
+                ("top", self.top is not None),
+                ("targets", bool(self.targets)),
+                ("above", self.above is not None),
+            )
+            if given
+        ]
+        if len(chosen) > 1:
+            raise ClassError(
+                f"give one of classes, top, targets (contrasts, outputs, similarity) or above, "
+                f"not {' and '.join(chosen)}",
+                option=chosen[1],
+            )
         if "all" in self.layers and len(self.layers) > 1:
             raise CamlensError(
                 "layers: 'all' stands for every layer; give it alone", option="layers"
@@ -180,8 +198,12 @@ class ExplainConfig:
     # --- JSON -------------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """The options as JSON-ready values (tuples as lists)."""
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        """The options as JSON-ready values (tuples as lists, targets as their dicts; a callable
+        target cannot be written and says so)."""
+        out = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        with _option("targets"):
+            out["targets"] = [t.to_dict() for t in self.targets]
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ExplainConfig:
@@ -429,7 +451,7 @@ def _classes(value: Any) -> tuple[int | str, ...]:
             c = c.strip()
             if not c:
                 raise ClassError("an empty class name", option="classes")
-            if c.lstrip("-").isascii() and c.lstrip("-").isdigit():
-                c = int(c)
+            number = class_number(c)
+            c = c if number is None else number
         out.append(c)
     return tuple(dict.fromkeys(out))

@@ -46,7 +46,11 @@ class Explainer:
     its ``method_options``; a layer may be a module), and :attr:`config` is the config it runs:
     ``from_config(ex.config)`` computes the same maps. ``model``: a :class:`Model`, a spec or an ``nn.Module``. ``layer``:
     the last spatial layer by default; ``"all"`` every spatial layer of its kind. ``classes``/
-    ``top``: what a call explains when it says neither (by default the top class).
+    ``top``: what a call explains when it says neither (by default the top class). ``targets``:
+    what else to explain (:mod:`camlens.targets`: ``Contrast("tiger cat", ("Egyptian cat",))``,
+    ``Output(0)``, ``Similarity("ref.jpg")``, ``Binary(False)``, any ``Function``);
+    ``above``: every class scored at least that; ``scores``: the model's scoring (``softmax``,
+    ``sigmoid``, ``raw``).
 
     One forward pass per batch serves every class, layer and method; gradients come from one
     batched backward pass with respect to the tapped activations, or from the weights of a
@@ -84,6 +88,9 @@ class Explainer:
         normalize: str = "minmax",
         classes: int | str | Sequence[int | str] | None = None,
         top: int | None = None,
+        targets: Any = (),
+        above: float | None = None,
+        scores: str | None = None,
     ) -> None:
         methods = _methods(method)
         layers = _layers(layer)
@@ -108,6 +115,9 @@ class Explainer:
             max_pixels=max_pixels,
             relu=relu,
             normalize=normalize,
+            targets=targets,
+            above=above,
+            scores=scores,  # type: ignore[arg-type]  # checked
         )
         self._pipeline = Pipeline(config, model, layers, move=device is not None)
         self._closed = False

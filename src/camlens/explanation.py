@@ -18,7 +18,8 @@ import torch
 from PIL import Image
 
 from camlens import render
-from camlens.files import atomic_write, fit_stem
+from camlens.errors import CamlensError
+from camlens.files import atomic_write, fit_stem, output_folder
 from camlens.maps import Normalization, upsample
 from camlens.types import Box, Prediction
 
@@ -47,6 +48,12 @@ class ClassMap:
     by its maximum when ``normalize`` is ``"max"``). ``flat`` is True when the method gave a
     constant map (returned as zeros). ``boxes``: boxes in the photo's pixels once localized
     (:func:`camlens.localize.add_boxes`), else None.
+
+    ``target``: what was explained when it is not a plain class (see :mod:`camlens.targets`), as
+    data (``{"kind": "contrast", "classes": [282, 285]}``), ``explained`` the same in words
+    (``"tiger cat versus Egyptian cat"``) and ``value`` the target's score for this image (the
+    contrast's ``y_a - y_b``, the similarity); ``class_index`` is then the first class the target
+    is about (-1 for none: a similarity, a callable) and ``label`` the words.
     """
 
     class_index: int
@@ -58,10 +65,32 @@ class ClassMap:
     flat: bool = False
     boxes: list[Box] | None = None
     normalize: Normalization = "minmax"
+    target: dict[str, Any] | None = None
+    explained: str | None = None
+    value: float | None = None
 
     @property
     def title(self) -> str:
+        if self.target is not None and self.value is not None:
+            return f"{self.explained or self.label} {self.value:.2f}"
         return f"{self.label} {self.score:.2f}"
+
+    @property
+    def tag(self) -> str:
+        """What the map explains, in a file name: the class index, or the target (``282-vs-285``,
+        ``output-0``, ``similarity``...), so that two maps of one image never share a name."""
+        target = self.target
+        if target is None or target.get("kind") == "class":
+            return str(self.class_index)
+        kind = str(target.get("kind"))
+        if kind == "contrast":
+            classes = [str(c) for c in target.get("classes", [])]
+            return classes[0] + "-vs-" + "-".join(classes[1:])
+        if kind == "output":
+            return f"output-{target.get('index')}"
+        if kind == "binary":
+            return "positive" if target.get("positive") else "negative"
+        return kind
 
 
 @dataclass(init=False)
@@ -72,7 +101,8 @@ class Explanation:
     de-normalized); ``source`` names it (a path, or ``<image N>``). The constructor also takes a
     function that makes the image, called on first use (the explainer's tensor inputs: most
     callers of a tensor batch never look at the pictures). ``stats``: what the batch it came from
-    cost (passes, time).
+    cost (passes, time). ``scores``: how the model scored the predictions (``softmax``,
+    ``sigmoid`` or ``raw``, see :func:`camlens.load_model`).
     """
 
     source: str
@@ -91,6 +121,7 @@ class Explanation:
         predictions: list[Prediction],
         maps: list[ClassMap] | None = None,
         stats: CallStats | None = None,
+        scores: str = "softmax",
     ) -> None:
         self.source = source
         self._image = image
@@ -99,6 +130,7 @@ class Explanation:
         self.predictions = predictions
         self.maps = maps if maps is not None else []
         self.stats = stats or CallStats()
+        self.scores = scores
 
     @property
     def image(self) -> Image.Image:
@@ -117,6 +149,11 @@ class Explanation:
 
     def map_at_image(self, i: int = 0) -> torch.Tensor:
         """Map ``i`` upsampled (bilinear) to the photo's own size, [height, width] in [0, 1]."""
+        count = len(self.maps)
+        if isinstance(i, bool) or not isinstance(i, int) or not -count <= i < count:
+            raise CamlensError(
+                f"map {i!r} is not one of this explanation's {count} maps (0..{count - 1})"
+            )
         width, height = self.size
         return upsample(self.maps[i].map, (height, width), mode=self.maps[i].normalize)
 
@@ -201,11 +238,16 @@ class Explanation:
                 entry["panel"] = panels[i]
             if m.boxes is not None:
                 entry["boxes"] = [b.to_dict() for b in m.boxes]
+            if m.target is not None:
+                entry["target"] = m.target
+                entry["explained"] = m.explained
+                entry["value"] = m.value
             explanations.append(entry)
         report: dict[str, Any] = {
             "image": self.source,
             "size": [width, height],
             "model": self.model,
+            "scores": self.scores,
             "predictions": [
                 {"class_index": p.class_index, "label": p.label, "score": p.score}
                 for p in self.predictions
@@ -236,8 +278,7 @@ class Explanation:
         :meth:`panel`); ``grid``: also ``STEM.grid.png`` with every map of the image. Each file
         appears whole or not at all, the JSON last, so a report on disk always names files that
         are complete."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        out = output_folder(out_dir, "out_dir")  # a file there, say: one line naming it
         stem = stem or _safe(Path(self.source).stem) or "image"
         tails = [f".{_safe(m.method)}.{_safe(m.layer)}.{m.class_index}" for m in self.maps]
         longest = max([".json", ".grid.png", *(t + ".panel.png" for t in tails)], key=len)

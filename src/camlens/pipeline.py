@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from types import FrameType
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -37,9 +37,11 @@ from camlens.layers import (
 from camlens.maps import Normalization, normalize
 from camlens.methods import Method, get_method
 from camlens.models import Model, load_model
+from camlens.models.scores import set_scores
 from camlens.modes import eval_mode
 from camlens.progress import Progress
 from camlens.replay import forward_bytes, plan_replay
+from camlens.scoring import TargetPlan
 from camlens.taps import RUNS, LayerSpec
 from camlens.types import Prediction
 
@@ -66,17 +68,23 @@ class Pipeline:
     ) -> None:
         if not isinstance(model, Model):
             spec = config.model if model is None else model
-            model = load_model(spec, weights=config.weights, device=config.device)
-        elif move:
-            model.to(check_device(config.device))
+            model = load_model(
+                spec, weights=config.weights, device=config.device, scores=config.scores
+            )
+        else:
+            if move:
+                model.to(check_device(config.device))
+            if config.scores is not None and config.scores != model.scores:
+                model = set_scores(replace(model), config.scores)  # a copy: the caller's stays
         self.model = model if config.input_size is None else at_input_size(model, config.input_size)
         if "tta" in config.smooth:
             _check_scales(self.model, config.tta_scales)
         self.classes = coerce.class_lists(self.model, config.classes or None, config.top, 1)
+        self.plan = TargetPlan(self.model, config.targets, max_pixels=config.max_pixels)
         if layers == ["all"]:
             layers = list(layers_like_auto(self.model))
         targets = find_targets(self.model, layers or [auto_layer(self.model)])
-        self.methods = _applicable(self.model, _configured(config), targets)
+        self.methods = _applicable(self.model, _configured(config), targets, self.plan)
         scores = any(m.needs == "scores" for m in self.methods)
         if scores:
             net = self.model.net
@@ -133,8 +141,11 @@ class Pipeline:
     ) -> Iterator[tuple[list[int], list[Explanation | CamlensError]]]:
         """The good entries in batches: (their places, their results). ``alone``: a batch that
         fails is explained again an image at a time, each failure as its input's result."""
+        wanted: list[list[int]] | list[list[Any]] | None
         if classes is None and top is None:
             wanted = None if self.classes is None else self.classes * len(entries)
+            if self.config.targets:
+                wanted = [list(self.config.targets)] * len(entries)
             depth = self.config.top or 1
         else:
             wanted, depth = coerce.class_lists(self.model, classes, top, len(entries)), top or 1
@@ -164,17 +175,21 @@ class Pipeline:
     def batch(
         self,
         items: list[Item],
-        chosen: list[list[int]] | None,
+        chosen: Sequence[Sequence[Any]] | None,
         depth: int,
         progress: Progress | None,
     ) -> list[Explanation]:
-        """One batch through the pipeline: capture (per augmentation), methods, normalize."""
+        """One batch through the pipeline: capture (per augmentation), methods, normalize.
+        ``chosen``: per image, class indices or targets (None: the top ``depth`` classes, or with
+        ``above`` every class scored at least that)."""
         started, model = time.perf_counter(), self.model
         x = coerce.model_input(items, model.preprocess).to(model.device)
         with eval_mode(model.net), RUNS.shared():
             captures = [self._capture(x, progress)]
             probs = captures[0].probs
-            if chosen is None:
+            if chosen is None and self.config.above is not None:
+                chosen = _above(probs, self.config.above, [item.source for item in items])
+            elif chosen is None:
                 chosen = probs.topk(depth, dim=1).indices.tolist()
             runs = [self._class_maps(captures[0], chosen)]
             augmentations = self.augmentations
@@ -209,6 +224,7 @@ class Pipeline:
                 predictions=predictions,
                 maps=per_image[b],
                 stats=stats,
+                scores=model.scores,
             )
             _warn_flat(result, single=single)
             results.append(result)
@@ -216,7 +232,8 @@ class Pipeline:
 
     def _capture(self, x: torch.Tensor, progress: Progress | None) -> Capture:
         gradients = any(m.needs == "gradients" for m in self.methods)
-        heads = self.head_gradients
+        # a similarity or a callable is not linear in the head's outputs: real gradients
+        heads = self.head_gradients if self.plan.linear else set()
         autograd = [t.name for t in self.targets if gradients and t.name not in heads]
         return Capture(
             self.model,
@@ -225,37 +242,50 @@ class Pipeline:
             gradients=autograd,
             settings=self.settings,
             progress=progress,
+            plan=self.plan,
         )
 
-    def _class_maps(self, capture: Capture, chosen: list[list[int]]) -> list[list[ClassMap]]:
-        """The maps of the classes ``chosen`` for each image, per layer, rank and method."""
-        depth = max(len(cs) for cs in chosen)
-        # each image's class list padded with its last class, so that ranks form a tensor
-        padded = [cs + [cs[-1]] * (depth - len(cs)) for cs in chosen]
-        index = torch.tensor(padded, device=capture.x.device)
+    def _class_maps(
+        self, capture: Capture, chosen: Sequence[Sequence[Any]]
+    ) -> list[list[ClassMap]]:
+        """The maps of the classes or targets ``chosen`` for each image, per layer, rank and
+        method; all the targets of the batch go through the methods together."""
+        counts = [len(cs) for cs in chosen]
+        top1 = capture.probs.argmax(dim=1).tolist()
+        # an image with nothing to explain (no class above the threshold) rides along on its top-1
+        goals = capture.goals([cs if cs else [top1[b]] for b, cs in enumerate(chosen)])
+        values = goals.values
+        depth = goals.shape[1]
         reduce = smoothing.pca_map if "pca" in self.config.smooth else None
         per_image: list[list[ClassMap]] = [[] for _ in chosen]
         for target in self.targets:
-            raws = [m.maps(capture, target.name, index, reduce) for m in self.methods]
+            raws = [m.maps(capture, target.name, goals, reduce) for m in self.methods]
             mode: Normalization = "max" if self.config.normalize == "max" else "minmax"
             for j in range(depth):
                 for method, raw in zip(self.methods, raws, strict=True):
                     maps, flat = normalize(raw[:, j].detach(), relu=self.config.relu, mode=mode)
-                    for b, cs in enumerate(chosen):
-                        if j < len(cs):
-                            c = cs[j]
-                            per_image[b].append(
-                                ClassMap(
-                                    c,
-                                    self.model.labels[c],
-                                    float(capture.probs[b, c]),
-                                    method.name,
-                                    target.name,
-                                    maps[b],
-                                    bool(flat[b]),
-                                    normalize=mode,
-                                )
+                    for b, count in enumerate(counts):
+                        if j >= count:
+                            continue
+                        what = goals.explained[b][j]
+                        c = -1 if what.class_index is None else what.class_index
+                        plain = what.data.get("kind") == "class"
+                        value = None if values is None else float(values[b, j])
+                        per_image[b].append(
+                            ClassMap(
+                                c,
+                                self.model.labels[c] if plain else what.words,
+                                float(capture.probs[b, c]) if c >= 0 else (value or 0.0),
+                                method.name,
+                                target.name,
+                                maps[b],
+                                bool(flat[b]),
+                                target=None if plain else what.data,
+                                explained=None if plain else what.words,
+                                value=None if plain else value,
+                                normalize=mode,
                             )
+                        )
         return per_image
 
 
@@ -278,10 +308,24 @@ def _configured(config: ExplainConfig) -> list[Method]:
     return methods
 
 
-def _applicable(model: Model, methods: list[Method], targets: list[Target]) -> list[Method]:
-    """``methods`` less those that need a GAP -> Linear head where a layer feeds none (with a
-    warning), or an error saying why when nothing would be left."""
+def _applicable(
+    model: Model, methods: list[Method], targets: list[Target], plan: TargetPlan
+) -> list[Method]:
+    """``methods`` less those that need a GAP -> Linear head where a layer feeds none, or where
+    a target is not linear in the head's outputs (a similarity, a callable), with a warning; or
+    an error saying why when nothing would be left."""
     head_methods = [m for m in methods if m.needs == "head"]
+    if head_methods and not plan.linear:
+        why = (
+            "CAM applies where the target is linear in a GAP -> Linear head's outputs (a class, "
+            f"a contrast, an output), not to {plan.nonlinear_words}"
+        )
+        if len(head_methods) == len(methods):
+            raise MethodError(f"{why}: use a gradient method such as gradcam")
+        warnings.warn(
+            f"{', '.join(m.name for m in head_methods)} left out: {why}", stacklevel=_outside()
+        )
+        return [m for m in methods if m.needs != "head"]
     headless = [t for t in targets if t.head is None]
     if not head_methods or not headless:
         return methods
@@ -293,6 +337,25 @@ def _applicable(model: Model, methods: list[Method], targets: list[Target]) -> l
         stacklevel=_outside(),
     )
     return [m for m in methods if m.needs != "head"]
+
+
+def _above(probs: torch.Tensor, least: float, sources: Sequence[str]) -> list[list[int]]:
+    """Per image, the classes whose score is at least ``least``, best first; an image with none
+    gets no map, and a warning says so."""
+    out = []
+    for b, row in enumerate(probs):
+        order = row.argsort(descending=True, stable=True)
+        chosen = [int(c) for c in order if float(row[c]) >= least]
+        if not chosen:
+            warnings.warn(
+                FlatMapWarning(
+                    f"{sources[b]}: no class scored at least {least:g} (the best: "
+                    f"{float(row.max()):.3g}): no map"
+                ),
+                stacklevel=_outside(),
+            )
+        out.append(chosen)
+    return out
 
 
 def _check_scales(model: Model, scales: Sequence[float]) -> None:

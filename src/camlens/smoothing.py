@@ -13,8 +13,7 @@ import torch.nn.functional as F
 from camlens.explanation import ClassMap
 from camlens.maps import normalize
 from camlens.methods.eigen import first_component
-
-SMOOTHERS = ("tta", "pca")
+from camlens.options import SMOOTHERS as SMOOTHERS
 
 
 def pca_map(terms: torch.Tensor) -> torch.Tensor:

@@ -23,12 +23,12 @@ from camlens.cli.common import (
 @app.command()
 def methods() -> None:
     """The methods, one line each, with their paper."""
-    from camlens.methods import METHODS
+    from camlens.options import METHOD_INFO
 
     table = Table(show_header=True, header_style="bold", box=None)
     for column in ("method", "needs", "what it does", "paper"):
         table.add_column(column)
-    for m in METHODS.values():
+    for m in METHOD_INFO:
         table.add_row(m.name, m.needs, m.summary, m.paper)
     out_console.print(table)
 
@@ -53,7 +53,6 @@ def layers(
     the one before a final pooling that halves its grid, unless the pooled one feeds a GAP ->
     Linear head. A VGG's layers also show their Keras names (block5_conv3); --layer takes those
     and the Caffe names (conv5_3) too."""
-    from camlens.keras_names import keras_names
     from camlens.layers import auto_layer, cam_head_of, every_layer, spatial_layers, warn_if_broken
 
     with bad_input():
@@ -74,8 +73,11 @@ def layers(
             table.add_row(*map(escape, row))
         out_console.print(table)
         say(f"* automatic target layer of {loaded.name}: {chosen}{_head_note(head)}")
+        say(f"outputs: {loaded.num_classes}, scored by {loaded.scores}")
         return
-    aliases = {name: alias for alias, name in keras_names(loaded.net).items()}
+    aliases: dict[str, str] = {}  # a layer's first other name: its Keras name in a VGG
+    for alias, name in loaded.layer_names().items():
+        aliases.setdefault(name, alias)
     table = Table(show_header=True, header_style="bold", box=None)
     columns = ("", "layer", "Keras name", "type", "maps [C, H, W]", "adapter")
     for column in columns if aliases else columns[:2] + columns[3:]:
@@ -87,6 +89,7 @@ def layers(
         table.add_row(*map(escape, [mark, info.name, *extra, info.kind, shape, info.adapter]))
     out_console.print(table)
     say(f"* automatic target layer of {loaded.name}: {chosen}{_head_note(head)}")
+    say(f"outputs: {loaded.num_classes}, scored by {loaded.scores}")
     if aliases:
         say("--layer also takes their Caffe names: conv5_3 for block5_conv3, pool5 for block5_pool")
 

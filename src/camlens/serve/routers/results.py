@@ -92,7 +92,7 @@ def get_map(found: KeptResult, index: MapIndex) -> Response:
     """Map ``index`` as float32 ``.npy`` [height, width] in [0, 1], at the photo's size."""
     stem = Path(found.explanation.source).stem or "image"
     m = found.explanation.maps[index]
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{stem}.{m.method}.{m.layer}.{m.class_index}.npy")
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{stem}.{m.method}.{m.layer}.{m.tag}.npy")
     return file_response(
         map_npy(found.explanation, index),
         "application/octet-stream",
