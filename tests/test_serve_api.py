@@ -816,3 +816,7 @@ def test_like_explains_the_similarity_to_a_reference(client: TestClient, cat: by
     assert -1 <= other["value"] < 0.99 and other["explained"] == "similarity to noise.jpg"
     bad = like(b"not an image", "notes.txt")
     assert bad.status_code == 415 and "notes.txt" in bad.text and "like" in bad.text
+    lone = client.post(
+        "/api/explain", files={"image": ("cat.jpg", cat, "image/jpeg")}, data={"embedding": "bn2"}
+    )
+    assert lone.status_code == 422 and "embedding" in lone.text and "like" in lone.text

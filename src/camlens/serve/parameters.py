@@ -113,7 +113,7 @@ def explain_options(
     try:
         given, targets = from_options(indices, items(versus, split=False), outputs, like, embedding)
     except CamlensError as exc:
-        raise bad_option(exc, "versus") from None
+        raise bad_option(exc, "embedding" if like is None and embedding else "versus") from None
     try:
         TargetPlan(model, targets)  # a class or output the model does not have, named here
     except CamlensError as exc:
