@@ -40,6 +40,7 @@ from camlens.options import (
     resolve_methods,
 )
 from camlens.targets import Scores, Target, as_target, check_above, check_scores
+from camlens.types import class_number
 
 __all__ = ["METHOD_GROUPS", "ExplainConfig", "OutputConfig", "resolve_methods"]
 
@@ -420,7 +421,7 @@ def _classes(value: Any) -> tuple[int | str, ...]:
             c = c.strip()
             if not c:
                 raise ClassError("an empty class name", option="classes")
-            if c.lstrip("-").isascii() and c.lstrip("-").isdigit():
-                c = int(c)
+            number = class_number(c)
+            c = c if number is None else number
         out.append(c)
     return tuple(dict.fromkeys(out))

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import warnings
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
@@ -68,6 +69,8 @@ def explain_on_ray(
     ``threads`` CPUs for its forward passes. The :class:`Done` s come in the order the batches
     finish and carry the index row, not the explanation. When ``stop()`` turns true the run
     stops taking results (the batches being written may be done again by the next run)."""
+    if address is not None:
+        _check_reachable(address)  # in seconds, before Ray's minutes of retries
     try:
         import ray
         import ray.data
@@ -181,10 +184,30 @@ def _connect(ray: Any, address: str | None) -> bool:
     return True
 
 
+def _check_reachable(address: str, timeout: float = 3.0) -> None:
+    """A ``HOST:PORT`` where nothing answers is a :class:`~camlens.errors.CamlensError` within
+    ``timeout`` seconds (Ray itself retries for minutes, and says another address: it puts the
+    host's own address for the loopback one). ``auto`` and ``ray://`` addresses are Ray's to find."""
+    if address == "auto" or address.startswith("ray://"):
+        return
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+        raise CamlensError(f"cannot join the Ray cluster at {address}: not HOST:PORT")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or ("no answer" if isinstance(exc, TimeoutError) else str(exc))
+        raise CamlensError(
+            f"cannot join the Ray cluster at {address}: {reason or type(exc).__name__}"
+        ) from None
+
+
 def _batch_row(number: int, chunk: list[Item]) -> dict[str, Any]:
     return {
         "batch": number,
-        "paths": [str(item.path.resolve()) for item in chunk],
+        "paths": [os.path.realpath(item.path) for item in chunk],  # a symlink loop: no error
         "names": [str(item.path) for item in chunk],
         "stems": [item.stem or "" for item in chunk],
         "problems": [item.problem or "" for item in chunk],

@@ -18,7 +18,8 @@ import torch
 from PIL import Image
 
 from camlens import render
-from camlens.files import atomic_write, fit_stem
+from camlens.errors import CamlensError
+from camlens.files import atomic_write, fit_stem, output_folder
 from camlens.maps import upsample
 from camlens.types import Box, Prediction
 
@@ -146,6 +147,11 @@ class Explanation:
 
     def map_at_image(self, i: int = 0) -> torch.Tensor:
         """Map ``i`` upsampled (bilinear) to the photo's own size, [height, width] in [0, 1]."""
+        count = len(self.maps)
+        if isinstance(i, bool) or not isinstance(i, int) or not -count <= i < count:
+            raise CamlensError(
+                f"map {i!r} is not one of this explanation's {count} maps (0..{count - 1})"
+            )
         width, height = self.size
         return upsample(self.maps[i].map, (height, width))
 
@@ -259,8 +265,7 @@ class Explanation:
         heatmap | overlay); ``grid``: also ``STEM.grid.png`` with every map of the image. Each file
         appears whole or not at all, the JSON last, so a report on disk always names files that
         are complete."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        out = output_folder(out_dir, "out_dir")  # a file there, say: one line naming it
         stem = stem or _safe(Path(self.source).stem) or "image"
         tails = [f".{_safe(m.method)}.{_safe(m.layer)}.{m.class_index}" for m in self.maps]
         longest = max([".json", ".grid.png", *(t + ".panel.png" for t in tails)], key=len)

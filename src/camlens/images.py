@@ -144,6 +144,10 @@ def _read_file(path: Path, max_pixels: int) -> Image.Image:
     except OSError as exc:
         raise ImageError(path, _os_problem(exc)) from None
     if stat.S_ISDIR(info.st_mode):
+        try:
+            os.scandir(path).close()
+        except OSError as exc:  # a folder that cannot be listed: its images cannot be read
+            raise ImageError(path, f"is a folder that {_os_problem(exc)}") from None
         if not _images_under(path):
             raise ImageError(path, "is a folder with no image files in it")
         raise ImageError(path, "is a directory, not an image file")
@@ -475,15 +479,23 @@ def find_images(
     found: dict[str, Path] = {}
     for given in paths:
         path = Path(given)
-        files = _images_under(path) if path.is_dir() else [path]
-        for file in files or ([path] if empty_folders else []):
+        unlisted: list[Path] = []  # folders below that cannot be listed: inputs that say so
+        files = _images_under(path, unlisted) if path.is_dir() else [path]
+        for file in [*(files or ([path] if empty_folders else [])), *unlisted]:
             found.setdefault(os.path.realpath(file), file)  # a file named twice is one input
     return list(found.values())
 
 
-def _images_under(root: Path) -> list[Path]:
+def _images_under(root: Path, unlisted: list[Path] | None = None) -> list[Path]:
+    """The image files under ``root``; the folders below it that cannot be listed (permission
+    denied) go to ``unlisted``, never skipped unsaid."""
     files: list[Path] = []
-    for folder, dirs, names in os.walk(root):
+
+    def missed(exc: OSError) -> None:
+        if unlisted is not None and exc.filename is not None and Path(exc.filename) != root:
+            unlisted.append(Path(exc.filename))
+
+    for folder, dirs, names in os.walk(root, onerror=missed):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         files.extend(
             Path(folder, name)

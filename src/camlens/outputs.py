@@ -42,6 +42,7 @@ from camlens.files import fit_stem
 from camlens.localize import boxes_from_map
 from camlens.models import Model
 from camlens.runs import Row
+from camlens.types import class_number
 
 OVERLAY_SUFFIXES: dict[str, str] = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 PNG_LEVEL = 1
@@ -232,7 +233,7 @@ class FolderClasses:
         return self.seen[name]
 
     def _look_up(self, name: str) -> dict[str, Any] | None:
-        if not name or name.lstrip("-").isdigit():
+        if not name or class_number(name) is not None:
             return None
         try:
             index = self.model.class_index(name)

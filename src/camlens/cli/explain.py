@@ -237,10 +237,14 @@ def explain(
             quality=quality,
         )
         address = _ray_address(ray) if ray is not None else None
+        if ray is None and actors is not None:
+            raise CamlensError("--actors is for --ray runs: add --ray, or drop --actors")
         if ray is not None and grid is not None:
             raise CamlensError(
                 "--grid is not available with --ray: explain the grid's images alone"
             )
+        if grid is not None and grid.suffix.lower() != ".png":
+            raise CamlensError(f"--grid {grid}: the grid is a PNG; give it a .png name")
         out = output_folder(out)
         grid_file = output_file(grid, "--grid") if grid is not None else None
     from camlens.batch import explain_files
@@ -248,7 +252,12 @@ def explain(
     from camlens.explanation import grid as grid_of
     from camlens.render import save_png
 
-    files = _outside(input_files(paths), out)
+    found = input_files(paths)
+    files = _outside(found, out)
+    if not files:
+        fail(f"every input is inside --out {out} (a run's outputs are never its inputs)")
+    if grid_file is not None and os.path.realpath(grid_file) in map(os.path.realpath, files):
+        fail(f"--grid {grid_file} is one of the inputs: the grid would overwrite it")
     with bad_input():
         explainer = Explainer.from_config(config)
     kept: list[Explanation] = []
@@ -365,8 +374,8 @@ def bare_ray(args: list[str]) -> list[str]:
 
 def _outside(files: list[Path], out: Path) -> list[Path]:
     """``files`` less those inside ``out`` (a run's own outputs are never its inputs)."""
-    root = out.resolve()
-    return [f for f in files if root not in f.resolve().parents]
+    root = Path(os.path.realpath(out))  # realpath, not resolve(): a symlink loop is no error here
+    return [f for f in files if root not in Path(os.path.realpath(f)).parents]
 
 
 @contextmanager

@@ -119,6 +119,11 @@ def checkpoint_path(path: str | os.PathLike[str], what: str = "checkpoint") -> P
     path when it is a folder or its folder cannot be created or written (so that ``camlens
     train --out`` is checked before any training)."""
     target = Path(path)
+    if target.is_dir():  # not FOLDER.camlens beside it, unsaid
+        raise CamlensError(
+            f"{what} {target} is a folder: give the checkpoint's file name "
+            f"({target / ('model' + CHECKPOINT_SUFFIX)}, say)"
+        )
     if target.suffix != CHECKPOINT_SUFFIX:
         target = target.with_name(target.name + CHECKPOINT_SUFFIX)
     return output_file(target, what)

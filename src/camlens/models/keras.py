@@ -346,6 +346,34 @@ def _config_from(
     )
 
 
+def _readable_as_keras(path: Path) -> bool:
+    """Whether ``path`` begins as a ``.keras`` (zip) or ``.h5`` (HDF5) file does."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+    except OSError:
+        return False
+    return head.startswith(b"PK\x03\x04") or head.startswith(b"\x89HDF\r\n\x1a\n")
+
+
+def _check_input_size(net: KerasNet, size: tuple[int, int], where: Path) -> None:
+    """A :class:`~camlens.errors.ModelError` naming ``where`` when the model cannot run at
+    ``size`` (height, width) as a JSON beside it asks: one pass of a blank input, as
+    ``--input-size`` is checked, so that the first explanation does not fail in Keras."""
+    height, width = size
+    if min(height, width) < 1:
+        raise ModelError(f"{where}: input_size must be positive, not {[height, width]}")
+    try:
+        with torch.no_grad():
+            net(torch.zeros(1, 3, height, width))
+    except Exception as exc:
+        text = " ".join(str(exc).split())[:200]
+        raise ModelError(
+            f"{where}: input_size {height}x{width}: the model cannot take it "
+            f"({type(exc).__name__}: {text}); give the size it was built for"
+        ) from None
+
+
 def guess_mode(keras: ModuleType, model: Any) -> tuple[str, str]:
     """A preprocessing mode guessed from the model: (mode, why)."""
     names = [model.name] + [layer.name for layer in model.layers if isinstance(layer, keras.Model)]
@@ -379,6 +407,11 @@ def load_keras(
             raise ModelError(
                 f"{path}: refused: loading it would run {what} stored in the file, and camlens "
                 "loads Keras files in safe mode only"
+            ) from None
+        if "File not found" in text or not _readable_as_keras(path):  # the file is there
+            raise ModelError(
+                f"{path}: cannot load the Keras model: not a file Keras can read (a .keras "
+                "file is a zip archive, a .h5 an HDF5 file): damaged, or another kind of file"
             ) from None
         raise ModelError(
             f"{path}: cannot load the Keras model ({type(exc).__name__}: {text[:300]})"
@@ -423,13 +456,19 @@ def from_keras(
         mode, why = guess_mode(keras, model)
         config = _config_from({**settings, "mode": mode}, (height, width), where)
         size = "" if net.input_size or "input_size" in settings else ", 224x224"
-        missing = f"no {sidecar.name} beside it, " if sidecar else ""
-        hint = f"write {sidecar.name} with its" if sidecar else "pass preprocess= with the"
+        there = sidecar is not None and sidecar.is_file()
+        missing = f"no {sidecar.name} beside it, " if sidecar and not there else ""
+        if sidecar is None:
+            hint = "pass preprocess= with the"
+        else:
+            hint = f"add to {sidecar.name} its" if there else f"write {sidecar.name} with its"
         warnings.warn(
             f"{name}: no preprocessing given ({missing}no preprocess=): guessed {mode!r}{size} "
             f'from {why}; {hint} "mode" if the model was trained otherwise',
             stacklevel=3,
         )
+    if "input_size" in settings and (height, width) != net.input_size:
+        _check_input_size(net, (height, width), where)
     outputs = int(model.outputs[0].shape[-1])
     names = settings.get("labels")
     if isinstance(names, str):

@@ -17,6 +17,7 @@ from camlens.errors import ClassError
 from camlens.images import PreprocessConfig
 from camlens.keras_names import keras_names
 from camlens.targets import Scores, TargetError
+from camlens.types import class_number
 
 AliasRule = Callable[[nn.Module], dict[str, str]]
 """Other names of a network's layers -> their dotted names in it (empty when it has none)."""
@@ -156,8 +157,9 @@ class Model:
                 )
             return cls
         text = str(cls).strip()
-        if text.lstrip("-").isascii() and text.lstrip("-").isdigit():
-            return self.class_index(int(text))
+        number = class_number(text)
+        if number is not None:
+            return self.class_index(number)
         found = label_matches(self.labels, text)
         if len(found) == 1:
             return found[0]

@@ -22,7 +22,7 @@ from camlens.localize import add_boxes
 from camlens.serve.batcher import Closed, QueueFull
 from camlens.serve.batcher import Request as Job
 from camlens.serve.encoders import data_url, map_npy, overlay_png
-from camlens.serve.errors import ERRORS, ApiError, bad_option
+from camlens.serve.errors import ERRORS, FIELD_BYTES, ApiError, bad_option
 from camlens.serve.parameters import explain_options, only_known_parameters
 from camlens.serve.schemas import ExplainOut, ImageOut, MapOut
 from camlens.serve.state import Root, ServerState, State
@@ -57,7 +57,7 @@ router = APIRouter(prefix="/api", tags=["explain"], dependencies=[Depends(only_k
 @router.post(
     "/explain",
     responses=ERRORS,
-    form_limits={"max_files": 2, "max_fields": 100, "max_part_size": 4096},
+    form_limits={"max_files": 2, "max_fields": 100, "max_part_size": FIELD_BYTES},
 )
 async def explain(
     st: State,
@@ -154,6 +154,9 @@ async def explain(
         data = await image.read()
         photo = await run_in_threadpool(read_image, st, data, name)
         del data
+        if inline:  # before any model runs: the maps' .npy alone would be too much
+            maps = (len(config.classes) or config.top or 1) * len(config.methods)
+            check_inline(st, maps * len(config.layers or ("",)), photo.size, 0)
         explanation = await st.batcher.explain(Job(photo, name, config), ticket)
         for m in explanation.maps:  # the reference by its upload name, not the server's folder
             if reference is not None and m.target and m.target.get("kind") == "similarity":
@@ -187,6 +190,23 @@ def read_image(st: ServerState, data: bytes, name: str, field: str = "image") ->
         raise ApiError(415, f"{name}: {exc.problem}", field) from None
 
 
+def check_inline(st: ServerState, maps: int, size: tuple[int, int], inlined: int) -> None:
+    """A 413 naming ``inline`` when an answer with ``maps`` maps of a photo of ``size`` inline
+    would pass the server's ``max_inline_bytes``: each map's ``.npy`` alone is 4 bytes a pixel,
+    a third more in base64 (``inlined``: the bytes of data: URLs already made)."""
+    width, height = size
+    least = maps * (4 * width * height + 128) * 4 // 3
+    limit = st.settings.max_inline_bytes
+    if inlined + least > limit or inlined > limit:
+        raise ApiError(
+            413,
+            f"inline=true would answer at least {max(least, inlined) / 2**20:.0f} MB for {maps} "
+            f"map{'s' if maps != 1 else ''} of {width}x{height} pixels, over this server's limit "
+            f"of {limit / 2**20:.0f} MB: ask without inline and fetch each map from its URL",
+            "inline",
+        )
+
+
 def respond(
     st: ServerState,
     explanation: Explanation,
@@ -207,6 +227,7 @@ def respond(
     heatmap_query = urlencode({"cmap": output.cmap})
     report = explanation.to_dict()
     maps = []
+    inlined = 0  # bytes of data: URLs so far
     for i, entry in enumerate(report["explanations"]):
         urls = {
             "overlay": f"{base}/maps/{i}/overlay.png?{overlay_query}",
@@ -214,9 +235,11 @@ def respond(
             "map": f"{base}/maps/{i}/map.npy",
         }
         if inline:
+            check_inline(st, len(report["explanations"]) - i, explanation.size, inlined)
             png = overlay_png(explanation, i, output.cmap, output.alpha, output.boxes is not None)
             urls["overlay"] = data_url("image/png", png)
             urls["map"] = data_url("application/octet-stream", map_npy(explanation, i))
+            inlined += len(urls["overlay"]) + len(urls["map"])
         maps.append(MapOut.model_validate({**entry, "index": i, **urls}))
     width, height = report["size"]
     body = ExplainOut(
