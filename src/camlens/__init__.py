@@ -7,8 +7,8 @@ The names below are imported on first use (``camlens.Explainer`` loads torch the
 from __future__ import annotations
 
 import importlib
-import sys as _sys
-from types import ModuleType as _ModuleType
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 from camlens.version import __version__
@@ -59,18 +59,17 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-class _Package(_ModuleType):
-    """Keeps ``camlens.train`` the function once the module ``camlens.train`` is imported: the
-    import system then sets the package's attribute of that name to the module. (The imports
-    here are private names: a submodule such as ``camlens.types`` becomes a global of this one.)"""
+class _Package(types.ModuleType):
+    """``camlens`` itself: importing the submodule ``camlens.train`` binds it as the package's
+    attribute ``train``, which would hide the function ``camlens.train``; the export is kept."""
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if isinstance(value, _ModuleType) and _LAZY.get(name) == value.__name__:
-            value = getattr(value, name, value)
+        if isinstance(value, types.ModuleType) and _LAZY.get(name) == value.__name__:
+            value = getattr(value, name)
         super().__setattr__(name, value)
 
 
-_sys.modules[__name__].__class__ = _Package
+sys.modules[__name__].__class__ = _Package
 
 
 def __dir__() -> list[str]:

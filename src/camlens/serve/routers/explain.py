@@ -4,7 +4,9 @@ result has (:meth:`Explanation.to_dict`), and kept for its files."""
 from __future__ import annotations
 
 import re
-from pathlib import PurePosixPath
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path, PurePosixPath
 from typing import Annotated
 from urllib.parse import urlencode
 
@@ -26,13 +28,36 @@ from camlens.serve.schemas import ExplainOut, ImageOut, MapOut
 from camlens.serve.state import Root, ServerState, State
 from camlens.serve.store import Result
 
+
+async def reference_photo(
+    st: State,
+    like: Annotated[
+        UploadFile | None,
+        File(description="a reference photo: explain the similarity (cosine) to its embedding"),
+    ] = None,
+) -> AsyncIterator[str | None]:
+    """A dependency: the ``like`` upload, checked as the main upload is (413, 415), kept under
+    its upload name (the map's caption shows it) in a folder that lasts the request."""
+    if like is None:
+        yield None
+        return
+    name = upload_name(like.filename)
+    data = await like.read()
+    photo = await run_in_threadpool(read_image, st, data, name, "like")
+    del data
+    with tempfile.TemporaryDirectory(prefix="camlens-like-") as folder:
+        path = Path(folder) / name
+        await run_in_threadpool(photo.save, path, "PNG")
+        yield str(path)
+
+
 router = APIRouter(prefix="/api", tags=["explain"], dependencies=[Depends(only_known_parameters)])
 
 
 @router.post(
     "/explain",
     responses=ERRORS,
-    form_limits={"max_files": 1, "max_fields": 100, "max_part_size": FIELD_BYTES},
+    form_limits={"max_files": 2, "max_fields": 100, "max_part_size": FIELD_BYTES},
 )
 async def explain(
     st: State,
@@ -93,6 +118,11 @@ async def explain(
     scores: Annotated[
         str | None, Form(description="softmax, sigmoid or raw: how outputs become predictions")
     ] = None,
+    reference: Annotated[str | None, Depends(reference_photo)] = None,
+    embedding: Annotated[
+        str | None,
+        Form(description="with like: the layer whose averaged output is the embedding"),
+    ] = None,
 ) -> ExplainOut:
     """Explains one photo: the top-5 predictions and, per map, its class, method, layer,
     peak, boxes (when asked), whether it is flat, and the URLs of the overlay PNG, the
@@ -115,6 +145,8 @@ async def explain(
         above=above,
         outputs=output_index,
         scores=scores,
+        like=reference,
+        embedding=embedding,
     )
     if st.batcher.queued >= st.settings.max_queue:  # before any decoding
         retry = st.batcher.retry_after()
@@ -131,6 +163,9 @@ async def explain(
             maps = (len(config.classes) or config.top or 1) * len(config.methods)
             check_inline(st, maps * len(config.layers or ("",)), photo.size, 0)
         explanation = await st.batcher.explain(Job(photo, name, config), ticket)
+        for m in explanation.maps:  # the reference by its upload name, not the server's folder
+            if reference is not None and m.target and m.target.get("kind") == "similarity":
+                m.target = {**m.target, "reference": Path(reference).name}
     except QueueFull as exc:
         raise ApiError(503, str(exc), headers={"Retry-After": str(exc.retry_after)}) from None
     except Closed as exc:
@@ -149,15 +184,15 @@ def upload_name(filename: str | None) -> str:
     return name or "upload"
 
 
-def read_image(st: ServerState, data: bytes, name: str) -> Image.Image:
+def read_image(st: ServerState, data: bytes, name: str, field: str = "image") -> Image.Image:
     """The uploaded image, upright RGB; 413 over the pixel limit, 415 if not an image."""
     try:
         return load_image(data, max_pixels=st.settings.max_pixels)
     except PixelLimitError as exc:
         problem = exc.problem.split(";")[0]  # the hint about max_pixels= is not the client's
-        raise ApiError(413, f"{name}: {problem}", "image") from None
+        raise ApiError(413, f"{name}: {problem}", field) from None
     except ImageError as exc:
-        raise ApiError(415, f"{name}: {exc.problem}", "image") from None
+        raise ApiError(415, f"{name}: {exc.problem}", field) from None
 
 
 def check_inline(st: ServerState, maps: int, size: tuple[int, int], inlined: int) -> None:
