@@ -7,8 +7,8 @@ The names below are imported on first use (``camlens.Explainer`` loads torch the
 from __future__ import annotations
 
 import importlib
-import sys
-import types
+import sys as _sys
+from types import ModuleType as _ModuleType
 from typing import TYPE_CHECKING, Any
 
 from camlens.version import __version__
@@ -59,17 +59,18 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-class _Package(types.ModuleType):
+class _Package(_ModuleType):
     """``camlens`` itself: importing the submodule ``camlens.train`` binds it as the package's
-    attribute ``train``, which would hide the function ``camlens.train``; the export is kept."""
+    attribute ``train``, which would hide the function ``camlens.train``; the export is kept.
+    (The names it uses are private: importing ``camlens.types`` rebinds the global ``types``.)"""
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if isinstance(value, types.ModuleType) and _LAZY.get(name) == value.__name__:
+        if isinstance(value, _ModuleType) and _LAZY.get(name) == value.__name__:
             value = getattr(value, name)
         super().__setattr__(name, value)
 
 
-sys.modules[__name__].__class__ = _Package
+_sys.modules[__name__].__class__ = _Package
 
 
 def __dir__() -> list[str]:
