@@ -8,6 +8,7 @@ import base64
 import io
 import json
 import os
+import re
 import struct
 import threading
 import time
@@ -782,3 +783,35 @@ def test_every_writer_draws_the_same_overlay(
         assert np.array_equal(saved, written) and np.array_equal(saved, served)
         assert (saved != plain).any()  # the boxes and their labels are drawn
         assert entry["boxes"] == row["explanations"][i]["boxes"]
+
+
+def test_cam_runs_where_it_applies_and_the_answer_says_where_not(
+    client: TestClient, cat: bytes
+) -> None:
+    """CAM with Grad-CAM at bn2 (which the GAP -> Linear head reads) and blocks.5 (which it
+    does not): CAM's map at bn2, Grad-CAM's at both, and `skipped` says why not CAM at blocks.5;
+    the answer says what it cost, in its JSON and its Server-Timing header."""
+    response = post(client, cat, methods=["cam", "gradcam"], layers=["bn2", "blocks.5"])
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert sorted((m["method"], m["layer"]) for m in body["explanations"]) == [
+        ("cam", "bn2"),
+        ("gradcam", "blocks.5"),
+        ("gradcam", "bn2"),
+    ]
+    [skipped] = body["skipped"]
+    assert skipped["method"] == "cam" and skipped["layer"] == "blocks.5"
+    assert "no global-average-pooling -> Linear head after 'blocks.5'" in skipped["reason"]
+    stats = body["stats"]
+    assert stats["images"] == 1 and stats["forward_passes"] == 1
+    assert stats["backward_passes"] == 1  # blocks.5's gradients: bn2's come from the head
+    assert stats["perturbation_passes"] == 0 and stats["seconds"] > 0
+    timing = response.headers["server-timing"]
+    assert re.fullmatch(
+        r'queue;dur=[\d.]+, model;dur=[\d.]+;desc="1 forward, 1 backward, 0 perturbation passes"',
+        timing,
+    ), timing
+    model_ms = float(timing.split("model;dur=")[1].split(";")[0])
+    assert model_ms == pytest.approx(stats["seconds"] * 1000, abs=0.1)
+    only_bn2 = post(client, cat, methods=["cam"], layers=["bn2"]).json()
+    assert only_bn2["skipped"] == [] and only_bn2["stats"]["backward_passes"] == 0

@@ -164,13 +164,21 @@ class Explainer:
         targets = find_targets(self.model, layers)
         head_methods = [m for m in self.methods if m.needs == "head"]
         headless = [t for t in targets if t.head is None]
+        self.skipped: tuple[tuple[str, str, str], ...] = ()
+        """(method, layer, reason) of each pair left out: CAM at a layer no GAP -> Linear head
+        reads (it still runs at the layers where it applies)."""
         if head_methods and headless:
-            if len(head_methods) == len(self.methods):
+            if len(head_methods) == len(self.methods) and len(headless) == len(targets):
                 headless[0].require_head(self.model)  # raises: says why CAM does not apply
-            self.methods = [m for m in self.methods if m.needs != "head"]
+            self.skipped = tuple(
+                (m.name, t.name, describe_head(self.model, t.name, t.channels))
+                for t in headless
+                for m in head_methods
+            )
+            if len(headless) == len(targets):
+                self.methods = [m for m in self.methods if m.needs != "head"]
             warnings.warn(
-                f"{', '.join(m.name for m in head_methods)} left out: "
-                f"{describe_head(self.model, headless[0].name, headless[0].channels)}",
+                "; ".join(f"{method} left out: {why}" for method, _, why in self.skipped),
                 stacklevel=2,
             )
         scores = any(m.needs == "scores" for m in self.methods)
@@ -567,6 +575,7 @@ class Explainer:
                     predictions=predictions,
                     maps=per_image[b],
                     stats=stats,
+                    skipped=self.skipped,
                 )
             )
         for b, result in enumerate(results):
@@ -601,9 +610,10 @@ class Explainer:
         reduce = smoothing.pca_map if "pca" in self.smooth else None
         per_image: list[list[ClassMap]] = [[] for _ in chosen]
         for target in self._targets:
-            raws = [m.maps(capture, target.name, index, reduce) for m in self.methods]
+            methods = [m for m in self.methods if m.needs != "head" or target.head is not None]
+            raws = [m.maps(capture, target.name, index, reduce) for m in methods]
             for j in range(depth):
-                for method, raw in zip(self.methods, raws, strict=True):
+                for method, raw in zip(methods, raws, strict=True):
                     maps, flat = normalize(raw[:, j].detach(), relu=self.relu)
                     for b, cs in enumerate(chosen):
                         if j < len(cs):

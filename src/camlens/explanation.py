@@ -67,7 +67,8 @@ class Explanation:
     de-normalized); ``source`` names it (a path, or ``<image N>``). The constructor also takes a
     function that makes the image, called on first use (the explainer's tensor inputs: most
     callers of a tensor batch never look at the pictures). ``stats``: what the batch it came from
-    cost (passes, time).
+    cost (passes, time). ``skipped``: (method, layer, reason) of each method the explainer left
+    out at a layer where it does not apply (CAM where no GAP -> Linear head reads the layer).
     """
 
     source: str
@@ -76,6 +77,7 @@ class Explanation:
     predictions: list[Prediction]
     maps: list[ClassMap]
     stats: CallStats
+    skipped: tuple[tuple[str, str, str], ...]
 
     def __init__(
         self,
@@ -86,6 +88,7 @@ class Explanation:
         predictions: list[Prediction],
         maps: list[ClassMap] | None = None,
         stats: CallStats | None = None,
+        skipped: Sequence[tuple[str, str, str]] = (),
     ) -> None:
         self.source = source
         self._image = image
@@ -94,6 +97,7 @@ class Explanation:
         self.predictions = predictions
         self.maps = maps if maps is not None else []
         self.stats = stats or CallStats()
+        self.skipped = tuple(skipped)
 
     @property
     def image(self) -> Image.Image:
@@ -199,6 +203,11 @@ class Explanation:
         }
         if maps:
             report["explanations"] = explanations
+        if self.skipped:
+            report["skipped"] = [
+                {"method": method, "layer": layer, "reason": reason}
+                for method, layer, reason in self.skipped
+            ]
         if grid is not None:
             report["grid"] = grid
         return report

@@ -95,6 +95,24 @@ class ImageOut(BaseModel):
     url: str = Field(description="the photo as explained (upright RGB), JPEG")
 
 
+class SkippedOut(BaseModel):
+    method: str
+    layer: str
+    reason: str = Field(description="why the method does not apply at that layer")
+
+
+class StatsOut(BaseModel):
+    """What the model work cost: of the batch the request was explained in (concurrent requests
+    with the same options share one)."""
+
+    images: int = Field(description="images in the batch")
+    forward_passes: int
+    backward_passes: int = Field(description="zero where a GAP -> Linear head gave the gradients")
+    perturbation_passes: int = Field(description="rows the perturbation methods ran")
+    seconds: float = Field(description="the batch's model time")
+    queued_seconds: float = Field(description="this request's wait before its batch started")
+
+
 class ExplainOut(BaseModel):
     id: str
     url: str = Field(description="this result again, while it is kept")
@@ -104,6 +122,12 @@ class ExplainOut(BaseModel):
     layers: list[str]
     predictions: list[PredictionOut] = Field(description="the top 5, best first")
     explanations: list[MapOut]
+    skipped: list[SkippedOut] = Field(
+        default_factory=list,
+        description="(method, layer) pairs asked for but left out, and why (CAM at a layer no "
+        "GAP -> Linear head reads)",
+    )
+    stats: StatsOut
 
 
 # --- the run gallery (serve --runs) ---------------------------------------------------------------

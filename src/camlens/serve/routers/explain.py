@@ -4,11 +4,12 @@ result has (:meth:`Explanation.to_dict`), and kept for its files."""
 from __future__ import annotations
 
 import re
+import time
 from pathlib import PurePosixPath
 from typing import Annotated
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, File, Form, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
@@ -22,7 +23,7 @@ from camlens.serve.batcher import Request as Job
 from camlens.serve.encoders import data_url, map_npy, overlay_png
 from camlens.serve.errors import ERRORS, ApiError, bad_option
 from camlens.serve.parameters import explain_options, only_known_parameters
-from camlens.serve.schemas import ExplainOut, ImageOut, MapOut
+from camlens.serve.schemas import ExplainOut, ImageOut, MapOut, SkippedOut, StatsOut
 from camlens.serve.state import Root, ServerState, State
 from camlens.serve.store import Result
 
@@ -37,6 +38,7 @@ router = APIRouter(prefix="/api", tags=["explain"], dependencies=[Depends(only_k
 async def explain(
     st: State,
     root: Root,
+    response: Response,
     image: Annotated[UploadFile, File(description="the photo (JPEG, PNG, WebP, TIFF...)")],
     methods: Annotated[
         list[str] | None,
@@ -101,7 +103,9 @@ async def explain(
         data = await image.read()
         photo = await run_in_threadpool(read_image, st, data, name)
         del data
+        sent = time.perf_counter()
         explanation = await st.batcher.explain(Job(photo, name, config), ticket)
+        waited = time.perf_counter() - sent
     except QueueFull as exc:
         raise ApiError(503, str(exc), headers={"Retry-After": str(exc.retry_after)}) from None
     except Closed as exc:
@@ -110,7 +114,22 @@ async def explain(
         raise bad_option(exc) from None
     finally:
         ticket.cancel()  # unless explain() took it
-    return await run_in_threadpool(respond, st, explanation, config, output, inline, root)
+    body = await run_in_threadpool(respond, st, explanation, config, output, inline, root, waited)
+    response.headers["Server-Timing"] = server_timing(body.stats)
+    return body
+
+
+def server_timing(stats: StatsOut) -> str:
+    """The ``Server-Timing`` header of an answer: the wait in the queue and the model's time
+    (with the passes it ran), in milliseconds."""
+    passes = (
+        f"{stats.forward_passes} forward, {stats.backward_passes} backward, "
+        f"{stats.perturbation_passes} perturbation passes"
+    )
+    return (
+        f"queue;dur={stats.queued_seconds * 1000:.1f}, "
+        f'model;dur={stats.seconds * 1000:.1f};desc="{passes}"'
+    )
 
 
 def upload_name(filename: str | None) -> str:
@@ -138,6 +157,7 @@ def respond(
     output: OutputConfig,
     inline: bool,
     root: str,
+    waited: float = 0.0,
 ) -> ExplainOut:
     """The answer for a finished explanation (boxes added when asked): its report
     (:meth:`Explanation.to_dict`) with the result's URLs; the result is kept."""
@@ -172,6 +192,15 @@ def respond(
         layers=sorted({m.layer for m in explanation.maps}, key=st.layer_names.index),
         predictions=report["predictions"],
         explanations=maps,
+        skipped=[SkippedOut.model_validate(entry) for entry in report.get("skipped", ())],
+        stats=StatsOut(
+            images=explanation.stats.images,
+            forward_passes=explanation.stats.forward_passes,
+            backward_passes=explanation.stats.backward_passes,
+            perturbation_passes=explanation.stats.perturbation_passes,
+            seconds=explanation.stats.seconds,
+            queued_seconds=max(0.0, waited - explanation.stats.seconds),
+        ),
     )
     st.store.put(result_id, Result(explanation, output, body))
     return body
