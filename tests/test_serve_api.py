@@ -230,6 +230,13 @@ def test_unknown_class_name_gets_suggestions(client: TestClient, cat: bytes) -> 
         "names; did you mean one of: 'Egyptian cat'",
         "parameter": "classes",
     }
+    # the labels with "cat" as a word (of the label or a synonym) come before spellings close
+    # to it ("bullfrog, Rana catesbeiana", "oystercatcher")
+    detail = post(client, cat, classes="cat").json()["detail"]
+    assert detail.endswith(
+        "did you mean one of: 'tabby, tabby cat', 'tiger cat', 'Persian cat', 'Siamese cat, "
+        "Siamese', 'Egyptian cat'"
+    ), detail
 
 
 def test_missing_image_is_a_422(client: TestClient) -> None:
@@ -536,6 +543,13 @@ def runs_client(default_model: camlens.Model, tmp_path: Path) -> Iterator[TestCl
     (runs / "cats").mkdir(parents=True)
     (runs / "index.jsonl").write_text('{"image": "cats/0.jpg"}\n')
     (runs / "cats" / "0.json").write_text("{}")
+    (runs / "cats" / "0.npy").write_bytes(b"\x93NUMPY")
+    (runs / "cats" / ".hidden.png").write_bytes(b"png")
+    (runs / "notes.txt").write_text("notes")
+    for run in (runs, runs / "cats"):
+        (run / ".camlens").mkdir()
+        (run / ".camlens" / "run").write_text('{"options": {}}')
+        (run / ".camlens" / "x.json").write_text('{"options": {}}')
     (tmp_path / "secret.txt").write_text("not for clients")
     os.symlink(tmp_path / "secret.txt", runs / "escape.txt")
     os.symlink(tmp_path, runs / "parent")
@@ -548,10 +562,21 @@ def test_run_files_are_served(runs_client: TestClient) -> None:
     assert runs_client.get("/api/server").json()["runs"] is True
     unknown = runs_client.get("/api/runs", params={"sort": "name"})
     assert unknown.status_code == 422 and unknown.json()["parameter"] == "sort"
-    index = runs_client.get("/runs/index.jsonl")
-    assert index.status_code == 200 and index.text == '{"image": "cats/0.jpg"}\n'
     assert runs_client.get("/runs/cats/0.json").json() == {}
     assert runs_client.get("/runs/inside.json").status_code == 200  # a link that stays inside
+    assert runs_client.get("/runs/cats/0.npy").status_code == 200
+    # only what the gallery shows: not a run's options, its index or any other file
+    for path in (
+        "/runs/.camlens/run",
+        "/runs/cats/.camlens/run",
+        "/runs/index.jsonl",
+        "/runs/.camlens/x.json",
+        "/runs/notes.txt",
+        "/runs/cats/.hidden.png",
+    ):
+        refused = runs_client.get(path)
+        assert refused.status_code == 404, path
+        assert "options" not in refused.text
 
 
 @pytest.mark.parametrize(
