@@ -12,6 +12,7 @@ import re
 import struct
 import threading
 import time
+import zipfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -342,9 +343,13 @@ def test_result_files_errors(client: TestClient, cat: bytes) -> None:
     assert bad.status_code == 422 and bad.json()["parameter"] == "cmap"
 
 
+# one kept result of cat.jpg: its photo, its 7x7 float32 map and its answer's URLs
+ONE_RESULT = 3 * 451 * 300 + 4 * 7 * 7
+
+
 @pytest.mark.parametrize(
     "settings",
-    [ServeSettings(results=2), ServeSettings(results_bytes=2 * 3 * 451 * 300)],
+    [ServeSettings(results=2), ServeSettings(results_bytes=2 * ONE_RESULT + 2 * 4096 + 2000)],
     ids=["count", "bytes"],
 )
 def test_old_results_are_dropped(
@@ -353,6 +358,62 @@ def test_old_results_are_dropped(
     with TestClient(create_app(default_model, settings)) as c:
         urls = [post(c, cat).json()["url"] for _ in range(3)]
         assert [c.get(u).status_code for u in urls] == [404, 200, 200]
+        store = c.app.state.camlens.store  # type: ignore[attr-defined]
+        assert 2 * ONE_RESULT < store.bytes <= settings.results_bytes
+
+
+def test_inline_answers_count_in_the_results_memory(
+    default_model: camlens.Model, cat: bytes
+) -> None:
+    """An inline answer keeps its data: URLs (as large as the files): they count, so that
+    fewer such results are kept in the same memory."""
+    settings = ServeSettings(results_bytes=3 * ONE_RESULT + 3 * 4096 + 3000)
+    with TestClient(create_app(default_model, settings)) as c:
+        store = c.app.state.camlens.store  # type: ignore[attr-defined]
+        post(c, cat)
+        assert store.bytes < ONE_RESULT + 5000
+        inline = post(c, cat, inline="true").json()
+        size = sum(len(m["overlay"]) + len(m["map"]) for m in inline["explanations"])
+        assert size > 4 * 451 * 300  # the .npy alone is 4 bytes a pixel
+        assert len(store) == 1  # the plain result no longer fits beside it
+        assert store.bytes > ONE_RESULT + size
+
+
+def test_map_at_the_layers_size_and_the_zip_of_a_result(client: TestClient, cat: bytes) -> None:
+    body = post(client, cat, methods=["gradcam", "cam"], boxes="largest").json()
+    m = body["explanations"][1]
+    layer = client.get(m["map"], params={"size": "layer"})
+    assert layer.status_code == 200 and ".layer.npy" in layer.headers["content-disposition"]
+    small = np.load(io.BytesIO(layer.content), allow_pickle=False)
+    assert small.dtype == np.float32 and small.shape == tuple(m["map_shape"]) == (7, 7)
+    full = np.load(io.BytesIO(client.get(m["map"]).content), allow_pickle=False)
+    assert full.shape == (300, 451) and small.max() == pytest.approx(1.0)
+    # the full map is the layer's, upsampled: its peak is at the layer cell of the small one's
+    cell = np.unravel_index(small.argmax(), small.shape)
+    peak_y, peak_x = np.unravel_index(full.argmax(), full.shape)
+    assert (peak_y * 7 // 300, peak_x * 7 // 451) == cell
+    bad = client.get(m["map"], params={"size": "huge"})
+    assert bad.status_code == 422 and bad.json()["parameter"] == "size"
+
+    download = client.get(body["download"])
+    assert download.status_code == 200 and download.headers["content-type"] == "application/zip"
+    assert 'filename="cat.camlens.zip"' in download.headers["content-disposition"]
+    archive = zipfile.ZipFile(io.BytesIO(download.content))
+    names = archive.namelist()
+    stems = [f"cat.{e['method']}.bn2.{e['class_index']}" for e in body["explanations"]]
+    assert names == [
+        "report.json",
+        "cat.jpg",
+        *[s + ext for s in stems for ext in (".png", ".npy")],
+    ]
+    assert json.loads(archive.read("report.json")) == body
+    for i, stem in enumerate(stems):
+        overlay = client.get(body["explanations"][i]["overlay"]).content
+        assert archive.read(stem + ".png") == overlay  # the answer's overlay, boxes and all
+        npy = client.get(body["explanations"][i]["map"]).content
+        assert archive.read(stem + ".npy") == npy
+    assert archive.read("cat.jpg") == client.get(body["image"]["url"]).content
+    assert client.get("/api/results/nosuchresult/download.zip").status_code == 404
 
 
 # --- a full queue ---------------------------------------------------------------------------------

@@ -55,6 +55,7 @@ class ServerOut(BaseModel):
     max_batch: int
     max_queue: int
     results_kept: int = Field(description="explanations whose files stay available, newest first")
+    results_bytes: int = Field(description="memory those results may hold (the newest is kept)")
     colormaps: list[str] = Field(description="common colormaps (any matplotlib name works)")
     runs: bool = Field(description="a run folder is served under /runs/")
 
@@ -85,7 +86,7 @@ class MapOut(BaseModel):
     heatmap: str = Field(description="URL of the coloured map alone, PNG at the photo's size")
     map: str = Field(
         description="URL of the map, float32 .npy [height, width] in [0, 1] at the photo's size "
-        "(a data: URL with inline=true)"
+        "(a data: URL with inline=true); ?size=layer: at the layer's own grid"
     )
 
 
@@ -116,6 +117,10 @@ class StatsOut(BaseModel):
 class ExplainOut(BaseModel):
     id: str
     url: str = Field(description="this result again, while it is kept")
+    download: str = Field(
+        description="URL of a zip of everything of the result: report.json, the photo, and per "
+        "map its overlay PNG and .npy"
+    )
     model: str
     image: ImageOut
     methods: list[str]

@@ -186,6 +186,7 @@ def respond(
     body = ExplainOut(
         id=result_id,
         url=base,
+        download=f"{base}/download.zip",
         model=report["model"],
         image=ImageOut(name=report["image"], size=(width, height), url=f"{base}/photo.jpg"),
         methods=list(config.methods),
