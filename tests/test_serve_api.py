@@ -901,3 +901,71 @@ def test_cam_runs_where_it_applies_and_the_answer_says_where_not(
     assert model_ms == pytest.approx(stats["seconds"] * 1000, abs=0.1)
     only_bn2 = post(client, cat, methods=["cam"], layers=["bn2"]).json()
     assert only_bn2["skipped"] == [] and only_bn2["stats"]["backward_passes"] == 0
+
+
+# --- lanes, progress and cancellation -------------------------------------------------------------
+
+
+def test_long_request_progress_cancel_and_no_head_of_line_blocking(
+    default_model: camlens.Model, cat: bytes
+) -> None:
+    """A Score-CAM request named with `job`: its progress is polled, a Grad-CAM request sent
+    meanwhile is answered while it runs (the fast lane), DELETE cancels it, its batch stops at
+    the next chunk of passes (far from all) and its POST answers 409; the model is free after."""
+    with TestClient(create_app(default_model, ServeSettings())) as c:
+        answers: dict[str, Any] = {}
+
+        def long() -> None:
+            answers["long"] = post(c, cat, methods="scorecam", job="long-job-1")
+
+        thread = threading.Thread(target=long)
+        thread.start()
+        try:
+            check_long_job(c, cat, answers, thread)
+        finally:  # never leave the long request running
+            c.delete("/api/jobs/long-job-1")
+            thread.join(120)
+
+
+def check_long_job(
+    c: TestClient, cat: bytes, answers: dict[str, Any], thread: threading.Thread
+) -> None:
+    if True:
+        deadline = time.monotonic() + 120
+        progress = None
+        while time.monotonic() < deadline:
+            found = c.get("/api/jobs/long-job-1")
+            if found.status_code == 200 and found.json()["passes_done"] > 0:
+                progress = found.json()
+                break
+            time.sleep(0.05)
+        assert progress is not None, "no progress seen"
+        assert progress["state"] == "running" and progress["phases"] == 1
+        total = progress["passes_total"]  # bn2's channels that are not constant, one pass each
+        assert 0 < progress["passes_done"] < total <= 1280
+        assert progress["estimate_seconds"] is not None and progress["estimate_seconds"] > 0
+
+        quick = post(c, cat)  # Grad-CAM: not queued behind the Score-CAM
+        assert quick.status_code == 200
+        assert c.get("/api/jobs/long-job-1").json()["state"] == "running"
+
+        cancelled = c.delete("/api/jobs/long-job-1")
+        assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+        thread.join(60)
+        assert answers["long"].status_code == 409
+        assert answers["long"].json()["parameter"] == "job"
+        stopped = c.get("/api/jobs/long-job-1").json()
+        assert stopped["state"] == "cancelled" and stopped["passes_done"] < total
+        time.sleep(1)  # the chunk running when cancelled ends, and no other starts
+        after = c.get("/api/jobs/long-job-1").json()["passes_done"]
+        time.sleep(1)
+        assert c.get("/api/jobs/long-job-1").json()["passes_done"] == after < total
+
+        again = post(c, cat, methods="scorecam", fast_channels="8", job="short-job-1")
+        assert again.status_code == 200, again.text
+        done = c.get("/api/jobs/short-job-1").json()
+        assert done["state"] == "done" and done["passes_done"] == done["passes_total"] == 8
+        assert again.json()["stats"]["perturbation_passes"] == 8
+        assert c.get("/api/jobs/nosuchjob").status_code == 404
+        bad = post(c, cat, job="x")
+        assert bad.status_code == 422 and bad.json()["parameter"] == "job"

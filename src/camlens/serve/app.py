@@ -32,7 +32,7 @@ import camlens
 from camlens.models import Model
 from camlens.serve import errors
 from camlens.serve.middleware import BodyLimit, NoSniff
-from camlens.serve.routers import explain, results, runs
+from camlens.serve.routers import explain, jobs, results, runs
 from camlens.serve.routers import model as model_routes
 from camlens.serve.settings import ServeSettings
 from camlens.serve.state import ServerState
@@ -95,7 +95,7 @@ def create_app(model: Model, settings: ServeSettings | None = None) -> FastAPI:
         # StaticFiles resolves symbolic links and refuses any path whose real location is not
         # inside the folder (follow_symlink=False), as well as ".." in any spelling.
         app.mount("/runs", RunFiles(directory=settings.runs, follow_symlink=False), name="runs")
-    for router in (model_routes.router, explain.router, results.router, runs.router):
+    for router in (model_routes.router, explain.router, jobs.router, results.router, runs.router):
         app.include_router(router)
     return app
 

@@ -135,6 +135,20 @@ class ExplainOut(BaseModel):
     stats: StatsOut
 
 
+class JobOut(BaseModel):
+    """The progress of a request named with POST /api/explain's ``job`` field."""
+
+    job: str
+    state: str = Field(description="queued, running, done, failed or cancelled")
+    passes_done: int = Field(description="perturbation passes run so far")
+    passes_total: int = Field(description="passes of the phases started so far")
+    phases_done: int = Field(description="perturbation (method, layer, augmentation) finished")
+    phases: int = Field(description="perturbation phases the request runs (0: none, one pass)")
+    seconds: float = Field(description="time since it started running")
+    queued_seconds: float = Field(description="time it waited in the queue")
+    estimate_seconds: float | None = Field(description="an estimate of the seconds left")
+
+
 # --- the run gallery (serve --runs) ---------------------------------------------------------------
 
 

@@ -3,13 +3,16 @@ result has (:meth:`Explanation.to_dict`), and kept for its files."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import secrets
 import time
+from collections.abc import Coroutine
 from pathlib import PurePosixPath
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
@@ -18,8 +21,8 @@ from camlens.errors import CamlensError, ImageError, PixelLimitError
 from camlens.explanation import Explanation
 from camlens.images import load_image
 from camlens.localize import add_boxes
-from camlens.serve.batcher import Closed, QueueFull
-from camlens.serve.batcher import Request as Job
+from camlens.serve.batcher import Cancelled, Closed, Job, QueueFull, phases
+from camlens.serve.batcher import Request as Request_
 from camlens.serve.encoders import data_url, map_npy, overlay_png
 from camlens.serve.errors import ERRORS, ApiError, bad_option
 from camlens.serve.parameters import explain_options, only_known_parameters
@@ -38,6 +41,7 @@ router = APIRouter(prefix="/api", tags=["explain"], dependencies=[Depends(only_k
 async def explain(
     st: State,
     root: Root,
+    request: Request,
     response: Response,
     image: Annotated[UploadFile, File(description="the photo (JPEG, PNG, WebP, TIFF...)")],
     methods: Annotated[
@@ -74,6 +78,14 @@ async def explain(
     inline: Annotated[
         bool, Form(description="overlay PNG and map .npy as data: URLs in the JSON")
     ] = False,
+    job: Annotated[
+        str | None,
+        Form(
+            description="a name for this request (8 to 64 letters, digits, - or _, unguessable: "
+            "a random one): GET /api/jobs/JOB gives its progress, DELETE /api/jobs/JOB cancels it",
+            pattern=r"^[A-Za-z0-9_-]{8,64}$",
+        ),
+    ] = None,
 ) -> ExplainOut:
     """Explains one photo: the top-5 predictions and, per map, its class, method, layer,
     peak, boxes (when asked), whether it is flat, and the URLs of the overlay PNG, the
@@ -98,14 +110,25 @@ async def explain(
             503, f"the server is busy: try again in {retry} s", headers={"Retry-After": str(retry)}
         )
     name = upload_name(image.filename)
+    layers_asked = len(config.layers) or 1
+    tracked = Job(job or secrets.token_urlsafe(12), phases(config, layers_asked))
+    if job is not None:
+        st.jobs.add(tracked)
     ticket = st.batcher.expect()  # a batch about to start waits for this one
     try:
         data = await image.read()
         photo = await run_in_threadpool(read_image, st, data, name)
         del data
         sent = time.perf_counter()
-        explanation = await st.batcher.explain(Job(photo, name, config), ticket)
+        explanation = await until_disconnected(
+            request, st.batcher.explain(Request_(photo, name, config, tracked), ticket), tracked
+        )
         waited = time.perf_counter() - sent
+    except Cancelled:
+        tracked.cancel()
+        raise ApiError(
+            409, f"job {tracked.id!r} was cancelled (DELETE /api/jobs/{tracked.id})", "job"
+        ) from None
     except QueueFull as exc:
         raise ApiError(503, str(exc), headers={"Retry-After": str(exc.retry_after)}) from None
     except Closed as exc:
@@ -114,6 +137,10 @@ async def explain(
         raise bad_option(exc) from None
     finally:
         ticket.cancel()  # unless explain() took it
+        if tracked.state in ("queued", "running"):
+            tracked.state = "failed"
+            tracked.finished = time.monotonic()
+    tracked.state, tracked.finished = "done", time.monotonic()
     body = await run_in_threadpool(respond, st, explanation, config, output, inline, root, waited)
     response.headers["Server-Timing"] = server_timing(body.stats)
     return body
@@ -130,6 +157,28 @@ def server_timing(stats: StatsOut) -> str:
         f"queue;dur={stats.queued_seconds * 1000:.1f}, "
         f'model;dur={stats.seconds * 1000:.1f};desc="{passes}"'
     )
+
+
+async def until_disconnected(
+    request: Request, waiting: Coroutine[Any, Any, Explanation], job: Job
+) -> Explanation:
+    """The explanation ``waiting`` gives, unless the client goes away first (checked twice a
+    second): then the job is cancelled (the batcher drops it, or stops its batch) and so is
+    the wait."""
+    task = asyncio.ensure_future(waiting)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=0.5)
+            if done:
+                return task.result()
+            if job.cancelled.is_set():
+                raise Cancelled(f"job {job.id!r} was cancelled")
+            if await request.is_disconnected():
+                job.cancel()
+                raise Cancelled("the client went away")
+    finally:
+        if not task.done():
+            task.cancel()
 
 
 def upload_name(filename: str | None) -> str:
