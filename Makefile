@@ -3,21 +3,36 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+DEMO    := $(VENV)/.installed-demo
 CODE    := src tests $(wildcard benchmarks)
 
-.PHONY: demo test lint typecheck pytest browser bench clean
+.PHONY: demo test test-fast lint typecheck pytest browser bench docs dist clean
 
+# Everything: what the tests, the docs and the wheel need.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[dev,keras,serve,ray]'
+	$(BIN)/pip install -q -e '.[dev,keras,serve,ray,hf,docs]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+# The demo alone: camlens and its sample photos, not Ray, Keras, Playwright or the test tools
+# (nothing more when everything is there already).
+$(DEMO): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	if [ ! -f $(STAMP) ] || [ pyproject.toml -nt $(STAMP) ]; then \
+		$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1 && \
+		$(BIN)/pip install -q -e '.[demo]'; fi
+	touch $(DEMO)
+
+demo: $(DEMO)
 	$(BIN)/python -m camlens.demo
 
 test: $(STAMP) lint typecheck pytest
+
+# The same checks without the tests marked slow (Ray, the browser, load, long runs): a few minutes.
+test-fast: $(STAMP) lint typecheck
+	$(BIN)/pytest -q -m "not slow" --durations=10
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(CODE)
@@ -37,5 +52,15 @@ browser:
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 
+# The documentation site (mkdocs.yml, docs/), strictly: a broken link or reference fails.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --site-dir site
+
+# The sdist and the wheel in dist/, checked by twine.
+dist: $(STAMP)
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist
+	$(BIN)/twine check --strict dist/*
+
 clean:
-	rm -rf $(VENV) build dist *.egg-info demo-output
+	rm -rf $(VENV) build dist site *.egg-info demo-output

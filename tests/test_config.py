@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import pytest
 from hypothesis import given
@@ -19,6 +20,7 @@ EVERY_OPTION = ExplainConfig(
     weights="weights.safetensors",
     device="cpu",
     methods=("scorecam", "gradcam++", "eigencam"),
+    method_options={"Score-CAM": {"mask_align_corners": True}},
     layers=("layer3", "layer4"),
     classes=(285, "espresso"),
     smooth=("tta", "pca"),
@@ -33,19 +35,25 @@ EVERY_OPTION = ExplainConfig(
     input_size=(448, 320),
     max_pixels=1000,
     relu=False,
+    scores="sigmoid",
 )
 
 
 def test_every_option_differs_from_its_default_and_survives_json() -> None:
     default = ExplainConfig()
     for field in dataclasses.fields(ExplainConfig):
-        if field.name not in ("device", "top"):  # cpu is the only device; top excludes classes
+        # cpu is the only device; top, targets and above exclude classes
+        if field.name not in ("device", "top", "targets", "above"):
             assert getattr(EVERY_OPTION, field.name) != getattr(default, field.name), field.name
     text = EVERY_OPTION.to_json()
     assert ExplainConfig.from_json(text) == EVERY_OPTION
     assert json.loads(text)["methods"] == ["scorecam", "gradcampp", "eigencam"]  # canonical
     top = ExplainConfig(top=3)
     assert ExplainConfig.from_json(top.to_json()) == top
+    targets = ExplainConfig(targets=({"kind": "contrast", "class": 282, "versus": [285]},))
+    assert ExplainConfig.from_json(targets.to_json()) == targets
+    above = ExplainConfig(above=0.5)
+    assert ExplainConfig.from_json(above.to_json()) == above
 
 
 def test_output_config_round_trip() -> None:
@@ -89,6 +97,10 @@ def test_groups_resolve_for_everyone() -> None:
         ({"use_head_gradients": "yes"}, "use_head_gradients must be true or false"),
         ({"max_pixels": 0}, "max_pixels must be at least 1"),
         ({"layers": ["all", "layer4"]}, "'all' stands for every layer"),
+        ({"method_options": {"scorecam": {"samples": 2}}}, "'scorecam' is not one of the methods"),
+        ({"methods": ["sscam"], "method_options": {"sscam": [2]}}, "options are a mapping"),
+        ({"methods": ["sscam"], "method_options": {"sscam": {"std": [2]}}}, "sscam's std must"),
+        ({"method_options": [1]}, "method_options must map method names"),
     ],
 )
 def test_bad_values_are_refused_by_name(options: dict[str, object], message: str) -> None:
@@ -138,9 +150,38 @@ def test_unknown_keys_and_bad_json() -> None:
     )
 )
 def test_any_options_either_work_and_round_trip_or_are_refused(options: dict) -> None:
-    """Whatever the values: a CamlensError, or a config that survives JSON unchanged."""
+    """Whatever the values: refused (a CamlensError) exactly when a rule of the documented
+    options is broken, else a config that survives JSON unchanged."""
     try:
         config = ExplainConfig(**options)
     except camlens.CamlensError:
+        assert not acceptable(options), options
         return
+    assert acceptable(options), options
     assert ExplainConfig.from_json(config.to_json()) == config
+
+
+def acceptable(options: dict) -> bool:
+    """The rules of :class:`ExplainConfig`'s options, written out apart from its checks."""
+
+    def whole(value: object, least: int) -> bool:
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            value = int(value)
+        return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+    batch = options.get("batch_size", 16)
+    top = options.get("top")
+    resolution = options.get("fast_resolution")
+    channels = options.get("fast_channels")
+    methods = options.get("methods", ["gradcam"])
+    size = options.get("input_size")
+    return (
+        whole(batch, 1)
+        and (top is None or whole(top, 1))
+        and (resolution is None or (math.isfinite(resolution) and 0 < resolution <= 1))
+        and (channels is None or whole(channels, 1))
+        and bool(methods)
+        and all(m in (*METHODS, "all", "gradients") for m in methods)
+        and all(s.lower() in ("tta", "pca") for s in options.get("smooth", []))
+        and (size is None or (len(size) == 2 and all(whole(n, 8) for n in size)))
+    )

@@ -136,6 +136,57 @@ def test_ray_writes_what_the_local_runner_writes(
     assert len(remote) == 120 and remote == local  # 40 reports, 80 overlays: byte for byte
 
 
+SMOOTHED = {  # not the defaults: an actor that rebuilt other options would compute other maps
+    "method": ["gradcampp", "eigencam"],
+    "smooth": ["tta", "pca"],
+    "tta_flips": False,
+    "tta_scales": [1.0, 1.5],
+    "classes": [285, "espresso"],
+    "batch_size": 3,
+}
+DRIVER = """
+import json, sys
+from pathlib import Path
+import camlens
+from camlens.config import OutputConfig
+from camlens.distributed import explain_on_ray
+explainer = camlens.Explainer(**json.loads(sys.argv[2]))
+files = sorted(Path("imgs").glob("*.jpg"))[:7]
+done = list(explain_on_ray(files, explainer, Path("ray-smoothed"), OutputConfig(format="dataset"),
+                           address=sys.argv[1], actors=1))
+assert len(done) == 7 and all(d.problem is None for d in done), done
+"""
+
+
+def test_ray_actors_run_the_drivers_config(
+    cluster: dict[str, str],
+    images: Path,
+    default_model: camlens.Model,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An Explainer with smoothing, one-sided TTA and named classes, run on Ray and here: the
+    actors get the driver's config, so every report and overlay is the same, byte for byte."""
+    monkeypatch.chdir(images)
+    explainer = camlens.Explainer(default_model, **SMOOTHED)  # type: ignore[arg-type]
+    files = sorted(Path("imgs").glob("*.jpg"))[:7]
+    list(explain_files(files, explainer, Path("local-smoothed"), OutputConfig(format="dataset")))
+    env = {k: v for k, v in cluster.items() if k not in ("address", "dashboard")}
+    run = subprocess.run(
+        [sys.executable, "-c", DRIVER, cluster["address"], json.dumps(SMOOTHED)],
+        cwd=images,
+        env=env,
+        capture_output=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr.decode()[-3000:]
+    local, remote = tree(images / "local-smoothed"), tree(images / "ray-smoothed")
+    assert sorted(remote.pop(INDEX).splitlines()) == sorted(local.pop(INDEX).splitlines())
+    assert len(remote) == 7 * 5 and remote == local  # a report and 2 x 2 overlays per image
+    reports = [json.loads(text) for name, text in local.items() if name.endswith(".json")]
+    assert len(reports) == 7
+    assert [e["class_index"] for e in reports[0]["explanations"]] == [285, 285, 967, 967]
+
+
 STATE_QUERY = """
 import json, sys, time
 from ray.util.state import list_actors

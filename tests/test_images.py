@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import os
 import struct
-import time
 import warnings
 import zlib
 from pathlib import Path
@@ -197,11 +196,9 @@ def test_huge_image_refused_from_header(tmp_path: Path, monkeypatch: pytest.Monk
     decoded: list[bool] = []
     monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(True))
     pillow_limit = Image.MAX_IMAGE_PIXELS
-    start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no DecompressionBombWarning may surface
         message = error_of(path)
-    assert time.perf_counter() - start < 2.0
     assert message == (
         f"{path}: is 20000x20000 pixels (400.0 megapixels), over the limit of 64.0 megapixels; "
         "pass max_pixels= (--max-pixels) to raise it"

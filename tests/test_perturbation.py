@@ -26,6 +26,7 @@ from camlens.methods import get_method
 from camlens.methods.perturbation import Scorer, channel_masks, masked_scores, noise, scorecam
 from camlens.progress import Event
 from camlens.replay import build_replay, plan_replay
+from camlens.scoring import Goals
 from camlens.taps import Taps
 
 runner = CliRunner()
@@ -199,7 +200,7 @@ def test_baseline_cancels_in_the_softmax(small: camlens.Model, x: torch.Tensor) 
         logits = net(x)
     a = taps.activations["feat"]
     classes = torch.tensor([[0, 1, 2], [2, 0, 1]])
-    scorer = Scorer(net, x, logits, classes, a)
+    scorer = Scorer(net, x, logits, Goals.classes(classes, logits.shape[1]).score, 3, a)
     scores = masked_scores(a, scorer)  # [N, D, K], no baseline
     ours = scorecam(a, scorer)
     with torch.inference_mode():

@@ -82,6 +82,7 @@ EXPLAIN_FIELDS = [
     "weights",
     "device",
     "methods",
+    "method_options",
     "layers",
     "classes",
     "top",

@@ -313,10 +313,12 @@ def test_prepared_inputs_give_the_explanation_of_the_photos(default_model: camle
 
 def test_rows_are_read_again_at_their_offsets(tmp_path: Path) -> None:
     index = tmp_path / INDEX
-    index.write_bytes(b'{"image": "a.jpg"}\n\n{"image": "b.jpg", "error": "x"}\n{"image": "c.j')
+    index.write_bytes(
+        b'{"image": "a.jpg", "error": "y"}\n\n{"image": "b.jpg", "error": "x"}\n{"image": "c.j'
+    )
     found = list(iter_index_at(index))
     assert [row for _, row in found] == read_index(tmp_path)  # the torn last line left out
-    assert [offset for offset, _ in found] == [0, 20]
+    assert [offset for offset, _ in found] == [0, 34]
     assert [read_row(index, offset) for offset, _ in found] == [row for _, row in found]
     with pytest.raises(CamlensError, match=r"index.jsonl, a line: not a camlens index row"):
         read_row(index, 3)

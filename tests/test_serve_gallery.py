@@ -389,7 +389,7 @@ def test_odd_folders_and_indexes(default_model: camlens.Model, odd_runs: Path) -
         assert first["methods"] == ["gradcam"]  # from the rows: there is no record
         assert runs[3]["problem"] == "run 'torn': torn/index.jsonl, line 1: not a camlens index row"
         broken = c.get("/api/runs/torn/images")
-        assert broken.status_code == 500 and broken.json()["detail"] == runs[3]["problem"]
+        assert broken.status_code == 409 and broken.json()["detail"] == runs[3]["problem"]
         for hidden in ("link", ".hidden", "nothing"):
             assert c.get(f"/api/runs/{hidden}/images").status_code == 404
 

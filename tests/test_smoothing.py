@@ -14,6 +14,7 @@ from camlens.maps import normalize, upsample
 from camlens.methods import METHODS, channel_terms
 from camlens.methods.eigen import first_component
 from camlens.methods.perturbation import Scorer, scorecam
+from camlens.scoring import Goals
 from camlens.smoothing import Augmentation, augmentations, pca_map
 from camlens.taps import Taps
 
@@ -80,7 +81,8 @@ def test_pca_of_score_weighted_activations(resnet18: camlens.Model, chelsea: np.
     with Taps(resnet18.net, ["layer4"]) as taps, torch.inference_mode():
         logits = resnet18.net(x)
     a = taps.activations["layer4"]
-    scorer = Scorer(resnet18.net, x, logits, torch.tensor([[3, 5]]), a, channels=8, resolution=0.25)
+    classes = Goals.classes(torch.tensor([[3, 5]]), logits.shape[1])
+    scorer = Scorer(resnet18.net, x, logits, classes.score, 2, a, channels=8, resolution=0.25)
     weights = scorecam(a, scorer)
     for d, m in enumerate(result.maps):
         expected, _ = normalize(first_component(weights[:, d, :, None, None] * a))
@@ -99,7 +101,7 @@ def test_tta_flip_by_hand(default_model: camlens.Model, chelsea: np.ndarray) -> 
         default_model,
         method=["gradcam", "eigencam"],
         smooth="tta",
-        augmentations=[Augmentation(flip=True)],
+        tta_scales=(1.0,),  # the identity and its flip
     ).explain(chelsea, top=2)
     assert [m.class_index for m in smoothed.maps] == [m.class_index for m in base.maps]
     for m0, m1, s in zip(base.maps, mirrored.maps, smoothed.maps, strict=True):
@@ -111,9 +113,9 @@ def test_tta_flip_by_hand(default_model: camlens.Model, chelsea: np.ndarray) -> 
 def test_tta_scales_come_back_to_the_layer_grid(
     default_model: camlens.Model, chelsea: np.ndarray
 ) -> None:
-    result = camlens.Explainer(
-        default_model, smooth="tta", augmentations=augmentations(scales=(1.0, 1.25, 0.75))
-    ).explain(chelsea)
+    result = camlens.Explainer(default_model, smooth="tta", tta_scales=(1.0, 1.25, 0.75)).explain(
+        chelsea
+    )
     plain = camlens.Explainer(default_model).explain(chelsea)
     assert result.maps[0].map.shape == plain.maps[0].map.shape == (7, 7)
     assert float(result.maps[0].map.max()) == 1.0

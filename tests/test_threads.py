@@ -14,6 +14,8 @@ import torch
 import camlens
 from camlens.images import PreprocessConfig
 
+pytestmark = pytest.mark.slow  # about half a minute on 2 cores
+
 THREADS = 8
 CALLS = 30
 

@@ -355,8 +355,7 @@ def test_tta_on_a_fixed_size_vit_is_refused_in_one_line() -> None:
         model = camlens.load_model("timm:vit_tiny_patch16_224")
     with pytest.raises(camlens.CamlensError, match=r"rescales the input by 1\.25.*flips alone"):
         camlens.Explainer(model, smooth="tta")
-    flips = camlens.smoothing.augmentations(scales=(1.0,))
-    result = camlens.Explainer(model, smooth="tta", augmentations=flips).explain(
+    result = camlens.Explainer(model, smooth="tta", tta_scales=(1.0,)).explain(
         torch.randn(3, 224, 224, generator=torch.Generator().manual_seed(0))
     )
     assert result.stats.forward_passes == 2 and not result.maps[0].flat

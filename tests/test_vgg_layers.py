@@ -90,7 +90,7 @@ def test_automatic_layer_is_before_the_last_max_pool(vgg16: camlens.Model) -> No
 
 def test_keras_name_is_a_layer_name_everywhere(vgg16: camlens.Model) -> None:
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    with Taps(vgg16.net, ["block5_conv3"]) as taps, torch.no_grad():
+    with Taps(vgg16.net, ["block5_conv3"], aliases=vgg16.layer_names()) as taps, torch.no_grad():
         vgg16.net(x)
         expected = vgg16.net.features[:30](x)  # conv5_3 and its ReLU, computed apart
     assert taps.names == ["features.29"]

@@ -58,8 +58,8 @@ from camlens.runs import (
     STATE,
     IndexWriter,
     Row,
+    keep_rows,
     option_differences,
-    read_index,
     read_record,
     row_key,
     write_record,
@@ -108,9 +108,11 @@ class _Layout:
         if not path.is_absolute() and ".." not in path.parts:
             relative = path
         else:
-            resolved = path.resolve()
+            # realpath, not resolve(): an input in a symlink loop gets its stem, and its problem
+            # from load_image, not a RuntimeError that stops the run
+            resolved = Path(os.path.realpath(path))
             if self.cwd is None:
-                self.cwd = Path.cwd().resolve()
+                self.cwd = Path(os.path.realpath(Path.cwd()))
             try:
                 relative = resolved.relative_to(self.cwd)
             except ValueError:
@@ -260,8 +262,11 @@ def open_run(
     last index line it tore is cut off."""
     out = output_folder(out)
     state = out / STATE
-    state.mkdir(exist_ok=True)
-    lock = os.open(state / "lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        state.mkdir(exist_ok=True)
+        lock = os.open(state / "lock", os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise _not_a_run_folder(out, exc) from None
     try:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -276,14 +281,15 @@ def open_run(
                 f"{out} holds a run with other options ({changes}): add --overwrite to redo it, "
                 "or choose another --out"
             )
-        if record is None or overwrite:
-            (out / "index.jsonl").unlink(missing_ok=True)
+        items = plan_items(files, out)
+        fresh = record is None or record["options"] != dict(options)
+        if record is None or fresh:  # a new run, or other options: the earlier rows do not hold
             record = {"camlens": __version__, "options": dict(options), "sessions": []}
-        done = {row_key(row) for row in read_index(out)}
+        redo = {_key_of(item) for item in items} if overwrite else set()
+        done = keep_rows(out, lambda row: not fresh and not _redo(row, redo))
         temp = state / "tmp"
         shutil.rmtree(temp, ignore_errors=True)
         temp.mkdir()
-        items = plan_items(files, out)
         for item in items:
             item.done = _key_of(item) in done
         chunks = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
@@ -293,10 +299,29 @@ def open_run(
         )
         write_record(out, record)
         index = IndexWriter(out)
+    except OSError as exc:
+        os.close(lock)
+        raise _not_a_run_folder(out, exc) from None
     except BaseException:
         os.close(lock)
         raise
     return Run(out, chunks, index, temp, record, lock)
+
+
+def _redo(row: Row, redo: set[str]) -> bool:
+    """Whether an index row is done again by this run: an image that failed (a full disk, say:
+    a failure is never done) or one of the run's own images when it overwrites."""
+    return row.get("error") is not None or row_key(row) in redo
+
+
+def _not_a_run_folder(out: Path, exc: OSError) -> CamlensError:
+    """An ``OSError`` of a run's own files in ``out`` (a folder named ``index.jsonl``, a file
+    named ``.camlens``, a folder at ``.camlens/lock``) as one line naming the path."""
+    where = exc.filename or out
+    return CamlensError(
+        f"--out {out} cannot hold a run: {where}: {exc.strerror or type(exc).__name__}; "
+        "move it away or choose another --out"
+    )
 
 
 def plan_items(files: Sequence[Path], out: Path) -> list[Item]:
@@ -519,7 +544,8 @@ def localize_files(
     """Finds objects in ``files`` (:func:`camlens.localize.localize_objects`: a box per top class,
     merged across classes, each crop re-classified by ``model`` unless it is None) and writes
     ``OUT/STEM.boxes.png`` per image and ``OUT/boxes.jsonl`` (a line per image), the JSON Lines
-    file replaced only at the end and only when at least one image was localized."""
+    file replaced only at the end and only when at least one image was localized: the lines of
+    an earlier run into ``out`` stay, but for the images localized again."""
     output = output or OutputConfig()
     stems = Stems(out, files)
     report = progress or _quiet
@@ -560,8 +586,29 @@ def localize_files(
             report(Event("images", count, total, item=str(done.path), problem=done.problem))
             yield done
     if lines:
+        pictures = {json.loads(line)["picture"] for line in lines}
+        earlier = [line for line in _lines(out / "boxes.jsonl") if _picture(line) not in pictures]
         with atomic_open(out / "boxes.jsonl") as handle:
-            handle.write("\n".join(lines) + "\n")
+            handle.write("\n".join(earlier + lines) + "\n")
+
+
+def _lines(path: Path) -> list[str]:
+    """The lines of an earlier run's ``boxes.jsonl`` (none when there is none)."""
+    try:
+        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CamlensError(f"cannot read {path} ({exc})") from None
+
+
+def _picture(line: str) -> object:
+    """The picture a line of ``boxes.jsonl`` is about (None for a line that names none)."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row.get("picture") if isinstance(row, dict) else None
 
 
 def _in_order(finished: list[Done], files: Sequence[Path], start: int) -> list[Done]:

@@ -1,7 +1,9 @@
 """Capture: one forward pass under taps gives, per target layer, the activations as
 ``[N, K, h, w]`` maps (through the layer's adapter), the GAP -> Linear head the layer feeds when
-there is one, and on demand the gradients of any set of classes (all of them in one batched
-backward pass) or a :class:`~camlens.methods.perturbation.Scorer` for the perturbation methods.
+there is one, and on demand the gradients of any set of targets (classes, contrasts, outputs,
+similarities, callables: all of them in one batched backward pass) or a
+:class:`~camlens.methods.perturbation.Scorer` for the perturbation methods. What is explained is
+a :class:`~camlens.scoring.Goals` (a tensor of class indices [N, D] stands for those classes).
 
 A :class:`Capture` is what the methods read (it is their :class:`~camlens.methods.Evidence`); it
 belongs to one call and one thread. What is found once per model and layers (adapters, heads,
@@ -10,6 +12,7 @@ replay plans) is a :class:`Target`, made by :func:`find_targets` on a probe inpu
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -25,6 +28,7 @@ from camlens.models import Model
 from camlens.modes import eval_mode
 from camlens.progress import Progress
 from camlens.replay import Replay, ReplayPlan, build_replay
+from camlens.scoring import Goals, TargetPlan
 from camlens.taps import RUNS, Hook, LayerSpec, Taps, hooked, resolve_layer
 
 BROKEN = "the model or its weights are broken"
@@ -51,7 +55,8 @@ def find_targets(model: Model, layers: Sequence[LayerSpec]) -> list[Target]:
     """The targets of ``layers`` (names or modules), found with one probe forward pass: a
     :class:`~camlens.errors.LayerError` for a layer that does not exist, is not run by the model or
     whose output is no spatial map."""
-    named = [resolve_layer(model.net, layer) for layer in layers]
+    aliases = model.layer_names()
+    named = [resolve_layer(model.net, layer, aliases) for layer in layers]
     outputs: dict[str, object] = {}
 
     def keep(name: str) -> Hook:
@@ -131,6 +136,7 @@ class Capture:
         gradients: Sequence[str] = (),
         settings: Settings | None = None,
         progress: Progress | None = None,
+        plan: TargetPlan | None = None,
     ) -> None:
         if not bool(torch.isfinite(x).all()):
             raise CamlensError("the input has NaN or infinite values")
@@ -142,13 +148,22 @@ class Capture:
         self.passes = 0
         self.backward_passes = 0
         self._autograd = [name for name in self.targets if name in set(gradients)]
-        self._gradients: dict[tuple[tuple[int, ...], ...], dict[str, list[torch.Tensor]]] = {}
-        self._replays: dict[str, Replay] = {}
+        self._gradients: dict[int, tuple[Goals, dict[str, list[torch.Tensor]]]] = {}
+        self._replays: dict[tuple[str, bool], Replay] = {}
         self._scorers: list[Scorer] = []
+        self._class_goals: dict[tuple[tuple[int, ...], ...], Goals] = {}
+        self.plan = plan
+        self._embedding = plan.embedding if plan is not None else None
+        embeddings: list[torch.Tensor] = []
         net = model.net
-        with Taps(
-            net, list(self.targets), gradients=bool(self._autograd), adapter=model.adapter
-        ) as taps:
+        with (
+            Taps(
+                net, list(self.targets), gradients=bool(self._autograd), adapter=model.adapter
+            ) as taps,
+            self._embedding.tap(embeddings)
+            if self._embedding is not None
+            else contextlib.nullcontext(),
+        ):
             if self._autograd:
                 with torch.no_grad():
                     logits = net(x)
@@ -162,59 +177,102 @@ class Capture:
         self.logits = logits.detach()
         if not bool(torch.isfinite(self.logits).all()):
             raise ModelError(f"{model.name} gives NaN or infinite scores for this input: {BROKEN}")
-        self.probs = torch.softmax(self.logits.float(), dim=1)
+        self.probs = model.predict(self.logits)
+        # the embedding the similarity targets read, with the graph after the tapped layers
+        self._embeddings = embeddings[-1] if embeddings else None
+
+    def goals(self, chosen: Sequence[Sequence[object]]) -> Goals:
+        """The :class:`~camlens.scoring.Goals` of ``chosen[n]`` (targets or class indices) for
+        each image, from this pass's outputs (a ``TargetPlan`` must have been given, except for
+        class indices)."""
+        if self.plan is None:
+            self.plan = TargetPlan(self.model, [])
+        embeddings = None if self._embeddings is None else self._embeddings.detach()
+        return self.plan.goals(self.logits, chosen, embeddings)
+
+    def _as_goals(self, wanted: Goals | torch.Tensor) -> Goals:
+        """Goals as they are; class indices [N, D] as their classes' goals, made once per set of
+        indices (so the methods that ask for the same classes share one backward pass)."""
+        if isinstance(wanted, Goals):
+            return wanted
+        key = tuple(tuple(int(c) for c in row) for row in wanted.tolist())
+        if key not in self._class_goals:
+            self._class_goals[key] = Goals.classes(wanted, self.logits.shape[1], self.model.labels)
+        return self._class_goals[key]
 
     # --- Evidence --------------------------------------------------------------------------------
 
     def activations(self, layer: str) -> torch.Tensor:
         return self._maps[layer].detach()
 
-    def class_weights(self, layer: str, index: torch.Tensor) -> torch.Tensor:
+    def class_weights(self, layer: str, index: Goals | torch.Tensor) -> torch.Tensor:
+        """The head's rows for each target, ``W[n, j] @ head.weight`` [N, D, K]: the rows of a
+        class's logits, their differences for a contrast. CAM applies only where every target is
+        linear in the head's outputs: similarity and callables are a MethodError."""
+        goals = self._as_goals(index)
         head = self.targets[layer].require_head(self.model)
-        return head.weight[index].to(self._maps[layer].dtype)
+        if not goals.linear:
+            raise MethodError(
+                "CAM applies where the target is linear in a GAP -> Linear head's outputs (a "
+                "class, a contrast, an output); a similarity or a callable is not: use a gradient "
+                "method such as gradcam"
+            )
+        dtype = self._maps[layer].dtype
+        return (goals.weights.to(head.weight.dtype) @ head.weight).to(dtype)
 
-    def gradients(self, layer: str, index: torch.Tensor) -> list[torch.Tensor]:
-        """The gradient of each rank's class score, ``d y[n, index[n, j]] / d A[n]``, as ``D``
-        tensors [N, K, h, w]. Where the layer feeds a GAP -> Linear head (and head gradients are
-        on) it is ``W[c] / (h * w)`` at every location, with no backward pass; otherwise every
-        rank of every autograd layer comes from one batched backward pass (the first call)."""
+    def gradients(self, layer: str, index: Goals | torch.Tensor) -> list[torch.Tensor]:
+        """The gradient of each rank's target score, ``d s[n, j] / d A[n]``, as ``D`` tensors
+        [N, K, h, w]. Where the layer feeds a GAP -> Linear head (and head gradients are on) and
+        the targets are linear it is ``(W[n, j] @ head.weight) / (h * w)`` at every location, with
+        no backward pass; otherwise every rank of every autograd layer comes from one batched
+        backward pass (the first call)."""
+        goals = self._as_goals(index)
         target = self.targets[layer]
-        if target.head is not None and self.settings.head_gradients:
+        if target.head is not None and self.settings.head_gradients and goals.linear:
             a = self._maps[layer]
             h, w = a.shape[-2:]
-            rows = target.head.weight[index].to(a.dtype) / (h * w)  # [N, D, K]
+            rows = self.class_weights(layer, goals) / (h * w)  # [N, D, K]
             return [r[:, :, None, None].expand_as(a) for r in rows.unbind(1)]
         if layer not in self._autograd:
-            raise MethodError(f"no gradients were recorded for layer {layer!r}")
-        key = tuple(tuple(int(c) for c in row) for row in index.tolist())
-        if key not in self._gradients:
-            self._gradients[key] = self._backward(index)
-        return self._gradients[key][layer]
+            raise MethodError(
+                f"no gradients were recorded for layer {layer!r}"
+                + ("" if goals.linear else " (a similarity or callable target needs them)")
+            )
+        if id(goals) not in self._gradients:
+            self._gradients[id(goals)] = (goals, self._backward(goals))
+        return self._gradients[id(goals)][1][layer]
 
-    def scorer(self, layer: str, index: torch.Tensor) -> Scorer:
+    def scorer(self, layer: str, index: Goals | torch.Tensor) -> Scorer:
+        goals = self._as_goals(index)
         target = self.targets[layer]
         a = self.activations(layer)
         plan = target.replay
+        # an embedding is read from a module's pass: only the whole network's replay runs it
+        full = goals.embedding is not None
 
         def replay() -> Replay:
             if plan is None:
                 raise MethodError(f"no replay was planned for layer {layer!r}")
-            if layer not in self._replays:
-                self._replays[layer] = build_replay(
-                    replace(plan, adapter=self._adapters[layer]),
+            if (layer, full) not in self._replays:
+                chosen = replace(plan, adapter=self._adapters[layer])
+                if full:
+                    chosen = replace(chosen, head=None, tail=None)
+                self._replays[layer, full] = build_replay(
+                    chosen,
                     self.model.net,
                     self.x,
                     a,
                     self._outputs[layer],
                     self.logits,
                 )
-            return self._replays[layer]
+            return self._replays[layer, full]
 
         scorer = Scorer(
             self.model.net,
             self.x,
             self.logits,
-            index,
+            goals.score,
+            goals.shape[1],
             a,
             replay=replay,
             row_bytes=self._row_bytes(),
@@ -223,6 +281,7 @@ class Capture:
             resolution=self.settings.fast_resolution,
             channels_last=self.settings.channels_last,
             progress=self.progress,
+            embedding=goals.embedding,
         )
         self._scorers.append(scorer)
         return scorer
@@ -237,7 +296,7 @@ class Capture:
     @property
     def replay_kinds(self) -> dict[str, str]:
         """The kind of replay used at each layer so far (``head``, ``graph``, ``full``)."""
-        return {name: r.kind for name, r in self._replays.items()}
+        return {name: r.kind for (name, _), r in self._replays.items()}
 
     # --- internals -------------------------------------------------------------------------------
 
@@ -247,35 +306,49 @@ class Capture:
         height, width = self.model.preprocess.input_size
         return int(self.settings.row_bytes * self.x.shape[-2] * self.x.shape[-1] / (height * width))
 
-    def _backward(self, index: torch.Tensor) -> dict[str, list[torch.Tensor]]:
-        """One backward pass for the ``D`` ranks of ``index`` [N, D] at every autograd layer: the
-        ranks are a batch of gradient outputs (``is_grads_batched``), so the layers after the
-        target are read once for all classes (VGG16's 400 MB first linear layer, say). Falls back
-        to one pass per rank where an operation has no batching rule."""
+    def _backward(self, goals: Goals) -> dict[str, list[torch.Tensor]]:
+        """One backward pass for the ``D`` ranks of ``goals`` at every autograd layer: the ranks
+        are a batch of gradient outputs (``is_grads_batched``), so the layers after the target
+        are read once for all targets (VGG16's 400 MB first linear layer, say). Linear targets
+        seed the logits with their weights (a class: a one-hot row, a contrast ``+1, -1``);
+        others differentiate their scores ``s`` [N, D], seeded one rank at a time. Falls back to
+        one pass per rank where an operation has no batching rule."""
         leaves = [self._maps[name] for name in self._autograd]
-        n, depth = index.shape
-        seeds = torch.zeros(
-            depth, *self._logits.shape, dtype=self._logits.dtype, device=index.device
-        )
-        rows = torch.arange(n, device=index.device)
-        for j in range(depth):
-            seeds[j, rows, index[:, j]] = 1
+        n, depth = goals.shape
+        if goals.linear:
+            out = self._logits
+            seeds = goals.weights.to(out.dtype).transpose(0, 1).contiguous()  # [D, N, C]
+        else:
+            embeddings = self._embeddings
+            if goals.embedding is not None and embeddings is None:
+                raise MethodError("the forward pass recorded no embedding for the similarity")
+            if embeddings is not None and embeddings.grad_fn is None:
+                raise MethodError(
+                    f"similarity: the embedding ({goals.embedding.describe if goals.embedding else ''}) "
+                    "comes before the explained layer: its gradient there is zero; choose an "
+                    "embedding layer after it"
+                )
+            out = goals.score(self._logits, torch.arange(n, device=self._logits.device), embeddings)
+            seeds = (
+                torch.eye(depth, dtype=out.dtype, device=out.device)[:, None, :]
+                .expand(depth, n, depth)
+                .contiguous()
+            )
         self.backward_passes += 1
         if depth == 1:
-            grads = torch.autograd.grad(self._logits, leaves, seeds[0], retain_graph=True)
+            grads = torch.autograd.grad(out, leaves, seeds[0], retain_graph=True)
             return {name: [g] for name, g in zip(self._autograd, grads, strict=True)}
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # vmap's "no batching rule, slower" notes
                 batched = torch.autograd.grad(
-                    self._logits, leaves, seeds, retain_graph=True, is_grads_batched=True
+                    out, leaves, seeds, retain_graph=True, is_grads_batched=True
                 )
             return {
                 name: list(g.unbind(0)) for name, g in zip(self._autograd, batched, strict=True)
             }
         except RuntimeError:  # an operation vmap cannot batch: one pass per rank
             per_rank = [
-                torch.autograd.grad(self._logits, leaves, seeds[j], retain_graph=True)
-                for j in range(depth)
+                torch.autograd.grad(out, leaves, seeds[j], retain_graph=True) for j in range(depth)
             ]
             return {name: [ranks[i] for ranks in per_rank] for i, name in enumerate(self._autograd)}

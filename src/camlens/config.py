@@ -1,5 +1,6 @@
 """`ExplainConfig`: every option an explanation depends on, checked when it is made, with a JSON
-round trip; `OutputConfig`: how the results are drawn and written.
+round trip; `OutputConfig`: how the results are drawn and written. Plain data with checks: it
+imports no torch, matplotlib or model code (the names it checks are in :mod:`camlens.options`).
 
 Every front-end (the ``camlens`` command, ``camlens serve``, a Ray job) builds these two, hands
 them to the same library code and differs only in where files come from and where results go.
@@ -19,51 +20,33 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Literal
 
-from camlens.devices import check_device
+from camlens.devices import device_name
 from camlens.errors import CamlensError, ClassError, MethodError
-from camlens.images import MAX_PIXELS
-from camlens.localize import Threshold, check_threshold, parse_threshold
-from camlens.methods import METHODS, get_method
-from camlens.render import check_alpha, check_cmap
-from camlens.smoothing import SMOOTHERS
+from camlens.options import (
+    MAX_PIXELS,
+    METHOD_GROUPS,
+    SMOOTHERS,
+    Threshold,
+    check_alpha,
+    check_cmap,
+    check_threshold,
+    parse_threshold,
+    resolve_methods,
+)
+from camlens.targets import Scores, Target, as_target, check_above, check_scores
+from camlens.types import class_number
+
+__all__ = ["METHOD_GROUPS", "ExplainConfig", "OutputConfig", "resolve_methods"]
 
 BoxMode = Literal["largest", "all"]
 RunFormat = Literal["files", "dataset"]
 OverlayFormat = Literal["png", "jpeg", "webp"]
-
-METHOD_GROUPS: dict[str, tuple[str, ...]] = {
-    "all": tuple(METHODS),
-    "gradients": tuple(n for n, m in METHODS.items() if m.needs == "gradients"),
-    "scores": tuple(n for n, m in METHODS.items() if m.needs == "scores"),
-}
-"""Names that stand for several methods: ``all``, ``gradients`` (the Grad-CAM family), ``scores``
-(the perturbation methods: Score-CAM, SS-CAM, IS-CAM, Ablation-CAM)."""
-
-
-def resolve_methods(names: str | Iterable[str]) -> tuple[str, ...]:
-    """Method names (any accepted spelling, or a group of :data:`METHOD_GROUPS`) -> their canonical
-    names, each once, in the order given; an unknown name is a :class:`MethodError`."""
-    if isinstance(names, str):
-        given = [names]
-    elif isinstance(names, Iterable):
-        given = list(names)
-    else:
-        raise MethodError(f"methods are named by strings, not {names!r}")
-    if not given:
-        raise MethodError("no method given: choose one or more of " + ", ".join(METHODS))
-    out: list[str] = []
-    for name in given:
-        if not isinstance(name, str):
-            raise MethodError(f"a method is named by a string, not {name!r}")
-        key = name.strip().lower()
-        group = METHOD_GROUPS.get("gradients" if key == "gradient" else key)
-        out.extend(group if group is not None else [get_method(name).name])
-    return tuple(dict.fromkeys(out))
 
 
 @dataclass(frozen=True)
@@ -72,7 +55,8 @@ class ExplainConfig:
 
     ``model``/``weights``: a spec for :func:`camlens.load_model` (None: the embedded default) and
     its local weights file. ``methods``: names or groups (``all``, ``gradients``, ``scores``),
-    stored as canonical names. ``layers``: target layer names (empty: the automatic one).
+    stored as canonical names; ``method_options``: keyword options of their functions by method
+    (``{"sscam": {"samples": 4}}``, as :meth:`camlens.methods.Method.with_options`). ``layers``: target layer names (empty: the automatic one).
     ``layers=("all",)``: every spatial layer of the automatic layer's kind, in depth order.
     ``classes`` (indices or names, for every image) or ``top`` (the top K predicted classes; 1
     when neither is given). ``smooth``: ``tta`` and/or ``pca``; ``tta_flips``/``tta_scales`` the
@@ -82,12 +66,21 @@ class ExplainConfig:
     its weights; ``channels_last`` the masked passes' memory format. ``input_size`` (height, width)
     replaces the model's input size; ``max_pixels`` refuses larger image files. ``relu=False``
     keeps each map's sign (min-max of the raw map, see :func:`camlens.maps.normalize`).
+
+    What is explained beyond classes (see :mod:`camlens.targets`): ``targets``, for every image
+    (contrasts, outputs, similarities, or in Python callables, which cannot be written as JSON);
+    ``above``: every class whose score is at least that (a multi-label model's tags);
+    ``scores``: how the model's outputs become predictions (``softmax``, ``sigmoid``, ``raw``;
+    None: what the model says). ``classes``, ``top``, ``targets`` and ``above`` exclude each other.
     """
 
     model: str | None = None
     weights: str | None = None
     device: str = "cpu"
     methods: tuple[str, ...] = ("gradcam",)
+    method_options: Mapping[str, Mapping[str, Any]] = dataclasses.field(
+        default_factory=dict, hash=False
+    )
     layers: tuple[str, ...] = ()
     classes: tuple[int | str, ...] = ()
     top: int | None = None
@@ -103,15 +96,20 @@ class ExplainConfig:
     input_size: tuple[int, int] | None = None
     max_pixels: int = MAX_PIXELS
     relu: bool = True
+    targets: tuple[Target, ...] = ()
+    above: float | None = None
+    scores: Scores | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalized values are set once, here
         set_(self, "model", _optional_text(self.model, "model"))
         set_(self, "weights", _optional_text(self.weights, "weights"))
         with _option("device"):
-            set_(self, "device", str(check_device(_text(self.device, "device"))))
+            set_(self, "device", device_name(_text(self.device, "device")))
         with _option("methods"):
             set_(self, "methods", resolve_methods(self.methods))
+        with _option("method_options"):
+            set_(self, "method_options", _method_options(self.method_options, self.methods))
         set_(self, "layers", _texts(self.layers, "layers"))
         set_(self, "classes", _classes(self.classes))
         if self.top is not None:
@@ -161,6 +159,33 @@ class ExplainConfig:
             set_(self, "input_size", pair)
         set_(self, "max_pixels", _integer(self.max_pixels, "max_pixels", 1))
         set_(self, "relu", _flag(self.relu, "relu"))
+        with _option("targets"):
+            items = (self.targets,) if isinstance(self.targets, Mapping) else self.targets
+            if isinstance(items, str) or not isinstance(items, Sequence):
+                items = (items,)
+            set_(self, "targets", tuple(dict.fromkeys(as_target(t) for t in items)))
+        if self.above is not None:
+            with _option("above"):
+                set_(self, "above", check_above(self.above))
+        if self.scores is not None:
+            with _option("scores"):
+                set_(self, "scores", check_scores(self.scores))
+        chosen = [
+            name
+            for name, given in (
+                ("classes", bool(self.classes)),
+                ("top", self.top is not None),
+                ("targets", bool(self.targets)),
+                ("above", self.above is not None),
+            )
+            if given
+        ]
+        if len(chosen) > 1:
+            raise ClassError(
+                f"give one of classes, top, targets (contrasts, outputs, similarity) or above, "
+                f"not {' and '.join(chosen)}",
+                option=chosen[1],
+            )
         if "all" in self.layers and len(self.layers) > 1:
             raise CamlensError(
                 "layers: 'all' stands for every layer; give it alone", option="layers"
@@ -169,8 +194,12 @@ class ExplainConfig:
     # --- JSON -------------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """The options as JSON-ready values (tuples as lists)."""
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        """The options as JSON-ready values (tuples as lists, targets as their dicts; a callable
+        target cannot be written and says so)."""
+        out = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        with _option("targets"):
+            out["targets"] = [t.to_dict() for t in self.targets]
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ExplainConfig:
@@ -302,7 +331,36 @@ def _json_object(text: str | bytes, what: str) -> dict[str, Any]:
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
     return list(value) if isinstance(value, tuple) else value
+
+
+def _method_options(value: Any, methods: tuple[str, ...]) -> Mapping[str, Mapping[str, Any]]:
+    """``{method: {option: value}}`` with canonical method names among ``methods`` and JSON
+    values (the options' names are checked against the methods' functions by the Explainer)."""
+    if not isinstance(value, Mapping):
+        raise CamlensError(f"method_options must map method names to options, not {value!r}")
+    out: dict[str, Mapping[str, Any]] = {}
+    for name, options in value.items():
+        canonical = resolve_methods(name) if isinstance(name, str) else ()
+        if len(canonical) != 1 or canonical[0] not in methods:
+            raise MethodError(
+                f"method_options: {name!r} is not one of the methods ({', '.join(methods)})"
+            )
+        if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
+            raise CamlensError(f"method_options: {name}'s options are a mapping, not {options!r}")
+        for key, option in options.items():
+            if (option is not None and not isinstance(option, bool | int | float | str)) or (
+                isinstance(option, float) and not math.isfinite(option)
+            ):
+                raise CamlensError(
+                    f"method_options: {name}'s {key} must be a number, text, true/false or "
+                    f"null, not {option!r}"
+                )
+        if options:
+            out[canonical[0]] = MappingProxyType(dict(options))
+    return MappingProxyType(out)
 
 
 def _text(value: Any, name: str) -> str:
@@ -363,7 +421,7 @@ def _classes(value: Any) -> tuple[int | str, ...]:
             c = c.strip()
             if not c:
                 raise ClassError("an empty class name", option="classes")
-            if c.lstrip("-").isascii() and c.lstrip("-").isdigit():
-                c = int(c)
+            number = class_number(c)
+            c = c if number is None else number
         out.append(c)
     return tuple(dict.fromkeys(out))

@@ -5,8 +5,9 @@
   batches, output stems, resume rule and record) and keeps the index: it alone appends to
   ``OUT/index.jsonl``.
 - Ray tasks read and resize each batch's photos (:func:`_read_batch`).
-- An actor pool of Explainers, each built once from the shipped
-  :class:`~camlens.config.ExplainConfig`, explains a batch per call, whole, and writes its outputs
+- An actor pool of Explainers, each built once from the driver Explainer's own
+  :class:`~camlens.config.ExplainConfig` (``explainer.config``, which rebuilds the same maps),
+  explains a batch per call, whole, and writes its outputs
   into ``OUT`` (which every node must see at the same path: a shared folder), then hands the
   batch's index rows back to the driver.
 - Ray does the distribution, the back-pressure between the stages and the retries: a task or an
@@ -24,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import warnings
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
@@ -33,7 +35,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from camlens.batch import Done, Item, class_tuple, open_run, read_photo, run_options
+from camlens.batch import Done, Item, open_run, read_photo, run_options
 from camlens.config import ExplainConfig, OutputConfig
 from camlens.errors import CamlensError
 from camlens.explain import Explainer
@@ -67,6 +69,8 @@ def explain_on_ray(
     ``threads`` CPUs for its forward passes. The :class:`Done` s come in the order the batches
     finish and carry the index row, not the explanation. When ``stop()`` turns true the run
     stops taking results (the batches being written may be done again by the next run)."""
+    if address is not None:
+        _check_reachable(address)  # in seconds, before Ray's minutes of retries
     try:
         import ray
         import ray.data
@@ -74,7 +78,7 @@ def explain_on_ray(
     except ImportError:
         raise CamlensError("--ray needs Ray: pip install 'camlens[ray]' (or 'ray[data]')") from None
     output = output or OutputConfig()
-    config = explainer.config.replace(classes=class_tuple(explainer.classes), top=explainer.top)
+    config = explainer.config  # what the driver's Explainer runs: every actor runs the same
     run = open_run(
         files,
         out,
@@ -180,10 +184,30 @@ def _connect(ray: Any, address: str | None) -> bool:
     return True
 
 
+def _check_reachable(address: str, timeout: float = 3.0) -> None:
+    """A ``HOST:PORT`` where nothing answers is a :class:`~camlens.errors.CamlensError` within
+    ``timeout`` seconds (Ray itself retries for minutes, and says another address: it puts the
+    host's own address for the loopback one). ``auto`` and ``ray://`` addresses are Ray's to find."""
+    if address == "auto" or address.startswith("ray://"):
+        return
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+        raise CamlensError(f"cannot join the Ray cluster at {address}: not HOST:PORT")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or ("no answer" if isinstance(exc, TimeoutError) else str(exc))
+        raise CamlensError(
+            f"cannot join the Ray cluster at {address}: {reason or type(exc).__name__}"
+        ) from None
+
+
 def _batch_row(number: int, chunk: list[Item]) -> dict[str, Any]:
     return {
         "batch": number,
-        "paths": [str(item.path.resolve()) for item in chunk],
+        "paths": [os.path.realpath(item.path) for item in chunk],  # a symlink loop: no error
         "names": [str(item.path) for item in chunk],
         "stems": [item.stem or "" for item in chunk],
         "problems": [item.problem or "" for item in chunk],
@@ -233,10 +257,7 @@ class _BatchExplainer:
                 "same version on every node"
             )
         torch.set_num_threads(threads)
-        settings = ExplainConfig.from_json(config)
-        self.explainer = Explainer.from_config(settings)
-        self.classes = class_tuple(settings.classes) or None
-        self.top = settings.top
+        self.explainer = Explainer.from_config(ExplainConfig.from_json(config))
         self.output = OutputConfig.from_json(output)
         self.out = Path(out)
         self.temp = Path(temp)
@@ -264,8 +285,6 @@ class _BatchExplainer:
                 results = self.explainer.explain_prepared(
                     torch.from_numpy(inputs.copy()),
                     photos,
-                    classes=self.classes,
-                    top=self.top,
                     names=[names[j] for j in live],
                 )
             except CamlensError as exc:

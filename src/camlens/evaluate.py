@@ -323,7 +323,7 @@ def evaluate(
         skipped = []
         for item in items[start : start + batch_size]:
             try:
-                photo = load_image(item.image)
+                photo = load_image(item.image, max_pixels=explainer.max_pixels)
             except CamlensError as exc:
                 problem(str(exc))
                 skipped.append(str(item.image))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import html
+import io
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -15,7 +18,8 @@ import torch
 from PIL import Image
 
 from camlens import render
-from camlens.files import atomic_write, fit_stem
+from camlens.errors import CamlensError
+from camlens.files import atomic_write, fit_stem, output_folder
 from camlens.maps import upsample
 from camlens.types import Box, Prediction
 
@@ -43,6 +47,12 @@ class ClassMap:
     ``map`` is at the layer's resolution [h, w], in [0, 1] (ReLU and min-max applied). ``flat`` is
     True when the method gave a constant map (returned as zeros). ``boxes``: boxes in the photo's
     pixels once localized (:func:`camlens.localize.add_boxes`), else None.
+
+    ``target``: what was explained when it is not a plain class (see :mod:`camlens.targets`), as
+    data (``{"kind": "contrast", "classes": [282, 285]}``), ``explained`` the same in words
+    (``"tiger cat versus Egyptian cat"``) and ``value`` the target's score for this image (the
+    contrast's ``y_a - y_b``, the similarity); ``class_index`` is then the first class the target
+    is about (-1 for none: a similarity, a callable) and ``label`` the words.
     """
 
     class_index: int
@@ -53,10 +63,32 @@ class ClassMap:
     map: torch.Tensor
     flat: bool = False
     boxes: list[Box] | None = None
+    target: dict[str, Any] | None = None
+    explained: str | None = None
+    value: float | None = None
 
     @property
     def title(self) -> str:
+        if self.target is not None and self.value is not None:
+            return f"{self.explained or self.label} {self.value:.2f}"
         return f"{self.label} {self.score:.2f}"
+
+    @property
+    def tag(self) -> str:
+        """What the map explains, in a file name: the class index, or the target (``282-vs-285``,
+        ``output-0``, ``similarity``...), so that two maps of one image never share a name."""
+        target = self.target
+        if target is None or target.get("kind") == "class":
+            return str(self.class_index)
+        kind = str(target.get("kind"))
+        if kind == "contrast":
+            classes = [str(c) for c in target.get("classes", [])]
+            return classes[0] + "-vs-" + "-".join(classes[1:])
+        if kind == "output":
+            return f"output-{target.get('index')}"
+        if kind == "binary":
+            return "positive" if target.get("positive") else "negative"
+        return kind
 
 
 @dataclass(init=False)
@@ -67,8 +99,10 @@ class Explanation:
     de-normalized); ``source`` names it (a path, or ``<image N>``). The constructor also takes a
     function that makes the image, called on first use (the explainer's tensor inputs: most
     callers of a tensor batch never look at the pictures). ``stats``: what the batch it came from
-    cost (passes, time). ``skipped``: (method, layer, reason) of each method the explainer left
-    out at a layer where it does not apply (CAM where no GAP -> Linear head reads the layer).
+    cost (passes, time). ``scores``: how the model scored the predictions (``softmax``,
+    ``sigmoid`` or ``raw``, see :func:`camlens.load_model`). ``skipped``: (method, layer, reason)
+    of each method the explainer left out at a layer where it does not apply (CAM where no
+    GAP -> Linear head reads the layer).
     """
 
     source: str
@@ -88,6 +122,7 @@ class Explanation:
         predictions: list[Prediction],
         maps: list[ClassMap] | None = None,
         stats: CallStats | None = None,
+        scores: str = "softmax",
         skipped: Sequence[tuple[str, str, str]] = (),
     ) -> None:
         self.source = source
@@ -97,6 +132,7 @@ class Explanation:
         self.predictions = predictions
         self.maps = maps if maps is not None else []
         self.stats = stats or CallStats()
+        self.scores = scores
         self.skipped = tuple(skipped)
 
     @property
@@ -116,6 +152,11 @@ class Explanation:
 
     def map_at_image(self, i: int = 0) -> torch.Tensor:
         """Map ``i`` upsampled (bilinear) to the photo's own size, [height, width] in [0, 1]."""
+        count = len(self.maps)
+        if isinstance(i, bool) or not isinstance(i, int) or not -count <= i < count:
+            raise CamlensError(
+                f"map {i!r} is not one of this explanation's {count} maps (0..{count - 1})"
+            )
         width, height = self.size
         return upsample(self.maps[i].map, (height, width))
 
@@ -191,11 +232,16 @@ class Explanation:
                 entry["panel"] = panels[i]
             if m.boxes is not None:
                 entry["boxes"] = [b.to_dict() for b in m.boxes]
+            if m.target is not None:
+                entry["target"] = m.target
+                entry["explained"] = m.explained
+                entry["value"] = m.value
             explanations.append(entry)
         report: dict[str, Any] = {
             "image": self.source,
             "size": [width, height],
             "model": self.model,
+            "scores": self.scores,
             "predictions": [
                 {"class_index": p.class_index, "label": p.label, "score": p.score}
                 for p in self.predictions
@@ -229,8 +275,7 @@ class Explanation:
         heatmap | overlay); ``grid``: also ``STEM.grid.png`` with every map of the image. Each file
         appears whole or not at all, the JSON last, so a report on disk always names files that
         are complete."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        out = output_folder(out_dir, "out_dir")  # a file there, say: one line naming it
         stem = stem or _safe(Path(self.source).stem) or "image"
         tails = [f".{_safe(m.method)}.{_safe(m.layer)}.{m.class_index}" for m in self.maps]
         longest = max([".json", ".grid.png", *(t + ".panel.png" for t in tails)], key=len)
@@ -254,6 +299,60 @@ class Explanation:
         document = self.to_dict(files, panels=panel_files if panels else None, grid=all_maps)
         report = json.dumps(document, indent=2, allow_nan=False) + "\n"
         return atomic_write(out / f"{stem}.json", lambda temp: temp.write_text(report))
+
+    # --- display: Jupyter's rich output and matplotlib --------------------------------------
+
+    def _repr_html_(self) -> str:
+        """What a notebook shows: the photo, an overlay per map captioned with its class, score,
+        method and layer, and the top-5 predictions as a table (pictures embedded, at most
+        :data:`DISPLAY_SIDE` pixels a side)."""
+        name = Path(self.source).name or "photo"
+        figures = [_html_figure(self.image, html.escape(name), name)]
+        for i, m in enumerate(self.maps):
+            caption = f"<b>{html.escape(m.label)}</b> {m.score:.3f}<br>{html.escape(m.method)}"
+            caption += f" · {html.escape(m.layer)}" + (" · flat map" if m.flat else "")
+            alt = f"{m.method} map of {m.label} over the photo"
+            figures.append(_html_figure(self.overlay(i), caption, alt))
+        rows = "".join(
+            f"<tr><td>{p.class_index}</td><td>{html.escape(p.label)}</td>"
+            f"<td>{p.score:.3f}</td></tr>"
+            for p in self.predictions
+        )
+        table = (
+            '<table style="margin:0 0 0 8px"><thead><tr><th>class</th><th>label</th>'
+            f"<th>score</th></tr></thead><tbody>{rows}</tbody></table>"
+        )
+        return (
+            f'<div class="camlens-explanation" style="display:flex;flex-wrap:wrap;'
+            f'align-items:flex-start;gap:8px">{"".join(figures)}{table}</div>'
+        )
+
+    def _repr_png_(self) -> bytes:
+        """The PNG of :func:`grid` for this image (for front-ends without HTML)."""
+        buffer = io.BytesIO()
+        picture = _grid([self]) if self.maps else _thumbnail(self.image)
+        picture.save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    def show(self, *, cmap: str = "jet", alpha: float = 0.5) -> None:
+        """Shows the photo and each map's overlay in a matplotlib window (``pyplot``, for
+        scripts; a notebook displays the explanation by itself)."""
+        import matplotlib.pyplot as plt
+
+        pictures = [(self.image, Path(self.source).name)]
+        for i, m in enumerate(self.maps):
+            pictures.append(
+                (self.overlay(i, cmap=cmap, alpha=alpha), f"{m.title}\n{m.method}, {m.layer}")
+            )
+        fig, axes = plt.subplots(
+            1, len(pictures), figsize=(3.2 * len(pictures), 3.4), squeeze=False
+        )
+        for ax, (picture, title) in zip(axes[0], pictures, strict=True):
+            ax.imshow(picture)
+            ax.set_title(title, fontsize=9)
+            ax.axis("off")
+        fig.tight_layout()
+        plt.show()
 
     @staticmethod
     def _numpy(t: torch.Tensor) -> np.ndarray:
@@ -295,6 +394,26 @@ def grid_cells(explanations: Sequence[Explanation]) -> list[list[render.GridCell
 
 
 _grid = grid  # for Explanation.save, whose own ``grid`` argument hides the function
+
+
+DISPLAY_SIDE = 320  # the longest side of a picture in an explanation's notebook display
+
+
+def _thumbnail(image: Image.Image) -> Image.Image:
+    picture = image.copy()
+    picture.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE), Image.Resampling.LANCZOS)
+    return picture
+
+
+def _html_figure(image: Image.Image, caption: str, alt: str) -> str:
+    buffer = io.BytesIO()
+    _thumbnail(image).convert("RGB").save(buffer, format="JPEG", quality=85)
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return (
+        '<figure style="margin:0;text-align:center;font-size:12px">'
+        f'<img src="data:image/jpeg;base64,{data}" alt="{html.escape(alt)}">'
+        f"<figcaption>{caption}</figcaption></figure>"
+    )
 
 
 def _peak(full: torch.Tensor) -> tuple[int, int]:

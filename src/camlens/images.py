@@ -27,14 +27,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from camlens.errors import CamlensError, ImageError, PixelLimitError
-
-MAX_PIXELS = 64_000_000
-"""Default limit on width * height of an image file (64 megapixels, e.g. 8000x8000).
-
-Checked from the file's header before decoding, so a small file that would decode into gigabytes
-(a "decompression bomb") is refused cheaply. Pass ``max_pixels=`` to :func:`load_image` (or
-``--max-pixels`` on the command line) to raise it.
-"""
+from camlens.options import MAX_PIXELS as MAX_PIXELS  # the limit, beside its other checks
+from camlens.options import parse_size as parse_size
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 """File suffixes (lower case) that :func:`find_images` picks up inside directories."""
@@ -150,6 +144,10 @@ def _read_file(path: Path, max_pixels: int) -> Image.Image:
     except OSError as exc:
         raise ImageError(path, _os_problem(exc)) from None
     if stat.S_ISDIR(info.st_mode):
+        try:
+            os.scandir(path).close()
+        except OSError as exc:  # a folder that cannot be listed: its images cannot be read
+            raise ImageError(path, f"is a folder that {_os_problem(exc)}") from None
         if not _images_under(path):
             raise ImageError(path, "is a folder with no image files in it")
         raise ImageError(path, "is a directory, not an image file")
@@ -402,44 +400,6 @@ def tensor_to_image(x3hw: torch.Tensor, config: PreprocessConfig) -> Image.Image
     return Image.fromarray(np.ascontiguousarray(values.permute(1, 2, 0).cpu().numpy()))
 
 
-def parse_size(size: str | int | Sequence[int]) -> tuple[int, int]:
-    """An input size as ``(height, width)`` in pixels, the order of
-    :attr:`PreprocessConfig.input_size` (and of a tensor's ``[N, C, H, W]``, and of Keras's
-    ``input_shape=(rows, cols, 3)``; PIL's ``image.size`` is the other way round).
-
-    ``size`` is ``"HxW"`` (``"128x68"``: 128 pixels high, 68 wide; ``x`` or ``X``, spaces
-    allowed), one number for a square (``"224"``, ``224``), or a ``(height, width)`` pair. Anything
-    else, or a side that is not a positive integer, is a :class:`CamlensError` naming it.
-
-    >>> parse_size("128x68"), parse_size(224)
-    ((128, 68), (224, 224))
-    """
-    if isinstance(size, str):
-        parts = [p.strip() for p in size.strip().lower().split("x")]
-        if len(parts) in (1, 2) and all(p.isascii() and p.isdigit() for p in parts):
-            numbers = [int(p) for p in parts]
-            pair = (numbers[0], numbers[-1])
-            if min(pair) > 0:
-                return pair
-        raise CamlensError(
-            f"input size {size!r} is not HEIGHTxWIDTH in pixels (e.g. 224x224 or 128x68) "
-            "nor one positive number"
-        )
-    if isinstance(size, int) and not isinstance(size, bool):
-        pair = (size, size)
-    elif (
-        isinstance(size, Sequence)
-        and len(size) == 2
-        and all(isinstance(n, int) and not isinstance(n, bool) for n in size)
-    ):
-        pair = (int(size[0]), int(size[1]))
-    else:
-        raise CamlensError(f"input size {size!r} is not (height, width) in pixels nor one number")
-    if min(pair) <= 0:
-        raise CamlensError(f"input size {size!r}: each side must be a positive number of pixels")
-    return pair
-
-
 def _resampling(name: str) -> Image.Resampling:
     try:
         return RESAMPLING[name.lower()]
@@ -519,15 +479,23 @@ def find_images(
     found: dict[str, Path] = {}
     for given in paths:
         path = Path(given)
-        files = _images_under(path) if path.is_dir() else [path]
-        for file in files or ([path] if empty_folders else []):
+        unlisted: list[Path] = []  # folders below that cannot be listed: inputs that say so
+        files = _images_under(path, unlisted) if path.is_dir() else [path]
+        for file in [*(files or ([path] if empty_folders else [])), *unlisted]:
             found.setdefault(os.path.realpath(file), file)  # a file named twice is one input
     return list(found.values())
 
 
-def _images_under(root: Path) -> list[Path]:
+def _images_under(root: Path, unlisted: list[Path] | None = None) -> list[Path]:
+    """The image files under ``root``; the folders below it that cannot be listed (permission
+    denied) go to ``unlisted``, never skipped unsaid."""
     files: list[Path] = []
-    for folder, dirs, names in os.walk(root):
+
+    def missed(exc: OSError) -> None:
+        if unlisted is not None and exc.filename is not None and Path(exc.filename) != root:
+            unlisted.append(Path(exc.filename))
+
+    for folder, dirs, names in os.walk(root, onerror=missed):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         files.extend(
             Path(folder, name)

@@ -30,13 +30,16 @@ from scipy import ndimage
 
 from camlens.errors import CamlensError
 from camlens.modes import eval_mode
+from camlens.options import Threshold as Threshold
+from camlens.options import check_localize_options as check_localize_options
+from camlens.options import check_threshold as check_threshold
+from camlens.options import parse_threshold as parse_threshold
 from camlens.types import Box, Prediction
 
 if TYPE_CHECKING:
     from camlens.explanation import Explanation
     from camlens.models import Model
 
-Threshold = float | Literal["otsu"]
 Mode = Literal["largest", "all"]
 MapLike = npt.ArrayLike | torch.Tensor
 
@@ -98,31 +101,6 @@ def otsu_threshold(values: MapLike, bins: int = 256) -> float:
     between = w0[:-1] * w1[1:] * (mu0[:-1] - mu1[1:]) ** 2
     between = np.nan_to_num(between, nan=-1.0)
     return float(centers[int(np.argmax(between))])
-
-
-def parse_threshold(text: str | float) -> Threshold:
-    """A threshold from the command line: a fraction of the map's maximum in [0, 1), or ``otsu``."""
-    if isinstance(text, str) and text.strip().lower() == "otsu":
-        return "otsu"
-    try:
-        value = float(text)
-    except ValueError:
-        raise CamlensError(
-            f"threshold {text!r} is neither a fraction of the map's maximum (0.2, 0.15...) nor 'otsu'"
-        ) from None
-    return check_threshold(value)
-
-
-def check_threshold(threshold: Threshold) -> Threshold:
-    if threshold == "otsu":
-        return threshold
-    if isinstance(threshold, bool) or not isinstance(threshold, int | float):
-        raise CamlensError(f"threshold must be a number in [0, 1) or 'otsu', not {threshold!r}")
-    if not 0.0 <= float(threshold) < 1.0:
-        raise CamlensError(
-            f"threshold {threshold} is outside [0, 1): it is a fraction of the map's maximum"
-        )
-    return float(threshold)
 
 
 def threshold_value(map2d: MapLike, threshold: Threshold = CAM_THRESHOLD) -> float:
@@ -294,18 +272,6 @@ def draw_objects(
 
     boxes = np.array([o.box.xyxy for o in objects], dtype=np.float64).reshape(-1, 4)
     return render.draw_boxes(image, boxes, labels=[object_label(o) for o in objects], color=color)
-
-
-def check_localize_options(*, min_score: float, iou_threshold: float) -> None:
-    """A :class:`CamlensError` unless ``min_score`` (a class probability) and ``iou_threshold``
-    (an overlap) are numbers in [0, 1]."""
-    for name, value in (("min_score", min_score), ("iou_threshold", iou_threshold)):
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not 0.0 <= float(value) <= 1.0
-        ):
-            raise CamlensError(f"{name} must be a number in [0, 1], not {value!r}")
 
 
 def localize_objects(

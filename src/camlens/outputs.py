@@ -42,6 +42,7 @@ from camlens.files import fit_stem
 from camlens.localize import boxes_from_map
 from camlens.models import Model
 from camlens.runs import Row
+from camlens.types import class_number
 
 OVERLAY_SUFFIXES: dict[str, str] = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 PNG_LEVEL = 1
@@ -74,7 +75,7 @@ def write_image(
     prefix = f"{folder_rel}/" if folder_rel else ""
     kind = overlay_format(output)
     suffix = OVERLAY_SUFFIXES[kind]
-    tails = [f".{_safe(m.method)}.{_safe(m.layer)}.{m.class_index}" for m in result.maps]
+    tails = [f".{_safe(m.method)}.{_safe(m.layer)}.{_safe(m.tag)}" for m in result.maps]
     longest = max([".json", ".grid.png", *(t + ".panel.png" for t in tails)], key=len)
     name = fit_stem(name, longest)  # a long input name is cut, as Explanation.save cuts it
     files: list[tuple[str, str]] = []
@@ -232,7 +233,7 @@ class FolderClasses:
         return self.seen[name]
 
     def _look_up(self, name: str) -> dict[str, Any] | None:
-        if not name or name.lstrip("-").isdigit():
+        if not name or class_number(name) is not None:
             return None
         try:
             index = self.model.class_index(name)

@@ -16,7 +16,6 @@ rendering is safe from several threads and registers no figures.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import math
 import os
@@ -37,6 +36,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 from camlens.errors import CamlensError
 from camlens.files import atomic_write
+from camlens.options import COMMON_CMAPS as COMMON_CMAPS
+from camlens.options import check_alpha as check_alpha
+from camlens.options import check_cmap as check_cmap
 
 __all__ = [
     "GridCell",
@@ -60,7 +62,6 @@ Font: TypeAlias = ImageFont.FreeTypeFont | ImageFont.ImageFont
 MAP_TOLERANCE = 1e-5
 
 # Colormaps suggested when an unknown name is given.
-COMMON_CMAPS = ("jet", "turbo", "viridis", "inferno", "magma", "plasma", "hot", "gray")
 
 # Pixels blended at once by overlay (whole rows), to bound the working memory on huge photos.
 _BLEND_CHUNK_PIXELS = 1 << 20
@@ -109,34 +110,14 @@ def _as_rgb(image: Image.Image, what: str = "image", copy: bool = True) -> Image
     return image.copy() if copy else image
 
 
-def check_alpha(alpha: float) -> float:
-    """``alpha`` as a float in [0, 1] (the heatmap's opacity), else a CamlensError."""
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
-        raise CamlensError(f"alpha must be a number in [0, 1], got {alpha!r}")
-    return float(alpha)
-
-
 @functools.lru_cache(maxsize=32)
 def _lut(cmap: str) -> npt.NDArray[np.uint8]:
     """The colormap's N colours as uint8 RGB [N, 3], read-only."""
-    if not isinstance(cmap, str):
-        raise CamlensError(f"colormap must be a name (str), got {type(cmap).__name__}")
-    try:
-        colormap = matplotlib.colormaps[cmap]
-    except KeyError:
-        close = difflib.get_close_matches(cmap, list(matplotlib.colormaps), n=3)
-        hint = ", ".join(dict.fromkeys([*close, *COMMON_CMAPS]))
-        raise CamlensError(f"unknown colormap {cmap!r}; valid ones include {hint}") from None
+    colormap = matplotlib.colormaps[check_cmap(cmap)]
     rgba = np.asarray(colormap(np.arange(colormap.N)), dtype=np.float64)
     lut = np.rint(rgba[:, :3] * 255).astype(np.uint8)
     lut.setflags(write=False)
     return lut
-
-
-def check_cmap(cmap: str) -> str:
-    """``cmap`` if matplotlib knows the colormap, else a CamlensError with close names."""
-    _lut(cmap)
-    return cmap
 
 
 # --------------------------------------------------------------------------------------------------

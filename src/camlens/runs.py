@@ -55,7 +55,7 @@ import math
 import os
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,10 +128,82 @@ def _parse_row(line: bytes, path: Path, number: int | None) -> Row:
         row = json.loads(line)
     except ValueError:
         row = None
+    where = f"line {number}" if number is not None else "a line"
     if not isinstance(row, dict):
-        where = f"line {number}" if number is not None else "a line"
         raise CamlensError(f"{path}, {where}: not a camlens index row")
+    problem = row_problem(row)
+    if problem is not None:
+        raise CamlensError(f"{path}, {where}: not a camlens index row: {problem}")
     return row
+
+
+def row_problem(row: Mapping[str, Any]) -> str | None:
+    """What is wrong with an index row, as the readers of an index (``camlens summary``, the
+    gallery, a resumed run) need it, or None: an ``image`` text and an ``error`` text, or
+    ``predictions`` (at least one, each with a ``class_index``, ``label`` and a finite
+    ``score``), ``explanations`` (each with ``class_index``, ``label``, ``method``, ``layer``;
+    their numbers finite) and at most a ``truth`` with ``class_index`` and ``label``."""
+    if not isinstance(row.get("image"), str):
+        return "no image path"
+    if row.get("error") is not None:
+        return None if isinstance(row["error"], str) else "its error is not a text"
+    predictions = row.get("predictions")
+    if not isinstance(predictions, list) or not predictions:
+        return "no predictions"
+    for k, p in enumerate(predictions):
+        problem = _class_problem(p, f"predictions[{k}]") or _finite(p, "score", k, "predictions")
+        if problem:
+            return problem
+    truth = row.get("truth")
+    if truth is not None and (problem := _class_problem(truth, "truth")):
+        return problem
+    maps = row.get("explanations")
+    if not isinstance(maps, list):
+        return "no explanations"
+    for k, m in enumerate(maps):
+        if problem := _class_problem(m, f"explanations[{k}]"):
+            return problem
+        for key in ("method", "layer"):
+            if not isinstance(m.get(key), str):
+                return f"explanations[{k}] has no {key}"
+        for key in ("score", "spread", "off_center", "box_score"):
+            if m.get(key) is not None and (problem := _finite(m, key, k, "explanations")):
+                return problem
+    return None
+
+
+def _class_problem(entry: Any, name: str) -> str | None:
+    if not isinstance(entry, Mapping):
+        return f"{name} is not an object"
+    index = entry.get("class_index")
+    if isinstance(index, bool) or not isinstance(index, int):
+        return f"{name} has no class_index"
+    if not isinstance(entry.get("label"), str):
+        return f"{name} has no label"
+    return None
+
+
+def _finite(entry: Mapping[str, Any], key: str, k: int, name: str) -> str | None:
+    value = entry.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return f"{name}[{k}].{key} is {value!r}, not a finite number"
+    return None
+
+
+def keep_rows(out: Path, keep: Callable[[Row], bool]) -> set[str]:
+    """Leaves in ``OUT/index.jsonl`` only the rows for which ``keep(row)`` is true (the file
+    replaced whole, or removed when none is kept; untouched when all are) and returns their
+    :func:`row_key` s: what a new run of the same images finds done."""
+    path = out / INDEX
+    rows = read_index(out)
+    kept = [row for row in rows if keep(row)]
+    if len(kept) != len(rows):
+        if kept:
+            with atomic_open(path) as handle:
+                handle.writelines(json.dumps(row, allow_nan=False) + "\n" for row in kept)
+        else:
+            path.unlink(missing_ok=True)
+    return {row_key(row) for row in kept}
 
 
 class IndexWriter:

@@ -13,8 +13,7 @@ import torch.nn.functional as F
 from camlens.explanation import ClassMap
 from camlens.maps import normalize
 from camlens.methods.eigen import first_component
-
-SMOOTHERS = ("tta", "pca")
+from camlens.options import SMOOTHERS as SMOOTHERS
 
 
 def pca_map(terms: torch.Tensor) -> torch.Tensor:
@@ -83,9 +82,6 @@ def augmentations(
     ]
     identity = Augmentation()
     return (identity, *[a for a in out if a != identity])
-
-
-DEFAULT_AUGMENTATIONS = augmentations()
 
 
 def merge_augmented(

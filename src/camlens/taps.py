@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import difflib
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
@@ -15,15 +15,17 @@ from torch import nn
 
 from camlens.adapters import AdapterRule, LayerAdapter, default_rule
 from camlens.errors import LayerError
-from camlens.keras_names import keras_names
 
 LayerSpec = str | nn.Module
 Hook = Callable[[nn.Module, Any, Any], Any]
 
 
-def resolve_layer(net: nn.Module, layer: LayerSpec) -> tuple[str, nn.Module]:
-    """A layer given by dotted name (``"layer4"``, ``"features.29"``), by its Keras name in a VGG
-    (``"block5_conv3"``, see :mod:`camlens.keras_names`) or by module -> (its dotted name, module)."""
+def resolve_layer(
+    net: nn.Module, layer: LayerSpec, aliases: Mapping[str, str] | None = None
+) -> tuple[str, nn.Module]:
+    """A layer given by dotted name (``"layer4"``, ``"features.29"``), by one of the model's
+    ``aliases`` (other names -> dotted names: :meth:`camlens.models.Model.layer_names`, such as
+    ``"block5_conv3"`` in a VGG) or by module -> (its dotted name, module)."""
     if isinstance(layer, str) and layer:
         try:  # a walk down the dotted path: no scan of the whole model on every call
             return layer, net.get_submodule(layer)
@@ -39,7 +41,7 @@ def resolve_layer(net: nn.Module, layer: LayerSpec) -> tuple[str, nn.Module]:
         )
     if layer in modules and layer != "":
         return layer, modules[layer]
-    aliases = keras_names(net)  # block5_conv3 -> features.29 in a VGG (see camlens.keras_names)
+    aliases = aliases or {}
     if layer in aliases:
         return aliases[layer], modules[aliases[layer]]
     close = difflib.get_close_matches(str(layer), [n for n in modules if n] + list(aliases), n=5)
@@ -156,11 +158,12 @@ class Taps:
         *,
         gradients: bool = False,
         adapter: AdapterRule = default_rule,
+        aliases: Mapping[str, str] | None = None,
     ) -> None:
         self.net = net
         self.gradients = gradients
         self.rule = adapter
-        self.layers = [resolve_layer(net, layer) for layer in layers]
+        self.layers = [resolve_layer(net, layer, aliases) for layer in layers]
         self.activations: dict[str, torch.Tensor] = {}
         self.outputs: dict[str, torch.Tensor] = {}
         self.adapters: dict[str, LayerAdapter] = {}

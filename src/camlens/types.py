@@ -66,3 +66,18 @@ class Prediction:
 
 
 __all__ = ["Box", "Prediction"]
+
+
+def class_number(text: str) -> int | None:
+    """The class index that ``text`` writes (``"285"``, ``" -3 "``: ASCII digits with at most one
+    leading ``-``), or None when it is not a number and so may be a class name (``"--5"``,
+    ``"²"``, ``"٣"``, ``"1e3"``): the one rule every front-end reads a class text by.
+
+    >>> class_number("285"), class_number("-3"), class_number("--5"), class_number("²")
+    (285, -3, None, None)
+    """
+    text = text.strip()
+    digits = text[1:] if text.startswith("-") else text
+    if digits.isascii() and digits.isdigit():
+        return int(text)
+    return None

@@ -1,3 +1,3 @@
 """The version of camlens (written into checkpoints; ``camlens.__version__``)."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -16,6 +16,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+import typer
+
 # Importing a command module registers its commands: these imports, in this order, are the order
 # of `camlens --help`.
 # isort: off
@@ -26,6 +28,27 @@ from camlens.cli.common import EventBars, app, one_line
 from camlens.cli.explain import bare_ray, console_line
 
 __all__ = ["EventBars", "app", "bare_ray", "console_line", "main", "one_line"]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from camlens.version import __version__
+
+        typer.echo(f"camlens {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_print_version,
+        is_eager=True,
+        help="Print the version and exit.",
+    ),
+) -> None:
+    pass
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -10,7 +10,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TextIO
 
 import typer
 from rich.console import Console
@@ -26,8 +26,11 @@ from rich.progress import (
 from typer.core import TyperGroup
 
 from camlens.errors import CamlensError
-from camlens.images import find_images
+from camlens.options import MAX_PIXELS
 from camlens.progress import Event
+
+if TYPE_CHECKING:
+    from camlens.config import ExplainConfig
 
 
 @contextmanager
@@ -58,12 +61,16 @@ def one_line_warnings() -> Iterator[None]:
 
 class _Commands(TyperGroup):
     """The commands, each run with :func:`one_line_warnings`; a usage error (an option's value
-    of the wrong type, a missing argument, an unknown command) is one line too, not a box."""
+    of the wrong type, a missing argument, an unknown command) is one line too, not a box, and
+    Ctrl-C is one line and exit status 130."""
 
     def invoke(self, ctx: Any) -> Any:  # Any: typer's own click Context
         with one_line_warnings():
             try:
                 return super().invoke(ctx)
+            except KeyboardInterrupt:  # Ctrl-C while a command starts (its imports, the model)
+                say("camlens: interrupted", err=True)
+                raise typer.Exit(130) from None
             except typer.TyperException as exc:
                 where = getattr(exc, "ctx", None)
                 hint = f" (see `{where.command_path} --help`)" if where is not None else ""
@@ -158,6 +165,70 @@ ThresholdOpt = Annotated[
         help="box threshold: a fraction of the map's maximum (0.2 as in CAM, 0.15 as in Grad-CAM) or otsu",
     ),
 ]
+
+
+ReluOpt = Annotated[
+    bool,
+    typer.Option(
+        "--relu/--no-relu",
+        help="--no-relu: signed maps, min-max of the raw map (a class with no positive "
+        "evidence still shows where it is least negative)",
+    ),
+]
+
+
+def explain_config(
+    *,
+    model: str | None,
+    weights: Path | None,
+    device: str,
+    methods: Sequence[str] | None,
+    layers: Sequence[str] | None,
+    smooth: Sequence[str] | None,
+    batch_size: int,
+    max_batch_memory: int,
+    fast_channels: int | None,
+    fast_resolution: float | None,
+    max_pixels: int = MAX_PIXELS,
+    input_size: str | None = None,
+    relu: bool = True,
+    classes: Sequence[int | str] | None = None,
+    top: int | None = None,
+    targets: Sequence[Any] = (),
+    above: float | None = None,
+    scores: str | None = None,
+) -> ExplainConfig:
+    """The one :class:`~camlens.config.ExplainConfig` of the options ``explain``, ``localize``
+    and ``evaluate`` share (``--model``, ``--weights``, ``--device``, ``--method``, ``--layer``,
+    ``--smooth``, ``--batch-size``, ``--max-batch-memory`` in MiB, ``--fast-channels``,
+    ``--fast-resolution``, ``--max-pixels``, ``--input-size``, ``--relu/--no-relu``, and
+    ``--class``/``--top`` where they choose the classes, and the targets, ``--above`` and
+    ``--scores`` of ``explain``). A bad value is a one-line error and exit
+    status 2, before torch or any model is loaded."""
+    from camlens.config import ExplainConfig
+    from camlens.options import parse_size
+
+    with bad_input():
+        return ExplainConfig(
+            model=model,
+            weights=path_text(weights),
+            device=device,
+            methods=tuple(methods or ["gradcam"]),
+            layers=tuple(layers or ()),
+            classes=tuple(classes or ()),
+            top=top,
+            smooth=tuple(smooth or ()),
+            batch_size=batch_size,
+            max_batch_memory=mib_bytes(max_batch_memory),
+            fast_channels=fast_channels,
+            fast_resolution=fast_resolution,
+            max_pixels=max_pixels,
+            input_size=parse_size(input_size) if input_size is not None else None,
+            relu=relu,
+            targets=tuple(targets),
+            above=above,
+            scores=scores,  # type: ignore[arg-type]  # checked by ExplainConfig
+        )
 
 
 def say(text: str, *, style: str | None = None, err: bool = False) -> None:
@@ -301,6 +372,8 @@ class _Rate(TextColumn):
 
 def input_files(paths: Sequence[Path]) -> list[Path]:
     """The image files of ``paths``; a folder without any is kept, for the runner to say so."""
+    from camlens.images import find_images
+
     files = find_images(paths, empty_folders=True)
     if all(file.is_dir() for file in files):
         fail("no images found in " + ", ".join(map(str, paths)))
@@ -315,3 +388,59 @@ def mib_bytes(mib: int) -> int:
     if mib < 1:
         fail(f"--max-batch-memory must be at least 1 MiB, not {mib}")
     return mib * 2**20
+
+
+# --- what is explained beyond classes (camlens.targets) -------------------------------------------
+
+VersusOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--versus",
+        help="explain each --class (or the top-1) versus this class: y_A - y_B (repeat for the "
+        "mean of several); next or next:K for the next K predicted classes",
+    ),
+]
+ScoresOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--scores",
+        help="how the model's outputs become predictions: softmax, sigmoid (multi-label, "
+        "one-output binary) or raw (regression); default: what the model says",
+    ),
+]
+AboveOpt = Annotated[
+    float | None,
+    typer.Option("--above", help="explain every class whose score is at least P (with sigmoid)"),
+]
+OutputOpt = Annotated[
+    list[int] | None,
+    typer.Option("--output", help="explain raw output K as it is (repeat for several)"),
+]
+LikeOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--like", help="explain the similarity to this reference image's embedding (cosine)"
+    ),
+]
+EmbeddingOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--embedding",
+        help="with --like: the layer whose output (averaged over its locations) is the "
+        "embedding; default: the input of the last linear layer",
+    ),
+]
+
+
+def target_options(
+    classes: Sequence[str] | None,
+    versus: Sequence[str] | None,
+    outputs: Sequence[int] | None,
+    like: Path | None,
+    embedding: str | None,
+) -> tuple[tuple[int | str, ...], tuple[Any, ...]]:
+    """``(classes, targets)`` of the command line's options (see
+    :func:`camlens.targets.from_options`)."""
+    from camlens.targets import from_options
+
+    return from_options(classes, versus, outputs, None if like is None else str(like), embedding)

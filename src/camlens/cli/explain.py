@@ -17,33 +17,40 @@ from rich.markup import escape
 from rich.table import Table
 
 from camlens.cli.common import (
+    AboveOpt,
     AllBoxesOpt,
     BatchSizeOpt,
     DeviceOpt,
+    EmbeddingOpt,
     EventBars,
     FastChannelsOpt,
     FastResolutionOpt,
     InputSizeOpt,
     LayersOpt,
+    LikeOpt,
     MaxBatchMemoryOpt,
     MaxPixelsOpt,
     MethodsOpt,
     ModelOpt,
+    OutputOpt,
+    ReluOpt,
+    ScoresOpt,
     SmoothOpt,
     ThresholdOpt,
+    VersusOpt,
     WeightsOpt,
     app,
     bad_input,
+    explain_config,
     fail,
     input_files,
-    mib_bytes,
     out_console,
-    path_text,
     progress_bars,
     say,
+    target_options,
 )
 from camlens.errors import CamlensError
-from camlens.images import MAX_PIXELS
+from camlens.options import MAX_PIXELS
 
 if TYPE_CHECKING:
     from camlens.batch import Done
@@ -121,14 +128,7 @@ def explain(
     fast_channels: FastChannelsOpt = None,
     fast_resolution: FastResolutionOpt = None,
     input_size: InputSizeOpt = None,
-    relu: Annotated[
-        bool,
-        typer.Option(
-            "--relu/--no-relu",
-            help="--no-relu: signed maps, min-max of the raw map (a class with no positive "
-            "evidence still shows where it is least negative)",
-        ),
-    ] = True,
+    relu: ReluOpt = True,
     panels: Annotated[
         bool, typer.Option("--panels", help="also a photo | heatmap | overlay picture per map")
     ] = False,
@@ -184,6 +184,12 @@ def explain(
             help="with --ray: Explainers at work (default: the cluster's CPUs - 1)",
         ),
     ] = None,
+    versus: VersusOpt = None,
+    scores: ScoresOpt = None,
+    above: AboveOpt = None,
+    output_index: OutputOpt = None,
+    like: LikeOpt = None,
+    embedding: EmbeddingOpt = None,
 ) -> None:
     """Explain images: writes OUT/STEM.json, an overlay and a map per class and method, and
     OUT/index.jsonl (a line per image; `camlens summary OUT` reads it). Run again, the same
@@ -192,33 +198,33 @@ def explain(
 
     --layer all: every layer of the automatic layer's kind (every conv stage of a VGG), in depth
     order, and OUT/STEM.grid.png with all of them per image."""
-    from camlens.batch import explain_files
-    from camlens.config import ExplainConfig, OutputConfig
-    from camlens.explain import Explainer
-    from camlens.explanation import grid as grid_of
+    from camlens.config import OutputConfig
     from camlens.files import output_file, output_folder
-    from camlens.images import parse_size
-    from camlens.localize import parse_threshold
-    from camlens.render import save_png
+    from camlens.options import parse_threshold
 
-    with bad_input():  # every option, and the output places, before any model runs
-        config = ExplainConfig(
-            model=model,
-            weights=path_text(weights),
-            device=device,
-            methods=tuple(method or ["gradcam"]),
-            layers=tuple(layer or ()),
-            classes=tuple(classes or ()),
-            top=top,
-            smooth=tuple(smooth or ()),
-            batch_size=batch_size,
-            max_batch_memory=mib_bytes(max_batch_memory),
-            fast_channels=fast_channels,
-            fast_resolution=fast_resolution,
-            max_pixels=max_pixels,
-            input_size=parse_size(input_size) if input_size is not None else None,
-            relu=relu,
-        )
+    with bad_input():
+        given, targets = target_options(classes, versus, output_index, like, embedding)
+    config = explain_config(
+        model=model,
+        weights=weights,
+        device=device,
+        methods=method,
+        layers=layer,
+        classes=given,
+        top=top,
+        smooth=smooth,
+        batch_size=batch_size,
+        max_batch_memory=max_batch_memory,
+        fast_channels=fast_channels,
+        fast_resolution=fast_resolution,
+        max_pixels=max_pixels,
+        input_size=input_size,
+        relu=relu,
+        targets=targets,
+        above=above,
+        scores=scores,
+    )
+    with bad_input():  # every option, and the output places, before torch or any model loads
         output = OutputConfig(
             cmap=cmap,
             alpha=alpha,
@@ -231,13 +237,27 @@ def explain(
             quality=quality,
         )
         address = _ray_address(ray) if ray is not None else None
+        if ray is None and actors is not None:
+            raise CamlensError("--actors is for --ray runs: add --ray, or drop --actors")
         if ray is not None and grid is not None:
             raise CamlensError(
                 "--grid is not available with --ray: explain the grid's images alone"
             )
+        if grid is not None and grid.suffix.lower() != ".png":
+            raise CamlensError(f"--grid {grid}: the grid is a PNG; give it a .png name")
         out = output_folder(out)
         grid_file = output_file(grid, "--grid") if grid is not None else None
-    files = _outside(input_files(paths), out)
+    from camlens.batch import explain_files
+    from camlens.explain import Explainer
+    from camlens.explanation import grid as grid_of
+    from camlens.render import save_png
+
+    found = input_files(paths)
+    files = _outside(found, out)
+    if not files:
+        fail(f"every input is inside --out {out} (a run's outputs are never its inputs)")
+    if grid_file is not None and os.path.realpath(grid_file) in map(os.path.realpath, files):
+        fail(f"--grid {grid_file} is one of the inputs: the grid would overwrite it")
     with bad_input():
         explainer = Explainer.from_config(config)
     kept: list[Explanation] = []
@@ -354,8 +374,8 @@ def bare_ray(args: list[str]) -> list[str]:
 
 def _outside(files: list[Path], out: Path) -> list[Path]:
     """``files`` less those inside ``out`` (a run's own outputs are never its inputs)."""
-    root = out.resolve()
-    return [f for f in files if root not in f.resolve().parents]
+    root = Path(os.path.realpath(out))  # realpath, not resolve(): a symlink loop is no error here
+    return [f for f in files if root not in Path(os.path.realpath(f)).parents]
 
 
 @contextmanager

@@ -20,21 +20,21 @@ from camlens.cli.common import (
     MaxPixelsOpt,
     MethodsOpt,
     ModelOpt,
+    ReluOpt,
     SmoothOpt,
     ThresholdOpt,
     WeightsOpt,
     app,
     bad_input,
+    explain_config,
     input_files,
-    mib_bytes,
     model_from_options,
     out_console,
-    path_text,
     progress_bars,
     say,
 )
 from camlens.errors import CamlensError
-from camlens.images import MAX_PIXELS
+from camlens.options import MAX_PIXELS
 
 
 @app.command()
@@ -68,33 +68,32 @@ def localize(
     fast_channels: FastChannelsOpt = None,
     fast_resolution: FastResolutionOpt = None,
     input_size: InputSizeOpt = None,
+    relu: ReluOpt = True,
     all_boxes: AllBoxesOpt = False,
 ) -> None:
     """Find objects: a box per top class (its map's largest region above the threshold),
     duplicates merged across classes, each box cropped and re-classified. Writes OUT/boxes.jsonl
     (one image a line) and OUT/STEM.boxes.png per image."""
-    from camlens.batch import localize_files
-    from camlens.config import ExplainConfig, OutputConfig
-    from camlens.explain import Explainer
+    from camlens.config import OutputConfig
     from camlens.files import output_folder
-    from camlens.images import parse_size
-    from camlens.localize import check_localize_options, parse_threshold
+    from camlens.options import check_localize_options, parse_threshold
 
-    with bad_input():  # every option, and the output folder, before any model runs
-        config = ExplainConfig(
-            model=model,
-            weights=path_text(weights),
-            device=device,
-            methods=(method,),
-            layers=(layer,) if layer else (),
-            smooth=tuple(smooth or ()),
-            batch_size=batch_size,
-            max_batch_memory=mib_bytes(max_batch_memory),
-            fast_channels=fast_channels,
-            fast_resolution=fast_resolution,
-            max_pixels=max_pixels,
-            input_size=parse_size(input_size) if input_size is not None else None,
-        )
+    config = explain_config(
+        model=model,
+        weights=weights,
+        device=device,
+        methods=[method],
+        layers=[layer] if layer else None,
+        smooth=smooth,
+        batch_size=batch_size,
+        max_batch_memory=max_batch_memory,
+        fast_channels=fast_channels,
+        fast_resolution=fast_resolution,
+        max_pixels=max_pixels,
+        input_size=input_size,
+        relu=relu,
+    )
+    with bad_input():  # every option, and the output folder, before torch or any model loads
         output = OutputConfig(
             threshold=parse_threshold(threshold), boxes="all" if all_boxes else "largest"
         )
@@ -102,6 +101,9 @@ def localize(
         if top < 1:
             raise CamlensError(f"--top must be at least 1, not {top}")
         out = output_folder(out)
+    from camlens.batch import localize_files
+    from camlens.explain import Explainer
+
     files = input_files(paths)
     with bad_input():
         explainer = Explainer.from_config(config)
@@ -179,30 +181,36 @@ def evaluate_command(
     max_batch_memory: MaxBatchMemoryOpt = 512,
     fast_channels: FastChannelsOpt = None,
     fast_resolution: FastResolutionOpt = None,
+    max_pixels: MaxPixelsOpt = MAX_PIXELS,
+    input_size: InputSizeOpt = None,
+    relu: ReluOpt = True,
 ) -> None:
     """Evaluate methods against ground-truth boxes: prints a table (a row per method), writes
     OUT/evaluation.json and OUT/deletion_insertion.png."""
-    from camlens.config import ExplainConfig
-    from camlens.datasets import read_dataset
-    from camlens.evaluate import check_evaluate_options, evaluate
     from camlens.files import output_folder
-    from camlens.localize import parse_threshold
-    from camlens.metrics import ROAD_PERCENTAGES
+    from camlens.options import parse_threshold
 
+    config = explain_config(
+        model=model,
+        weights=weights,
+        device=device,
+        methods=method,
+        layers=[layer] if layer else None,
+        smooth=smooth,
+        batch_size=batch_size,
+        max_batch_memory=max_batch_memory,
+        fast_channels=fast_channels,
+        fast_resolution=fast_resolution,
+        max_pixels=max_pixels,
+        input_size=input_size,
+        relu=relu,
+    )
     with bad_input():  # every option and the output folder before any model runs
-        config = ExplainConfig(
-            model=model,
-            weights=path_text(weights),
-            device=device,
-            methods=tuple(method or ["gradcam"]),
-            layers=(layer,) if layer else (),
-            smooth=tuple(smooth or ()),
-            batch_size=batch_size,
-            max_batch_memory=mib_bytes(max_batch_memory),
-            fast_channels=fast_channels,
-            fast_resolution=fast_resolution,
-        )
         box_threshold = parse_threshold(threshold)
+        from camlens.datasets import read_dataset
+        from camlens.evaluate import check_evaluate_options, evaluate
+        from camlens.metrics import ROAD_PERCENTAGES
+
         check_evaluate_options(
             tolerance=tolerance, iou_threshold=iou, steps=steps, batch_size=batch_size, limit=limit
         )

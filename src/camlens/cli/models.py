@@ -20,12 +20,12 @@ from camlens.cli.common import (
 @app.command()
 def methods() -> None:
     """The methods, one line each, with their paper."""
-    from camlens.methods import METHODS
+    from camlens.options import METHOD_INFO
 
     table = Table(show_header=True, header_style="bold", box=None)
     for column in ("method", "needs", "what it does", "paper"):
         table.add_column(column)
-    for m in METHODS.values():
+    for m in METHOD_INFO:
         table.add_row(m.name, m.needs, m.summary, m.paper)
     out_console.print(table)
 
@@ -35,7 +35,6 @@ def layers(model: ModelOpt = None, weights: WeightsOpt = None, device: DeviceOpt
     """The model's layers with spatial output, their maps' shapes and how each output becomes maps
     (conv, channels-last, tokens on a grid); * marks the automatic choice. A VGG's layers also
     show their Keras names (block5_conv3), which --layer accepts too."""
-    from camlens.keras_names import keras_names
     from camlens.layers import auto_layer, spatial_layers, warn_if_broken
 
     with bad_input():
@@ -43,7 +42,7 @@ def layers(model: ModelOpt = None, weights: WeightsOpt = None, device: DeviceOpt
         found = spatial_layers(loaded)
         chosen = auto_layer(loaded, found)
         warn_if_broken(loaded)
-    aliases = {name: alias for alias, name in keras_names(loaded.net).items()}
+    aliases = {name: alias for alias, name in loaded.layer_names().items()}
     table = Table(show_header=True, header_style="bold", box=None)
     columns = ("", "layer", "Keras name", "type", "maps [C, H, W]", "adapter")
     for column in columns if aliases else columns[:2] + columns[3:]:
@@ -55,3 +54,4 @@ def layers(model: ModelOpt = None, weights: WeightsOpt = None, device: DeviceOpt
         table.add_row(*map(escape, [mark, info.name, *extra, info.kind, shape, info.adapter]))
     out_console.print(table)
     say(f"* automatic target layer of {loaded.name}: {chosen}")
+    say(f"outputs: {loaded.num_classes}, scored by {loaded.scores}")

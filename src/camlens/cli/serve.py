@@ -88,6 +88,7 @@ def serve(
             results_bytes=round(results_memory * 2**20),
             cors_origins=tuple(cors_origin or ()),
         )
+        _check_port(host, port)  # one line now, not uvicorn's after the model has loaded
         size = None
         if input_size is not None:  # checked as every front-end checks it
             size = ExplainConfig(input_size=parse_size(input_size)).input_size
@@ -105,3 +106,26 @@ def serve(
         limit_concurrency=max(100, 4 * queue_size),
         timeout_graceful_shutdown=5,
     )
+
+
+def _check_port(host: str, port: int) -> None:
+    """A :class:`~camlens.errors.CamlensError` when ``port`` of ``host`` cannot be listened on
+    (taken by another server, say): bound and let go at once, as uvicorn will bind it."""
+    import socket
+
+    from camlens.errors import CamlensError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise CamlensError(f"--host {host}: not an address of this machine ({exc})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise CamlensError(
+                f"--port {port} on {host} cannot be used ({exc.strerror or exc}): "
+                "choose another --port"
+            ) from None

@@ -242,6 +242,19 @@ def _read_voc_file(xml_file: Path, base: Path, image_dir: Path | None) -> Annota
 # COCO
 
 
+def _coco_id(value: object) -> bool:
+    """Whether ``value`` can be a COCO id: a whole number or a text (``[1]``, ``{}``, ``true`` or
+    ``null`` cannot, nor a fraction)."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int | str) or (isinstance(value, float) and value.is_integer())
+
+
+def _pixels(value: Any) -> bool:
+    """Whether ``value`` is a whole positive number of pixels (not ``true``)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
 def read_coco(path: str | Path, images: str | Path | None = None) -> Dataset:
     """COCO JSON (``images``, ``annotations`` with ``bbox = [x, y, w, h]``, ``categories``).
 
@@ -275,7 +288,7 @@ def read_coco(path: str | Path, images: str | Path | None = None) -> Dataset:
     problems: list[str] = []
     categories: dict[Any, str] = {}
     for cat in data["categories"]:
-        if isinstance(cat, dict) and "id" in cat and isinstance(cat.get("name"), str):
+        if isinstance(cat, dict) and _coco_id(cat.get("id")) and isinstance(cat.get("name"), str):
             categories[cat["id"]] = cat["name"]
         else:
             problems.append(f"{json_file}: a category without id and name: {cat!r}")
@@ -285,7 +298,7 @@ def read_coco(path: str | Path, images: str | Path | None = None) -> Dataset:
     for entry in data["images"]:
         if (
             not isinstance(entry, dict)
-            or "id" not in entry
+            or not _coco_id(entry.get("id"))
             or not isinstance(entry.get("file_name"), str)
         ):
             problems.append(f"{json_file}: an image entry without id and file_name: {entry!r}")
@@ -300,13 +313,13 @@ def read_coco(path: str | Path, images: str | Path | None = None) -> Dataset:
             problems.append(f"{json_file}: annotation {k} is not an object")
             continue
         image_id = ann.get("image_id")
-        if image_id not in records:
+        if not _coco_id(image_id) or image_id not in records:
             problems.append(
                 f"{json_file}: {where} names the image id {image_id!r}, which is not listed"
             )
             continue
         name = records[image_id]["file_name"]
-        if ann.get("category_id") not in categories:
+        if not _coco_id(ann.get("category_id")) or ann["category_id"] not in categories:
             problems.append(
                 f"{name}: {where} has the category id {ann.get('category_id')!r}, which is not listed"
             )
@@ -348,9 +361,10 @@ def read_coco(path: str | Path, images: str | Path | None = None) -> Dataset:
             )
             left_out += 1
             continue
-        size = None
-        if isinstance(entry.get("width"), int) and isinstance(entry.get("height"), int):
-            size = (entry["width"], entry["height"])
+        size: tuple[int, int] | None = None
+        width, height = entry.get("width"), entry.get("height")
+        if _pixels(width) and _pixels(height):
+            size = (int(width), int(height))  # type: ignore[arg-type]  # checked
         items.append(
             Annotated(found, objects[image_id], size, f"{json_file.name}, image id {image_id}")
         )

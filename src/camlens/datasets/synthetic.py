@@ -189,6 +189,11 @@ def synthetic_image(
     return image, truth
 
 
+MAX_SIDE = 2048
+"""The largest side of a synthetic image: one of 2048x2048 pixels takes 1.2 GB of memory and 45 s
+to make (``camlens synthetic --count 1 --size 2048``, peak RSS, on 2 cores)."""
+
+
 def make_synthetic(
     out_dir: str | Path,
     count: int = 200,
@@ -209,6 +214,15 @@ def make_synthetic(
     if unknown or not classes:
         raise CamlensError(f"unknown synthetic classes {unknown}: choose from {SYNTHETIC_CLASSES}")
     width, height = (size, size) if isinstance(size, int) else size
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (width, height)):
+        raise CamlensError(f"size must be whole numbers of pixels, not {size!r}")
+    if not 8 <= min(width, height) <= max(width, height) <= MAX_SIDE:
+        raise CamlensError(
+            f"size must be 8 to {MAX_SIDE} pixels a side, not {width}x{height} "
+            f"(a {MAX_SIDE}x{MAX_SIDE} image takes about 1.2 GB of memory to make)"
+        )
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise CamlensError(f"seed must be a whole number of 0 or more, not {seed!r}")
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

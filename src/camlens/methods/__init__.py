@@ -14,8 +14,9 @@ that make it. Its kind says what else it takes, from the :class:`Evidence` of on
   returns the channel weights ``[N, D, K]`` of the ``D`` classes of each image, and the map is
   ``sum_k w[n, d, k] * A[n, k]``.
 
-Add a method of an existing kind by writing its function, with its formula in the docstring, and
-one entry in :data:`METHODS`.
+Add a method of an existing kind by writing its function, with its formula in the docstring, its
+entry in :data:`camlens.options.METHOD_INFO` (name, kind, paper) and its function in
+``_FUNCTIONS``.
 """
 
 from __future__ import annotations
@@ -23,38 +24,41 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 
-from camlens.errors import MethodError
 from camlens.methods import cam, eigen, gradient, perturbation
 from camlens.methods.perturbation import Scorer
+from camlens.options import METHOD_INFO, Needs, method_name
+from camlens.scoring import Goals
 
 MapFunction = Callable[..., torch.Tensor]
-Needs = Literal["head", "gradients", "activations", "scores"]
+Wanted = Goals | torch.Tensor
+"""What is explained for each image: its ``D`` targets (:class:`~camlens.scoring.Goals`), or
+class indices [N, D] standing for those classes."""
 Reduce = Callable[[torch.Tensor], torch.Tensor]
 """Per-channel terms [N, K, h, w] -> a map [N, h, w] (principal-component smoothing); the plain
 map is their sum over channels."""
 
 
 class Evidence(Protocol):
-    """What methods read from one forward pass over a batch of ``N`` images, for the ``D`` classes
-    of each image given by ``index`` [N, D]."""
+    """What methods read from one forward pass over a batch of ``N`` images, for the ``D`` targets
+    of each image given by ``index`` (Goals, or class indices [N, D])."""
 
     def activations(self, layer: str) -> torch.Tensor:
         """The layer's maps [N, K, h, w]."""
         ...
 
-    def class_weights(self, layer: str, index: torch.Tensor) -> torch.Tensor:
-        """The rows of the GAP -> Linear head the layer feeds, per class: [N, D, K]."""
+    def class_weights(self, layer: str, index: Wanted) -> torch.Tensor:
+        """The rows of the GAP -> Linear head the layer feeds, per target: [N, D, K]."""
         ...
 
-    def gradients(self, layer: str, index: torch.Tensor) -> Sequence[torch.Tensor]:
-        """``D`` tensors [N, K, h, w]: the gradient of each rank's class score."""
+    def gradients(self, layer: str, index: Wanted) -> Sequence[torch.Tensor]:
+        """``D`` tensors [N, K, h, w]: the gradient of each rank's target score."""
         ...
 
-    def scorer(self, layer: str, index: torch.Tensor) -> Scorer:
+    def scorer(self, layer: str, index: Wanted) -> Scorer:
         """Runs masked inputs or edited activations of the layer through the model."""
         ...
 
@@ -110,7 +114,7 @@ class Method:
         return replace(self, options=MappingProxyType({**self.options, **options}))
 
     def maps(
-        self, evidence: Evidence, layer: str, index: torch.Tensor, reduce: Reduce | None = None
+        self, evidence: Evidence, layer: str, index: Wanted, reduce: Reduce | None = None
     ) -> torch.Tensor:
         """The maps [N, D, h, w] of the classes ``index`` [N, D] at ``layer``, before ReLU and
         normalization; ``reduce`` replaces the sum over channels of a separable method's terms."""
@@ -139,7 +143,7 @@ class HeadMethod(Method):
     needs: ClassVar[Needs] = "head"
 
     def maps(
-        self, evidence: Evidence, layer: str, index: torch.Tensor, reduce: Reduce | None = None
+        self, evidence: Evidence, layer: str, index: Wanted, reduce: Reduce | None = None
     ) -> torch.Tensor:
         a = evidence.activations(layer)
         weights = evidence.class_weights(layer, index)
@@ -153,7 +157,7 @@ class GradientMethod(Method):
     needs: ClassVar[Needs] = "gradients"
 
     def maps(
-        self, evidence: Evidence, layer: str, index: torch.Tensor, reduce: Reduce | None = None
+        self, evidence: Evidence, layer: str, index: Wanted, reduce: Reduce | None = None
     ) -> torch.Tensor:
         a = evidence.activations(layer)
         return self._per_rank(a, evidence.gradients(layer, index), reduce)
@@ -166,7 +170,7 @@ class ActivationMethod(Method):
     needs: ClassVar[Needs] = "activations"
 
     def maps(
-        self, evidence: Evidence, layer: str, index: torch.Tensor, reduce: Reduce | None = None
+        self, evidence: Evidence, layer: str, index: Wanted, reduce: Reduce | None = None
     ) -> torch.Tensor:
         raw: torch.Tensor = self.fn(evidence.activations(layer), **self.options)
         return raw[:, None].expand(-1, index.shape[1], -1, -1)
@@ -180,7 +184,7 @@ class ScoreMethod(Method):
     needs: ClassVar[Needs] = "scores"
 
     def maps(
-        self, evidence: Evidence, layer: str, index: torch.Tensor, reduce: Reduce | None = None
+        self, evidence: Evidence, layer: str, index: Wanted, reduce: Reduce | None = None
     ) -> torch.Tensor:
         a = evidence.activations(layer)
         weights = self.fn(a, evidence.scorer(layer, index), **self.options).to(a.dtype)
@@ -190,132 +194,44 @@ class ScoreMethod(Method):
         return torch.einsum("ndk,nkhw->ndhw", weights, a)
 
 
-METHODS: dict[str, Method] = {
-    m.name: m
-    for m in [
-        HeadMethod(
-            "cam",
-            cam.cam,
-            "Zhou et al. 2016, Learning Deep Features for Discriminative Localization",
-            "weights of a GAP -> Linear head times the activations; one forward pass, no gradient",
-            title="CAM",
-        ),
-        GradientMethod(
-            "gradcam",
-            gradient.gradcam,
-            "Selvaraju et al. 2017, Grad-CAM",
-            "channel weights = spatial mean of the gradients",
-            title="Grad-CAM",
-        ),
-        GradientMethod(
-            "gradcampp",
-            gradient.gradcampp,
-            "Chattopadhyay et al. 2018, Grad-CAM++",
-            "channel weights = positive gradients weighted by second-order alphas",
-            title="Grad-CAM++",
-        ),
-        GradientMethod(
-            "xgradcam",
-            gradient.xgradcam,
-            "Fu et al. 2020, Axiom-based Grad-CAM (XGrad-CAM)",
-            "channel weights = gradients averaged with the normalized activations as weights",
-            title="XGrad-CAM",
-        ),
-        GradientMethod(
-            "hirescam",
-            gradient.hirescam,
-            "Draelos & Carin 2020, HiResCAM",
-            "gradient times activation per pixel, summed over channels, then ReLU (the "
-            "element-wise recipe of the Keras Grad-CAM write-ups)",
-            title="HiResCAM",
-        ),
-        GradientMethod(
-            "gradcam_elementwise",
-            gradient.gradcam_elementwise,
-            "Grad-CAM element-wise (pytorch-grad-cam's GradCAMElementWise)",
-            "ReLU of each gradient-activation product, then summed over channels (the ReLU "
-            "before the sum: not the write-ups' recipe, which is hirescam)",
-            title="Grad-CAM elementwise",
-        ),
-        GradientMethod(
-            "layercam",
-            gradient.layercam,
-            "Jiang et al. 2021, LayerCAM",
-            "positive gradients times activations, element-wise, summed over channels",
-            title="LayerCAM",
-        ),
-        ScoreMethod(
-            "scorecam",
-            perturbation.scorecam,
-            "Wang et al. 2020, Score-CAM",
-            "channel weights = softmax over channels of the class score of the input masked by "
-            "each channel",
-            title="Score-CAM",
-        ),
-        ScoreMethod(
-            "sscam",
-            perturbation.sscam,
-            "Wang, Naidu et al. 2020, SS-CAM: Smoothed Score-CAM",
-            "Score-CAM with the masked scores averaged over noisy masks",
-            title="SS-CAM",
-        ),
-        ScoreMethod(
-            "iscam",
-            perturbation.iscam,
-            "Naidu et al. 2020, IS-CAM: Integrated Score-CAM",
-            "Score-CAM with the masked scores averaged over a path of growing masks",
-            title="IS-CAM",
-        ),
-        ScoreMethod(
-            "ablationcam",
-            perturbation.ablationcam,
-            "Desai & Ramaswamy 2020, Ablation-CAM",
-            "channel weights = relative drop of the class score when the channel is zeroed",
-            title="Ablation-CAM",
-        ),
-        ActivationMethod(
-            "eigencam",
-            eigen.eigencam,
-            "Muhammad & Yeasin 2020, Eigen-CAM",
-            "first principal component of the activations (no class, sign fixed)",
-            separable=False,
-            title="Eigen-CAM",
-        ),
-        GradientMethod(
-            "eigengradcam",
-            eigen.eigengradcam,
-            "Eigen-CAM on gradient x activation (pytorch-grad-cam's EigenGradCAM)",
-            "first principal component of gradient times activation (sign fixed)",
-            separable=False,
-            title="EigenGrad-CAM",
-        ),
-    ]
+_FUNCTIONS: dict[str, MapFunction] = {
+    "cam": cam.cam,
+    "gradcam": gradient.gradcam,
+    "gradcampp": gradient.gradcampp,
+    "xgradcam": gradient.xgradcam,
+    "hirescam": gradient.hirescam,
+    "gradcam_elementwise": gradient.gradcam_elementwise,
+    "layercam": gradient.layercam,
+    "scorecam": perturbation.scorecam,
+    "sscam": perturbation.sscam,
+    "iscam": perturbation.iscam,
+    "ablationcam": perturbation.ablationcam,
+    "eigencam": eigen.eigencam,
+    "eigengradcam": eigen.eigengradcam,
+}
+_KINDS: dict[str, type[Method]] = {
+    kind.needs: kind for kind in (HeadMethod, GradientMethod, ActivationMethod, ScoreMethod)
 }
 
-ALIASES = {
-    "grad-cam": "gradcam",
-    "gradcam++": "gradcampp",
-    "grad-cam++": "gradcampp",
-    "xgrad-cam": "xgradcam",
-    "layer-cam": "layercam",
-    "hires-cam": "hirescam",
-    "gradcamelementwise": "gradcam_elementwise",
-    "score-cam": "scorecam",
-    "ss-cam": "sscam",
-    "is-cam": "iscam",
-    "ablation-cam": "ablationcam",
-    "eigen-cam": "eigencam",
-    "eigengrad-cam": "eigengradcam",
+METHODS: dict[str, Method] = {
+    info.name: _KINDS[info.needs](
+        info.name,
+        _FUNCTIONS[info.name],
+        info.paper,
+        info.summary,
+        separable=info.separable,
+        title=info.title,
+    )
+    for info in METHOD_INFO
 }
+"""Every method by name, in the order of :data:`camlens.options.METHOD_INFO` (which holds their
+names, kinds, papers and spellings without importing torch)."""
 
 
 def get_method(name: str) -> Method:
-    """The method called ``name`` (case-insensitive; a few spellings are accepted)."""
-    key = name.strip().lower().replace(" ", "")
-    key = ALIASES.get(key, key).replace("-", "_")
-    if key not in METHODS:
-        raise MethodError(f"unknown method {name!r}: choose one of {', '.join(METHODS)}")
-    return METHODS[key]
+    """The method called ``name`` (case-insensitive; a few spellings are accepted:
+    :data:`camlens.options.ALIASES`)."""
+    return METHODS[method_name(name)]
 
 
 __all__ = [

@@ -12,23 +12,28 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from camlens.errors import MethodError
 from camlens.maps import CONSTANT_TOLERANCE
 from camlens.progress import Event, Progress
 from camlens.replay import Replay
 
 Build = Callable[[int, int], torch.Tensor]
+Score = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 MaskNormalize = Literal["upsampled", "activations"]
 
 
 class Scorer:
-    """What a perturbation method may ask of the model, for a batch of ``N`` images whose ``D``
-    requested classes are ``classes`` [N, D].
+    """What a perturbation method may ask of the model, for a batch of ``N`` images with ``D``
+    targets each: ``score(outputs [M, C], rows [M], embeddings [M, E] or None) -> [M, D]`` scores
+    the outputs of rows that belong to the images ``rows`` (a class's logit, a contrast, a
+    similarity: see :class:`camlens.scoring.Goals`); ``embedding``, when a target reads one,
+    records it (:class:`camlens.scoring.Embedding`) during the passes.
 
     ``x`` [N, 3, H, W] are the inputs, ``logits`` their logits and ``activations`` the target
     layer's output on them. :meth:`score_inputs` and
@@ -36,7 +41,7 @@ class Scorer:
     ``build(start, stop)`` function that makes the rows ``start:stop`` (masked inputs, or edited
     activations of the target layer); they run the model on as many rows at a time as
     ``max_batch_memory`` (bytes) allows, in inference mode, and return each row's scores for the
-    classes of its image, [rows, D]. The rows are never all built at once.
+    targets of its image, [rows, D]. The rows are never all built at once.
 
     Speed knobs that change the result, off by default: ``channels`` keeps only that many channels
     per image, those whose activation varies most over the locations (as Faster Score-CAM does);
@@ -51,7 +56,8 @@ class Scorer:
         net: nn.Module,
         x: torch.Tensor,
         logits: torch.Tensor,
-        classes: torch.Tensor,
+        score: Score,
+        depth: int,
         activations: torch.Tensor,
         *,
         replay: Callable[[], Replay] | None = None,
@@ -61,11 +67,14 @@ class Scorer:
         resolution: float | None = None,
         channels_last: bool = False,
         progress: Progress | None = None,
+        embedding: Any = None,
     ) -> None:
         self.net = net
         self.x = x
         self.logits = logits
-        self.classes = classes
+        self.score = score
+        self.depth = depth
+        self.embedding = embedding
         self.activations = activations
         self.max_batch_memory = max_batch_memory
         self.channels = channels
@@ -100,11 +109,30 @@ class Scorer:
         return self._images[rows]
 
     def score_input(self, image: torch.Tensor) -> torch.Tensor:
-        """The scores of one input [3, H', W'] for the classes of every image, [N, D]."""
+        """The scores of one input [3, H', W'] for the targets of every image, [N, D]."""
+        n = len(self.x)
         with torch.inference_mode():
-            logits: torch.Tensor = self.net(image[None])
-        self.passes += 1
-        return logits[0][self.classes].float()
+            logits, embeddings = self._recorded(self.net, image[None])
+            self.passes += 1
+            rows = torch.arange(n, device=self.x.device)
+            more = None if embeddings is None else embeddings.expand(n, -1)
+            return self.score(logits.expand(n, -1), rows, more).float()
+
+    def _recorded(
+        self, model: Callable[..., torch.Tensor], *args: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``model(*args)`` and the embedding recorded during it (None without one)."""
+        if self.embedding is None:
+            return model(*args), None
+        found: list[torch.Tensor] = []
+        with self.embedding.tap(found):
+            out = model(*args)
+        if not found:
+            raise MethodError(
+                f"the similarity's embedding ({self.embedding.describe}) was not run by these "
+                "passes"
+            )
+        return out, found[-1]
 
     def score_inputs(self, rows: torch.Tensor, build: Build) -> torch.Tensor:
         """Scores of masked inputs (``build`` gives [m, 3, H', W'] for rows ``start:stop``)."""
@@ -134,15 +162,16 @@ class Scorer:
         per_row: float,
     ) -> torch.Tensor:
         total = len(rows)
-        out = torch.empty(total, self.classes.shape[1], device=self.x.device)
+        out = torch.empty(total, self.depth, device=self.x.device)
         step = max(1, int(self.max_batch_memory // max(per_row, 1)))
         if self.progress is not None:
             self.progress(Event("passes", 0, total))
         with torch.inference_mode():
             for start in range(0, total, step):
                 stop = min(start + step, total)
-                logits = model(build(start, stop), rows[start:stop])
-                out[start:stop] = logits.gather(1, self.classes[rows[start:stop]]).float()
+                part = rows[start:stop]
+                logits, embeddings = self._recorded(model, build(start, stop), part)
+                out[start:stop] = self.score(logits, part, embeddings).float()
                 self.passes += stop - start
                 if self.progress is not None:
                     self.progress(Event("passes", stop, total))
@@ -235,7 +264,7 @@ def masked_scores(
             masks = torch.cat(parts)  # samples are contiguous and ascending within a chunk
         return scorer.images(image) * masks[:, None]
 
-    scores = torch.full((n, scorer.classes.shape[1], k), -math.inf, device=activations.device)
+    scores = torch.full((n, scorer.depth, k), -math.inf, device=activations.device)
     if count:
         found = scorer.score_inputs(rows, build).reshape(samples, count, -1).mean(dim=0)
         scores[pairs[:, 0], :, pairs[:, 1]] = found
@@ -417,7 +446,7 @@ def ablationcam(activations: torch.Tensor, scorer: Scorer) -> torch.Tensor:
 
     scores = scorer.score_activations(rows, build)
     base = scores[:n]  # [N, D]
-    drop = torch.zeros(n, scorer.classes.shape[1], k, device=activations.device)
+    drop = torch.zeros(n, scorer.depth, k, device=activations.device)
     drop[pairs[:, 0], :, pairs[:, 1]] = base[pairs[:, 0]] - scores[n:]
     scale = torch.where(base != 0, base, 1)
     return drop / scale[:, :, None]

@@ -10,7 +10,9 @@ included), so a checkpoint never depends on the weights file its backbone came f
      "class_names": ["cat", "coffee"],
      "preprocess": {"input_size": [224, 224], "interpolation": "bicubic",
                     "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
-     "training": {...}}          # what camlens.train recorded: epochs, accuracy, confusion matrix
+     "training": {...},          # what camlens.train recorded: epochs, accuracy, confusion matrix
+     "scores": "softmax"}        # how the outputs become predictions: softmax, sigmoid or raw
+                                 # (absent in older files: softmax)
 
 Why this and not a zip of ``header.json`` + ``weights.safetensors``: a single file that any
 safetensors reader opens (``safe_open(path, "pt").metadata()`` shows the header), no pickle
@@ -35,6 +37,7 @@ from camlens.images import PreprocessConfig, check_preprocess
 from camlens.models.head import CamConfig, CamNet, config_from_json, header_json, skeleton
 from camlens.models.model import Model
 from camlens.models.weights import load_state
+from camlens.targets import Scores, TargetError, check_scores
 from camlens.version import __version__
 
 CHECKPOINT_SUFFIX = ".camlens"
@@ -52,6 +55,7 @@ class Header:
     preprocess: PreprocessConfig
     training: dict[str, Any]
     camlens_version: str
+    scores: Scores = "softmax"
 
     def to_json(self) -> dict[str, Any]:
         p = self.preprocess
@@ -68,6 +72,7 @@ class Header:
                 "std": list(p.std),
             },
             "training": self.training,
+            "scores": self.scores,
         }
 
 
@@ -98,6 +103,7 @@ def save(
         model.preprocess,
         dict(net.training_summary if training is None else training),
         __version__,
+        model.scores,
     )
     metadata = {METADATA_KEY: json.dumps(header.to_json(), sort_keys=True)}
     # clones: safetensors refuses tensors that share memory, and wants them contiguous on the CPU
@@ -113,6 +119,11 @@ def checkpoint_path(path: str | os.PathLike[str], what: str = "checkpoint") -> P
     path when it is a folder or its folder cannot be created or written (so that ``camlens
     train --out`` is checked before any training)."""
     target = Path(path)
+    if target.is_dir():  # not FOLDER.camlens beside it, unsaid
+        raise CamlensError(
+            f"{what} {target} is a folder: give the checkpoint's file name "
+            f"({target / ('model' + CHECKPOINT_SUFFIX)}, say)"
+        )
     if target.suffix != CHECKPOINT_SUFFIX:
         target = target.with_name(target.name + CHECKPOINT_SUFFIX)
     return output_file(target, what)
@@ -159,7 +170,9 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
     )
     net.training_summary = dict(header.training)
     net.eval()
-    return Model(net, header.preprocess, header.class_names, str(path), spec=str(path)).to(device)
+    return Model(
+        net, header.preprocess, header.class_names, str(path), spec=str(path), scores=header.scores
+    ).to(device)
 
 
 def _read(path: Path, *, weights: bool) -> tuple[Header, dict[str, torch.Tensor] | None]:
@@ -210,8 +223,11 @@ def _parse_header(data: Any, where: str) -> Header:
             std=_triple(p["std"]),
         )
         training = dict(data.get("training") or {})
+        scores = check_scores(data.get("scores", "softmax"))
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"{where}: the camlens header is incomplete ({exc!r})") from None
+    except TargetError as exc:
+        raise ModelError(f"{where}: the camlens header's {exc}") from None
     try:
         check_preprocess(preprocess)
     except CamlensError as exc:
@@ -220,7 +236,9 @@ def _parse_header(data: Any, where: str) -> Header:
         raise ModelError(
             f"{where}: the header names {len(names)} classes for {config.num_classes} outputs"
         )
-    return Header(config, names, preprocess, training, str(data.get("camlens_version", "?")))
+    return Header(
+        config, names, preprocess, training, str(data.get("camlens_version", "?")), scores
+    )
 
 
 def _triple(values: Any) -> tuple[float, float, float]:

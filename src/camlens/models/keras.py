@@ -45,6 +45,7 @@ from camlens.errors import ModelError
 from camlens.images import PreprocessConfig
 from camlens.models.labels import default_labels
 from camlens.models.model import LinearHead, Model
+from camlens.targets import check_scores
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 """The file suffixes :func:`camlens.load_model` reads as Keras models (lower case)."""
@@ -94,7 +95,16 @@ _APPLICATION_MODES = (
     ("regnet", "raw"),
 )
 
-_SIDECAR_KEYS = {"mode", "input_size", "interpolation", "mean", "std", "channel_order", "labels"}
+_SIDECAR_KEYS = {
+    "mode",
+    "input_size",
+    "interpolation",
+    "mean",
+    "std",
+    "channel_order",
+    "labels",
+    "scores",
+}
 
 
 def preprocess_mode(
@@ -148,7 +158,9 @@ class KerasNet(nn.Module):
     the input goes to Keras in the model's own data format (channels-last by default). When the
     model ends in a softmax (a ``Dense`` layer with a softmax activation, or a softmax layer), the
     softmax is left out: the module gives the logits, so that gradients are those of the class
-    scores, not of the probabilities. ``keras_model`` is the model itself, left as it was loaded.
+    scores, not of the probabilities. A final sigmoid (a multi-label or binary head) is left out
+    the same way, and ``scores`` is then ``"sigmoid"`` (else ``"softmax"``). ``keras_model`` is
+    the model itself, left as it was loaded.
     """
 
     keras_model: Any  # plain attributes, not children: their layers are the children
@@ -185,11 +197,16 @@ class KerasNet(nn.Module):
         last = model.layers[-1]
         self.dense: Any = None  # the final Dense whose softmax is left out
         body = model
-        if _is_softmax(getattr(last, "activation", None)) and isinstance(last, keras.layers.Dense):
+        activation = getattr(last, "activation", None)
+        self.scores = "sigmoid" if _is_sigmoid(activation) else "softmax"
+        if (_is_softmax(activation) or _is_sigmoid(activation)) and isinstance(
+            last, keras.layers.Dense
+        ):
             self.dense = last
             body = keras.Model(model.inputs, last.input)
         elif isinstance(last, keras.layers.Softmax) or (
-            isinstance(last, keras.layers.Activation) and _is_softmax(last.activation)
+            isinstance(last, keras.layers.Activation)
+            and (_is_softmax(last.activation) or _is_sigmoid(last.activation))
         ):
             body = keras.Model(model.inputs, last.input)
         object.__setattr__(self, "keras_body", body)
@@ -215,6 +232,10 @@ def _dense(layer: Any, x: torch.Tensor) -> torch.Tensor:
 
 def _is_softmax(activation: Any) -> bool:
     return getattr(activation, "__name__", "") == "softmax"
+
+
+def _is_sigmoid(activation: Any) -> bool:
+    return getattr(activation, "__name__", "") == "sigmoid"
 
 
 def _named_layers(keras: ModuleType, model: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -280,7 +301,9 @@ def read_sidecar(path: Path) -> dict[str, Any]:
          "mean": [0.485, 0.456, 0.406],   # instead of a mode: on [0, 1], in channel order
          "std": [0.229, 0.224, 0.225],
          "channel_order": "RGB",          # or BGR
-         "labels": "labels.txt"}          # class names: a list, or a file beside the JSON
+         "labels": "labels.txt",          # class names: a list, or a file beside the JSON
+         "scores": "sigmoid"}             # softmax, sigmoid or raw (default: sigmoid after a
+                                          # final sigmoid, else softmax)
 
     Unknown keys are an error, so that a misspelt one is not silently ignored.
     """
@@ -323,6 +346,34 @@ def _config_from(
     )
 
 
+def _readable_as_keras(path: Path) -> bool:
+    """Whether ``path`` begins as a ``.keras`` (zip) or ``.h5`` (HDF5) file does."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+    except OSError:
+        return False
+    return head.startswith(b"PK\x03\x04") or head.startswith(b"\x89HDF\r\n\x1a\n")
+
+
+def _check_input_size(net: KerasNet, size: tuple[int, int], where: Path) -> None:
+    """A :class:`~camlens.errors.ModelError` naming ``where`` when the model cannot run at
+    ``size`` (height, width) as a JSON beside it asks: one pass of a blank input, as
+    ``--input-size`` is checked, so that the first explanation does not fail in Keras."""
+    height, width = size
+    if min(height, width) < 1:
+        raise ModelError(f"{where}: input_size must be positive, not {[height, width]}")
+    try:
+        with torch.no_grad():
+            net(torch.zeros(1, 3, height, width))
+    except Exception as exc:
+        text = " ".join(str(exc).split())[:200]
+        raise ModelError(
+            f"{where}: input_size {height}x{width}: the model cannot take it "
+            f"({type(exc).__name__}: {text}); give the size it was built for"
+        ) from None
+
+
 def guess_mode(keras: ModuleType, model: Any) -> tuple[str, str]:
     """A preprocessing mode guessed from the model: (mode, why)."""
     names = [model.name] + [layer.name for layer in model.layers if isinstance(layer, keras.Model)]
@@ -356,6 +407,11 @@ def load_keras(
             raise ModelError(
                 f"{path}: refused: loading it would run {what} stored in the file, and camlens "
                 "loads Keras files in safe mode only"
+            ) from None
+        if "File not found" in text or not _readable_as_keras(path):  # the file is there
+            raise ModelError(
+                f"{path}: cannot load the Keras model: not a file Keras can read (a .keras "
+                "file is a zip archive, a .h5 an HDF5 file): damaged, or another kind of file"
             ) from None
         raise ModelError(
             f"{path}: cannot load the Keras model ({type(exc).__name__}: {text[:300]})"
@@ -400,13 +456,19 @@ def from_keras(
         mode, why = guess_mode(keras, model)
         config = _config_from({**settings, "mode": mode}, (height, width), where)
         size = "" if net.input_size or "input_size" in settings else ", 224x224"
-        missing = f"no {sidecar.name} beside it, " if sidecar else ""
-        hint = f"write {sidecar.name} with its" if sidecar else "pass preprocess= with the"
+        there = sidecar is not None and sidecar.is_file()
+        missing = f"no {sidecar.name} beside it, " if sidecar and not there else ""
+        if sidecar is None:
+            hint = "pass preprocess= with the"
+        else:
+            hint = f"add to {sidecar.name} its" if there else f"write {sidecar.name} with its"
         warnings.warn(
             f"{name}: no preprocessing given ({missing}no preprocess=): guessed {mode!r}{size} "
             f'from {why}; {hint} "mode" if the model was trained otherwise',
             stacklevel=3,
         )
+    if "input_size" in settings and (height, width) != net.input_size:
+        _check_input_size(net, (height, width), where)
     outputs = int(model.outputs[0].shape[-1])
     names = settings.get("labels")
     if isinstance(names, str):
@@ -420,4 +482,13 @@ def from_keras(
     classes = tuple(str(n) for n in names) if names is not None else default_labels(outputs)
     if len(classes) != outputs:
         raise ModelError(f"{where}: {len(classes)} labels given, the model has {outputs} outputs")
-    return Model(net, config, classes, name, adapter=keras_rule, linear_heads=keras_linear_heads)
+    scores = check_scores(settings.get("scores", net.scores))
+    return Model(
+        net,
+        config,
+        classes,
+        name,
+        adapter=keras_rule,
+        linear_heads=keras_linear_heads,
+        scores=scores,
+    )

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeAlias, cast
 
 import torch
 from torch import nn
@@ -40,6 +42,7 @@ from camlens.models.head import (
 from camlens.models.keras import KERAS_SUFFIXES
 from camlens.models.labels import default_labels
 from camlens.models.model import Model
+from camlens.models.scores import set_scores
 from camlens.models.synthetic import (
     SYNTHETIC_CLASSES,
     SYNTHETIC_PREPROCESS,
@@ -48,13 +51,8 @@ from camlens.models.synthetic import (
 )
 from camlens.models.weights import classifier_size, load_state, read_state_dict
 
-SPEC_FORMS = (
-    f"'{DEFAULT_SPEC}' (the default, offline ImageNet weights), 'timm:NAME' or 'torchvision:NAME' "
-    "(with weights= a local .pth/.pt/.bin/.safetensors state dict; random weights without), "
-    f"a .camlens checkpoint, a Keras .keras/.h5 file, '{SYNTHETIC_SPEC}' (the synthetic "
-    "benchmark's CNN, with weights=), or "
-    "a built model's spec such as 'efficientnet_lite0 -> GAP -> Linear(1280, 2)' (with weights=)"
-)
+Weights: TypeAlias = str | os.PathLike[str] | None
+Preprocess: TypeAlias = PreprocessConfig | str | None
 
 
 def load_model(
@@ -64,6 +62,7 @@ def load_model(
     labels: Sequence[str] | str | os.PathLike[str] | None = None,
     preprocess: PreprocessConfig | str | None = None,
     device: str | torch.device = "cpu",
+    scores: str | None = None,
 ) -> Model:
     """Returns a :class:`Model` in eval mode.
 
@@ -75,6 +74,9 @@ def load_model(
       state dict or safetensors file; random init, with a warning, without one);
     - a path ending in ``.camlens``: a checkpoint written by :func:`camlens.save` (its own weights,
       classes and preprocessing);
+    - ``"hf:FOLDER"``: a Hugging Face ``transformers`` image classifier saved with
+      ``save_pretrained`` in a local folder, with its image processor (:mod:`camlens.models.hf`,
+      with the ``hf`` extra);
     - ``"synthetic"``: the synthetic benchmark's CNN, filled from ``weights`` (the state dict that
       ``camlens synthetic OUT --train`` writes);
     - a built model's spec, ``"BACKBONE [at HxW] -> GAP [-> Dropout(P)] -> Linear(K, C)"`` (what
@@ -91,6 +93,11 @@ def load_model(
     ``device``: where the model goes (``cpu``, ``cuda``, ``cuda:1``, ``mps``), checked before
     anything is loaded: one that this machine does not have is a
     :class:`~camlens.errors.CamlensError` naming the devices it has.
+
+    ``scores``: how the outputs become predictions, ``"softmax"``, ``"sigmoid"`` (multi-label
+    and one-output binary heads) or ``"raw"`` (regression); by default what a checkpoint or a
+    Keras model says, else ``sigmoid`` for a one-output model and ``softmax`` otherwise (see
+    :func:`camlens.models.scores.set_scores` for what is refused).
 
     Every model camlens gives has a ``spec`` and ``weights`` that load it back:
     ``load_model(model.spec, weights=model.weights)`` rebuilds the same network, preprocessing and
@@ -123,44 +130,31 @@ def load_model(
         preprocess = None  # taken into account
     elif isinstance(spec, nn.Module):
         model = _wrap_module(spec, preprocess)
-    elif isinstance(spec, str | os.PathLike) and str(spec).endswith(CHECKPOINT_SUFFIX):
-        if weights is not None:
-            raise ModelError(f"{spec} is a camlens checkpoint with its own weights; drop {weights}")
-        model = load_checkpoint(spec)
-    elif isinstance(spec, str) and is_cam_spec(spec):
-        model = _load_built(spec, weights)
-    elif isinstance(spec, str | os.PathLike) and str(spec).lower().endswith(KERAS_SUFFIXES):
-        from camlens.models.keras import load_keras
-
-        if weights is not None:
-            raise ModelError(f"{spec} is a Keras model file with its own weights; drop {weights}")
-        model = load_keras(spec, preprocess=preprocess)
-        preprocess = None  # taken into account
-    elif weights is not None and str(weights).endswith(CHECKPOINT_SUFFIX):
-        raise ModelError(
-            f"{weights} is a camlens checkpoint, not a state dict: load it with load_model({str(weights)!r})"
-        )
-    elif spec is None or spec in (DEFAULT_SPEC, "default"):
-        if weights is not None:
+    elif spec is None or isinstance(spec, str | os.PathLike):
+        family = family_of(spec)
+        if isinstance(spec, os.PathLike) and not family.paths:
             raise ModelError(
-                f"the default model has its own weights; use 'timm:NAME' with {weights}"
+                f"a model spec must be a string or an nn.Module, not {type(spec).__name__}"
             )
-        net = default_network()
-        model = Model(
-            net, timm_preprocess(net), default_labels(1000), DEFAULT_SPEC, spec=DEFAULT_SPEC
-        )
-    elif not isinstance(spec, str):
+        text = DEFAULT_SPEC if spec is None else str(spec)
+        if weights is not None and family.own_weights:
+            raise ModelError(f"{text} is {family.own_weights} with its own weights; drop {weights}")
+        if (
+            weights is not None
+            and not family.checkpoint_weights
+            and str(weights).endswith(CHECKPOINT_SUFFIX)
+        ):
+            raise ModelError(
+                f"{weights} is a camlens checkpoint, not a state dict: load it with "
+                f"load_model({str(weights)!r})"
+            )
+        model = family.load(text, weights, preprocess)
+        if family.own_preprocess:
+            preprocess = None  # taken into account
+    else:
         raise ModelError(
             f"a model spec must be a string or an nn.Module, not {type(spec).__name__}"
         )
-    elif spec.startswith("timm:"):
-        model = _load_timm(spec[len("timm:") :], weights)
-    elif spec.startswith("torchvision:"):
-        model = _load_torchvision(spec[len("torchvision:") :], weights)
-    elif spec == SYNTHETIC_SPEC:
-        model = _load_synthetic(weights)
-    else:
-        raise ModelError(f"unknown model spec {spec!r}: use {SPEC_FORMS}")
     if isinstance(preprocess, str):  # a keras.applications mode, at the model's input size
         from camlens.models.keras import preprocess_mode
 
@@ -171,37 +165,60 @@ def load_model(
     if labels is not None:
         model.labels = _read_labels(labels, model)
     model.net.eval()
-    return model.to(target)
+    model.to(target)
+    set_scores(model, scores)
+    return model
 
 
-def _load_timm(name: str, weights: str | os.PathLike[str] | None) -> Model:
-    check_timm_name(name)
+def _load_default(spec: str, weights: Weights, preprocess: Preprocess) -> Model:
+    if weights is not None:
+        raise ModelError(f"the default model has its own weights; use 'timm:NAME' with {weights}")
+    net = default_network()
+    return Model(net, timm_preprocess(net), default_labels(1000), DEFAULT_SPEC, spec=DEFAULT_SPEC)
+
+
+@dataclass(frozen=True)
+class _Zoo:
+    """A library of architectures by name (timm, torchvision): its name check, its builder
+    (``num_classes=`` to fit a weights file's head), the preprocessing of a network built by name,
+    and what the family does to the model last (timm's transformers: token layers)."""
+
+    check: Callable[[str], None]
+    network: Callable[..., nn.Module]
+    preprocess: Callable[[str, nn.Module], PreprocessConfig]
+    finish: Callable[[Model], Model] = lambda model: model
+
+
+def _load_named(zoo: _Zoo, spec: str, weights: Weights, preprocess: Preprocess) -> Model:
+    """``LIBRARY:NAME``: the architecture ``NAME`` of the library, filled from ``weights`` (random
+    weights, with a warning, without)."""
+    name = spec.split(":", 1)[1]
+    zoo.check(name)
     state = read_state_dict(weights) if weights is not None else None
     kwargs: dict[str, Any] = {}
     if state is not None:
         kwargs["num_classes"] = classifier_size(state)
-    net = timm_network(name, **kwargs)
-    spec = f"timm:{name}"
+    net = zoo.network(name, **kwargs)
     path = _fill(net, state, spec, weights)
     labels = default_labels(_num_outputs(net))
-    model = Model(net, timm_preprocess(net), labels, spec, spec=spec, weights=path)
-    return token_family(model)  # transformers: token and channels-last layers
+    model = Model(net, zoo.preprocess(name, net), labels, spec, spec=spec, weights=path)
+    return zoo.finish(model)
 
 
-def _load_torchvision(name: str, weights: str | os.PathLike[str] | None) -> Model:
-    check_torchvision_name(name)
-    state = read_state_dict(weights) if weights is not None else None
-    kwargs: dict[str, Any] = {}
-    if state is not None:
-        kwargs["num_classes"] = classifier_size(state)
-    net = torchvision_network(name, **kwargs)
-    spec = f"torchvision:{name}"
-    path = _fill(net, state, spec, weights)
-    labels = default_labels(_num_outputs(net))
-    return Model(net, torchvision_preprocess(name), labels, spec, spec=spec, weights=path)
+TIMM = _Zoo(
+    check_timm_name,
+    timm_network,
+    lambda name, net: timm_preprocess(net),
+    token_family,  # transformers: token and channels-last layers
+)
+TORCHVISION = _Zoo(
+    check_torchvision_name,
+    torchvision_network,
+    lambda name, net: torchvision_preprocess(name),
+)
 
 
-def _load_synthetic(weights: str | os.PathLike[str] | None) -> Model:
+def _load_synthetic(spec: str, weights: Weights, preprocess: Preprocess) -> Model:
     """The small CNN of the synthetic localization benchmark (:mod:`camlens.models.synthetic`),
     from the state dict that ``camlens synthetic OUT --train`` writes."""
     if weights is None:
@@ -222,7 +239,7 @@ def _load_synthetic(weights: str | os.PathLike[str] | None) -> Model:
     )
 
 
-def _load_built(spec: str, weights: str | os.PathLike[str] | None) -> Model:
+def _load_built(spec: str, weights: Weights, preprocess: Preprocess) -> Model:
     """A network of :func:`camlens.build_cam_model` from its spec and the weights of the whole
     network: a state dict, or its ``.camlens`` checkpoint (whose config must be the spec's)."""
     config, size = parse_cam_spec(spec)
@@ -246,6 +263,120 @@ def _load_built(spec: str, weights: str | os.PathLike[str] | None) -> Model:
     labels = tuple(f"class {i}" for i in range(config.num_classes))
     preprocess = with_input_size(own, size)
     return Model(net, preprocess, labels, describe(config), spec=spec, weights=path)
+
+
+def _load_checkpoint(spec: str, weights: Weights, preprocess: Preprocess) -> Model:
+    return load_checkpoint(spec)
+
+
+def _load_hf(spec: str, weights: Weights, preprocess: Preprocess) -> Model:
+    from camlens.models.hf import load_hf
+
+    return load_hf(spec[len("hf:") :], weights)
+
+
+def _load_keras(spec: str, weights: Weights, preprocess: Preprocess) -> Model:
+    from camlens.models.keras import load_keras
+
+    return load_keras(spec, preprocess=preprocess)
+
+
+@dataclass(frozen=True)
+class Family:
+    """A kind of model spec: ``match`` tells its specs (``prefix`` builds it for ``NAME:...``
+    families), ``load(spec, weights, preprocess)`` makes the :class:`Model`, ``forms`` says what
+    it accepts (for the error on an unknown spec). ``own_weights``: the spec's file holds the
+    weights (a ``weights=`` is refused, the text saying what the file is); ``checkpoint_weights``:
+    ``weights=`` may be a ``.camlens`` checkpoint; ``paths``: the spec may be a path object;
+    ``own_preprocess``: the loader applies ``preprocess=`` itself (a Keras preprocessing mode)."""
+
+    forms: str
+    match: Callable[[str], bool]
+    load: Callable[[str, Weights, Preprocess], Model]
+    own_weights: str | None = None
+    checkpoint_weights: bool = False
+    paths: bool = False
+    own_preprocess: bool = False
+
+
+def prefix(text: str) -> Callable[[str], bool]:
+    """The ``match`` of a family whose specs start with ``text`` (``"timm:"``)."""
+    return lambda spec: spec.startswith(text)
+
+
+def suffix(*texts: str) -> Callable[[str], bool]:
+    """The ``match`` of a family of files ending in one of ``texts`` (any case)."""
+    return lambda spec: spec.lower().endswith(texts)
+
+
+FAMILIES: list[Family] = [
+    Family(
+        "a .camlens checkpoint",
+        lambda spec: spec.endswith(CHECKPOINT_SUFFIX),
+        _load_checkpoint,
+        own_weights="a camlens checkpoint",
+        paths=True,
+    ),
+    Family(
+        "a built model's spec such as 'efficientnet_lite0 -> GAP -> Linear(1280, 2)' (with weights=)",
+        is_cam_spec,
+        _load_built,
+        checkpoint_weights=True,
+    ),
+    Family(
+        "a Keras .keras/.h5 file",
+        suffix(*KERAS_SUFFIXES),
+        _load_keras,
+        own_weights="a Keras model file",
+        paths=True,
+        own_preprocess=True,
+    ),
+    Family(
+        f"'{DEFAULT_SPEC}' (the default, offline ImageNet weights)",
+        lambda spec: spec in (DEFAULT_SPEC, "default"),
+        _load_default,
+    ),
+    Family(
+        "'timm:NAME' (with weights= a local .pth/.pt/.bin/.safetensors state dict; random "
+        "weights without)",
+        prefix("timm:"),
+        partial(_load_named, TIMM),
+    ),
+    Family(
+        "'torchvision:NAME' (the same)", prefix("torchvision:"), partial(_load_named, TORCHVISION)
+    ),
+    Family(
+        "'hf:FOLDER' (a transformers classifier saved with save_pretrained)",
+        prefix("hf:"),
+        _load_hf,
+    ),
+    Family(
+        f"'{SYNTHETIC_SPEC}' (the synthetic benchmark's CNN, with weights=)",
+        lambda spec: spec == SYNTHETIC_SPEC,
+        _load_synthetic,
+    ),
+]
+"""Every kind of model spec, tried in order: a new family is one entry (its prefix, its loader
+and the text of the forms it accepts)."""
+
+
+def spec_forms() -> str:
+    """The forms of model spec camlens accepts, for an error message."""
+    return ", ".join(f.forms for f in FAMILIES)
+
+
+def family_of(spec: str | os.PathLike[str] | None) -> Family:
+    """The family of ``spec`` (``None``: the default model's); an unknown spec is a
+    :class:`~camlens.errors.ModelError` listing the forms."""
+    text = DEFAULT_SPEC if spec is None else str(spec)
+    for family in FAMILIES:
+        if family.match(text):
+            return family
+    if not isinstance(spec, str):
+        raise ModelError(
+            f"a model spec must be a string or an nn.Module, not {type(spec).__name__}"
+        )
+    raise ModelError(f"unknown model spec {spec!r}: use {spec_forms()}")
 
 
 def _fill(

@@ -15,6 +15,26 @@ from torch import nn
 from camlens.adapters import AdapterRule, default_rule
 from camlens.errors import ClassError
 from camlens.images import PreprocessConfig
+from camlens.keras_names import keras_names
+from camlens.targets import Scores, TargetError
+from camlens.types import class_number
+
+AliasRule = Callable[[nn.Module], dict[str, str]]
+"""Other names of a network's layers -> their dotted names in it (empty when it has none)."""
+
+ALIAS_RULES: tuple[AliasRule, ...] = (keras_names,)
+"""The other names every model's layers may be given by, one rule per naming: Keras's names of a
+VGG's layers (``block5_conv3``, :mod:`camlens.keras_names`). A new naming is one entry here."""
+
+
+def layer_aliases(net: nn.Module) -> dict[str, str]:
+    """The names of every rule of :data:`ALIAS_RULES` for ``net``'s layers (the first rule to
+    give a name keeps it)."""
+    found: dict[str, str] = {}
+    for rule in ALIAS_RULES:
+        for alias, name in rule(net).items():
+            found.setdefault(alias, name)
+    return found
 
 
 @dataclass(frozen=True)
@@ -52,7 +72,12 @@ class Model:
     ``linear_heads`` lists the linear layers a GAP -> Linear CAM head may end in (the
     ``nn.Linear`` modules by default; a Keras model's ``Dense`` layers). ``default_layer``, when a
     model family sets it, is the automatic target layer (a ViT's ``blocks.11.norm1``); otherwise
-    the rule of :func:`camlens.layers.auto_layer` chooses.
+    the rule of :func:`camlens.layers.auto_layer` chooses. ``scores`` says how the outputs
+    become predictions (:meth:`predict`): ``softmax`` (single-label), ``sigmoid`` (multi-label
+    and one-output binary heads) or ``raw`` (regression outputs, as they are). ``aliases`` gives
+    the other names its layers may be given by (``--layer block5_conv3`` for a VGG's
+    ``features.29``; :func:`layer_aliases` by default), beside the adapters: see
+    :meth:`layer_names`.
     """
 
     net: nn.Module
@@ -66,6 +91,13 @@ class Model:
         default=torch_linear_heads, repr=False, compare=False
     )
     default_layer: str | None = None
+    scores: Scores = "softmax"
+    aliases: AliasRule = field(default=layer_aliases, repr=False, compare=False)
+
+    def layer_names(self) -> dict[str, str]:
+        """Other names of the network's layers -> their dotted names (``block5_conv3`` ->
+        ``features.29`` in a VGG)."""
+        return self.aliases(self.net)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.net(x)
@@ -82,6 +114,18 @@ class Model:
         for b in self.net.buffers():
             return b.device
         return torch.device("cpu")
+
+    def predict(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The predictions [N, outputs] the model's outputs [N, outputs] give, as it scores them:
+        softmax probabilities, per-output sigmoid probabilities, or the raw values."""
+        outputs = outputs.float()
+        if self.scores == "softmax":
+            return torch.softmax(outputs, dim=1)
+        if self.scores == "sigmoid":
+            return torch.sigmoid(outputs)
+        if self.scores == "raw":
+            return outputs
+        raise TargetError(f"{self.name}: unknown scoring {self.scores!r}")
 
     def to(self, device: str | torch.device) -> Model:
         """Moves the network to ``device`` (in place) and returns ``self``."""
@@ -113,8 +157,9 @@ class Model:
                 )
             return cls
         text = str(cls).strip()
-        if text.lstrip("-").isascii() and text.lstrip("-").isdigit():
-            return self.class_index(int(text))
+        number = class_number(text)
+        if number is not None:
+            return self.class_index(number)
         found = label_matches(self.labels, text)
         if len(found) == 1:
             return found[0]

@@ -75,7 +75,12 @@ def create_app(model: Model, settings: ServeSettings | None = None) -> FastAPI:
     )
     app.state.camlens = shared
     limit = f"the upload is over this server's limit of {_size(settings.max_upload_bytes)}"
-    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + FORM_BYTES, message=limit)
+    app.add_middleware(
+        BodyLimit,
+        limit=settings.max_upload_bytes + FORM_BYTES,
+        message=limit,
+        stall=settings.upload_stall,
+    )
     app.add_middleware(NoSniff)
     if settings.cors_origins:
         app.add_middleware(

@@ -386,6 +386,8 @@ class Batcher:
         if classes_given:
             lists: Any = [list(r.config.classes) for r in requests]
             return explainer.explain(images, classes=lists, names=names, progress=progress)
+        if config.targets or config.above is not None:  # the config's targets, for every image
+            return explainer.explain(images, names=names, progress=progress)
         tops = [r.config.top or 1 for r in requests]
         results = explainer.explain(images, top=max(tops), names=names, progress=progress)
         for result, top in zip(results, tops, strict=True):

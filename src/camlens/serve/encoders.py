@@ -52,11 +52,12 @@ def map_npy(explanation: Explanation, i: int, size: str = "image") -> bytes:
 
 def file_stem(explanation: Explanation, i: int | None = None) -> str:
     """The name of a result's file, without suffix: the photo's stem and, for map ``i``, its
-    method, layer and class (``cat.gradcam.bn2.285``), in safe characters."""
+    method, layer and class or target (``cat.gradcam.bn2.285``, ``ClassMap.tag``), in safe
+    characters."""
     stem = Path(explanation.source).stem or "image"
     if i is not None:
         m = explanation.maps[i]
-        stem = f"{stem}.{m.method}.{m.layer}.{m.class_index}"
+        stem = f"{stem}.{m.method}.{m.layer}.{m.tag}"
     return re.sub(r"[^A-Za-z0-9._-]+", "_", stem)
 
 

@@ -57,7 +57,12 @@ def parameter_of(exc: CamlensError) -> str | None:
     return None
 
 
+FIELD_BYTES = 4096
+"""The largest form field of ``POST /api/explain`` but the image (a method's, layer's or
+class's name; a longer one is a 400 that says so)."""
+
 ERRORS: dict[int | str, dict[str, Any]] = {
+    408: {"model": ErrorBody, "description": "the upload stalled: no data for 30 s"},
     413: {
         "model": ErrorBody,
         "description": "upload over the size limit, or image over the pixel limit",
@@ -90,4 +95,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail), None, **(exc.headers or {}))
+        detail = str(exc.detail)
+        if detail.startswith(("Part exceeded maximum size", "Field exceeded maximum size")):
+            detail = (
+                f"a form field is over {FIELD_BYTES // 1024} kB, the limit of every field but "
+                "image: give each value in a field of its own (-F methods=gradcam -F "
+                "methods=cam)"
+            )
+        return error_response(exc.status_code, detail, None, **(exc.headers or {}))

@@ -37,6 +37,7 @@ from camlens.runs import (
     read_row,
     summarize,
 )
+from camlens.types import class_number
 
 Sort = Literal["score", "spread", "off_center", "name"]
 Order = Literal["asc", "desc"]
@@ -184,8 +185,8 @@ class RunIndex:
         reads names (any case, underscores for spaces, one synonym); 422 otherwise, or when the
         name fits several of the run's classes."""
         text = given.strip()
-        if text.lstrip("-").isdigit():
-            index = int(text)
+        index = class_number(text)
+        if index is not None:
             if index < 0:
                 raise CamlensError(
                     f"class must be a class index (0 or more) or name, not {given!r}"

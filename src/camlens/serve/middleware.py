@@ -3,6 +3,8 @@ request body's size limit."""
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from camlens.serve.errors import error_response
@@ -36,12 +38,15 @@ class _TooLarge(Exception):
 
 class BodyLimit:
     """Refuses request bodies over ``limit`` bytes with a 413 naming the limit: at once when the
-    Content-Length says so (nothing is read), else as soon as the bytes received pass it."""
+    Content-Length says so (nothing is read), else as soon as the bytes received pass it; and a
+    body that stalls (no byte for ``stall`` seconds) with a 408, so that slow or stuck uploads
+    do not hold the server's memory."""
 
-    def __init__(self, app: ASGIApp, limit: int, message: str) -> None:
+    def __init__(self, app: ASGIApp, limit: int, message: str, stall: float = 30.0) -> None:
         self.app = app
         self.limit = limit
         self.message = message
+        self.stall = stall
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -55,10 +60,16 @@ class BodyLimit:
             return
         received = 0
         over = started = False
+        refusal = (413, self.message)
 
         async def counting_receive() -> Message:
-            nonlocal received, over
-            message = await receive()
+            nonlocal received, over, refusal
+            try:
+                message = await asyncio.wait_for(receive(), self.stall)
+            except TimeoutError:
+                over = True
+                refusal = (408, f"the upload stalled: no data for {self.stall:g} s")
+                raise _TooLarge from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
@@ -79,6 +90,5 @@ class BodyLimit:
             if not over or started:
                 raise
         if over and not started:
-            await error_response(413, self.message, "image", Connection="close")(
-                scope, receive, send
-            )
+            status, message = refusal
+            await error_response(status, message, "image", Connection="close")(scope, receive, send)

@@ -14,8 +14,10 @@ from fastapi.routing import APIRoute
 
 from camlens.config import ExplainConfig, OutputConfig
 from camlens.errors import CamlensError
+from camlens.scoring import TargetPlan
 from camlens.serve.errors import ApiError, bad_option
 from camlens.serve.state import ServerState
+from camlens.targets import from_options
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,10 @@ def explain_options(
     threshold: str,
     cmap: str,
     alpha: float,
+    versus: Sequence[str] | None = None,
+    above: float | None = None,
+    outputs: Sequence[int] | None = None,
+    scores: str | None = None,
 ) -> tuple[ExplainConfig, OutputConfig]:
     """The request's options as one config and one output config, checked against the model
     (its classes, layers) and this server's limits; a 422 names the parameter at fault. Class
@@ -103,11 +109,22 @@ def explain_options(
     except CamlensError as exc:
         raise bad_option(exc, "classes") from None
     try:
+        given, targets = from_options(indices, items(versus, split=False), outputs)
+    except CamlensError as exc:
+        raise bad_option(exc, "versus") from None
+    try:
+        TargetPlan(model, targets)  # a class or output the model does not have, named here
+    except CamlensError as exc:
+        raise bad_option(exc, "versus" if versus else "output") from None
+    try:
         config = ExplainConfig(
             methods=tuple(items(methods)) or ("gradcam",),
             layers=tuple(items(layers)),
-            classes=indices,
+            classes=given,
             top=top,
+            targets=targets,
+            above=above,
+            scores=scores,  # type: ignore[arg-type]  # checked by ExplainConfig
             smooth=tuple(items(smooth)),
             fast_channels=fast_channels,
             fast_resolution=fast_resolution,
@@ -129,7 +146,13 @@ def explain_options(
         )
     if config.top is not None and config.top > model.num_classes:
         raise ApiError(422, f"top must be at most {model.num_classes}, not {config.top}", "top")
-    count = (len(indices) or config.top or 1) * len(config.methods) * max(1, len(config.layers))
+    wanted = len(config.targets) or len(config.classes) or config.top or 1
+    if config.above is not None:  # under softmax at most 1 / above classes; else not known yet
+        softmax = (config.scores or model.scores) == "softmax"
+        wanted = (
+            min(model.num_classes, int(1 / config.above)) if softmax and config.above > 0 else 1
+        )
+    count = wanted * len(config.methods) * max(1, len(config.layers))
     if count > st.settings.max_maps:
         raise ApiError(
             422,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
 
 
@@ -32,6 +34,9 @@ class ModelOut(BaseModel):
     preprocessing: Preprocessing
     layers: list[LayerOut] = Field(description="layers with a spatial output, in forward order")
     auto_layer: str = Field(description="the layer used when none is asked for")
+    scores: str = Field(
+        description="how outputs become predictions: softmax, sigmoid (multi-label, binary) or raw"
+    )
 
 
 class MethodOut(BaseModel):
@@ -63,7 +68,9 @@ class ServerOut(BaseModel):
 class PredictionOut(BaseModel):
     class_index: int
     label: str
-    score: float = Field(description="softmax probability")
+    score: float = Field(
+        description="as the model scores outputs: softmax or sigmoid probability, or raw value"
+    )
 
 
 class BoxOut(BaseModel):
@@ -82,6 +89,13 @@ class MapOut(BaseModel):
     peak: tuple[int, int] = Field(description="(x, y) of the map's maximum in the photo's pixels")
     map_shape: tuple[int, int] = Field(description="(h, w): the map's own grid, at the layer")
     boxes: list[BoxOut] | None = Field(default=None, description="when boxes were asked for")
+    target: dict[str, Any] | None = Field(
+        default=None,
+        description='what was explained, when not a plain class: {"kind": "contrast", "classes": '
+        '[282, 285]}, {"kind": "output", "index": 0}, {"kind": "similarity", ...}',
+    )
+    explained: str | None = Field(default=None, description="the target in words")
+    value: float | None = Field(default=None, description="the target's score for this image")
     overlay: str = Field(description="URL of the overlay PNG (a data: URL with inline=true)")
     heatmap: str = Field(description="URL of the coloured map alone, PNG at the photo's size")
     map: str = Field(
@@ -125,6 +139,9 @@ class ExplainOut(BaseModel):
     image: ImageOut
     methods: list[str]
     layers: list[str]
+    scores: str = Field(
+        default="softmax", description="how the predictions were scored: softmax, sigmoid or raw"
+    )
     predictions: list[PredictionOut] = Field(description="the top 5, best first")
     explanations: list[MapOut]
     skipped: list[SkippedOut] = Field(

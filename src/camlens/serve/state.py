@@ -40,6 +40,7 @@ class ServerState:
             ),
             layers=[LayerOut(name=i.name, kind=i.kind, shape=list(i.shape)) for i in layers],
             auto_layer=auto_layer(model, layers),
+            scores=model.scores,
         )
         self.batcher = Batcher(
             model,
@@ -142,15 +143,16 @@ RunGallery = Annotated[Gallery, Depends(gallery)]
 
 
 def run_index(found: RunGallery, run: Annotated[str, Path()]) -> tuple[Place, RunIndex]:
-    """The run named ``run`` and its index: 404 for a name not found, 500 for an index that
-    cannot be read."""
+    """The run named ``run`` and its index: 404 for a name not found, 409 for an index that
+    cannot be read (rows camlens did not write: the run's state, not the server, is at fault;
+    ``GET /api/runs`` lists it with the same problem)."""
     try:
         place = found.place(run)
         return place, found.index(place)
     except RunNotFound as exc:
         raise ApiError(404, str(exc)) from None
     except RunUnreadable as exc:
-        raise ApiError(500, str(exc)) from None
+        raise ApiError(409, str(exc)) from None
 
 
 Run = Annotated[tuple[Place, RunIndex], Depends(run_index)]

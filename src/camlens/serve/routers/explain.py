@@ -24,7 +24,7 @@ from camlens.localize import add_boxes
 from camlens.serve.batcher import Cancelled, Closed, Job, QueueFull, phases
 from camlens.serve.batcher import Request as Request_
 from camlens.serve.encoders import data_url, map_npy, overlay_png
-from camlens.serve.errors import ERRORS, ApiError, bad_option
+from camlens.serve.errors import ERRORS, FIELD_BYTES, ApiError, bad_option
 from camlens.serve.parameters import explain_options, only_known_parameters
 from camlens.serve.schemas import ExplainOut, ImageOut, MapOut, SkippedOut, StatsOut
 from camlens.serve.state import Root, ServerState, State
@@ -36,7 +36,7 @@ router = APIRouter(prefix="/api", tags=["explain"], dependencies=[Depends(only_k
 @router.post(
     "/explain",
     responses=ERRORS,
-    form_limits={"max_files": 1, "max_fields": 100, "max_part_size": 4096},
+    form_limits={"max_files": 1, "max_fields": 100, "max_part_size": FIELD_BYTES},
 )
 async def explain(
     st: State,
@@ -78,6 +78,23 @@ async def explain(
     inline: Annotated[
         bool, Form(description="overlay PNG and map .npy as data: URLs in the JSON")
     ] = False,
+    versus: Annotated[
+        list[str] | None,
+        Form(
+            description="explain each class (or the top-1) versus this class, y_A - y_B (repeat "
+            "for the mean of several), or next / next:K: the next K predictions"
+        ),
+    ] = None,
+    above: Annotated[
+        float | None, Form(description="explain every class whose score is at least this")
+    ] = None,
+    output_index: Annotated[
+        list[int] | None,
+        Form(alias="output", description="explain raw output K as it is (repeat)"),
+    ] = None,
+    scores: Annotated[
+        str | None, Form(description="softmax, sigmoid or raw: how outputs become predictions")
+    ] = None,
     job: Annotated[
         str | None,
         Form(
@@ -103,6 +120,10 @@ async def explain(
         threshold=threshold,
         cmap=cmap,
         alpha=alpha,
+        versus=versus,
+        above=above,
+        outputs=output_index,
+        scores=scores,
     )
     if st.batcher.queued >= st.settings.max_queue:  # before any decoding
         retry = st.batcher.retry_after()
@@ -119,6 +140,9 @@ async def explain(
         data = await image.read()
         photo = await run_in_threadpool(read_image, st, data, name)
         del data
+        if inline:  # before any model runs: the maps' .npy alone would be too much
+            maps = (len(config.classes) or config.top or 1) * len(config.methods)
+            check_inline(st, maps * len(config.layers or ("",)), photo.size, 0)
         sent = time.perf_counter()
         explanation = await until_disconnected(
             request, st.batcher.explain(Request_(photo, name, config, tracked), ticket), tracked
@@ -199,6 +223,23 @@ def read_image(st: ServerState, data: bytes, name: str) -> Image.Image:
         raise ApiError(415, f"{name}: {exc.problem}", "image") from None
 
 
+def check_inline(st: ServerState, maps: int, size: tuple[int, int], inlined: int) -> None:
+    """A 413 naming ``inline`` when an answer with ``maps`` maps of a photo of ``size`` inline
+    would pass the server's ``max_inline_bytes``: each map's ``.npy`` alone is 4 bytes a pixel,
+    a third more in base64 (``inlined``: the bytes of data: URLs already made)."""
+    width, height = size
+    least = maps * (4 * width * height + 128) * 4 // 3
+    limit = st.settings.max_inline_bytes
+    if inlined + least > limit or inlined > limit:
+        raise ApiError(
+            413,
+            f"inline=true would answer at least {max(least, inlined) / 2**20:.0f} MB for {maps} "
+            f"map{'s' if maps != 1 else ''} of {width}x{height} pixels, over this server's limit "
+            f"of {limit / 2**20:.0f} MB: ask without inline and fetch each map from its URL",
+            "inline",
+        )
+
+
 def respond(
     st: ServerState,
     explanation: Explanation,
@@ -220,6 +261,7 @@ def respond(
     heatmap_query = urlencode({"cmap": output.cmap})
     report = explanation.to_dict()
     maps = []
+    inlined = 0  # bytes of data: URLs so far
     for i, entry in enumerate(report["explanations"]):
         urls = {
             "overlay": f"{base}/maps/{i}/overlay.png?{overlay_query}",
@@ -227,9 +269,11 @@ def respond(
             "map": f"{base}/maps/{i}/map.npy",
         }
         if inline:
+            check_inline(st, len(report["explanations"]) - i, explanation.size, inlined)
             png = overlay_png(explanation, i, output.cmap, output.alpha, output.boxes is not None)
             urls["overlay"] = data_url("image/png", png)
             urls["map"] = data_url("application/octet-stream", map_npy(explanation, i))
+            inlined += len(urls["overlay"]) + len(urls["map"])
         maps.append(MapOut.model_validate({**entry, "index": i, **urls}))
     width, height = report["size"]
     body = ExplainOut(
@@ -240,6 +284,7 @@ def respond(
         image=ImageOut(name=report["image"], size=(width, height), url=f"{base}/photo.jpg"),
         methods=list(config.methods),
         layers=sorted({m.layer for m in explanation.maps}, key=st.layer_names.index),
+        scores=report["scores"],
         predictions=report["predictions"],
         explanations=maps,
         skipped=[SkippedOut.model_validate(entry) for entry in report.get("skipped", ())],

@@ -33,7 +33,12 @@ from camlens.serve.schemas import (
 from camlens.serve.state import Root, Run, RunGallery
 
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
-    404: {"model": ErrorBody, "description": "no such run, or no --runs folder"}
+    404: {"model": ErrorBody, "description": "no such run, or no --runs folder"},
+    409: {
+        "model": ErrorBody,
+        "description": "the run's index cannot be read (rows camlens did not write): "
+        "GET /api/runs lists the run with the same problem",
+    },
 }
 
 router = APIRouter(

@@ -3,7 +3,8 @@
 // optionally navigate(), called when the address changes within the view}; add one to VIEWS
 // (and, when it should be offered, to the navigation) to add a page.
 
-import { getJSON } from "./api.js";
+import { getMethods, getModel, getServer } from "./api.js";
+import { setMethods } from "./dom.js";
 import { mountExplore } from "./explore.js";
 import { mountGallery } from "./gallery.js";
 
@@ -46,11 +47,8 @@ function toggleHelp(open = help.hidden) {
 
 async function start() {
   try {
-    const [server, model, methods] = await Promise.all([
-      getJSON("/api/server"),
-      getJSON("/api/model"),
-      getJSON("/api/methods"),
-    ]);
+    const [server, model, methods] = await Promise.all([getServer(), getModel(), getMethods()]);
+    setMethods(methods.methods);
     context = { server, model, methods };
   } catch (error) {
     view.replaceChildren(Object.assign(document.createElement("p"), {

@@ -3,8 +3,8 @@
 // page scrolls down; an image opened shows all its maps, ← → step through the list, Esc goes
 // back to it. What is shown lives in the address: #/gallery/RUN?class=285&sort=spread&image=12.
 
-import { getJSON } from "./api.js";
-import { element, methodName, percent } from "./explore.js";
+import { getRunImage, getRunImages, getRunSummary, getRuns } from "./api.js";
+import { element, methodName, percent, plural, releaseAfterPointer, shortLabel } from "./dom.js";
 
 const PAGE = 60;
 const SORTS = ["score", "spread", "off_center", "name"];
@@ -44,10 +44,9 @@ function hashOf(view) {
   return `#/gallery/${encodeURIComponent(view.run ?? "")}${query ? `?${query}` : ""}`;
 }
 
+const share = (fraction) => `${(100 * fraction).toFixed(1)}%`; // of the images: 0 is 0%
 const defaultOrder = (sort) => (sort === "name" ? "asc" : "desc");
 const baseName = (path) => path.split(/[\\/]/).pop() || path;
-const shortLabel = (label) => String(label).split(",")[0];
-const plural = (n, word) => `${n.toLocaleString("en")} ${word}${n === 1 ? "" : "s"}`;
 
 function valueText(sort, map) {
   if (!map || sort === "name" || sort === "score") return "";
@@ -57,7 +56,7 @@ function valueText(sort, map) {
   return sort === "spread" ? `spread ${Math.round(100 * value)}%` : `off-center ${value.toFixed(2)}`;
 }
 
-export function mountGallery(root) {
+export function mountGallery(root, { model }) {
   root.replaceChildren(document.getElementById("gallery-template").content.cloneNode(true));
   const $ = (id) => root.querySelector(`#${id}`);
   const state = {
@@ -151,7 +150,7 @@ export function mountGallery(root) {
   }
 
   async function loadSummary(run) {
-    const summary = await getJSON(`/api/runs/${encodeURIComponent(run)}/summary`);
+    const summary = await getRunSummary(run);
     if (state.run !== run) return;
     state.summary = summary;
     const select = $("class-filter");
@@ -183,6 +182,35 @@ export function mountGallery(root) {
     $("facts").replaceChildren(...facts.flatMap(([name, value]) => [
       element("dt", { text: name }), element("dd", { text: value }),
     ]));
+    renderClassTable(summary, classes);
+  }
+
+  // The summary's per-class table: a column per number the run has; a class opens its images.
+  function renderClassTable(summary, classes) {
+    const table = $("class-table");
+    table.hidden = !classes.length;
+    const has = (key) => classes.some((c) => c[key] !== null && c[key] !== undefined);
+    const columns = [
+      ["images", "Images", (v) => v.toLocaleString("en")],
+      ["score", "Mean score", percent],
+      ["top1", "Top-1 right", share],
+      ["top5", "Top-5 right", share],
+      ["spread", "Spread", (v) => `${Math.round(100 * v)}%`],
+      ["off_center", "Off-center", (v) => v.toFixed(2)],
+    ].filter(([key]) => has(key));
+    table.querySelector("summary").textContent =
+      `Per class: ${plural(classes.length, "class")}` +
+      (summary.by === "truth" ? " (true, from folder names)" : " (top-1 prediction)");
+    $("class-table-head").replaceChildren(element("tr", {}, element("th", { scope: "col", text: "Class" }),
+      ...columns.map(([, name]) => element("th", { scope: "col", text: name }))));
+    $("class-table-body").replaceChildren(...classes.map((c) => {
+      const open = element("button", { type: "button", text: c.label, "data-class": String(c.class_index),
+        title: `Show the images of ${c.label}` });
+      open.addEventListener("click", () => go({ class: String(c.class_index), status: "all", image: null }));
+      return element("tr", {}, element("th", { scope: "row" }, open),
+        ...columns.map(([key, , format]) => element("td", {
+          text: c[key] === null || c[key] === undefined ? "–" : format(c[key]) })));
+    }));
   }
 
   // --- the list --------------------------------------------------------------------------------
@@ -213,12 +241,34 @@ export function mountGallery(root) {
       }
       if (generation !== state.generation) return; // the address changed meanwhile
     }
-    $("class-filter").value = view.status === "failed" ? "failed" : view.class;
-    if ($("class-filter").value !== (view.status === "failed" ? "failed" : view.class)) {
-      $("class-filter").value = ""; // a class index the run does not have: the list says so
-    }
-    renderTitle(view);
+    showClass(view, /^\d+$/.test(view.class) ? Number(view.class) : null);
     await loadMore();
+  }
+
+  // The class list and the title say the same class: the one the server read the address's
+  // class as (an index or a name, `class_index` of its answer), else the address's own words.
+  function showClass(view, classIndex) {
+    const select = $("class-filter");
+    select.querySelector("option.extra")?.remove();
+    if (view.status === "failed") {
+      select.value = "failed";
+    } else if (classIndex === null) {
+      select.value = "";
+    } else {
+      const value = String(classIndex);
+      if (![...select.options].some((o) => o.value === value)) {
+        // a class of the model with no image in this run: listed, with its count
+        select.append(element("option", { className: "extra", value,
+          text: `${labelOf(classIndex)} (0)` }));
+      }
+      select.value = value;
+    }
+    renderTitle(view, classIndex);
+  }
+
+  function labelOf(classIndex) {
+    const found = state.summary?.classes.find((c) => c.class_index === classIndex);
+    return found?.label ?? model.classes[classIndex] ?? `class ${classIndex}`;
   }
 
   function renderControls(view) {
@@ -233,13 +283,11 @@ export function mountGallery(root) {
     low.setAttribute("aria-pressed", String(order === "asc"));
   }
 
-  function renderTitle(view) {
+  function renderTitle(view, classIndex) {
     let title = "All images";
     if (view.status === "failed") title = "Failed images";
-    else if (view.class) {
-      const found = state.summary?.classes.find((c) => String(c.class_index) === view.class);
-      title = found ? found.label : `Class ${view.class}`;
-    }
+    else if (classIndex !== null) title = labelOf(classIndex);
+    else if (view.class) title = `Class “${view.class}”`;
     $("gallery-title").textContent = title;
   }
 
@@ -270,10 +318,11 @@ export function mountGallery(root) {
     if (view.class) params.set("class", view.class);
     if (view.status !== "all") params.set("status", view.status);
     $("load-more").disabled = true;
-    state.loading = getJSON(`/api/runs/${encodeURIComponent(view.run)}/images?${params}`)
+    state.loading = getRunImages(view.run, params)
       .then((page) => {
         if (generation !== state.generation || disposed) return;
         const start = state.items.length;
+        if (start === 0 && view.class) showClass(view, page.class_index ?? null);
         state.items.push(...page.images);
         state.total = page.total;
         $("thumbs").append(...page.images.map((item, i) => tile(item, start + i)));
@@ -283,6 +332,13 @@ export function mountGallery(root) {
         if (generation !== state.generation) return;
         say(error.message);
         $("no-images").hidden = true;
+        if (!state.items.length && view.class && error.parameter === "class") {
+          // the class list says it too, rather than "All images" over an empty list
+          const select = $("class-filter");
+          select.append(element("option", { className: "extra", value: `?${view.class}`,
+            text: `“${view.class}”: not a class of this run` }));
+          select.value = `?${view.class}`;
+        }
       })
       .finally(() => {
         if (generation === state.generation) {
@@ -359,7 +415,7 @@ export function mountGallery(root) {
       const params = new URLSearchParams();
       if (state.view.class) params.set("class", state.view.class);
       try {
-        item = await getJSON(`/api/runs/${encodeURIComponent(state.view.run)}/images/${id}?${params}`);
+        item = await getRunImage(state.view.run, id, params);
       } catch (error) {
         say(error.message);
         go({ image: null });
@@ -374,7 +430,9 @@ export function mountGallery(root) {
     renderDetail(item);
     $("grid-view").hidden = true;
     $("detail").hidden = false;
-    window.scrollTo({ top: 0 });
+    // the image's top on screen, where the list was (not the page's top: on a phone, the filters)
+    const panel = root.querySelector(".gallery-panel");
+    if (panel.getBoundingClientRect().top < 0) panel.scrollIntoView({ block: "start" });
     if (!root.querySelector("#detail").contains(document.activeElement)) $("detail-back").focus();
   }
 
@@ -477,8 +535,10 @@ export function mountGallery(root) {
 
   // --- controls, keyboard ----------------------------------------------------------------------
 
+  releaseAfterPointer($("class-filter"));
   $("class-filter").addEventListener("change", () => {
     const value = $("class-filter").value;
+    if (value.startsWith("?")) return; // the address's unknown class, already shown
     if (value === "failed") go({ class: "", status: "failed", image: null });
     else go({ class: value, status: "all", image: null });
   });
@@ -534,7 +594,7 @@ export function mountGallery(root) {
     $("no-images").hidden = false;
     $("no-images").textContent = "Reading the runs…";
     try {
-      state.runs = (await getJSON("/api/runs")).runs;
+      state.runs = (await getRuns()).runs;
     } catch (error) {
       say(error.message);
       $("no-images").hidden = true;

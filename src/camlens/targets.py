@@ -1,0 +1,356 @@
+"""Targets: what an explanation explains. A target maps the model's output to one score per image;
+every method explains that score (the gradient methods differentiate it, the perturbation methods
+score their masked or ablated passes with it, CAM reads a GAP -> Linear head where the score is
+linear in the head's outputs).
+
+The kinds (``y`` is the model's output for one image, its logits or raw outputs):
+
+=====================  ======================================================  ===============
+target                 score                                                   linear in ``y``
+=====================  ======================================================  ===============
+``ClassScore(c)``      ``y[c]``: a class's logit (softmax or sigmoid scoring)  yes
+``Contrast(a, (b,))``  ``y[a] - mean(y[b] for b in versus)``                   yes
+``Contrast(a, next=K)`` ``y[a]`` minus the mean of the next ``K`` predicted    yes
+``Binary(positive)``   ``y[0]`` (positive) or ``-y[0]`` (negative): one output yes
+``Output(k)``          ``y[k]`` as it is (a regression output)                 yes
+``Similarity(ref)``    ``cos(e(x), e(ref))``: the embedding ``e`` before the   no
+                       classifier (the input of the last linear layer), or a
+                       layer's output averaged over its locations
+``Function(fn)``       ``fn(y)``: any callable, from Python only               no
+=====================  ======================================================  ===============
+
+``Contrast`` with ``cls=None`` contrasts the image's top-1 prediction. This module is plain data
+with checks (no torch): a target is checked when made (a contrast of a class with itself, a
+negative output index...); what needs the model (a class that does not exist, an output out of
+range, a reference that cannot be read) is checked by :mod:`camlens.scoring` when a model takes
+it. ``to_dict``/:func:`target_from_dict` are the JSON round trip; a ``Function`` refuses it.
+
+>>> Contrast("tiger cat", ("Egyptian cat",)).to_dict()
+{'kind': 'contrast', 'class': 'tiger cat', 'versus': ['Egyptian cat']}
+>>> target_from_dict({"kind": "output", "index": 0})
+Output(index=0)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from camlens.errors import CamlensError, ClassError
+
+Scores = Literal["softmax", "sigmoid", "raw"]
+SCORES: tuple[Scores, ...] = ("softmax", "sigmoid", "raw")
+"""How a model's outputs become predictions: ``softmax`` over the classes (single-label),
+``sigmoid`` of each output (multi-label heads, one-output binary heads) or ``raw`` (regression:
+the outputs as they are)."""
+
+ClassRef = int | str
+
+
+class TargetError(CamlensError):
+    """A target that cannot be explained (a bad option, or one this model cannot give)."""
+
+
+def check_scores(value: Any) -> Scores:
+    """``value`` as one of :data:`SCORES` (any case), or a :class:`TargetError` naming them."""
+    text = str(value).strip().lower() if isinstance(value, str) else value
+    if text not in SCORES:
+        raise TargetError(f"scores must be one of {', '.join(SCORES)}, not {value!r}")
+    return text  # type: ignore[no-any-return]
+
+
+def _class_ref(value: Any, what: str) -> ClassRef:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ClassError(f"{what}: a class is an index or a name, not {value!r}")
+    if isinstance(value, str):
+        value = value.strip()
+        if not value:
+            raise ClassError(f"{what}: an empty class name")
+        if value.isascii() and value.isdigit():
+            return int(value)
+        return str(value)
+    if value < 0:
+        raise ClassError(f"{what}: a class index is at least 0, not {value}")
+    return int(value)
+
+
+def _same_class(a: ClassRef, b: ClassRef) -> bool:
+    if isinstance(a, str) and isinstance(b, str):
+        return " ".join(a.replace("_", " ").casefold().split()) == " ".join(
+            b.replace("_", " ").casefold().split()
+        )
+    return a == b
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    """A class's score: its logit ``y[c]`` (the model's scoring only changes the predictions)."""
+
+    kind: ClassVar[str] = "class"
+    cls: ClassRef
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cls", _class_ref(self.cls, "class"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "class": self.cls}
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """``y[cls] - mean(y[b] for b in versus)``, or with ``next=K`` minus the mean of the ``K``
+    classes predicted right after ``cls``; ``cls=None`` is the image's top-1 prediction. What
+    tips the decision from the other classes to ``cls`` (the Finer-CAM idea)."""
+
+    kind: ClassVar[str] = "contrast"
+    cls: ClassRef | None = None
+    versus: tuple[ClassRef, ...] = ()
+    next: int | None = None
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        if self.cls is not None:
+            set_(self, "cls", _class_ref(self.cls, "contrast"))
+        versus = (self.versus,) if isinstance(self.versus, int | str) else self.versus
+        if not isinstance(versus, Sequence):
+            raise ClassError(f"contrast: versus is a list of classes, not {versus!r}")
+        set_(self, "versus", tuple(dict.fromkeys(_class_ref(v, "versus") for v in versus)))
+        if self.next is not None:
+            if isinstance(self.next, bool) or not isinstance(self.next, int) or self.next < 1:
+                raise ClassError(
+                    f"contrast: next is a number of classes, at least 1, not {self.next!r}"
+                )
+            if self.versus:
+                raise ClassError("contrast: give the classes to compare with, or next, not both")
+        elif not self.versus:
+            raise ClassError("contrast: give the classes to compare with (versus), or next=K")
+        if self.cls is not None and any(_same_class(self.cls, v) for v in self.versus):
+            raise ClassError(f"contrast: class {self.cls!r} versus itself explains nothing")
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "class": self.cls}
+        if self.next is not None:
+            out["next"] = self.next
+        else:
+            out["versus"] = list(self.versus)
+        if self.cls is None:
+            del out["class"]
+        return out
+
+
+@dataclass(frozen=True)
+class Binary:
+    """A one-output binary head's logit ``y[0]``: ``positive`` explains it, negative ``-y[0]``."""
+
+    kind: ClassVar[str] = "binary"
+    positive: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.positive, bool):
+            raise TargetError(f"binary: positive is true or false, not {self.positive!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "positive": self.positive}
+
+
+@dataclass(frozen=True)
+class Output:
+    """Output ``index`` as it is (a regression head's value)."""
+
+    kind: ClassVar[str] = "output"
+    index: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.index, bool) or not isinstance(self.index, int) or self.index < 0:
+            raise TargetError(f"output: an output index is a whole number >= 0, not {self.index!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "index": self.index}
+
+
+@dataclass(frozen=True)
+class Similarity:
+    """The cosine similarity between the image's embedding and ``reference``'s (an image file):
+    the input of the model's last linear layer (its pooled features), or ``layer``'s output
+    averaged over its locations."""
+
+    kind: ClassVar[str] = "similarity"
+    reference: str
+    layer: str | None = None
+
+    def __post_init__(self) -> None:
+        ref = self.reference
+        if isinstance(ref, os.PathLike):
+            ref = os.fspath(ref)
+        if not isinstance(ref, str) or not ref.strip():
+            raise TargetError(f"similarity: the reference is an image file, not {self.reference!r}")
+        object.__setattr__(self, "reference", ref)
+        if self.layer is not None and (not isinstance(self.layer, str) or not self.layer.strip()):
+            raise TargetError(
+                f"similarity: the embedding layer is a layer name, not {self.layer!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "reference": self.reference, "layer": self.layer}
+
+
+@dataclass(frozen=True)
+class Function:
+    """Any function of the output: ``fn(y [N, outputs]) -> [N]``, one score per image. From
+    Python only: it cannot be written as JSON (it is never pickled)."""
+
+    kind: ClassVar[str] = "callable"
+    fn: Callable[[Any], Any]
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not callable(self.fn):
+            raise TargetError(f"callable target: {self.fn!r} is not callable")
+        if not self.name:
+            object.__setattr__(self, "name", getattr(self.fn, "__name__", "function"))
+
+    def to_dict(self) -> dict[str, Any]:
+        raise TargetError(
+            f"the callable target {self.name!r} cannot be written as JSON (a Python function is "
+            "never pickled): pass it to the Explainer in Python, or use a target kind "
+            "(class, contrast, binary, output, similarity)"
+        )
+
+
+Target = ClassScore | Contrast | Binary | Output | Similarity | Function
+KINDS: dict[str, type[Any]] = {
+    t.kind: t for t in (ClassScore, Contrast, Binary, Output, Similarity, Function)
+}
+LINEAR = ("class", "contrast", "binary", "output")
+"""The kinds whose score is a fixed linear combination of the outputs."""
+
+
+def is_linear(target: Target) -> bool:
+    return target.kind in LINEAR
+
+
+def target_from_dict(data: Mapping[str, Any]) -> Target:
+    """The target of :meth:`to_dict`'s output, checked; an unknown kind or key is named."""
+    if not isinstance(data, Mapping):
+        raise TargetError(f"a target is an object with a 'kind', not {data!r}")
+    kind = data.get("kind")
+    if kind == "callable":
+        raise TargetError(
+            "a callable target cannot be read from JSON (functions are never unpickled): "
+            "pass it to the Explainer in Python"
+        )
+    fields = {
+        "class": {"class": "cls"},
+        "contrast": {"class": "cls", "versus": "versus", "next": "next"},
+        "binary": {"positive": "positive"},
+        "output": {"index": "index"},
+        "similarity": {"reference": "reference", "layer": "layer"},
+    }
+    if kind not in fields:
+        raise TargetError(
+            f"unknown target kind {kind!r}: choose one of {', '.join(fields)} (or a Python "
+            "callable)"
+        )
+    names = fields[kind]
+    unknown = sorted(str(k) for k in data if k != "kind" and k not in names)
+    if unknown:
+        raise TargetError(f"{kind} target: unknown key(s) {', '.join(unknown)}")
+    args = {
+        names[k]: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in names
+    }
+    try:
+        target: Target = KINDS[kind](**args)
+    except TypeError as exc:
+        raise TargetError(f"{kind} target: {exc}") from None
+    return target
+
+
+def as_target(value: Any) -> Target:
+    """A target from a target, a mapping (:func:`target_from_dict`), a class index or name, or a
+    callable."""
+    if isinstance(value, ClassScore | Contrast | Binary | Output | Similarity | Function):
+        return value
+    if isinstance(value, Mapping):
+        return target_from_dict(value)
+    if isinstance(value, int | str) and not isinstance(value, bool):
+        return ClassScore(value)
+    if callable(value):
+        return Function(value)
+    raise TargetError(f"not a target: {value!r}")
+
+
+def from_options(
+    classes: Sequence[int | str] | None,
+    versus: Sequence[str] | None = None,
+    outputs: Sequence[int] | None = None,
+    like: str | None = None,
+    embedding: str | None = None,
+) -> tuple[tuple[int | str, ...], tuple[Target, ...]]:
+    """``(classes, targets)`` for an ExplainConfig from a front-end's options (the command line's
+    ``--class``, ``--versus``, ``--output``, ``--like``, ``--embedding``; the server's form
+    fields of the same names): ``versus`` makes each class (or the top-1, with none) a contrast
+    with those classes, or with ``next``/``next:K`` the next K predictions; with any target, the
+    plain classes become class targets beside them. Bad combinations are a TargetError naming
+    the options."""
+    given: list[int | str] = list(classes or ())
+    targets: list[Target] = []
+    if embedding is not None and like is None:
+        raise TargetError("--embedding chooses the features of --like: give --like REF.jpg")
+    if versus:
+        nexts = [v for v in versus if v.strip().lower().startswith("next")]
+        if nexts and len(versus) > 1:
+            raise TargetError("--versus next[:K] stands alone: do not mix it with classes")
+        if any(v.strip().lower() == "true" for v in versus):
+            raise TargetError(
+                "--versus true needs each image's true class, which only a dataset run knows "
+                "(not available yet): give the class (--versus CLASS)"
+            )
+        firsts: list[int | str | None] = list(given) if given else [None]
+        for first in firsts:
+            if nexts:
+                text = nexts[0].strip().lower().removeprefix("next").lstrip("[:").rstrip("]")
+                if text and not text.isdigit():
+                    raise TargetError(f"--versus {nexts[0]}: write next or next:K (K a number)")
+                targets.append(Contrast(first, next=int(text) if text else 1))
+            else:
+                targets.append(Contrast(first, tuple(versus)))
+        given = []
+    targets.extend(Output(k) for k in outputs or ())
+    if like is not None:
+        targets.append(Similarity(like, embedding))
+    if targets and given:
+        targets = [ClassScore(c) for c in given] + targets
+        given = []
+    return tuple(given), tuple(targets)
+
+
+def check_above(value: Any) -> float:
+    """``--above P``: a score threshold, a finite number."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise TargetError(f"above must be a finite number (a score), not {value!r}")
+    return float(value)
+
+
+__all__ = [
+    "KINDS",
+    "LINEAR",
+    "SCORES",
+    "Binary",
+    "ClassScore",
+    "Contrast",
+    "Function",
+    "Output",
+    "Scores",
+    "Similarity",
+    "Target",
+    "TargetError",
+    "as_target",
+    "check_above",
+    "check_scores",
+    "from_options",
+    "is_linear",
+    "target_from_dict",
+]
