@@ -32,7 +32,7 @@ test: $(STAMP) lint typecheck pytest
 
 # The same checks without the tests marked slow (Ray, the browser, load, long runs): a few minutes.
 test-fast: $(STAMP) lint typecheck
-	$(BIN)/pytest -q -m "not slow" --durations=10
+	$(BIN)/pytest -q -n 2 --dist loadfile -m "not slow" --durations=10
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(CODE)
@@ -42,8 +42,9 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy src
 
+# Two workers (the machines have 2 cores; torch runs one thread in each), a test file per worker.
 pytest: $(STAMP) browser
-	$(BIN)/pytest -q --durations=20
+	$(BIN)/pytest -q -n 2 --dist loadfile --durations=20
 
 # The browser tests drive Debian's chromium (Playwright's own browser download needs the internet).
 browser:

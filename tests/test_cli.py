@@ -79,11 +79,12 @@ def test_one_bad_file_does_not_stop_the_others(
 def test_bad_options_exit_2_with_one_line(
     photo_files: list[Path], tmp_path: Path, args: list[str], message: str
 ) -> None:
-    result = runner.invoke(app, ["explain", str(photo_files[0]), "--out", str(tmp_path), *args])
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["explain", str(photo_files[0]), "--out", str(out), *args])
     assert result.exit_code == 2
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
-    assert not list(tmp_path.glob("*.json"))
+    assert not list(tmp_path.rglob("*.json"))
 
 
 def test_explain_class_names_and_grid(

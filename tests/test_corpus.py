@@ -341,7 +341,9 @@ CASES: dict[str, Case] = {
     # --- explain: output places ------------------------------------------------------------------
     "out-a-file": c("explain cat.jpg {syn} --out cat.jpg", 1, "--out cat.jpg is a file"),
     "out-proc": c("explain cat.jpg {syn} --out /proc/x", 1, "--out /proc/x cannot be created"),
-    "grid-folder": c("explain cat.jpg {syn} --grid empty", 1, "--grid empty is a folder", good=0),
+    "grid-folder": c(
+        "explain cat.jpg {syn} --grid empty", 1, "--grid empty: the grid is a PNG", good=0
+    ),
     "grid-proc": c("explain cat.jpg {syn} --grid /proc/g.png", 1, "/proc/g.png", good=0),
     # --- explain: models and weights -------------------------------------------------------------
     "model-unknown": c("explain cat.jpg --model nope", 1, "unknown model spec 'nope'", good=0),
@@ -580,7 +582,8 @@ def run_case(case: Case, ws: Path, out: Path) -> None:
         sources = {strict_json(p.read_text())["image"] for p in reports}
         assert len(sources) == case.good
     elif command == "localize" and case.good:
-        lines = (out / "boxes.jsonl").read_text().splitlines()
+        earlier_line, *lines = (out / "boxes.jsonl").read_text().splitlines()
+        assert earlier_line == earlier[out / "boxes.jsonl"].strip()  # an earlier run's line stays
         assert len(lines) == case.good
         pictures = {strict_json(line)["picture"] for line in lines}
         assert len(pictures) == case.good and all((out / p).is_file() for p in pictures)

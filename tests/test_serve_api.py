@@ -983,3 +983,31 @@ def check_long_job(
         assert c.get("/api/jobs/nosuchjob").status_code == 404
         bad = post(c, cat, job="x")
         assert bad.status_code == 422 and bad.json()["parameter"] == "job"
+
+
+# --- the similarity to a reference photo ---------------------------------------------------------
+
+
+def test_like_explains_the_similarity_to_a_reference(client: TestClient, cat: bytes) -> None:
+    def like(reference: bytes, name: str = "ref.jpg") -> Any:
+        return client.post(
+            "/api/explain",
+            files={
+                "image": ("cat.jpg", cat, "image/jpeg"),
+                "like": (name, reference, "image/jpeg"),
+            },
+        )
+
+    (same,) = like(cat).json()["explanations"]  # the photo against itself: cosine 1
+    assert same["target"]["kind"] == "similarity" and same["explained"] == "similarity to ref.jpg"
+    assert same["value"] == pytest.approx(1.0, abs=1e-3)
+    assert "camlens-like-" not in json.dumps(same)  # the server's folder is not shown
+    noise = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    (other,) = like(jpeg(noise), "noise.jpg").json()["explanations"]
+    assert -1 <= other["value"] < 0.99 and other["explained"] == "similarity to noise.jpg"
+    bad = like(b"not an image", "notes.txt")
+    assert bad.status_code == 415 and "notes.txt" in bad.text and "like" in bad.text
+    lone = client.post(
+        "/api/explain", files={"image": ("cat.jpg", cat, "image/jpeg")}, data={"embedding": "bn2"}
+    )
+    assert lone.status_code == 422 and "embedding" in lone.text and "like" in lone.text

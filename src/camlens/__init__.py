@@ -7,6 +7,8 @@ The names below are imported on first use (``camlens.Explainer`` loads torch the
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 from camlens.version import __version__
@@ -55,6 +57,19 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value  # once: the next access is a plain attribute
     return value
+
+
+class _Package(types.ModuleType):
+    """``camlens`` itself: importing the submodule ``camlens.train`` binds it as the package's
+    attribute ``train``, which would hide the function ``camlens.train``; the export is kept."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _LAZY.get(name) == value.__name__:
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __dir__() -> list[str]:

@@ -99,6 +99,8 @@ def explain_options(
     above: float | None = None,
     outputs: Sequence[int] | None = None,
     scores: str | None = None,
+    like: str | None = None,
+    embedding: str | None = None,
 ) -> tuple[ExplainConfig, OutputConfig]:
     """The request's options as one config and one output config, checked against the model
     (its classes, layers) and this server's limits; a 422 names the parameter at fault. Class
@@ -109,13 +111,14 @@ def explain_options(
     except CamlensError as exc:
         raise bad_option(exc, "classes") from None
     try:
-        given, targets = from_options(indices, items(versus, split=False), outputs)
+        given, targets = from_options(indices, items(versus, split=False), outputs, like, embedding)
     except CamlensError as exc:
-        raise bad_option(exc, "versus") from None
+        raise bad_option(exc, "embedding" if like is None and embedding else "versus") from None
     try:
         TargetPlan(model, targets)  # a class or output the model does not have, named here
     except CamlensError as exc:
-        raise bad_option(exc, "versus" if versus else "output") from None
+        field = "like" if like is not None else "versus" if versus else "output"
+        raise bad_option(exc, field) from None
     try:
         config = ExplainConfig(
             methods=tuple(items(methods)) or ("gradcam",),

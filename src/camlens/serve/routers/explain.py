@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
+import tempfile
 import time
-from collections.abc import Coroutine
-from pathlib import PurePosixPath
+from collections.abc import AsyncIterator, Coroutine
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -30,13 +31,36 @@ from camlens.serve.schemas import ExplainOut, ImageOut, MapOut, SkippedOut, Stat
 from camlens.serve.state import Root, ServerState, State
 from camlens.serve.store import Result
 
+
+async def reference_photo(
+    st: State,
+    like: Annotated[
+        UploadFile | None,
+        File(description="a reference photo: explain the similarity (cosine) to its embedding"),
+    ] = None,
+) -> AsyncIterator[str | None]:
+    """A dependency: the ``like`` upload, checked as the main upload is (413, 415), kept under
+    its upload name (the map's caption shows it) in a folder that lasts the request."""
+    if like is None:
+        yield None
+        return
+    name = upload_name(like.filename)
+    data = await like.read()
+    photo = await run_in_threadpool(read_image, st, data, name, "like")
+    del data
+    with tempfile.TemporaryDirectory(prefix="camlens-like-") as folder:
+        path = Path(folder) / name
+        await run_in_threadpool(photo.save, path, "PNG")
+        yield str(path)
+
+
 router = APIRouter(prefix="/api", tags=["explain"], dependencies=[Depends(only_known_parameters)])
 
 
 @router.post(
     "/explain",
     responses=ERRORS,
-    form_limits={"max_files": 1, "max_fields": 100, "max_part_size": FIELD_BYTES},
+    form_limits={"max_files": 2, "max_fields": 100, "max_part_size": FIELD_BYTES},
 )
 async def explain(
     st: State,
@@ -103,6 +127,11 @@ async def explain(
             pattern=r"^[A-Za-z0-9_-]{8,64}$",
         ),
     ] = None,
+    reference: Annotated[str | None, Depends(reference_photo)] = None,
+    embedding: Annotated[
+        str | None,
+        Form(description="with like: the layer whose averaged output is the embedding"),
+    ] = None,
 ) -> ExplainOut:
     """Explains one photo: the top-5 predictions and, per map, its class, method, layer,
     peak, boxes (when asked), whether it is flat, and the URLs of the overlay PNG, the
@@ -124,6 +153,8 @@ async def explain(
         above=above,
         outputs=output_index,
         scores=scores,
+        like=reference,
+        embedding=embedding,
     )
     if st.batcher.queued >= st.settings.max_queue:  # before any decoding
         retry = st.batcher.retry_after()
@@ -148,6 +179,9 @@ async def explain(
             request, st.batcher.explain(Request_(photo, name, config, tracked), ticket), tracked
         )
         waited = time.perf_counter() - sent
+        for m in explanation.maps:  # the reference by its upload name, not the server's folder
+            if reference is not None and m.target and m.target.get("kind") == "similarity":
+                m.target = {**m.target, "reference": Path(reference).name}
     except Cancelled:
         tracked.cancel()
         raise ApiError(
@@ -212,15 +246,15 @@ def upload_name(filename: str | None) -> str:
     return name or "upload"
 
 
-def read_image(st: ServerState, data: bytes, name: str) -> Image.Image:
+def read_image(st: ServerState, data: bytes, name: str, field: str = "image") -> Image.Image:
     """The uploaded image, upright RGB; 413 over the pixel limit, 415 if not an image."""
     try:
         return load_image(data, max_pixels=st.settings.max_pixels)
     except PixelLimitError as exc:
         problem = exc.problem.split(";")[0]  # the hint about max_pixels= is not the client's
-        raise ApiError(413, f"{name}: {problem}", "image") from None
+        raise ApiError(413, f"{name}: {problem}", field) from None
     except ImageError as exc:
-        raise ApiError(415, f"{name}: {exc.problem}", "image") from None
+        raise ApiError(415, f"{name}: {exc.problem}", field) from None
 
 
 def check_inline(st: ServerState, maps: int, size: tuple[int, int], inlined: int) -> None:
