@@ -8,9 +8,11 @@ import base64
 import io
 import json
 import os
+import re
 import struct
 import threading
 import time
+import zipfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -229,6 +231,13 @@ def test_unknown_class_name_gets_suggestions(client: TestClient, cat: bytes) -> 
         "names; did you mean one of: 'Egyptian cat'",
         "parameter": "classes",
     }
+    # the labels with "cat" as a word (of the label or a synonym) come before spellings close
+    # to it ("bullfrog, Rana catesbeiana", "oystercatcher")
+    detail = post(client, cat, classes="cat").json()["detail"]
+    assert detail.endswith(
+        "did you mean one of: 'tabby, tabby cat', 'tiger cat', 'Persian cat', 'Siamese cat, "
+        "Siamese', 'Egyptian cat'"
+    ), detail
 
 
 def test_missing_image_is_a_422(client: TestClient) -> None:
@@ -334,9 +343,13 @@ def test_result_files_errors(client: TestClient, cat: bytes) -> None:
     assert bad.status_code == 422 and bad.json()["parameter"] == "cmap"
 
 
+# one kept result of cat.jpg: its photo, its 7x7 float32 map and its answer's URLs
+ONE_RESULT = 3 * 451 * 300 + 4 * 7 * 7
+
+
 @pytest.mark.parametrize(
     "settings",
-    [ServeSettings(results=2), ServeSettings(results_bytes=2 * 3 * 451 * 300)],
+    [ServeSettings(results=2), ServeSettings(results_bytes=2 * ONE_RESULT + 2 * 4096 + 2000)],
     ids=["count", "bytes"],
 )
 def test_old_results_are_dropped(
@@ -345,6 +358,62 @@ def test_old_results_are_dropped(
     with TestClient(create_app(default_model, settings)) as c:
         urls = [post(c, cat).json()["url"] for _ in range(3)]
         assert [c.get(u).status_code for u in urls] == [404, 200, 200]
+        store = c.app.state.camlens.store  # type: ignore[attr-defined]
+        assert 2 * ONE_RESULT < store.bytes <= settings.results_bytes
+
+
+def test_inline_answers_count_in_the_results_memory(
+    default_model: camlens.Model, cat: bytes
+) -> None:
+    """An inline answer keeps its data: URLs (as large as the files): they count, so that
+    fewer such results are kept in the same memory."""
+    settings = ServeSettings(results_bytes=3 * ONE_RESULT + 3 * 4096 + 3000)
+    with TestClient(create_app(default_model, settings)) as c:
+        store = c.app.state.camlens.store  # type: ignore[attr-defined]
+        post(c, cat)
+        assert store.bytes < ONE_RESULT + 5000
+        inline = post(c, cat, inline="true").json()
+        size = sum(len(m["overlay"]) + len(m["map"]) for m in inline["explanations"])
+        assert size > 4 * 451 * 300  # the .npy alone is 4 bytes a pixel
+        assert len(store) == 1  # the plain result no longer fits beside it
+        assert store.bytes > ONE_RESULT + size
+
+
+def test_map_at_the_layers_size_and_the_zip_of_a_result(client: TestClient, cat: bytes) -> None:
+    body = post(client, cat, methods=["gradcam", "cam"], boxes="largest").json()
+    m = body["explanations"][1]
+    layer = client.get(m["map"], params={"size": "layer"})
+    assert layer.status_code == 200 and ".layer.npy" in layer.headers["content-disposition"]
+    small = np.load(io.BytesIO(layer.content), allow_pickle=False)
+    assert small.dtype == np.float32 and small.shape == tuple(m["map_shape"]) == (7, 7)
+    full = np.load(io.BytesIO(client.get(m["map"]).content), allow_pickle=False)
+    assert full.shape == (300, 451) and small.max() == pytest.approx(1.0)
+    # the full map is the layer's, upsampled: its peak is at the layer cell of the small one's
+    cell = np.unravel_index(small.argmax(), small.shape)
+    peak_y, peak_x = np.unravel_index(full.argmax(), full.shape)
+    assert (peak_y * 7 // 300, peak_x * 7 // 451) == cell
+    bad = client.get(m["map"], params={"size": "huge"})
+    assert bad.status_code == 422 and bad.json()["parameter"] == "size"
+
+    download = client.get(body["download"])
+    assert download.status_code == 200 and download.headers["content-type"] == "application/zip"
+    assert 'filename="cat.camlens.zip"' in download.headers["content-disposition"]
+    archive = zipfile.ZipFile(io.BytesIO(download.content))
+    names = archive.namelist()
+    stems = [f"cat.{e['method']}.bn2.{e['class_index']}" for e in body["explanations"]]
+    assert names == [
+        "report.json",
+        "cat.jpg",
+        *[s + ext for s in stems for ext in (".png", ".npy")],
+    ]
+    assert json.loads(archive.read("report.json")) == body
+    for i, stem in enumerate(stems):
+        overlay = client.get(body["explanations"][i]["overlay"]).content
+        assert archive.read(stem + ".png") == overlay  # the answer's overlay, boxes and all
+        npy = client.get(body["explanations"][i]["map"]).content
+        assert archive.read(stem + ".npy") == npy
+    assert archive.read("cat.jpg") == client.get(body["image"]["url"]).content
+    assert client.get("/api/results/nosuchresult/download.zip").status_code == 404
 
 
 # --- a full queue ---------------------------------------------------------------------------------
@@ -542,6 +611,13 @@ def runs_client(default_model: camlens.Model, tmp_path: Path) -> Iterator[TestCl
     (runs / "cats").mkdir(parents=True)
     (runs / "index.jsonl").write_text('{"image": "cats/0.jpg"}\n')
     (runs / "cats" / "0.json").write_text("{}")
+    (runs / "cats" / "0.npy").write_bytes(b"\x93NUMPY")
+    (runs / "cats" / ".hidden.png").write_bytes(b"png")
+    (runs / "notes.txt").write_text("notes")
+    for run in (runs, runs / "cats"):
+        (run / ".camlens").mkdir()
+        (run / ".camlens" / "run").write_text('{"options": {}}')
+        (run / ".camlens" / "x.json").write_text('{"options": {}}')
     (tmp_path / "secret.txt").write_text("not for clients")
     os.symlink(tmp_path / "secret.txt", runs / "escape.txt")
     os.symlink(tmp_path, runs / "parent")
@@ -554,10 +630,21 @@ def test_run_files_are_served(runs_client: TestClient) -> None:
     assert runs_client.get("/api/server").json()["runs"] is True
     unknown = runs_client.get("/api/runs", params={"sort": "name"})
     assert unknown.status_code == 422 and unknown.json()["parameter"] == "sort"
-    index = runs_client.get("/runs/index.jsonl")
-    assert index.status_code == 200 and index.text == '{"image": "cats/0.jpg"}\n'
     assert runs_client.get("/runs/cats/0.json").json() == {}
     assert runs_client.get("/runs/inside.json").status_code == 200  # a link that stays inside
+    assert runs_client.get("/runs/cats/0.npy").status_code == 200
+    # only what the gallery shows: not a run's options, its index or any other file
+    for path in (
+        "/runs/.camlens/run",
+        "/runs/cats/.camlens/run",
+        "/runs/index.jsonl",
+        "/runs/.camlens/x.json",
+        "/runs/notes.txt",
+        "/runs/cats/.hidden.png",
+    ):
+        refused = runs_client.get(path)
+        assert refused.status_code == 404, path
+        assert "options" not in refused.text
 
 
 @pytest.mark.parametrize(
@@ -792,6 +879,110 @@ def test_every_writer_draws_the_same_overlay(
         assert np.array_equal(saved, written) and np.array_equal(saved, served)
         assert (saved != plain).any()  # the boxes and their labels are drawn
         assert entry["boxes"] == row["explanations"][i]["boxes"]
+
+
+def test_cam_runs_where_it_applies_and_the_answer_says_where_not(
+    client: TestClient, cat: bytes
+) -> None:
+    """CAM with Grad-CAM at bn2 (which the GAP -> Linear head reads) and blocks.5 (which it
+    does not): CAM's map at bn2, Grad-CAM's at both, and `skipped` says why not CAM at blocks.5;
+    the answer says what it cost, in its JSON and its Server-Timing header."""
+    response = post(client, cat, methods=["cam", "gradcam"], layers=["bn2", "blocks.5"])
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert sorted((m["method"], m["layer"]) for m in body["explanations"]) == [
+        ("cam", "bn2"),
+        ("gradcam", "blocks.5"),
+        ("gradcam", "bn2"),
+    ]
+    [skipped] = body["skipped"]
+    assert skipped["method"] == "cam" and skipped["layer"] == "blocks.5"
+    assert "no global-average-pooling -> Linear head after 'blocks.5'" in skipped["reason"]
+    stats = body["stats"]
+    assert stats["images"] == 1 and stats["forward_passes"] == 1
+    assert stats["backward_passes"] == 1  # blocks.5's gradients: bn2's come from the head
+    assert stats["perturbation_passes"] == 0 and stats["seconds"] > 0
+    timing = response.headers["server-timing"]
+    assert re.fullmatch(
+        r'queue;dur=[\d.]+, model;dur=[\d.]+;desc="1 forward, 1 backward, 0 perturbation passes"',
+        timing,
+    ), timing
+    model_ms = float(timing.split("model;dur=")[1].split(";")[0])
+    assert model_ms == pytest.approx(stats["seconds"] * 1000, abs=0.1)
+    only_bn2 = post(client, cat, methods=["cam"], layers=["bn2"]).json()
+    assert only_bn2["skipped"] == [] and only_bn2["stats"]["backward_passes"] == 0
+
+
+# --- lanes, progress and cancellation -------------------------------------------------------------
+
+
+def test_long_request_progress_cancel_and_no_head_of_line_blocking(
+    default_model: camlens.Model, cat: bytes
+) -> None:
+    """A Score-CAM request named with `job`: its progress is polled, a Grad-CAM request sent
+    meanwhile is answered while it runs (the fast lane), DELETE cancels it, its batch stops at
+    the next chunk of passes (far from all) and its POST answers 409; the model is free after."""
+    with TestClient(create_app(default_model, ServeSettings())) as c:
+        answers: dict[str, Any] = {}
+
+        def long() -> None:
+            answers["long"] = post(c, cat, methods="scorecam", job="long-job-1")
+
+        thread = threading.Thread(target=long)
+        thread.start()
+        try:
+            check_long_job(c, cat, answers, thread)
+        finally:  # never leave the long request running
+            c.delete("/api/jobs/long-job-1")
+            thread.join(120)
+
+
+def check_long_job(
+    c: TestClient, cat: bytes, answers: dict[str, Any], thread: threading.Thread
+) -> None:
+    if True:
+        deadline = time.monotonic() + 120
+        progress = None
+        while time.monotonic() < deadline:
+            found = c.get("/api/jobs/long-job-1")
+            if found.status_code == 200 and found.json()["passes_done"] > 0:
+                progress = found.json()
+                break
+            time.sleep(0.05)
+        assert progress is not None, "no progress seen"
+        assert progress["state"] == "running" and progress["phases"] == 1
+        total = progress["passes_total"]  # bn2's channels that are not constant, one pass each
+        assert 0 < progress["passes_done"] < total <= 1280
+        assert progress["estimate_seconds"] is not None and progress["estimate_seconds"] > 0
+
+        quick = post(c, cat)  # Grad-CAM: not queued behind the Score-CAM
+        assert quick.status_code == 200
+        assert c.get("/api/jobs/long-job-1").json()["state"] == "running"
+
+        cancelled = c.delete("/api/jobs/long-job-1")
+        assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+        thread.join(60)
+        assert answers["long"].status_code == 409
+        assert answers["long"].json()["parameter"] == "job"
+        stopped = c.get("/api/jobs/long-job-1").json()
+        assert stopped["state"] == "cancelled" and stopped["passes_done"] < total
+        # the chunk running when cancelled ends (however slow the machine), and no other starts
+        after, still = -1, time.monotonic()
+        while time.monotonic() < still + 2 and time.monotonic() < deadline:
+            now = c.get("/api/jobs/long-job-1").json()["passes_done"]
+            if now != after:
+                after, still = now, time.monotonic()
+            time.sleep(0.1)
+        assert c.get("/api/jobs/long-job-1").json()["passes_done"] == after < total
+
+        again = post(c, cat, methods="scorecam", fast_channels="8", job="short-job-1")
+        assert again.status_code == 200, again.text
+        done = c.get("/api/jobs/short-job-1").json()
+        assert done["state"] == "done" and done["passes_done"] == done["passes_total"] == 8
+        assert again.json()["stats"]["perturbation_passes"] == 8
+        assert c.get("/api/jobs/nosuchjob").status_code == 404
+        bad = post(c, cat, job="x")
+        assert bad.status_code == 422 and bad.json()["parameter"] == "job"
 
 
 # --- the similarity to a reference photo ---------------------------------------------------------

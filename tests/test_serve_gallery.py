@@ -170,7 +170,15 @@ def test_filtered_by_class_from_folder_names(client: TestClient) -> None:
     assert rocket["prediction"]["label"] == "drilling platform, offshore rig"
     # the map shown (and sorted by) is the one of the class filtered by: the second class's
     assert rocket["focus"] == 2 and rocket["maps"][2]["label"] == "missile"
-    assert images(client, "files", **{"class": "999"})["total"] == 0  # an index: no images
+    for index in ("999", "99999"):  # an index the run has no class of: a 422, as a name
+        refused = client.get("/api/runs/files/images", params={"class": index})
+        assert refused.status_code == 422 and refused.json()["parameter"] == "class"
+        assert refused.json()["detail"].startswith(
+            f"class {index} is not a class of run 'files' (its classes: "
+        )
+    # a word of a label is suggested before a spelling close to it
+    suggested = client.get("/api/runs/files/images", params={"class": "cat"}).json()
+    assert suggested["detail"].endswith("; did you mean 'Egyptian cat'"), suggested
     assert images(client, "files", **{"class": " "})["total"] == 7  # blank: no filter
 
 

@@ -102,7 +102,9 @@ class Explanation:
     function that makes the image, called on first use (the explainer's tensor inputs: most
     callers of a tensor batch never look at the pictures). ``stats``: what the batch it came from
     cost (passes, time). ``scores``: how the model scored the predictions (``softmax``,
-    ``sigmoid`` or ``raw``, see :func:`camlens.load_model`).
+    ``sigmoid`` or ``raw``, see :func:`camlens.load_model`). ``skipped``: (method, layer, reason)
+    of each method the explainer left out at a layer where it does not apply (CAM where no
+    GAP -> Linear head reads the layer).
     """
 
     source: str
@@ -111,6 +113,7 @@ class Explanation:
     predictions: list[Prediction]
     maps: list[ClassMap]
     stats: CallStats
+    skipped: tuple[tuple[str, str, str], ...]
 
     def __init__(
         self,
@@ -122,6 +125,7 @@ class Explanation:
         maps: list[ClassMap] | None = None,
         stats: CallStats | None = None,
         scores: str = "softmax",
+        skipped: Sequence[tuple[str, str, str]] = (),
     ) -> None:
         self.source = source
         self._image = image
@@ -131,6 +135,7 @@ class Explanation:
         self.maps = maps if maps is not None else []
         self.stats = stats or CallStats()
         self.scores = scores
+        self.skipped = tuple(skipped)
 
     @property
     def image(self) -> Image.Image:
@@ -255,6 +260,11 @@ class Explanation:
         }
         if maps:
             report["explanations"] = explanations
+        if self.skipped:
+            report["skipped"] = [
+                {"method": method, "layer": layer, "reason": reason}
+                for method, layer, reason in self.skipped
+            ]
         if grid is not None:
             report["grid"] = grid
         return report

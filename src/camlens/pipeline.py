@@ -84,7 +84,9 @@ class Pipeline:
         if layers == ["all"]:
             layers = list(layers_like_auto(self.model))
         targets = find_targets(self.model, layers or [auto_layer(self.model)])
-        self.methods = _applicable(self.model, _configured(config), targets, self.plan)
+        self.methods, self.skipped = _applicable(
+            self.model, _configured(config), targets, self.plan
+        )
         scores = any(m.needs == "scores" for m in self.methods)
         if scores:
             net = self.model.net
@@ -225,6 +227,7 @@ class Pipeline:
                 maps=per_image[b],
                 stats=stats,
                 scores=model.scores,
+                skipped=self.skipped,
             )
             _warn_flat(result, single=single)
             results.append(result)
@@ -259,10 +262,11 @@ class Pipeline:
         reduce = smoothing.pca_map if "pca" in self.config.smooth else None
         per_image: list[list[ClassMap]] = [[] for _ in chosen]
         for target in self.targets:
-            raws = [m.maps(capture, target.name, goals, reduce) for m in self.methods]
+            methods = [m for m in self.methods if m.needs != "head" or target.head is not None]
+            raws = [m.maps(capture, target.name, goals, reduce) for m in methods]
             mode: Normalization = "max" if self.config.normalize == "max" else "minmax"
             for j in range(depth):
-                for method, raw in zip(self.methods, raws, strict=True):
+                for method, raw in zip(methods, raws, strict=True):
                     maps, flat = normalize(raw[:, j].detach(), relu=self.config.relu, mode=mode)
                     for b, count in enumerate(counts):
                         if j >= count:
@@ -310,10 +314,11 @@ def _configured(config: ExplainConfig) -> list[Method]:
 
 def _applicable(
     model: Model, methods: list[Method], targets: list[Target], plan: TargetPlan
-) -> list[Method]:
-    """``methods`` less those that need a GAP -> Linear head where a layer feeds none, or where
-    a target is not linear in the head's outputs (a similarity, a callable), with a warning; or
-    an error saying why when nothing would be left."""
+) -> tuple[list[Method], tuple[tuple[str, str, str], ...]]:
+    """``methods`` less those that need a GAP -> Linear head where a target is not linear in the
+    head's outputs (a similarity, a callable), or where no layer feeds one, with a warning; or an
+    error saying why when nothing would be left. Also (method, layer, reason) of each pair left
+    out: CAM still runs at the layers a head reads, and is skipped at the others."""
     head_methods = [m for m in methods if m.needs == "head"]
     if head_methods and not plan.linear:
         why = (
@@ -325,18 +330,24 @@ def _applicable(
         warnings.warn(
             f"{', '.join(m.name for m in head_methods)} left out: {why}", stacklevel=_outside()
         )
-        return [m for m in methods if m.needs != "head"]
+        return [m for m in methods if m.needs != "head"], ()
     headless = [t for t in targets if t.head is None]
     if not head_methods or not headless:
-        return methods
-    if len(head_methods) == len(methods):
+        return methods, ()
+    if len(head_methods) == len(methods) and len(headless) == len(targets):
         headless[0].require_head(model)  # raises: says why CAM does not apply
+    skipped = tuple(
+        (m.name, t.name, describe_head(model, t.name, t.channels))
+        for t in headless
+        for m in head_methods
+    )
     warnings.warn(
-        f"{', '.join(m.name for m in head_methods)} left out: "
-        f"{describe_head(model, headless[0].name, headless[0].channels)}",
+        "; ".join(f"{method} left out: {why}" for method, _, why in skipped),
         stacklevel=_outside(),
     )
-    return [m for m in methods if m.needs != "head"]
+    if len(headless) < len(targets):
+        return methods, skipped  # CAM runs at the layers a head reads
+    return [m for m in methods if m.needs != "head"], skipped
 
 
 def _above(probs: torch.Tensor, least: float, sources: Sequence[str]) -> list[list[int]]:

@@ -50,6 +50,10 @@ def serve(
     results: Annotated[
         int, typer.Option("--results", min=1, help="results whose files stay available")
     ] = 128,
+    results_memory: Annotated[
+        float,
+        typer.Option("--results-memory", min=1, help="MB those results may hold (photos, maps)"),
+    ] = 1024.0,
     max_upload: Annotated[
         float, typer.Option("--max-upload", min=0.001, help="MB per uploaded image")
     ] = 20.0,
@@ -81,6 +85,7 @@ def serve(
             batch_wait=batch_wait / 1000,
             max_queue=queue_size,
             results=results,
+            results_bytes=round(results_memory * 2**20),
             cors_origins=tuple(cors_origin or ()),
         )
         _check_port(host, port)  # one line now, not uvicorn's after the model has loaded

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,11 +173,35 @@ class Model:
                 f"class name {text!r} is ambiguous in {self.name}: it names {listed}; "
                 "give the index" + (" or the WordNet id" if wnids else "")
             )
-        key = _normal(text)
-        close = [label for label in self.labels if key in _normal(label)][:5]
-        close = close or difflib.get_close_matches(text, self.labels, n=5, cutoff=0.7)
+        close = suggest_labels(self.labels, text)
         hint = f"; did you mean one of: {', '.join(repr(c) for c in close)}" if close else ""
         raise ClassError(f"class name {text!r} is not one of {self.name}'s {n} class names{hint}")
+
+
+def suggest_labels(labels: Sequence[str], text: str, n: int = 5) -> list[str]:
+    """Up to ``n`` labels a name that matched none may have meant, best first: the labels that
+    have the name's words as whole words (of the label or of a synonym: ``cat`` gives ``tiger
+    cat`` and ``Egyptian cat``), then those with words starting so (``catcher``), then the
+    closest by spelling (``espreso`` gives ``espresso``)."""
+    key = _normal(text).split()
+    if not key:
+        return []
+    found: list[str] = []
+    for whole in (True, False):
+        for label in labels:
+            words = re.findall(r"\w+", _normal(label))
+            if label not in found and all(
+                (k in words) if whole else any(w.startswith(k) for w in words) for k in key
+            ):
+                found.append(label)
+            if len(found) >= n:
+                return found
+    spelled = [
+        label
+        for label in difflib.get_close_matches(text, labels, n=n, cutoff=0.7)
+        if label not in found
+    ]
+    return (found + spelled)[:n]
 
 
 def _normal(name: str) -> str:

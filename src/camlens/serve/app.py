@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from anyio import to_thread
 from fastapi import FastAPI
@@ -23,14 +23,16 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartParser
 from starlette.middleware.cors import CORSMiddleware
+from starlette.types import Scope
 
 import camlens
 from camlens.models import Model
 from camlens.serve import errors
 from camlens.serve.middleware import BodyLimit, NoSniff
-from camlens.serve.routers import explain, results, runs
+from camlens.serve.routers import explain, jobs, results, runs
 from camlens.serve.routers import model as model_routes
 from camlens.serve.settings import ServeSettings
 from camlens.serve.state import ServerState
@@ -97,11 +99,30 @@ def create_app(model: Model, settings: ServeSettings | None = None) -> FastAPI:
     if settings.runs is not None:
         # StaticFiles resolves symbolic links and refuses any path whose real location is not
         # inside the folder (follow_symlink=False), as well as ".." in any spelling.
-        app.mount("/runs", StaticFiles(directory=settings.runs, follow_symlink=False), name="runs")
-    for router in (model_routes.router, explain.router, results.router, runs.router):
+        app.mount("/runs", RunFiles(directory=settings.runs, follow_symlink=False), name="runs")
+    for router in (model_routes.router, explain.router, jobs.router, results.router, runs.router):
         app.include_router(router)
     return app
 
 
 def _size(n: int) -> str:
     return f"{n / 2**20:g} MB" if n >= 2**20 else f"{n} bytes"
+
+
+class RunFiles(StaticFiles):
+    """The files of the --runs folder the gallery shows, and no others: overlays, panels and
+    grids (PNG, JPEG, WebP), ``.npy`` maps and ``.json`` reports, outside any hidden folder (a
+    run's options in ``.camlens/run``, its index, and any other file are a 404)."""
+
+    SHOWN = frozenset({".png", ".jpg", ".webp", ".npy", ".json"})
+
+    def get_path(self, scope: Scope) -> str:
+        path = super().get_path(scope)
+        parts = PurePosixPath(path.replace("\\", "/")).parts
+        if (
+            not parts
+            or any(part.startswith(".") for part in parts)
+            or PurePosixPath(parts[-1]).suffix.lower() not in self.SHOWN
+        ):
+            raise HTTPException(404)
+        return path

@@ -11,6 +11,13 @@ throughput with them. A request that
 finds the queue full (in requests or in pixels) is refused at once with :class:`QueueFull`, which
 says when to try again: there is never an unbounded backlog.
 
+Two lanes, each with its worker thread: requests with a perturbation method (Score-CAM...,
+hundreds of passes) run in the slow lane, the others (one forward and backward pass) in the fast
+lane, so that a cheap request never waits behind a long one (camlens's forward passes are safe
+across threads). A request may carry a :class:`Job`: its progress (passes done of those known)
+is kept there, and cancelling it (its client went away, or asked) drops it from the queue, or
+stops its batch at the next chunk of passes once no request of the batch is still wanted.
+
 Requests for the top K classes are met by explaining the largest K of the batch and keeping each
 request's first K maps of each method and layer. Explainers are made in the worker thread (their
 probe pass runs the model) and kept, the ``explainers`` most recently used.
@@ -31,10 +38,13 @@ from typing import Any
 
 from PIL import Image
 
+from camlens import smoothing
 from camlens.config import ExplainConfig
 from camlens.explain import Explainer
 from camlens.explanation import ClassMap, Explanation
+from camlens.methods import get_method
 from camlens.models import Model
+from camlens.progress import Event
 
 log = logging.getLogger("camlens.serve")
 
@@ -49,6 +59,74 @@ class QueueFull(Exception):
 
 class Closed(Exception):
     """The batcher was closed before the request ran."""
+
+
+class Cancelled(Exception):
+    """The request was cancelled (its client went away, or asked) before its answer."""
+
+
+class Job:
+    """A request's progress and its cancellation, read and set from any thread. ``state`` is
+    queued, running, done, failed or cancelled; ``passes_done`` of ``passes_total`` perturbation
+    passes are run (the total grows as each method and layer starts: ``phases_done`` of
+    ``phases`` (method, layer, augmentation) are finished)."""
+
+    def __init__(self, ident: str, phases: int = 0) -> None:
+        self.id = ident
+        self.state = "queued"
+        self.created = time.monotonic()
+        self.started: float | None = None
+        self.finished: float | None = None
+        self.passes_done = 0
+        self.passes_total = 0
+        self.phases = phases
+        self.phases_done = 0
+        self._phase_done = 0
+        self._phase_total = 0
+        self.cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        if self.state in ("queued", "running"):
+            self.state = "cancelled"
+            self.finished = time.monotonic()
+
+    def progress(self, event: Event) -> None:
+        """Takes a perturbation method's ``passes`` events (each phase from 0 to its total)."""
+        if event.task != "passes" or event.total is None:
+            return
+        if event.done == 0:  # a phase starts
+            if self._phase_total:
+                self.phases_done += 1
+            self.passes_total += event.total
+            self._phase_done, self._phase_total = 0, event.total
+        self.passes_done += event.done - self._phase_done
+        self._phase_done = event.done
+
+    def estimate(self) -> float | None:
+        """Seconds left, from the pace so far and the phases still to start (each about the
+        size of those seen): None before any pass ran."""
+        if self.started is None or not self.passes_done or self.state != "running":
+            return None
+        elapsed = time.monotonic() - self.started
+        seen = self.phases_done + (1 if self._phase_total else 0)
+        mean = self.passes_total / max(seen, 1)
+        expected = self.passes_total + mean * max(0, self.phases - seen)
+        return elapsed / self.passes_done * (expected - self.passes_done)
+
+    def to_dict(self) -> dict[str, Any]:
+        now = self.finished or time.monotonic()
+        return {
+            "job": self.id,
+            "state": self.state,
+            "passes_done": self.passes_done,
+            "passes_total": self.passes_total,
+            "phases_done": self.phases_done + (1 if self.state == "done" and self.phases else 0),
+            "phases": self.phases,
+            "seconds": round(now - (self.started or now), 3),
+            "queued_seconds": round((self.started or now) - self.created, 3),
+            "estimate_seconds": self.estimate(),
+        }
 
 
 class Ticket:
@@ -78,6 +156,7 @@ class Request:
     image: Image.Image
     name: str
     config: ExplainConfig
+    job: Job | None = None
 
     @property
     def pixels(self) -> int:
@@ -97,6 +176,12 @@ class _Pending:
     loop: asyncio.AbstractEventLoop
     arrived: float
     key: Key
+    lane: str
+
+    @property
+    def wanted(self) -> bool:
+        job = self.request.job
+        return not self.future.cancelled() and (job is None or not job.cancelled.is_set())
 
 
 class Batcher:
@@ -134,7 +219,7 @@ class Batcher:
         self._expected = 0  # requests announced but not queued yet
         self._cond = threading.Condition()
         self._closing = False
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._explainers: OrderedDict[ExplainConfig, Explainer] = OrderedDict()
         self._seconds_per_image = 0.05  # an estimate, updated as batches run
         self.on_batch: Callable[[int], None] | None = None  # called with each batch's size
@@ -142,10 +227,14 @@ class Batcher:
     # --- the caller's side -----------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._thread is not None:
+        if self._threads:
             raise RuntimeError("the batcher is already started")
-        self._thread = threading.Thread(target=self._work, name="camlens-model", daemon=True)
-        self._thread.start()
+        for lane in LANES:
+            thread = threading.Thread(
+                target=self._work, args=(lane,), name=f"camlens-{lane}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
 
     def close(self) -> None:
         """Stops the worker after the batch it is running; waiting requests fail with Closed."""
@@ -156,8 +245,8 @@ class Batcher:
             self._cond.notify_all()
         for pending in waiting:
             _deliver(pending, error=Closed("the server is shutting down"))
-        if self._thread is not None:
-            self._thread.join()
+        for thread in self._threads:
+            thread.join()
 
     @property
     def queued(self) -> int:
@@ -176,7 +265,8 @@ class Batcher:
         once when there is no room, and the explainer's error (a CamlensError for options the
         model refuses) if its batch failed. ``ticket``: the one :meth:`expect` gave for it."""
         loop = asyncio.get_running_loop()
-        pending = _Pending(request, loop.create_future(), loop, time.monotonic(), self.key(request))
+        key = self.key(request)
+        pending = _Pending(request, loop.create_future(), loop, time.monotonic(), key, lane(key))
         with self._cond:
             if ticket is not None:
                 ticket._close()
@@ -207,16 +297,26 @@ class Batcher:
 
     # --- the worker's side -----------------------------------------------------------------------
 
-    def _work(self) -> None:
+    def _work(self, lane: str) -> None:
         while True:
-            batch = self._take()
+            batch = self._take(lane)
             if batch is None:
                 return
+            for pending in batch:
+                if not pending.wanted:
+                    _deliver(pending, error=Cancelled("cancelled before it ran"))
+            batch = [p for p in batch if p.wanted]
+            if not batch:
+                continue
             started = time.monotonic()
+            for pending in batch:
+                if pending.request.job is not None:
+                    pending.request.job.state = "running"
+                    pending.request.job.started = started
             try:
                 results = self._run(batch)
             except Exception as exc:
-                if not isinstance(exc, ValueError):  # a CamlensError is the client's problem
+                if not isinstance(exc, ValueError | Cancelled):  # a CamlensError: the client's
                     log.exception("a batch of %d failed", len(batch))
                 for pending in batch:
                     _deliver(pending, error=exc)
@@ -231,16 +331,16 @@ class Batcher:
             for pending, result in zip(batch, results, strict=True):
                 _deliver(pending, result=result)
 
-    def _take(self) -> list[_Pending] | None:
-        """The next batch: the oldest request and the compatible ones behind it, once there are
-        ``max_batch`` of them, or no other request is expected, or the oldest has waited
-        ``max_wait``; None when closing."""
+    def _take(self, lane: str) -> list[_Pending] | None:
+        """The next batch of ``lane``: its oldest request and the compatible ones behind it, once
+        there are ``max_batch`` of them, or no other request is expected, or the oldest has
+        waited ``max_wait``; None when closing."""
         with self._cond:
-            while not self._queue:
+            while not any(p.lane == lane for p in self._queue):
                 if self._closing:
                     return None
                 self._cond.wait()
-            first = self._queue[0]
+            first = next(p for p in self._queue if p.lane == lane)
             deadline = first.arrived + self.max_wait
             while True:
                 batch = [p for p in self._queue if p.key == first.key][: self.max_batch]
@@ -274,16 +374,43 @@ class Batcher:
         requests = [p.request for p in batch]
         images = [r.image for r in requests]
         names = [r.name for r in requests]
+
+        def progress(event: Event) -> None:
+            """Each request's progress; the batch stops once none of it is still wanted."""
+            for r in requests:
+                if r.job is not None:
+                    r.job.progress(event)
+            if not any(p.wanted for p in batch):
+                raise Cancelled("cancelled while it ran")
+
         if classes_given:
             lists: Any = [list(r.config.classes) for r in requests]
-            return explainer.explain(images, classes=lists, names=names)
+            return explainer.explain(images, classes=lists, names=names, progress=progress)
         if config.targets or config.above is not None:  # the config's targets, for every image
-            return explainer.explain(images, names=names)
+            return explainer.explain(images, names=names, progress=progress)
         tops = [r.config.top or 1 for r in requests]
-        results = explainer.explain(images, top=max(tops), names=names)
+        results = explainer.explain(images, top=max(tops), names=names, progress=progress)
         for result, top in zip(results, tops, strict=True):
             result.maps = _first_ranks(result.maps, top)
         return results
+
+
+LANES = ("fast", "slow")
+
+
+def lane(key: Key) -> str:
+    """slow for a config with a perturbation method (passes by the hundred), else fast."""
+    config = key[0]
+    return "slow" if any(get_method(m).needs == "scores" for m in config.methods) else "fast"
+
+
+def phases(config: ExplainConfig, layers: int) -> int:
+    """The perturbation phases (method, layer, augmentation) a request of ``config`` runs."""
+    methods = sum(get_method(m).needs == "scores" for m in config.methods)
+    augmentations = 1
+    if "tta" in config.smooth:
+        augmentations = len(smoothing.augmentations(config.tta_flips, config.tta_scales))
+    return methods * max(layers, 1) * augmentations
 
 
 def _first_ranks(maps: list[ClassMap], top: int) -> list[ClassMap]:

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import base64
 import io
+import re
+import zipfile
+from pathlib import Path
 
 from fastapi.responses import Response
 from PIL import Image
@@ -41,9 +44,40 @@ def heatmap_png(explanation: Explanation, i: int, cmap: str, max_side: int | Non
     return encode(Image.fromarray(render.colorize(resized, cmap)), "png")
 
 
-def map_npy(explanation: Explanation, i: int) -> bytes:
-    """Map ``i`` at the photo's size as float32 ``.npy`` [height, width], in [0, 1]."""
-    return npy_bytes(explanation.map_at_image(i).detach().float().cpu().numpy())
+def map_npy(explanation: Explanation, i: int, size: str = "image") -> bytes:
+    """Map ``i`` as float32 ``.npy`` [height, width] in [0, 1]: at the photo's size, or with
+    ``size="layer"`` at the layer's own (as a run in the dataset format keeps it)."""
+    full = explanation.maps[i].map if size == "layer" else explanation.map_at_image(i)
+    return npy_bytes(full.detach().float().cpu().numpy())
+
+
+def file_stem(explanation: Explanation, i: int | None = None) -> str:
+    """The name of a result's file, without suffix: the photo's stem and, for map ``i``, its
+    method, layer and class or target (``cat.gradcam.bn2.285``, ``ClassMap.tag``), in safe
+    characters."""
+    stem = Path(explanation.source).stem or "image"
+    if i is not None:
+        m = explanation.maps[i]
+        stem = f"{stem}.{m.method}.{m.layer}.{m.tag}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem)
+
+
+def result_zip(
+    explanation: Explanation, report: bytes, cmap: str, alpha: float, boxes: bool
+) -> bytes:
+    """Everything of a result in one zip: ``report.json`` (the answer), the photo as explained,
+    and per map its overlay PNG (``cmap``, ``alpha``, ``boxes`` as the answer's overlays) and
+    its ``.npy`` at the photo's size."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("report.json", report, zipfile.ZIP_DEFLATED)
+        archive.writestr(f"{file_stem(explanation)}.jpg", photo_jpeg(explanation))
+        for i in range(len(explanation.maps)):
+            name = file_stem(explanation, i)
+            archive.writestr(f"{name}.png", overlay_png(explanation, i, cmap, alpha, boxes))
+            npy = map_npy(explanation, i)
+            archive.writestr(f"{name}.npy", npy, zipfile.ZIP_DEFLATED, compresslevel=1)
+    return buffer.getvalue()
 
 
 def photo_jpeg(explanation: Explanation) -> bytes:

@@ -15,7 +15,6 @@ images' rows again (60 lines, not the whole index). The most recently used runs 
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import threading
@@ -27,7 +26,7 @@ from typing import Any, Literal, NamedTuple
 from urllib.parse import quote
 
 from camlens.errors import CamlensError
-from camlens.models.model import label_matches
+from camlens.models.model import label_matches, suggest_labels
 from camlens.runs import (
     INDEX,
     Notable,
@@ -192,6 +191,13 @@ class RunIndex:
                 raise CamlensError(
                     f"class must be a class index (0 or more) or name, not {given!r}"
                 )
+            if index not in self.labels:
+                shown = ", ".join(str(i) for i in sorted(self.labels)[:10])
+                more = ", ..." if len(self.labels) > 10 else ""
+                raise CamlensError(
+                    f"class {index} is not a class of run {self.place.name!r} "
+                    f"(its classes: {shown or 'none'}{more})"
+                )
             return index
         indices = list(self.labels)
         found = [indices[i] for i in label_matches(tuple(self.labels.values()), text)]
@@ -200,7 +206,7 @@ class RunIndex:
         if found:
             names = ", ".join(f"{self.labels[i]!r} ({i})" for i in found)
             raise CamlensError(f"class {given!r} names several classes of the run: {names}")
-        close = difflib.get_close_matches(text, list(self.labels.values()), n=3, cutoff=0.6)
+        close = suggest_labels(list(self.labels.values()), text, n=3)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}" if close else ""
         raise CamlensError(f"class {given!r} is not a class of run {self.place.name!r}{hint}")
 

@@ -60,6 +60,7 @@ class ServerOut(BaseModel):
     max_batch: int
     max_queue: int
     results_kept: int = Field(description="explanations whose files stay available, newest first")
+    results_bytes: int = Field(description="memory those results may hold (the newest is kept)")
     colormaps: list[str] = Field(description="common colormaps (any matplotlib name works)")
     runs: bool = Field(description="a run folder is served under /runs/")
 
@@ -99,7 +100,7 @@ class MapOut(BaseModel):
     heatmap: str = Field(description="URL of the coloured map alone, PNG at the photo's size")
     map: str = Field(
         description="URL of the map, float32 .npy [height, width] in [0, 1] at the photo's size "
-        "(a data: URL with inline=true)"
+        "(a data: URL with inline=true); ?size=layer: at the layer's own grid"
     )
 
 
@@ -109,9 +110,31 @@ class ImageOut(BaseModel):
     url: str = Field(description="the photo as explained (upright RGB), JPEG")
 
 
+class SkippedOut(BaseModel):
+    method: str
+    layer: str
+    reason: str = Field(description="why the method does not apply at that layer")
+
+
+class StatsOut(BaseModel):
+    """What the model work cost: of the batch the request was explained in (concurrent requests
+    with the same options share one)."""
+
+    images: int = Field(description="images in the batch")
+    forward_passes: int
+    backward_passes: int = Field(description="zero where a GAP -> Linear head gave the gradients")
+    perturbation_passes: int = Field(description="rows the perturbation methods ran")
+    seconds: float = Field(description="the batch's model time")
+    queued_seconds: float = Field(description="this request's wait before its batch started")
+
+
 class ExplainOut(BaseModel):
     id: str
     url: str = Field(description="this result again, while it is kept")
+    download: str = Field(
+        description="URL of a zip of everything of the result: report.json, the photo, and per "
+        "map its overlay PNG and .npy"
+    )
     model: str
     image: ImageOut
     methods: list[str]
@@ -121,6 +144,26 @@ class ExplainOut(BaseModel):
     )
     predictions: list[PredictionOut] = Field(description="the top 5, best first")
     explanations: list[MapOut]
+    skipped: list[SkippedOut] = Field(
+        default_factory=list,
+        description="(method, layer) pairs asked for but left out, and why (CAM at a layer no "
+        "GAP -> Linear head reads)",
+    )
+    stats: StatsOut
+
+
+class JobOut(BaseModel):
+    """The progress of a request named with POST /api/explain's ``job`` field."""
+
+    job: str
+    state: str = Field(description="queued, running, done, failed or cancelled")
+    passes_done: int = Field(description="perturbation passes run so far")
+    passes_total: int = Field(description="passes of the phases started so far")
+    phases_done: int = Field(description="perturbation (method, layer, augmentation) finished")
+    phases: int = Field(description="perturbation phases the request runs (0: none, one pass)")
+    seconds: float = Field(description="time since it started running")
+    queued_seconds: float = Field(description="time it waited in the queue")
+    estimate_seconds: float | None = Field(description="an estimate of the seconds left")
 
 
 # --- the run gallery (serve --runs) ---------------------------------------------------------------

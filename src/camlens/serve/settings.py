@@ -18,7 +18,7 @@ class ServeSettings:
     data for ``upload_stall`` seconds is a 408. ``max_batch`` images per
     forward pass, gathered for at most ``batch_wait`` seconds; ``max_queue`` requests (and
     ``max_queue_pixels`` pixels) may wait, beyond that a 503. ``results``: how many results keep
-    their files available, in at most ``results_bytes`` of photos. ``cors_origins``: origins allowed to call the API from a browser
+    their files available, in at most ``results_bytes`` of memory (photos, maps, inline answers). ``cors_origins``: origins allowed to call the API from a browser
     (none by default; the page itself is served by the same app)."""
 
     runs: Path | None = None

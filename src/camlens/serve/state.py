@@ -4,13 +4,15 @@ one of its maps, a run and its index."""
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
 
 from camlens.layers import auto_layer, spatial_layers
 from camlens.models import Model
-from camlens.serve.batcher import Batcher
+from camlens.serve.batcher import Batcher, Job
 from camlens.serve.errors import ApiError
 from camlens.serve.gallery import Gallery, Place, RunIndex, RunNotFound, RunUnreadable
 from camlens.serve.schemas import LayerOut, ModelOut, Preprocessing
@@ -48,7 +50,37 @@ class ServerState:
             max_queue_pixels=settings.max_queue_pixels,
         )
         self.store = ResultStore(settings.results, settings.results_bytes)
+        self.jobs = Jobs()
         self.gallery = None if settings.runs is None else Gallery(settings.runs)
+
+
+class Jobs:
+    """The jobs clients named (POST /api/explain's ``job``), for their progress and their
+    cancellation: the newest ``capacity``, finished ones dropped first."""
+
+    def __init__(self, capacity: int = 256) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[str, Job] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, job: Job) -> None:
+        """Keeps ``job``: a 422 if a job of that name is still queued or running."""
+        with self._lock:
+            old = self._items.get(job.id)
+            if old is not None and old.state in ("queued", "running"):
+                raise ApiError(422, f"job {job.id!r} is still running: name each job anew", "job")
+            self._items.pop(job.id, None)
+            self._items[job.id] = job
+            over = len(self._items) - self.capacity
+            for ident in [i for i, j in self._items.items() if j.finished is not None][:over]:
+                del self._items[ident]
+
+    def get(self, ident: str) -> Job:
+        with self._lock:
+            job = self._items.get(ident)
+        if job is None:
+            raise ApiError(404, f"no job {ident!r}: name one with POST /api/explain's job field")
+        return job
 
 
 def state(request: Request) -> ServerState:

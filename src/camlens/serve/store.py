@@ -21,13 +21,16 @@ class Result:
 
 
 def _bytes(result: Result) -> int:
-    """About what a result holds in memory: its photo, 3 bytes a pixel (its maps are small)."""
+    """About what a result holds in memory: its photo (3 bytes a pixel), its maps at their
+    layers' size, and its answer's text (with inline=true, data: URLs as large as the files)."""
     width, height = result.explanation.size
-    return 3 * width * height
+    maps = sum(m.map.numel() * m.map.element_size() for m in result.explanation.maps)
+    answer = sum(len(m.overlay) + len(m.heatmap) + len(m.map) for m in result.response.explanations)
+    return 3 * width * height + maps + answer + 4096
 
 
 class ResultStore:
-    """At most ``capacity`` results and ``max_bytes`` of photos (the newest result is kept
+    """At most ``capacity`` results and ``max_bytes`` of memory (:func:`_bytes`) (the newest result is kept
     whatever its size), the least recently used dropped first; safe across threads."""
 
     def __init__(self, capacity: int, max_bytes: int = 2**30) -> None:

@@ -3,14 +3,17 @@ result has (:meth:`Explanation.to_dict`), and kept for its files."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import secrets
 import tempfile
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path, PurePosixPath
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, File, Form, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
@@ -19,12 +22,12 @@ from camlens.errors import CamlensError, ImageError, PixelLimitError
 from camlens.explanation import Explanation
 from camlens.images import load_image
 from camlens.localize import add_boxes
-from camlens.serve.batcher import Closed, QueueFull
-from camlens.serve.batcher import Request as Job
+from camlens.serve.batcher import Cancelled, Closed, Job, QueueFull, phases
+from camlens.serve.batcher import Request as Request_
 from camlens.serve.encoders import data_url, map_npy, overlay_png
 from camlens.serve.errors import ERRORS, FIELD_BYTES, ApiError, bad_option
 from camlens.serve.parameters import explain_options, only_known_parameters
-from camlens.serve.schemas import ExplainOut, ImageOut, MapOut
+from camlens.serve.schemas import ExplainOut, ImageOut, MapOut, SkippedOut, StatsOut
 from camlens.serve.state import Root, ServerState, State
 from camlens.serve.store import Result
 
@@ -62,6 +65,8 @@ router = APIRouter(prefix="/api", tags=["explain"], dependencies=[Depends(only_k
 async def explain(
     st: State,
     root: Root,
+    request: Request,
+    response: Response,
     image: Annotated[UploadFile, File(description="the photo (JPEG, PNG, WebP, TIFF...)")],
     methods: Annotated[
         list[str] | None,
@@ -118,6 +123,14 @@ async def explain(
     scores: Annotated[
         str | None, Form(description="softmax, sigmoid or raw: how outputs become predictions")
     ] = None,
+    job: Annotated[
+        str | None,
+        Form(
+            description="a name for this request (8 to 64 letters, digits, - or _, unguessable: "
+            "a random one): GET /api/jobs/JOB gives its progress, DELETE /api/jobs/JOB cancels it",
+            pattern=r"^[A-Za-z0-9_-]{8,64}$",
+        ),
+    ] = None,
     reference: Annotated[str | None, Depends(reference_photo)] = None,
     embedding: Annotated[
         str | None,
@@ -154,6 +167,10 @@ async def explain(
             503, f"the server is busy: try again in {retry} s", headers={"Retry-After": str(retry)}
         )
     name = upload_name(image.filename)
+    layers_asked = len(config.layers) or 1
+    tracked = Job(job or secrets.token_urlsafe(12), phases(config, layers_asked))
+    if job is not None:
+        st.jobs.add(tracked)
     ticket = st.batcher.expect()  # a batch about to start waits for this one
     try:
         data = await image.read()
@@ -162,10 +179,19 @@ async def explain(
         if inline:  # before any model runs: the maps' .npy alone would be too much
             maps = (len(config.classes) or config.top or 1) * len(config.methods)
             check_inline(st, maps * len(config.layers or ("",)), photo.size, 0)
-        explanation = await st.batcher.explain(Job(photo, name, config), ticket)
+        sent = time.perf_counter()
+        explanation = await until_disconnected(
+            request, st.batcher.explain(Request_(photo, name, config, tracked), ticket), tracked
+        )
+        waited = time.perf_counter() - sent
         for m in explanation.maps:  # the reference by its upload name, not the server's folder
             if reference is not None and m.target and m.target.get("kind") == "similarity":
                 m.target = {**m.target, "reference": Path(reference).name}
+    except Cancelled:
+        tracked.cancel()
+        raise ApiError(
+            409, f"job {tracked.id!r} was cancelled (DELETE /api/jobs/{tracked.id})", "job"
+        ) from None
     except QueueFull as exc:
         raise ApiError(503, str(exc), headers={"Retry-After": str(exc.retry_after)}) from None
     except Closed as exc:
@@ -174,7 +200,48 @@ async def explain(
         raise bad_option(exc) from None
     finally:
         ticket.cancel()  # unless explain() took it
-    return await run_in_threadpool(respond, st, explanation, config, output, inline, root)
+        if tracked.state in ("queued", "running"):
+            tracked.state = "failed"
+            tracked.finished = time.monotonic()
+    tracked.state, tracked.finished = "done", time.monotonic()
+    body = await run_in_threadpool(respond, st, explanation, config, output, inline, root, waited)
+    response.headers["Server-Timing"] = server_timing(body.stats)
+    return body
+
+
+def server_timing(stats: StatsOut) -> str:
+    """The ``Server-Timing`` header of an answer: the wait in the queue and the model's time
+    (with the passes it ran), in milliseconds."""
+    passes = (
+        f"{stats.forward_passes} forward, {stats.backward_passes} backward, "
+        f"{stats.perturbation_passes} perturbation passes"
+    )
+    return (
+        f"queue;dur={stats.queued_seconds * 1000:.1f}, "
+        f'model;dur={stats.seconds * 1000:.1f};desc="{passes}"'
+    )
+
+
+async def until_disconnected(
+    request: Request, waiting: Coroutine[Any, Any, Explanation], job: Job
+) -> Explanation:
+    """The explanation ``waiting`` gives, unless the client goes away first (checked twice a
+    second): then the job is cancelled (the batcher drops it, or stops its batch) and so is
+    the wait."""
+    task = asyncio.ensure_future(waiting)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=0.5)
+            if done:
+                return task.result()
+            if job.cancelled.is_set():
+                raise Cancelled(f"job {job.id!r} was cancelled")
+            if await request.is_disconnected():
+                job.cancel()
+                raise Cancelled("the client went away")
+    finally:
+        if not task.done():
+            task.cancel()
 
 
 def upload_name(filename: str | None) -> str:
@@ -219,6 +286,7 @@ def respond(
     output: OutputConfig,
     inline: bool,
     root: str,
+    waited: float = 0.0,
 ) -> ExplainOut:
     """The answer for a finished explanation (boxes added when asked): its report
     (:meth:`Explanation.to_dict`) with the result's URLs; the result is kept."""
@@ -250,6 +318,7 @@ def respond(
     body = ExplainOut(
         id=result_id,
         url=base,
+        download=f"{base}/download.zip",
         model=report["model"],
         image=ImageOut(name=report["image"], size=(width, height), url=f"{base}/photo.jpg"),
         methods=list(config.methods),
@@ -257,6 +326,15 @@ def respond(
         scores=report["scores"],
         predictions=report["predictions"],
         explanations=maps,
+        skipped=[SkippedOut.model_validate(entry) for entry in report.get("skipped", ())],
+        stats=StatsOut(
+            images=explanation.stats.images,
+            forward_passes=explanation.stats.forward_passes,
+            backward_passes=explanation.stats.backward_passes,
+            perturbation_passes=explanation.stats.perturbation_passes,
+            seconds=explanation.stats.seconds,
+            queued_seconds=max(0.0, waited - explanation.stats.seconds),
+        ),
     )
     st.store.put(result_id, Result(explanation, output, body))
     return body

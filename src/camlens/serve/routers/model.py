@@ -47,6 +47,7 @@ async def get_server(st: State) -> ServerOut:
         max_batch=settings.max_batch,
         max_queue=settings.max_queue,
         results_kept=settings.results,
+        results_bytes=settings.results_bytes,
         colormaps=list(render.COMMON_CMAPS),
         runs=settings.runs is not None,
     )

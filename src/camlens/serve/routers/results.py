@@ -3,16 +3,22 @@
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 
 from camlens.config import OutputConfig
 from camlens.errors import CamlensError
-from camlens.serve.encoders import file_response, heatmap_png, map_npy, overlay_png, photo_jpeg
+from camlens.serve.encoders import (
+    file_response,
+    file_stem,
+    heatmap_png,
+    map_npy,
+    overlay_png,
+    photo_jpeg,
+    result_zip,
+)
 from camlens.serve.errors import ERRORS, bad_option
 from camlens.serve.parameters import only_known_parameters
 from camlens.serve.schemas import ErrorBody, ExplainOut
@@ -86,15 +92,42 @@ def get_heatmap(
 @router.get(
     "/{result_id}/maps/{index}/map.npy",
     response_class=Response,
-    responses={200: {"content": {"application/octet-stream": {}}}},
+    responses={200: {"content": {"application/octet-stream": {}}}, 422: ERRORS[422]},
 )
-def get_map(found: KeptResult, index: MapIndex) -> Response:
-    """Map ``index`` as float32 ``.npy`` [height, width] in [0, 1], at the photo's size."""
-    stem = Path(found.explanation.source).stem or "image"
-    m = found.explanation.maps[index]
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{stem}.{m.method}.{m.layer}.{m.tag}.npy")
+def get_map(
+    found: KeptResult,
+    index: MapIndex,
+    size: Annotated[
+        Literal["image", "layer"],
+        Query(description="image: at the photo's size; layer: the map's own grid (map_shape)"),
+    ] = "image",
+) -> Response:
+    """Map ``index`` as float32 ``.npy`` [height, width] in [0, 1], at the photo's size (or the
+    layer's, with ``size=layer``)."""
+    suffix = ".layer" if size == "layer" else ""
+    name = f"{file_stem(found.explanation, index)}{suffix}.npy"
     return file_response(
-        map_npy(found.explanation, index),
+        map_npy(found.explanation, index, size),
         "application/octet-stream",
         {"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+@router.get(
+    "/{result_id}/download.zip",
+    response_class=Response,
+    responses={200: {"content": {"application/zip": {}}}},
+)
+def get_zip(found: KeptResult) -> Response:
+    """Everything of a result in one zip: ``report.json`` (this result's answer), the photo
+    (JPEG) and per map its overlay (PNG, as the answer's overlay URLs draw it) and its map
+    (float32 ``.npy`` at the photo's size), named ``PHOTO.METHOD.LAYER.CLASS``."""
+    output = found.output
+    report = found.response.model_dump_json(indent=2).encode()
+    data = result_zip(
+        found.explanation, report, output.cmap, output.alpha, output.boxes is not None
+    )
+    name = f"{file_stem(found.explanation)}.camlens.zip"
+    return file_response(
+        data, "application/zip", {"Content-Disposition": f'attachment; filename="{name}"'}
     )
