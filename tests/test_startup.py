@@ -170,3 +170,15 @@ def test_explain_localize_and_evaluate_build_the_same_config(
         input_size=(64, 48),
         relu=False,
     )
+
+
+def test_the_exports_survive_their_modules_imports() -> None:
+    """``camlens.train`` is the function even once the submodule ``camlens.train`` (or
+    ``camlens.types``) is imported, and any submodule is an attribute of the package on first use."""
+    done = python(
+        "import types, camlens.types, camlens.train, camlens\n"
+        "assert callable(camlens.train) and not isinstance(camlens.train, types.ModuleType)\n"
+        "assert camlens.images.preprocess and camlens.Box is camlens.types.Box\n"
+        "print('ok')"
+    )
+    assert done.stdout == "ok\n", done.stderr

@@ -7,8 +7,9 @@ The names below are imported on first use (``camlens.Explainer`` loads torch the
 from __future__ import annotations
 
 import importlib
-import sys as _sys
-from types import ModuleType as _ModuleType
+import importlib.util
+import sys
+from types import ModuleType  # not `import types`: camlens.types, once imported, is bound here
 from typing import TYPE_CHECKING, Any
 
 from camlens.version import __version__
@@ -53,24 +54,25 @@ if TYPE_CHECKING:
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
+        if importlib.util.find_spec(f"camlens.{name}") is not None:  # camlens.images, ...
+            return importlib.import_module(f"camlens.{name}")
         raise AttributeError(f"module 'camlens' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value  # once: the next access is a plain attribute
     return value
 
 
-class _Package(_ModuleType):
+class _Package(ModuleType):
     """``camlens`` itself: importing the submodule ``camlens.train`` binds it as the package's
-    attribute ``train``, which would hide the function ``camlens.train``; the export is kept.
-    (The names it uses are private: importing ``camlens.types`` rebinds the global ``types``.)"""
+    attribute ``train``, which would hide the function ``camlens.train``; the export is kept."""
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if isinstance(value, _ModuleType) and _LAZY.get(name) == value.__name__:
+        if isinstance(value, ModuleType) and _LAZY.get(name) == value.__name__:
             value = getattr(value, name)
         super().__setattr__(name, value)
 
 
-_sys.modules[__name__].__class__ = _Package
+sys.modules[__name__].__class__ = _Package
 
 
 def __dir__() -> list[str]:
