@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from awkward import cat, cup, synthetic_weights
 from PIL import Image
 
 import camlens
@@ -113,3 +114,23 @@ def small_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     finally:
         os.chdir(here)
     return runs
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return synthetic_weights(tmp_path_factory.mktemp("weights") / "synthetic.pt")
+
+
+@pytest.fixture(scope="session")
+def syn(weights: Path) -> list[str]:
+    """The options that choose the synthetic CNN."""
+    return ["--model", "synthetic", "--weights", str(weights)]
+
+
+@pytest.fixture
+def photos(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """``cat.jpg`` and ``cup.png`` in the current folder (a fresh one)."""
+    monkeypatch.chdir(tmp_path)
+    cat(tmp_path / "cat.jpg")
+    cup(tmp_path / "cup.png")
+    return ["cat.jpg", "cup.png"]

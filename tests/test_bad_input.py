@@ -33,26 +33,6 @@ from camlens.errors import CamlensError
 GPU = torch.cuda.is_available()
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return synthetic_weights(tmp_path_factory.mktemp("weights") / "synthetic.pt")
-
-
-@pytest.fixture(scope="module")
-def syn(weights: Path) -> list[str]:
-    """The options that choose the synthetic CNN."""
-    return ["--model", "synthetic", "--weights", str(weights)]
-
-
-@pytest.fixture
-def photos(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """``cat.jpg`` and ``cup.png`` in the current folder (a fresh one)."""
-    monkeypatch.chdir(tmp_path)
-    cat(tmp_path / "cat.jpg")
-    cup(tmp_path / "cup.png")
-    return ["cat.jpg", "cup.png"]
-
-
 def nothing_under(folder: Path) -> bool:
     return not folder.exists() or not any(folder.rglob("*"))
 

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
-from awkward import assert_clean, cat, cup, invoke, problems, strict_json, synthetic_weights
+from awkward import assert_clean, cat, cup, invoke, problems, strict_json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,26 +19,6 @@ from camlens import outputs
 from camlens.config import ExplainConfig
 from camlens.errors import CamlensError
 from camlens.types import class_number
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return synthetic_weights(tmp_path_factory.mktemp("weights") / "synthetic.pt")
-
-
-@pytest.fixture(scope="module")
-def syn(weights: Path) -> list[str]:
-    """The options that choose the synthetic CNN."""
-    return ["--model", "synthetic", "--weights", str(weights)]
-
-
-@pytest.fixture
-def photos(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """``cat.jpg`` and ``cup.png`` in the current folder (a fresh one)."""
-    monkeypatch.chdir(tmp_path)
-    cat(tmp_path / "cat.jpg")
-    cup(tmp_path / "cup.png")
-    return ["cat.jpg", "cup.png"]
 
 
 def index_rows(out: Path) -> list[dict[str, object]]:
