@@ -14,6 +14,7 @@ from fastapi.routing import APIRoute
 
 from camlens.config import ExplainConfig, OutputConfig
 from camlens.errors import CamlensError
+from camlens.models import Model
 from camlens.scoring import TargetPlan
 from camlens.serve.errors import ApiError, bad_option
 from camlens.serve.state import ServerState
@@ -151,13 +152,7 @@ def explain_options(
         )
     if config.top is not None and config.top > model.num_classes:
         raise ApiError(422, f"top must be at most {model.num_classes}, not {config.top}", "top")
-    wanted = len(config.targets) or len(config.classes) or config.top or 1
-    if config.above is not None:  # under softmax at most 1 / above classes; else not known yet
-        softmax = (config.scores or model.scores) == "softmax"
-        wanted = (
-            min(model.num_classes, int(1 / config.above)) if softmax and config.above > 0 else 1
-        )
-    count = wanted * len(config.methods) * max(1, len(config.layers))
+    count = maps_asked(config, model)
     if count > st.settings.max_maps:
         raise ApiError(
             422,
@@ -171,3 +166,15 @@ def explain_options(
     except CamlensError as exc:
         raise bad_option(exc) from None
     return config, output
+
+
+def maps_asked(config: ExplainConfig, model: Model) -> int:
+    """How many maps ``config`` asks of one photo: targets (or classes, or top) x methods x
+    layers; under softmax ``above`` asks at most ``1 / above`` classes, else one is counted."""
+    wanted = len(config.targets) or len(config.classes) or config.top or 1
+    if config.above is not None:
+        softmax = (config.scores or model.scores) == "softmax"
+        wanted = (
+            min(model.num_classes, int(1 / config.above)) if softmax and config.above > 0 else 1
+        )
+    return wanted * len(config.methods) * max(1, len(config.layers))

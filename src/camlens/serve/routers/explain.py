@@ -26,7 +26,7 @@ from camlens.serve.batcher import Cancelled, Closed, Job, QueueFull, phases
 from camlens.serve.batcher import Request as Request_
 from camlens.serve.encoders import data_url, map_npy, overlay_png
 from camlens.serve.errors import ERRORS, FIELD_BYTES, ApiError, bad_option
-from camlens.serve.parameters import explain_options, only_known_parameters
+from camlens.serve.parameters import explain_options, maps_asked, only_known_parameters
 from camlens.serve.schemas import ExplainOut, ImageOut, MapOut, SkippedOut, StatsOut
 from camlens.serve.state import Root, ServerState, State
 from camlens.serve.store import Result
@@ -177,8 +177,7 @@ async def explain(
         photo = await run_in_threadpool(read_image, st, data, name)
         del data
         if inline:  # before any model runs: the maps' .npy alone would be too much
-            maps = (len(config.classes) or config.top or 1) * len(config.methods)
-            check_inline(st, maps * len(config.layers or ("",)), photo.size, 0)
+            check_inline(st, maps_asked(config, st.model), photo.size, 0)
         sent = time.perf_counter()
         explanation = await until_disconnected(
             request, st.batcher.explain(Request_(photo, name, config, tracked), ticket), tracked
