@@ -210,7 +210,8 @@ class History:
 
     def plot(self, path: str | os.PathLike[str]) -> Path:
         """Writes the training curves (loss and accuracy, training and validation, by epoch; the
-        best epoch marked, fine-tuning epochs shaded) to a PNG file."""
+        best epoch marked, fine-tuning epochs shaded; with tags the validation's macro F1 too) to
+        a PNG file."""
         import matplotlib
 
         matplotlib.use("Agg", force=False)
@@ -232,6 +233,11 @@ class History:
             ax.set_xlabel("epoch")
             ax.set_title(what)
             ax.grid(alpha=0.3)
+        f1 = [r.val_f1 for r in self.epochs]
+        if any(v is not None for v in f1):  # tags: the macro F1 beside the per-tag accuracy
+            axes[1].plot(x, [math.nan if v is None else v for v in f1], "^-", label="validation F1")
+            axes[1].set_title("per-tag accuracy and macro F1, at 0.5")
+            axes[1].legend(fontsize="small")
         axes[1].set_ylim(-0.02, 1.02)
         axes[0].legend(fontsize="small")
         out = Path(path)
