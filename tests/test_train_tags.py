@@ -188,3 +188,29 @@ def test_sigmoid_loss_needs_tags(tmp_path: Path) -> None:
     assert code == 2 and err.count("\n") == 1 and "needs the tags of each image" in err
     code, err = run(str(tmp_path), "--tags", str(tmp_path / "none.csv"))
     assert code == 2 and "none.csv: no such file" in err
+
+
+def test_fine_tuning_and_named_outputs_with_tags(
+    tagged: tuple[Path, dict[Path, frozenset[str]]], tmp_path: Path
+) -> None:
+    root, truth = tagged
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="random weights"):
+        model = camlens.build_cam_model(
+            "torchvision:resnet18", class_names=["red", "green", "blue"], input_size=64
+        )
+    history = camlens.train(
+        model, root, tags=root / "tags.csv", epochs=1, fine_tune=1, fine_tune_epochs=1,
+        views=1, val=0.25, checkpoint=tmp_path / "tuned.camlens",
+    )  # fmt: skip
+    assert [r.phase for r in history.epochs] == ["head", "fine-tune"]
+    assert all(r.val_f1 is not None for r in history.epochs)
+    assert model.labels == ("red", "green", "blue")  # the model's order, not the CSV's
+    assert model.scores == "sigmoid"
+    assert camlens.load_model(tmp_path / "tuned.camlens").scores == "sigmoid"
+    # Each output's counts are those of its own tag: positives in validation per tag.
+    held = [Path(f) for f in history.val_files]
+    assert history.tag_counts is not None
+    for k, tag in enumerate(model.labels):
+        tp, _, fn, _ = history.tag_counts[k]
+        assert tp + fn == sum(tag in truth[f] for f in held)
