@@ -27,7 +27,8 @@ from camlens.targets import Target
 
 ImageInput = str | Path | Image.Image | np.ndarray | torch.Tensor
 ClassSpec = int | str
-Classes = ClassSpec | Sequence[ClassSpec] | Sequence[Sequence[ClassSpec]]
+Classes = ClassSpec | Sequence[ClassSpec] | Sequence[Sequence[ClassSpec | Target]]
+"""Classes for every image, or a list per image (which may hold targets: ``VersusTrue(t)``)."""
 
 
 @dataclass
