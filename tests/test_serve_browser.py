@@ -854,6 +854,18 @@ def test_gallery_mistakes_and_their_contrast(
     expect(cards).to_have_count(1)
     expect(cards.nth(0).locator(".role")).to_have_count(0)
 
+    # on a phone: the two maps still side by side, nothing wider than the screen
+    page.set_viewport_size(PHONE)
+    page.goto(f"{mistakes_server}/#/gallery/mistakes?status=wrong")
+    expect(thumbs).to_have_count(1)
+    thumbs.nth(0).click()
+    expect(cards).to_have_count(2)
+    expect(versus.locator("img")).to_have_js_property("naturalWidth", 640)
+    left, right = top1.bounding_box(), versus.bounding_box()
+    assert left["y"] == right["y"] and left["x"] + left["width"] <= right["x"]
+    assert page_width(page) == 390
+    shots.take(page, "mistakes-3-phone")
+
 
 def test_no_gallery_without_runs(server: str, page: Any) -> None:
     from playwright.sync_api import expect
