@@ -181,20 +181,26 @@ class Capture:
         # the embedding the similarity targets read, with the graph after the tapped layers
         self._embeddings = embeddings[-1] if embeddings else None
 
-    def goals(self, chosen: Sequence[Sequence[object]]) -> Goals:
+    def goals(
+        self,
+        chosen: Sequence[Sequence[object]],
+        sizes: Sequence[tuple[int, int]] | None = None,
+    ) -> Goals:
         """The :class:`~camlens.scoring.Goals` of ``chosen[n]`` (targets or class indices) for
         each image, from this pass's outputs (a ``TargetPlan`` must have been given, except for
-        class indices)."""
+        class indices); ``sizes``: the photos' (width, height), for segments' boxes and masks."""
         if self.plan is None:
             self.plan = TargetPlan(self.model, [])
         embeddings = None if self._embeddings is None else self._embeddings.detach()
-        return self.plan.goals(self.logits, chosen, embeddings)
+        return self.plan.goals(self.logits, chosen, embeddings, sizes)
 
     def _as_goals(self, wanted: Goals | torch.Tensor) -> Goals:
         """Goals as they are; class indices [N, D] as their classes' goals, made once per set of
         indices (so the methods that ask for the same classes share one backward pass)."""
         if isinstance(wanted, Goals):
             return wanted
+        if self.logits.ndim == 4:  # a segmentation model's classes: their segments
+            return self.goals(wanted.tolist())
         key = tuple(tuple(int(c) for c in row) for row in wanted.tolist())
         if key not in self._class_goals:
             self._class_goals[key] = Goals.classes(wanted, self.logits.shape[1], self.model.labels)
@@ -317,7 +323,7 @@ class Capture:
         n, depth = goals.shape
         if goals.linear:
             out = self._logits
-            seeds = goals.weights.to(out.dtype).transpose(0, 1).contiguous()  # [D, N, C]
+            seeds = goals.seeds(out)  # [D, N, C] (or [D, N, C, H, W] for segments)
         else:
             embeddings = self._embeddings
             if goals.embedding is not None and embeddings is None:

@@ -191,15 +191,18 @@ class Pipeline:
             probs = captures[0].probs
             if chosen is None and self.config.above is not None:
                 chosen = _above(probs, self.config.above, [item.source for item in items])
+            elif chosen is None and model.kind == "segmentation":
+                chosen = _top_segments(model, probs, depth)
             elif chosen is None:
                 chosen = probs.topk(depth, dim=1).indices.tolist()
             else:  # versus true: the top-1, and the top-1 versus the true class when they differ
                 chosen = self.plan.with_top1(chosen, probs.topk(1, dim=1).indices[:, 0].tolist())
-            runs = [self._class_maps(captures[0], chosen)]
+            sizes = [_size(item) for item in items]
+            runs = [self._class_maps(captures[0], chosen, sizes)]
             augmentations = self.augmentations
             for aug in augmentations[1:]:  # the same classes, explained on each augmented input
                 captures.append(self._capture(aug.apply(x), progress))
-                runs.append(self._class_maps(captures[-1], chosen))
+                runs.append(self._class_maps(captures[-1], chosen, sizes))
         per_image = runs[0] if len(runs) == 1 else smoothing.merge_augmented(runs, augmentations)
         stats = CallStats(
             images=len(items),
@@ -251,14 +254,17 @@ class Pipeline:
         )
 
     def _class_maps(
-        self, capture: Capture, chosen: Sequence[Sequence[Any]]
+        self,
+        capture: Capture,
+        chosen: Sequence[Sequence[Any]],
+        sizes: Sequence[tuple[int, int]] | None = None,
     ) -> list[list[ClassMap]]:
         """The maps of the classes or targets ``chosen`` for each image, per layer, rank and
         method; all the targets of the batch go through the methods together."""
         counts = [len(cs) for cs in chosen]
         top1 = capture.probs.argmax(dim=1).tolist()
         # an image with nothing to explain (no class above the threshold) rides along on its top-1
-        goals = capture.goals([cs if cs else [top1[b]] for b, cs in enumerate(chosen)])
+        goals = capture.goals([cs if cs else [top1[b]] for b, cs in enumerate(chosen)], sizes)
         values = goals.values
         depth = goals.shape[1]
         reduce = smoothing.pca_map if "pca" in self.config.smooth else None
@@ -350,6 +356,28 @@ def _applicable(
     if len(headless) < len(targets):
         return methods, skipped  # CAM runs at the layers a head reads
     return [m for m in methods if m.needs != "head"], skipped
+
+
+def _size(item: Item) -> tuple[int, int]:
+    """The (width, height) of an input's own picture."""
+    if item.photo is not None:
+        return item.photo.size
+    assert item.batch is not None
+    return int(item.batch.shape[-1]), int(item.batch.shape[-2])
+
+
+def _top_segments(model: Model, shares: torch.Tensor, top: int) -> list[list[int]]:
+    """Per image, the ``top`` classes with the most pixels (``shares`` [N, C], the predicted
+    segmentation), the background left out (it is explained when asked for by name) and the
+    classes with no pixel too."""
+    from camlens.models.segmentation import background_classes
+
+    background = background_classes(model)
+    out = []
+    for row in shares:
+        order = row.argsort(descending=True, stable=True).tolist()
+        out.append([c for c in order if c not in background and float(row[c]) > 0][:top])
+    return out
 
 
 def _above(probs: torch.Tensor, least: float, sources: Sequence[str]) -> list[list[int]]:

@@ -7,7 +7,12 @@ Linear targets (a class, a contrast, a binary head's sign, a raw output) are a w
 ``W`` [N, D, outputs]: the score of rank ``j`` of image ``n`` is ``W[n, j] . y[n]``; their gradient
 is one backward pass seeded with ``W`` (as a class's is with a one-hot row), and CAM reads the
 head's rows ``W @ head.weight``. Similarity and callables are functions of the output (and of the
-embedding), differentiated through."""
+embedding), differentiated through.
+
+A segmentation model's output is ``y`` [N, C, H, W]; its targets are segments (a class given
+plainly is its segment over the pixels the model assigns to it): ``W`` picks the class and
+``regions`` [N, D, H, W] the pixels, the score being ``sum_hw regions[n, j] * (W[n, j] . y[n])``,
+linear in ``y`` as well. The regions come from the unperturbed pass and stay fixed."""
 
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from camlens.targets import (
     Contrast,
     Function,
     Output,
+    Segment,
     Similarity,
     TargetError,
     VersusTrue,
@@ -110,6 +116,7 @@ class Goals:
     explained: list[list[Explained]]
     embedding: Embedding | None = None
     values: torch.Tensor | None = field(default=None, repr=False)
+    regions: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def linear(self) -> bool:
@@ -136,7 +143,10 @@ class Goals:
         """The scores [M, D] of output rows ``outputs`` [M, C] that belong to the images ``rows``
         [M] (differentiable)."""
         weights = self.weights[rows].to(outputs.dtype)
-        out = torch.einsum("mc,mdc->md", outputs, weights)
+        if outputs.ndim == 4:
+            out = self._segments(outputs, rows, weights)
+        else:
+            out = torch.einsum("mc,mdc->md", outputs, weights)
         if not self.functions:
             return out
         out = out.clone()
@@ -148,6 +158,30 @@ class Goals:
             value = fn(outputs[chosen], emb)
             out[chosen, rank] = value.to(out.dtype)
         return out
+
+    def _segments(
+        self, outputs: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor
+    ) -> torch.Tensor:
+        """The segments' scores [M, D] of segmentation outputs [M, C, H, W] (resized to the
+        regions' grid when a pass ran at another resolution)."""
+        if self.regions is None:
+            return outputs.new_zeros(len(outputs), weights.shape[1])
+        regions = self.regions[rows].to(outputs.dtype)
+        if outputs.shape[-2:] != regions.shape[-2:]:
+            outputs = F.interpolate(
+                outputs, size=regions.shape[-2:], mode="bilinear", align_corners=False
+            )
+        per_class = torch.einsum("mchw,mdhw->mdc", outputs, regions)
+        return (per_class * weights).sum(dim=2)
+
+    def seeds(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The backward pass's seeds [D, N, *outputs.shape[1:]] of linear goals: ``W`` for
+        logits [N, C]; ``W`` times the regions for segmentation outputs [N, C, H, W]."""
+        weights = self.weights.to(outputs.dtype)
+        if outputs.ndim == 4 and self.regions is not None:
+            regions = self.regions.to(outputs.dtype)
+            weights = weights[:, :, :, None, None] * regions[:, :, None]
+        return weights.transpose(0, 1).contiguous()
 
 
 def _class_explained(c: int, labels: Sequence[str]) -> Explained:
@@ -168,9 +202,17 @@ class TargetPlan:
         self.targets = tuple(as_target(t) for t in targets)
         self._references: dict[tuple[str, str | None], torch.Tensor] = {}
         self._embeddings: dict[str | None, Embedding] = {}
+        self._masks: dict[str, torch.Tensor] = {}
         outputs = model.num_classes
+        segmenter = model.kind == "segmentation"
         for t in self.targets:
-            if isinstance(t, ClassScore):
+            if segmenter != isinstance(t, Segment) and not isinstance(t, ClassScore | Function):
+                raise TargetError(_wrong_kind(model, t))
+            if isinstance(t, Segment):
+                model.class_index(t.cls)
+                if isinstance(t.mask, str):
+                    self._mask(t.mask)
+            elif isinstance(t, ClassScore):
                 model.class_index(t.cls)
             elif isinstance(t, Contrast):
                 first = None if t.cls is None else model.class_index(t.cls)
@@ -207,6 +249,66 @@ class TargetPlan:
             raise TargetError(
                 "similarity targets of one call compare one embedding: give them the same layer"
             )
+
+    def _mask(self, path: str) -> torch.Tensor:
+        """The mask image ``path`` as a boolean tensor [height, width] (its non-zero pixels),
+        read once; a TargetError naming it when it cannot be read or is empty."""
+        if path not in self._masks:
+            import numpy as np
+            from PIL import Image, UnidentifiedImageError
+
+            try:
+                with Image.open(path) as image:
+                    pixels = np.asarray(image.convert("L"))
+            except (OSError, UnidentifiedImageError) as exc:
+                raise TargetError(f"segment: the mask {path} cannot be read: {exc}") from None
+            mask = torch.from_numpy(pixels > 0)
+            if not bool(mask.any()):
+                raise TargetError(f"segment: the mask {path} is empty (every pixel is 0)")
+            self._masks[path] = mask
+        return self._masks[path]
+
+    def _region(
+        self, t: Segment, k: int, predicted: torch.Tensor, size: tuple[int, int] | None
+    ) -> tuple[torch.Tensor, dict[str, Any], str]:
+        """The region [H, W] of segment ``t`` (class ``k``) on an output grid where the model
+        assigns ``predicted`` [H, W], for a photo of ``size`` (width, height; None: the grid's
+        own), with its data and words."""
+        h, w = predicted.shape
+        width, height = size or (w, h)
+        label = self.model.labels[k]
+        if t.box is not None:
+            x0, y0, x1, y1 = t.box
+            if x1 > width or y1 > height:
+                raise TargetError(
+                    f"segment: the region {x0},{y0},{x1},{y1} is outside the {width}x{height} image"
+                )
+            xs = torch.arange(w, device=predicted.device)
+            ys = torch.arange(h, device=predicted.device)
+            # output pixels whose part of the photo meets the box
+            cols = (xs * width / w < x1) & ((xs + 1) * width / w > x0)
+            rows = (ys * height / h < y1) & ((ys + 1) * height / h > y0)
+            region = rows[:, None] & cols[None, :]
+            return region, {"region": list(t.box)}, f"{label} in {x0},{y0},{x1},{y1}"
+        if t.mask is not None:
+            if isinstance(t.mask, str):
+                mask, name = self._mask(t.mask), t.mask
+            else:
+                mask, name = torch.as_tensor(t.mask).bool(), "the mask"
+            if tuple(mask.shape) != (height, width):
+                raise TargetError(
+                    f"segment: {name} is {mask.shape[1]}x{mask.shape[0]}, the image "
+                    f"{width}x{height}: give a mask of the image's size"
+                )
+            cover = F.interpolate(
+                mask[None, None].float().to(predicted.device), size=(h, w), mode="area"
+            )[0, 0]
+            region = cover >= 0.5
+            if not bool(region.any()):  # a mask smaller than an output pixel: the pixels it meets
+                region = cover > 0
+            data = {"region": "mask"} | ({"mask": t.mask} if isinstance(t.mask, str) else {})
+            return region, data, f"{label} in {Path(name).name if name != 'the mask' else name}"
+        return predicted == k, {"region": "predicted"}, label
 
     def _check_truth(self, target: VersusTrue) -> int | None:
         """The true class of ``target`` as an index (None: unknown), checked against the model."""
@@ -298,26 +400,49 @@ class TargetPlan:
         outputs: torch.Tensor,
         chosen: Sequence[Sequence[Any]],
         embeddings: torch.Tensor | None = None,
+        sizes: Sequence[tuple[int, int]] | None = None,
     ) -> Goals:
         """The goals of ``chosen[n]`` (targets, or class indices) for each image of a batch whose
         outputs are ``outputs`` [N, C] (they decide ``Contrast(next=K)`` and a contrast of the
-        top-1); each list is padded with its last target."""
+        top-1); each list is padded with its last target. A segmentation model's outputs
+        [N, C, H, W] decide the segments' regions; ``sizes`` gives each photo's (width, height)
+        for the boxes and masks in its pixels (None: the output grid's)."""
         model = self.model
-        n, c = outputs.shape
+        n, c = outputs.shape[:2]
         depth = max(len(ts) for ts in chosen)
         weights = torch.zeros(n, depth, c, device=outputs.device, dtype=outputs.dtype)
+        segmenter = outputs.ndim == 4
+        regions = predicted = None
+        if segmenter:
+            regions = torch.zeros(n, depth, *outputs.shape[2:], device=outputs.device)
+            predicted = outputs.argmax(dim=1)
         grouped: dict[tuple[int, Any], tuple[list[int], ScoreFn]] = {}
         explained: list[list[Explained]] = []
-        order = outputs.argsort(dim=1, descending=True, stable=True)
+        order = None if segmenter else outputs.argsort(dim=1, descending=True, stable=True)
         for b, ts in enumerate(chosen):
             row: list[Explained] = []
             for j in range(depth):
                 t = as_target(ts[min(j, len(ts) - 1)])
-                if isinstance(t, ClassScore):
+                if segmenter and isinstance(t, ClassScore):
+                    t = Segment(t.cls)
+                if segmenter != isinstance(t, Segment) and not isinstance(t, Function):
+                    raise TargetError(_wrong_kind(model, t))
+                if isinstance(t, Segment):
+                    assert regions is not None and predicted is not None
+                    k = model.class_index(t.cls)
+                    size = None if sizes is None else sizes[b]
+                    region, data, words = self._region(t, k, predicted[b], size)
+                    weights[b, j, k] = 1
+                    regions[b, j] = region
+                    data = {"kind": "segment", "classes": [k], **data}
+                    data["pixels"] = int(region.sum())
+                    row.append(Explained(data, words, k))
+                elif isinstance(t, ClassScore):
                     k = model.class_index(t.cls)
                     weights[b, j, k] = 1
                     row.append(_class_explained(k, model.labels))
                 elif isinstance(t, Contrast):
+                    assert order is not None
                     first = int(order[b, 0]) if t.cls is None else model.class_index(t.cls)
                     if t.next is not None:
                         rest = [int(i) for i in order[b].tolist() if int(i) != first][: t.next]
@@ -376,7 +501,7 @@ class TargetPlan:
             (torch.tensor(images, device=outputs.device), j, fn)
             for (j, _), (images, fn) in grouped.items()
         ]
-        goals = Goals(weights, functions, explained, self.embedding)
+        goals = Goals(weights, functions, explained, self.embedding, regions=regions)
         similar = any(isinstance(t, Similarity) for ts in chosen for t in map(as_target, ts))
         if similar and embeddings is None:
             raise TargetError("similarity: the forward pass recorded no embedding")
@@ -387,6 +512,16 @@ class TargetPlan:
                 f"the targets gave scores {tuple(goals.values.shape)}, not {(n, depth)}"
             )
         return goals
+
+
+def _wrong_kind(model: Model, target: Any) -> str:
+    """Why ``target`` does not fit ``model``'s kind."""
+    if model.kind == "segmentation":
+        return (
+            f"{model.name} is a segmentation model: explain a class's segment (a class, or "
+            f"Segment(class, box=..., mask=...)), not a {target.kind} target"
+        )
+    return f"a segment target explains a segmentation model; {model.name} is a {model.kind}"
 
 
 def _cosine(reference: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]:

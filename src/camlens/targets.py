@@ -19,6 +19,9 @@ target                 score                                                   l
 ``Function(fn)``       ``fn(y)``: any callable, from Python only               no
 ``VersusTrue(t)``      the top-1 ``a``: ``y[a]``, and when ``a`` is not the    yes
                        image's true class ``t``, also ``y[a] - y[t]``
+``Segment(c, box)``    a segmentation model's logits of class ``c`` summed     yes
+                       over a region: the pixels it assigns to ``c`` (by
+                       default), a box or a mask in the photo's pixels
 =====================  ======================================================  ===============
 
 ``Contrast`` with ``cls=None`` contrasts the image's top-1 prediction. ``VersusTrue()`` is what
@@ -247,11 +250,95 @@ class VersusTrue:
         return out
 
 
-Target = ClassScore | Contrast | Binary | Output | Similarity | Function | VersusTrue
+@dataclass(frozen=True)
+class Segment:
+    """A segmentation model's logits of class ``cls`` summed over a region of its output
+    ``y [classes, H, W]``: ``sum over (i, j) in R of y[cls, i, j]``. ``R`` is, by default, the
+    pixels the model assigns to ``cls`` (the argmax of its unperturbed forward pass, kept fixed
+    while a method perturbs the input); or ``box`` ``(x0, y0, x1, y1)`` in the photo's pixels
+    (``x1``, ``y1`` excluded); or ``mask``: a mask image file (its non-zero pixels) or a boolean
+    array ``[height, width]`` at the photo's size (from Python only: an array is not written as
+    JSON). Output pixels count when the part of the photo they cover meets the box, or is at
+    least half in the mask."""
+
+    kind: ClassVar[str] = "segment"
+    cls: ClassRef
+    box: tuple[int, int, int, int] | None = None
+    mask: Any = None
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "cls", _class_ref(self.cls, "segment"))
+        if self.box is not None:
+            set_(self, "box", check_box(self.box))
+        if self.mask is not None:
+            if self.box is not None:
+                raise TargetError("segment: give a box or a mask, not both")
+            if isinstance(self.mask, os.PathLike):
+                set_(self, "mask", os.fspath(self.mask))
+            if isinstance(self.mask, str):
+                if not self.mask.strip():
+                    raise TargetError("segment: the mask is an image file or a boolean array")
+            elif getattr(self.mask, "ndim", None) != 2:
+                shape = getattr(self.mask, "shape", type(self.mask).__name__)
+                raise TargetError(
+                    f"segment: a mask is a boolean array [height, width] or an image file, not "
+                    f"{shape}"
+                )
+            elif not bool(self.mask.any()):
+                raise TargetError("segment: the mask is empty (no pixel is set)")
+
+    def __hash__(self) -> int:
+        mask = self.mask if self.mask is None or isinstance(self.mask, str) else id(self.mask)
+        return hash((self.kind, self.cls, self.box, mask))
+
+    def __eq__(self, other: object) -> bool:
+        return self is other or (
+            isinstance(other, Segment)
+            and (self.cls, self.box) == (other.cls, other.box)
+            and (
+                self.mask is other.mask or (isinstance(self.mask, str) and self.mask == other.mask)
+            )
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "class": self.cls}
+        if self.box is not None:
+            out["box"] = list(self.box)
+        if self.mask is not None:
+            if not isinstance(self.mask, str):
+                raise TargetError(
+                    "a segment's mask array cannot be written as JSON: save it as an image and "
+                    "give its path"
+                )
+            out["mask"] = self.mask
+        return out
+
+
+def check_box(value: Any) -> tuple[int, int, int, int]:
+    """A region ``x0,y0,x1,y1`` (a text or 4 numbers) in pixels, ``x0 < x1``, ``y0 < y1``, all
+    at least 0; else a :class:`TargetError` naming it."""
+    parts = value.split(",") if isinstance(value, str) else value
+    try:
+        numbers = [float(p) for p in parts]
+    except (TypeError, ValueError):
+        numbers = []
+    if len(numbers) != 4 or not all(math.isfinite(v) and v == int(v) for v in numbers):
+        raise TargetError(f"a region is x0,y0,x1,y1 in whole pixels, not {value!r}")
+    x0, y0, x1, y1 = (int(v) for v in numbers)
+    if min(x0, y0) < 0 or x0 >= x1 or y0 >= y1:
+        raise TargetError(
+            f"a region x0,y0,x1,y1 needs 0 <= x0 < x1 and 0 <= y0 < y1, not {x0},{y0},{x1},{y1}"
+        )
+    return x0, y0, x1, y1
+
+
+Target = ClassScore | Contrast | Binary | Output | Similarity | Function | VersusTrue | Segment
 KINDS: dict[str, type[Any]] = {
-    t.kind: t for t in (ClassScore, Contrast, Binary, Output, Similarity, Function, VersusTrue)
+    t.kind: t
+    for t in (ClassScore, Contrast, Binary, Output, Similarity, Function, VersusTrue, Segment)
 }
-LINEAR = ("class", "contrast", "binary", "output", "versus_true")
+LINEAR = ("class", "contrast", "binary", "output", "versus_true", "segment")
 """The kinds whose score is a fixed linear combination of the outputs."""
 
 
@@ -276,6 +363,7 @@ def target_from_dict(data: Mapping[str, Any]) -> Target:
         "output": {"index": "index"},
         "similarity": {"reference": "reference", "layer": "layer"},
         "versus_true": {"truth": "truth"},
+        "segment": {"class": "cls", "box": "box", "mask": "mask"},
     }
     if kind not in fields:
         raise TargetError(
@@ -397,12 +485,14 @@ __all__ = [
     "Function",
     "Output",
     "Scores",
+    "Segment",
     "Similarity",
     "Target",
     "TargetError",
     "VersusTrue",
     "as_target",
     "check_above",
+    "check_box",
     "check_scores",
     "from_options",
     "is_linear",

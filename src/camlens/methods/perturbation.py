@@ -116,7 +116,7 @@ class Scorer:
             self.passes += 1
             rows = torch.arange(n, device=self.x.device)
             more = None if embeddings is None else embeddings.expand(n, -1)
-            return self.score(logits.expand(n, -1), rows, more).float()
+            return self.score(logits.expand(n, *logits.shape[1:]), rows, more).float()
 
     def _recorded(
         self, model: Callable[..., torch.Tensor], *args: torch.Tensor

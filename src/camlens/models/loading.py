@@ -43,6 +43,14 @@ from camlens.models.keras import KERAS_SUFFIXES
 from camlens.models.labels import default_labels
 from camlens.models.model import Model
 from camlens.models.scores import set_scores
+from camlens.models.segmentation import (
+    SEGMENTATION_SIZE,
+    TORCHVISION_SEGMENTATION,
+    VOC_LABELS,
+    is_segmentation_output,
+    segmentation_model,
+    torchvision_segmentation,
+)
 from camlens.models.synthetic import (
     SYNTHETIC_CLASSES,
     SYNTHETIC_PREPROCESS,
@@ -195,6 +203,8 @@ def _load_named(zoo: _Zoo, spec: str, weights: Weights, preprocess: Preprocess) 
     name = spec.split(":", 1)[1]
     zoo.check(name)
     state = read_state_dict(weights) if weights is not None else None
+    if zoo is TORCHVISION and name in TORCHVISION_SEGMENTATION:
+        return _torchvision_segmentation(spec, name, state, weights)
     kwargs: dict[str, Any] = {}
     if state is not None:
         kwargs["num_classes"] = classifier_size(state)
@@ -203,6 +213,31 @@ def _load_named(zoo: _Zoo, spec: str, weights: Weights, preprocess: Preprocess) 
     labels = default_labels(_num_outputs(net))
     model = Model(net, zoo.preprocess(name, net), labels, spec, spec=spec, weights=path)
     return zoo.finish(model)
+
+
+def _torchvision_segmentation(
+    spec: str, name: str, state: dict[str, torch.Tensor] | None, weights: Weights
+) -> Model:
+    """torchvision's segmentation model ``name`` (weights=None, weights_backbone=None), filled
+    from ``state``, at torchvision's 520 pixels (the whole photo resized, no crop); VOC's labels
+    for 21 classes. Its ``aux`` output, when the file has that head, is not explained."""
+    net = torchvision_segmentation(name, state)
+    path = _fill(net, state, spec, weights)
+    preprocess = PreprocessConfig(
+        input_size=(SEGMENTATION_SIZE, SEGMENTATION_SIZE), interpolation="bilinear"
+    )
+    model = segmentation_model(
+        net,
+        preprocess,
+        None,
+        spec,
+        spec=spec,
+        weights=path,
+        default_layer=TORCHVISION_SEGMENTATION[name],
+    )
+    if model.num_classes == len(VOC_LABELS):
+        model.labels = VOC_LABELS
+    return model
 
 
 TIMM = _Zoo(
@@ -406,7 +441,27 @@ def _wrap_module(net: nn.Module, preprocess: PreprocessConfig | str | None) -> M
         )
     config = preprocess if isinstance(preprocess, PreprocessConfig) else None
     config = config or PreprocessConfig(interpolation="bilinear")  # a mode: set by the caller
+    if _segments(net, config):
+        return segmentation_model(net, config, None, type(net).__name__)
     return token_family(Model(net, config, default_labels(_num_outputs(net)), type(net).__name__))
+
+
+def _segments(net: nn.Module, preprocess: PreprocessConfig) -> bool:
+    """Whether ``net`` (with no Linear layer) is a segmentation network: its output on a probe
+    input is ``[N, classes, H, W]`` or a dict with ``out``."""
+    if any(isinstance(m, nn.Linear) for m in net.modules()):
+        return False
+    height, width = preprocess.input_size
+    was = net.training
+    net.eval()
+    try:
+        with torch.inference_mode():
+            out = net(torch.zeros(1, 3, height, width))
+    except Exception:  # not a network this probe can run: the caller's checks name the problem
+        return False
+    finally:
+        net.train(was)
+    return is_segmentation_output(out)
 
 
 def _num_outputs(net: nn.Module) -> int:

@@ -78,7 +78,8 @@ class Model:
     and one-output binary heads) or ``raw`` (regression outputs, as they are). ``aliases`` gives
     the other names its layers may be given by (``--layer block5_conv3`` for a VGG's
     ``features.29``; :func:`layer_aliases` by default), beside the adapters: see
-    :meth:`layer_names`.
+    :meth:`layer_names`. ``kind``: ``"classifier"`` (logits ``[N, classes]``) or
+    ``"segmentation"`` (logits ``[N, classes, H, W]``, see :mod:`camlens.models.segmentation`).
     """
 
     net: nn.Module
@@ -94,6 +95,7 @@ class Model:
     default_layer: str | None = None
     scores: Scores = "softmax"
     aliases: AliasRule = field(default=layer_aliases, repr=False, compare=False)
+    kind: str = "classifier"
 
     def layer_names(self) -> dict[str, str]:
         """Other names of the network's layers -> their dotted names (``block5_conv3`` ->
@@ -118,8 +120,15 @@ class Model:
 
     def predict(self, outputs: torch.Tensor) -> torch.Tensor:
         """The predictions [N, outputs] the model's outputs [N, outputs] give, as it scores them:
-        softmax probabilities, per-output sigmoid probabilities, or the raw values."""
+        softmax probabilities, per-output sigmoid probabilities, or the raw values. A
+        segmentation model's [N, classes, H, W] give its predicted segmentation: each class's
+        share of the pixels (where it has the highest logit)."""
         outputs = outputs.float()
+        if outputs.ndim == 4:
+            chosen = outputs.argmax(dim=1).flatten(1)  # [N, H * W]
+            counts = torch.zeros(len(outputs), outputs.shape[1], device=outputs.device)
+            counts.scatter_add_(1, chosen, torch.ones_like(chosen, dtype=counts.dtype))
+            return counts / chosen.shape[1]
         if self.scores == "softmax":
             return torch.softmax(outputs, dim=1)
         if self.scores == "sigmoid":
