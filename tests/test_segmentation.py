@@ -7,6 +7,7 @@ weights, 128 pixels): correlation >= 0.999 at the photo's size."""
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -335,3 +336,102 @@ def test_json_round_trip() -> None:
     with pytest.raises(TargetError, match="cannot be written as JSON"):
         Segment(1, mask=np.ones((2, 2), dtype=bool)).to_dict()
     assert ClassScore("cat").to_dict() == {"kind": "class", "class": "cat"}
+
+
+# --- the command line ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def seg_files(tmp_path_factory: pytest.TempPathFactory, photo: Image.Image) -> Path:
+    import torchvision
+
+    folder = tmp_path_factory.mktemp("seg")
+    photo.save(folder / "cat.jpg")
+    torch.manual_seed(0)
+    net = torchvision.models.get_model(
+        "deeplabv3_mobilenet_v3_large", weights=None, weights_backbone=None, aux_loss=True
+    )
+    torch.save(net.state_dict(), folder / "seg.pth")
+    mask = np.zeros((photo.height, photo.width), dtype=np.uint8)
+    mask[20:80, 30:150] = 255
+    Image.fromarray(mask).save(folder / "mask.png")
+    Image.new("L", photo.size).save(folder / "empty.png")
+    return folder
+
+
+def explain_cli(folder: Path, out: str, *args: str) -> tuple[int, str]:
+    """``camlens explain cat.jpg`` (run in ``folder``: the reports land at OUT/cat.json)."""
+    from typer.testing import CliRunner
+
+    from camlens.cli import app
+
+    spec = "torchvision:deeplabv3_mobilenet_v3_large"
+    result = CliRunner().invoke(
+        app,
+        [
+            *("explain", "cat.jpg", "--model", spec),
+            *("--weights", str(folder / "seg.pth"), "--input-size", "128"),
+            *("--out", str(folder / out), *args),
+        ],
+    )
+    return result.exit_code, result.output
+
+
+def test_cli_explains_the_segments(seg_files: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(seg_files)
+    code, output = explain_cli(seg_files, "top", "--top", "2", "--method", "gradcam")
+    assert code == 0, output
+    report = json.loads((seg_files / "top" / "cat.json").read_text())
+    shares = report["segmentation"]
+    assert shares and sum(s["share"] for s in shares) == pytest.approx(1.0, abs=1e-4)
+    assert [p["label"] for p in report["predictions"]] == [s["label"] for s in shares][:5]
+    assert (seg_files / "top" / report["segments_overlay"]).is_file()
+    present = [s["class_index"] for s in shares if s["label"] != "__background__"][:2]
+    assert [e["class_index"] for e in report["explanations"]] == present
+    for entry in report["explanations"]:
+        assert entry["target"]["kind"] == "segment"
+        assert entry["target"]["region"] == "predicted"
+        assert (seg_files / "top" / entry["overlay"]).is_file()
+
+    code, output = explain_cli(
+        seg_files, "region", "--class", "cat", "--class", "dog", "--region", "30,20,150,80"
+    )
+    assert code == 0, output
+    report = json.loads((seg_files / "region" / "cat.json").read_text())
+    assert [e["label"] for e in report["explanations"]] == [
+        "cat in 30,20,150,80",
+        "dog in 30,20,150,80",
+    ]
+    assert len({e["overlay"] for e in report["explanations"]}) == 2
+    by_box = np.load(seg_files / "region" / report["explanations"][0]["map"])
+
+    code, output = explain_cli(
+        seg_files, "mask", "--class", "cat", "--mask", str(seg_files / "mask.png")
+    )
+    assert code == 0, output
+    report = json.loads((seg_files / "mask" / "cat.json").read_text())
+    (entry,) = report["explanations"]
+    assert entry["target"]["region"] == "mask" and entry["label"] == "cat in mask.png"
+    by_mask = np.load(seg_files / "mask" / entry["map"])
+    assert by_mask.shape == by_box.shape == (120, 180)
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["--class", "cat", "--region", "30,20,181,80"], "outside the 180x120 image"),
+        (["--class", "cat", "--region", "30,20,10"], "a region is x0,y0,x1,y1"),
+        (["--class", "cat", "--mask", "EMPTY"], "empty.png is empty"),
+        (["--class", "unicorn"], "'unicorn' is not one of"),
+        (["--region", "1,2,3,4"], "--region needs --class"),
+    ],
+)
+def test_cli_bad_segments_exit_2(
+    seg_files: Path, args: list[str], line: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(seg_files)
+    args = [str(seg_files / "empty.png") if a == "EMPTY" else a for a in args]
+    code, output = explain_cli(seg_files, "bad", *args)
+    assert code == 2, output
+    assert line in output
+    assert "Traceback" not in output

@@ -90,7 +90,34 @@ class ClassMap:
             return f"output-{target.get('index')}"
         if kind == "binary":
             return "positive" if target.get("positive") else "negative"
+        if kind == "segment":  # a class's segment: its pixels, or a region given
+            region = target.get("region")
+            if isinstance(region, list):  # a box: 8-box-20-10-120-90
+                return f"{self.class_index}-box-" + "-".join(str(v) for v in region)
+            return f"{self.class_index}" + ("" if region == "predicted" else f"-{region}")
         return kind
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """A segmentation model's prediction for one image: ``classes`` [h, w], the class of each
+    pixel of its output (the whole photo resized); ``labels`` names the classes, ``background``
+    the background classes (not drawn over the photo)."""
+
+    classes: torch.Tensor
+    labels: tuple[str, ...]
+    background: tuple[int, ...] = ()
+
+    def shares(self) -> list[dict[str, Any]]:
+        """The classes present, most pixels first: ``class_index``, ``label``, ``share``."""
+        counts = torch.bincount(self.classes.flatten().long(), minlength=len(self.labels))
+        total = int(counts.sum())
+        order = sorted(range(len(counts)), key=lambda c: (-int(counts[c]), c))
+        return [
+            {"class_index": c, "label": self.labels[c], "share": round(int(counts[c]) / total, 6)}
+            for c in order
+            if int(counts[c]) > 0
+        ]
 
 
 @dataclass(init=False)
@@ -104,7 +131,9 @@ class Explanation:
     cost (passes, time). ``scores``: how the model scored the predictions (``softmax``,
     ``sigmoid`` or ``raw``, see :func:`camlens.load_model`). ``skipped``: (method, layer, reason)
     of each method the explainer left out at a layer where it does not apply (CAM where no
-    GAP -> Linear head reads the layer).
+    GAP -> Linear head reads the layer). ``segments``: a segmentation model's predicted
+    segmentation (None for a classifier); the report lists its classes with their share of the
+    pixels (``segmentation``) and :meth:`segment_overlay` draws it.
     """
 
     source: str
@@ -126,6 +155,7 @@ class Explanation:
         stats: CallStats | None = None,
         scores: str = "softmax",
         skipped: Sequence[tuple[str, str, str]] = (),
+        segments: Segmentation | None = None,
     ) -> None:
         self.source = source
         self._image = image
@@ -136,6 +166,17 @@ class Explanation:
         self.stats = stats or CallStats()
         self.scores = scores
         self.skipped = tuple(skipped)
+        self.segments = segments
+
+    def segment_overlay(self, *, alpha: float = 0.5) -> Image.Image:
+        """The photo with the predicted segmentation drawn over it, a color per class and its
+        name (the background left as it is); an error for a classifier's explanation."""
+        if self.segments is None:
+            raise CamlensError(f"{self.source}: a classifier's explanation has no segmentation")
+        seg = self.segments
+        return render.segment_overlay(
+            self.image, seg.classes, seg.labels, alpha=alpha, skip=seg.background
+        )
 
     @property
     def image(self) -> Image.Image:
@@ -258,6 +299,8 @@ class Explanation:
                 for p in self.predictions
             ],
         }
+        if self.segments is not None:
+            report["segmentation"] = self.segments.shares()
         if maps:
             report["explanations"] = explanations
         if self.skipped:
@@ -307,12 +350,18 @@ class Explanation:
                 render.save_png(picture, out / f"{base}.panel.png")
                 panel_files.append(f"{base}.panel.png")
         all_maps = None
+        segments = None
+        if self.segments is not None:
+            segments = f"{stem}.segments.png"
+            render.save_png(self.segment_overlay(alpha=alpha), out / segments)
         if grid:
             all_maps = f"{stem}.grid.png"
             render.save_png(_grid([self], cmap=cmap, alpha=alpha), out / all_maps)
         document = self.to_dict(
             files, panels=panel_files if panels or raw_panels else None, grid=all_maps
         )
+        if segments is not None:
+            document["segments_overlay"] = segments
         report = json.dumps(document, indent=2, allow_nan=False) + "\n"
         return atomic_write(out / f"{stem}.json", lambda temp: temp.write_text(report))
 

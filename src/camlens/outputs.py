@@ -127,6 +127,11 @@ def write_image(
             temp,
         )
     report = result.to_dict(files, panels=panels if output.panels else None, grid=grid, fulls=fulls)
+    if result.segments is not None:  # the predicted segmentation over the photo
+        segments = f"{name}.segments{suffix}"
+        picture = result.segment_overlay(alpha=output.alpha)
+        put(folder / segments, encode(picture, kind, output.quality), temp)
+        report["segments_overlay"] = segments
     for entry, extra in zip(report["explanations"], extras, strict=True):
         if not entry["map"]:
             entry["map"] = None
@@ -143,6 +148,8 @@ def write_image(
                 entry[key] = prefix + entry[key]
     if row.get("grid") is not None:
         row["grid"] = prefix + row["grid"]
+    if row.get("segments_overlay") is not None:
+        row["segments_overlay"] = prefix + row["segments_overlay"]
     return row
 
 

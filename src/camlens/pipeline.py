@@ -24,7 +24,7 @@ from camlens.capture import Capture, Settings, Target, find_targets
 from camlens.config import ExplainConfig
 from camlens.devices import check_device
 from camlens.errors import CamlensError, FlatMapWarning, MethodError, ModelError
-from camlens.explanation import CallStats, ClassMap, Explanation
+from camlens.explanation import CallStats, ClassMap, Explanation, Segmentation
 from camlens.inputs import Classes, Item
 from camlens.layers import (
     at_input_size,
@@ -213,6 +213,7 @@ class Pipeline:
             replays=tuple(sorted(captures[0].replay_kinds.items())),
         )
         top_p, top_i = probs.topk(min(TOP_PREDICTIONS, model.num_classes), dim=1)
+        segments = _segmentations(model, captures[0].logits)
         results = []
         for b, item in enumerate(items):
             single = item.pixels() == 1  # a single pixel: no map can show where
@@ -223,6 +224,8 @@ class Pipeline:
                 Prediction(int(i), model.labels[int(i)], float(p))
                 for p, i in zip(top_p[b], top_i[b], strict=True)
             ]
+            if segments:  # a segmentation: the classes present, by their share of the pixels
+                predictions = [p for p in predictions if p.score > 0]
             result = Explanation(
                 source=item.source,
                 image=coerce.picture(item, x[b], model.preprocess),
@@ -233,6 +236,7 @@ class Pipeline:
                 stats=stats,
                 scores=model.scores,
                 skipped=self.skipped,
+                segments=segments[b] if segments else None,
             )
             _warn_flat(result, single=single)
             results.append(result)
@@ -364,6 +368,18 @@ def _size(item: Item) -> tuple[int, int]:
         return item.photo.size
     assert item.batch is not None
     return int(item.batch.shape[-1]), int(item.batch.shape[-2])
+
+
+def _segmentations(model: Model, logits: torch.Tensor) -> list[Segmentation]:
+    """A segmentation model's predicted segmentation of each image (none for a classifier)."""
+    if logits.ndim != 4:
+        return []
+    from camlens.models.segmentation import background_classes
+
+    background = tuple(sorted(background_classes(model)))
+    return [
+        Segmentation(classes.cpu(), model.labels, background) for classes in logits.argmax(dim=1)
+    ]
 
 
 def _top_segments(model: Model, shares: torch.Tensor, top: int) -> list[list[int]]:

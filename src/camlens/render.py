@@ -798,3 +798,51 @@ def save_png(image: Image.Image, path: str | os.PathLike[str]) -> Path:
     if not isinstance(image, Image.Image):
         raise CamlensError(f"{path}: expected a PIL.Image.Image, got {type(image).__name__}")
     return atomic_write(path, lambda temp: image.save(temp, format="PNG"))
+
+
+def segment_overlay(
+    image: Image.Image,
+    segments: torch.Tensor | npt.NDArray[np.integer],
+    labels: Sequence[str],
+    *,
+    alpha: float = 0.5,
+    skip: Sequence[int] = (),
+) -> Image.Image:
+    """``image`` with a segmentation drawn over it: ``segments`` [h, w] (a class index per pixel,
+    resized to the photo by nearest neighbour) in a color per class (matplotlib's ``tab20``),
+    blended at ``alpha``; the classes of ``skip`` (the background) left as they are; each class
+    named at the median of its pixels' coordinates, kept inside the photo."""
+    check_alpha(alpha)
+    photo = _as_rgb(image)
+    index = torch.as_tensor(np.asarray(segments)).long()
+    if index.ndim != 2:
+        raise CamlensError(f"segments: a class index per pixel [h, w], not {tuple(index.shape)}")
+    width, height = photo.size
+    full = F.interpolate(index[None, None].float(), size=(height, width), mode="nearest")[0, 0]
+    classes = full.long().numpy()
+    colors = np.array([matplotlib.colormaps["tab20"](i % 20)[:3] for i in range(20)]) * 255
+    pixels = np.asarray(photo, dtype=np.float32).copy()
+    drawn = [int(c) for c in np.unique(classes) if int(c) not in set(skip)]
+    for c in drawn:
+        where = classes == c
+        pixels[where] = (1 - alpha) * pixels[where] + alpha * colors[c % 20]
+    out = Image.fromarray(pixels.round().clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(out)
+    font = _font(_font_size(min(width, height)))
+    for c in drawn:
+        ys, xs = np.nonzero(classes == c)
+        name = labels[c] if c < len(labels) else f"class {c}"
+        half_w = _text_width(draw, name, font) / 2 + 2
+        half_h = font.size / 2 + 2 if isinstance(font, ImageFont.FreeTypeFont) else 8
+        x = min(max(float(np.median(xs)), half_w), max(half_w, width - half_w))
+        y = min(max(float(np.median(ys)), half_h), max(half_h, height - half_h))
+        draw.text(
+            (x, y),
+            name,
+            fill=(255, 255, 255),
+            font=font,
+            anchor="mm",
+            stroke_width=2,
+            stroke_fill=(0, 0, 0),
+        )
+    return out

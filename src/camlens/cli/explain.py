@@ -57,6 +57,31 @@ if TYPE_CHECKING:
     from camlens.explanation import Explanation
 
 
+def _segment_targets(
+    given: tuple[int | str, ...],
+    targets: tuple[object, ...],
+    region: str | None,
+    mask: Path | None,
+) -> tuple[tuple[int | str, ...], tuple[object, ...]]:
+    """``--region``/``--mask``: each ``--class`` as a segment over that region; a CamlensError
+    naming what is missing or in the way."""
+    from camlens.targets import Segment, check_box
+
+    box = None if region is None else check_box(region)
+    if targets:
+        raise CamlensError("--region and --mask take the classes of --class alone (no --versus...)")
+    if not given:
+        raise CamlensError(
+            f"{'--region' if region is not None else '--mask'} needs --class NAME: the class "
+            "whose logits are summed over it"
+        )
+    if region is not None and mask is not None:
+        raise CamlensError("give --region or --mask, not both")
+    if mask is not None and not mask.is_file():
+        raise CamlensError(f"--mask {mask}: no such file")
+    return (), tuple(Segment(c, box=box, mask=None if mask is None else str(mask)) for c in given)
+
+
 def console_line(result: Explanation) -> str:
     """One line per explained image: its top-3 predictions, the classes explained, and the maps
     that came out flat (nothing left after the ReLU: no positive evidence at that layer)."""
@@ -217,6 +242,22 @@ def explain(
     output_index: OutputOpt = None,
     like: LikeOpt = None,
     embedding: EmbeddingOpt = None,
+    region: Annotated[
+        str | None,
+        typer.Option(
+            "--region",
+            help="segmentation models: explain --class's logits summed over the box "
+            "x0,y0,x1,y1 (the photo's pixels) rather than over the pixels it is given",
+        ),
+    ] = None,
+    mask: Annotated[
+        Path | None,
+        typer.Option(
+            "--mask",
+            help="segmentation models: explain --class's logits summed over this mask image's "
+            "non-zero pixels (the photo's size)",
+        ),
+    ] = None,
 ) -> None:
     """Explain images: writes OUT/STEM.json, an overlay and a map per class and method, and
     OUT/index.jsonl (a line per image; `camlens summary OUT` reads it). Run again, the same
@@ -231,6 +272,8 @@ def explain(
 
     with bad_input():
         given, targets = target_options(classes, versus, output_index, like, embedding)
+        if region is not None or mask is not None:
+            given, targets = _segment_targets(given, targets, region, mask)
     config = explain_config(
         model=model,
         weights=weights,
