@@ -298,6 +298,12 @@ def test_mask_file_and_array(deeplab: camlens.Model, photo: Image.Image, tmp_pat
     assert torch.allclose(by_file.maps[0].map, by_array.maps[0].map)
     assert by_file.maps[0].target is not None
     assert by_file.maps[0].target["mask"] == str(path)
+    report = json.loads(by_file.save(tmp_path / "out", "photo").read_text())
+    assert report["segments_overlay"] == "photo.segments.png"
+    overlay = Image.open(tmp_path / "out" / "photo.segments.png")
+    assert overlay.size == photo.size
+    assert report["segmentation"] == by_file.segments.shares()  # type: ignore[union-attr]
+    assert report["explanations"][0]["overlay"].endswith(".12.png")  # VOC 12: dog
 
 
 # --- bad input -------------------------------------------------------------------------------
@@ -435,3 +441,22 @@ def test_cli_bad_segments_exit_2(
     assert code == 2, output
     assert line in output
     assert "Traceback" not in output
+
+
+def test_flipped_test_time_augmentation_mirrors_the_box(
+    deeplab: camlens.Model, photo: Image.Image
+) -> None:
+    """With tta's flip, the mirrored input's map explains the mirrored box: the merged map is
+    the mean of the photo's map and the mirrored photo's (box mirrored too), flipped back."""
+    box = (10, 20, 70, 100)  # far from symmetric in the 180-pixel-wide photo
+    mirrored_box = (180 - 70, 20, 180 - 10, 100)
+    tta = camlens.Explainer(
+        deeplab, targets=[Segment("cat", box=box)], smooth="tta", tta_scales=(1.0,)
+    ).explain(photo)
+    plain = camlens.Explainer(deeplab, targets=[Segment("cat", box=box)]).explain(photo)
+    mirror = camlens.Explainer(deeplab, targets=[Segment("cat", box=mirrored_box)]).explain(
+        photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    )
+    expected, _ = normalize(((plain.maps[0].map + mirror.maps[0].map.flip(-1)) / 2)[None])
+    assert torch.allclose(tta.maps[0].map, expected[0], atol=1e-3)
+    assert tta.maps[0].target is not None and tta.maps[0].target["region"] == list(box)

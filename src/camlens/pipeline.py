@@ -202,7 +202,9 @@ class Pipeline:
             augmentations = self.augmentations
             for aug in augmentations[1:]:  # the same classes, explained on each augmented input
                 captures.append(self._capture(aug.apply(x), progress))
-                runs.append(self._class_maps(captures[-1], chosen, sizes))
+                # a segment's box or mask is mirrored with the photo
+                these = self.plan.mirrored(chosen, sizes) if aug.flip else chosen
+                runs.append(self._class_maps(captures[-1], these, sizes))
         per_image = runs[0] if len(runs) == 1 else smoothing.merge_augmented(runs, augmentations)
         stats = CallStats(
             images=len(items),

@@ -310,6 +310,27 @@ class TargetPlan:
             return region, data, f"{label} in {Path(name).name if name != 'the mask' else name}"
         return predicted == k, {"region": "predicted"}, label
 
+    def mirrored(
+        self, chosen: Sequence[Sequence[Any]], sizes: Sequence[tuple[int, int]]
+    ) -> list[list[Any]]:
+        """``chosen`` for the photos mirrored left-right (a test-time augmentation): each
+        segment's box or mask mirrored in its photo of ``sizes`` (width, height)."""
+        out: list[list[Any]] = []
+        for ts, (width, _) in zip(chosen, sizes, strict=True):
+            row: list[Any] = []
+            for t in ts:
+                if isinstance(t, Segment) and t.box is not None:
+                    x0, y0, x1, y1 = t.box
+                    t = Segment(t.cls, box=(max(0, width - x1), y0, max(1, width - x0), y1))
+                elif isinstance(t, Segment) and t.mask is not None:
+                    mask = (
+                        self._mask(t.mask) if isinstance(t.mask, str) else torch.as_tensor(t.mask)
+                    )
+                    t = Segment(t.cls, mask=mask.bool().flip(-1))
+                row.append(t)
+            out.append(row)
+        return out
+
     def _check_truth(self, target: VersusTrue) -> int | None:
         """The true class of ``target`` as an index (None: unknown), checked against the model."""
         model = self.model

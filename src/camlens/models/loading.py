@@ -456,7 +456,8 @@ def _segments(net: nn.Module, preprocess: PreprocessConfig) -> bool:
     net.eval()
     try:
         with torch.inference_mode():
-            out = net(torch.zeros(1, 3, height, width))
+            device = next(iter(net.parameters()), torch.zeros(0)).device
+            out = net(torch.zeros(1, 3, height, width, device=device))
     except Exception:  # not a network this probe can run: the caller's checks name the problem
         return False
     finally:
