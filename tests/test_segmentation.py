@@ -399,6 +399,15 @@ def test_cli_explains_the_segments(seg_files: Path, monkeypatch: pytest.MonkeyPa
         assert entry["target"]["region"] == "predicted"
         assert (seg_files / "top" / entry["overlay"]).is_file()
 
+    from typer.testing import CliRunner
+
+    from camlens.cli import app
+
+    listed = CliRunner().invoke(app, ["summary", "top"])
+    assert listed.exit_code == 0, listed.output
+    assert "segments: images with the class" in " ".join(listed.output.split())
+    assert f"{shares[0]['label']} ({shares[0]['class_index']})" in listed.output
+
     code, output = explain_cli(
         seg_files, "region", "--class", "cat", "--class", "dog", "--region", "30,20,150,80"
     )
@@ -460,3 +469,18 @@ def test_flipped_test_time_augmentation_mirrors_the_box(
     expected, _ = normalize(((plain.maps[0].map + mirror.maps[0].map.flip(-1)) / 2)[None])
     assert torch.allclose(tta.maps[0].map, expected[0], atol=1e-3)
     assert tta.maps[0].target is not None and tta.maps[0].target["region"] == list(box)
+
+
+def test_summary_lists_the_segments() -> None:
+    from camlens.runs import summarize
+
+    def row(image: str, shares: dict[int, float]) -> dict[str, object]:
+        segmentation = [
+            {"class_index": c, "label": VOC_LABELS[c], "share": v} for c, v in shares.items()
+        ]
+        predictions = [{**s, "score": s["share"]} for s in segmentation]
+        return {"image": image, "predictions": predictions, "segmentation": segmentation}
+
+    result = summarize([row("a", {0: 0.5, 8: 0.3, 12: 0.2}), row("b", {0: 0.9, 8: 0.1})])
+    lines = [(s.label, s.images, round(s.share, 6)) for s in result.segments]
+    assert lines == [("__background__", 2, 0.7), ("cat", 2, 0.2), ("dog", 1, 0.2)]

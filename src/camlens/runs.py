@@ -312,6 +312,17 @@ class ClassLine:
 
 
 @dataclass
+class SegmentLine:
+    """One class of a segmentation model's run: the ``images`` it is present in and its mean
+    ``share`` of their pixels there."""
+
+    class_index: int
+    label: str
+    images: int
+    share: float
+
+
+@dataclass
 class Notable:
     """An image worth a look: ``value`` is what put it on its list."""
 
@@ -338,6 +349,7 @@ class Summary:
     spread: list[Notable] = field(default_factory=list)
     off_center: list[Notable] = field(default_factory=list)
     confident_mistakes: list[Notable] = field(default_factory=list)
+    segments: list[SegmentLine] = field(default_factory=list)
 
 
 def summarize(rows: Iterable[Mapping[str, Any]], top: int = 10) -> Summary:
@@ -373,6 +385,16 @@ def summarize(rows: Iterable[Mapping[str, Any]], top: int = 10) -> Summary:
     classes.sort(key=lambda c: (-c.images, c.class_index))
     firsts = [(r, _first_map(r)) for r in explained]
     mapped = [(r, m) for r, m in firsts if m is not None and not m.get("flat")]
+    present: dict[int, list[float]] = defaultdict(list)
+    for r in explained:  # a segmentation model's rows: the classes present, with their shares
+        for seg in r.get("segmentation") or ():
+            present[int(seg["class_index"])].append(float(seg["share"]))
+            names.setdefault(int(seg["class_index"]), str(seg["label"]))
+    segments = [
+        SegmentLine(c, names[c], len(shares), statistics.fmean(shares))
+        for c, shares in present.items()
+    ]
+    segments.sort(key=lambda line: (-line.images, -line.share, line.class_index))
     mistakes = [r for r in labelled if not _right_top1(r)]
     mistakes.sort(key=lambda r: -float(r["predictions"][0]["score"]))
     return Summary(
@@ -396,6 +418,7 @@ def summarize(rows: Iterable[Mapping[str, Any]], top: int = 10) -> Summary:
             )
             for r in mistakes[:top]
         ],
+        segments=segments,
     )
 
 

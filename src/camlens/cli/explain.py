@@ -553,6 +553,19 @@ def summary(
         cells += [_fraction(line.spread), _fraction(line.off_center)]
         table.add_row(*(escape(c) for c in cells))
     out_console.print(table)
+    if result.segments:  # a segmentation model's run
+        segments = Table(
+            title="segments: images with the class, its mean share of their pixels",
+            header_style="bold",
+            box=None,
+        )
+        for column in ("class", "images", "mean share"):
+            segments.add_column(column, justify="left" if column == "class" else "right")
+        for seg in result.segments[: classes or None]:
+            segments.add_row(
+                escape(f"{seg.label} ({seg.class_index})"), str(seg.images), f"{seg.share:.3f}"
+            )
+        out_console.print(segments)
     lists = [
         ("most spread maps (share of the photo where the map >= 0.5)", result.spread),
         (
