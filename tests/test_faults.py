@@ -7,17 +7,21 @@ from __future__ import annotations
 import errno
 import json
 import os
+import struct
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 from awkward import assert_clean, cat, cup, invoke, problems, strict_json
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 import camlens
 from camlens import outputs
 from camlens.config import ExplainConfig
-from camlens.errors import CamlensError
+from camlens.errors import CamlensError, ImageError
 from camlens.types import class_number
 
 
@@ -648,3 +652,75 @@ def test_train_out_that_is_a_folder_is_refused(photos: list[str]) -> None:
     assert_clean(result, bad=1)
     assert "--out models is a folder: give the checkpoint's file name" in problems(result)[0]
     assert not Path("models.camlens").exists()
+
+
+# --- a PNG whose pixel data stops early ------------------------------------------------------------
+
+ADAM7 = (
+    (0, 0, 8, 8),
+    (4, 0, 8, 8),
+    (0, 4, 4, 8),
+    (2, 0, 4, 4),
+    (0, 2, 2, 4),
+    (1, 0, 2, 2),
+    (0, 1, 1, 2),
+)
+
+
+def png_file(
+    path: Path, size: tuple[int, int], rows: int | None = None, interlace: int = 0
+) -> Path:
+    """An 8-bit RGB PNG written byte by byte: every pixel 200 (filter byte 0), its zlib stream
+    ending cleanly after ``rows`` rows of pixel data (of the first pass when interlaced), all of
+    them when None."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    width, height = size
+    passes = [((width - x + dx - 1) // dx, (height - y + dy - 1) // dy) for x, y, dx, dy in ADAM7]
+    lines = [w for w, h in (passes if interlace else [size]) if w for _ in range(h)]
+    raw = b"".join(b"\0" + bytes([200]) * (3 * w) for w in lines[:rows])
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, interlace)
+    data = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + data)
+    return path
+
+
+def test_a_png_whose_data_stops_early_is_one_bad_input(photos: list[str], syn: list[str]) -> None:
+    png_file(Path("short.png"), (900, 700), rows=4)
+    result = invoke("explain", "short.png", "cat.jpg", "--out", "o", *syn)
+    assert_clean(result, bad=1)
+    assert problems(result) == [
+        "camlens: short.png: is truncated: its data holds 4 of its 700 rows of pixels"
+    ]
+    assert sorted(p.name for p in Path("o").glob("*.json")) == ["cat.json"]
+
+
+def test_the_issues_png_and_an_interlaced_one_are_refused(tmp_path: Path) -> None:
+    # 7100x7100 pixels from a file of 177 bytes: Pillow decodes it as black, without a word
+    short = png_file(tmp_path / "short.png", (7100, 7100), rows=4)
+    with pytest.raises(
+        ImageError, match=r"short\.png: is truncated: its data holds 4 of its 7100 "
+    ):
+        camlens.load_image(short)
+    interlaced = png_file(tmp_path / "interlaced.png", (40, 30), rows=3, interlace=1)
+    with pytest.raises(ImageError, match=r"is truncated: its data holds \d+% of the pixel data"):
+        camlens.load_image(interlaced.read_bytes())
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "P", "RGB", "RGBA", "LA", "I;16"])
+def test_whole_pngs_with_a_black_bottom_row_are_read(tmp_path: Path, mode: str) -> None:
+    """A black last row (what a short file leaves) in a whole file is only a black row."""
+    pixels = np.full((30, 40), 7, np.uint8)
+    pixels[-1] = 0
+    Image.fromarray(pixels).convert(mode).save(tmp_path / "black.png")
+    assert np.asarray(camlens.load_image(tmp_path / "black.png"))[-1].max() == 0
+
+
+def test_whole_pngs_written_by_hand_are_read(tmp_path: Path) -> None:
+    for interlace in (0, 1):  # Pillow writes no interlaced PNG
+        whole = png_file(tmp_path / f"whole{interlace}.png", (40, 31), interlace=interlace)
+        assert (np.asarray(camlens.load_image(whole)) == 200).all()
