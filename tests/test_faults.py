@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import struct
+import warnings
 import zlib
 from pathlib import Path
 
@@ -724,3 +725,36 @@ def test_whole_pngs_written_by_hand_are_read(tmp_path: Path) -> None:
     for interlace in (0, 1):  # Pillow writes no interlaced PNG
         whole = png_file(tmp_path / f"whole{interlace}.png", (40, 31), interlace=interlace)
         assert (np.asarray(camlens.load_image(whole)) == 200).all()
+
+
+# --- train --classes-from names on a folder-per-class tree ------------------------------------------
+
+
+def test_classes_from_names_on_folders_of_classes_are_refused_or_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from camlens.train import scan_folder
+
+    monkeypatch.chdir(tmp_path)
+    for kind in ("apple", "pear", "plum"):
+        for i in range(6):
+            cat(tmp_path / "numbered" / kind / f"{i}.jpg", (32, 32))
+            cat(tmp_path / "named" / f"batch{i % 2}" / f"{kind}.{i}.jpg", (32, 32))
+    result = invoke("train", "numbered", "--classes-from", "names", "--epochs", "1")
+    assert_clean(result, bad=1)
+    assert problems(result) == [
+        "camlens: numbered: the file names are numbers ('0.jpg'), not classes, and the images lie "
+        "in 3 subfolders that look like classes (apple, pear, plum): --classes-from folders reads "
+        "the classes from them"
+    ]
+    assert not list(tmp_path.glob("*.camlens"))
+    assert scan_folder("numbered").classes == ("apple", "pear", "plum")
+    with pytest.warns(UserWarning, match=r"\('apple' in batch0, batch1\), and the images lie in 2"):
+        named = scan_folder("named", classes_from="names")  # maybe right: said, not refused
+    assert named.classes == ("apple", "pear", "plum")
+    for kind in ("apple", "pear"):  # classes from names that follow the folders: no word
+        for i in range(3):
+            cat(tmp_path / "follow" / kind / f"{kind}.{i}.jpg", (32, 32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert scan_folder("follow", classes_from="names").classes == ("apple", "pear")
