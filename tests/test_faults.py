@@ -9,6 +9,7 @@ import json
 import os
 import struct
 import warnings
+import weakref
 import zlib
 from pathlib import Path
 
@@ -758,3 +759,43 @@ def test_classes_from_names_on_folders_of_classes_are_refused_or_said(
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert scan_folder("follow", classes_from="names").classes == ("apple", "pear")
+
+
+# --- --top 200 --format dataset: one full-size map at a time ----------------------------------------
+
+
+def test_a_run_writes_each_full_size_map_before_making_the_next(
+    tmp_path: Path, weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The full-size maps alive at once while an image's outputs are written, counted as each is
+    made (map_at_image) and let go (a finalizer): one, whatever the number of maps; the report
+    says of each what it said when they were all kept."""
+    from camlens.config import OutputConfig
+    from camlens.explanation import Explanation
+
+    model = camlens.load_model("synthetic", weights=weights)
+    photo = cat(tmp_path / "cat.jpg", (300, 200))
+    result = camlens.Explainer(model, method=["gradcam", "gradcampp", "cam"], top=4).explain(photo)
+    assert len(result.maps) == 12
+    expected = result.to_dict()["explanations"]  # each map made and dropped here, as before
+    made = Explanation.map_at_image
+    alive: set[int] = set()
+    most = 0
+
+    def counted(self: Explanation, i: int = 0) -> object:
+        nonlocal most
+        full = made(self, i)
+        alive.add(id(full))
+        most = max(most, len(alive))
+        weakref.finalize(full, alive.discard, id(full))
+        return full
+
+    monkeypatch.setattr(Explanation, "map_at_image", counted)
+    (tmp_path / "tmp").mkdir()
+    for form in ("dataset", "files"):
+        row = outputs.write_image(
+            result, f"cat-{form}", tmp_path / "out", OutputConfig(format=form), tmp_path / "tmp"
+        )
+        assert most == 1, (form, most)  # 12 when every map was kept for the report
+        for entry, before in zip(row["explanations"], expected, strict=True):
+            assert (entry["peak"], entry["flat"]) == (before["peak"], before["flat"])
