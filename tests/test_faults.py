@@ -799,3 +799,25 @@ def test_a_run_writes_each_full_size_map_before_making_the_next(
         assert most == 1, (form, most)  # 12 when every map was kept for the report
         for entry, before in zip(row["explanations"], expected, strict=True):
             assert (entry["peak"], entry["flat"]) == (before["peak"], before["flat"])
+
+
+# --- --ray local from Python code that imported Ray first -------------------------------------------
+
+
+def test_a_local_ray_after_ray_was_imported_the_network_way_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, on import; imported without it, Ray puts
+    the host's address for 127.0.0.1: a local Ray is refused before any process starts (the
+    loopback test itself is tests/test_distributed.py's, with a real run)."""
+    ray = pytest.importorskip("ray")
+    from camlens.localray import LocalRay
+
+    for name in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
+        monkeypatch.setenv(name, "x")  # set back after the test
+        monkeypatch.delenv(name)
+    monkeypatch.setattr(ray._private.ray_constants, "ENABLE_RAY_CLUSTER", True)
+    local = LocalRay()
+    with pytest.raises(CamlensError, match="a local Ray needs RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0"):
+        local.start(ray)
+    assert local.watchdog is None and local.temp is None
