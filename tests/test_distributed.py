@@ -287,6 +287,9 @@ def test_a_local_ray_listens_on_loopback_only_and_dies_with_a_killed_driver(imag
     assert [entry for entry in listening if not _loopback(entry[1])] == []
     assert run.poll() is None and index.read_bytes().count(b"\n") < 40  # still under way
     processes = [driver, *driver.children(recursive=True)]
+    [watchdog] = [p for p in processes if "camlens.localray" in p.cmdline()]
+    temp = Path(watchdog.cmdline()[-2])  # the Ray's own folder: sessions, sockets, logs
+    assert temp.is_dir()
     run.kill()
     run.wait()
     deadline = time.monotonic() + 30
@@ -294,3 +297,4 @@ def test_a_local_ray_listens_on_loopback_only_and_dies_with_a_killed_driver(imag
         time.sleep(0.5)
     left = [(p.pid, p.name()) for p in processes if not _gone(p)]
     assert left == [], left
+    assert not temp.exists()

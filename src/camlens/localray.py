@@ -76,7 +76,8 @@ class LocalRay:
         """Starts the cluster (``ray``: the module, imported after :func:`loopback_environment`)
         and answers its address."""
         loopback_environment()
-        if ray._private.ray_constants.ENABLE_RAY_CLUSTER:
+        constants = getattr(getattr(ray, "_private", None), "ray_constants", None)
+        if getattr(constants, "ENABLE_RAY_CLUSTER", False):
             raise CamlensError(
                 "a local Ray needs RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before Ray is imported "
                 "(Ray was imported first, and would put 127.0.0.1 on the network)"
@@ -200,6 +201,8 @@ def watch(temp: str, port: int) -> int:
             process.kill()
     psutil.wait_procs(list(seen), timeout=GRACE)
     _reap()
+    if gone.is_set():  # the driver is gone, or done: nobody else will remove the folder
+        shutil.rmtree(temp, ignore_errors=True)
     return 0
 
 
