@@ -780,11 +780,13 @@ def test_a_run_writes_each_full_size_map_before_making_the_next(
     expected = result.to_dict()["explanations"]  # each map made and dropped here, as before
     made = Explanation.map_at_image
     alive: set[int] = set()
+    counted_ids: list[int] = []
     most = 0
 
     def counted(self: Explanation, i: int = 0) -> object:
         nonlocal most
         full = made(self, i)
+        counted_ids.append(id(full))
         alive.add(id(full))
         most = max(most, len(alive))
         weakref.finalize(full, alive.discard, id(full))
@@ -799,6 +801,12 @@ def test_a_run_writes_each_full_size_map_before_making_the_next(
         assert most == 1, (form, most)  # 12 when every map was kept for the report
         for entry, before in zip(row["explanations"], expected, strict=True):
             assert (entry["peak"], entry["flat"]) == (before["peak"], before["flat"])
+    calls = len(counted_ids)
+    saved = json.loads(result.save(tmp_path / "saved").read_text())  # the Python API's writer
+    assert most == 1 and len(counted_ids) - calls == 12  # each map made once (twice before)
+    assert [(e["peak"], e["flat"]) for e in saved["explanations"]] == [
+        (e["peak"], e["flat"]) for e in expected
+    ]
 
 
 # --- --ray local from Python code that imported Ray first -------------------------------------------

@@ -302,11 +302,14 @@ class Explanation:
         stem = fit_stem(stem, longest)
         files: list[tuple[str, str]] = []
         panel_files: list[str] = []
+        facts: list[AtImage] = []
         for i in range(len(self.maps)):
             base = stem + tails[i]
-            full = self.map_at_image(i)
+            full = self.map_at_image(i)  # one at a time: the report keeps only at_image's facts
+            facts.append(self.at_image(i, full))
             atomic_write(out / f"{base}.npy", partial(_save_npy, self._numpy(full)))
             picture = self.overlay(i, cmap=cmap, alpha=alpha, full=full)
+            del full  # before the next map is made
             render.save_png(picture, out / f"{base}.png")
             files.append((f"{base}.png", f"{base}.npy"))
             if panels or raw_panels:
@@ -318,7 +321,7 @@ class Explanation:
             all_maps = f"{stem}.grid.png"
             render.save_png(_grid([self], cmap=cmap, alpha=alpha), out / all_maps)
         document = self.to_dict(
-            files, panels=panel_files if panels or raw_panels else None, grid=all_maps
+            files, panels=panel_files if panels or raw_panels else None, grid=all_maps, facts=facts
         )
         report = json.dumps(document, indent=2, allow_nan=False) + "\n"
         return atomic_write(out / f"{stem}.json", lambda temp: temp.write_text(report))
