@@ -103,6 +103,20 @@ def test_versus_and_reference(
         page.click("#download-map")
     assert download.value.suggested_filename == "chelsea.gradcam.bn2.285-vs-282.npy"
     shots.take(page, "versus")
+    # side by side: every method's contrast map, under the comparison's caption
+    page.keyboard.press("c")
+    expect(page.locator(".card")).to_have_count(4)
+    expect(page.locator(".compare-title strong")).to_have_text("Egyptian cat versus tiger cat")
+    expect(page.locator(".card img.heat").last).to_have_js_property("naturalWidth", 451)
+    shots.take(page, "versus-compare")
+    page.keyboard.press("c")
+    page.set_viewport_size(PHONE)
+    page.emulate_media(color_scheme="dark")
+    expect(caption.locator("strong")).to_have_text("Egyptian cat versus tiger cat")
+    assert page_width(page) == 390
+    shots.take(page, "versus-phone-dark")
+    page.set_viewport_size({"width": 1280, "height": 800})
+    page.emulate_media(color_scheme="light")
 
     # another class chosen keeps the comparison; typed through the label search, any class
     predictions.nth(2).click()
@@ -138,7 +152,12 @@ def test_versus_and_reference(
     page.emulate_media(color_scheme="light")
 
     # dropped on its zone, a photo is the reference (not a photo to explain)
-    page.locator("#reference-drop").dispatch_event("drop", {"dataTransfer": dropped(page, chelsea)})
+    transfer = dropped(page, chelsea)
+    page.locator("#reference-drop").dispatch_event("dragover", {"dataTransfer": transfer})
+    expect(page.locator("body")).to_have_class("dragging to-reference")
+    shots.take(page, "reference-dragging")
+    page.locator("#reference-drop").dispatch_event("drop", {"dataTransfer": transfer})
+    expect(page.locator("body")).not_to_have_class("dragging to-reference")
     expect(predictions.nth(5).locator(".label")).to_have_text("like cat.png")
     expect(caption.locator("strong")).to_have_text("similarity to cat.png")
     expect(caption.locator(".value")).to_have_text("cosine 1.00")  # the photo against itself
@@ -149,7 +168,9 @@ def test_versus_and_reference(
     expect(caption.locator("strong")).to_have_text("Egyptian cat")
 
 
-def test_sigmoid_bars_and_threshold(tags_server: str, page: Any, tmp_path: Path, chelsea: np.ndarray) -> None:
+def test_sigmoid_bars_and_threshold(
+    tags_server: str, page: Any, tmp_path: Path, chelsea: np.ndarray
+) -> None:
     from playwright.sync_api import expect
 
     shots = Shots(tmp_path)

@@ -105,12 +105,13 @@ export function mountTargets(panel, view) {
   // The button beside a listed class: why the chosen class and not this one.
   function versusButton(entry, rank) {
     if (entry.class_index === SIMILARITY) return [];
-    const chosen = rank === view.rank();
-    const on = versusFor(view.entries()[view.rank()]?.class_index) === entry.class_index;
+    const shown = view.entries()[view.rank()]?.class_index;
+    const chosen = rank === view.rank() || shown === SIMILARITY; // nothing to compare with
+    const on = versusFor(shown) === entry.class_index;
     const name = shortLabel(entry.label);
     const button = element("button", { type: "button", className: "versus-button",
       "aria-pressed": String(on), "data-class": String(entry.class_index),
-      title: chosen ? "the class shown: choose another to compare with it"
+      title: chosen ? "choose a class to compare with this one first"
         : on ? "back to the plain map" : `why the class shown and not ${name}`,
       "aria-label": on ? `versus ${name}: on` : `versus ${name}` }, "vs");
     if (chosen) button.disabled = true;
@@ -305,19 +306,22 @@ export function mountTargets(panel, view) {
     // The caption's first words for a map of a target (null: a class, as before).
     caption(map) {
       const target = map.target;
+      const name = (c) => shortLabel(classes[c] ?? c);
+      const value = (text, title) => (Number.isFinite(map.value)
+        ? [element("span", { className: "score value", text, title })] : []);
       if (target?.kind === "contrast") {
         const [a, ...others] = target.classes;
-        const value = map.value >= 0 ? `+${map.value.toFixed(2)}` : map.value.toFixed(2);
+        const signed = map.value >= 0 ? `+${map.value.toFixed(2)}` : map.value?.toFixed(2);
         return [element("strong", { className: "explained", title: map.explained,
-          text: `${shortLabel(classes[a] ?? a)} versus ${others.map((b) => shortLabel(classes[b] ?? b)).join(", ")}` }),
-        element("span", { className: "score value", text: `logit difference ${value}`,
-          title: `the difference of their scores, y_A − y_B: ${map.value}. Red: what makes it ` +
-            `${shortLabel(classes[a] ?? a)} rather than the other.` })];
+          text: `${name(a)} versus ${others.map(name).join(", ")}` }),
+        ...value(`logit difference ${signed}`, `the difference of their scores, y_A − y_B ` +
+          `(${map.value}); the map is high where the photo makes it ${name(a)} rather than ` +
+          `${others.map(name).join(", ")}`)];
       }
       if (target?.kind === "similarity") {
         return [element("strong", { className: "explained", text: map.explained }),
-          element("span", { className: "score value", text: `cosine ${map.value.toFixed(2)}`,
-            title: "the cosine similarity of the two photos' features (1: the same)" })];
+          ...value(`cosine ${map.value?.toFixed(2)}`,
+            "the cosine similarity of the two photos' features (1: alike)")];
       }
       return null;
     },
