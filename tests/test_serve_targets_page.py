@@ -121,8 +121,10 @@ def test_versus_and_reference(
     # another class chosen keeps the comparison; typed through the label search, any class
     predictions.nth(2).click()
     expect(caption.locator("strong")).to_have_text("tabby versus tiger cat")
-    page.locator("#versus-query").fill("lynx")
-    page.locator("#versus-query").press("Enter")
+    page.keyboard.press("v")  # the keyboard's way to the versus search
+    expect(page.locator("#versus-query")).to_be_focused()
+    page.keyboard.type("lynx")
+    page.keyboard.press("Enter")
     expect(caption.locator("strong")).to_have_text("tabby versus lynx")
     # back to the plain map
     page.click("#versus-off")
@@ -163,6 +165,14 @@ def test_versus_and_reference(
     expect(caption.locator(".value")).to_have_text("cosine 1.00")  # the photo against itself
     expect(page.locator("#file-name")).to_have_text("chelsea.jpg")
     page.click("#reference-remove")
+    expect(predictions).to_have_count(5)
+    # a reference the server cannot read: taken away, with the server's reason beside it
+    (tmp_path / "notes.txt").write_text("not a photo")
+    page.set_input_files("#reference-file", str(tmp_path / "notes.txt"))
+    expect(page.locator("#reference-error")).to_have_text(
+        "notes.txt: is not an image Pillow can read"
+    )
+    expect(page.locator("#reference-shown")).to_be_hidden()
     expect(predictions).to_have_count(5)
     expect(predictions.nth(0)).to_have_attribute("aria-pressed", "true")
     expect(caption.locator("strong")).to_have_text("Egyptian cat")

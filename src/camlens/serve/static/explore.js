@@ -519,6 +519,7 @@ export function mountExplore(root, { server, model, methods }) {
         if (!state.photo) state.photo = fresh;
       }
       say(error.message);
+      targets.failed(error);
       if (error.status === 422 && state.shown && !fresh) {
         // a method or layer the model refuses (CAM without a head, say): back to what is shown
         state.method = state.shown.method;
@@ -813,6 +814,7 @@ export function mountExplore(root, { server, model, methods }) {
       setAlpha(state.alpha + (key === "]" ? 0.1 : -0.1));
     } else if (key === "o") $("file").click();
     else if (key === "/" && result()) query.focus();
+    else if (key === "v" && result()) $("versus-query").focus();
     else if (key === "Escape" && state.request) cancel();
     else return false;
     return true;

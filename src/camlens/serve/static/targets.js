@@ -66,10 +66,13 @@ export function mountTargets(panel, view) {
     text: "Choose a reference photo" });
   const referenceShown = element("div", { className: "reference-shown", id: "reference-shown",
     hidden: "" });
+  const referenceError = element("p", { className: "message error", id: "reference-error",
+    role: "alert", hidden: "" });
   const referenceField = element("div", { className: "field reference-drop", id: "reference-drop" },
     element("span", { className: "label", text: "Similarity to a reference" }), referenceInput,
     referencePick, element("p", { className: "field-note", id: "reference-hint",
-      text: "or drop a photo here: where does the photo look like it?" }), referenceShown);
+      text: "or drop a photo here: where does the photo look like it?" }), referenceShown,
+    referenceError);
 
   const box = element("div", { className: "targets", id: "targets", hidden: "" },
     versusField, aboveField, referenceField);
@@ -152,6 +155,7 @@ export function mountTargets(panel, view) {
       view.say(`${file.name}: over this server's limit for an upload`);
       return;
     }
+    referenceError.hidden = true;
     state.tokens += 1;
     state.reference = file ? { file, token: state.tokens, thumb: URL.createObjectURL(file) } : null;
     showReference();
@@ -364,6 +368,17 @@ export function mountTargets(panel, view) {
       if (map.target?.kind === "contrast") return map.target.classes.join("-vs-");
       if (map.target?.kind === "similarity") return "like";
       return String(map.class_index);
+    },
+
+    // A request refused: a reference the server cannot read is taken away, with the reason.
+    failed(error) {
+      if (error.parameter !== "like" || !state.reference) return;
+      URL.revokeObjectURL(state.reference.thumb);
+      state.reference = null;
+      showReference();
+      referenceError.textContent = error.message;
+      referenceError.hidden = false;
+      view.selectRank(0);
     },
 
     dispose() {
