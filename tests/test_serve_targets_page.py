@@ -69,11 +69,16 @@ def test_versus_and_reference(
     shots = Shots(tmp_path)
     page.add_init_script(SENT_FORMS)
     page.set_viewport_size({"width": 1280, "height": 800})
-    page.goto(server)
+    page.goto(f"{server}/#/explore?above=0.3")  # a threshold is for a multi-label model
     page.wait_for_selector("body[data-ready]")
+    expect(page.locator("#message")).to_have_text(
+        "Not applied from the address (unknown here): above=0.3"
+    )
+    expect(page.locator("#above-field")).to_be_hidden()
     page.set_input_files("#file", str(photo(tmp_path, chelsea, "chelsea.jpg")))
     predictions = page.locator(".prediction")
     expect(predictions).to_have_count(5)
+    expect(page.locator("#predictions")).to_have_attribute("data-scores", "softmax")
     stage = page.locator("#stage")
     caption = stage.locator("figcaption")
     expect(caption.locator("strong")).to_have_text("Egyptian cat")
