@@ -399,7 +399,8 @@ VersusOpt = Annotated[
     typer.Option(
         "--versus",
         help="explain each --class (or the top-1) versus this class: y_A - y_B (repeat for the "
-        "mean of several); next or next:K for the next K predicted classes",
+        "mean of several); next or next:K for the next K predicted classes; true: the top-1, "
+        "and the top-1 versus the class the image's folder names when they differ",
     ),
 ]
 ScoresOpt = Annotated[
@@ -445,4 +446,6 @@ def target_options(
     :func:`camlens.targets.from_options`)."""
     from camlens.targets import from_options
 
-    return from_options(classes, versus, outputs, None if like is None else str(like), embedding)
+    return from_options(
+        classes, versus, outputs, None if like is None else str(like), embedding, truths=True
+    )
