@@ -75,8 +75,10 @@ export function mountTargets(panel, view) {
     referenceError);
 
   const box = element("div", { className: "targets", id: "targets", hidden: "" },
-    versusField, aboveField, referenceField);
+    versusField, referenceField);
   panel.append(box);
+  // the threshold belongs to the list: right under it
+  (panel.querySelector("#predictions") ?? box).after(aboveField);
 
   // --- versus --------------------------------------------------------------------------------
 
@@ -341,7 +343,7 @@ export function mountTargets(panel, view) {
       versusNote.textContent = versus === null ? ""
         : `The map: what makes it ${shortLabel(chosen.label)} rather than ` +
           `${shortLabel(classes[versus])}.`;
-      aboveField.hidden = !sigmoid();
+      aboveField.hidden = !sigmoid() || !answer;
       aboveOff.hidden = state.above === null;
       aboveNote.textContent = state.above === null
         ? "Independent scores (sigmoid): several classes can be high at once. The line is at " +
