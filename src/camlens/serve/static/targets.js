@@ -6,7 +6,7 @@
 // The explore view asks this module what to send (`adjust`), which map of an answer is the one
 // on screen (`matches`), which entries follow the top five (`more`), and how to write a score.
 
-import { element, percent, shortLabel } from "./dom.js";
+import { element, megabytes, percent, shortLabel } from "./dom.js";
 import { searchClasses } from "./classes.js";
 import { imageFiles } from "./photos.js";
 
@@ -111,15 +111,15 @@ export function mountTargets(panel, view) {
   function versusButton(entry, rank) {
     if (entry.class_index === SIMILARITY) return [];
     const shown = view.entries()[view.rank()]?.class_index;
-    const chosen = rank === view.rank() || shown === SIMILARITY; // nothing to compare with
     const on = versusFor(shown) === entry.class_index;
     const name = shortLabel(entry.label);
+    const why = rank === view.rank() ? "the class shown: choose another to compare it with"
+      : shown === SIMILARITY ? "the similarity is shown: choose a class first"
+        : on ? "back to the plain map" : `why the class shown and not ${name}`;
     const button = element("button", { type: "button", className: "versus-button",
-      "aria-pressed": String(on), "data-class": String(entry.class_index),
-      title: chosen ? "choose a class to compare with this one first"
-        : on ? "back to the plain map" : `why the class shown and not ${name}`,
-      "aria-label": on ? `versus ${name}: on` : `versus ${name}` }, "vs");
-    if (chosen) button.disabled = true;
+      "aria-pressed": String(on), "data-class": String(entry.class_index), title: why,
+      "aria-label": `versus ${name}` }, "vs");
+    if (rank === view.rank() || shown === SIMILARITY) button.disabled = true; // nothing to compare
     button.addEventListener("click", () => setVersus(on ? null : entry.class_index));
     return [button];
   }
@@ -146,17 +146,22 @@ export function mountTargets(panel, view) {
     aboveInput.value = String(value);
     for (const list of panel.querySelectorAll("#predictions")) {
       list.style.setProperty("--threshold", String(value));
+      for (const button of list.querySelectorAll(".prediction[data-score]")) {
+        button.classList.toggle("over", Number(button.dataset.score) >= value);
+      }
     }
   }
 
   // --- the reference photo -------------------------------------------------------------------
 
   function setReference(file) {
-    if (state.reference?.thumb) URL.revokeObjectURL(state.reference.thumb);
     if (file && file.size > server.max_upload_bytes) {
-      view.say(`${file.name}: over this server's limit for an upload`);
+      referenceError.textContent = `${file.name}: ${megabytes(file.size)}, over this server's ` +
+        `limit of ${megabytes(server.max_upload_bytes)}`;
+      referenceError.hidden = false;
       return;
     }
+    if (state.reference?.thumb) URL.revokeObjectURL(state.reference.thumb);
     referenceError.hidden = true;
     state.tokens += 1;
     state.reference = file ? { file, token: state.tokens, thumb: URL.createObjectURL(file) } : null;
@@ -301,9 +306,10 @@ export function mountTargets(panel, view) {
     decorate(list, button, entry) {
       const kind = scoring();
       list.dataset.scores = kind;
-      if (kind === "sigmoid") {
+      if (kind === "sigmoid" && Number.isFinite(entry.score)) {
         list.style.setProperty("--threshold", String(threshold()));
-        if (entry.score >= threshold()) button.classList.add("over");
+        button.dataset.score = String(entry.score);
+        button.classList.toggle("over", entry.score >= threshold());
       }
       if (entry.similarity) button.classList.add("similarity");
       return versusButton(entry, Number(button.dataset.rank));
