@@ -91,6 +91,7 @@ def test_versus_and_reference(
     expect(caption.locator("strong")).to_have_text("Egyptian cat versus tiger cat")
     expect(caption.locator(".value")).to_contain_text("logit difference +")
     expect(versus.nth(1)).to_have_attribute("aria-pressed", "true")
+    expect(versus.nth(1)).to_be_focused()  # drawn again, the button keeps the keyboard's focus
     expect(stage.locator("img.heat")).to_have_js_property("naturalWidth", 451)
     assert stage.locator("img.heat").get_attribute("src") != plain
     sent = page.evaluate("window.sentForms.at(-1)")

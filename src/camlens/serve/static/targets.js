@@ -89,7 +89,8 @@ export function mountTargets(panel, view) {
     return v.classIndex === classIndex ? null : v.classIndex;
   }
 
-  function setVersus(classIndex) {
+  // `focus`: the control to give the focus to once the list is drawn again (for the keyboard).
+  function setVersus(classIndex, focus = null) {
     const chosen = view.entries()[view.rank()]?.class_index;
     if (classIndex !== null && (chosen === undefined || chosen === SIMILARITY)) {
       view.say("choose a class first: versus compares it with another", "note");
@@ -101,11 +102,11 @@ export function mountTargets(panel, view) {
       return;
     }
     state.versus = classIndex === null ? null : { photo: view.photo(), classIndex };
-    view.update();
+    Promise.resolve(view.update()).then(() => focus && panel.querySelector(focus)?.focus());
   }
 
   searchClasses(versusQuery, versusOptions, classes, (found) => setVersus(found.index));
-  plainButton.addEventListener("click", () => setVersus(null));
+  plainButton.addEventListener("click", () => setVersus(null, "#versus-query"));
 
   // The button beside a listed class: why the chosen class and not this one.
   function versusButton(entry, rank) {
@@ -120,7 +121,8 @@ export function mountTargets(panel, view) {
       "aria-pressed": String(on), "data-class": String(entry.class_index), title: why,
       "aria-label": `versus ${name}` }, "vs");
     if (rank === view.rank() || shown === SIMILARITY) button.disabled = true; // nothing to compare
-    button.addEventListener("click", () => setVersus(on ? null : entry.class_index));
+    button.addEventListener("click", () => setVersus(on ? null : entry.class_index,
+      `.versus-button[data-class="${entry.class_index}"]`));
     return [button];
   }
 
@@ -181,7 +183,10 @@ export function mountTargets(panel, view) {
     image.addEventListener("error", () => image.remove());
     const remove = element("button", { type: "button", id: "reference-remove",
       "aria-label": `Remove the reference ${ref.file.name}`, text: "Remove" });
-    remove.addEventListener("click", () => setReference(null));
+    remove.addEventListener("click", () => {
+      setReference(null);
+      referencePick.focus();
+    });
     referenceShown.replaceChildren(image,
       element("span", { className: "reference-name", text: ref.file.name, title: ref.file.name }),
       remove);
