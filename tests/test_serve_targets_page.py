@@ -172,6 +172,9 @@ def test_versus_and_reference(
     expect(page.locator("#file-name")).to_have_text("chelsea.jpg")
     page.click("#reference-remove")
     expect(predictions).to_have_count(5)
+    expect(predictions.nth(0)).to_have_attribute("aria-pressed", "true")
+    expect(caption.locator("strong")).to_have_text("Egyptian cat")
+    expect(page.locator("#reference-pick")).to_be_focused()
     # a reference the server cannot read: taken away, with the server's reason beside it
     (tmp_path / "notes.txt").write_text("not a photo")
     page.set_input_files("#reference-file", str(tmp_path / "notes.txt"))
@@ -179,9 +182,17 @@ def test_versus_and_reference(
         "notes.txt: is not an image Pillow can read"
     )
     expect(page.locator("#reference-shown")).to_be_hidden()
-    expect(predictions).to_have_count(5)
-    expect(predictions.nth(0)).to_have_attribute("aria-pressed", "true")
-    expect(caption.locator("strong")).to_have_text("Egyptian cat")
+
+    # several photos: the comparison is of the photo it was asked on, the others show their class
+    page.set_input_files("#file", [str(tmp_path / "chelsea.jpg"), str(tmp_path / "coffee.jpg")])
+    expect(page.locator(".strip-photo.done")).to_have_count(2)
+    versus.nth(1).click()
+    expect(caption.locator("strong")).to_have_text("Egyptian cat versus tiger cat")
+    page.locator(".strip-photo").nth(1).click()
+    expect(caption.locator("strong")).to_have_text("espresso")
+    expect(page.locator("#versus-off")).to_be_hidden()
+    page.locator(".strip-photo").nth(0).click()
+    expect(caption.locator("strong")).to_have_text("Egyptian cat versus tiger cat")
 
 
 def test_sigmoid_bars_and_threshold(
