@@ -635,6 +635,34 @@ def test_progress_cancel_cost_zip(
     assert page.evaluate("window.sentForms.at(-1).job") != first
     assert job_state(server, first, "cancelled")["state"] == "cancelled"
 
+    # what the page writes of a job's answers: queued; three phases, the passes of the two not
+    # started expected as many as the first's; estimates to the second, then to the minute
+    texts = page.evaluate(
+        """async () => {
+          const { jobProgress } = await import(new URL("static/jobs.js", document.baseURI));
+          const job = (o) => ({ job: "x", state: "running", passes_done: 0, passes_total: 0,
+            phases_done: 0, phases: 1, seconds: 1, queued_seconds: 0, estimate_seconds: null, ...o });
+          return [
+            { state: "queued", queued_seconds: 3.7 },
+            { phases: 0 },
+            { passes_done: 600, passes_total: 1008, phases_done: 1, phases: 3,
+              estimate_seconds: 44.6 },
+            { passes_done: 27, passes_total: 504, estimate_seconds: 95 },
+            { passes_done: 27, passes_total: 504, estimate_seconds: 150 },
+          ].map((o) => jobProgress(job(o)));
+        }"""
+    )
+    assert texts == [
+        {"text": "waiting for the server, 3 s", "fraction": None},
+        {"text": "", "fraction": None},
+        {
+            "text": "600 of 1,512 masked passes · phase 2 of 3 · about 45 s left",
+            "fraction": pytest.approx(600 / 1512),
+        },
+        {"text": "27 of 504 masked passes · about 1 min 40 s left", "fraction": 27 / 504},
+        {"text": "27 of 504 masked passes · about 3 min left", "fraction": 27 / 504},
+    ]
+
 
 # A server behind a reverse proxy at /camlens/: the app told its root path, as uvicorn's
 # --root-path or a proxy's X-Forwarded-Prefix handling would.

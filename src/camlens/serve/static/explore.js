@@ -1,6 +1,7 @@
 // The photo view: pick or drop photos (several files or a folder: a strip of thumbnails, each
 // explained), see the top-5 predictions (or search any class), each class's map under any method
-// and layer, alone or side by side, with opacity, colormap, colorbar, boxes and the peak.
+// and layer, alone or side by side, with opacity, colormap, colorbar, boxes and the peak. A long
+// request shows its progress (jobs.js) and can be cancelled; an answer says what it cost.
 // The settings live in the address: #/explore?method=layercam&layer=bn2&cmap=viridis&view=compare.
 
 import { explain, withQuery } from "./api.js";
