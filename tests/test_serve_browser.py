@@ -917,6 +917,83 @@ def test_gallery_of_a_run(gallery_server: str, page: Any, tmp_path: Path) -> Non
     shots.take(page, "gallery-7-phone")
 
 
+@pytest.fixture(scope="module")
+def mistakes_server(tmp_path_factory: pytest.TempPathFactory, mistakes_runs: Path) -> Iterator[str]:
+    log = tmp_path_factory.mktemp("serve-mistakes") / "serve.log"
+    with camlens_serve(["--runs", str(mistakes_runs)], log=log) as (url, _):
+        yield url
+
+
+def test_gallery_mistakes_and_their_contrast(
+    mistakes_server: str, page: Any, tmp_path: Path
+) -> None:
+    """A --versus true run: "Mistakes only" keeps the rocket (a missile, predicted a drilling
+    platform), and opened, its top-1 map has beside it the map of the top-1 versus missile."""
+    from playwright.sync_api import expect
+
+    shots = Shots(tmp_path)
+    page.goto(f"{mistakes_server}/#/gallery/mistakes")
+    thumbs = page.locator(".thumb")
+    expect(thumbs).to_have_count(7)
+    mistakes = page.locator("#mistakes-only")
+    expect(page.locator("#mistakes-field")).to_be_visible()
+    expect(page.locator("#mistakes-label")).to_have_text("Mistakes only (1)")
+    mistakes.check()
+    expect(page).to_have_url(f"{mistakes_server}/#/gallery/mistakes?status=wrong")
+    expect(thumbs).to_have_count(1)
+    expect(page.locator("#gallery-title")).to_have_text("Mistakes")
+    expect(thumbs.nth(0).locator(".thumb-name")).to_have_text("rocket.jpg")
+    expect(thumbs.nth(0).locator(".wrong")).to_have_text("is missile")
+    shots.take(page, "mistakes-1-grid")
+
+    thumbs.nth(0).click()
+    cards = page.locator(".map-card")
+    expect(cards).to_have_count(2)
+    top1, versus = cards.nth(0), cards.nth(1)
+    expect(top1).to_have_attribute("data-role", "top1")
+    expect(versus).to_have_attribute("data-role", "versus")
+    expect(top1.locator(".role")).to_have_text("Top-1")
+    expect(top1.locator("strong")).to_have_text("drilling platform")
+    expect(versus.locator(".role")).to_have_text("Versus the true class")
+    expect(versus.locator("strong")).to_have_text("drilling platform vs missile")
+    expect(versus.locator(".why")).to_have_text(
+        "where the model saw drilling platform rather than missile"
+    )
+    expect(versus.locator(".score")).to_have_text(re.compile(r"^\+\d+\.\d\d$"))
+    expect(versus.locator("img")).to_have_attribute(
+        "src", "/runs/mistakes/val/missile/rocket.gradcam.bn2.540-vs-657.png"
+    )
+    for card in (top1, versus):
+        expect(card.locator("img")).to_have_js_property("naturalWidth", 640)
+    left, right = top1.bounding_box(), versus.bounding_box()
+    assert left["y"] == right["y"] and left["x"] + left["width"] <= right["x"]  # side by side
+    expect(page.locator("#detail-meta")).to_contain_text("true class: missile ✗")
+    shots.take(page, "mistakes-2-image")
+
+    # back to the list, the filter kept; unticked, every image again
+    page.keyboard.press("Escape")
+    expect(thumbs).to_have_count(1)
+    mistakes.uncheck()
+    expect(thumbs).to_have_count(7)
+    expect(page).to_have_url(f"{mistakes_server}/#/gallery/mistakes")
+    # a right image has its top-1's map alone, with no role caption
+    page.locator(".thumb", has_text="chelsea.jpg").click()
+    expect(cards).to_have_count(1)
+    expect(cards.nth(0).locator(".role")).to_have_count(0)
+
+    # on a phone: the two maps still side by side, nothing wider than the screen
+    page.set_viewport_size(PHONE)
+    page.goto(f"{mistakes_server}/#/gallery/mistakes?status=wrong")
+    expect(thumbs).to_have_count(1)
+    thumbs.nth(0).click()
+    expect(cards).to_have_count(2)
+    expect(versus.locator("img")).to_have_js_property("naturalWidth", 640)
+    left, right = top1.bounding_box(), versus.bounding_box()
+    assert left["y"] == right["y"] and left["x"] + left["width"] <= right["x"]
+    assert page_width(page) == 390
+    shots.take(page, "mistakes-3-phone")
+
+
 def test_no_gallery_without_runs(server: str, page: Any) -> None:
     from playwright.sync_api import expect
 
