@@ -76,7 +76,9 @@ def own_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def machine() -> str:
+def machine(load_at_start: float) -> str:
+    """The CPU, torch, and the load average (1 minute) when the run started, and (1, 5 and 15
+    minutes) at its end."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -86,7 +88,10 @@ def machine() -> str:
     except OSError:
         pass
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}; load average {load}"
+    return (
+        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}; load average "
+        f"{load_at_start:.1f} at the start, {load} (1, 5, 15 minutes) at the end"
+    )
 
 
 def blocking(
@@ -172,6 +177,7 @@ def main() -> None:
             result.to_dict()
 
     started = dt.datetime.now(dt.timezone.utc)
+    load_at_start = os.getloadavg()[0]
     log = Path(os.environ.get("TMPDIR", "/tmp")) / "camlens-bench-serve.log"
     with camlens_serve(log=log, threads=args.threads) as (url, process):
         with httpx.Client(base_url=url, timeout=120) as http:
@@ -234,7 +240,7 @@ def main() -> None:
     api_rate, http_rate = statistics.median(api_rates), statistics.median(http_rates)
     api_cpu_each, http_cpu_each = statistics.median(api_cpu), statistics.median(http_cpu)
     lines = [
-        f"`benchmarks/serve.py` ({started:%Y-%m-%d %H:%M} UTC): {machine()}; "
+        f"`benchmarks/serve.py` ({started:%Y-%m-%d %H:%M} UTC): {machine(load_at_start)}; "
         f"{args.threads} torch threads per side.",
         "",
         "| | Python API | HTTP | HTTP / API | goal |",
