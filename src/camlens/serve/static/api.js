@@ -48,7 +48,8 @@ export const getRunImage = (run, id, params) => getJSON(`${runPath(run)}/images/
 export const docsUrl = () => url("docs");
 export const colormapUrl = (cmap) => url(`static/cmap-${encodeURIComponent(cmap)}.png`);
 
-// POST /api/explain. `options`: {methods: [...], layers: [...], top, classes, boxes, cmap, alpha}.
+// POST /api/explain. `options`: {methods: [...], layers: [...], top, classes, boxes, cmap, alpha,
+// versus, above, like (a File)...}.
 // A 503 is retried (after its Retry-After) up to `retries` times.
 export async function explain(file, options, { signal, retries = 3 } = {}) {
   for (let attempt = 0; ; attempt += 1) {
@@ -56,7 +57,10 @@ export async function explain(file, options, { signal, retries = 3 } = {}) {
     form.append("image", file, file.name || "photo");
     for (const [name, value] of Object.entries(options)) {
       if (value === undefined || value === null) continue;
-      for (const item of Array.isArray(value) ? value : [value]) form.append(name, String(item));
+      for (const item of Array.isArray(value) ? value : [value]) {
+        if (item instanceof Blob) form.append(name, item, item.name || name); // `like`: a photo
+        else form.append(name, String(item));
+      }
     }
     const response = await fetch(url("api/explain"), { method: "POST", body: form, signal });
     if (response.ok) return response.json();
@@ -64,6 +68,16 @@ export async function explain(file, options, { signal, retries = 3 } = {}) {
     if (error.status !== 503 || attempt >= retries) throw error;
     await new Promise((resolve) => setTimeout(resolve, 1000 * (error.retryAfter ?? 1)));
   }
+}
+
+// A named request's progress (GET /api/jobs/JOB) and its cancellation (DELETE).
+const jobPath = (job) => `api/jobs/${encodeURIComponent(job)}`;
+export const getJob = (job) => getJSON(jobPath(job));
+
+export async function cancelJob(job) {
+  const response = await fetch(url(jobPath(job)), { method: "DELETE" });
+  if (!response.ok) throw await failure(response);
+  return response.json();
 }
 
 // The same URL with some query parameters replaced.

@@ -1,14 +1,17 @@
 // The photo view: pick or drop photos (several files or a folder: a strip of thumbnails, each
 // explained), see the top-5 predictions (or search any class), each class's map under any method
-// and layer, alone or side by side, with opacity, colormap, colorbar, boxes and the peak.
+// and layer, alone or side by side, with opacity, colormap, colorbar, boxes and the peak. A long
+// request shows its progress (jobs.js) and can be cancelled; an answer says what it cost.
 // The settings live in the address: #/explore?method=layercam&layer=bn2&cmap=viridis&view=compare.
 
 import { explain, withQuery } from "./api.js";
 import {
-  colorbar, element, megabytes, methodName, percent, releaseAfterPointer, shortLabel, svg,
+  colorbar, element, megabytes, methodName, plural, releaseAfterPointer, shortLabel, svg,
 } from "./dom.js";
 import { searchClasses } from "./classes.js";
+import { followJob, jobName, jobProgress, stopJob } from "./jobs.js";
 import { imageFiles } from "./photos.js";
+import { mountTargets } from "./targets.js";
 
 const TOP = 5;
 const MAX_PHOTOS = 50; // a strip longer than this is hard to use; the rest are reported, not taken
@@ -63,13 +66,18 @@ export function mountExplore(root, { server, model, methods }) {
     compareLayers: new Set(defaults.layers),
     fast: defaults.fast,
     request: null,
+    job: null, // the request on screen's name on the server (GET, DELETE /api/jobs/JOB)
     started: 0, // when the request on screen was sent (ms)
     ticker: null,
+    following: null, // the polling of its job
     background: null, // the request explaining the other photos of the strip
     reportUrl: null,
     shown: null, // the method and layer on screen in the single view
   };
   const result = () => state.photo?.result ?? null;
+  // versus, the threshold of a multi-label model, the reference photo: under the predictions
+  const targets = mountTargets(root.querySelector(".predictions"), { model, server,
+    photo: () => state.photo, result, entries, rank: () => state.rank, selectRank, update, say });
 
   // --- controls ------------------------------------------------------------------------------
 
@@ -221,6 +229,7 @@ export function mountExplore(root, { server, model, methods }) {
     take("layers", (v) => list(v).every((l) => layerOrder.includes(l)),
       (v) => { state.compareLayers = new Set(list(v)); });
     take("fast", (v) => /^[1-9]\d*$/.test(v), (v) => { state.fast = Number(v); });
+    targets.read(params, refused);
     showSettings();
     return refused;
   }
@@ -239,6 +248,7 @@ export function mountExplore(root, { server, model, methods }) {
     set("compare", known.filter((m) => state.compareMethods.has(m)).join(","), defaults.compare.join(","));
     set("layers", layerOrder.filter((l) => state.compareLayers.has(l)).join(","), defaults.layers.join(","));
     set("fast", state.fast ?? "", "");
+    targets.write(params);
     const query = params.toString();
     const hash = `#/explore${query ? `?${query}` : ""}`;
     const current = window.location.hash;
@@ -256,12 +266,18 @@ export function mountExplore(root, { server, model, methods }) {
     message.hidden = !text;
   }
 
-  // The request on screen: how long it has run, and a Cancel button.
+  // The request on screen: how long it has run, its progress as the server reports it (passes
+  // done of those expected, an estimate of the time left), and a Cancel button.
   function busy(on) {
     $("busy").hidden = !on;
     root.querySelector(".stage-panel").setAttribute("aria-busy", String(on));
     clearInterval(state.ticker);
     state.ticker = null;
+    state.following?.stop();
+    state.following = null;
+    $("progress").hidden = true;
+    $("progress").removeAttribute("value");
+    $("busy-detail").hidden = true;
     if (!on) return;
     state.started = performance.now();
     const slow = fastApplies() ? " (masked passes)" : "";
@@ -271,13 +287,29 @@ export function mountExplore(root, { server, model, methods }) {
     };
     tick();
     state.ticker = setInterval(tick, 1000);
+    if (state.job) {
+      state.following = followJob(state.job, (job) => {
+        const { text, fraction } = jobProgress(job);
+        $("busy-detail").textContent = text;
+        $("busy-detail").hidden = !text;
+        $("progress").hidden = fraction === null;
+        if (fraction !== null) $("progress").value = fraction;
+      });
+    }
   }
 
-  // Stops the request on screen; what was shown stays, with the settings that made it.
+  // Stops the request on screen, on the server too (its job cancelled, not left to run).
+  function stopRequest() {
+    state.request?.abort();
+    if (state.request && state.following?.seen) stopJob(state.job);
+    state.request = null;
+    state.job = null;
+  }
+
+  // Cancels the request on screen; what was shown stays, with the settings that made it.
   function cancel() {
     if (!state.request) return;
-    state.request.abort();
-    state.request = null;
+    stopRequest();
     busy(false);
     if (state.shown) {
       state.method = state.shown.method;
@@ -418,12 +450,15 @@ export function mountExplore(root, { server, model, methods }) {
     return out;
   }
 
-  // The classes offered: the top five, then the class searched for when it is not one of them.
+  // The classes offered: the top five (and those over the threshold asked for), then the class
+  // searched for when it is not one of them, then the similarity to a reference photo.
   function entries() {
-    const predictions = result()?.predictions ?? [];
+    const top = result()?.predictions ?? [];
+    const predictions = [...top, ...targets.more(result(), top)];
     const extra = state.searched
       && !predictions.some((p) => p.class_index === state.searched.class_index);
-    return extra ? [...predictions, { ...state.searched, searched: true }] : predictions;
+    const listed = extra ? [...predictions, { ...state.searched, searched: true }] : predictions;
+    return [...listed, ...targets.reference(result())];
   }
 
   // The score of the class searched for, from the latest answer that explained it.
@@ -439,7 +474,7 @@ export function mountExplore(root, { server, model, methods }) {
 
   function findMap(classIndex, method, layer, answer = result()) {
     return answer?.explanations.find(
-      (e) => e.class_index === classIndex && e.method === method && e.layer === layer,
+      (e) => e.method === method && e.layer === layer && targets.matches(e, classIndex, answer),
     );
   }
 
@@ -455,6 +490,7 @@ export function mountExplore(root, { server, model, methods }) {
     if (inTop && (count * TOP <= server.max_maps || classIndex === undefined)) options.top = TOP;
     else options.classes = [classIndex];
     if (fastApplies(shown) && state.fast !== null) options.fast_channels = state.fast;
+    targets.adjust(options, classIndex, photo);
     return { options, count };
   }
 
@@ -476,9 +512,11 @@ export function mountExplore(root, { server, model, methods }) {
         `(${server.max_maps}): choose fewer`);
       return render();
     }
-    state.request?.abort();
+    stopRequest(); // the one before is not wanted any more
     const controller = new AbortController();
     state.request = controller;
+    state.job = jobName();
+    options.job = state.job;
     busy(true);
     render();
     try {
@@ -509,6 +547,7 @@ export function mountExplore(root, { server, model, methods }) {
         if (!state.photo) state.photo = fresh;
       }
       say(error.message);
+      targets.failed(error);
       if (error.status === 422 && state.shown && !fresh) {
         // a method or layer the model refuses (CAM without a head, say): back to what is shown
         state.method = state.shown.method;
@@ -519,6 +558,7 @@ export function mountExplore(root, { server, model, methods }) {
     } finally {
       if (state.request === controller) {
         state.request = null;
+        state.job = null;
         busy(false);
       }
     }
@@ -578,8 +618,8 @@ export function mountExplore(root, { server, model, methods }) {
   function caption(map, withClass) {
     const parts = [];
     if (withClass) {
-      parts.push(element("strong", { text: shortLabel(map.label) }),
-        element("span", { className: "score", text: percent(map.score) }));
+      parts.push(...targets.caption(map) ?? [element("strong", { text: shortLabel(map.label) }),
+        element("span", { className: "score", text: targets.score(map.score) })]);
     }
     parts.push(element("span", { className: "tag", text: methodName(map.method) }),
       element("span", { className: "tag layer", text: map.layer }));
@@ -601,9 +641,9 @@ export function mountExplore(root, { server, model, methods }) {
         "aria-pressed": String(rank === state.rank), "data-rank": String(rank), title: p.label });
       button.style.setProperty("--p", String(score ?? 0));
       button.append(
-        element("span", { className: "rank", text: p.searched ? "" : String(rank + 1) }),
+        element("span", { className: "rank", text: p.searched || p.similarity ? "" : String(rank + 1) }),
         element("span", { className: "label", text: shortLabel(p.label) }),
-        element("span", { className: "score", text: score === undefined ? "" : percent(score) }),
+        element("span", { className: "score", text: targets.score(score, p) }),
         element("span", { className: "bar", "aria-hidden": "true" }),
       );
       button.addEventListener("click", () => selectRank(rank));
@@ -614,35 +654,45 @@ export function mountExplore(root, { server, model, methods }) {
           selectRank(rank + (event.key === "ArrowDown" ? 1 : -1), true);
         }
       });
-      list.append(element("li", {}, button));
+      list.append(element("li", {}, button, ...targets.decorate(list, button, p)));
     });
   }
 
-  // The maps asked for that the answer does not hold, with the server's reason when it gives one.
+  // The maps asked for that the answer does not hold, with the server's reason (its `skipped`:
+  // method, layer, reason) when it gives one.
   function renderLeftOut(shown, c) {
     const answer = result();
     const reasons = new Map();
-    for (const item of answer?.left_out ?? []) {
+    for (const item of answer?.skipped ?? []) {
       reasons.set(`${item.method}\u0000${item.layer}`, item.reason);
     }
     const missing = answer ? shown.filter(([m, l]) => !findMap(c, m, l)) : [];
-    const lines = missing.map(([m, l]) => {
+    const notes = missing.map(([m, l]) => {
       const reason = reasons.get(`${m}\u0000${l}`);
       return `${methodName(m)} at ${l}: ${reason ?? "not in the server's answer"}`;
     });
-    const notes = [...lines, ...(answer?.warnings ?? [])];
     $("left-out").hidden = !notes.length || Boolean(state.request);
     $("left-out").textContent = notes.length ? `Not shown: ${notes.join("; ")}` : "";
   }
 
-  // What the answer cost the server, when it says (passes and seconds).
+  // What the answer cost the server (its `stats`): the passes of the batch it was explained in,
+  // the model's seconds and the wait in the queue.
   function renderCost(answer) {
     const stats = answer?.stats;
+    const count = (n) => (Number.isInteger(n) && n > 0 ? n : 0);
     const parts = [];
-    if (stats && Number.isFinite(stats.passes)) parts.push(`${stats.passes.toLocaleString("en")} passes`);
-    if (stats && Number.isFinite(stats.seconds)) parts.push(`${stats.seconds.toFixed(2)} s on the server`);
+    if (count(stats?.forward_passes)) parts.push(plural(stats.forward_passes, "forward pass"));
+    if (count(stats?.backward_passes)) parts.push(plural(stats.backward_passes, "backward pass"));
+    if (count(stats?.perturbation_passes)) {
+      parts.push(plural(stats.perturbation_passes, "masked pass"));
+    }
+    if (Number.isFinite(stats?.seconds)) parts.push(`${stats.seconds.toFixed(2)} s of model time`);
+    if (Number.isFinite(stats?.queued_seconds) && stats.queued_seconds >= 0.005) {
+      parts.push(`${stats.queued_seconds.toFixed(2)} s queued`);
+    }
+    const batch = count(stats?.images) > 1 ? ` (a batch of ${stats.images} photos)` : "";
     $("cost").hidden = !parts.length;
-    $("cost").textContent = parts.length ? `This answer: ${parts.join(", ")}` : "";
+    $("cost").textContent = parts.length ? `This answer: ${parts.join(", ")}${batch}` : "";
   }
 
   function render() {
@@ -656,6 +706,7 @@ export function mountExplore(root, { server, model, methods }) {
     renderPredictions();
     if (!has) {
       $("left-out").hidden = true;
+      targets.render();
       return updateDownloads();
     }
     $("colorbar").replaceChildren(colorbar(state.cmap));
@@ -688,9 +739,10 @@ export function mountExplore(root, { server, model, methods }) {
       }).filter(Boolean);
       const chosen = entries()[state.rank];
       const score = chosen?.searched ? searchedScore() : chosen?.score;
+      const first = cards.length ? findMap(c, ...shown[0]) : null;
       const heading = element("h2", { className: "compare-title" },
-        element("strong", { text: shortLabel(chosen?.label ?? "") }),
-        element("span", { className: "score", text: score === undefined ? "" : percent(score) }));
+        ...(first && targets.caption(first)) ?? [element("strong", { text: shortLabel(chosen?.label ?? "") }),
+          element("span", { className: "score", text: targets.score(score, chosen) })]);
       $("compare").replaceChildren(heading, element("div", { className: "cards" }, ...cards));
       const columns = cards.length <= 1 ? 1 : cards.length <= 4 ? 2 : cards.length <= 9 ? 3 : 4;
       $("compare").style.setProperty("--columns", String(columns));
@@ -698,6 +750,7 @@ export function mountExplore(root, { server, model, methods }) {
     renderLeftOut(pairs(), c);
     renderCost(answer);
     updateDownloads();
+    targets.render();
   }
 
   function link(anchor, href, name) {
@@ -714,7 +767,7 @@ export function mountExplore(root, { server, model, methods }) {
   function updateDownloads() {
     const answer = result();
     const map = answer && findMap(selectedClass(), state.method, state.layer);
-    const base = map && `${stemOf(answer.image.name)}.${map.method}.${map.layer}.${map.class_index}`;
+    const base = map && `${stemOf(answer.image.name)}.${map.method}.${map.layer}.${targets.tag(map)}`;
     link($("download-overlay"), map && withQuery(map.overlay,
       { cmap: state.cmap, alpha: state.alpha, boxes: state.boxes ? 1 : 0 }), `${base}.png`);
     link($("download-map"), map && map.map, `${base}.npy`);
@@ -724,6 +777,7 @@ export function mountExplore(root, { server, model, methods }) {
         { type: "application/json" }))
       : null;
     link($("download-report"), state.reportUrl, `${stemOf(answer?.image.name)}.camlens.json`);
+    link($("download-zip"), answer?.download, `${stemOf(answer?.image.name)}.camlens.zip`);
   }
 
   function selectRank(rank, focus = false) {
@@ -800,6 +854,7 @@ export function mountExplore(root, { server, model, methods }) {
       setAlpha(state.alpha + (key === "]" ? 0.1 : -0.1));
     } else if (key === "o") $("file").click();
     else if (key === "/" && result()) query.focus();
+    else if (key === "v" && result()) $("versus-query").focus();
     else if (key === "Escape" && state.request) cancel();
     else return false;
     return true;
@@ -816,9 +871,11 @@ export function mountExplore(root, { server, model, methods }) {
       update();
     },
     dispose() {
-      state.request?.abort();
+      stopRequest();
       clearInterval(state.ticker);
+      state.following?.stop();
       stopBackground();
+      targets.dispose();
       for (const p of state.photos) if (p.thumb) URL.revokeObjectURL(p.thumb);
       document.removeEventListener("dragover", onDragOver);
       document.removeEventListener("dragleave", onDragLeave);
