@@ -42,9 +42,12 @@ def quiet_load(spec: str, **kwargs: object) -> camlens.Model:
 
 
 @pytest.fixture(scope="module")
-def deeplab() -> camlens.Model:
+def segmenter() -> camlens.Model:
+    """LR-ASPP MobileNetV3 with seeded random weights at 128 pixels: the lightest of the four,
+    and its output depends on the input (random DeepLabV3-MobileNet's does not: its masked
+    passes would all score the same)."""
     torch.manual_seed(0)
-    model = quiet_load("torchvision:deeplabv3_mobilenet_v3_large")
+    model = quiet_load("torchvision:lraspp_mobilenet_v3_large")
     model.preprocess = PreprocessConfig(input_size=SIZE, interpolation="bilinear")
     return model
 
@@ -223,6 +226,7 @@ from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget  # n
     "spec",
     [
         "deeplabv3_mobilenet_v3_large",
+        "lraspp_mobilenet_v3_large",
         pytest.param("fcn_resnet50", marks=pytest.mark.slow),  # 12 s; three classes present
     ],
 )
@@ -257,9 +261,9 @@ def test_same_map_as_pytorch_grad_cam(spec: str, photo: Image.Image) -> None:
 # --- through the Explainer -------------------------------------------------------------------
 
 
-def test_explainer_top_leaves_background_out(deeplab: camlens.Model, photo: Image.Image) -> None:
+def test_explainer_top_leaves_background_out(segmenter: camlens.Model, photo: Image.Image) -> None:
     with pytest.warns(UserWarning, match="cam left out"):
-        ex = camlens.Explainer(deeplab, method=["gradcam", "cam", "eigencam"])
+        ex = camlens.Explainer(segmenter, method=["gradcam", "cam", "eigencam"])
     result = ex.explain(photo, top=3)
     shares = {p.label: p.score for p in result.predictions}
     assert sum(shares.values()) <= 1 + 1e-6
@@ -275,26 +279,48 @@ def test_explainer_top_leaves_background_out(deeplab: camlens.Model, photo: Imag
 
 @pytest.mark.parametrize("method", ["ablationcam", "scorecam", "gradcampp", "layercam"])
 def test_every_method_scores_segments(
-    deeplab: camlens.Model, photo: Image.Image, method: str
+    segmenter: camlens.Model, photo: Image.Image, method: str
 ) -> None:
     target = Segment("cat", box=(20, 10, 120, 90))
     ex = camlens.Explainer(
-        deeplab, method=method, targets=[target], fast_channels=8 if "cam" in method else None
+        segmenter,
+        method=method,
+        layer="backbone.4",  # the low branch: with random weights the high one barely counts
+        targets=[target],
+        fast_channels=8 if method in ("ablationcam", "scorecam") else None,
+        relu=False,  # signed maps: a method that ignored the segment would give a flat one
     )
     result = ex.explain(photo)
     (m,) = result.maps
+    assert not m.flat
     assert m.target is not None and m.target["region"] == [20, 10, 120, 90]
     assert m.label == "cat in 20,10,120,90"
     assert np.isfinite(m.map.numpy()).all()
 
 
-def test_mask_file_and_array(deeplab: camlens.Model, photo: Image.Image, tmp_path: Path) -> None:
+def test_passes_at_a_lower_resolution_score_the_same_regions(
+    segmenter: camlens.Model, photo: Image.Image
+) -> None:
+    """fast_resolution=0.5 runs the masked passes at 64 pixels: their 64x64 outputs are resized to
+    the 128x128 regions of the unperturbed pass before the segment is summed."""
+    target = Segment("cat", box=(20, 10, 120, 90))
+    options = {"method": "scorecam", "targets": [target], "fast_channels": 32, "relu": False}
+    full = camlens.Explainer(segmenter, **options).explain(photo)  # type: ignore[arg-type]
+    fast = camlens.Explainer(segmenter, fast_resolution=0.5, **options).explain(photo)  # type: ignore[arg-type]
+    assert fast.stats.perturbation_passes == full.stats.perturbation_passes
+    a, b = full.maps[0].map.flatten(), fast.maps[0].map.flatten()
+    assert np.isfinite(b.numpy()).all()
+    assert not (full.maps[0].flat or fast.maps[0].flat)
+    assert float(torch.corrcoef(torch.stack([a, b]))[0, 1]) > 0.9
+
+
+def test_mask_file_and_array(segmenter: camlens.Model, photo: Image.Image, tmp_path: Path) -> None:
     mask = np.zeros((photo.height, photo.width), dtype=bool)
     mask[20:80, 30:150] = True
     path = tmp_path / "mask.png"
     Image.fromarray(mask.astype(np.uint8) * 255).save(path)
-    by_file = camlens.Explainer(deeplab, targets=[Segment("dog", mask=str(path))]).explain(photo)
-    by_array = camlens.Explainer(deeplab, targets=[Segment("dog", mask=mask)]).explain(photo)
+    by_file = camlens.Explainer(segmenter, targets=[Segment("dog", mask=str(path))]).explain(photo)
+    by_array = camlens.Explainer(segmenter, targets=[Segment("dog", mask=mask)]).explain(photo)
     assert torch.allclose(by_file.maps[0].map, by_array.maps[0].map)
     assert by_file.maps[0].target is not None
     assert by_file.maps[0].target["mask"] == str(path)
@@ -309,27 +335,29 @@ def test_mask_file_and_array(deeplab: camlens.Model, photo: Image.Image, tmp_pat
 # --- bad input -------------------------------------------------------------------------------
 
 
-def test_bad_segments_are_named(deeplab: camlens.Model, photo: Image.Image, tmp_path: Path) -> None:
+def test_bad_segments_are_named(
+    segmenter: camlens.Model, photo: Image.Image, tmp_path: Path
+) -> None:
     with pytest.raises(TargetError, match="outside the 180x120 image"):
-        camlens.Explainer(deeplab, targets=[Segment(1, box=(0, 0, 181, 50))]).explain(photo)
+        camlens.Explainer(segmenter, targets=[Segment(1, box=(0, 0, 181, 50))]).explain(photo)
     with pytest.raises(TargetError, match="the mask is empty"):
         Segment(1, mask=np.zeros((4, 4), dtype=bool))
     empty = tmp_path / "empty.png"
     Image.new("L", (180, 120)).save(empty)
     with pytest.raises(TargetError, match=r"empty\.png is empty"):
-        camlens.Explainer(deeplab, targets=[Segment(1, mask=str(empty))])
+        camlens.Explainer(segmenter, targets=[Segment(1, mask=str(empty))])
     small = tmp_path / "small.png"
     Image.new("L", (18, 12), 255).save(small)
     with pytest.raises(TargetError, match=r"small\.png is 18x12, the image 180x120"):
-        camlens.Explainer(deeplab, targets=[Segment(1, mask=str(small))]).explain(photo)
+        camlens.Explainer(segmenter, targets=[Segment(1, mask=str(small))]).explain(photo)
     with pytest.raises(camlens.errors.ClassError, match="'unicorn' is not one of"):
-        camlens.Explainer(deeplab, targets=[Segment("unicorn")])
+        camlens.Explainer(segmenter, targets=[Segment("unicorn")])
     with pytest.raises(TargetError, match="x0 < x1"):
         Segment(1, box=(5, 0, 5, 10))
     with pytest.raises(TargetError, match="box or a mask, not both"):
         Segment(1, box=(0, 0, 5, 10), mask=str(small))
     with pytest.raises(TargetError, match="is a segmentation model"):
-        camlens.Explainer(deeplab, targets=[Contrast("cat", ("dog",))])
+        camlens.Explainer(segmenter, targets=[Contrast("cat", ("dog",))])
     classifier = quiet_load("torchvision:resnet18")
     with pytest.raises(TargetError, match="explains a segmentation model"):
         camlens.Explainer(classifier, targets=[Segment(1)])
@@ -453,17 +481,17 @@ def test_cli_bad_segments_exit_2(
 
 
 def test_flipped_test_time_augmentation_mirrors_the_box(
-    deeplab: camlens.Model, photo: Image.Image
+    segmenter: camlens.Model, photo: Image.Image
 ) -> None:
     """With tta's flip, the mirrored input's map explains the mirrored box: the merged map is
     the mean of the photo's map and the mirrored photo's (box mirrored too), flipped back."""
     box = (10, 20, 70, 100)  # far from symmetric in the 180-pixel-wide photo
     mirrored_box = (180 - 70, 20, 180 - 10, 100)
     tta = camlens.Explainer(
-        deeplab, targets=[Segment("cat", box=box)], smooth="tta", tta_scales=(1.0,)
+        segmenter, targets=[Segment("cat", box=box)], smooth="tta", tta_scales=(1.0,)
     ).explain(photo)
-    plain = camlens.Explainer(deeplab, targets=[Segment("cat", box=box)]).explain(photo)
-    mirror = camlens.Explainer(deeplab, targets=[Segment("cat", box=mirrored_box)]).explain(
+    plain = camlens.Explainer(segmenter, targets=[Segment("cat", box=box)]).explain(photo)
+    mirror = camlens.Explainer(segmenter, targets=[Segment("cat", box=mirrored_box)]).explain(
         photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     )
     expected, _ = normalize(((plain.maps[0].map + mirror.maps[0].map.flip(-1)) / 2)[None])
