@@ -513,3 +513,16 @@ def test_summary_lists_the_segments() -> None:
     result = summarize([row("a", {0: 0.5, 8: 0.3, 12: 0.2}), row("b", {0: 0.9, 8: 0.1})])
     lines = [(s.label, s.images, round(s.share, 6)) for s in result.segments]
     assert lines == [("__background__", 2, 0.7), ("cat", 2, 0.2), ("dog", 1, 0.2)]
+
+
+def test_config_round_trip_computes_the_same_maps(
+    segmenter: camlens.Model, photo: Image.Image
+) -> None:
+    """A segment target goes through the config's JSON (as a Ray actor or a server worker
+    rebuilds it) and gives the same bytes."""
+    from camlens.config import ExplainConfig
+
+    ex = camlens.Explainer(segmenter, targets=[Segment("cat", box=(20, 10, 120, 90))])
+    again = camlens.Explainer.from_config(ExplainConfig.from_json(ex.config.to_json()), segmenter)
+    assert again.config.targets == ex.config.targets
+    assert torch.equal(ex.explain(photo).maps[0].map, again.explain(photo).maps[0].map)
