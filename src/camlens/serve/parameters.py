@@ -66,11 +66,17 @@ async def only_known_parameters(request: Request) -> None:
 
 
 def _unknown(request: Request, name: str, kind: str, known: Sequence[str]) -> ApiError:
+    endpoint = f"{request.method} {request.scope['route'].path}"
+    return ApiError(422, unknown_parameter(name, kind, known, endpoint), name)
+
+
+def unknown_parameter(name: str, kind: str, known: Sequence[str], endpoint: str) -> str:
+    """The 422's message for a ``kind`` (query parameter, form field) ``name`` that ``endpoint``
+    does not take: the closest name it takes, and those it takes."""
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
     hint = f": did you mean {close[0]!r}?" if close else ""
     takes = f"takes {', '.join(known)}" if known else f"takes no {kind}"
-    endpoint = f"{request.method} {request.scope['route'].path}"
-    return ApiError(422, f"unknown {kind} {name!r}{hint} ({endpoint} {takes})", name)
+    return f"unknown {kind} {name!r}{hint} ({endpoint} {takes})"
 
 
 def items(values: Sequence[str] | None, split: bool = True) -> list[str]:
@@ -99,7 +105,7 @@ def explain_options(
     alpha: float,
     versus: Sequence[str] | None = None,
     above: float | None = None,
-    outputs: Sequence[int] | None = None,
+    outputs: Sequence[str] | None = None,
     scores: str | None = None,
     like: str | None = None,
     embedding: str | None = None,
@@ -112,8 +118,18 @@ def explain_options(
         indices = tuple(model.class_index(c) for c in items(classes, split=False))
     except CamlensError as exc:
         raise bad_option(exc, "classes") from None
+    numbers = []
+    for text in items(outputs):
+        try:
+            numbers.append(int(text))
+        except ValueError:
+            raise ApiError(
+                422, f"output is an output's index, a whole number, not {text!r}", "output"
+            ) from None
     try:
-        given, targets = from_options(indices, items(versus, split=False), outputs, like, embedding)
+        given, targets = from_options(
+            indices, items(versus, split=False), numbers or None, like, embedding
+        )
     except CamlensError as exc:
         raise bad_option(exc, "embedding" if like is None and embedding else "versus") from None
     try:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 
 from camlens.errors import CamlensError
-from camlens.serve.errors import ERRORS, ApiError, bad_option
+from camlens.serve.errors import BAD_PARAMETER, ApiError, bad_option
 from camlens.serve.gallery import (
     DEFAULT_ORDER,
     Order,
@@ -34,12 +34,17 @@ from camlens.serve.state import Root, Run, RunGallery
 
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody, "description": "no such run, or no --runs folder"},
+    **BAD_PARAMETER,
+}
+
+UNREADABLE: dict[int | str, dict[str, Any]] = {
     409: {
         "model": ErrorBody,
         "description": "the run's index cannot be read (rows camlens did not write): "
         "GET /api/runs lists the run with the same problem",
     },
 }
+"""The answer of the endpoints of one run whose index cannot be read."""
 
 router = APIRouter(
     prefix="/api/runs",
@@ -74,7 +79,7 @@ def get_runs(gallery: RunGallery, root: Root) -> Any:
     return {"folder": gallery.root.name, "runs": found}
 
 
-@router.get("/{run}/images", response_model=GalleryPageOut, responses={422: ERRORS[422]})
+@router.get("/{run}/images", response_model=GalleryPageOut, responses=UNREADABLE)
 def get_run_images(
     run: Run,
     root: Root,
@@ -124,9 +129,7 @@ def get_run_images(
     }
 
 
-@router.get(
-    "/{run}/images/{image_id}", response_model=GalleryImageOut, responses={422: ERRORS[422]}
-)
+@router.get("/{run}/images/{image_id}", response_model=GalleryImageOut, responses=UNREADABLE)
 def get_run_image(
     run: Run,
     root: Root,
@@ -146,7 +149,7 @@ def get_run_image(
     return image_json(place, item, index.row(item), class_index, root)
 
 
-@router.get("/{run}/summary", response_model=RunSummaryOut)
+@router.get("/{run}/summary", response_model=RunSummaryOut, responses=UNREADABLE)
 def get_run_summary(run: Run, root: Root) -> Any:
     """The run as ``camlens summary`` sees it: per class the images, mean score and (with
     classes from folder names) top-1 and top-5 accuracy; the images whose first map is most
