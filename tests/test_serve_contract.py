@@ -29,6 +29,7 @@ from PIL import Image
 import camlens
 
 pytest.importorskip("fastapi")
+from awkward import cat, cup
 from fastapi.testclient import TestClient
 from serving import camlens_serve
 
@@ -327,9 +328,28 @@ def test_the_forms_examples_explain_a_photo(model: camlens.Model) -> None:
 @pytest.fixture(scope="module")
 def live(syn: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``camlens serve`` on the synthetic model with --max-maps 2 (no request asks for long),
-    --max-inline 1 (MB) and --upload-stall 1.5 (s)."""
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    --max-inline 1 (MB) and --upload-stall 1.5 (s), and a run of three photos (one unreadable)
+    for the gallery's endpoints."""
+    from typer.testing import CliRunner
+
+    from camlens.cli import app
+
+    folder = tmp_path_factory.mktemp("serve")
+    for name, draw in (("cat/0.jpg", cat), ("cup/0.png", cup)):
+        draw(folder / "photos" / name)
+    (folder / "photos" / "cup" / "broken.jpg").write_bytes(b"not a photo")
+    here = os.getcwd()
+    os.chdir(folder)
+    try:
+        done = CliRunner().invoke(
+            app, ["explain", "photos", *syn, "--top", "2", "--out", "runs/photos"]
+        )
+    finally:
+        os.chdir(here)
+    assert done.exit_code == 2, done.output  # 2: the unreadable photo
+    log = folder / "serve.log"
     options = [*syn, "--max-maps", "2", "--max-inline", "1", "--upload-stall", "1.5"]
+    options += ["--runs", str(folder / "runs")]
     with camlens_serve(options, log=log) as (url, _):
         yield url
 
@@ -349,6 +369,12 @@ def test_options_take_effect(live: str) -> None:
     assert answered.status_code == 200 and answered.json()["explanations"][0]["map"].startswith(
         "data:"
     )
+    # --max-maps 2
+    three = httpx.post(f"{live}/api/explain", files=small, data={"top": "3"}, timeout=60)
+    assert three.json() == {
+        "detail": "3 maps asked for (classes x methods x layers), over this server's limit of 2",
+        "parameter": "top",
+    }
     # --upload-stall 1.5: a body that stops coming is a 408 after 1.5 s, as documented
     host, port = live.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=30) as sock:

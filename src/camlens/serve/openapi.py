@@ -64,6 +64,10 @@ def document(app: FastAPI, state: ServerState) -> dict[str, Any]:
             for parameter in operation.get("parameters", ()):
                 if parameter["in"] == "query" and parameter["name"] in QUERY_VALUES:
                     parameter["schema"].update(QUERY_VALUES[parameter["name"]]())
+                if parameter["in"] == "path" and parameter["name"] in ("run", "image_id"):
+                    names = run_names(state) if parameter["name"] == "run" else [0]
+                    if names:  # the runs there were when the document was made
+                        parameter["schema"]["examples"] = names
             body = operation.get("requestBody", {}).get("content", {}).get(FORM)
             if body is not None:
                 describe_form(doc, body, state)
@@ -95,6 +99,11 @@ QUERY_VALUES: dict[str, Callable[[], dict[str, Any]]] = {
     "alpha": lambda: {"minimum": 0, "maximum": 1},
 }
 """The values of the query parameters that the result files' endpoints check themselves."""
+
+
+def run_names(state: ServerState) -> list[str]:
+    """The names of the runs in the --runs folder (none without one)."""
+    return [] if state.gallery is None else list(state.gallery.runs())
 
 
 def colormaps() -> list[str]:
