@@ -136,7 +136,7 @@ def describe_form(doc: dict[str, Any], body: dict[str, Any], state: ServerState)
         "classes": _items({"enum": _unique(classes)}, []),
         "top": {"minimum": 1, "maximum": model.num_classes, "examples": [1]},
         "boxes": {"enum": ["none", "largest", "all"], "examples": ["none"]},
-        "threshold": {"pattern": r"^\s*(otsu|0*(\.\d*)?|0*\.?\d+([eE]-\d+)?)\s*$"},
+        "threshold": {"pattern": r"^\s*(otsu|0*(\.\d*)?)\s*$"},  # otsu, or a fraction: 0.2
         "cmap": {"enum": colormaps()},
         "alpha": {"minimum": 0, "maximum": 1},
         "smooth": _items({"enum": ["tta", "pca"]}, []),
