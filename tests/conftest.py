@@ -117,6 +117,27 @@ def small_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def mistakes_runs(small_runs: Path) -> Path:
+    """A folder holding one run, ``mistakes``: the photos of ``small_runs``' ``files`` run
+    explained with ``--versus true`` (Grad-CAM, files format): the rocket filed as a missile has
+    its top-1's map and the map of its top-1 versus missile."""
+    from typer.testing import CliRunner
+
+    from camlens.cli import app
+
+    base = small_runs.parent
+    here = os.getcwd()
+    os.chdir(base)
+    try:
+        args = ["explain", "val", "--versus", "true", "--out", "mistakes_runs/mistakes"]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, result.output  # 2: the unreadable file
+    finally:
+        os.chdir(here)
+    return base / "mistakes_runs"
+
+
+@pytest.fixture(scope="session")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return synthetic_weights(tmp_path_factory.mktemp("weights") / "synthetic.pt")
 

@@ -2,8 +2,8 @@
 and the examples of the README and of every page run.
 
 Each page's ``python`` and ``sh`` blocks run in page order, in a folder of their own that holds
-small stand-ins for the files the examples name (``photo.jpg``, ``val/``, ``data/pets/``, a small
-``hf:my-vit/``...). Python blocks share one namespace per page; in ``sh`` blocks each ``camlens``
+small stand-ins for the files the examples name (``photo.jpg``, ``val/``, ``data/pets/``,
+``tagged/`` with its ``tags.csv``, a small ``hf:my-vit/``...). Python blocks share one namespace per page; in ``sh`` blocks each ``camlens``
 command runs through the command's own app and must exit 0 (one without ``--out`` starts
 without the default ``camlens-out/`` of an earlier one: each example stands alone). What is not run says why, in the
 summary this test prints: a block after ``<!-- not run: REASON -->``; a command other than
@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tagged import make_tagged_folder
 from typer.testing import CliRunner
 
 import camlens
@@ -109,6 +110,7 @@ def stand_ins(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for i in range(3):
             save(photo[i * 20 :, i * 30 :], f"data/pets/{cls}/{i}.jpg")
             save(photo[i * 20 :, i * 30 :], f"kaggle/train/{cls}.{i}.jpg")
+    make_tagged_folder(base / "tagged", 12)  # tagged/tags.csv: camlens train --tags
     torch.manual_seed(0)
     camlens.save(camlens.build_cam_model(class_names=["not_person", "person"]), base / "people")
     transformers = pytest.importorskip("transformers")
@@ -203,11 +205,12 @@ def test_the_examples_run(
             if reason:
                 skipped.append(f"{where} {command}: {reason}")
                 continue
-            if "--out" not in command:  # each example stands alone: no earlier default output
+            words = shlex.split(command)  # --out, not --output
+            if "--out" not in words:  # each example stands alone: no earlier default output
                 shutil.rmtree(folder / "camlens-out", ignore_errors=True)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                result = runner.invoke(app, shlex.split(command)[1:])
+                result = runner.invoke(app, words[1:])
             assert result.exit_code == 0, f"{where} {command}:\n{result.output}"
             ran += 1
     print(f"\n{page.name}: {ran} examples ran; not run:\n  " + "\n  ".join(skipped))

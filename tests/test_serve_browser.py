@@ -390,7 +390,8 @@ def test_keys_colorbar_address_drop(
     assert ("cam", "blocks.5") not in answered
     left_out = page.locator("#left-out")
     expect(left_out).to_be_visible()
-    expect(left_out).to_contain_text(f"{title['cam']} at blocks.5: ")
+    reasons = {(x["method"], x["layer"]): x["reason"] for x in answer["skipped"]}
+    expect(left_out).to_contain_text(f"{title['cam']} at blocks.5: {reasons['cam', 'blocks.5']}")
     for method, layer in asked:
         if (method, layer) in answered:
             expect(left_out).not_to_contain_text(f"{title[method]} at {layer}:")
@@ -535,6 +536,132 @@ def test_perturbation_methods(server: str, page: Any, tmp_path: Path, chelsea: n
     sent = page.evaluate("window.sentForms.at(-1)")
     assert sent["methods"] == "scorecam" and sent["fast_channels"] == "64"
     shots.take(page, "scorecam-fast")
+
+
+def job_state(server: str, job: str, wanted: str) -> dict[str, Any]:
+    """The job as the server reports it, once its state is ``wanted`` (10 s at most)."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + 10
+    while True:
+        found = httpx.get(f"{server}/api/jobs/{job}").json()
+        if found["state"] == wanted or time.monotonic() > deadline:
+            return dict(found)
+        time.sleep(0.2)
+
+
+def test_progress_cancel_cost_zip(
+    server: str, page: Any, tmp_path: Path, chelsea: np.ndarray
+) -> None:
+    """A Score-CAM request shows the server's progress; Cancel stops it on the server, and so
+    does a new request; the cost line says what the answer's stats say; the zip holds the
+    report, the photo and each map's overlay and .npy."""
+    import io
+    import json
+    import zipfile
+
+    from playwright.sync_api import expect
+
+    shots = Shots(tmp_path)
+    photo = tmp_path / "chelsea.jpg"
+    Image.fromarray(chelsea).save(photo, quality=95)
+    page.add_init_script(SENT_FORMS)
+    deletes: list[str] = []
+    page.on("request", lambda r: deletes.append(r.url) if r.method == "DELETE" else None)
+    page.goto(server)
+    page.wait_for_selector("body[data-ready]")
+    with page.expect_response(re.compile(r"/api/explain$")) as response:
+        page.set_input_files("#file", str(photo))
+    answer = response.value.json()
+    expect(page.locator("#stage img.heat")).to_have_js_property("naturalWidth", 451)
+
+    # the cost: the answer's stats (Grad-CAM at bn2: one forward pass, the head's gradients)
+    stats = answer["stats"]
+    assert stats["forward_passes"] == 1 and stats["perturbation_passes"] == 0
+    cost = page.locator("#cost")
+    expect(cost).to_be_visible()
+    expect(cost).to_contain_text("This answer: 1 forward pass, ")
+    expect(cost).to_contain_text(f"{stats['seconds']:.2f} s of model time")
+    expect(cost).not_to_contain_text("masked")
+
+    # all of it in a zip
+    with page.expect_download() as download:
+        page.click("#download-zip")
+    assert download.value.suggested_filename == "chelsea.camlens.zip"
+    archive = zipfile.ZipFile(io.BytesIO(Path(download.value.path()).read_bytes()))
+    assert json.loads(archive.read("report.json"))["id"] == answer["id"]
+    names = archive.namelist()
+    assert "chelsea.jpg" in names
+    for m in answer["explanations"]:
+        stem = f"chelsea.{m['method']}.{m['layer']}.{m['class_index']}"
+        assert {f"{stem}.png", f"{stem}.npy"} <= set(names)
+        assert Image.open(io.BytesIO(archive.read(f"{stem}.png"))).size == (451, 300)
+
+    # Score-CAM of the top 5 (all channels): its progress as the server reports it
+    page.select_option("#method", "scorecam")
+    progress = page.locator("#progress")
+    expect(progress).to_be_visible()
+    expect(page.locator("#busy-text")).to_contain_text("Explaining (masked passes)…")
+    detail = page.locator("#busy-detail")
+    expect(detail).to_have_text(re.compile(r"^\d+ of [\d,]+ masked passes"))
+    job = page.evaluate("window.sentForms.at(-1).job")
+    assert re.fullmatch(r"[A-Za-z0-9_-]{22}", job)
+    expect(detail).to_contain_text(" left", timeout=60_000)  # an estimate, after a chunk
+    assert 0 < float(progress.evaluate("p => p.value")) < 1
+    shots.take(page, "progress")
+    page.set_viewport_size(PHONE)
+    assert in_view(page, "#cancel") and in_view(page, "#busy-detail")
+    shots.take(page, "progress-phone")
+    page.set_viewport_size({"width": 1360, "height": 860})
+
+    # Cancel: the job is cancelled on the server, the Grad-CAM map stays
+    page.click("#cancel")
+    expect(page.locator("#busy")).to_be_hidden()
+    expect(page.locator("#message")).to_have_text("Cancelled.")
+    assert any(u.endswith(f"/api/jobs/{job}") for u in deletes)
+    stopped = job_state(server, job, "cancelled")
+    assert stopped["state"] == "cancelled" and stopped["passes_done"] < stopped["passes_total"]
+    expect(page.locator("#method")).to_have_value("gradcam")
+    expect(cost).to_contain_text(f"{stats['seconds']:.2f} s of model time")
+
+    # a new request cancels the one before
+    page.select_option("#method", "scorecam")
+    expect(progress).to_be_visible()
+    first = page.evaluate("window.sentForms.at(-1).job")
+    page.select_option("#method", "gradcampp")
+    expect(page.locator("#stage figcaption .tag").first).to_have_text(titles(server)["gradcampp"])
+    assert page.evaluate("window.sentForms.at(-1).job") != first
+    assert job_state(server, first, "cancelled")["state"] == "cancelled"
+
+    # what the page writes of a job's answers: queued; three phases, the passes of the two not
+    # started expected as many as the first's; estimates to the second, then to the minute
+    texts = page.evaluate(
+        """async () => {
+          const { jobProgress } = await import(new URL("static/jobs.js", document.baseURI));
+          const job = (o) => ({ job: "x", state: "running", passes_done: 0, passes_total: 0,
+            phases_done: 0, phases: 1, seconds: 1, queued_seconds: 0, estimate_seconds: null, ...o });
+          return [
+            { state: "queued", queued_seconds: 3.7 },
+            { phases: 0 },
+            { passes_done: 600, passes_total: 1008, phases_done: 1, phases: 3,
+              estimate_seconds: 44.6 },
+            { passes_done: 27, passes_total: 504, estimate_seconds: 95 },
+            { passes_done: 27, passes_total: 504, estimate_seconds: 150 },
+          ].map((o) => jobProgress(job(o)));
+        }"""
+    )
+    assert texts == [
+        {"text": "waiting for the server, 3 s", "fraction": None},
+        {"text": "", "fraction": None},
+        {
+            "text": "600 of 1,512 masked passes · phase 2 of 3 · about 45 s left",
+            "fraction": pytest.approx(600 / 1512),
+        },
+        {"text": "27 of 504 masked passes · about 1 min 40 s left", "fraction": 27 / 504},
+        {"text": "27 of 504 masked passes · about 3 min left", "fraction": 27 / 504},
+    ]
 
 
 # A server behind a reverse proxy at /camlens/: the app told its root path, as uvicorn's
@@ -788,6 +915,83 @@ def test_gallery_of_a_run(gallery_server: str, page: Any, tmp_path: Path) -> Non
     assert in_view(page, "#detail-title") and in_view(page, "#detail-back")
     assert page_width(page) == 390
     shots.take(page, "gallery-7-phone")
+
+
+@pytest.fixture(scope="module")
+def mistakes_server(tmp_path_factory: pytest.TempPathFactory, mistakes_runs: Path) -> Iterator[str]:
+    log = tmp_path_factory.mktemp("serve-mistakes") / "serve.log"
+    with camlens_serve(["--runs", str(mistakes_runs)], log=log) as (url, _):
+        yield url
+
+
+def test_gallery_mistakes_and_their_contrast(
+    mistakes_server: str, page: Any, tmp_path: Path
+) -> None:
+    """A --versus true run: "Mistakes only" keeps the rocket (a missile, predicted a drilling
+    platform), and opened, its top-1 map has beside it the map of the top-1 versus missile."""
+    from playwright.sync_api import expect
+
+    shots = Shots(tmp_path)
+    page.goto(f"{mistakes_server}/#/gallery/mistakes")
+    thumbs = page.locator(".thumb")
+    expect(thumbs).to_have_count(7)
+    mistakes = page.locator("#mistakes-only")
+    expect(page.locator("#mistakes-field")).to_be_visible()
+    expect(page.locator("#mistakes-label")).to_have_text("Mistakes only (1)")
+    mistakes.check()
+    expect(page).to_have_url(f"{mistakes_server}/#/gallery/mistakes?status=wrong")
+    expect(thumbs).to_have_count(1)
+    expect(page.locator("#gallery-title")).to_have_text("Mistakes")
+    expect(thumbs.nth(0).locator(".thumb-name")).to_have_text("rocket.jpg")
+    expect(thumbs.nth(0).locator(".wrong")).to_have_text("is missile")
+    shots.take(page, "mistakes-1-grid")
+
+    thumbs.nth(0).click()
+    cards = page.locator(".map-card")
+    expect(cards).to_have_count(2)
+    top1, versus = cards.nth(0), cards.nth(1)
+    expect(top1).to_have_attribute("data-role", "top1")
+    expect(versus).to_have_attribute("data-role", "versus")
+    expect(top1.locator(".role")).to_have_text("Top-1")
+    expect(top1.locator("strong")).to_have_text("drilling platform")
+    expect(versus.locator(".role")).to_have_text("Versus the true class")
+    expect(versus.locator("strong")).to_have_text("drilling platform vs missile")
+    expect(versus.locator(".why")).to_have_text(
+        "where the model saw drilling platform rather than missile"
+    )
+    expect(versus.locator(".score")).to_have_text(re.compile(r"^\+\d+\.\d\d$"))
+    expect(versus.locator("img")).to_have_attribute(
+        "src", "/runs/mistakes/val/missile/rocket.gradcam.bn2.540-vs-657.png"
+    )
+    for card in (top1, versus):
+        expect(card.locator("img")).to_have_js_property("naturalWidth", 640)
+    left, right = top1.bounding_box(), versus.bounding_box()
+    assert left["y"] == right["y"] and left["x"] + left["width"] <= right["x"]  # side by side
+    expect(page.locator("#detail-meta")).to_contain_text("true class: missile ✗")
+    shots.take(page, "mistakes-2-image")
+
+    # back to the list, the filter kept; unticked, every image again
+    page.keyboard.press("Escape")
+    expect(thumbs).to_have_count(1)
+    mistakes.uncheck()
+    expect(thumbs).to_have_count(7)
+    expect(page).to_have_url(f"{mistakes_server}/#/gallery/mistakes")
+    # a right image has its top-1's map alone, with no role caption
+    page.locator(".thumb", has_text="chelsea.jpg").click()
+    expect(cards).to_have_count(1)
+    expect(cards.nth(0).locator(".role")).to_have_count(0)
+
+    # on a phone: the two maps still side by side, nothing wider than the screen
+    page.set_viewport_size(PHONE)
+    page.goto(f"{mistakes_server}/#/gallery/mistakes?status=wrong")
+    expect(thumbs).to_have_count(1)
+    thumbs.nth(0).click()
+    expect(cards).to_have_count(2)
+    expect(versus.locator("img")).to_have_js_property("naturalWidth", 640)
+    left, right = top1.bounding_box(), versus.bounding_box()
+    assert left["y"] == right["y"] and left["x"] + left["width"] <= right["x"]
+    assert page_width(page) == 390
+    shots.take(page, "mistakes-3-phone")
 
 
 def test_no_gallery_without_runs(server: str, page: Any) -> None:

@@ -201,6 +201,47 @@ def test_failed_and_explained_images(client: TestClient) -> None:
     assert explained["total"] == 6 and all(i["error"] is None for i in explained["images"])
 
 
+def test_mistakes_only_and_the_contrast_of_a_mistake(
+    client: TestClient, default_model: camlens.Model, mistakes_runs: Path
+) -> None:
+    """status=wrong: the images whose top-1 is not their true class; in a --versus true run, a
+    mistake's maps are its top-1's and its top-1 versus the true class, with what they explain."""
+    wrong = images(client, "files", status="wrong")
+    assert (wrong["status"], wrong["total"]) == ("wrong", 1)
+    assert [i["image"] for i in wrong["images"]] == ["val/missile/rocket.jpg"]
+    both = images(client, "files", status="wrong", **{"class": "missile"})
+    assert [i["id"] for i in both["images"]] == [i["id"] for i in wrong["images"]]
+    assert images(client, "files", status="wrong", **{"class": "espresso"})["total"] == 0
+    # without true classes, no image can be a mistake: said, not an empty list
+    refused = client.get("/api/runs/dataset/images", params={"status": "wrong"})
+    assert refused.status_code == 422
+    assert refused.json() == {
+        "detail": "status=wrong shows the images whose top-1 is not their true class; no image "
+        "of run 'dataset' has one (their folders name no class)",
+        "parameter": "status",
+    }
+
+    with TestClient(create_app(default_model, ServeSettings(runs=mistakes_runs))) as c:
+        every = c.get("/api/runs/mistakes/images", params={"limit": 500}).json()
+        assert every["total"] == 7
+        counts = {i["image"]: len(i["maps"]) for i in every["images"]}
+        assert counts.pop("val/missile/rocket.jpg") == 2  # the top-1, and it versus missile
+        assert set(counts.values()) == {0, 1}  # the others: their top-1 (the failed one: none)
+        page = c.get("/api/runs/mistakes/images", params={"status": "wrong"}).json()
+        (rocket,) = page["images"]
+        assert rocket["truth"] == {"class_index": 657, "label": "missile"}
+        top1, versus = rocket["maps"]
+        assert top1["class_index"] == 540 and top1["target"] is None
+        assert top1["explained"] is None and top1["value"] is None
+        assert versus["target"] == {"kind": "contrast", "classes": [540, 657]}
+        assert versus["explained"] == "drilling platform, offshore rig versus missile"
+        report = c.get(rocket["report"]).json()["explanations"][1]
+        assert versus["value"] == report["value"] and versus["value"] > 0
+        assert versus["overlay"] == "/runs/mistakes/val/missile/rocket.gradcam.bn2.540-vs-657.png"
+        assert c.get(versus["overlay"]).status_code == 200
+        assert rocket["focus"] == 0  # the top-1's map is the one shown in the grid
+
+
 def test_pages_cover_the_list_once(client: TestClient) -> None:
     whole = [i["id"] for i in images(client, "files", sort="spread")["images"]]
     pages = []
@@ -255,7 +296,11 @@ def test_summary_is_camlens_summary(client: TestClient, small_runs: Path) -> Non
             "sort: Input should be 'score', 'spread', 'off_center' or 'name'",
         ),
         ({"order": "up"}, "order", "order: Input should be 'asc' or 'desc'"),
-        ({"status": "broken"}, "status", "status: Input should be 'all', 'explained' or 'failed'"),
+        (
+            {"status": "broken"},
+            "status",
+            "status: Input should be 'all', 'explained', 'failed' or 'wrong'",
+        ),
         ({"limit": "0"}, "limit", "limit: Input should be greater than or equal to 1"),
         ({"limit": "501"}, "limit", "limit: Input should be less than or equal to 500"),
         ({"offset": "-1"}, "offset", "offset: Input should be greater than or equal to 0"),

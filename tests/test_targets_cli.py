@@ -126,3 +126,36 @@ def test_the_api_takes_the_same_options(default_model: camlens.Model, photos: Pa
         assert bad.status_code == 422 and "versus itself" in bad.json()["detail"]
         bad = post(client, output="1000")
         assert bad.status_code == 422 and bad.json()["parameter"] == "output"
+
+
+def test_layers_and_serve_take_scores(
+    photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = checkpoint(tmp_path, "plain", ["cat", "cup"], "softmax")
+    code, text = run("layers", "--model", str(model))
+    assert code == 0, text
+    assert "outputs: 2, scored by softmax" in text  # the checkpoint's own
+    code, text = run("layers", "--model", str(model), "--scores", "sigmoid")
+    assert code == 0, text
+    assert "outputs: 2, scored by sigmoid" in text
+    code, text = run("layers", "--model", str(model), "--scores", "odds")
+    assert code == 2 and "scores must be one of softmax, sigmoid, raw" in text
+
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    served: list[object] = []
+    monkeypatch.setattr(uvicorn, "run", lambda application, **_: served.append(application))
+    code, text = run("serve", "--model", str(model), "--scores", "raw", "--port", "0")
+    assert code == 0, text
+    with TestClient(served[0]) as client:  # type: ignore[arg-type]
+        assert client.get("/api/model").json()["scores"] == "raw"
+        answer = client.post(
+            "/api/explain",
+            files={"image": ("cat.jpg", (photos / "cat.jpg").read_bytes(), "image/jpeg")},
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["scores"] == "raw"
+    code, text = run("serve", "--model", str(model), "--scores", "odds", "--port", "0")
+    assert code == 2 and "scores must be one of softmax, sigmoid, raw" in text
+    assert len(served) == 1

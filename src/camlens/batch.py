@@ -64,6 +64,7 @@ from camlens.runs import (
     row_key,
     write_record,
 )
+from camlens.targets import with_truths
 from camlens.version import __version__
 
 
@@ -439,11 +440,14 @@ def explain_files(
             live.append(j)
         if not live:
             return outcomes
+        # --versus true: each image's true class, from its folder's name
+        truths = [_truth_index(truth(chunk[j].path)) for j in live]
+        per_image = with_truths(explainer.config.targets, truths) if classes is None else None
         try:
             results = explainer.explain_prepared(
                 torch.stack(inputs),
                 photos,
-                classes=classes,
+                classes=classes if per_image is None else per_image,
                 top=top,
                 names=[str(chunk[j].path) for j in live],
             )
@@ -523,6 +527,11 @@ def _finish(item: Item, outcome: _Outcome, run: Run) -> Done:
         problem=problem,
         row=error_row(str(item.path), item.stem, problem),
     )
+
+
+def _truth_index(truth: Mapping[str, Any] | None) -> int | None:
+    """The class index of a :class:`~camlens.outputs.FolderClasses` answer (None: no class)."""
+    return None if truth is None else int(truth["class_index"])
 
 
 def _report_path(out: Path, stem: str | None) -> Path | None:

@@ -44,6 +44,7 @@ from camlens.images import PreprocessConfig
 from camlens.outputs import FolderClasses, error_row, write_image
 from camlens.progress import Event, Progress
 from camlens.runs import Row, row_key
+from camlens.targets import with_truths
 from camlens.version import __version__
 
 
@@ -282,9 +283,14 @@ class _BatchExplainer:
         results: list[Explanation | CamlensError] = []
         if live:
             try:
+                truths = [self.truth(Path(names[j])) for j in live]  # for --versus true
                 results = self.explainer.explain_prepared(
                     torch.from_numpy(inputs.copy()),
                     photos,
+                    classes=with_truths(
+                        self.explainer.config.targets,
+                        [None if t is None else int(t["class_index"]) for t in truths],
+                    ),
                     names=[names[j] for j in live],
                 )
             except CamlensError as exc:

@@ -23,10 +23,12 @@ from PIL import Image
 from camlens.errors import CamlensError, ClassError
 from camlens.images import PreprocessConfig, load_image, preprocess, tensor_to_image
 from camlens.models import Model
+from camlens.targets import Target
 
 ImageInput = str | Path | Image.Image | np.ndarray | torch.Tensor
 ClassSpec = int | str
-Classes = ClassSpec | Sequence[ClassSpec] | Sequence[Sequence[ClassSpec]]
+Classes = ClassSpec | Sequence[ClassSpec] | Sequence[Sequence[ClassSpec | Target]]
+"""Classes for every image, or a list per image (which may hold targets: ``VersusTrue(t)``)."""
 
 
 @dataclass
@@ -163,7 +165,8 @@ def class_lists(
 ) -> list[list[int]] | None:
     """The class indices to explain for each of ``count`` images, or None for the top classes;
     raises ClassError for unknown classes, a list of lists of the wrong length, or both
-    ``classes`` and ``top``."""
+    ``classes`` and ``top``. A list per image may hold targets (:mod:`camlens.targets`, such
+    as the ``VersusTrue(t)`` of a run over folders named by class): they are kept as given."""
     if classes is None:
         if top is not None and (
             isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= model.num_classes
@@ -181,9 +184,16 @@ def class_lists(
                 f"{len(given)} class lists given for {count} images: give one list per image, "
                 "or one flat list for all"
             )
-        lists = [[model.class_index(c) for c in cs] for cs in given]  # type: ignore[union-attr]
+        lists = [[_class_or_target(model, c) for c in cs] for cs in given]  # type: ignore[union-attr]
         if any(not cs for cs in lists):
             raise ClassError("an image was given an empty list of classes")
         return lists
     flat = [model.class_index(c) for c in given]  # type: ignore[arg-type]
     return [flat] * count
+
+
+def _class_or_target(model: Model, value: Any) -> Any:
+    """A class's index, or a target as it is (checked when the batch's targets are planned)."""
+    if isinstance(value, Target):
+        return value
+    return model.class_index(value)

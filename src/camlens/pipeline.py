@@ -193,6 +193,8 @@ class Pipeline:
                 chosen = _above(probs, self.config.above, [item.source for item in items])
             elif chosen is None:
                 chosen = probs.topk(depth, dim=1).indices.tolist()
+            else:  # versus true: the top-1, and the top-1 versus the true class when they differ
+                chosen = self.plan.with_top1(chosen, probs.topk(1, dim=1).indices[:, 0].tolist())
             runs = [self._class_maps(captures[0], chosen)]
             augmentations = self.augmentations
             for aug in augmentations[1:]:  # the same classes, explained on each augmented input

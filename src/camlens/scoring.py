@@ -34,6 +34,7 @@ from camlens.targets import (
     Output,
     Similarity,
     TargetError,
+    VersusTrue,
     as_target,
 )
 
@@ -199,11 +200,41 @@ class TargetPlan:
                     )
             elif isinstance(t, Similarity):
                 self._reference(t, max_pixels)
+            elif isinstance(t, VersusTrue):
+                self._check_truth(t)
         kinds = {t.layer for t in self.targets if isinstance(t, Similarity)}
         if len(kinds) > 1:
             raise TargetError(
                 "similarity targets of one call compare one embedding: give them the same layer"
             )
+
+    def _check_truth(self, target: VersusTrue) -> int | None:
+        """The true class of ``target`` as an index (None: unknown), checked against the model."""
+        model = self.model
+        if model.scores == "raw" or model.num_classes < 2:
+            raise TargetError(
+                f"versus true contrasts the top-1 class with the true class; {model.name} "
+                f"{'has raw outputs, not classes' if model.scores == 'raw' else 'has one output'}"
+            )
+        return None if target.truth is None else model.class_index(target.truth)
+
+    def with_top1(self, chosen: Sequence[Sequence[Any]], top1: Sequence[int]) -> list[list[Any]]:
+        """``chosen`` (per image, targets or class indices) with each :class:`VersusTrue` made
+        what it explains for the image whose top-1 class is ``top1[n]``: that class, then, when
+        the true class is known and is another, the contrast of the two."""
+        out: list[list[Any]] = []
+        for ts, first in zip(chosen, top1, strict=True):
+            row: list[Any] = []
+            for t in ts:
+                if not isinstance(t, VersusTrue):
+                    row.append(t)
+                    continue
+                truth = self._check_truth(t)
+                row.append(int(first))
+                if truth is not None and truth != first:
+                    row.append(Contrast(int(first), (truth,)))
+            out.append(row)
+        return out
 
     @property
     def linear(self) -> bool:
@@ -336,6 +367,10 @@ class TargetPlan:
                 elif isinstance(t, Function):
                     grouped.setdefault((j, t), ([], _calling(t)))[0].append(b)
                     row.append(Explained({"kind": "callable", "name": t.name}, t.name, None))
+                elif isinstance(t, VersusTrue):
+                    raise TargetError(
+                        "versus true is made per image by TargetPlan.with_top1 before its goals"
+                    )
             explained.append(row)
         functions = [
             (torch.tensor(images, device=outputs.device), j, fn)

@@ -17,9 +17,14 @@ target                 score                                                   l
                        classifier (the input of the last linear layer), or a
                        layer's output averaged over its locations
 ``Function(fn)``       ``fn(y)``: any callable, from Python only               no
+``VersusTrue(t)``      the top-1 ``a``: ``y[a]``, and when ``a`` is not the    yes
+                       image's true class ``t``, also ``y[a] - y[t]``
 =====================  ======================================================  ===============
 
-``Contrast`` with ``cls=None`` contrasts the image's top-1 prediction. This module is plain data
+``Contrast`` with ``cls=None`` contrasts the image's top-1 prediction. ``VersusTrue()`` is what
+``--versus true`` records in a config: a run over folders named by class gives each image its
+own ``VersusTrue(t)`` (:func:`with_truths`); an image with no known class gets its top-1 alone.
+This module is plain data
 with checks (no torch): a target is checked when made (a contrast of a class with itself, a
 negative output index...); what needs the model (a class that does not exist, an output out of
 range, a reference that cannot be read) is checked by :mod:`camlens.scoring` when a model takes
@@ -220,11 +225,33 @@ class Function:
         )
 
 
-Target = ClassScore | Contrast | Binary | Output | Similarity | Function
+@dataclass(frozen=True)
+class VersusTrue:
+    """The image's top-1 class ``a`` and, when its true class ``truth`` is known and is not
+    ``a``, the contrast ``y[a] - y[truth]``: what made the model say ``a`` rather than the
+    class it should have said (``--versus true``). ``truth=None`` (as a config records it): the
+    top-1 alone, unless the images are given their true classes (:func:`with_truths`, as a
+    run over folders named by class does)."""
+
+    kind: ClassVar[str] = "versus_true"
+    truth: ClassRef | None = None
+
+    def __post_init__(self) -> None:
+        if self.truth is not None:
+            object.__setattr__(self, "truth", _class_ref(self.truth, "true class"))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind}
+        if self.truth is not None:
+            out["truth"] = self.truth
+        return out
+
+
+Target = ClassScore | Contrast | Binary | Output | Similarity | Function | VersusTrue
 KINDS: dict[str, type[Any]] = {
-    t.kind: t for t in (ClassScore, Contrast, Binary, Output, Similarity, Function)
+    t.kind: t for t in (ClassScore, Contrast, Binary, Output, Similarity, Function, VersusTrue)
 }
-LINEAR = ("class", "contrast", "binary", "output")
+LINEAR = ("class", "contrast", "binary", "output", "versus_true")
 """The kinds whose score is a fixed linear combination of the outputs."""
 
 
@@ -248,6 +275,7 @@ def target_from_dict(data: Mapping[str, Any]) -> Target:
         "binary": {"positive": "positive"},
         "output": {"index": "index"},
         "similarity": {"reference": "reference", "layer": "layer"},
+        "versus_true": {"truth": "truth"},
     }
     if kind not in fields:
         raise TargetError(
@@ -271,7 +299,7 @@ def target_from_dict(data: Mapping[str, Any]) -> Target:
 def as_target(value: Any) -> Target:
     """A target from a target, a mapping (:func:`target_from_dict`), a class index or name, or a
     callable."""
-    if isinstance(value, ClassScore | Contrast | Binary | Output | Similarity | Function):
+    if isinstance(value, Target):
         return value
     if isinstance(value, Mapping):
         return target_from_dict(value)
@@ -288,13 +316,16 @@ def from_options(
     outputs: Sequence[int] | None = None,
     like: str | None = None,
     embedding: str | None = None,
+    *,
+    truths: bool = False,
 ) -> tuple[tuple[int | str, ...], tuple[Target, ...]]:
     """``(classes, targets)`` for an ExplainConfig from a front-end's options (the command line's
     ``--class``, ``--versus``, ``--output``, ``--like``, ``--embedding``; the server's form
     fields of the same names): ``versus`` makes each class (or the top-1, with none) a contrast
-    with those classes, or with ``next``/``next:K`` the next K predictions; with any target, the
-    plain classes become class targets beside them. Bad combinations are a TargetError naming
-    the options."""
+    with those classes, or with ``next``/``next:K`` the next K predictions; ``versus`` ``true``
+    (for a front-end that knows each image's true class, ``truths``) is :class:`VersusTrue`;
+    with any target, the plain classes become class targets beside them. Bad combinations are a
+    TargetError naming the options."""
     given: list[int | str] = list(classes or ())
     targets: list[Target] = []
     if embedding is not None and like is None:
@@ -304,12 +335,23 @@ def from_options(
         if nexts and len(versus) > 1:
             raise TargetError("--versus next[:K] stands alone: do not mix it with classes")
         if any(v.strip().lower() == "true" for v in versus):
-            raise TargetError(
-                "--versus true needs each image's true class, which only a dataset run knows "
-                "(not available yet): give the class (--versus CLASS)"
-            )
+            if not truths:
+                raise TargetError(
+                    "--versus true needs each image's true class, which only a run over folders "
+                    "named by class knows (camlens explain DIR --versus true): give the class "
+                    "(--versus CLASS)"
+                )
+            if len(versus) > 1:
+                raise TargetError("--versus true stands alone: do not mix it with classes")
+            if given:
+                raise TargetError(
+                    "--versus true explains each image's top-1 (and the top-1 versus the true "
+                    "class): do not give --class with it"
+                )
+            versus = ()
+            targets.append(VersusTrue())
         firsts: list[int | str | None] = list(given) if given else [None]
-        for first in firsts:
+        for first in firsts if versus else ():
             if nexts:
                 text = nexts[0].strip().lower().removeprefix("next").lstrip("[:").rstrip("]")
                 if text and not text.isdigit():
@@ -325,6 +367,17 @@ def from_options(
         targets = [ClassScore(c) for c in given] + targets
         given = []
     return tuple(given), tuple(targets)
+
+
+def with_truths(
+    targets: Sequence[Target], truths: Sequence[int | None]
+) -> list[list[Target]] | None:
+    """Per image, ``targets`` with :class:`VersusTrue` given that image's true class (the class
+    index ``truths[n]``, or None when unknown); None when ``targets`` has no VersusTrue (every
+    image explains the same targets)."""
+    if not any(isinstance(t, VersusTrue) for t in targets):
+        return None
+    return [[VersusTrue(k) if isinstance(t, VersusTrue) else t for t in targets] for k in truths]
 
 
 def check_above(value: Any) -> float:
@@ -347,10 +400,12 @@ __all__ = [
     "Similarity",
     "Target",
     "TargetError",
+    "VersusTrue",
     "as_target",
     "check_above",
     "check_scores",
     "from_options",
     "is_linear",
     "target_from_dict",
+    "with_truths",
 ]

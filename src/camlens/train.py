@@ -18,6 +18,28 @@ Data
     skipped and listed once (a warning, and ``History.skipped``), never silently. Validation: a
     seeded, per-class split (``val=0.2``) or a separate folder of the same layout (``val=DIR``).
 
+Tags (multi-label)
+    ``tags="tags.csv"``: several tags per image, from a CSV file (:func:`read_tags`) with a header
+    line and the columns ``file`` (the image's path, relative to the folder given to
+    :func:`train`, or absolute) and ``tags`` (its tags, separated by ``;``)::
+
+        file,tags
+        beach/001.jpg,sea;sky;people
+        002.jpg,sky
+
+    Only the images the CSV lists are used, in any layout except a folder per class (a subfolder
+    named after a tag is refused: the folders and the tags would both say what an image is).
+    The model gets an output per tag (sorted), each trained as an independent binary decision:
+    binary cross-entropy on the logits (``loss="sigmoid"``, the default with tags) against the
+    image's multi-hot vector, and the model is scored by ``sigmoid`` (stored in its checkpoint,
+    so ``camlens explain --above 0.5`` explains every tag it sees without ``--scores``). The
+    validation split is a seeded fraction of all the images. Accuracy means, with tags, the
+    *per-tag accuracy*: the share of (image, tag) decisions right at 0.5 (score >= 0.5 said
+    present), averaged over images and tags; the validation also reports the *macro F1* at 0.5
+    (the mean over tags of each tag's F1, over the tags present in validation or predicted
+    there), which, unlike accuracy, is not flattered by rare tags, and per tag the counts of
+    true and false positives and negatives (``History.tag_counts``).
+
 Caching and augmentation
     With the backbone frozen its output never changes, and the head only sees its global average
     ``p = GAP(features(x))`` (a vector of ``K`` numbers). So the backbone runs once per image, at
@@ -39,7 +61,7 @@ Training
     ``decay`` instead, ``lr / (1 + d * t)`` at step ``t``. ``loss="binary"`` (two classes): the
     head is trained as one output ``d`` with binary cross-entropy, as a ``Dense(1, sigmoid)``
     head is, and stored as the two rows ``-w/2, w/2`` (softmax of those is ``1 - sigmoid(d),
-    sigmoid(d)``, and class 1's CAM is ``w . A`` up to scale). ``plain=True`` switches off what
+    sigmoid(d)``, and class 1's CAM is ``w . A`` up to scale). ``loss="sigmoid"``: tags (above). ``plain=True`` switches off what
     camlens adds to a write-up's plain training: augmentation and extra views (one view), weight
     decay (0 unless given), the schedule (constant unless given), early stopping and the choice
     of the best epoch (the last is kept); the model's dropout must be 0 too
@@ -93,6 +115,9 @@ from camlens.progress import Event, Progress
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
+Label = int | tuple[float, ...]
+"""An image's label in training: its class index, or with tags its multi-hot vector."""
+
 
 @dataclass(frozen=True)
 class ImageFolderData:
@@ -106,7 +131,9 @@ class ImageFolderData:
 @dataclass(frozen=True)
 class EpochRecord:
     """One epoch: mean training loss and accuracy (dropout on, augmented views), validation loss
-    and accuracy (``None`` without validation), the learning rate at its end, its wall time."""
+    and accuracy (``None`` without validation), the learning rate at its end, its wall time.
+    With tags, accuracy is the per-tag accuracy and ``val_f1`` the macro F1, both at 0.5 (see
+    :mod:`camlens.train`); ``val_f1`` is ``None`` otherwise."""
 
     epoch: int
     phase: str  # "head" or "fine-tune"
@@ -116,12 +143,14 @@ class EpochRecord:
     val_accuracy: float | None
     lr: float
     seconds: float
+    val_f1: float | None = None
 
 
 @dataclass
 class History:
     """What :func:`train` did. ``confusion[i][j]``: validation images of class ``i`` predicted as
-    ``j``, at the best epoch. ``cache_seconds``: the first pass (reading the images and running the
+    ``j``, at the best epoch (``None`` with tags: then ``tag_counts[k]`` is tag ``k``'s true
+    positives, false positives, false negatives and true negatives at 0.5). ``cache_seconds``: the first pass (reading the images and running the
     backbone once on every view)."""
 
     classes: tuple[str, ...]
@@ -136,12 +165,19 @@ class History:
     cache_seconds: float = 0.0
     fine_tuned: list[str] = field(default_factory=list)
     confusion: list[list[int]] | None = None
+    tag_counts: list[list[int]] | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     val_files: list[str] = field(default_factory=list)  # the held-out images, as read
 
     @property
     def best(self) -> EpochRecord | None:
         return next((r for r in self.epochs if r.epoch == self.best_epoch), None)
+
+    @property
+    def val_f1(self) -> float | None:
+        """With tags: the validation's macro F1 at 0.5 at the best epoch (else ``None``)."""
+        best = self.best
+        return None if best is None else best.val_f1
 
     @property
     def val_accuracy(self) -> float | None:
@@ -164,6 +200,8 @@ class History:
             "interrupted": self.interrupted,
             "fine_tuned": list(self.fine_tuned),
             "confusion": self.confusion,
+            "val_f1": None if best is None else best.val_f1,
+            "tag_counts": self.tag_counts,
             "skipped": [path for path, _ in self.skipped],
             "cache_seconds": round(self.cache_seconds, 3),
             "settings": dict(self.settings),
@@ -172,7 +210,8 @@ class History:
 
     def plot(self, path: str | os.PathLike[str]) -> Path:
         """Writes the training curves (loss and accuracy, training and validation, by epoch; the
-        best epoch marked, fine-tuning epochs shaded) to a PNG file."""
+        best epoch marked, fine-tuning epochs shaded; with tags the validation's macro F1 too) to
+        a PNG file."""
         import matplotlib
 
         matplotlib.use("Agg", force=False)
@@ -194,6 +233,11 @@ class History:
             ax.set_xlabel("epoch")
             ax.set_title(what)
             ax.grid(alpha=0.3)
+        f1 = [r.val_f1 for r in self.epochs]
+        if any(v is not None for v in f1):  # tags: the macro F1 beside the per-tag accuracy
+            axes[1].plot(x, [math.nan if v is None else v for v in f1], "^-", label="validation F1")
+            axes[1].set_title("per-tag accuracy and macro F1, at 0.5")
+            axes[1].legend(fontsize="small")
         axes[1].set_ylim(-0.02, 1.02)
         axes[0].legend(fontsize="small")
         out = Path(path)
@@ -284,6 +328,111 @@ def _scan_names(root: Path, min_classes: int) -> ImageFolderData:
     index = {name: i for i, name in enumerate(classes)}
     samples = tuple((f, index[n]) for f, n in zip(files, names, strict=True))
     return ImageFolderData(root, classes, samples)
+
+
+@dataclass(frozen=True)
+class TagData:
+    """The images a CSV of tags lists: ``tags`` (sorted) and ``samples[i] = (path, indices of its
+    tags)``."""
+
+    root: Path
+    csv: Path
+    tags: tuple[str, ...]
+    samples: tuple[tuple[Path, tuple[int, ...]], ...]
+
+
+TAGS_HEADER = ("file", "tags")
+TAG_SEPARATOR = ";"
+
+
+def read_tags(
+    csv_file: str | os.PathLike[str], folder: str | os.PathLike[str], *, min_tags: int = 2
+) -> TagData:
+    """The images and tags of ``csv_file`` (see :mod:`camlens.train`: a header line with the
+    columns ``file`` and ``tags``, tags separated by ``;``, files relative to ``folder``). A
+    :class:`DatasetError` naming the file (and the line) when it is missing, not UTF-8 CSV, has
+    no ``file`` or ``tags`` column, lists no image, has a line without a file or without a tag,
+    lists a file twice or a file that does not exist, gives fewer than ``min_tags`` tags, or
+    when ``folder`` is missing or is a folder per class (a subfolder named after a tag)."""
+    import csv
+
+    table, root = Path(csv_file), Path(folder)
+    if not root.is_dir():
+        problem = "is a file, not a folder" if root.exists() else "no such folder"
+        raise DatasetError(f"{root}: {problem}")
+    if not table.is_file():
+        problem = "is a folder, not a CSV file" if table.exists() else "no such file"
+        raise DatasetError(f"{table}: {problem} (the tags: a CSV file with the columns file,tags)")
+    rows: list[tuple[int, str, list[str]]] = []
+    try:
+        with table.open(encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            names = [h.strip().casefold() for h in header or ()]
+            missing = [c for c in TAGS_HEADER if c not in names]
+            if missing:
+                found = ",".join(header or ()) or "nothing"
+                raise DatasetError(
+                    f"{table}: no {' or '.join(map(repr, missing))} column (its first line: "
+                    f"{found[:80]}); the first line names the columns: file,tags"
+                )
+            at_file, at_tags = names.index("file"), names.index("tags")
+            for row in reader:
+                if not any(cell.strip() for cell in row):
+                    continue  # a blank line
+                cells = row + [""] * (max(at_file, at_tags) + 1 - len(row))
+                tags = [t.strip() for t in cells[at_tags].split(TAG_SEPARATOR)]
+                unique = list(dict.fromkeys(t for t in tags if t))
+                rows.append((reader.line_num, cells[at_file].strip(), unique))
+    except UnicodeDecodeError:
+        raise DatasetError(f"{table}: not UTF-8 text (save the CSV as UTF-8)") from None
+    except csv.Error as exc:
+        raise DatasetError(f"{table}: not a CSV file ({exc})") from None
+    if not rows:
+        raise DatasetError(
+            f"{table}: no images listed (a line per image after the header: file,tags)"
+        )
+    seen: dict[Path, int] = {}
+    absent: list[tuple[int, Path]] = []
+    for line, name, tags in rows:
+        if not name:
+            raise DatasetError(f"{table} line {line}: no file name")
+        if not tags:
+            raise DatasetError(
+                f"{table} line {line}: no tag for {name} (one or more a line, separated by "
+                f"{TAG_SEPARATOR!r})"
+            )
+        path = Path(os.path.normpath(root / name))
+        if path in seen:
+            raise DatasetError(f"{table} line {line}: {name} is listed twice (line {seen[path]})")
+        seen[path] = line
+        if not path.is_file():
+            absent.append((line, path))
+    if absent:
+        (line, path), more = absent[0], len(absent) - 1
+        also = f" (and {more} more of the {len(rows)} files listed)" if more else ""
+        problem = "a folder, not an image" if path.is_dir() else "no such file"
+        raise DatasetError(f"{table} line {line}: {path}: {problem}{also}")
+    names = sorted({t for _, _, tags in rows for t in tags})
+    if len(names) < min_tags:
+        raise DatasetError(
+            f"{table}: {len(names)} tag{'s' if len(names) != 1 else ''} "
+            f"({', '.join(map(repr, names))}); a multi-label head needs at least {min_tags}"
+        )
+    folded = {t.casefold() for t in names}
+    per_class = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.casefold() in folded)
+    if per_class:
+        raise DatasetError(
+            f"{root}: a folder per class ({', '.join(f'{n}/' for n in per_class[:3])}) and the "
+            f"tags of {table}: give one or the other (a folder per class for one class per "
+            "image, or tags for several)"
+        )
+    index = {t: i for i, t in enumerate(names)}
+    samples = tuple(
+        (Path(os.path.normpath(root / name)), tuple(sorted(index[t] for t in tags)))
+        for _, name, tags in rows
+    )
+    return TagData(root, table, tuple(names), samples)
 
 
 def split(
@@ -401,16 +550,22 @@ def optimizer_config(
 
 
 SCHEDULES = ("cosine", "step", "constant")
-LOSSES = ("softmax", "binary")
+LOSSES = ("softmax", "binary", "sigmoid")
 
 
 def check_training(
-    schedule: str | None, lr_decay: float | None, loss: str, num_classes: int | None = None
-) -> None:
+    schedule: str | None,
+    lr_decay: float | None,
+    loss: str | None,
+    num_classes: int | None = None,
+    *,
+    tags: bool = False,
+) -> str:
     """The schedule and loss settings of :func:`train`, checked (a :class:`CamlensError` naming
     the bad one): ``schedule`` one of :data:`SCHEDULES` (or None: the default), ``lr_decay`` a
     finite number >= 0 and not with a ``schedule``, ``loss`` one of :data:`LOSSES`, ``binary``
-    for two classes only."""
+    for two classes only, ``sigmoid`` with ``tags`` only and the only one with them. Returns the
+    loss, ``None`` made ``sigmoid`` with tags and ``softmax`` without."""
     if schedule is not None and schedule not in SCHEDULES:
         raise CamlensError(f"schedule must be one of {', '.join(SCHEDULES)}, not {schedule!r}")
     if lr_decay is not None:
@@ -425,13 +580,26 @@ def check_training(
                 "lr_decay is a schedule of its own (Keras's decay: lr / (1 + decay * step)); "
                 "give it or a schedule, not both"
             )
+    if loss is None:
+        return "sigmoid" if tags else "softmax"
     if loss not in LOSSES:
         raise CamlensError(f"loss must be one of {', '.join(LOSSES)}, not {loss!r}")
+    if tags and loss != "sigmoid":
+        raise CamlensError(
+            f"loss {loss!r} is for one class per image; with tags each tag is an output of its "
+            "own, trained with binary cross-entropy (loss 'sigmoid', the default with tags)"
+        )
+    if loss == "sigmoid" and not tags:
+        raise CamlensError(
+            "loss 'sigmoid' (independent tags, binary cross-entropy each) needs the tags of "
+            "each image: a CSV of tags (--tags)"
+        )
     if loss == "binary" and num_classes is not None and num_classes != 2:
         raise CamlensError(
             f"loss 'binary' (one output, binary cross-entropy) is for two classes, not "
             f"{num_classes}: use loss 'softmax'"
         )
+    return loss
 
 
 def _scheduler(
@@ -461,15 +629,32 @@ def _step(
     y: torch.Tensor,
     optimizer: torch.optim.Optimizer,
     schedule: torch.optim.lr_scheduler.LRScheduler,
-) -> tuple[float, int]:
-    """One optimizer and schedule step on the cross-entropy of ``logits``; returns the batch's
-    mean loss and how many of its predictions were right."""
-    loss = F.cross_entropy(logits, y)
+) -> tuple[float, float]:
+    """One optimizer and schedule step on the loss of ``logits`` (:func:`_loss`); returns the
+    batch's mean loss and how many of its predictions were right (with tags, the sum over its
+    images of the share of their tags decided right)."""
+    loss = _loss(logits, y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     schedule.step()
-    return float(loss.detach()), int((logits.argmax(1) == y).sum())
+    return float(loss.detach()), float(_right(logits.detach(), y).sum())
+
+
+def _loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy for class indices ``y`` [N]; for multi-hot tags ``y`` [N, C], binary
+    cross-entropy of each logit, averaged over images and tags."""
+    if y.is_floating_point():
+        return F.binary_cross_entropy_with_logits(logits, y)
+    return F.cross_entropy(logits, y)
+
+
+def _right(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per image [N]: 1 when its top class is ``y``, or with tags the share of its tags decided
+    right at 0.5 (``sigmoid(logit) >= 0.5``, that is ``logit >= 0``)."""
+    if y.is_floating_point():
+        return ((logits >= 0) == (y > 0.5)).float().mean(dim=1)
+    return (logits.argmax(1) == y).float()
 
 
 @contextmanager
@@ -510,12 +695,13 @@ def train(
     fine_tune_lr: float | None = None,
     schedule: str | None = None,
     lr_decay: float | None = None,
-    loss: str = "softmax",
+    loss: str | None = None,
     plain: bool = False,
     seed: int = 0,
     progress: Progress | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
     callback: Callable[[EpochRecord], None] | None = None,
+    tags: str | os.PathLike[str] | None = None,
 ) -> History:
     """Trains ``model``'s head (from :func:`camlens.build_cam_model`) on ``folder``
     (``FOLDER/CLASS/*.jpg``) in place and returns the :class:`History`; see :mod:`camlens.train`
@@ -529,7 +715,10 @@ def train(
     the model was built without ``class_names``, otherwise the folders must carry those names.
     ``fine_tune``: how many of the backbone's last blocks to train afterwards, for
     ``fine_tune_epochs`` at ``fine_tune_lr`` (default ``lr / 100``). ``schedule`` (``cosine``
-    unless ``plain``), ``lr_decay``, ``loss`` and ``plain``: see :mod:`camlens.train`. ``progress``: called with
+    unless ``plain``), ``lr_decay``, ``loss`` (``softmax`` by default, ``sigmoid`` with tags) and
+    ``plain``: see :mod:`camlens.train`. ``tags``: a CSV of tags (:func:`read_tags`; paths
+    relative to ``folder``): a multi-label head, one output per tag, scored by ``sigmoid``
+    afterwards; ``val`` is then a fraction of all the images, or 0. ``progress``: called with
     each :class:`~camlens.progress.Event` (see :mod:`camlens.train`). ``checkpoint``: a ``.camlens`` file to write the best
     model to at the end, also after Ctrl-C. ``callback``: called with each epoch's record.
 
@@ -547,7 +736,7 @@ def train(
     check_settings(
         epochs, batch_size, lr, views, patience, fine_tune, fine_tune_epochs, fine_tune_lr
     )
-    check_training(schedule, lr_decay, loss, model.num_classes)
+    loss = check_training(schedule, lr_decay, loss, model.num_classes, tags=tags is not None)
     if plain:
         if net.dropout.p:
             raise CamlensError(
@@ -565,16 +754,36 @@ def train(
             f"fine_tune={fine_tune}: the backbone of {model.name} has "
             f"{len(backbone_blocks(net))} blocks"
         )
-    data = scan_folder(folder, classes_from=classes_from)
-    class_map = _class_map(model, data.classes, str(data.root))
-    samples = [(path, class_map[c]) for path, c in data.samples]
-    train_items, val_items = _validation(samples, val, seed, model, str(data.root), classes_from)
+    train_items: list[tuple[Path, Label]]
+    val_items: list[tuple[Path, Label]]
+    if tags is None:
+        data = scan_folder(folder, classes_from=classes_from)
+        class_map = _class_map(model, data.classes, str(data.root))
+        samples = [(path, class_map[c]) for path, c in data.samples]
+        train_items, val_items = _validation(  # type: ignore[assignment]  # int labels
+            samples, val, seed, model, str(data.root), classes_from
+        )
+        where = str(data.root)
+    else:
+        if classes_from != "folders":
+            raise CamlensError(
+                f"classes_from={classes_from!r} and tags: the tags of each image come from "
+                f"{tags}; give one or the other"
+            )
+        tag_data = read_tags(tags, folder)
+        tag_map = _class_map(model, tag_data.tags, str(tag_data.csv), what="tag")
+        hot = [
+            (path, tuple(float(i in {tag_map[t] for t in own}) for i in range(len(tag_map))))
+            for path, own in tag_data.samples
+        ]
+        train_items, val_items = _tag_validation(hot, val, seed)  # type: ignore[assignment]
+        where = str(tag_data.csv)
     n_views = views if augment else 1
     history = History(
         classes=tuple(model.labels),
         views=n_views,
         settings={
-            "folder": str(data.root),
+            "folder": str(Path(folder)),
             "val": val if isinstance(val, int | float) else str(val),
             "epochs": epochs,
             "batch_size": batch_size,
@@ -587,6 +796,7 @@ def train(
                 else {}
             ),
             "classes_from": classes_from,
+            "tags": None if tags is None else str(tags),
             "augment": augment,
             "patience": None if patience_off else patience,
             "schedule": "lr_decay" if lr_decay is not None else schedule,
@@ -612,13 +822,14 @@ def train(
         val_set = _cache(net, model, val_items, 1, batch_size, history, reporter)
         history.cache_seconds = time.perf_counter() - start
         _warn_skipped(history.skipped)
-        _require_each_class(train_set, model, str(data.root))
+        _require_each_class(train_set, model, where, tags is not None)
         history.train_images, history.val_images = len(train_set.labels), len(val_set.labels)
         history.val_files = [str(p) for p in val_set.paths]
         trainer = _Trainer(
             net, model.num_classes, history, reporter, None if patience_off else patience, callback
         )
         trainer.schedule, trainer.lr_decay, trainer.binary = schedule, lr_decay, loss == "binary"
+        trainer.multi_label = tags is not None
         try:
             trainer.head_phase(train_set, val_set, epochs, batch_size, lr, optim, generator)
             if fine_tune:
@@ -639,6 +850,8 @@ def train(
         except KeyboardInterrupt:
             history.interrupted = True
         trainer.restore_best()
+    if tags is not None:
+        model.scores = "sigmoid"  # saved with it: explain reads it from the checkpoint
     net.training_summary = history.summary()
     if checkpoint is not None and history.epochs:
         save(model, checkpoint)
@@ -679,14 +892,16 @@ def check_settings(
             raise CamlensError(f"{name} must be a positive finite number, not {rate!r}")
 
 
-def _class_map(model: Model, classes: tuple[str, ...], where: str) -> list[int]:
-    """Model class index of each folder class; names the model's classes after the folders when
-    it was built without names."""
+def _class_map(
+    model: Model, classes: tuple[str, ...], where: str, what: str = "class folder"
+) -> list[int]:
+    """Model class index of each folder class (or tag, ``what="tag"``); names the model's
+    classes after the folders (tags) when it was built without names."""
     placeholder = tuple(f"class {i}" for i in range(model.num_classes))
     if model.labels == placeholder:
         if len(classes) != model.num_classes:
             raise DatasetError(
-                f"{where}: {len(classes)} class folders ({', '.join(classes)}), but {model.name} "
+                f"{where}: {len(classes)} {what}s ({', '.join(classes)}), but {model.name} "
                 f"has {model.num_classes} outputs"
             )
         model.labels = classes
@@ -694,13 +909,39 @@ def _class_map(model: Model, classes: tuple[str, ...], where: str) -> list[int]:
     unknown = [c for c in classes if c not in model.labels]
     if unknown:
         raise DatasetError(
-            f"{where}: class folder(s) {', '.join(map(repr, unknown))} are not among the model's "
+            f"{where}: {what}(s) {', '.join(map(repr, unknown))} are not among the model's "
             f"classes ({', '.join(model.labels)})"
         )
     if len(classes) != model.num_classes:
         missing = [c for c in model.labels if c not in classes]
-        raise DatasetError(f"{where}: no folder for class(es) {', '.join(map(repr, missing))}")
+        holder = "folder" if what == "class folder" else "image"
+        raise DatasetError(f"{where}: no {holder} for class(es) {', '.join(map(repr, missing))}")
     return [model.labels.index(c) for c in classes]
+
+
+def _tag_validation(
+    samples: list[tuple[Path, tuple[float, ...]]], val: float | str | os.PathLike[str], seed: int
+) -> tuple[list[tuple[Path, tuple[float, ...]]], list[tuple[Path, tuple[float, ...]]]]:
+    """With tags: a seeded fraction of all the images (at least one, and one left to train on)
+    held out, or none."""
+    if isinstance(val, bool) or not isinstance(val, int | float):
+        raise CamlensError(
+            f"with tags, val is a fraction of the images listed, or 0, not {val!r} (a "
+            "validation folder has no tags)"
+        )
+    if val == 0:
+        return samples, []
+    if not 0.0 < val < 1.0:
+        raise CamlensError(f"the validation fraction must be between 0 and 1, not {val}")
+    if len(samples) < 2:
+        raise DatasetError("one image listed; a validation split needs two (or val=0)")
+    order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = min(max(1, round(val * len(samples))), len(samples) - 1)
+    held = set(order[:n_val])
+    return (
+        [s for i, s in enumerate(samples) if i not in held],
+        [s for i, s in enumerate(samples) if i in held],
+    )
 
 
 def _validation(
@@ -755,7 +996,7 @@ def _random_view(image: Image.Image, crop: Any) -> Image.Image:
 def _cache(
     net: CamNet,
     model: Model,
-    items: list[tuple[Path, int]],
+    items: list[tuple[Path, Label]],
     views: int,
     batch_size: int,
     history: History,
@@ -764,7 +1005,7 @@ def _cache(
     """Reads every image once and keeps ``GAP(features(view))`` of each of its ``views``."""
     device = model.device
     pooled: list[torch.Tensor] = []
-    labels: list[int] = []
+    labels: list[Label] = []
     paths: list[Path] = []
     with eval_mode(net):
         for start in range(0, len(items), batch_size):
@@ -787,11 +1028,12 @@ def _cache(
             reporter.advance("features", len(chunk), str(chunk[-1][0]))
     channels = net.config.channels
     features = torch.cat(pooled) if pooled else torch.empty(0, channels, device=device)
-    return _Cached(
-        features.view(-1, views, channels).clone(),
-        torch.tensor(labels, dtype=torch.long, device=device),
-        paths,
-    )
+    if model.num_classes and items and isinstance(items[0][1], tuple):  # multi-hot tags
+        label_tensor = torch.tensor(labels, dtype=torch.float32, device=device)
+        label_tensor = label_tensor.view(-1, model.num_classes)
+    else:
+        label_tensor = torch.tensor(labels, dtype=torch.long, device=device)
+    return _Cached(features.view(-1, views, channels).clone(), label_tensor, paths)
 
 
 def _warn_skipped(skipped: list[tuple[str, str]]) -> None:
@@ -802,7 +1044,18 @@ def _warn_skipped(skipped: list[tuple[str, str]]) -> None:
         )
 
 
-def _require_each_class(train_set: _Cached, model: Model, where: str) -> None:
+def _require_each_class(
+    train_set: _Cached, model: Model, where: str, multi_label: bool = False
+) -> None:
+    if multi_label:
+        carried = train_set.labels.sum(dim=0) if len(train_set.labels) else None
+        for index, name in enumerate(model.labels):
+            if carried is None or not carried[index] > 0:
+                raise DatasetError(
+                    f"{where}: no readable training image has the tag {name!r} (hold fewer "
+                    "out for validation, or list more images with it)"
+                )
+        return
     present = set(train_set.labels.tolist())
     for index, name in enumerate(model.labels):
         if index not in present:
@@ -826,6 +1079,7 @@ class _Trainer:
         self.schedule = "cosine"
         self.lr_decay: float | None = None
         self.binary = False  # the head trained as one output (loss "binary")
+        self.multi_label = False  # tags: independent sigmoid outputs (loss "sigmoid")
         self.net = net
         self.num_classes = num_classes
         self.history = history
@@ -876,7 +1130,7 @@ class _Trainer:
             net.dropout.train()
             order = torch.randperm(n, generator=generator)
             pick = torch.randint(views, (n,), generator=generator)
-            total, correct = 0.0, 0
+            total, correct = 0.0, 0.0
             for at in range(0, n, batch_size):
                 rows = order[at : at + batch_size].to(train_set.features.device)
                 x = train_set.features[rows, pick[at : at + batch_size].to(rows.device)]
@@ -935,7 +1189,7 @@ class _Trainer:
                 net.eval()  # batch norm statistics stay frozen...
                 net.dropout.train()  # ...the head's dropout is on
                 order = torch.randperm(n, generator=generator).tolist()
-                total, correct = 0.0, 0
+                total, correct = 0.0, 0.0
                 for at in range(0, n, batch_size):
                     rows = order[at : at + batch_size]
                     photos = [load_image(train_set.paths[i]) for i in rows]
@@ -987,10 +1241,12 @@ class _Trainer:
         state: Callable[[], dict[str, torch.Tensor]],
     ) -> None:
         history = self.history
-        val_loss = val_accuracy = None
-        if val_logits is not None:
-            val_loss = float(F.cross_entropy(val_logits, val_labels))
-            val_accuracy = float((val_logits.argmax(1) == val_labels).float().mean())
+        val_loss = val_accuracy = val_f1 = None
+        if val_logits is not None and len(val_labels):
+            val_loss = float(_loss(val_logits, val_labels))
+            val_accuracy = float(_right(val_logits, val_labels).mean())
+            if val_labels.is_floating_point():
+                val_f1 = _macro_f1(_tag_counts(val_logits, val_labels))
         record = EpochRecord(
             epoch=len(history.epochs) + 1,
             phase=phase,
@@ -1000,6 +1256,7 @@ class _Trainer:
             val_accuracy=val_accuracy,
             lr=float(optimizer.param_groups[0]["lr"]),
             seconds=time.perf_counter() - began,
+            val_f1=val_f1,
         )
         history.epochs.append(record)
         # no validation, or no early stopping (plain): the last epoch is kept
@@ -1009,7 +1266,9 @@ class _Trainer:
             self.best_state = state()
             self.bad_epochs = 0
             history.best_epoch = record.epoch
-            if val_logits is not None:
+            if val_logits is not None and val_labels.is_floating_point():
+                history.tag_counts = _tag_counts(val_logits, val_labels)
+            elif val_logits is not None:
                 history.confusion = _confusion(val_logits, val_labels, self.num_classes)
         else:
             self.bad_epochs += 1
@@ -1031,6 +1290,29 @@ def _confusion(logits: torch.Tensor, labels: torch.Tensor, n: int) -> list[list[
     flat = labels.cpu() * n + predicted
     counts = torch.bincount(flat, minlength=n * n).view(n, n)
     return [[int(v) for v in row] for row in counts]
+
+
+def _tag_counts(logits: torch.Tensor, tags: torch.Tensor) -> list[list[int]]:
+    """Per tag: ``[true positives, false positives, false negatives, true negatives]`` of the
+    decisions at 0.5 (``logit >= 0``) against the multi-hot ``tags`` [N, C]."""
+    said, truth = (logits >= 0).cpu(), (tags > 0.5).cpu()
+    counts = torch.stack(
+        [
+            (said & truth).sum(0),
+            (said & ~truth).sum(0),
+            (~said & truth).sum(0),
+            (~said & ~truth).sum(0),
+        ],
+        dim=1,
+    )
+    return [[int(v) for v in row] for row in counts]
+
+
+def _macro_f1(counts: list[list[int]]) -> float | None:
+    """The mean over tags of ``2 TP / (2 TP + FP + FN)``, over the tags with something to find
+    or found (``None`` when no tag has)."""
+    scores = [2 * tp / (2 * tp + fp + fn) for tp, fp, fn, _ in counts if tp + fp + fn]
+    return sum(scores) / len(scores) if scores else None
 
 
 class _Reporter:

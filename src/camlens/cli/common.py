@@ -273,11 +273,18 @@ def bad_input() -> Iterator[None]:
         fail(str(exc))
 
 
-def model_from_options(spec: str | None, weights: Path | None, device: str):  # type: ignore[no-untyped-def]
-    """The model of --model and --weights (camlens.models is imported only when a command needs it)."""
+def model_from_options(  # type: ignore[no-untyped-def]
+    spec: str | None, weights: Path | None, device: str, scores: str | None = None
+):
+    """The model of --model, --weights and --scores (camlens.models is imported only when a
+    command needs it); a bad --scores is said before the model loads."""
+    from camlens.targets import check_scores
+
+    if scores is not None:
+        check_scores(scores)
     from camlens.models import load_model
 
-    return load_model(spec, weights=weights, device=device)
+    return load_model(spec, weights=weights, device=device, scores=scores)
 
 
 class EventBars:
@@ -399,7 +406,8 @@ VersusOpt = Annotated[
     typer.Option(
         "--versus",
         help="explain each --class (or the top-1) versus this class: y_A - y_B (repeat for the "
-        "mean of several); next or next:K for the next K predicted classes",
+        "mean of several); next or next:K for the next K predicted classes; true: the top-1, "
+        "and the top-1 versus the class the image's folder names when they differ",
     ),
 ]
 ScoresOpt = Annotated[
@@ -445,4 +453,6 @@ def target_options(
     :func:`camlens.targets.from_options`)."""
     from camlens.targets import from_options
 
-    return from_options(classes, versus, outputs, None if like is None else str(like), embedding)
+    return from_options(
+        classes, versus, outputs, None if like is None else str(like), embedding, truths=True
+    )

@@ -338,6 +338,12 @@ def explain(
             runs.close()
             say(tally.line(out, interrupted=True), err=True)
             raise typer.Exit(130) from None
+    if tally.unlabelled and any(t.kind == "versus_true" for t in config.targets):
+        say(
+            f"camlens: --versus true: {tally.unlabelled} of {tally.explained} images explained "
+            "had no class in their folder's name: their top-1 alone was explained",
+            err=True,
+        )
     if sys.stderr.isatty() or tally.skipped or stopping():
         # for people; a script reads the lines above, and hears of skipped images and stops
         say(tally.line(out, interrupted=stopping()), err=True)
@@ -355,6 +361,7 @@ class _Tally:
 
     def __init__(self) -> None:
         self.explained = self.skipped = self.errors = 0
+        self.unlabelled = 0  # explained images whose folder names no class (no truth)
         self.started = time.monotonic()
 
     def add(self, done: Done) -> None:
@@ -364,6 +371,8 @@ class _Tally:
             self.errors += 1
         else:
             self.explained += 1
+            if done.row is not None and done.row.get("truth") is None:
+                self.unlabelled += 1
 
     def line(self, out: Path, *, interrupted: bool) -> str:
         seconds = time.monotonic() - self.started

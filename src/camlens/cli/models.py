@@ -11,6 +11,7 @@ from rich.table import Table
 from camlens.cli.common import (
     DeviceOpt,
     ModelOpt,
+    ScoresOpt,
     WeightsOpt,
     app,
     bad_input,
@@ -46,17 +47,19 @@ def layers(
             "model.summary() lists them)",
         ),
     ] = False,
+    scores: ScoresOpt = None,
 ) -> None:
     """The model's layers with spatial output, their maps' shapes and how each output becomes maps
     (conv, channels-last, tokens on a grid); * marks the automatic choice: the last layer with a
     spatial map (a nested base model's output, the layer that feeds its GAP -> Dense head), or
     the one before a final pooling that halves its grid, unless the pooled one feeds a GAP ->
     Linear head. A VGG's layers also show their Keras names (block5_conv3); --layer takes those
-    and the Caffe names (conv5_3) too."""
+    and the Caffe names (conv5_3) too. The last line says how the outputs are scored (--scores
+    sets it, as for explain)."""
     from camlens.layers import auto_layer, cam_head_of, every_layer, spatial_layers, warn_if_broken
 
     with bad_input():
-        loaded = model_from_options(model, weights, device)
+        loaded = model_from_options(model, weights, device, scores)
         found = spatial_layers(loaded)
         chosen = auto_layer(loaded, found)
         warn_if_broken(loaded)

@@ -11,6 +11,7 @@ from camlens.cli.common import (
     DeviceOpt,
     InputSizeOpt,
     ModelOpt,
+    ScoresOpt,
     WeightsOpt,
     app,
     bad_input,
@@ -88,6 +89,7 @@ def serve(
         typer.Option("--cors-origin", help="an origin allowed to call the API (repeat)"),
     ] = None,
     input_size: InputSizeOpt = None,
+    scores: ScoresOpt = None,
 ) -> None:
     """Serve the explorer page and the HTTP API (documented at /docs) around one model."""
     try:
@@ -118,7 +120,7 @@ def serve(
         size = None
         if input_size is not None:  # checked as every front-end checks it
             size = ExplainConfig(input_size=parse_size(input_size)).input_size
-        loaded = model_from_options(model, weights, device)
+        loaded = model_from_options(model, weights, device, scores)
         if size is not None:
             loaded = at_input_size(loaded, size)
         application = create_app(loaded, settings)

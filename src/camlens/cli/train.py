@@ -15,7 +15,7 @@ from rich.table import Table
 from camlens.cli.common import DeviceOpt, EventBars, app, bad_input, out_console, progress_bars, say
 
 if TYPE_CHECKING:
-    from camlens.train import EpochRecord
+    from camlens.train import EpochRecord, History
 
 
 @app.command("train")
@@ -24,7 +24,8 @@ def train_command(
         Path,
         typer.Argument(
             help="training images, one subfolder per class (FOLDER/CLASS/*.jpg), or named after "
-            "their class with --classes-from names (FOLDER/cat.1.jpg)"
+            "their class with --classes-from names (FOLDER/cat.1.jpg), or where the paths of "
+            "--tags start"
         ),
     ],
     backbone: Annotated[
@@ -100,13 +101,23 @@ def train_command(
         ),
     ] = None,
     loss: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--loss",
-            help="softmax: cross-entropy over the classes; binary (two classes): one output "
-            "with binary cross-entropy, as a Dense(1, sigmoid) head",
+            help="softmax (default): cross-entropy over the classes; binary (two classes): one "
+            "output with binary cross-entropy, as a Dense(1, sigmoid) head; sigmoid (the default "
+            "and only one with --tags): binary cross-entropy per tag",
         ),
-    ] = "softmax",
+    ] = None,
+    tags: Annotated[
+        Path | None,
+        typer.Option(
+            "--tags",
+            help="several tags per image: a CSV file with the header file,tags and a line per "
+            "image (its path relative to FOLDER, its tags separated by ;), for a multi-label "
+            "head scored by sigmoid",
+        ),
+    ] = None,
     plain: Annotated[
         bool,
         typer.Option(
@@ -141,7 +152,9 @@ def train_command(
 
     Writes OUT (a .camlens checkpoint, for `camlens explain --model OUT --method cam`) and
     OUT's stem + .training.png (the training curves); prints the validation accuracy and the
-    confusion matrix. Unreadable images are listed on stderr and skipped (exit status 2 at the end).
+    confusion matrix (with --tags: the per-tag accuracy and the macro F1 at 0.5, and each tag's
+    precision, recall and F1). Unreadable images are listed on stderr and skipped (exit status 2
+    at the end).
     """
     import torch
 
@@ -154,6 +167,7 @@ def train_command(
         check_settings,
         check_training,
         optimizer_config,
+        read_tags,
         scan_folder,
         train,
     )
@@ -189,11 +203,24 @@ def train_command(
         check_settings(
             epochs, batch_size, lr, views, patience, fine_tune, fine_tune_epochs, fine_tune_lr
         )
-        check_training(schedule, lr_decay, loss)
+        if tags is not None and classes_from != "folders":
+            raise CamlensError(
+                f"--classes-from {classes_from} and --tags: the tags of each image come from "
+                f"{tags}; give one or the other"
+            )
+        if tags is not None and not isinstance(validation, float):
+            raise CamlensError(
+                f"--val {val} and --tags: with tags --val is a fraction of the images listed, "
+                "or 0 (a validation folder has no tags)"
+            )
+        check_training(schedule, lr_decay, loss, tags=tags is not None)
         check_device(device)
         out = checkpoint_path(out, "--out")
-        classes = scan_folder(folder, classes_from=classes_from).classes
-        check_training(schedule, lr_decay, loss, len(classes))
+        if tags is not None:
+            classes = read_tags(tags, folder).tags
+        else:
+            classes = scan_folder(folder, classes_from=classes_from).classes
+        check_training(schedule, lr_decay, loss, len(classes), tags=tags is not None)
         torch.manual_seed(seed)
         model = build_cam_model(
             backbone,
@@ -226,6 +253,7 @@ def train_command(
             loss=loss,
             plain=plain,
             seed=seed,
+            tags=tags,
             progress=EventBars(progress),
             callback=lambda record: progress.console.print(
                 _epoch_line(record), markup=False, highlight=False, soft_wrap=True
@@ -234,7 +262,9 @@ def train_command(
         checkpoint = save(model, out)
         curve = history.plot(out.with_name(out.name[: -len(".camlens")] + ".training.png"))
     best = history.best
-    if best is not None and best.val_accuracy is not None:
+    if tags is not None:
+        _tag_results(history, model.labels)
+    elif best is not None and best.val_accuracy is not None:
         say(
             f"validation accuracy {best.val_accuracy:.3f}, loss {best.val_loss:.4g} "
             f"(best epoch {history.best_epoch} of {len(history.epochs)}; "
@@ -257,6 +287,32 @@ def train_command(
         raise typer.Exit(2)
 
 
+def _tag_results(history: History, tags: tuple[str, ...]) -> None:
+    """The validation of a multi-label head: per-tag accuracy and macro F1 at 0.5, and a table of
+    each tag's counts, precision, recall and F1."""
+    best = history.best
+    if best is None or best.val_accuracy is None or history.tag_counts is None:
+        return
+    f1 = "-" if best.val_f1 is None else f"{best.val_f1:.3f}"
+    say(
+        f"validation at 0.5: per-tag accuracy {best.val_accuracy:.3f} (the image-tag decisions "
+        f"right), macro F1 {f1}, loss {best.val_loss:.4g} (best epoch {history.best_epoch} of "
+        f"{len(history.epochs)}; {history.train_images} training, {history.val_images} "
+        "validation images)"
+    )
+    table = Table(title="validation per tag, at 0.5")
+    for column in ("tag", "images with it", "found", "false alarms", "precision", "recall", "F1"):
+        table.add_column(column, justify="left" if column == "tag" else "right")
+
+    def ratio(a: int, b: int) -> str:
+        return f"{a / b:.3f}" if b else "-"
+
+    for name, (tp, fp, fn, _) in zip(tags, history.tag_counts, strict=True):
+        row = [str(tp + fn), str(tp), str(fp), ratio(tp, tp + fp), ratio(tp, tp + fn)]
+        table.add_row(escape(name), *row, ratio(2 * tp, 2 * tp + fp + fn))
+    out_console.print(table)
+
+
 @contextmanager
 def _unreadable_listed() -> Iterator[None]:
     """Training's warning that lists the unreadable images, left out: they were said one a line
@@ -271,4 +327,6 @@ def _epoch_line(record: EpochRecord) -> str:
     text = f"loss {record.train_loss:.4g} acc {record.train_accuracy:.3f}"
     if record.val_loss is not None and record.val_accuracy is not None:
         text += f"  val loss {record.val_loss:.4g} val acc {record.val_accuracy:.3f}"
+    if record.val_f1 is not None:
+        text += f" val F1 {record.val_f1:.3f}"
     return f"epoch {record.epoch} ({record.phase}, {record.seconds:.2f} s): {text}"

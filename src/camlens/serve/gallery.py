@@ -41,7 +41,7 @@ from camlens.types import class_number
 
 Sort = Literal["score", "spread", "off_center", "name"]
 Order = Literal["asc", "desc"]
-Status = Literal["all", "explained", "failed"]
+Status = Literal["all", "explained", "failed", "wrong"]
 SORTS: tuple[str, ...] = ("score", "spread", "off_center", "name")
 DEFAULT_ORDER: dict[str, Order] = {
     "score": "desc",
@@ -61,6 +61,10 @@ class RunNotFound(CamlensError):
 
 class RunUnreadable(CamlensError):
     """A run whose index cannot be read (a line that is not an index row, say)."""
+
+
+class NoTruth(CamlensError):
+    """A filter on mistakes in a run whose images have no true class (a 422)."""
 
 
 @dataclass(frozen=True)
@@ -123,7 +127,8 @@ class MapKey(NamedTuple):
 class Item:
     """One image of an index, as little of it as sorting and filtering need (the page reads its
     row again, at ``offset``): ``position`` is its place among the rows, ``group`` the class
-    :func:`camlens.runs.summarize` counts it under (its true class, else its top-1)."""
+    :func:`camlens.runs.summarize` counts it under (its true class, else its top-1), ``wrong``
+    whether its top-1 is not its true class (a mistake: False when the true class is unknown)."""
 
     position: int
     offset: int
@@ -132,6 +137,7 @@ class Item:
     group: int | None
     top_score: float | None
     maps: tuple[MapKey, ...]
+    wrong: bool = False
 
     def focus(self, class_index: int | None) -> int | None:
         """The map shown (and sorted by): the first of ``class_index`` when it has one, else
@@ -212,7 +218,14 @@ class RunIndex:
 
     def select(self, class_index: int | None, status: str, sort: str, order: str) -> list[int]:
         """The positions of the items that pass the filters, in the order asked: by the value,
-        then by image name; items without the value (failed images, flat maps) last."""
+        then by image name; items without the value (failed images, flat maps) last. ``status``
+        ``wrong``: the mistakes (top-1 not the true class), a :class:`NoTruth` in a run with no
+        true classes."""
+        if status == "wrong" and not self.summary.labelled:
+            raise NoTruth(
+                f"status=wrong shows the images whose top-1 is not their true class; no image of "
+                f"run {self.place.name!r} has one (their folders name no class)"
+            )
         key = (class_index, status, sort, order)
         with self.lock:
             found = self.orders.get(key)
@@ -223,7 +236,11 @@ class RunIndex:
             item
             for item in self.items
             if (class_index is None or item.group == class_index)
-            and (status == "all" or (status == "failed") == item.failed)
+            and (
+                status == "all"
+                or (status == "wrong" and item.wrong)
+                or (status in ("failed", "explained") and (status == "failed") == item.failed)
+            )
         ]
         sign = -1.0 if order == "desc" else 1.0
         if sort == "name":
@@ -381,7 +398,8 @@ def _read(place: Place, stamp: tuple[int, int, int]) -> RunIndex:
         ) from None
     by_truth = summary.by == "truth"
     items = [
-        replace(item, group=_group(row, by_truth)) for item, row in zip(items, lean, strict=True)
+        replace(item, group=_group(row, by_truth), wrong=_wrong(row))
+        for item, row in zip(items, lean, strict=True)
     ]
     del lean
     try:
@@ -410,6 +428,15 @@ def _group(row: Mapping[str, Any], by_truth: bool) -> int | None:
         return None
     index = chosen.get("class_index")
     return index if isinstance(index, int) else None
+
+
+def _wrong(row: Mapping[str, Any]) -> bool:
+    """Whether the row's top-1 is not its true class (False when either is unknown)."""
+    truth, predictions = row.get("truth"), row.get("predictions")
+    if row.get("error") is not None or not isinstance(truth, Mapping) or not predictions:
+        return False
+    top = predictions[0]
+    return isinstance(top, Mapping) and top.get("class_index") != truth.get("class_index")
 
 
 def run_facts(index: RunIndex) -> dict[str, Any]:
@@ -482,6 +509,9 @@ def image_json(
                 "off_center": _number(m.get("off_center")),
                 "overlay": file_url(place, m.get("overlay"), root),
                 "map": file_url(place, m.get("map"), root),
+                "target": m.get("target") if isinstance(m.get("target"), Mapping) else None,
+                "explained": m.get("explained") if isinstance(m.get("explained"), str) else None,
+                "value": _number(m.get("value")),
             }
         )
     return {

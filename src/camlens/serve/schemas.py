@@ -212,6 +212,14 @@ class GalleryMapOut(BaseModel):
     )
     overlay: str | None = Field(description="URL of the overlay under /runs/")
     map: str | None = Field(description="URL of the .npy map (files format), else None")
+    target: dict[str, Any] | None = Field(
+        None,
+        description="what the map explains when not a plain class, as data: "
+        '{"kind": "contrast", "classes": [top-1, true class]} for the contrast of a mistake '
+        "(camlens explain DIR --versus true)",
+    )
+    explained: str | None = Field(None, description="the target in words (with target)")
+    value: float | None = Field(None, description="the target's value, y_A - y_B for a contrast")
 
 
 class GalleryImageOut(BaseModel):

@@ -11,6 +11,7 @@ from camlens.errors import CamlensError
 from camlens.serve.errors import BAD_PARAMETER, ApiError, bad_option
 from camlens.serve.gallery import (
     DEFAULT_ORDER,
+    NoTruth,
     Order,
     RunIndex,
     RunNotFound,
@@ -91,7 +92,13 @@ def get_run_images(
             "run has classes from folder names), else of that top-1 class",
         ),
     ] = None,
-    status: Annotated[Status, Query(description="all, explained or failed images")] = "all",
+    status: Annotated[
+        Status,
+        Query(
+            description="all, explained or failed images, or wrong: the mistakes, whose top-1 "
+            "is not their true class (a 422 in a run without classes from folder names)"
+        ),
+    ] = "all",
     sort: Annotated[
         Sort,
         Query(
@@ -112,7 +119,10 @@ def get_run_images(
     place, index = run
     chosen = order or DEFAULT_ORDER[sort]
     class_index = _class_of(index, class_name)
-    positions = index.select(class_index, status, sort, chosen)
+    try:
+        positions = index.select(class_index, status, sort, chosen)
+    except NoTruth as exc:
+        raise bad_option(exc, "status") from None
     return {
         "run": place.name,
         "class_index": class_index,

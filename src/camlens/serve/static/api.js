@@ -66,6 +66,16 @@ export async function explain(file, options, { signal, retries = 3 } = {}) {
   }
 }
 
+// A named request's progress (GET /api/jobs/JOB) and its cancellation (DELETE).
+const jobPath = (job) => `api/jobs/${encodeURIComponent(job)}`;
+export const getJob = (job) => getJSON(jobPath(job));
+
+export async function cancelJob(job) {
+  const response = await fetch(url(jobPath(job)), { method: "DELETE" });
+  if (!response.ok) throw await failure(response);
+  return response.json();
+}
+
 // The same URL with some query parameters replaced.
 export function withQuery(address, params) {
   const full = new URL(address, ROOT);

@@ -1,13 +1,15 @@
 // The photo view: pick or drop photos (several files or a folder: a strip of thumbnails, each
 // explained), see the top-5 predictions (or search any class), each class's map under any method
-// and layer, alone or side by side, with opacity, colormap, colorbar, boxes and the peak.
+// and layer, alone or side by side, with opacity, colormap, colorbar, boxes and the peak. A long
+// request shows its progress (jobs.js) and can be cancelled; an answer says what it cost.
 // The settings live in the address: #/explore?method=layercam&layer=bn2&cmap=viridis&view=compare.
 
 import { explain, withQuery } from "./api.js";
 import {
-  colorbar, element, megabytes, methodName, percent, releaseAfterPointer, shortLabel, svg,
+  colorbar, element, megabytes, methodName, percent, plural, releaseAfterPointer, shortLabel, svg,
 } from "./dom.js";
 import { searchClasses } from "./classes.js";
+import { followJob, jobName, jobProgress, stopJob } from "./jobs.js";
 import { imageFiles } from "./photos.js";
 
 const TOP = 5;
@@ -63,8 +65,10 @@ export function mountExplore(root, { server, model, methods }) {
     compareLayers: new Set(defaults.layers),
     fast: defaults.fast,
     request: null,
+    job: null, // the request on screen's name on the server (GET, DELETE /api/jobs/JOB)
     started: 0, // when the request on screen was sent (ms)
     ticker: null,
+    following: null, // the polling of its job
     background: null, // the request explaining the other photos of the strip
     reportUrl: null,
     shown: null, // the method and layer on screen in the single view
@@ -256,12 +260,18 @@ export function mountExplore(root, { server, model, methods }) {
     message.hidden = !text;
   }
 
-  // The request on screen: how long it has run, and a Cancel button.
+  // The request on screen: how long it has run, its progress as the server reports it (passes
+  // done of those expected, an estimate of the time left), and a Cancel button.
   function busy(on) {
     $("busy").hidden = !on;
     root.querySelector(".stage-panel").setAttribute("aria-busy", String(on));
     clearInterval(state.ticker);
     state.ticker = null;
+    state.following?.stop();
+    state.following = null;
+    $("progress").hidden = true;
+    $("progress").removeAttribute("value");
+    $("busy-detail").hidden = true;
     if (!on) return;
     state.started = performance.now();
     const slow = fastApplies() ? " (masked passes)" : "";
@@ -271,13 +281,29 @@ export function mountExplore(root, { server, model, methods }) {
     };
     tick();
     state.ticker = setInterval(tick, 1000);
+    if (state.job) {
+      state.following = followJob(state.job, (job) => {
+        const { text, fraction } = jobProgress(job);
+        $("busy-detail").textContent = text;
+        $("busy-detail").hidden = !text;
+        $("progress").hidden = fraction === null;
+        if (fraction !== null) $("progress").value = fraction;
+      });
+    }
   }
 
-  // Stops the request on screen; what was shown stays, with the settings that made it.
+  // Stops the request on screen, on the server too (its job cancelled, not left to run).
+  function stopRequest() {
+    state.request?.abort();
+    if (state.request && state.following?.seen) stopJob(state.job);
+    state.request = null;
+    state.job = null;
+  }
+
+  // Cancels the request on screen; what was shown stays, with the settings that made it.
   function cancel() {
     if (!state.request) return;
-    state.request.abort();
-    state.request = null;
+    stopRequest();
     busy(false);
     if (state.shown) {
       state.method = state.shown.method;
@@ -476,9 +502,11 @@ export function mountExplore(root, { server, model, methods }) {
         `(${server.max_maps}): choose fewer`);
       return render();
     }
-    state.request?.abort();
+    stopRequest(); // the one before is not wanted any more
     const controller = new AbortController();
     state.request = controller;
+    state.job = jobName();
+    options.job = state.job;
     busy(true);
     render();
     try {
@@ -519,6 +547,7 @@ export function mountExplore(root, { server, model, methods }) {
     } finally {
       if (state.request === controller) {
         state.request = null;
+        state.job = null;
         busy(false);
       }
     }
@@ -618,31 +647,41 @@ export function mountExplore(root, { server, model, methods }) {
     });
   }
 
-  // The maps asked for that the answer does not hold, with the server's reason when it gives one.
+  // The maps asked for that the answer does not hold, with the server's reason (its `skipped`:
+  // method, layer, reason) when it gives one.
   function renderLeftOut(shown, c) {
     const answer = result();
     const reasons = new Map();
-    for (const item of answer?.left_out ?? []) {
+    for (const item of answer?.skipped ?? []) {
       reasons.set(`${item.method}\u0000${item.layer}`, item.reason);
     }
     const missing = answer ? shown.filter(([m, l]) => !findMap(c, m, l)) : [];
-    const lines = missing.map(([m, l]) => {
+    const notes = missing.map(([m, l]) => {
       const reason = reasons.get(`${m}\u0000${l}`);
       return `${methodName(m)} at ${l}: ${reason ?? "not in the server's answer"}`;
     });
-    const notes = [...lines, ...(answer?.warnings ?? [])];
     $("left-out").hidden = !notes.length || Boolean(state.request);
     $("left-out").textContent = notes.length ? `Not shown: ${notes.join("; ")}` : "";
   }
 
-  // What the answer cost the server, when it says (passes and seconds).
+  // What the answer cost the server (its `stats`): the passes of the batch it was explained in,
+  // the model's seconds and the wait in the queue.
   function renderCost(answer) {
     const stats = answer?.stats;
+    const count = (n) => (Number.isInteger(n) && n > 0 ? n : 0);
     const parts = [];
-    if (stats && Number.isFinite(stats.passes)) parts.push(`${stats.passes.toLocaleString("en")} passes`);
-    if (stats && Number.isFinite(stats.seconds)) parts.push(`${stats.seconds.toFixed(2)} s on the server`);
+    if (count(stats?.forward_passes)) parts.push(plural(stats.forward_passes, "forward pass"));
+    if (count(stats?.backward_passes)) parts.push(plural(stats.backward_passes, "backward pass"));
+    if (count(stats?.perturbation_passes)) {
+      parts.push(plural(stats.perturbation_passes, "masked pass"));
+    }
+    if (Number.isFinite(stats?.seconds)) parts.push(`${stats.seconds.toFixed(2)} s of model time`);
+    if (Number.isFinite(stats?.queued_seconds) && stats.queued_seconds >= 0.005) {
+      parts.push(`${stats.queued_seconds.toFixed(2)} s queued`);
+    }
+    const batch = count(stats?.images) > 1 ? ` (a batch of ${stats.images} photos)` : "";
     $("cost").hidden = !parts.length;
-    $("cost").textContent = parts.length ? `This answer: ${parts.join(", ")}` : "";
+    $("cost").textContent = parts.length ? `This answer: ${parts.join(", ")}${batch}` : "";
   }
 
   function render() {
@@ -724,6 +763,7 @@ export function mountExplore(root, { server, model, methods }) {
         { type: "application/json" }))
       : null;
     link($("download-report"), state.reportUrl, `${stemOf(answer?.image.name)}.camlens.json`);
+    link($("download-zip"), answer?.download, `${stemOf(answer?.image.name)}.camlens.zip`);
   }
 
   function selectRank(rank, focus = false) {
@@ -816,8 +856,9 @@ export function mountExplore(root, { server, model, methods }) {
       update();
     },
     dispose() {
-      state.request?.abort();
+      stopRequest();
       clearInterval(state.ticker);
+      state.following?.stop();
       stopBackground();
       for (const p of state.photos) if (p.thumb) URL.revokeObjectURL(p.thumb);
       document.removeEventListener("dragover", onDragOver);

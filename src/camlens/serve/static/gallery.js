@@ -2,6 +2,9 @@
 // the map shown, loaded as it scrolls into view) filtered by class and sorted, more pages as the
 // page scrolls down; an image opened shows all its maps, ← → step through the list, Esc goes
 // back to it. What is shown lives in the address: #/gallery/RUN?class=285&sort=spread&image=12.
+// With true classes (folders named by class), "Mistakes only" (status=wrong) keeps the images
+// whose top-1 is wrong; such an image opened shows, beside each top-1 map, the map of the top-1
+// versus the true class when the run has it (camlens explain DIR --versus true).
 
 import { getRunImage, getRunImages, getRunSummary, getRuns } from "./api.js";
 import { element, methodName, percent, plural, releaseAfterPointer, shortLabel } from "./dom.js";
@@ -26,7 +29,7 @@ function parseHash() {
   return {
     run,
     class: params.get("class") ?? "",
-    status: params.get("status") === "failed" ? "failed" : "all",
+    status: ["failed", "wrong"].includes(params.get("status")) ? params.get("status") : "all",
     sort: SORTS.includes(params.get("sort")) ? params.get("sort") : "score",
     order: ["asc", "desc"].includes(params.get("order")) ? params.get("order") : null,
     image: Number.isInteger(image) && image >= 0 ? image : null,
@@ -47,6 +50,35 @@ function hashOf(view) {
 const share = (fraction) => `${(100 * fraction).toFixed(1)}%`; // of the images: 0 is 0%
 const defaultOrder = (sort) => (sort === "name" ? "asc" : "desc");
 const baseName = (path) => path.split(/[\\/]/).pop() || path;
+const signed = (value) => `${value >= 0 ? "+" : "−"}${Math.abs(value).toFixed(2)}`;
+
+// A mistaken image's maps in the order shown: each top-1 map followed by the map of the top-1
+// versus the true class at the same method and layer (when the run has it), then the others.
+// Returns the maps, each with its role ("top1", "versus" or null), and whether any pair was made.
+function pairedMaps(item) {
+  const top = item.prediction?.class_index;
+  const truth = item.truth?.class_index;
+  const roles = item.maps.map(() => null);
+  if (top === undefined || truth === undefined || top === truth) {
+    return { maps: item.maps.map((m, i) => ({ map: m, index: i, role: null })), paired: false };
+  }
+  const versus = (m) => m.target?.kind === "contrast" && m.target.classes?.length === 2
+    && m.target.classes[0] === top && m.target.classes[1] === truth;
+  const order = [];
+  item.maps.forEach((m, i) => {
+    if (m.target || m.class_index !== top) return;
+    const j = item.maps.findIndex((n, k) => roles[k] === null && versus(n)
+      && n.method === m.method && n.layer === m.layer);
+    if (j < 0) return;
+    roles[i] = "top1";
+    roles[j] = "versus";
+    order.push(i, j);
+  });
+  item.maps.forEach((m, i) => {
+    if (roles[i] === null) order.push(i);
+  });
+  return { maps: order.map((i) => ({ map: item.maps[i], index: i, role: roles[i] })), paired: order.length > 0 && roles.includes("versus") };
+}
 
 function valueText(sort, map) {
   if (!map || sort === "name" || sort === "score") return "";
@@ -166,6 +198,10 @@ export function mountGallery(root, { model }) {
     }
     $("class-label").textContent = summary.by === "truth" ? "Class (true, from folder names)"
       : "Class (top-1 prediction)";
+    // the mistakes: the images with a true class whose top-1 is another
+    const mistakes = summary.top1 === null ? 0 : Math.round(summary.labelled * (1 - summary.top1));
+    $("mistakes-field").hidden = !summary.labelled;
+    $("mistakes-label").textContent = `Mistakes only (${mistakes.toLocaleString("en")})`;
     const facts = [
       ["Images", summary.images.toLocaleString("en")],
       ["Explained", summary.explained.toLocaleString("en")],
@@ -250,6 +286,7 @@ export function mountGallery(root, { model }) {
   function showClass(view, classIndex) {
     const select = $("class-filter");
     select.querySelector("option.extra")?.remove();
+    $("mistakes-only").checked = view.status === "wrong";
     if (view.status === "failed") {
       select.value = "failed";
     } else if (classIndex === null) {
@@ -288,6 +325,7 @@ export function mountGallery(root, { model }) {
     if (view.status === "failed") title = "Failed images";
     else if (classIndex !== null) title = labelOf(classIndex);
     else if (view.class) title = `Class “${view.class}”`;
+    if (view.status === "wrong") title = view.class ? `${title}: mistakes` : "Mistakes";
     $("gallery-title").textContent = title;
   }
 
@@ -500,10 +538,12 @@ export function mountGallery(root, { model }) {
     $("detail-error").textContent = item.error ?? "";
 
     const pairs = new Set(item.maps.map((m) => `${m.method}\u0000${m.layer}`));
-    const columns = item.maps.length <= 1 ? 1 : Math.min(4, Math.max(2, pairs.size));
+    const shown = pairedMaps(item);
+    // a mistake with its contrast maps: two columns, each top-1 map beside its contrast
+    const columns = shown.paired ? 2 : item.maps.length <= 1 ? 1 : Math.min(4, Math.max(2, pairs.size));
     $("detail-maps").style.setProperty("--columns", String(columns));
     $("detail-maps").style.setProperty("--rows", String(Math.min(2, Math.ceil(item.maps.length / columns))));
-    $("detail-maps").replaceChildren(...item.maps.map((m, i) => {
+    $("detail-maps").replaceChildren(...shown.maps.map(({ map: m, index: i, role }) => {
       const frame = element("div", { className: "frame" });
       const [width, height] = item.size ?? [4, 3];
       frame.style.setProperty("--ratio", `${width} / ${height}`);
@@ -512,12 +552,30 @@ export function mountGallery(root, { model }) {
         frame.append(element("img", { src: m.overlay, draggable: "false",
           alt: `${shortLabel(m.label)}, ${methodName(m.method)} at ${m.layer}, over ${name}` }));
       }
-      const parts = [
-        element("strong", { text: shortLabel(m.label), title: m.label }),
-        element("span", { className: "score", text: percent(m.score) }),
-        element("span", { className: "tag", text: methodName(m.method) }),
-        element("span", { className: "tag layer", text: m.layer }),
-      ];
+      const parts = [];
+      if (role === "top1") {
+        parts.push(element("span", { className: "role", text: "Top-1" }));
+      } else if (role === "versus") {
+        parts.push(element("span", { className: "role wrong", text: "Versus the true class" }));
+      }
+      if (role === "versus") {
+        const [top, truth] = [item.prediction.label, item.truth.label];
+        parts.push(element("strong", { text: `${shortLabel(top)} vs ${shortLabel(truth)}`,
+          title: m.explained ?? m.label }));
+        if (m.value !== null && m.value !== undefined) {
+          parts.push(element("span", { className: "score", title: "the difference of the two classes' logits",
+            text: signed(m.value) }));
+        }
+      } else {
+        parts.push(element("strong", { text: shortLabel(m.label), title: m.label }),
+          element("span", { className: "score", text: percent(m.score) }));
+      }
+      parts.push(element("span", { className: "tag", text: methodName(m.method) }),
+        element("span", { className: "tag layer", text: m.layer }));
+      if (role === "versus") {
+        parts.push(element("span", { className: "why",
+          text: `where the model saw ${shortLabel(item.prediction.label)} rather than ${shortLabel(item.truth.label)}` }));
+      }
       if (m.flat) {
         parts.push(element("span", { className: "flat", text: "flat map: no evidence for this class" }));
       } else {
@@ -528,6 +586,7 @@ export function mountGallery(root, { model }) {
       }
       const card = element("figure", { className: "card map-card" }, frame,
         element("figcaption", {}, ...parts));
+      if (role) card.dataset.role = role;
       if (i === item.focus && state.view.class) card.classList.add("focus");
       return card;
     }));
@@ -540,7 +599,10 @@ export function mountGallery(root, { model }) {
     const value = $("class-filter").value;
     if (value.startsWith("?")) return; // the address's unknown class, already shown
     if (value === "failed") go({ class: "", status: "failed", image: null });
-    else go({ class: value, status: "all", image: null });
+    else go({ class: value, status: state.view.status === "wrong" ? "wrong" : "all", image: null });
+  });
+  $("mistakes-only").addEventListener("change", () => {
+    go({ status: $("mistakes-only").checked ? "wrong" : "all", image: null });
   });
   for (const button of root.querySelectorAll("#sort button")) {
     button.addEventListener("click", () => go({ sort: button.dataset.sort, order: null, image: null }));
