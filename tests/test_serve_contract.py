@@ -7,6 +7,7 @@ explain form (what the documentation page fills in) explain a photo."""
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import re
@@ -322,6 +323,33 @@ def test_the_forms_examples_explain_a_photo(model: camlens.Model) -> None:
         assert (empty.status_code, empty.json()["parameter"]) == (415, "like")
 
 
+def test_the_fields_documented_as_exclusive_are_refused_together(model: camlens.Model) -> None:
+    """Each pair of the fields that say what is explained is a 422 naming one of the two when
+    the form's ``not`` names it, and is answered when it does not."""
+    values = {"classes": "disc", "top": "1", "above": "0.1", "output": "0", "versus": "next"}
+
+    def ask(client: TestClient, names: list[str]) -> httpx.Response:
+        files = {"image": ("cat.png", png(80, 60), "image/png")}
+        if "like" in names:
+            files["like"] = ("ref.png", png(40, 40, (10, 200, 10)), "image/png")
+        data = {n: values[n] for n in names if n != "like"}
+        return client.post("/api/explain", files=files, data=data)
+
+    with TestClient(create_app(model)) as client:
+        form = client.get("/openapi.json").json()["components"]["schemas"][
+            "Body_explain_api_explain_post"
+        ]
+        refused = [sorted(pair["required"]) for pair in form["not"]["anyOf"]]
+        for one, other in itertools.combinations([*values, "like"], 2):
+            answer = ask(client, [one, other])
+            if sorted([one, other]) in refused:
+                assert answer.status_code == 422, (one, other, answer.text)
+                assert answer.json()["parameter"] in (one, other), (one, other, answer.json())
+            else:
+                assert answer.status_code == 200, (one, other, answer.text)
+        assert len(refused) == 9
+
+
 # --- a live server ----------------------------------------------------------------------------
 
 
@@ -354,6 +382,7 @@ def live(syn: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[s
         yield url
 
 
+@pytest.mark.slow
 def test_options_take_effect(live: str) -> None:
     server = httpx.get(f"{live}/api/server").json()
     assert server["max_inline_bytes"] == 2**20 and server["upload_stall"] == 1.5

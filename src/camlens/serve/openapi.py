@@ -162,20 +162,15 @@ def describe_form(doc: dict[str, Any], body: dict[str, Any], state: ServerState)
     schema["dependentRequired"] = {"embedding": ["like"]}
 
 
+WHAT = ("classes", "top", "above", "output", "versus", "like")
+"""The explain form's fields that say what is explained: classes, and targets (outputs,
+contrasts, a similarity) beside them or alone; or the top K; or the classes above a score."""
+
 EXCLUSIVE = [
-    ["classes", "top"],
-    ["classes", "above"],
-    ["top", "above"],
-    ["top", "output"],
-    ["top", "like"],
-    ["above", "output"],
-    ["above", "like"],
-    ["above", "versus"],
-    ["classes", "output"],
-    ["classes", "like"],
-    ["output", "like"],
-    ["output", "versus"],
-    ["like", "versus"],
+    [one, other]
+    for i, one in enumerate(WHAT)
+    for other in WHAT[i + 1 :]
+    if {one, other} & {"top", "above"}
 ]
 """The explain form's fields that cannot be given together (what is explained is said once)."""
 

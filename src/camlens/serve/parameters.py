@@ -132,11 +132,11 @@ def explain_options(
         )
     except CamlensError as exc:
         raise bad_option(exc, "embedding" if like is None and embedding else "versus") from None
+    targets_field = "like" if like is not None else "versus" if versus else "output"
     try:
         TargetPlan(model, targets)  # a class or output the model does not have, named here
     except CamlensError as exc:
-        field = "like" if like is not None else "versus" if versus else "output"
-        raise bad_option(exc, field) from None
+        raise bad_option(exc, targets_field) from None
     try:
         config = ExplainConfig(
             methods=tuple(items(methods)) or ("gradcam",),
@@ -155,6 +155,8 @@ def explain_options(
             device=str(model.device),
         )
     except CamlensError as exc:
+        if exc.option == "targets":  # the config's name: the form field that made them
+            raise ApiError(422, str(exc), targets_field) from None
         raise bad_option(exc) from None
     unknown = [name for name in config.layers if name not in st.layer_names]
     if unknown:
