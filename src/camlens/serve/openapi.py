@@ -201,7 +201,7 @@ def error_examples(doc: dict[str, Any], st: ServerState) -> dict[tuple[str, str]
         if path.startswith("/api/results/"):
             examples[404] = {"result": said(404, kept_result, st, "Qx3nVd8aYw0bKp1z")}
             if "{index}" in path:
-                examples[404]["map"] = ("map 3 does not exist: this result has maps 0..0", None)
+                examples[404]["map"] = ("map 3 does not exist: this result has maps 0..0", "index")
             if path.endswith(("overlay.png", "heatmap.png")):
                 examples[422]["cmap"] = said(422, output_options, cmap="nosuch")
         elif path.startswith("/api/jobs/"):
@@ -236,7 +236,7 @@ def error_examples(doc: dict[str, Any], st: ServerState) -> dict[tuple[str, str]
 
 
 NO_RUNS = ("this server shows no runs: start it with camlens serve --runs FOLDER", None)
-NO_SUCH_RUN = ("there is no run named 'no-such-run' here (GET /api/runs lists them)", None)
+NO_SUCH_RUN = ("there is no run named 'no-such-run' here (GET /api/runs lists them)", "run")
 UNREADABLE = (
     "run 'audit': audit/index.jsonl, line 1: not a camlens index row: no predictions",
     None,

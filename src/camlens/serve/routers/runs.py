@@ -152,7 +152,9 @@ def get_run_image(
     place, index = run
     if not 0 <= image_id < len(index.items):
         raise ApiError(
-            404, f"run {place.name!r} has images 0..{len(index.items) - 1}, not {image_id}"
+            404,
+            f"run {place.name!r} has images 0..{len(index.items) - 1}, not {image_id}",
+            "image_id",
         )
     class_index = _class_of(index, class_name)
     item = index.items[image_id]
