@@ -255,6 +255,8 @@ def test_a_long_form_field_is_named(model: camlens.Model) -> None:
             assert answer.status_code == 400
             assert answer.json()["parameter"] == field
             assert answer.json()["detail"].startswith(f"form field {field!r} is over 4 kB")
+        urlencoded = client.post("/api/explain", data={"layers": "x" * 5000})  # no file
+        assert (urlencoded.status_code, urlencoded.json()["parameter"]) == (400, "layers")
         as_text = client.post("/api/explain", data={"image": "x" * 5000})
         assert as_text.status_code == 400
         assert as_text.json() == {
@@ -262,6 +264,8 @@ def test_a_long_form_field_is_named(model: camlens.Model) -> None:
             "image=@photo.jpg), not a plain form field",
             "parameter": "image",
         }
+        part = client.post("/api/explain", files={"image": (None, b"x" * 5000)})  # no file name
+        assert (part.status_code, part.json()) == (400, as_text.json())
         short = client.post("/api/explain", data={"image": "x"})
         assert (short.status_code, short.json()) == (422, as_text.json())
 
