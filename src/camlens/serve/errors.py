@@ -151,10 +151,13 @@ BAD_PARAMETER: dict[int | str, dict[str, Any]] = {
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {
         "model": ErrorBody,
-        "description": f"a form field but image and like over {FIELD_BYTES // 1024} kB (named "
-        "in `parameter`), or a form that is not multipart",
+        "description": f"a form field (not image or like) over {FIELD_BYTES // 1024} kB, named "
+        "in `parameter`; or a form that cannot be read",
     },
-    408: {"model": ErrorBody, "description": "the upload stalled: no data for --upload-stall s"},
+    408: {
+        "model": ErrorBody,
+        "description": "the upload sent no data for --upload-stall seconds (30 by default)",
+    },
     409: {"model": ErrorBody, "description": "the request's job was cancelled"},
     413: {
         "model": ErrorBody,

@@ -152,7 +152,8 @@ def describe_form(doc: dict[str, Any], body: dict[str, Any], state: ServerState)
     }
     for field, extra in values.items():
         if field in fields:
-            fields[field].update(extra)
+            items = {**fields[field].get("items", {}), **extra.pop("items", {})}
+            fields[field].update(extra, **({"items": items} if items else {}))
     for photo in ("image", "like"):
         if photo in fields:
             body.setdefault("encoding", {})[photo] = {"contentType": IMAGE_TYPES}
