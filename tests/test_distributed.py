@@ -4,6 +4,7 @@ the same bytes as the local runner, and a run that survives a worker killed in t
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import secrets
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import pytest
 from test_runs import SRC, make_photos, tree
 
@@ -236,3 +238,63 @@ def test_a_killed_worker_is_replaced_and_every_image_indexed_once(
     restarted = _actors(cluster, [("actor_id", "=", victim)])
     assert restarted and restarted[0][3] >= 1  # Ray restarted it
     assert not [p for p in (images / "killed").rglob("*") if p.suffix == ".tmp"]
+
+
+def _loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # ::ffff:127.0.0.1, 127.0.0.1 on a dual-stack socket
+    return address.is_loopback
+
+
+def _listens(process: psutil.Process) -> list[tuple[str, str, int]]:
+    """(name, address, port) of each socket the process listens on."""
+    try:
+        return [
+            (process.name(), c.laddr.ip, c.laddr.port)
+            for c in process.net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN
+        ]
+    except psutil.Error:  # a worker that ended meanwhile
+        return []
+
+
+def _gone(process: psutil.Process) -> bool:
+    try:
+        return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
+
+
+def test_a_local_ray_listens_on_loopback_only_and_dies_with_a_killed_driver(images: Path) -> None:
+    """``--ray local``: every socket its processes listen on is a loopback one, and SIGKILL of
+    the driver mid-run leaves no process of that Ray behind after a few seconds."""
+    env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
+    for name in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_AUTH_TOKEN", "RAY_ADDRESS"):
+        env.pop(name, None)  # as a user runs it: camlens alone keeps Ray on the loopback
+    args = ["imgs", "--batch-size", "2", "--top", "3", "--format", "dataset", "--out", "local-ray"]
+    run = _explain([*args, "--ray", "local", "--actors", "1"], images, env)
+    index = images / "local-ray" / INDEX
+    driver = psutil.Process(run.pid)
+    deadline = time.monotonic() + 300
+    while not index.exists() or index.read_bytes().count(b"\n") < 2:
+        assert run.poll() is None, run.communicate()[1].decode()[-3000:]
+        assert time.monotonic() < deadline, "no image explained in 5 minutes"
+        time.sleep(0.2)
+    listening = [entry for p in [driver, *driver.children(recursive=True)] for entry in _listens(p)]
+    names = {name for name, _, _ in listening}
+    assert {"gcs_server", "raylet"} <= names, listening  # the services were looked at
+    assert [entry for entry in listening if not _loopback(entry[1])] == []
+    assert run.poll() is None and index.read_bytes().count(b"\n") < 40  # still under way
+    processes = [driver, *driver.children(recursive=True)]
+    [watchdog] = [p for p in processes if "camlens.localray" in p.cmdline()]
+    temp = Path(watchdog.cmdline()[-2])  # the Ray's own folder: sessions, sockets, logs
+    assert temp.is_dir()
+    run.kill()
+    run.wait()
+    deadline = time.monotonic() + 30
+    while [p for p in processes if not _gone(p)] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = [(p.pid, p.name()) for p in processes if not _gone(p)]
+    assert left == [], left
+    assert not temp.exists()

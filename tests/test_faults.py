@@ -7,17 +7,23 @@ from __future__ import annotations
 import errno
 import json
 import os
+import struct
+import warnings
+import weakref
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 from awkward import assert_clean, cat, cup, invoke, problems, strict_json
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 import camlens
 from camlens import outputs
 from camlens.config import ExplainConfig
-from camlens.errors import CamlensError
+from camlens.errors import CamlensError, ImageError
 from camlens.types import class_number
 
 
@@ -650,3 +656,178 @@ def test_train_out_that_is_a_folder_is_refused(photos: list[str]) -> None:
     assert_clean(result, bad=1)
     assert "--out models is a folder: give the checkpoint's file name" in problems(result)[0]
     assert not Path("models.camlens").exists()
+
+
+# --- a PNG whose pixel data stops early ------------------------------------------------------------
+
+ADAM7 = (
+    (0, 0, 8, 8),
+    (4, 0, 8, 8),
+    (0, 4, 4, 8),
+    (2, 0, 4, 4),
+    (0, 2, 2, 4),
+    (1, 0, 2, 2),
+    (0, 1, 1, 2),
+)
+
+
+def png_file(
+    path: Path, size: tuple[int, int], rows: int | None = None, interlace: int = 0
+) -> Path:
+    """An 8-bit RGB PNG written byte by byte: every pixel 200 (filter byte 0), its zlib stream
+    ending cleanly after ``rows`` rows of pixel data (of the first pass when interlaced), all of
+    them when None."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    width, height = size
+    passes = [((width - x + dx - 1) // dx, (height - y + dy - 1) // dy) for x, y, dx, dy in ADAM7]
+    lines = [w for w, h in (passes if interlace else [size]) if w for _ in range(h)]
+    raw = b"".join(b"\0" + bytes([200]) * (3 * w) for w in lines[:rows])
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, interlace)
+    data = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + data)
+    return path
+
+
+def test_a_png_whose_data_stops_early_is_one_bad_input(photos: list[str], syn: list[str]) -> None:
+    png_file(Path("short.png"), (900, 700), rows=4)
+    result = invoke("explain", "short.png", "cat.jpg", "--out", "o", *syn)
+    assert_clean(result, bad=1)
+    assert problems(result) == [
+        "camlens: short.png: is truncated: its data holds 4 of its 700 rows of pixels"
+    ]
+    assert sorted(p.name for p in Path("o").glob("*.json")) == ["cat.json"]
+
+
+def test_the_issues_png_and_an_interlaced_one_are_refused(tmp_path: Path) -> None:
+    # 7100x7100 pixels from a file of 177 bytes: Pillow decodes it as black, without a word
+    short = png_file(tmp_path / "short.png", (7100, 7100), rows=4)
+    with pytest.raises(
+        ImageError, match=r"short\.png: is truncated: its data holds 4 of its 7100 "
+    ):
+        camlens.load_image(short)
+    interlaced = png_file(tmp_path / "interlaced.png", (40, 30), rows=3, interlace=1)
+    with pytest.raises(ImageError, match=r"is truncated: its data holds \d+% of the pixel data"):
+        camlens.load_image(interlaced.read_bytes())
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "P", "RGB", "RGBA", "LA", "I;16"])
+def test_whole_pngs_with_a_black_bottom_row_are_read(tmp_path: Path, mode: str) -> None:
+    """A black last row (what a short file leaves) in a whole file is only a black row."""
+    pixels = np.full((30, 40), 7, np.uint8)
+    pixels[-1] = 0
+    Image.fromarray(pixels).convert(mode).save(tmp_path / "black.png")
+    assert np.asarray(camlens.load_image(tmp_path / "black.png"))[-1].max() == 0
+
+
+def test_whole_pngs_written_by_hand_are_read(tmp_path: Path) -> None:
+    for interlace in (0, 1):  # Pillow writes no interlaced PNG
+        whole = png_file(tmp_path / f"whole{interlace}.png", (40, 31), interlace=interlace)
+        assert (np.asarray(camlens.load_image(whole)) == 200).all()
+
+
+# --- train --classes-from names on a folder-per-class tree ------------------------------------------
+
+
+def test_classes_from_names_on_folders_of_classes_are_refused_or_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from camlens.train import scan_folder
+
+    monkeypatch.chdir(tmp_path)
+    for kind in ("apple", "pear", "plum"):
+        for i in range(6):
+            cat(tmp_path / "numbered" / kind / f"{i}.jpg", (32, 32))
+            cat(tmp_path / "named" / f"batch{i % 2}" / f"{kind}.{i}.jpg", (32, 32))
+    result = invoke("train", "numbered", "--classes-from", "names", "--epochs", "1")
+    assert_clean(result, bad=1)
+    assert problems(result) == [
+        "camlens: numbered: the file names are numbers ('0.jpg'), not classes, and the images lie "
+        "in 3 subfolders that look like classes (apple, pear, plum): --classes-from folders reads "
+        "the classes from them"
+    ]
+    assert not list(tmp_path.glob("*.camlens"))
+    assert scan_folder("numbered").classes == ("apple", "pear", "plum")
+    with pytest.warns(UserWarning, match=r"\('apple' in batch0, batch1\), and the images lie in 2"):
+        named = scan_folder("named", classes_from="names")  # maybe right: said, not refused
+    assert named.classes == ("apple", "pear", "plum")
+    for kind in ("apple", "pear"):  # classes from names that follow the folders: no word
+        for i in range(3):
+            cat(tmp_path / "follow" / kind / f"{kind}.{i}.jpg", (32, 32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert scan_folder("follow", classes_from="names").classes == ("apple", "pear")
+
+
+# --- --top 200 --format dataset: one full-size map at a time ----------------------------------------
+
+
+def test_a_run_writes_each_full_size_map_before_making_the_next(
+    tmp_path: Path, weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The full-size maps alive at once while an image's outputs are written, counted as each is
+    made (map_at_image) and let go (a finalizer): one, whatever the number of maps; the report
+    says of each what it said when they were all kept."""
+    from camlens.config import OutputConfig
+    from camlens.explanation import Explanation
+
+    model = camlens.load_model("synthetic", weights=weights)
+    photo = cat(tmp_path / "cat.jpg", (300, 200))
+    result = camlens.Explainer(model, method=["gradcam", "gradcampp", "cam"], top=4).explain(photo)
+    assert len(result.maps) == 12
+    expected = result.to_dict()["explanations"]  # each map made and dropped here, as before
+    made = Explanation.map_at_image
+    alive: set[int] = set()
+    counted_ids: list[int] = []
+    most = 0
+
+    def counted(self: Explanation, i: int = 0) -> object:
+        nonlocal most
+        full = made(self, i)
+        counted_ids.append(id(full))
+        alive.add(id(full))
+        most = max(most, len(alive))
+        weakref.finalize(full, alive.discard, id(full))
+        return full
+
+    monkeypatch.setattr(Explanation, "map_at_image", counted)
+    (tmp_path / "tmp").mkdir()
+    for form in ("dataset", "files"):
+        row = outputs.write_image(
+            result, f"cat-{form}", tmp_path / "out", OutputConfig(format=form), tmp_path / "tmp"
+        )
+        assert most == 1, (form, most)  # 12 when every map was kept for the report
+        for entry, before in zip(row["explanations"], expected, strict=True):
+            assert (entry["peak"], entry["flat"]) == (before["peak"], before["flat"])
+    calls = len(counted_ids)
+    saved = json.loads(result.save(tmp_path / "saved").read_text())  # the Python API's writer
+    assert most == 1 and len(counted_ids) - calls == 12  # each map made once (twice before)
+    assert [(e["peak"], e["flat"]) for e in saved["explanations"]] == [
+        (e["peak"], e["flat"]) for e in expected
+    ]
+
+
+# --- --ray local from Python code that imported Ray first -------------------------------------------
+
+
+def test_a_local_ray_after_ray_was_imported_the_network_way_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, on import; imported without it, Ray puts
+    the host's address for 127.0.0.1: a local Ray is refused before any process starts (the
+    loopback test itself is tests/test_distributed.py's, with a real run)."""
+    ray = pytest.importorskip("ray")
+    from camlens.localray import LocalRay
+
+    for name in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
+        monkeypatch.setenv(name, "x")  # set back after the test
+        monkeypatch.delenv(name)
+    monkeypatch.setattr(ray._private.ray_constants, "ENABLE_RAY_CLUSTER", True)
+    local = LocalRay()
+    with pytest.raises(CamlensError, match="a local Ray needs RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0"):
+        local.start(ray)
+    assert local.watchdog is None and local.temp is None

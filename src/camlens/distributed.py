@@ -16,8 +16,9 @@
   indexes each image once.
 
 Every node needs camlens (the same version as the driver: checked) and the model's weights file,
-if any, at the same path. With ``address=None`` a Ray is started on this machine, on the loopback
-interface, and stopped at the end.
+if any, at the same path. With ``address=None`` a Ray is started on this machine
+(:class:`camlens.localray.LocalRay`): its services listen on the loopback interface only, and it
+is stopped at the end, even when the driver is killed.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from camlens.errors import CamlensError
 from camlens.explain import Explainer
 from camlens.explanation import Explanation
 from camlens.images import PreprocessConfig
+from camlens.localray import LocalRay, loopback_environment
 from camlens.outputs import FolderClasses, error_row, write_image
 from camlens.progress import Event, Progress
 from camlens.runs import Row, row_key
@@ -72,6 +74,8 @@ def explain_on_ray(
     stops taking results (the batches being written may be done again by the next run)."""
     if address is not None:
         _check_reachable(address)  # in seconds, before Ray's minutes of retries
+    else:
+        loopback_environment()  # read by Ray when it is imported
     try:
         import ray
         import ray.data
@@ -91,6 +95,7 @@ def explain_on_ray(
     report = progress or (lambda event: None)
     started_here = False
     interrupted = False
+    local = LocalRay() if address is None and not ray.is_initialized() else None
     try:
         for chunk in run.chunks:
             for item in chunk:
@@ -101,7 +106,7 @@ def explain_on_ray(
             return
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Ray's own deprecation notices, not the user's
-            started_here = _connect(ray, address)
+            started_here = _connect(ray, address if local is None else local.start(ray))
             context = ray.data.DataContext.get_current()
             context.enable_progress_bars = False
             context.print_on_execution_start = False
@@ -161,21 +166,18 @@ def explain_on_ray(
         run.finish(interrupted)
         if started_here:
             ray.shutdown()
+        if local is not None:
+            local.stop()
 
 
 def _connect(ray: Any, address: str | None) -> bool:
-    """Connects to Ray (a new local one when ``address`` is None, on the loopback interface);
-    True when this call started it."""
+    """Connects to the Ray at ``address`` (None: the one this process already joined); True
+    when this call connected."""
     if ray.is_initialized():
         return False
     for name in ("ray", "ray.data"):  # the command draws its own progress; Ray's errors still raise
         logging.getLogger(name).setLevel(logging.ERROR)
     options: dict[str, Any] = {"log_to_driver": False, "logging_level": "warning"}
-    if address is None:
-        # a Ray of this machine alone: its services listen on 127.0.0.1, not on the network
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        ray.init(include_dashboard=False, **options)
-        return True
     try:
         ray.init(address=address, **options)
     except (ConnectionError, RuntimeError) as exc:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -201,6 +201,13 @@ class Explanation:
             raw=self._numpy(m.map) if raw else None,
         )
 
+    def at_image(self, i: int = 0, full: torch.Tensor | None = None) -> AtImage:
+        """What the report says of map ``i`` at the photo's size: flat there, and its peak.
+        ``full``: :meth:`map_at_image` of the map, when the caller has it already (a writer that
+        makes each full-size map once, and lets it go before the next)."""
+        full = self.map_at_image(i) if full is None else full
+        return AtImage(self.maps[i].flat or not bool(full.max() > 0), _peak(full))
+
     def peak(self, i: int = 0) -> tuple[int, int]:
         """(x, y) of the maximum of map ``i`` in the photo's pixels."""
         return _peak(self.map_at_image(i))
@@ -211,7 +218,7 @@ class Explanation:
         *,
         panels: Sequence[str] | None = None,
         grid: str | None = None,
-        fulls: Sequence[torch.Tensor] | None = None,
+        facts: Sequence[AtImage] | None = None,
         maps: bool = True,
     ) -> dict[str, Any]:
         """The JSON report, the one serializer of every result camlens writes or sends (the files
@@ -219,22 +226,22 @@ class Explanation:
         the image, its size, the model, the top-5 predictions and, per map, its class, score,
         method, layer, whether it is flat, its peak, its grid (``map_shape``) and its boxes when
         it has them. ``files``: (overlay, map) per map, ``panels`` the panel picture of each map,
-        ``grid`` the picture of all maps; ``fulls``: :meth:`map_at_image` of each map, when the
-        caller has them already (else each map is upsampled here); ``maps=False``: no
+        ``grid`` the picture of all maps; ``facts``: :meth:`at_image` of each map, when the
+        caller has them already (else each map is upsampled here, one at a time); ``maps=False``: no
         ``explanations``. A map's ``flat`` says it is constant (zeros) at the photo's own size:
         flat at the layer, or made so by the resizing (a picture of one pixel)."""
         width, height = self.size
         explanations = []
         for i, m in enumerate(self.maps if maps else ()):
-            full = fulls[i] if fulls is not None else self.map_at_image(i)
+            fact = facts[i] if facts is not None else self.at_image(i)
             entry: dict[str, Any] = {
                 "class_index": m.class_index,
                 "label": m.label,
                 "score": m.score,
                 "method": m.method,
                 "layer": m.layer,
-                "flat": m.flat or not bool(full.max() > 0),
-                "peak": list(_peak(full)),
+                "flat": fact.flat,
+                "peak": list(fact.peak),
                 "map_shape": [int(n) for n in m.map.shape[-2:]],
             }
             if files is not None:
@@ -295,11 +302,14 @@ class Explanation:
         stem = fit_stem(stem, longest)
         files: list[tuple[str, str]] = []
         panel_files: list[str] = []
+        facts: list[AtImage] = []
         for i in range(len(self.maps)):
             base = stem + tails[i]
-            full = self.map_at_image(i)
+            full = self.map_at_image(i)  # one at a time: the report keeps only at_image's facts
+            facts.append(self.at_image(i, full))
             atomic_write(out / f"{base}.npy", partial(_save_npy, self._numpy(full)))
             picture = self.overlay(i, cmap=cmap, alpha=alpha, full=full)
+            del full  # before the next map is made
             render.save_png(picture, out / f"{base}.png")
             files.append((f"{base}.png", f"{base}.npy"))
             if panels or raw_panels:
@@ -311,7 +321,7 @@ class Explanation:
             all_maps = f"{stem}.grid.png"
             render.save_png(_grid([self], cmap=cmap, alpha=alpha), out / all_maps)
         document = self.to_dict(
-            files, panels=panel_files if panels or raw_panels else None, grid=all_maps
+            files, panels=panel_files if panels or raw_panels else None, grid=all_maps, facts=facts
         )
         report = json.dumps(document, indent=2, allow_nan=False) + "\n"
         return atomic_write(out / f"{stem}.json", lambda temp: temp.write_text(report))
@@ -430,6 +440,14 @@ def _html_figure(image: Image.Image, caption: str, alt: str) -> str:
         f'<img src="data:image/jpeg;base64,{data}" alt="{html.escape(alt)}">'
         f"<figcaption>{caption}</figcaption></figure>"
     )
+
+
+class AtImage(NamedTuple):
+    """A map at the photo's own size, as the report gives it: constant (zeros) there, and the
+    (x, y) of its maximum."""
+
+    flat: bool
+    peak: tuple[int, int]
 
 
 def _peak(full: torch.Tensor) -> tuple[int, int]:

@@ -13,8 +13,10 @@ from __future__ import annotations
 import io
 import os
 import stat
+import struct
 import threading
 import warnings
+import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -193,6 +195,8 @@ def _read_stream(handle: IO[bytes], label: str, size: int | None, max_pixels: in
                     f"{_count(max_pixels)}; pass max_pixels= (--max-pixels) to raise it",
                 )
             _decode(img, label)
+            if img.format == "PNG" and (img.info.get("interlace") or _bottom_row_blank(img)):
+                _check_png_data(handle, label)
             return _upright(img, label)
 
 
@@ -237,6 +241,69 @@ def _decode(img: Image.Image, label: str) -> None:
         raise
     except Exception as exc:
         raise ImageError(label, f"is truncated or corrupt ({_pillow_says(exc)})") from exc
+
+
+def _bottom_row_blank(img: Image.Image) -> bool:
+    """The last row is all zero bytes: what Pillow leaves where a PNG's pixel data stopped."""
+    return not img.crop((0, img.height - 1, img.width, img.height)).tobytes().strip(b"\0")
+
+
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # by colour type: gray, RGB, palette, gray+A, RGBA
+_ADAM7 = (
+    (0, 0, 8, 8),
+    (4, 0, 8, 8),
+    (0, 4, 4, 8),
+    (2, 0, 4, 4),
+    (0, 2, 2, 4),
+    (1, 0, 2, 2),
+    (0, 1, 1, 2),
+)
+
+
+def _check_png_data(handle: IO[bytes], label: str) -> None:
+    """An :class:`~camlens.errors.ImageError` if the PNG in ``handle`` holds fewer rows of pixel
+    data than its header says. Pillow decodes such a file without a word (its zlib stream ends
+    cleanly, before the last row) and leaves the missing rows black; this inflates the data again,
+    a block at a time, and counts the bytes."""
+    try:
+        handle.seek(8)  # the signature
+        width = height = bits = interlace = 0
+        inflate = zlib.decompressobj()
+        found = 0
+        while len(head := handle.read(8)) == 8:
+            length, kind = struct.unpack(">I4s", head)
+            if kind == b"IHDR" and length == 13:
+                width, height, depth, colour, _, _, interlace = struct.unpack(
+                    ">IIBBBBB", handle.read(13)
+                )
+                bits = depth * _PNG_CHANNELS.get(colour, 1)
+            elif kind == b"IDAT":
+                left = length
+                while left and (block := handle.read(min(left, 1 << 16))):
+                    left -= len(block)
+                    while block and not inflate.eof:
+                        found += len(inflate.decompress(block, 1 << 20))
+                        block = inflate.unconsumed_tail
+                handle.seek(left, io.SEEK_CUR)
+            elif kind == b"IEND":
+                break
+            else:
+                handle.seek(length, io.SEEK_CUR)
+            handle.seek(4, io.SEEK_CUR)  # the CRC
+    except (OSError, ValueError, struct.error, zlib.error):
+        return  # Pillow read it: what it says stands
+    passes = (
+        [((width - x + dx - 1) // dx, (height - y + dy - 1) // dy) for x, y, dx, dy in _ADAM7]
+        if interlace
+        else [(width, height)]
+    )
+    promised = sum(h * (1 + (w * bits + 7) // 8) for w, h in passes if w and h)
+    if bits and found < promised:
+        if interlace:
+            held = f"{100 * found // promised}% of the pixel data its header promises"
+        else:
+            held = f"{found // (1 + (width * bits + 7) // 8)} of its {height} rows of pixels"
+        raise ImageError(label, f"is truncated: its data holds {held}")
 
 
 def _upright(img: Image.Image, label: str) -> Image.Image:

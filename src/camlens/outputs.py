@@ -36,7 +36,7 @@ from PIL import Image
 
 from camlens.config import OutputConfig
 from camlens.errors import CamlensError
-from camlens.explanation import Explanation, _safe
+from camlens.explanation import AtImage, Explanation, _safe
 from camlens.explanation import grid as explanation_grid
 from camlens.files import fit_stem
 from camlens.localize import boxes_from_map
@@ -79,12 +79,14 @@ def write_image(
     longest = max([".json", ".grid.png", *(t + ".panel.png" for t in tails)], key=len)
     name = fit_stem(name, longest)  # a long input name is cut, as Explanation.save cuts it
     files: list[tuple[str, str]] = []
-    fulls: list[torch.Tensor] = []
+    facts: list[AtImage] = []
     panels: list[str] = []
     extras: list[dict[str, Any]] = []
     for i, m in enumerate(result.maps):
+        # one full-size map at a time, let go before the next: --top 200 of a 2.2 MP photo held
+        # them all at once (2.8 GB); the report needs only what at_image keeps of each
         full_t = result.map_at_image(i).to(torch.float32)
-        fulls.append(full_t)
+        facts.append(result.at_image(i, full_t))
         full = np.ascontiguousarray(full_t.numpy())
         base = name + tails[i]
         found = boxes_from_map(full, threshold=output.threshold, mode="largest")
@@ -114,6 +116,7 @@ def write_image(
                 "layer_map": layer_values(m.map),
             }
         )
+        del full, full_t, picture  # before the next map is made
     grid = None
     if output.grids:
         grid = f"{name}.grid.png"
@@ -126,7 +129,7 @@ def write_image(
             ),
             temp,
         )
-    report = result.to_dict(files, panels=panels if output.panels else None, grid=grid, fulls=fulls)
+    report = result.to_dict(files, panels=panels if output.panels else None, grid=grid, facts=facts)
     for entry, extra in zip(report["explanations"], extras, strict=True):
         if not entry["map"]:
             entry["map"] = None

@@ -325,9 +325,42 @@ def _scan_names(root: Path, min_classes: int) -> ImageFolderData:
             f"{files[0].name!r} -> {names[0]!r}); with classes from names a file is named "
             "CLASS.N.jpg (cat.1.jpg, dog.1.jpg)"
         )
+    _check_folders_of_names(root, files, names)
     index = {name: i for i, name in enumerate(classes)}
     samples = tuple((f, index[n]) for f, n in zip(files, names, strict=True))
     return ImageFolderData(root, classes, samples)
+
+
+def _check_folders_of_names(root: Path, files: Sequence[Path], names: Sequence[str]) -> None:
+    """Classes from names on a folder-per-class tree (``a/0.jpg``, ``b/0.jpg``...): refused
+    when the file names are mere numbers, a warning when a class of the names lies in several
+    subfolders; either way the subfolders look like the classes."""
+    folders: dict[str, set[str]] = {}
+    for path, name in zip(files, names, strict=True):
+        parts = path.relative_to(root).parts
+        if len(parts) > 1:
+            folders.setdefault(name, set()).add(parts[0])
+    every = sorted(set().union(*folders.values()))
+    spread = sorted(name for name, where in folders.items() if len(where) > 1)
+    if len(every) < 2 or not spread:
+        return
+    shown = ", ".join(every[:4]) + (", ..." if len(every) > 4 else "")
+    folders_say = (
+        f"the images lie in {len(every)} subfolders that look like classes ({shown}): "
+        "--classes-from folders reads the classes from them"
+    )
+    if all(f.stem.isdigit() for f in files):
+        raise DatasetError(
+            f"{root}: the file names are numbers ({files[0].name!r}), not classes, and "
+            f"{folders_say}"
+        )
+    where = ", ".join(sorted(folders[spread[0]]))
+    warnings.warn(
+        f"{root}: the file names give classes found in several subfolders ({spread[0]!r} in "
+        f"{where}), and {folders_say}",
+        UserWarning,
+        stacklevel=4,
+    )
 
 
 @dataclass(frozen=True)

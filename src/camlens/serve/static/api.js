@@ -48,7 +48,8 @@ export const getRunImage = (run, id, params) => getJSON(`${runPath(run)}/images/
 export const docsUrl = () => url("docs");
 export const colormapUrl = (cmap) => url(`static/cmap-${encodeURIComponent(cmap)}.png`);
 
-// POST /api/explain. `options`: {methods: [...], layers: [...], top, classes, boxes, cmap, alpha}.
+// POST /api/explain. `options`: {methods: [...], layers: [...], top, classes, boxes, cmap, alpha,
+// versus, above, like (a File)...}.
 // A 503 is retried (after its Retry-After) up to `retries` times.
 export async function explain(file, options, { signal, retries = 3 } = {}) {
   for (let attempt = 0; ; attempt += 1) {
@@ -56,7 +57,10 @@ export async function explain(file, options, { signal, retries = 3 } = {}) {
     form.append("image", file, file.name || "photo");
     for (const [name, value] of Object.entries(options)) {
       if (value === undefined || value === null) continue;
-      for (const item of Array.isArray(value) ? value : [value]) form.append(name, String(item));
+      for (const item of Array.isArray(value) ? value : [value]) {
+        if (item instanceof Blob) form.append(name, item, item.name || name); // `like`: a photo
+        else form.append(name, String(item));
+      }
     }
     const response = await fetch(url("api/explain"), { method: "POST", body: form, signal });
     if (response.ok) return response.json();

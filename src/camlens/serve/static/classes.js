@@ -39,12 +39,13 @@ export function matchClasses(classes, query, limit = SUGGESTIONS) {
 export function searchClasses(query, options, classes, onPick) {
   let suggestions = [];
   let active = -1;
+  const prefix = `${options.id || "class-options"}-option`; // unique when two searches are on a page
 
   function showSuggestions() {
     suggestions = matchClasses(classes, query.value);
     active = suggestions.length ? 0 : -1;
     options.replaceChildren(...suggestions.map((s, i) => {
-      const item = element("li", { role: "option", id: `class-option-${i}`,
+      const item = element("li", { role: "option", id: `${prefix}-${i}`,
         "aria-selected": String(i === active), "data-class": String(s.index) },
       element("span", { text: s.label }), element("span", { className: "index", text: String(s.index) }));
       item.addEventListener("pointerdown", (event) => {
@@ -59,7 +60,7 @@ export function searchClasses(query, options, classes, onPick) {
     const open = Boolean(query.value.trim());
     options.hidden = !open;
     query.setAttribute("aria-expanded", String(open));
-    if (active >= 0) query.setAttribute("aria-activedescendant", `class-option-${active}`);
+    if (active >= 0) query.setAttribute("aria-activedescendant", `${prefix}-${active}`);
     else query.removeAttribute("aria-activedescendant");
   }
 
@@ -70,7 +71,7 @@ export function searchClasses(query, options, classes, onPick) {
       item.setAttribute("aria-selected", String(i === active));
     }
     options.children[active]?.scrollIntoView({ block: "nearest" });
-    query.setAttribute("aria-activedescendant", `class-option-${active}`);
+    query.setAttribute("aria-activedescendant", `${prefix}-${active}`);
   }
 
   function closeSuggestions() {

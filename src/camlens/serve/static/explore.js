@@ -6,11 +6,12 @@
 
 import { explain, withQuery } from "./api.js";
 import {
-  colorbar, element, megabytes, methodName, percent, plural, releaseAfterPointer, shortLabel, svg,
+  colorbar, element, megabytes, methodName, plural, releaseAfterPointer, shortLabel, svg,
 } from "./dom.js";
 import { searchClasses } from "./classes.js";
 import { followJob, jobName, jobProgress, stopJob } from "./jobs.js";
 import { imageFiles } from "./photos.js";
+import { mountTargets } from "./targets.js";
 
 const TOP = 5;
 const MAX_PHOTOS = 50; // a strip longer than this is hard to use; the rest are reported, not taken
@@ -74,6 +75,9 @@ export function mountExplore(root, { server, model, methods }) {
     shown: null, // the method and layer on screen in the single view
   };
   const result = () => state.photo?.result ?? null;
+  // versus, the threshold of a multi-label model, the reference photo: under the predictions
+  const targets = mountTargets(root.querySelector(".predictions"), { model, server,
+    photo: () => state.photo, result, entries, rank: () => state.rank, selectRank, update, say });
 
   // --- controls ------------------------------------------------------------------------------
 
@@ -225,6 +229,7 @@ export function mountExplore(root, { server, model, methods }) {
     take("layers", (v) => list(v).every((l) => layerOrder.includes(l)),
       (v) => { state.compareLayers = new Set(list(v)); });
     take("fast", (v) => /^[1-9]\d*$/.test(v), (v) => { state.fast = Number(v); });
+    targets.read(params, refused);
     showSettings();
     return refused;
   }
@@ -243,6 +248,7 @@ export function mountExplore(root, { server, model, methods }) {
     set("compare", known.filter((m) => state.compareMethods.has(m)).join(","), defaults.compare.join(","));
     set("layers", layerOrder.filter((l) => state.compareLayers.has(l)).join(","), defaults.layers.join(","));
     set("fast", state.fast ?? "", "");
+    targets.write(params);
     const query = params.toString();
     const hash = `#/explore${query ? `?${query}` : ""}`;
     const current = window.location.hash;
@@ -444,12 +450,15 @@ export function mountExplore(root, { server, model, methods }) {
     return out;
   }
 
-  // The classes offered: the top five, then the class searched for when it is not one of them.
+  // The classes offered: the top five (and those over the threshold asked for), then the class
+  // searched for when it is not one of them, then the similarity to a reference photo.
   function entries() {
-    const predictions = result()?.predictions ?? [];
+    const top = result()?.predictions ?? [];
+    const predictions = [...top, ...targets.more(result(), top)];
     const extra = state.searched
       && !predictions.some((p) => p.class_index === state.searched.class_index);
-    return extra ? [...predictions, { ...state.searched, searched: true }] : predictions;
+    const listed = extra ? [...predictions, { ...state.searched, searched: true }] : predictions;
+    return [...listed, ...targets.reference(result())];
   }
 
   // The score of the class searched for, from the latest answer that explained it.
@@ -465,7 +474,7 @@ export function mountExplore(root, { server, model, methods }) {
 
   function findMap(classIndex, method, layer, answer = result()) {
     return answer?.explanations.find(
-      (e) => e.class_index === classIndex && e.method === method && e.layer === layer,
+      (e) => e.method === method && e.layer === layer && targets.matches(e, classIndex, answer),
     );
   }
 
@@ -481,6 +490,7 @@ export function mountExplore(root, { server, model, methods }) {
     if (inTop && (count * TOP <= server.max_maps || classIndex === undefined)) options.top = TOP;
     else options.classes = [classIndex];
     if (fastApplies(shown) && state.fast !== null) options.fast_channels = state.fast;
+    targets.adjust(options, classIndex, photo);
     return { options, count };
   }
 
@@ -537,6 +547,7 @@ export function mountExplore(root, { server, model, methods }) {
         if (!state.photo) state.photo = fresh;
       }
       say(error.message);
+      targets.failed(error);
       if (error.status === 422 && state.shown && !fresh) {
         // a method or layer the model refuses (CAM without a head, say): back to what is shown
         state.method = state.shown.method;
@@ -607,8 +618,8 @@ export function mountExplore(root, { server, model, methods }) {
   function caption(map, withClass) {
     const parts = [];
     if (withClass) {
-      parts.push(element("strong", { text: shortLabel(map.label) }),
-        element("span", { className: "score", text: percent(map.score) }));
+      parts.push(...targets.caption(map) ?? [element("strong", { text: shortLabel(map.label) }),
+        element("span", { className: "score", text: targets.score(map.score) })]);
     }
     parts.push(element("span", { className: "tag", text: methodName(map.method) }),
       element("span", { className: "tag layer", text: map.layer }));
@@ -630,9 +641,9 @@ export function mountExplore(root, { server, model, methods }) {
         "aria-pressed": String(rank === state.rank), "data-rank": String(rank), title: p.label });
       button.style.setProperty("--p", String(score ?? 0));
       button.append(
-        element("span", { className: "rank", text: p.searched ? "" : String(rank + 1) }),
+        element("span", { className: "rank", text: p.searched || p.similarity ? "" : String(rank + 1) }),
         element("span", { className: "label", text: shortLabel(p.label) }),
-        element("span", { className: "score", text: score === undefined ? "" : percent(score) }),
+        element("span", { className: "score", text: targets.score(score, p) }),
         element("span", { className: "bar", "aria-hidden": "true" }),
       );
       button.addEventListener("click", () => selectRank(rank));
@@ -643,7 +654,7 @@ export function mountExplore(root, { server, model, methods }) {
           selectRank(rank + (event.key === "ArrowDown" ? 1 : -1), true);
         }
       });
-      list.append(element("li", {}, button));
+      list.append(element("li", {}, button, ...targets.decorate(list, button, p)));
     });
   }
 
@@ -695,6 +706,7 @@ export function mountExplore(root, { server, model, methods }) {
     renderPredictions();
     if (!has) {
       $("left-out").hidden = true;
+      targets.render();
       return updateDownloads();
     }
     $("colorbar").replaceChildren(colorbar(state.cmap));
@@ -727,9 +739,10 @@ export function mountExplore(root, { server, model, methods }) {
       }).filter(Boolean);
       const chosen = entries()[state.rank];
       const score = chosen?.searched ? searchedScore() : chosen?.score;
+      const first = cards.length ? findMap(c, ...shown[0]) : null;
       const heading = element("h2", { className: "compare-title" },
-        element("strong", { text: shortLabel(chosen?.label ?? "") }),
-        element("span", { className: "score", text: score === undefined ? "" : percent(score) }));
+        ...(first && targets.caption(first)) ?? [element("strong", { text: shortLabel(chosen?.label ?? "") }),
+          element("span", { className: "score", text: targets.score(score, chosen) })]);
       $("compare").replaceChildren(heading, element("div", { className: "cards" }, ...cards));
       const columns = cards.length <= 1 ? 1 : cards.length <= 4 ? 2 : cards.length <= 9 ? 3 : 4;
       $("compare").style.setProperty("--columns", String(columns));
@@ -737,6 +750,7 @@ export function mountExplore(root, { server, model, methods }) {
     renderLeftOut(pairs(), c);
     renderCost(answer);
     updateDownloads();
+    targets.render();
   }
 
   function link(anchor, href, name) {
@@ -753,7 +767,7 @@ export function mountExplore(root, { server, model, methods }) {
   function updateDownloads() {
     const answer = result();
     const map = answer && findMap(selectedClass(), state.method, state.layer);
-    const base = map && `${stemOf(answer.image.name)}.${map.method}.${map.layer}.${map.class_index}`;
+    const base = map && `${stemOf(answer.image.name)}.${map.method}.${map.layer}.${targets.tag(map)}`;
     link($("download-overlay"), map && withQuery(map.overlay,
       { cmap: state.cmap, alpha: state.alpha, boxes: state.boxes ? 1 : 0 }), `${base}.png`);
     link($("download-map"), map && map.map, `${base}.npy`);
@@ -840,6 +854,7 @@ export function mountExplore(root, { server, model, methods }) {
       setAlpha(state.alpha + (key === "]" ? 0.1 : -0.1));
     } else if (key === "o") $("file").click();
     else if (key === "/" && result()) query.focus();
+    else if (key === "v" && result()) $("versus-query").focus();
     else if (key === "Escape" && state.request) cancel();
     else return false;
     return true;
@@ -860,6 +875,7 @@ export function mountExplore(root, { server, model, methods }) {
       clearInterval(state.ticker);
       state.following?.stop();
       stopBackground();
+      targets.dispose();
       for (const p of state.photos) if (p.thumb) URL.revokeObjectURL(p.thumb);
       document.removeEventListener("dragover", onDragOver);
       document.removeEventListener("dragleave", onDragLeave);
