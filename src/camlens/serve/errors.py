@@ -60,8 +60,8 @@ def parameter_of(exc: CamlensError) -> str | None:
 
 
 FIELD_BYTES = 4096
-"""The largest form field of ``POST /api/explain`` but the image (a method's, layer's or
-class's name; a longer one is a 400 that says so)."""
+"""The largest form field of ``POST /api/explain`` but the photos (a method's, layer's or
+class's name; a longer one is a 400 naming it)."""
 
 
 def documented_methods(request: Request) -> list[str]:
