@@ -28,7 +28,8 @@ from camlens.serve.errors import (
 from camlens.serve.parameters import unknown_parameter
 from camlens.serve.routers.explain import check_inline, read_image
 from camlens.serve.routers.results import output_options
-from camlens.serve.state import ServerState, kept_result
+from camlens.serve.routers.runs import get_run_image
+from camlens.serve.state import ServerState, kept_result, run_index
 from camlens.targets import SCORES
 
 IMAGE_TYPES = "image/*"
@@ -212,6 +213,8 @@ def error_examples(doc: dict[str, Any], st: ServerState) -> dict[tuple[str, str]
             if path != "/api/runs":
                 examples[404]["run"] = NO_SUCH_RUN
                 examples[409] = {"unreadable": UNREADABLE}
+            if path.endswith("{image_id}") and (image := no_such_image(st)) is not None:
+                examples[404]["past"] = image
     explain = found[("POST", "/api/explain")]
     explain[400] = {
         "field": (field_too_long("methods"), "methods"),
@@ -244,6 +247,19 @@ UNREADABLE = (
 )
 INLINE_PHOTO = (4000, 3000)
 """The photo of the inline example: 12 megapixels, a phone's."""
+
+
+def no_such_image(st: ServerState) -> tuple[str, str | None] | None:
+    """The 404 of an image past the end of the first readable run (None without one)."""
+    if st.gallery is None:
+        return None
+    for name in st.gallery.runs():
+        try:
+            run = run_index(st.gallery, name)
+        except ApiError:
+            continue
+        return said(404, get_run_image, run, "", len(run[1].items), None)
+    return None
 
 
 def said(
