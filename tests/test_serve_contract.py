@@ -272,6 +272,23 @@ def test_a_long_form_field_is_named(model: camlens.Model) -> None:
         assert (short.status_code, short.json()) == (422, as_text.json())
 
 
+def test_a_field_of_one_value_given_twice_is_refused(model: camlens.Model) -> None:
+    """FastAPI would take the last of a repeated field of one value, silently."""
+    with TestClient(create_app(model)) as client:
+        twice = explain(client, inline=["true", "false"])
+        assert (twice.status_code, twice.json()) == (
+            422,
+            {
+                "detail": "form field 'inline' is given 2 times: it takes one value",
+                "parameter": "inline",
+            },
+        )
+        assert explain(client, methods=["cam", "gradcam"]).status_code == 200  # a list: repeat
+        url = first_result(client)
+        query = client.get(f"{url}/maps/0/overlay.png", params={"cmap": ["jet", "hot"]})
+        assert (query.status_code, query.json()["parameter"]) == (422, "cmap")
+
+
 def test_a_method_not_allowed_says_which_are(model: camlens.Model) -> None:
     with TestClient(create_app(model)) as client:
         answer = client.options("/api/jobs/some-job-1")

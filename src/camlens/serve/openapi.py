@@ -72,6 +72,7 @@ def document(app: FastAPI, state: ServerState) -> dict[str, Any]:
             body = operation.get("requestBody", {}).get("content", {}).get(FORM)
             if body is not None:
                 describe_form(doc, body, state)
+    link_explain_answer(doc)
     examples = error_examples(doc, state)
     for path, operations in doc["paths"].items():
         for verb, operation in operations.items():
@@ -90,6 +91,27 @@ def document(app: FastAPI, state: ServerState) -> dict[str, Any]:
                         }
                     }
     return doc
+
+
+def link_explain_answer(doc: dict[str, Any]) -> None:
+    """Links from POST /api/explain's answer to what it names: the result (its ``id``) and its
+    files (map 0's)."""
+    paths = doc["paths"]
+    result = "$response.body#/id"
+    targets: dict[str, tuple[str, str, dict[str, Any]]] = {
+        "result": ("/api/results/{result_id}", "get", {"result_id": result}),
+        "photo": ("/api/results/{result_id}/photo.jpg", "get", {"result_id": result}),
+        "download": ("/api/results/{result_id}/download.zip", "get", {"result_id": result}),
+    }
+    for kind in ("overlay.png", "heatmap.png", "map.npy"):
+        path = f"/api/results/{{result_id}}/maps/{{index}}/{kind}"
+        targets[kind.split(".")[0]] = (path, "get", {"result_id": result, "index": 0})
+    links = {
+        name: {"operationId": paths[path][verb]["operationId"], "parameters": parameters}
+        for name, (path, verb, parameters) in targets.items()
+        if path in paths
+    }
+    paths["/api/explain"]["post"]["responses"]["200"]["links"] = links
 
 
 # --- the explain form ------------------------------------------------------------------------------
@@ -155,6 +177,10 @@ def describe_form(doc: dict[str, Any], body: dict[str, Any], state: ServerState)
         if field in fields:
             items = {**fields[field].get("items", {}), **extra.pop("items", {})}
             fields[field].update(extra, **({"items": items} if items else {}))
+    for prop in fields.values():  # a field sent empty is a field not given (as forms send)
+        for taken in (prop, prop.get("items", {})):
+            if "enum" in taken and "" not in taken["enum"]:
+                taken["enum"] = [*taken["enum"], ""]
     for photo in ("image", "like"):
         if photo in fields:
             body.setdefault("encoding", {})[photo] = {"contentType": IMAGE_TYPES}

@@ -6,8 +6,11 @@ whose errors name the parameter at fault."""
 from __future__ import annotations
 
 import difflib
+import types
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import Request
 from fastapi.routing import APIRoute
@@ -23,10 +26,12 @@ from camlens.targets import from_options
 
 @dataclass(frozen=True)
 class Known:
-    """The query parameters and form fields an endpoint takes."""
+    """The query parameters and form fields an endpoint takes, and those of them that take
+    several values (repeated: ``-F methods=cam -F methods=gradcam``)."""
 
     query: tuple[str, ...]
     form: tuple[str, ...]
+    repeatable: frozenset[str] = frozenset()
 
 
 _known: dict[int, Known] = {}
@@ -39,14 +44,26 @@ def known_names(route: APIRoute) -> Known:
     if found is None:
         query: list[str] = []
         form: list[str] = []
+        repeatable: set[str] = set()
         stack = [route.dependant]
         while stack:
             dependant = stack.pop()
             query.extend(f.alias for f in dependant.query_params)
             form.extend(f.alias for f in dependant.body_params)
+            for f in [*dependant.query_params, *dependant.body_params]:
+                if _is_list(f.field_info.annotation):
+                    repeatable.add(f.alias)
             stack.extend(dependant.dependencies)
-        found = _known[id(route)] = Known(tuple(dict.fromkeys(query)), tuple(dict.fromkeys(form)))
+        found = _known[id(route)] = Known(
+            tuple(dict.fromkeys(query)), tuple(dict.fromkeys(form)), frozenset(repeatable)
+        )
     return found
+
+
+def _is_list(annotation: Any) -> bool:
+    """Whether a parameter of this type takes several values (``list[str] | None``, say)."""
+    kinds = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else ()
+    return any(typing.get_origin(a) in (list, tuple, set) for a in (annotation, *kinds))
 
 
 async def only_known_parameters(request: Request) -> None:
@@ -59,10 +76,22 @@ async def only_known_parameters(request: Request) -> None:
     for name in request.query_params:
         if name not in known.query:
             raise _unknown(request, name, "query parameter", known.query)
+    _once(request.query_params, "query parameter", known)
     if known.form:  # the form is parsed already (FastAPI reads it before any dependency)
-        for name in await request.form():
+        form = await request.form()
+        for name in form:
             if name not in known.form:
                 raise _unknown(request, name, "form field", known.form)
+        _once(form, "form field", known)
+
+
+def _once(given: Any, kind: str, known: Known) -> None:
+    """A 422 naming a parameter of one value that is given more than once (else the last
+    would be taken silently)."""
+    for name in dict.fromkeys(given.keys()):
+        count = len(given.getlist(name))
+        if count > 1 and name not in known.repeatable:
+            raise ApiError(422, f"{kind} {name!r} is given {count} times: it takes one value", name)
 
 
 def _unknown(request: Request, name: str, kind: str, known: Sequence[str]) -> ApiError:
