@@ -571,3 +571,20 @@ def test_pass_progress_shows_only_slow_passes() -> None:
     bar(0, 5)  # a quick method: never shown
     bar(5, 5)
     assert not progress.tasks
+
+
+def test_a_fast_resolution_too_small_for_the_model_names_it(weights: Path) -> None:
+    """At 1x1 pixels the synthetic CNN's pooling has nothing left: the model's RuntimeError
+    becomes a MethodError naming fast_resolution (a 422 from the server, found by schemathesis)."""
+    from camlens.errors import MethodError
+
+    model = camlens.load_model("synthetic", weights=weights)
+    photo = np.full((40, 50, 3), 128, dtype=np.uint8)
+    tiny = camlens.Explainer(model, "scorecam", fast_resolution=1e-7)
+    with pytest.raises(MethodError) as caught:
+        tiny.explain(photo)
+    assert caught.value.option == "fast_resolution"
+    assert str(caught.value).startswith(
+        "fast_resolution 1e-07 runs the masked passes at 1x1 pixels, which this model cannot take"
+    )
+    assert camlens.Explainer(model, "scorecam", fast_resolution=0.5).explain(photo).maps

@@ -61,6 +61,29 @@ def serve(
     max_pixels: Annotated[
         int, typer.Option("--max-pixels", min=1, help="refuse larger images")
     ] = 40_000_000,
+    max_maps: Annotated[
+        int,
+        typer.Option(
+            "--max-maps", min=1, help="maps one request may ask for (classes x methods x layers)"
+        ),
+    ] = 100,
+    max_inline: Annotated[
+        float,
+        typer.Option(
+            "--max-inline",
+            min=0.001,
+            help="MB an answer with inline=true may hold (its maps and overlays as data: URLs)",
+        ),
+    ] = 64.0,
+    upload_stall: Annotated[
+        float,
+        typer.Option(
+            "--upload-stall",
+            min=0.001,
+            max=3600,
+            help="seconds an upload may send nothing before it is refused (408)",
+        ),
+    ] = 30.0,
     cors_origin: Annotated[
         list[str] | None,
         typer.Option("--cors-origin", help="an origin allowed to call the API (repeat)"),
@@ -83,6 +106,9 @@ def serve(
             runs=runs,
             max_upload_bytes=round(max_upload * 2**20),
             max_pixels=max_pixels,
+            max_maps=max_maps,
+            max_inline_bytes=round(max_inline * 2**20),
+            upload_stall=upload_stall,
             max_batch=batch_size,
             batch_wait=batch_wait / 1000,
             max_queue=queue_size,

@@ -151,7 +151,19 @@ class Scorer:
     def _forward(self, batch: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
-        out: torch.Tensor = self.net(batch)
+        reduced = self.pass_size != tuple(self.x.shape[-2:])
+        try:
+            out: torch.Tensor = self.net(batch)
+        except RuntimeError as exc:
+            if not reduced:
+                raise
+            height, width = self.pass_size
+            raise MethodError(
+                f"fast_resolution {self.resolution:g} runs the masked passes at {width}x{height} "
+                f"pixels, which this model cannot take ({str(exc).splitlines()[0]}): give a "
+                "larger fraction",
+                option="fast_resolution",
+            ) from None
         return out
 
     def _run(

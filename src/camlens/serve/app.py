@@ -30,7 +30,7 @@ from starlette.types import Scope
 
 import camlens
 from camlens.models import Model
-from camlens.serve import errors
+from camlens.serve import errors, openapi
 from camlens.serve.middleware import BodyLimit, NoSniff
 from camlens.serve.routers import explain, jobs, results, runs
 from camlens.serve.routers import model as model_routes
@@ -74,11 +74,10 @@ def create_app(model: Model, settings: ServeSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.camlens = shared
-    limit = f"the upload is over this server's limit of {_size(settings.max_upload_bytes)}"
     app.add_middleware(
         BodyLimit,
         limit=settings.max_upload_bytes + FORM_BYTES,
-        message=limit,
+        message=errors.upload_too_large(settings.max_upload_bytes),
         stall=settings.upload_stall,
     )
     app.add_middleware(NoSniff)
@@ -87,6 +86,7 @@ def create_app(model: Model, settings: ServeSettings | None = None) -> FastAPI:
             CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"]
         )
     errors.install(app)
+    openapi.install(app, shared)
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
@@ -103,10 +103,6 @@ def create_app(model: Model, settings: ServeSettings | None = None) -> FastAPI:
     for router in (model_routes.router, explain.router, jobs.router, results.router, runs.router):
         app.include_router(router)
     return app
-
-
-def _size(n: int) -> str:
-    return f"{n / 2**20:g} MB" if n >= 2**20 else f"{n} bytes"
 
 
 class RunFiles(StaticFiles):

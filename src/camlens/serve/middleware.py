@@ -7,7 +7,7 @@ import asyncio
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from camlens.serve.errors import error_response
+from camlens.serve.errors import error_response, upload_stalled
 
 
 class NoSniff:
@@ -68,7 +68,7 @@ class BodyLimit:
                 message = await asyncio.wait_for(receive(), self.stall)
             except TimeoutError:
                 over = True
-                refusal = (408, f"the upload stalled: no data for {self.stall:g} s")
+                refusal = (408, upload_stalled(self.stall))
                 raise _TooLarge from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))

@@ -6,8 +6,11 @@ whose errors name the parameter at fault."""
 from __future__ import annotations
 
 import difflib
+import types
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import Request
 from fastapi.routing import APIRoute
@@ -23,10 +26,12 @@ from camlens.targets import from_options
 
 @dataclass(frozen=True)
 class Known:
-    """The query parameters and form fields an endpoint takes."""
+    """The query parameters and form fields an endpoint takes, and those of them that take
+    several values (repeated: ``-F methods=cam -F methods=gradcam``)."""
 
     query: tuple[str, ...]
     form: tuple[str, ...]
+    repeatable: frozenset[str] = frozenset()
 
 
 _known: dict[int, Known] = {}
@@ -39,14 +44,26 @@ def known_names(route: APIRoute) -> Known:
     if found is None:
         query: list[str] = []
         form: list[str] = []
+        repeatable: set[str] = set()
         stack = [route.dependant]
         while stack:
             dependant = stack.pop()
             query.extend(f.alias for f in dependant.query_params)
             form.extend(f.alias for f in dependant.body_params)
+            for f in [*dependant.query_params, *dependant.body_params]:
+                if _is_list(f.field_info.annotation):
+                    repeatable.add(f.alias)
             stack.extend(dependant.dependencies)
-        found = _known[id(route)] = Known(tuple(dict.fromkeys(query)), tuple(dict.fromkeys(form)))
+        found = _known[id(route)] = Known(
+            tuple(dict.fromkeys(query)), tuple(dict.fromkeys(form)), frozenset(repeatable)
+        )
     return found
+
+
+def _is_list(annotation: Any) -> bool:
+    """Whether a parameter of this type takes several values (``list[str] | None``, say)."""
+    kinds = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else ()
+    return any(typing.get_origin(a) in (list, tuple, set) for a in (annotation, *kinds))
 
 
 async def only_known_parameters(request: Request) -> None:
@@ -59,18 +76,36 @@ async def only_known_parameters(request: Request) -> None:
     for name in request.query_params:
         if name not in known.query:
             raise _unknown(request, name, "query parameter", known.query)
+    _once(request.query_params, "query parameter", known)
     if known.form:  # the form is parsed already (FastAPI reads it before any dependency)
-        for name in await request.form():
+        form = await request.form()
+        for name in form:
             if name not in known.form:
                 raise _unknown(request, name, "form field", known.form)
+        _once(form, "form field", known)
+
+
+def _once(given: Any, kind: str, known: Known) -> None:
+    """A 422 naming a parameter of one value that is given more than once (else the last
+    would be taken silently)."""
+    for name in dict.fromkeys(given.keys()):
+        count = len(given.getlist(name))
+        if count > 1 and name not in known.repeatable:
+            raise ApiError(422, f"{kind} {name!r} is given {count} times: it takes one value", name)
 
 
 def _unknown(request: Request, name: str, kind: str, known: Sequence[str]) -> ApiError:
+    endpoint = f"{request.method} {request.scope['route'].path}"
+    return ApiError(422, unknown_parameter(name, kind, known, endpoint), name)
+
+
+def unknown_parameter(name: str, kind: str, known: Sequence[str], endpoint: str) -> str:
+    """The 422's message for a ``kind`` (query parameter, form field) ``name`` that ``endpoint``
+    does not take: the closest name it takes, and those it takes."""
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
     hint = f": did you mean {close[0]!r}?" if close else ""
     takes = f"takes {', '.join(known)}" if known else f"takes no {kind}"
-    endpoint = f"{request.method} {request.scope['route'].path}"
-    return ApiError(422, f"unknown {kind} {name!r}{hint} ({endpoint} {takes})", name)
+    return f"unknown {kind} {name!r}{hint} ({endpoint} {takes})"
 
 
 def items(values: Sequence[str] | None, split: bool = True) -> list[str]:
@@ -99,7 +134,7 @@ def explain_options(
     alpha: float,
     versus: Sequence[str] | None = None,
     above: float | None = None,
-    outputs: Sequence[int] | None = None,
+    outputs: Sequence[str] | None = None,
     scores: str | None = None,
     like: str | None = None,
     embedding: str | None = None,
@@ -112,15 +147,25 @@ def explain_options(
         indices = tuple(model.class_index(c) for c in items(classes, split=False))
     except CamlensError as exc:
         raise bad_option(exc, "classes") from None
+    numbers = []
+    for text in items(outputs):
+        try:
+            numbers.append(int(text))
+        except ValueError:
+            raise ApiError(
+                422, f"output is an output's index, a whole number, not {text!r}", "output"
+            ) from None
     try:
-        given, targets = from_options(indices, items(versus, split=False), outputs, like, embedding)
+        given, targets = from_options(
+            indices, items(versus, split=False), numbers or None, like, embedding
+        )
     except CamlensError as exc:
         raise bad_option(exc, "embedding" if like is None and embedding else "versus") from None
+    targets_field = "like" if like is not None else "versus" if versus else "output"
     try:
         TargetPlan(model, targets)  # a class or output the model does not have, named here
     except CamlensError as exc:
-        field = "like" if like is not None else "versus" if versus else "output"
-        raise bad_option(exc, field) from None
+        raise bad_option(exc, targets_field) from None
     try:
         config = ExplainConfig(
             methods=tuple(items(methods)) or ("gradcam",),
@@ -139,6 +184,8 @@ def explain_options(
             device=str(model.device),
         )
     except CamlensError as exc:
+        if exc.option == "targets":  # the config's name: the form field that made them
+            raise ApiError(422, str(exc), targets_field) from None
         raise bad_option(exc) from None
     unknown = [name for name in config.layers if name not in st.layer_names]
     if unknown:

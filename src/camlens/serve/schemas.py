@@ -57,6 +57,8 @@ class ServerOut(BaseModel):
     max_upload_bytes: int
     max_pixels: int
     max_maps: int = Field(description="maps one request may ask for (classes x methods x layers)")
+    max_inline_bytes: int = Field(description="bytes an answer with inline=true may hold")
+    upload_stall: float = Field(description="seconds an upload may send nothing (then a 408)")
     max_batch: int
     max_queue: int
     results_kept: int = Field(description="explanations whose files stay available, newest first")

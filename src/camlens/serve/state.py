@@ -79,7 +79,9 @@ class Jobs:
         with self._lock:
             job = self._items.get(ident)
         if job is None:
-            raise ApiError(404, f"no job {ident!r}: name one with POST /api/explain's job field")
+            raise ApiError(
+                404, f"no job {ident!r}: name one with POST /api/explain's job field", "job"
+            )
         return job
 
 
@@ -111,6 +113,7 @@ def kept_result(st: State, result_id: Annotated[str, Path()]) -> Result:
             404,
             f"result {result_id!r} is not kept (the server keeps its newest results): "
             "explain the image again",
+            "result_id",
         )
     return found
 
@@ -122,7 +125,9 @@ def map_index(found: KeptResult, index: Annotated[int, Path()]) -> int:
     """Map ``index`` of the result: a 404 if it has no such map."""
     count = len(found.explanation.maps)
     if not 0 <= index < count:
-        raise ApiError(404, f"map {index} does not exist: this result has maps 0..{count - 1}")
+        raise ApiError(
+            404, f"map {index} does not exist: this result has maps 0..{count - 1}", "index"
+        )
     return index
 
 
@@ -150,7 +155,7 @@ def run_index(found: RunGallery, run: Annotated[str, Path()]) -> tuple[Place, Ru
         place = found.place(run)
         return place, found.index(place)
     except RunNotFound as exc:
-        raise ApiError(404, str(exc)) from None
+        raise ApiError(404, str(exc), "run") from None
     except RunUnreadable as exc:
         raise ApiError(409, str(exc)) from None
 

@@ -25,7 +25,7 @@ from camlens.localize import add_boxes
 from camlens.serve.batcher import Cancelled, Closed, Job, QueueFull, phases
 from camlens.serve.batcher import Request as Request_
 from camlens.serve.encoders import data_url, map_npy, overlay_png
-from camlens.serve.errors import ERRORS, FIELD_BYTES, ApiError, bad_option
+from camlens.serve.errors import ERRORS, FIELD_BYTES, ApiError, bad_option, busy, size_text
 from camlens.serve.parameters import explain_options, maps_asked, only_known_parameters
 from camlens.serve.schemas import ExplainOut, ImageOut, MapOut, SkippedOut, StatsOut
 from camlens.serve.state import Root, ServerState, State
@@ -41,11 +41,13 @@ async def reference_photo(
 ) -> AsyncIterator[str | None]:
     """A dependency: the ``like`` upload, checked as the main upload is (413, 415), kept under
     its upload name (the map's caption shows it) in a folder that lasts the request."""
-    if like is None:
+    data = b"" if like is None else await like.read()
+    if like is None or (not data and like.filename in ("", "blob")):
+        # none, or a browser's file input left empty: an HTML form sends it as an empty part
+        # without a file name, the API documentation's page as an empty "blob"
         yield None
         return
     name = upload_name(like.filename)
-    data = await like.read()
     photo = await run_in_threadpool(read_image, st, data, name, "like")
     del data
     with tempfile.TemporaryDirectory(prefix="camlens-like-") as folder:
@@ -117,7 +119,7 @@ async def explain(
         float | None, Form(description="explain every class whose score is at least this")
     ] = None,
     output_index: Annotated[
-        list[int] | None,
+        list[str] | None,
         Form(alias="output", description="explain raw output K as it is (repeat)"),
     ] = None,
     scores: Annotated[
@@ -163,9 +165,7 @@ async def explain(
     )
     if st.batcher.queued >= st.settings.max_queue:  # before any decoding
         retry = st.batcher.retry_after()
-        raise ApiError(
-            503, f"the server is busy: try again in {retry} s", headers={"Retry-After": str(retry)}
-        )
+        raise ApiError(503, busy(retry), headers={"Retry-After": str(retry)})
     name = upload_name(image.filename)
     layers_asked = len(config.layers) or 1
     tracked = Job(job or secrets.token_urlsafe(12), phases(config, layers_asked))
@@ -271,9 +271,9 @@ def check_inline(st: ServerState, maps: int, size: tuple[int, int], inlined: int
     if inlined + least > limit or inlined > limit:
         raise ApiError(
             413,
-            f"inline=true would answer at least {max(least, inlined) / 2**20:.0f} MB for {maps} "
+            f"inline=true would answer at least {size_text(max(least, inlined))} for {maps} "
             f"map{'s' if maps != 1 else ''} of {width}x{height} pixels, over this server's limit "
-            f"of {limit / 2**20:.0f} MB: ask without inline and fetch each map from its URL",
+            f"of {size_text(limit)}: ask without inline and fetch each map from its URL",
             "inline",
         )
 

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path
 
+from camlens.serve.errors import BAD_PARAMETER
 from camlens.serve.parameters import only_known_parameters
 from camlens.serve.schemas import ErrorBody, JobOut
 from camlens.serve.state import State
@@ -19,7 +20,7 @@ router = APIRouter(
     prefix="/api/jobs",
     tags=["jobs"],
     dependencies=[Depends(only_known_parameters)],
-    responses=NO_JOB,
+    responses={**NO_JOB, **BAD_PARAMETER},
 )
 
 JobName = Annotated[str, Path(description="the name given in POST /api/explain's job field")]

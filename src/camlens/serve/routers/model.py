@@ -8,11 +8,17 @@ import camlens
 from camlens import render
 from camlens.config import METHOD_GROUPS
 from camlens.methods import METHODS
+from camlens.serve.errors import BAD_PARAMETER
 from camlens.serve.parameters import only_known_parameters
 from camlens.serve.schemas import MethodOut, MethodsOut, ModelOut, ServerOut
 from camlens.serve.state import State
 
-router = APIRouter(prefix="/api", tags=["model"], dependencies=[Depends(only_known_parameters)])
+router = APIRouter(
+    prefix="/api",
+    tags=["model"],
+    dependencies=[Depends(only_known_parameters)],
+    responses=BAD_PARAMETER,
+)
 
 
 @router.get("/model")
@@ -44,6 +50,8 @@ async def get_server(st: State) -> ServerOut:
         max_upload_bytes=settings.max_upload_bytes,
         max_pixels=settings.max_pixels,
         max_maps=settings.max_maps,
+        max_inline_bytes=settings.max_inline_bytes,
+        upload_stall=settings.upload_stall,
         max_batch=settings.max_batch,
         max_queue=settings.max_queue,
         results_kept=settings.results,

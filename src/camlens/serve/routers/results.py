@@ -19,7 +19,7 @@ from camlens.serve.encoders import (
     photo_jpeg,
     result_zip,
 )
-from camlens.serve.errors import ERRORS, bad_option
+from camlens.serve.errors import BAD_PARAMETER, bad_option
 from camlens.serve.parameters import only_known_parameters
 from camlens.serve.schemas import ErrorBody, ExplainOut
 from camlens.serve.state import KeptResult, MapIndex
@@ -32,13 +32,13 @@ router = APIRouter(
     prefix="/api/results",
     tags=["results"],
     dependencies=[Depends(only_known_parameters)],
-    responses=NOT_KEPT,
+    responses={**NOT_KEPT, **BAD_PARAMETER},
 )
 
-PNG: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}}}, 422: ERRORS[422]}
+PNG: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}}}}
 
 
-def _output(**options: Any) -> OutputConfig:
+def output_options(**options: Any) -> OutputConfig:
     try:
         return OutputConfig(**options)
     except CamlensError as exc:
@@ -70,7 +70,7 @@ def get_overlay(
     boxes: Annotated[bool, Query(description="draw the map's boxes")] = False,
 ) -> Response:
     """Map ``index`` over the photo, at the photo's size."""
-    output = _output(cmap=cmap, alpha=alpha)
+    output = output_options(cmap=cmap, alpha=alpha)
     png = overlay_png(found.explanation, index, output.cmap, output.alpha, boxes)
     return file_response(png, "image/png")
 
@@ -85,14 +85,14 @@ def get_heatmap(
     ] = None,
 ) -> Response:
     """Map ``index`` coloured, alone, at the photo's size (or smaller, with its shape)."""
-    output = _output(cmap=cmap)
+    output = output_options(cmap=cmap)
     return file_response(heatmap_png(found.explanation, index, output.cmap, max_side), "image/png")
 
 
 @router.get(
     "/{result_id}/maps/{index}/map.npy",
     response_class=Response,
-    responses={200: {"content": {"application/octet-stream": {}}}, 422: ERRORS[422]},
+    responses={200: {"content": {"application/octet-stream": {}}}},
 )
 def get_map(
     found: KeptResult,

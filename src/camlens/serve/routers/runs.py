@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 
 from camlens.errors import CamlensError
-from camlens.serve.errors import ERRORS, ApiError, bad_option
+from camlens.serve.errors import BAD_PARAMETER, ApiError, bad_option
 from camlens.serve.gallery import (
     DEFAULT_ORDER,
     NoTruth,
@@ -35,12 +35,17 @@ from camlens.serve.state import Root, Run, RunGallery
 
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody, "description": "no such run, or no --runs folder"},
+    **BAD_PARAMETER,
+}
+
+UNREADABLE: dict[int | str, dict[str, Any]] = {
     409: {
         "model": ErrorBody,
         "description": "the run's index cannot be read (rows camlens did not write): "
         "GET /api/runs lists the run with the same problem",
     },
 }
+"""The answer of the endpoints of one run whose index cannot be read."""
 
 router = APIRouter(
     prefix="/api/runs",
@@ -75,7 +80,7 @@ def get_runs(gallery: RunGallery, root: Root) -> Any:
     return {"folder": gallery.root.name, "runs": found}
 
 
-@router.get("/{run}/images", response_model=GalleryPageOut, responses={422: ERRORS[422]})
+@router.get("/{run}/images", response_model=GalleryPageOut, responses=UNREADABLE)
 def get_run_images(
     run: Run,
     root: Root,
@@ -134,9 +139,7 @@ def get_run_images(
     }
 
 
-@router.get(
-    "/{run}/images/{image_id}", response_model=GalleryImageOut, responses={422: ERRORS[422]}
-)
+@router.get("/{run}/images/{image_id}", response_model=GalleryImageOut, responses=UNREADABLE)
 def get_run_image(
     run: Run,
     root: Root,
@@ -149,14 +152,16 @@ def get_run_image(
     place, index = run
     if not 0 <= image_id < len(index.items):
         raise ApiError(
-            404, f"run {place.name!r} has images 0..{len(index.items) - 1}, not {image_id}"
+            404,
+            f"run {place.name!r} has images 0..{len(index.items) - 1}, not {image_id}",
+            "image_id",
         )
     class_index = _class_of(index, class_name)
     item = index.items[image_id]
     return image_json(place, item, index.row(item), class_index, root)
 
 
-@router.get("/{run}/summary", response_model=RunSummaryOut)
+@router.get("/{run}/summary", response_model=RunSummaryOut, responses=UNREADABLE)
 def get_run_summary(run: Run, root: Root) -> Any:
     """The run as ``camlens summary`` sees it: per class the images, mean score and (with
     classes from folder names) top-1 and top-5 accuracy; the images whose first map is most
