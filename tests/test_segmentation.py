@@ -123,6 +123,8 @@ def test_any_module_with_pixel_logits() -> None:
     assert model.net(torch.zeros(2, 3, 8, 8)).shape == (2, 3, 16, 16)
     classifier = quiet_load("torchvision:resnet18")
     assert classifier.kind == "classifier"
+    pooled = nn.Sequential(nn.Conv2d(3, 4, 1), nn.AdaptiveAvgPool2d(1))  # [N, 4, 1, 1]
+    assert quiet_load(pooled).kind == "classifier"
 
 
 def test_predictions_are_pixel_shares() -> None:

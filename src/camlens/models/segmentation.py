@@ -99,10 +99,16 @@ def segmentation_logits(out: Any) -> torch.Tensor:
 
 def is_segmentation_output(out: Any) -> bool:
     """Whether a forward pass's output is a segmentation model's: a dict with ``out`` or a
-    tensor ``[N, classes, H, W]`` with at least 2 classes."""
+    tensor ``[N, classes, H, W]`` with at least 2 classes and 2 pixels (a classifier's
+    ``[N, classes, 1, 1]`` is not)."""
     if isinstance(out, dict):
         out = out.get("out")
-    return isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[1] >= 2
+    return (
+        isinstance(out, torch.Tensor)
+        and out.ndim == 4
+        and out.shape[1] >= 2
+        and out.shape[2] * out.shape[3] > 1
+    )
 
 
 def segmentation_model(
