@@ -57,6 +57,8 @@ def test_every_option_differs_from_its_default_and_survives_json() -> None:
     assert ExplainConfig.from_json(targets.to_json()) == targets
     above = ExplainConfig(above=0.5)
     assert ExplainConfig.from_json(above.to_json()) == above
+    bounded = ExplainConfig(above=0.5, top=3)  # at most 3 of the classes over 0.5
+    assert ExplainConfig.from_json(bounded.to_json()) == bounded != above
 
 
 def test_output_config_round_trip() -> None:

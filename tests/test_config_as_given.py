@@ -84,6 +84,25 @@ def test_classes_and_top_are_kept(default_model: camlens.Model, coffee: np.ndarr
     assert camlens.ExplainConfig is ExplainConfig
 
 
+def test_above_with_top_is_kept(tiny: camlens.Model, photos: list[np.ndarray]) -> None:
+    """``above`` with ``top``: at most top of the classes over the threshold, best first, as
+    reported and as rebuilt; a call's own ``top`` bounds the Explainer's ``above`` too."""
+    every = camlens.Explainer(tiny, above=0.0).explain(photos)  # softmax: every class >= 0
+    assert {len(r.maps) for r in every} == {len(SYNTHETIC_CLASSES)}
+    ex = camlens.Explainer(tiny, above=0.0, top=2)
+    assert (ex.config.above, ex.config.top) == (0.0, 2)
+    ours = ex.explain(photos)
+    for result, full in zip(ours, every, strict=True):
+        scores = [m.score for m in full.maps]
+        assert scores == sorted(scores, reverse=True)  # best first
+        assert [m.class_index for m in result.maps] == [m.class_index for m in full.maps][:2]
+    assert_same(ours, rebuilt(ex, tiny).explain(photos))
+    one = camlens.Explainer(tiny, above=0.0).explain(photos, top=1)
+    assert [[m.class_index for m in r.maps] for r in one] == [
+        [m.class_index for m in r.maps][:1] for r in every
+    ]
+
+
 def test_method_options_are_config_options(tiny: camlens.Model, photos: list[np.ndarray]) -> None:
     """A method given with options (Python only) is its name and its ``method_options`` in the
     config, which rebuilds it; an option its function does not take is refused by name."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import io
 import json
 import os
@@ -27,6 +28,7 @@ from camlens.config import ExplainConfig
 from camlens.errors import CamlensError
 from camlens.layers import auto_layer, spatial_layers
 from camlens.methods import METHODS
+from camlens.models.scores import set_scores
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
@@ -500,6 +502,44 @@ def test_batcher_explains_concurrent_requests_together(
                 torch_close(got.map, want.map)
 
 
+def test_batcher_bounds_above_by_each_requests_top(
+    default_model: camlens.Model, chelsea: np.ndarray, coffee: np.ndarray
+) -> None:
+    """Requests for every class over a threshold, with several tops and one without, explained
+    in one batch: each gets what the Python API gives it alone."""
+    sigmoid = set_scores(dataclasses.replace(default_model), "sigmoid")
+    photos = [Image.fromarray(chelsea), Image.fromarray(coffee), Image.fromarray(coffee)]
+    tops = [2, None, 1]  # over 0.99: 4 classes of the cat, 6 of the coffee
+    batcher = Batcher(sigmoid, max_batch=4, max_wait=0.5)
+    config = ExplainConfig(above=0.99)
+    requests = [
+        Request(p, f"photo{i}", config.replace(top=t))
+        for i, (p, t) in enumerate(zip(photos, tops, strict=True))
+    ]
+
+    async def run_all() -> list[camlens.Explanation]:
+        tickets = [batcher.expect() for _ in requests]
+        return await asyncio.gather(
+            *(batcher.explain(r, t) for r, t in zip(requests, tickets, strict=True))
+        )
+
+    batcher.start()
+    try:
+        results = asyncio.run(run_all())
+    finally:
+        batcher.close()
+    assert batcher.batches == 1
+    counts = []
+    for request, result in zip(requests, results, strict=True):
+        with camlens.Explainer(sigmoid, above=0.99, top=request.config.top) as ex:
+            alone = ex.explain(request.image)
+        assert [m.class_index for m in result.maps] == [m.class_index for m in alone.maps]
+        for got, want in zip(result.maps, alone.maps, strict=True):
+            torch_close(got.map, want.map)
+        counts.append(len(result.maps))
+    assert counts == [2, 6, 1]
+
+
 def test_batcher_waits_for_expected_requests_only(
     default_model: camlens.Model, chelsea: np.ndarray
 ) -> None:
@@ -911,6 +951,43 @@ def test_cam_runs_where_it_applies_and_the_answer_says_where_not(
     assert model_ms == pytest.approx(stats["seconds"] * 1000, abs=0.1)
     only_bn2 = post(client, cat, methods=["cam"], layers=["bn2"]).json()
     assert only_bn2["skipped"] == [] and only_bn2["stats"]["backward_passes"] == 0
+
+
+def test_above_is_bounded_by_top(
+    default_model: camlens.Model, client: TestClient, cat: bytes
+) -> None:
+    """Under sigmoid scores every class may be over a threshold (all 1000 of the default model's
+    are over 0.01 on the cat): ``above`` alone may ask for 1000 maps, over ``max_maps`` (100), a
+    422 naming ``above`` that says to give ``top``; with ``top``, at most ``top`` maps per method
+    and layer, the best classes over the threshold first, as the Python API gives them. Under
+    softmax ``above`` asks at most 1 / above classes (0.5: 2), and above 0 every class."""
+    for fields in ({"scores": "sigmoid", "above": "0.01"}, {"above": "0"}):
+        refused = post(client, cat, **fields)
+        assert refused.status_code == 422, refused.text
+        body = refused.json()
+        assert body["parameter"] == "above"
+        assert body["detail"].startswith(f"above {fields['above']} may ask for 1000 maps")
+        assert body["detail"].endswith(
+            "over this server's limit of 100: give top (at most 100 here) to explain the best "
+            "of those classes only"
+        )
+    assert post(client, cat, above="0.5").status_code == 200
+    sigmoid = set_scores(dataclasses.replace(default_model), "sigmoid")
+    methods = ["gradcam", "cam"]
+    with TestClient(create_app(sigmoid)) as c:
+        assert post(c, cat, above="0.01").json()["parameter"] == "above"
+        over = post(c, cat, above="0.01", top="51", methods=methods)  # 102 maps
+        assert (over.status_code, over.json()["parameter"]) == (422, "top")
+        answer = post(c, cat, above="0.01", top="3", methods=methods)
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+    best = [p["class_index"] for p in body["predictions"][:3]]
+    assert all(p["score"] >= 0.01 for p in body["predictions"])
+    got = [(m["method"], m["class_index"]) for m in body["explanations"]]
+    assert sorted(got) == sorted((m, c) for m in methods for c in best)
+    with camlens.Explainer(sigmoid, method=methods, above=0.01, top=3) as ex:
+        expected = ex.explain(Image.open(io.BytesIO(cat)))
+    assert got == [(m.method, m.class_index) for m in expected.maps]
 
 
 # --- lanes, progress and cancellation -------------------------------------------------------------

@@ -232,7 +232,8 @@ def test_sigmoid_bars_and_threshold(
     page.locator("#above").fill("0.01")  # its input and change events
     expect(page.locator("#busy")).to_be_hidden()
     sent = page.evaluate("window.sentForms.at(-1)")
-    assert "top" not in sent and sent["above"] == "0.01"
+    # top: at most the server's max_maps (100) over methods x layers (1), and the 6 tags there are
+    assert sent["top"] == str(len(TAGS)) and sent["above"] == "0.01"
     expect(page.locator("#above-off")).to_be_visible()
     expect(page.locator("#above-note")).to_contain_text("is explained")
     assert "above=" in page.evaluate("location.hash")
@@ -270,3 +271,40 @@ def test_sigmoid_bars_and_threshold(
         }"""
     )
     assert written == ["10.6", "-0.0123", "0.500"]
+
+    # a server that explains 4 maps a request, 2 methods: the threshold asks for the best 2 and
+    # says so when the answer holds 2
+    said = page.evaluate(
+        """async () => {
+          const { mountTargets } = await import(new URL("static/targets.js", document.baseURI));
+          const photo = { result: null };
+          let answer = null;
+          const panel = document.createElement("div");
+          const view = { model: { classes: ["a", "b", "c", "d", "e", "f"], scores: "sigmoid" },
+            server: { max_maps: 4 }, photo: () => photo, result: () => answer,
+            entries: () => [], rank: () => 0, update: () => {} };
+          const targets = mountTargets(panel, view);
+          targets.read(new URLSearchParams("above=0.01"), []);
+          const methods = ["gradcam", "cam"];
+          const options = targets.adjust({ methods, layers: ["bn2"] }, undefined, photo);
+          answer = { scores: "sigmoid", predictions: [], explanations: [0, 1].flatMap(
+            (c) => methods.map((method) => ({ class_index: c, method, target: null })) ) };
+          targets.render();
+          const note = panel.querySelector("#above-note").textContent;
+          // the 4th prediction, over the threshold but past the best 2: asked for alone
+          photo.result = { predictions: [0, 1, 2, 3, 4].map((c) => ({ class_index: c,
+            score: 0.9 - c / 10 })) };
+          const alone = targets.adjust({ methods, layers: ["bn2"], classes: [3] }, 3, photo);
+          answer = { scores: "sigmoid", predictions: [], explanations: methods.map(
+            (method) => ({ class_index: 3, method, target: null, score: 0.6 })) };
+          targets.render();
+          return [options.top, options.above, note, alone,
+            targets.matches(answer.explanations[0], 3, answer),
+            panel.querySelector("#above-note").textContent];
+        }"""
+    )
+    assert said[:2] == [2, 0.01]
+    assert said[2].startswith("The best 2 classes above 1% are explained")
+    assert said[3] == {"methods": ["gradcam", "cam"], "layers": ["bn2"], "classes": [3]}
+    assert said[4] is True  # its map is the one shown
+    assert said[5].startswith("The class shown is past the best 2 above 1%")

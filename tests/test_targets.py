@@ -506,5 +506,12 @@ def test_above_explains_every_class_scored_at_least_that(x: torch.Tensor) -> Non
         assert result.to_dict()["scores"] == "sigmoid"
     with pytest.warns(UserWarning, match="no class scored at least 2"):
         assert camlens.Explainer(model, layer="top", above=2.0).explain(x[0]).maps == []
+    # with top: at most top of them, the best first (here the best of the images that have two)
+    assert max(len(r.maps) for r in results) == 2
+    capped = camlens.Explainer(model, layer="top", above=threshold, top=1).explain(x)
+    for result, full in zip(capped, results, strict=True):
+        assert [m.class_index for m in result.maps] == [m.class_index for m in full.maps][:1]
     with pytest.raises(ClassError, match="give one of classes, top, targets"):
-        camlens.ExplainConfig(top=2, above=0.5)
+        camlens.ExplainConfig(classes=(0,), above=0.5)
+    with pytest.raises(ClassError, match="not targets and above"):
+        camlens.ExplainConfig(top=2, above=0.5, targets=({"kind": "output", "index": 0},))

@@ -73,6 +73,15 @@ def test_a_multi_label_model_explains_every_class_above(photos: Path, tmp_path: 
     assert len(report["explanations"]) == 4  # every sigmoid score is at least 0
     assert all(0 < p["score"] < 1 for p in report["predictions"])
     assert sum(p["score"] for p in report["predictions"]) != pytest.approx(1.0)
+    # --top K bounds --above: the K best of the classes over it
+    code, text = run(
+        "explain", str(photos / "cat.jpg"), "--model", str(model), "--above", "0.0",
+        "--top", "2", "--out", str(tmp_path / "two"),
+    )  # fmt: skip
+    assert code == 0, text
+    two = json.loads(next((tmp_path / "two").rglob("cat.json")).read_text())
+    best = [p["class_index"] for p in report["predictions"][:2]]
+    assert [e["class_index"] for e in two["explanations"]] == best
 
 
 def test_a_regression_output_and_bad_options(photos: Path, tmp_path: Path) -> None:
@@ -117,7 +126,7 @@ def test_the_api_takes_the_same_options(default_model: camlens.Model, photos: Pa
         assert answer.status_code == 200, answer.text
         kinds = [e["target"]["kind"] for e in answer.json()["explanations"]]
         assert kinds == ["contrast", "output"]
-        answer = post(client, scores="sigmoid", above="0.999")
+        answer = post(client, scores="sigmoid", above="0.999", top="5")  # top: 1000 may score
         assert answer.status_code == 200, answer.text
         body = answer.json()
         assert body["scores"] == "sigmoid" and body["explanations"]

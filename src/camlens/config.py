@@ -71,9 +71,11 @@ class ExplainConfig:
 
     What is explained beyond classes (see :mod:`camlens.targets`): ``targets``, for every image
     (contrasts, outputs, similarities, or in Python callables, which cannot be written as JSON);
-    ``above``: every class whose score is at least that (a multi-label model's tags);
+    ``above``: every class whose score is at least that (a multi-label model's tags), best first;
+    with ``top``, at most ``top`` of them (the ``top`` best that score at least ``above``);
     ``scores``: how the model's outputs become predictions (``softmax``, ``sigmoid``, ``raw``;
-    None: what the model says). ``classes``, ``top``, ``targets`` and ``above`` exclude each other.
+    None: what the model says). ``classes``, ``top``, ``targets`` and ``above`` exclude each other,
+    but for ``top`` with ``above``.
     """
 
     model: str | None = None
@@ -178,7 +180,7 @@ class ExplainConfig:
             name
             for name, given in (
                 ("classes", bool(self.classes)),
-                ("top", self.top is not None),
+                ("top", self.top is not None and self.above is None),  # top bounds above
                 ("targets", bool(self.targets)),
                 ("above", self.above is not None),
             )
@@ -186,8 +188,8 @@ class ExplainConfig:
         ]
         if len(chosen) > 1:
             raise ClassError(
-                f"give one of classes, top, targets (contrasts, outputs, similarity) or above, "
-                f"not {' and '.join(chosen)}",
+                f"give one of classes, top, targets (contrasts, outputs, similarity) or above "
+                f"(with top: at most top of its classes), not {' and '.join(chosen)}",
                 option=chosen[1],
             )
         if "all" in self.layers and len(self.layers) > 1:

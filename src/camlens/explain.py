@@ -49,8 +49,8 @@ class Explainer:
     ``top``: what a call explains when it says neither (by default the top class). ``targets``:
     what else to explain (:mod:`camlens.targets`: ``Contrast("tiger cat", ("Egyptian cat",))``,
     ``Output(0)``, ``Similarity("ref.jpg")``, ``Binary(False)``, any ``Function``);
-    ``above``: every class scored at least that; ``scores``: the model's scoring (``softmax``,
-    ``sigmoid``, ``raw``).
+    ``above``: every class scored at least that, best first (with ``top``: at most ``top`` of
+    them); ``scores``: the model's scoring (``softmax``, ``sigmoid``, ``raw``).
 
     One forward pass per batch serves every class, layer and method; gradients come from one
     batched backward pass with respect to the tapped activations, or from the weights of a
@@ -231,7 +231,8 @@ class Explainer:
         """Maps for ``inputs``: a path, a PIL image, an RGB array, a normalized [3, H, W] tensor
         (one image -> one :class:`Explanation`), or a list of those or an [N, 3, H, W] batch
         (-> a list). ``classes``: indices or names for every image (``[285, "espresso"]``), or
-        one list per image; otherwise the ``top`` (default 1) predicted classes (when a call
+        one list per image; otherwise the ``top`` (default 1) predicted classes, or with the
+        Explainer's ``above`` at most ``top`` of the classes scored at least that (when a call
         gives neither, the Explainer's own). ``names``: how reports name the inputs (default:
         their paths, or ``<image N>``). ``progress`` gets the perturbation methods' events.
 

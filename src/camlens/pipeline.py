@@ -148,9 +148,9 @@ class Pipeline:
             wanted = None if self.classes is None else self.classes * len(entries)
             if self.config.targets:
                 wanted = [list(self.config.targets)] * len(entries)
-            depth = self.config.top or 1
+            depth = self.config.top
         else:
-            wanted, depth = coerce.class_lists(self.model, classes, top, len(entries)), top or 1
+            wanted, depth = coerce.class_lists(self.model, classes, top, len(entries)), top
         good = [i for i, e in enumerate(entries) if isinstance(e, Item)]
 
         def run(chunk: list[int]) -> list[Explanation]:
@@ -178,23 +178,24 @@ class Pipeline:
         self,
         items: list[Item],
         chosen: Sequence[Sequence[Any]] | None,
-        depth: int,
+        depth: int | None,
         progress: Progress | None,
     ) -> list[Explanation]:
         """One batch through the pipeline: capture (per augmentation), methods, normalize.
-        ``chosen``: per image, class indices or targets (None: the top ``depth`` classes, or with
-        ``above`` every class scored at least that)."""
+        ``chosen``: per image, class indices or targets (None: the top ``depth`` classes, 1 when
+        None, or with ``above`` every class scored at least that, at most ``depth`` of them)."""
         started, model = time.perf_counter(), self.model
         x = coerce.model_input(items, model.preprocess).to(model.device)
         with eval_mode(model.net), RUNS.shared():
             captures = [self._capture(x, progress)]
             probs = captures[0].probs
             if chosen is None and self.config.above is not None:
-                chosen = _above(probs, self.config.above, [item.source for item in items])
+                sources = [item.source for item in items]
+                chosen = _above(probs, self.config.above, sources, depth)
             elif chosen is None and model.kind == "segmentation":
-                chosen = _top_segments(model, probs, depth)
+                chosen = _top_segments(model, probs, depth or 1)
             elif chosen is None:
-                chosen = probs.topk(depth, dim=1).indices.tolist()
+                chosen = probs.topk(depth or 1, dim=1).indices.tolist()
             else:  # versus true: the top-1, and the top-1 versus the true class when they differ
                 chosen = self.plan.with_top1(chosen, probs.topk(1, dim=1).indices[:, 0].tolist())
             sizes = [_size(item) for item in items]
@@ -398,13 +399,15 @@ def _top_segments(model: Model, shares: torch.Tensor, top: int) -> list[list[int
     return out
 
 
-def _above(probs: torch.Tensor, least: float, sources: Sequence[str]) -> list[list[int]]:
-    """Per image, the classes whose score is at least ``least``, best first; an image with none
-    gets no map, and a warning says so."""
+def _above(
+    probs: torch.Tensor, least: float, sources: Sequence[str], most: int | None = None
+) -> list[list[int]]:
+    """Per image, the classes whose score is at least ``least``, best first, the first ``most``
+    of them (None: all); an image with none gets no map, and a warning says so."""
     out = []
     for b, row in enumerate(probs):
         order = row.argsort(descending=True, stable=True)
-        chosen = [int(c) for c in order if float(row[c]) >= least]
+        chosen = order[row[order] >= least][:most].tolist()
         if not chosen:
             warnings.warn(
                 FlatMapWarning(

@@ -420,7 +420,11 @@ ScoresOpt = Annotated[
 ]
 AboveOpt = Annotated[
     float | None,
-    typer.Option("--above", help="explain every class whose score is at least P (with sigmoid)"),
+    typer.Option(
+        "--above",
+        help="explain every class whose score is at least P (with sigmoid), best first; "
+        "with --top K at most K of them",
+    ),
 ]
 OutputOpt = Annotated[
     list[int] | None,

@@ -137,7 +137,8 @@ def explain(
         typer.Option(
             "--top",
             "-k",
-            help="explain the top K predicted classes (default 1; not with --class). The "
+            help="explain the top K predicted classes (default 1; not with --class; with "
+            "--above P: at most K of the classes scored at least P). The "
             "console line shows the top-3 predictions whatever is explained, then "
             "'explained:' and the classes explained",
         ),

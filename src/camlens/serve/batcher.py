@@ -18,8 +18,9 @@ across threads). A request may carry a :class:`Job`: its progress (passes done o
 is kept there, and cancelling it (its client went away, or asked) drops it from the queue, or
 stops its batch at the next chunk of passes once no request of the batch is still wanted.
 
-Requests for the top K classes are met by explaining the largest K of the batch and keeping each
-request's first K maps of each method and layer. Explainers are made in the worker thread (their
+Requests for the top K classes (or for at most K of the classes over a threshold) are met by
+explaining the largest K of the batch and keeping each request's first K maps of each method and
+layer. Explainers are made in the worker thread (their
 probe pass runs the model) and kept, the ``explainers`` most recently used.
 """
 
@@ -386,12 +387,15 @@ class Batcher:
         if classes_given:
             lists: Any = [list(r.config.classes) for r in requests]
             return explainer.explain(images, classes=lists, names=names, progress=progress)
-        if config.targets or config.above is not None:  # the config's targets, for every image
+        if config.targets:  # the config's targets, for every image
             return explainer.explain(images, names=names, progress=progress)
-        tops = [r.config.top or 1 for r in requests]
-        results = explainer.explain(images, top=max(tops), names=names, progress=progress)
+        # the top K (1 by default); with above, at most K of the classes over it (None: all)
+        tops = [r.config.top or (None if config.above is not None else 1) for r in requests]
+        deepest = None if None in tops else max(t for t in tops if t is not None)
+        results = explainer.explain(images, top=deepest, names=names, progress=progress)
         for result, top in zip(results, tops, strict=True):
-            result.maps = _first_ranks(result.maps, top)
+            if top is not None:
+                result.maps = _first_ranks(result.maps, top)
         return results
 
 

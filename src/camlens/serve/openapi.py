@@ -192,13 +192,14 @@ def describe_form(doc: dict[str, Any], body: dict[str, Any], state: ServerState)
 
 WHAT = ("classes", "top", "above", "output", "versus", "like")
 """The explain form's fields that say what is explained: classes, and targets (outputs,
-contrasts, a similarity) beside them or alone; or the top K; or the classes above a score."""
+contrasts, a similarity) beside them or alone; or the top K; or the classes above a score, with
+top at most K of them."""
 
 EXCLUSIVE = [
     [one, other]
     for i, one in enumerate(WHAT)
     for other in WHAT[i + 1 :]
-    if {one, other} & {"top", "above"}
+    if {one, other} & {"top", "above"} and {one, other} != {"top", "above"}
 ]
 """The explain form's fields that cannot be given together (what is explained is said once)."""
 

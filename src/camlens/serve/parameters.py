@@ -201,6 +201,17 @@ def explain_options(
         raise ApiError(422, f"top must be at most {model.num_classes}, not {config.top}", "top")
     count = maps_asked(config, model)
     if count > st.settings.max_maps:
+        if config.above is not None and config.top is None:
+            per_class = len(config.methods) * max(1, len(config.layers))
+            most = st.settings.max_maps // per_class
+            bound = f"give top (at most {most} here) to explain the best of those classes only"
+            raise ApiError(
+                422,
+                f"above {config.above:g} may ask for {count} maps (every class scored at least "
+                f"that x methods x layers), over this server's limit of {st.settings.max_maps}: "
+                f"{bound if most else 'choose fewer methods or layers'}",
+                "above",
+            )
         raise ApiError(
             422,
             f"{count} maps asked for (classes x methods x layers), over this server's limit "
@@ -216,12 +227,15 @@ def explain_options(
 
 
 def maps_asked(config: ExplainConfig, model: Model) -> int:
-    """How many maps ``config`` asks of one photo: targets (or classes, or top) x methods x
-    layers; under softmax ``above`` asks at most ``1 / above`` classes, else one is counted."""
+    """How many maps ``config`` may ask of one photo: targets (or classes, or top) x methods x
+    layers. ``above`` may ask for every class: at most ``1 / above`` of them under softmax (the
+    scores sum to 1), else all of them; at most ``top`` when it is given."""
     wanted = len(config.targets) or len(config.classes) or config.top or 1
     if config.above is not None:
         softmax = (config.scores or model.scores) == "softmax"
-        wanted = (
-            min(model.num_classes, int(1 / config.above)) if softmax and config.above > 0 else 1
-        )
+        wanted = model.num_classes
+        if softmax and config.above * wanted > 1:
+            wanted = int(1 / config.above)
+        if config.top is not None:
+            wanted = min(wanted, config.top)
     return wanted * len(config.methods) * max(1, len(config.layers))

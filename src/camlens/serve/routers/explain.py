@@ -85,7 +85,10 @@ async def explain(
         list[str] | None,
         Form(description="class indices or names to explain, one per field (repeat)"),
     ] = None,
-    top: Annotated[int | None, Form(description="explain the top K classes (default 1)")] = None,
+    top: Annotated[
+        int | None,
+        Form(description="explain the top K classes (default 1); with above, at most K of those"),
+    ] = None,
     boxes: Annotated[
         str | None, Form(description="none, largest or all: boxes from each map")
     ] = None,
@@ -116,7 +119,11 @@ async def explain(
         ),
     ] = None,
     above: Annotated[
-        float | None, Form(description="explain every class whose score is at least this")
+        float | None,
+        Form(
+            description="explain every class whose score is at least this, best first; under "
+            "sigmoid or raw scores give top to bound them"
+        ),
     ] = None,
     output_index: Annotated[
         list[str] | None,

@@ -143,6 +143,35 @@ export function mountTargets(panel, view) {
   });
   aboveOff.addEventListener("click", () => setAbove(null));
 
+  // The most classes over the threshold a request asks for: as many as the server explains at
+  // once (max_maps) over the methods x layers asked, and no more than the model has.
+  function mostAbove(options) {
+    const count = (options.methods?.length || 1) * (options.layers?.length || 1);
+    const most = Number.isFinite(server.max_maps) ? Math.floor(server.max_maps / count) : Infinity;
+    return Math.max(1, Math.min(classes.length, most));
+  }
+
+  // What the threshold's note says of `answer`: every class over it, or the best N of them
+  // when the answer holds N, the most a request may ask for (more may be over it).
+  function aboveSaid(answer) {
+    const percentage = `${Math.round(state.above * 100)}%`;
+    const asked = answer ? askedOf(answer) : {};
+    const explained = new Set((answer?.explanations ?? [])
+      .filter((m) => (!m.target || m.target.kind === "class") && m.class_index >= 0)
+      .map((m) => m.class_index));
+    const limit = `this server explains at most ${server.max_maps} maps a request`;
+    if (asked.above !== state.above) return `Every class scoring at least ${percentage} is explained.`;
+    if (asked.alone) {
+      return `The class shown is past the best ${asked.top} above ${percentage}: it is ` +
+        `explained alone (${limit}).`;
+    }
+    if (asked.top < classes.length && explained.size >= asked.top) {
+      const best = asked.top === 1 ? "The best class" : `The best ${asked.top} classes`;
+      return `${best} above ${percentage} ${asked.top === 1 ? "is" : "are"} explained: ${limit}.`;
+    }
+    return `Every class scoring at least ${percentage} is explained.`;
+  }
+
   function showThreshold(value = threshold()) {
     aboveValue.value = `${Math.round(value * 100)}%`;
     aboveInput.value = String(value);
@@ -262,12 +291,19 @@ export function mountTargets(panel, view) {
         options.classes = [classIndex];
         options.versus = [versus];
       } else if (state.above !== null && sigmoid()) {
-        const score = (photo?.result?.predictions ?? []).find((p) => p.class_index === classIndex)?.score;
-        if (classIndex === undefined || score === undefined || score >= state.above) {
-          delete options.top; // every class over the threshold, the chosen one among them
+        const predictions = photo?.result?.predictions ?? [];
+        const rank = predictions.findIndex((p) => p.class_index === classIndex);
+        const most = mostAbove(options);
+        // every class over the threshold (the chosen one among them), at most as many as the
+        // server allows; a class ranked past those is asked for alone
+        const over = rank >= 0 && predictions[rank].score >= state.above;
+        if (classIndex === undefined || rank < 0 || (over && rank < most)) {
           delete options.classes;
+          options.top = most;
           options.above = state.above;
-          state.asked.set(photo, { above: state.above });
+          state.asked.set(photo, { above: state.above, top: most });
+        } else if (over) { // asked for alone (explore's classes): its map is that answer's
+          state.asked.set(photo, { above: state.above, top: most, alone: true });
         }
       }
       return options;
@@ -359,7 +395,7 @@ export function mountTargets(panel, view) {
       aboveNote.textContent = state.above === null
         ? "Independent scores (sigmoid): several classes can be high at once. The line is at " +
           `${DEFAULT_THRESHOLD * 100}%; move it to explain every class over it.`
-        : `Every class scoring at least ${Math.round(state.above * 100)}% is explained.`;
+        : aboveSaid(answer);
       showThreshold();
     },
 
