@@ -4,9 +4,9 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DEMO    := $(VENV)/.installed-demo
-CODE    := src tests $(wildcard benchmarks)
+CODE    := src tests $(wildcard benchmarks) docs/screenshots.py
 
-.PHONY: demo test test-fast lint typecheck pytest browser bench docs dist clean
+.PHONY: demo test test-fast lint typecheck pytest browser bench docs screenshots dist clean
 
 # Everything: what the tests, the docs and the wheel need.
 $(STAMP): pyproject.toml
@@ -56,6 +56,10 @@ bench: $(STAMP)
 # The documentation site (mkdocs.yml, docs/), strictly: a broken link or reference fails.
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict --site-dir site
+
+# The page's pictures in docs/, cut from the browser tests' screenshots.
+screenshots: $(STAMP) browser
+	$(BIN)/python docs/screenshots.py
 
 # The sdist and the wheel in dist/, checked by twine.
 dist: $(STAMP)
