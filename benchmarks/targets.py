@@ -8,7 +8,10 @@ process on the same input tensor; prints a markdown table of medians and ratios.
 Where a GAP -> Linear head would let camlens skip the backward pass, there is nothing to measure,
 so the layers here have no head after them: torchvision VGG16 (random weights) at
 ``features.29`` (conv5_3's ReLU, 14 x 14; the gradients go back through three linear layers, the
-first of 400 MB) and ResNet-50 at ``layer3`` (14 x 14), batch 1 at 224 x 224, Grad-CAM.
+first of 400 MB) and ResNet-50 at ``layer3`` (14 x 14), batch 1 at 224 x 224, Grad-CAM. For
+comparison, ResNet-50 at ``layer4`` too, the layer camlens chooses by default: it feeds the GAP ->
+Linear head, so the classes' gradients are the head's weights, and only the similarity target
+goes back (through the pooling).
 
 Variants:
 
@@ -120,7 +123,7 @@ def main() -> None:
         "",
     ]
     table: dict[str, dict[str, float]] = {}
-    cases = [("vgg16", "features.29"), ("resnet50", "layer3")]
+    cases = [("vgg16", "features.29"), ("resnet50", "layer3"), ("resnet50", "layer4")]
     for name, layer in cases[:1] if args.quick else cases:
         torch.manual_seed(0)
         with warnings.catch_warnings():
