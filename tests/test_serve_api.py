@@ -37,6 +37,23 @@ from camlens.serve import ServeSettings, create_app
 from camlens.serve.batcher import Batcher, Request
 
 
+def all_at_once(batcher: Any, requests: list[Any]) -> list[camlens.Explanation]:
+    """``requests`` sent to a started ``batcher`` together (all on their way before the first
+    batch: batches wait for them), their results in order; the batcher closed after."""
+
+    async def run_all() -> list[camlens.Explanation]:
+        tickets = [batcher.expect() for _ in requests]
+        return await asyncio.gather(
+            *(batcher.explain(r, t) for r, t in zip(requests, tickets, strict=True))
+        )
+
+    batcher.start()
+    try:
+        return asyncio.run(run_all())
+    finally:
+        batcher.close()
+
+
 def blank_png(path: Path, width: int, height: int) -> Path:
     """A valid all-black 1-bit PNG of any size, a few kB per megapixel (no image in memory)."""
 
@@ -474,17 +491,7 @@ def test_batcher_explains_concurrent_requests_together(
     ]
     requests.append(Request(photos[0], "by class", config.replace(classes=(285, 1))))
 
-    async def run_all() -> list[camlens.Explanation]:
-        tickets = [batcher.expect() for _ in requests]  # all on their way: batches wait for them
-        return await asyncio.gather(
-            *(batcher.explain(r, t) for r, t in zip(requests, tickets, strict=True))
-        )
-
-    batcher.start()
-    try:
-        results = asyncio.run(run_all())
-    finally:
-        batcher.close()
+    results = all_at_once(batcher, requests)
     assert batcher.images == 7
     assert batcher.batches < 7 and batcher.largest_batch == 4  # batched, and never past the size
     with camlens.Explainer(default_model, method=["gradcam", "eigencam"]) as ex:
@@ -517,17 +524,7 @@ def test_batcher_bounds_above_by_each_requests_top(
         for i, (p, t) in enumerate(zip(photos, tops, strict=True))
     ]
 
-    async def run_all() -> list[camlens.Explanation]:
-        tickets = [batcher.expect() for _ in requests]
-        return await asyncio.gather(
-            *(batcher.explain(r, t) for r, t in zip(requests, tickets, strict=True))
-        )
-
-    batcher.start()
-    try:
-        results = asyncio.run(run_all())
-    finally:
-        batcher.close()
+    results = all_at_once(batcher, requests)
     assert batcher.batches == 1
     counts = []
     for request, result in zip(requests, results, strict=True):
