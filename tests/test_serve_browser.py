@@ -1002,3 +1002,26 @@ def test_no_gallery_without_runs(server: str, page: Any) -> None:
     expect(page.locator("#nav a")).to_have_count(0)
     expect(page.locator(".explore")).to_be_visible()  # the explorer, not the gallery
     expect(page.locator("#help-gallery")).to_be_hidden()
+
+
+def test_a_server_of_fewer_maps_than_five(page: Any, tmp_path: Path, chelsea: np.ndarray) -> None:
+    """`camlens serve --max-maps 2`: a new photo asks for the top 2 (the top 5 would be refused),
+    shows its map and still lists five predictions; the third class is asked for alone."""
+    from playwright.sync_api import expect
+
+    photo = tmp_path / "chelsea.jpg"
+    Image.fromarray(chelsea).save(photo, quality=95)
+    with camlens_serve(["--max-maps", "2"], log=tmp_path / "serve.log") as (url, _):
+        page.add_init_script(SENT_FORMS)
+        page.goto(url)
+        page.wait_for_selector("body[data-ready]")
+        page.set_input_files("#file", str(photo))
+        expect(page.locator(".prediction")).to_have_count(5)
+        expect(page.locator("#stage img.heat")).to_have_js_property("naturalWidth", 451)
+        expect(page.locator("#stage figcaption")).to_contain_text("Egyptian cat")
+        page.locator(".prediction").nth(2).click()
+        expect(page.locator("#stage figcaption")).to_contain_text("tabby")
+        expect(page.locator("#stage img.heat")).to_have_js_property("naturalWidth", 451)
+        sent = page.evaluate("window.sentForms")
+    assert sent[0]["top"] == "2" and "classes" not in sent[0]
+    assert sent[-1]["classes"] == "281" and "top" not in sent[-1]

@@ -487,7 +487,10 @@ export function mountExplore(root, { server, model, methods }) {
       cmap: state.cmap };
     const inTop = classIndex === undefined
       || (photo.result?.predictions ?? []).some((p) => p.class_index === classIndex);
-    if (inTop && (count * TOP <= server.max_maps || classIndex === undefined)) options.top = TOP;
+    // a new photo: its top classes, as many of the five as the server explains at once
+    if (classIndex === undefined) {
+      options.top = Math.max(1, Math.min(TOP, Math.floor(server.max_maps / count)));
+    } else if (inTop && count * TOP <= server.max_maps) options.top = TOP;
     else options.classes = [classIndex];
     if (fastApplies(shown) && state.fast !== null) options.fast_channels = state.fast;
     targets.adjust(options, classIndex, photo);
