@@ -10,12 +10,14 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -200,3 +202,18 @@ def load(
             fields=fields or {},
         )
     )
+
+
+def held(app: Any) -> tuple[threading.Event, threading.Event]:
+    """The app's batcher holds each batch until ``release`` is set (``running`` says it is)."""
+    batcher = app.state.camlens.batcher
+    running, release = threading.Event(), threading.Event()
+    real_run = batcher._run
+
+    def held_run(requests: list[Any]) -> Any:
+        running.set()
+        assert release.wait(60)
+        return real_run(requests)
+
+    batcher._run = held_run
+    return running, release

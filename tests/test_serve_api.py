@@ -32,6 +32,7 @@ from camlens.models.scores import set_scores
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
+from serving import held
 
 from camlens.serve import ServeSettings, create_app
 from camlens.serve.batcher import Batcher, Request
@@ -441,15 +442,7 @@ def test_map_at_the_layers_size_and_the_zip_of_a_result(client: TestClient, cat:
 def test_full_queue_is_a_503_with_retry_after(default_model: camlens.Model, cat: bytes) -> None:
     app = create_app(default_model, ServeSettings(max_queue=1, batch_wait=0))
     batcher = app.state.camlens.batcher
-    running, release = threading.Event(), threading.Event()
-    real_run = batcher._run
-
-    def held_run(requests: list[Request]) -> Any:
-        running.set()
-        assert release.wait(60)
-        return real_run(requests)
-
-    batcher._run = held_run
+    running, release = held(app)
     with TestClient(app) as c:
         statuses: list[int] = []
 

@@ -32,10 +32,9 @@ import camlens
 pytest.importorskip("fastapi")
 from awkward import cat, cup
 from fastapi.testclient import TestClient
-from serving import camlens_serve
+from serving import camlens_serve, held
 
 from camlens.serve import ServeSettings, create_app
-from camlens.serve.batcher import Request
 
 TESTS = Path(__file__).parent
 
@@ -159,21 +158,6 @@ def provoke(key: tuple[str, str, int, str]) -> Call | None:
         run = {"runs": "audit", "run": "no-such-run", "unreadable": "audit"}[name]
         return get(url.replace("{run}", run).replace("{image_id}", "0"))
     return None
-
-
-def held(app: Any) -> tuple[threading.Event, threading.Event]:
-    """The app's batcher holds each batch until ``release`` is set (``running`` says it is)."""
-    batcher = app.state.camlens.batcher
-    running, release = threading.Event(), threading.Event()
-    real_run = batcher._run
-
-    def held_run(requests: list[Request]) -> Any:
-        running.set()
-        assert release.wait(60)
-        return real_run(requests)
-
-    batcher._run = held_run
-    return running, release
 
 
 def test_every_documented_error_is_the_real_answer(model: camlens.Model, tmp_path: Path) -> None:
