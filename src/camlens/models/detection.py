@@ -123,7 +123,7 @@ def _two_stage(net: nn.Module) -> bool:
     )
 
 
-def two_stage_rows(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def two_stage_rows(net: Any, x: torch.Tensor) -> torch.Tensor:
     """A torchvision Faster R-CNN's detections of ``x`` as rows ``[N, K, 6]``, the same as its
     own forward pass gives, computed so that a backward pass is cheap: the box head scores every
     proposal without a graph, the detections are chosen from those scores as torchvision does
