@@ -296,3 +296,33 @@ def test_a_detection_scaled_to_the_input(tiny: camlens.Model) -> None:
         m.value == pytest.approx(d.score, abs=1e-5)
         for m, d in zip(result.maps, result.detections, strict=True)
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "size"),
+    [
+        ("fasterrcnn_mobilenet_v3_large_fpn", 160),
+        ("ssdlite320_mobilenet_v3_large", 160),
+        ("retinanet_resnet50_fpn", 128),
+        ("fcos_resnet50_fpn", 128),
+    ],
+)
+def test_rows_are_the_detectors_own(name: str, size: int) -> None:
+    """DetectionNet computes torchvision's detectors' detections itself (so that only the
+    detections explained keep a graph): the same boxes, scores and labels as their own forward
+    pass, with and without the graph, all of them or within ``graded``."""
+    from camlens.models.detection import detection_rows, graded
+
+    torch.manual_seed(0)
+    options: dict[str, float] = {"score_thresh": 0.0}
+    if "rcnn" in name:
+        options = {"box_score_thresh": 0.0, "rpn_post_nms_top_n_test": 200}
+    net = torchvision_detection(name, None, **options).eval()
+    x = torch.rand(2, 3, size, size)
+    with torch.no_grad():
+        expected = detection_rows(net(list(x)), x)
+        torch.testing.assert_close(DetectionNet(net)(x), expected, rtol=0, atol=0)
+    with graded(0.0, 3):
+        rows = DetectionNet(net)(x)
+    assert rows.requires_grad
+    torch.testing.assert_close(rows.detach(), expected, rtol=0, atol=1e-6)
