@@ -326,3 +326,21 @@ def test_rows_are_the_detectors_own(name: str, size: int) -> None:
         rows = DetectionNet(net)(x)
     assert rows.requires_grad
     torch.testing.assert_close(rows.detach(), expected, rtol=0, atol=1e-6)
+
+
+def test_another_input_size(frcnn: camlens.Model, photo: Image.Image) -> None:
+    """input_size replaces the detector's own (its box head's Linear layers read pooled boxes,
+    not the grid: any size is fine); the detections are in the photo's pixels all the same."""
+    ex = camlens.Explainer(frcnn, min_score=0.0, detections=1, input_size=(96, 128))
+    result = ex.explain(photo)
+    assert result.input_size == (96, 128) and len(result.maps) == 1
+    x0, y0, x1, y1 = result.detections[0].box
+    assert 0 <= x0 < x1 <= 200 and 0 <= y0 < y1 <= 120
+
+
+def test_test_time_augmentation(frcnn: camlens.Model, photo: Image.Image) -> None:
+    """Flipped and rescaled passes explain the same detections (mirrored, scaled), merged."""
+    ex = camlens.Explainer(frcnn, min_score=0.0, detections=2, smooth="tta", tta_scales=(1.0, 1.25))
+    result = ex.explain(photo)
+    assert result.stats.forward_passes == 4 and len(result.maps) == 2
+    assert [m.target for m in result.maps] == [d.target().to_dict() for d in result.detections[:2]]
