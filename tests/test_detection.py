@@ -145,6 +145,14 @@ def test_wrong_targets(frcnn: camlens.Model) -> None:
         camlens.Explainer(frcnn, targets=[camlens.targets.Contrast(1, (2,))])
     with pytest.raises(TargetError, match="explains a detector"):
         camlens.Explainer(targets=[Detection((0, 0, 10, 10), 1)])
+    for option in ({"classes": [1]}, {"top": 2}, {"above": 0.5}):
+        with pytest.raises(
+            TargetError, match="is a detector: it explains its detections"
+        ) as caught:
+            camlens.Explainer(frcnn, **option)
+        assert caught.value.option == next(iter(option))
+    with pytest.raises(TargetError, match="detections chooses a detector's detections"):
+        camlens.Explainer(detections=2)
 
 
 def test_loads_by_spec_with_a_weights_file(tmp_path) -> None:
