@@ -5,6 +5,8 @@ and detections, one map per detection. Seeded random-weight detectors at a small
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -352,3 +354,25 @@ def test_test_time_augmentation(frcnn: camlens.Model, photo: Image.Image) -> Non
     result = ex.explain(photo)
     assert result.stats.forward_passes == 4 and len(result.maps) == 2
     assert [m.target for m in result.maps] == [d.target().to_dict() for d in result.detections[:2]]
+
+
+def test_a_batch_with_and_without_detections(tiny: camlens.Model, tmp_path) -> None:
+    """An image with no detection above min_score gets no map beside one with three, in one
+    batch; both reports are written."""
+    dark = Image.new("RGB", (64, 64), (0, 0, 0))
+    bright = Image.new("RGB", (64, 64), (255, 255, 255))
+    rows = tiny.net(torch.stack([torch.zeros(3, 48, 48), torch.ones(3, 48, 48)]))
+    least = float((rows[0, :, 4].max() + rows[1, :, 4].min()) / 2)
+    assert rows[0, :, 4].max() < least < rows[1, :, 4].min()
+    ex = camlens.Explainer(tiny, min_score=least)
+    with pytest.warns(FlatMapWarning, match="<image 0>: no detection scored at least"):
+        none, three = ex.explain([dark, bright])
+    assert none.detections == [] and none.maps == []
+    assert len(three.detections) == 3 and len(three.maps) == 3
+    assert not any(m.flat for m in three.maps)
+    report = json.loads(three.save(tmp_path / "three").read_text())
+    assert [e["target"]["box"] for e in report["explanations"]] == [
+        d["box"] for d in report["detections"]
+    ]
+    assert len({e["overlay"] for e in report["explanations"]}) == 3
+    assert json.loads(none.save(tmp_path / "none").read_text())["detections"] == []
