@@ -376,3 +376,22 @@ def test_a_batch_with_and_without_detections(tiny: camlens.Model, tmp_path) -> N
     ]
     assert len({e["overlay"] for e in report["explanations"]}) == 3
     assert json.loads(none.save(tmp_path / "none").read_text())["detections"] == []
+
+
+def test_a_torchvision_detector_given_as_a_module() -> None:
+    """A torchvision detector of one's own (its transform kept as it is) is preprocessed as it
+    expects: a square of its min_size, not normalized; no warning about preprocessing."""
+    import warnings
+
+    import torchvision
+
+    torch.manual_seed(0)
+    net = torchvision.models.get_model(
+        "ssdlite320_mobilenet_v3_large", weights=None, weights_backbone=None, num_classes=3
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = camlens.load_model(net)
+    assert model.kind == "detection" and model.labels == ("class 0", "class 1", "class 2")
+    assert model.preprocess.input_size == (320, 320) and model.preprocess.mean == (0.0, 0.0, 0.0)
+    assert type(net.transform).__name__ == "GeneralizedRCNNTransform"  # left as found

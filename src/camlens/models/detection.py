@@ -445,6 +445,21 @@ def is_detector(net: nn.Module) -> bool:
     return callable(getattr(getattr(net, "transform", None), "postprocess", None))
 
 
+def detector_preprocess(net: nn.Module) -> PreprocessConfig | None:
+    """The preprocessing of a torchvision detector given as an ``nn.Module``: the photo resized
+    to a square of its transform's ``min_size`` (its ``fixed_size`` for SSD), not normalized (its
+    transform normalizes, and a square of that size is neither resized nor padded, 32 dividing
+    it); None for a module that is not one."""
+    transform: Any = getattr(net, "transform", None)
+    if not is_detector(net) or not hasattr(transform, "min_size"):
+        return None
+    fixed = getattr(transform, "fixed_size", None)
+    side = int(fixed[0]) if fixed else int(transform.min_size[-1])
+    return PreprocessConfig(
+        input_size=(side, side), interpolation="bilinear", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)
+    )
+
+
 def detection_model(
     net: nn.Module,
     preprocess: PreprocessConfig,
@@ -580,6 +595,7 @@ __all__ = [
     "detection_model",
     "detection_rows",
     "detection_size",
+    "detector_preprocess",
     "exact_transform",
     "graded",
     "is_detection_output",
