@@ -395,3 +395,13 @@ def test_a_torchvision_detector_given_as_a_module() -> None:
     assert model.kind == "detection" and model.labels == ("class 0", "class 1", "class 2")
     assert model.preprocess.input_size == (320, 320) and model.preprocess.mean == (0.0, 0.0, 0.0)
     assert type(net.transform).__name__ == "GeneralizedRCNNTransform"  # left as found
+
+
+def test_the_config_rebuilds_the_same_maps(tiny: camlens.Model, photo: Image.Image) -> None:
+    ex = camlens.Explainer(tiny, method=["gradcam", "eigencam"], min_score=0.1, detections=2)
+    again = camlens.Explainer.from_config(ExplainConfig.from_json(ex.config.to_json()), model=tiny)
+    assert (again.config.min_score, again.config.detections) == (0.1, 2)
+    a, b = ex.explain(photo), again.explain(photo)
+    assert len(a.maps) == 4 and a.detections == b.detections
+    for m, n in zip(a.maps, b.maps, strict=True):
+        assert m.target == n.target and torch.equal(m.map, n.map)
