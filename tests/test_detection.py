@@ -405,3 +405,13 @@ def test_the_config_rebuilds_the_same_maps(tiny: camlens.Model, photo: Image.Ima
     assert len(a.maps) == 4 and a.detections == b.detections
     for m, n in zip(a.maps, b.maps, strict=True):
         assert m.target == n.target and torch.equal(m.map, n.map)
+
+
+def test_a_detector_loaded_by_name_pickles(frcnn: camlens.Model) -> None:
+    import pickle
+
+    net = pickle.loads(pickle.dumps(frcnn.net.inner))
+    assert type(net.transform).__name__ == "Exact"
+    x = torch.rand(1, 3, 64, 80)
+    with torch.no_grad():
+        torch.testing.assert_close(DetectionNet(net)(x), frcnn.net(x))

@@ -578,7 +578,15 @@ def _exact_class() -> type[nn.Module]:
         def resize(self, image: torch.Tensor, target: Any = None) -> tuple[torch.Tensor, Any]:
             return image, target
 
+    Exact.__module__, Exact.__qualname__ = __name__, "Exact"  # pickled as this module's Exact
     return Exact
+
+
+def __getattr__(name: str) -> Any:
+    """``Exact``, the transform class, made on first use (torchvision is imported then)."""
+    if name == "Exact":
+        return _exact_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _Exact(mean: list[float], std: list[float]) -> nn.Module:  # a class, made lazily
