@@ -361,7 +361,8 @@ def test_a_batch_with_and_without_detections(tiny: camlens.Model, tmp_path) -> N
     batch; both reports are written."""
     dark = Image.new("RGB", (64, 64), (0, 0, 0))
     bright = Image.new("RGB", (64, 64), (255, 255, 255))
-    rows = tiny.net(torch.stack([torch.zeros(3, 48, 48), torch.ones(3, 48, 48)]))
+    with torch.no_grad():
+        rows = tiny.net(torch.stack([torch.zeros(3, 48, 48), torch.ones(3, 48, 48)]))
     least = float((rows[0, :, 4].max() + rows[1, :, 4].min()) / 2)
     assert rows[0, :, 4].max() < least < rows[1, :, 4].min()
     ex = camlens.Explainer(tiny, min_score=least)
