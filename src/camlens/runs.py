@@ -206,6 +206,30 @@ def keep_rows(out: Path, keep: Callable[[Row], bool]) -> set[str]:
     return {row_key(row) for row in kept}
 
 
+def order_index(out: Path, keys: Sequence[str]) -> bool:
+    """Puts the rows of ``OUT/index.jsonl`` in the order of their :func:`row_key` s in ``keys``,
+    the rows of other images (an earlier run's, of other files) first as they were: a resumed
+    run's index then has the bytes of one uninterrupted run's, whose rows are in input order
+    (a resumed run appends the images it does, a failed one included, after those it found
+    done). The file is replaced whole, and only when its order changes; True when it was."""
+    path = out / INDEX
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise CamlensError(f"cannot read {path} ({exc.strerror})") from None
+    lines = [line for line in data.splitlines(keepends=True) if line.strip()]
+    place = {key: i for i, key in enumerate(keys)}
+    rank = [place.get(row_key(_parse_row(line, path, None)), -1) for line in lines]
+    order = sorted(range(len(lines)), key=lambda i: (rank[i] >= 0, rank[i], i))
+    if order == list(range(len(lines))):
+        return False
+    with atomic_open(path) as handle:
+        handle.writelines(lines[i].decode() for i in order)
+    return True
+
+
 class IndexWriter:
     """Appends rows to ``OUT/index.jsonl``: each call to :meth:`append` is one ``write`` of whole
     lines, flushed to the operating system. Opening cuts off a torn last line left by a killed

@@ -1,0 +1,230 @@
+"""Dataset runs (``camlens explain DIR --format dataset``) of the other kinds of model: a
+segmentation model (LR-ASPP MobileNetV3) and a detector (Faster R-CNN MobileNetV3-FPN), both with
+seeded random weights saved to a local file and given by spec, as a user gives them. A run writes
+each image's segmentation or detections and a map per class or detection; a run stopped half-way
+(or killed, its last index line torn) and resumed writes the bytes of one uninterrupted run;
+``camlens summary`` reads the index of both."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_runs import tree
+from typer.testing import CliRunner
+
+import camlens
+from camlens.batch import explain_files
+from camlens.cli import app
+from camlens.config import OutputConfig
+from camlens.runs import INDEX, read_index
+
+runner = CliRunner()
+
+RAY = importlib.util.find_spec("ray") is not None
+if RAY:  # the one-machine Ray cluster on 127.0.0.1 of the Ray tests (fixture ``ray_cluster``)
+    from test_distributed import cluster as ray_cluster  # noqa: F401
+needs_ray = pytest.mark.skipif(not RAY, reason="Ray is not installed")
+
+SEG_SPEC = "torchvision:lraspp_mobilenet_v3_large"
+SEG_ARGS = ["--input-size", "64x64", "--top", "2", "--batch-size", "2", "--format", "dataset"]
+
+
+def _photos(folder: Path) -> list[Path]:
+    """Five small photos (64x48, 48x64 and 56x56) of skimage's samples, in ``folder``."""
+    from skimage import data
+
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {
+        "cat": (data.chelsea(), (64, 48)),
+        "coffee": (data.coffee(), (64, 48)),
+        "astronaut": (data.astronaut(), (56, 56)),
+        "rocket": (data.rocket(), (48, 64)),
+        "motorcycle": (data.stereo_motorcycle()[0], (64, 48)),
+    }
+    paths = []
+    for name, (array, size) in arrays.items():
+        path = folder / f"{name}.png"
+        Image.fromarray(np.asarray(array)).convert("RGB").resize(size).save(path)
+        paths.append(path)
+    return sorted(paths)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``imgs/`` (five photos, one file that is no photo) and ``seg.pth``: LR-ASPP's seeded
+    random weights with its classifiers' biases zeroed (with them, a random LR-ASPP gives one
+    class everywhere, whatever the photo; without them, 5 to 10 classes per photo)."""
+    import torchvision
+
+    root = tmp_path_factory.mktemp("kinds")
+    _photos(root / "imgs")
+    (root / "imgs" / "broken.png").write_bytes(b"not a photo")
+    torch.manual_seed(0)
+    net = torchvision.models.get_model(
+        "lraspp_mobilenet_v3_large", weights=None, weights_backbone=None
+    )
+    with torch.no_grad():
+        net.classifier.low_classifier.bias.zero_()
+        net.classifier.high_classifier.bias.zero_()
+    torch.save(net.state_dict(), root / "seg.pth")
+    return root
+
+
+@pytest.fixture
+def here(base: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(base)  # the index keeps the paths as given: short ones
+    return base
+
+
+def _explain(args: list[str]) -> Any:
+    result = runner.invoke(app, ["explain", *args])
+    return result
+
+
+def _load(spec: str, weights: str, **options: Any) -> camlens.Explainer:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return camlens.Explainer(camlens.load_model(spec, weights=weights), **options)
+
+
+# --- segmentation ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def seg_whole(base: Path) -> Path:
+    """One uninterrupted run of the command line over ``imgs`` (top 2, dataset format)."""
+    import os
+
+    here = os.getcwd()
+    os.chdir(base)
+    try:
+        result = _explain(
+            ["imgs", "--model", SEG_SPEC, "--weights", "seg.pth", *SEG_ARGS, "--out", "seg-whole"]
+        )
+    finally:
+        os.chdir(here)
+    assert result.exit_code == 2, result.output  # 2: the file that is no photo
+    assert "broken.png" in result.output
+    return base / "seg-whole"
+
+
+def test_a_segmentation_run_writes_segments_and_a_map_per_class(seg_whole: Path) -> None:
+    rows = read_index(seg_whole)
+    assert [r["image"] for r in rows] == [
+        f"imgs/{n}.png" for n in ("astronaut", "broken", "cat", "coffee", "motorcycle", "rocket")
+    ]
+    broken = rows[1]
+    assert broken["error"] and "broken.png" in broken["error"]
+    explained = [r for i, r in enumerate(rows) if i != 1]
+    kinds = set()
+    for row in explained:
+        report = json.loads((seg_whole / row["report"]).read_text())
+        segmentation = report["segmentation"]
+        assert segmentation == row["segmentation"]
+        shares = [s["share"] for s in segmentation]
+        assert shares == sorted(shares, reverse=True) and abs(sum(shares) - 1) < 1e-3
+        kinds.add(len(segmentation))
+        # the segments overlay, at the photo's size, in the dataset format's JPEG
+        overlay = seg_whole / row["segments_overlay"]
+        with Image.open(overlay) as picture:
+            assert picture.format == "JPEG" and list(picture.size) == row["size"]
+        # top 2: the two classes with the most pixels (background left out), a map each
+        chosen = [s for s in segmentation if s["label"] != "__background__"][:2]
+        maps = row["explanations"]
+        assert [m["class_index"] for m in maps] == [s["class_index"] for s in chosen]
+        for m, seg in zip(maps, chosen, strict=True):
+            assert m["target"]["kind"] == "segment" and m["target"]["classes"] == [
+                seg["class_index"]
+            ]
+            assert m["target"]["region"] == "predicted" and m["target"]["pixels"] > 0
+            assert m["map"] is None and len(m["layer_map"]) == 4  # 64 px / 16
+            with Image.open(seg_whole / m["overlay"]) as picture:
+                assert picture.format == "JPEG" and list(picture.size) == row["size"]
+    assert max(kinds) > 2  # several classes present: the maps are the two largest
+    assert not list(seg_whole.rglob("*.npy"))
+
+
+def test_a_segmentation_run_resumed_writes_the_bytes_of_one_run(
+    seg_whole: Path, here: Path
+) -> None:
+    """Stopped after two batches, then as a kill leaves a run: the last index line torn (its
+    image's files written, its row not) and a temporary file left behind; resumed: the same
+    files as one run."""
+    explainer = _load(SEG_SPEC, "seg.pth", input_size=(64, 64), batch_size=2)
+    files = sorted(Path("imgs").glob("*.png"))
+    output = OutputConfig(format="dataset")
+    out = Path("seg-resumed")
+    batches = iter(range(100))
+    stopped = list(
+        explain_files(files, explainer, out, output, top=2, stop=lambda: next(batches) >= 2)
+    )
+    assert len(stopped) == 4
+    index = (out / INDEX).read_bytes()
+    (out / INDEX).write_bytes(index[:-10])  # the last row torn: that image is not done
+    (out / ".camlens" / "tmp").mkdir()
+    (out / ".camlens" / "tmp" / "left.tmp").write_bytes(b"half an overlay")
+    resumed = list(explain_files(files, explainer, out, output, top=2))
+    redone = [d.path.stem for d in resumed if not d.skipped]  # a failure is never done
+    assert redone == ["broken", "coffee", "motorcycle", "rocket"]
+    assert tree(out) == tree(seg_whole)  # the index included, byte for byte
+    assert not list(out.rglob("*.tmp"))
+
+
+# --- on Ray ----------------------------------------------------------------------------------
+
+
+def _on_ray(ray: dict[str, str], base: Path, args: list[str]) -> None:
+    """``camlens explain ARGS --ray ADDRESS --actors 1`` in a process of its own, in ``base``."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in ray.items() if k not in ("address", "dashboard")}
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "camlens.cli",
+            "explain",
+            *args,
+            "--ray",
+            ray["address"],
+            "--actors",
+            "1",
+        ],
+        cwd=base,
+        env=env,
+        capture_output=True,
+        timeout=600,
+    )
+    err = run.stderr.decode()
+    assert run.returncode == 2, err[-3000:]  # 2: the file that is no photo
+    assert [line for line in err.splitlines() if line.startswith("camlens:")] == [
+        "camlens: imgs/broken.png: is not an image Pillow can read"
+    ], err[-3000:]
+
+
+def _same_run(remote: Path, local: Path) -> None:
+    """The same files, byte for byte; the index's lines the same, in the order batches ended."""
+    got, want = tree(remote), tree(local)
+    assert sorted(got.pop(INDEX).splitlines()) == sorted(want.pop(INDEX).splitlines())
+    assert got == want
+
+
+@pytest.mark.slow
+@needs_ray
+def test_a_segmentation_run_on_ray_writes_what_the_local_runner_writes(
+    ray_cluster: dict[str, str],
+    base: Path,
+    seg_whole: Path,
+) -> None:
+    args = ["imgs", "--model", SEG_SPEC, "--weights", "seg.pth", *SEG_ARGS, "--out", "seg-ray"]
+    _on_ray(ray_cluster, base, args)
+    _same_run(base / "seg-ray", seg_whole)
