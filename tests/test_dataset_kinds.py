@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import camlens
 from camlens.batch import explain_files
 from camlens.cli import app
 from camlens.config import OutputConfig
-from camlens.runs import INDEX, read_index
+from camlens.runs import INDEX, read_index, summarize
 
 runner = CliRunner()
 
@@ -228,3 +229,49 @@ def test_a_segmentation_run_on_ray_writes_what_the_local_runner_writes(
     args = ["imgs", "--model", SEG_SPEC, "--weights", "seg.pth", *SEG_ARGS, "--out", "seg-ray"]
     _on_ray(ray_cluster, base, args)
     _same_run(base / "seg-ray", seg_whole)
+
+
+# --- the gallery (camlens serve --runs) ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gallery(default_model: camlens.Model, base: Path, seg_whole: Path) -> Iterator[Any]:
+    """The API of ``camlens serve --runs`` over the runs made here."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from camlens.serve import ServeSettings, create_app
+
+    with TestClient(create_app(default_model, ServeSettings(runs=base))) as client:
+        yield client
+
+
+def test_the_gallery_shows_each_images_segments(gallery: Any, seg_whole: Path) -> None:
+    runs = {r["name"]: r for r in gallery.get("/api/runs").json()["runs"]}
+    assert runs["seg-whole"]["kind"] == "segmentation"
+    assert runs["seg-whole"]["format"] == "dataset"
+    rows = {r["image"]: r for r in read_index(seg_whole)}
+    page = gallery.get("/api/runs/seg-whole/images", params={"sort": "name"}).json()
+    assert [i["image"] for i in page["images"]] == sorted(rows)
+    for image in page["images"]:
+        row = rows[image["image"]]
+        if row.get("error"):
+            assert image["segmentation"] is None and image["segments_overlay"] is None
+            continue
+        assert image["segmentation"] == row["segmentation"]
+        assert image["segments_overlay"] == "/runs/seg-whole/" + row["segments_overlay"]
+        served = gallery.get(image["segments_overlay"])
+        assert (
+            served.status_code == 200
+            and served.content == (seg_whole / row["segments_overlay"]).read_bytes()
+        )
+        assert [m["class_index"] for m in image["maps"]] == [
+            m["class_index"] for m in row["explanations"]
+        ]
+    summary = gallery.get("/api/runs/seg-whole/summary").json()
+    expected = summarize(read_index(seg_whole)).segments
+    assert summary["segments"] == [
+        {"class_index": s.class_index, "label": s.label, "images": s.images, "share": s.share}
+        for s in expected
+    ]
+    assert sum(s["images"] for s in summary["segments"]) > 5  # several classes per image

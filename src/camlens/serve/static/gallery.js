@@ -5,13 +5,18 @@
 // With true classes (folders named by class), "Mistakes only" (status=wrong) keeps the images
 // whose top-1 is wrong; such an image opened shows, beside each top-1 map, the map of the top-1
 // versus the true class when the run has it (camlens explain DIR --versus true).
+// A segmentation model's image opened shows its predicted segmentation first, then a map per
+// class; a detector's shows its detections, each map with its box, and its list sorts by
+// "energy in box" (the share of a detection's map inside its own box), lowest first.
 
 import { getRunImage, getRunImages, getRunSummary, getRuns } from "./api.js";
 import { element, methodName, percent, plural, releaseAfterPointer, shortLabel } from "./dom.js";
 
 const PAGE = 60;
-const SORTS = ["score", "spread", "off_center", "name"];
-const SORT_NAMES = { score: "score", spread: "spread", off_center: "off-center", name: "name" };
+const SORTS = ["score", "spread", "off_center", "energy_in_box", "name"];
+const SORT_NAMES = { score: "score", spread: "spread", off_center: "off-center",
+  energy_in_box: "energy in box", name: "name" };
+const ASCENDING = ["name", "energy_in_box"]; // what each sort shows first by default
 
 function parseHash() {
   const hash = window.location.hash.replace(/^#\/?/, "");
@@ -48,7 +53,7 @@ function hashOf(view) {
 }
 
 const share = (fraction) => `${(100 * fraction).toFixed(1)}%`; // of the images: 0 is 0%
-const defaultOrder = (sort) => (sort === "name" ? "asc" : "desc");
+const defaultOrder = (sort) => (ASCENDING.includes(sort) ? "asc" : "desc");
 const baseName = (path) => path.split(/[\\/]/).pop() || path;
 const signed = (value) => `${value >= 0 ? "+" : "−"}${Math.abs(value).toFixed(2)}`;
 
@@ -85,6 +90,7 @@ function valueText(sort, map) {
   if (map.flat) return "flat map";
   const value = map[sort];
   if (value === null || value === undefined) return "";
+  if (sort === "energy_in_box") return `${Math.round(100 * value)}% in its box`;
   return sort === "spread" ? `spread ${Math.round(100 * value)}%` : `off-center ${value.toFixed(2)}`;
 }
 
@@ -312,6 +318,10 @@ export function mountGallery(root, { model }) {
     for (const button of root.querySelectorAll("#sort button")) {
       button.setAttribute("aria-pressed", String(button.dataset.sort === view.sort));
     }
+    // "In box" sorts a detector's maps: offered for a detector's run (or when the address asks)
+    const kind = state.runs.find((r) => r.name === view.run)?.kind;
+    root.querySelector("#sort button[data-sort=energy_in_box]").hidden =
+      kind !== "detection" && view.sort !== "energy_in_box";
     const order = view.order ?? defaultOrder(view.sort);
     const [high, low] = root.querySelectorAll("#order button");
     high.textContent = view.sort === "name" ? "Z to A" : "Highest first";
@@ -539,11 +549,13 @@ export function mountGallery(root, { model }) {
 
     const pairs = new Set(item.maps.map((m) => `${m.method}\u0000${m.layer}`));
     const shown = pairedMaps(item);
+    const before = outputCards(item, name); // the segmentation or the detections, first
+    const cards = item.maps.length + before.length;
     // a mistake with its contrast maps: two columns, each top-1 map beside its contrast
-    const columns = shown.paired ? 2 : item.maps.length <= 1 ? 1 : Math.min(4, Math.max(2, pairs.size));
+    const columns = shown.paired ? 2 : cards <= 1 ? 1 : Math.min(4, Math.max(2, pairs.size + before.length));
     $("detail-maps").style.setProperty("--columns", String(columns));
-    $("detail-maps").style.setProperty("--rows", String(Math.min(2, Math.ceil(item.maps.length / columns))));
-    $("detail-maps").replaceChildren(...shown.maps.map(({ map: m, index: i, role }) => {
+    $("detail-maps").style.setProperty("--rows", String(Math.min(2, Math.ceil(cards / columns))));
+    $("detail-maps").replaceChildren(...before, ...shown.maps.map(({ map: m, index: i, role }) => {
       const frame = element("div", { className: "frame" });
       const [width, height] = item.size ?? [4, 3];
       frame.style.setProperty("--ratio", `${width} / ${height}`);
@@ -590,6 +602,31 @@ export function mountGallery(root, { model }) {
       if (i === item.focus && state.view.class) card.classList.add("focus");
       return card;
     }));
+  }
+
+  // The card of what a segmentation model or a detector made of the image, before its maps: the
+  // photo with its segmentation (the classes with their share of the pixels) or its boxes.
+  function outputCards(item, name) {
+    const frame = (source, alt) => {
+      const box = element("div", { className: "frame" });
+      const [width, height] = item.size ?? [4, 3];
+      box.style.setProperty("--ratio", `${width} / ${height}`);
+      box.style.setProperty("--aspect", String(width / height));
+      if (source) box.append(element("img", { src: source, draggable: "false", alt }));
+      return box;
+    };
+    if (item.segmentation) {
+      const classes = item.segmentation.map((s) => `${shortLabel(s.label)} ${percent(s.share)}`);
+      const card = element("figure", { className: "card map-card output-card", "data-role": "segments" },
+        frame(item.segments_overlay, `the predicted segmentation of ${name}`),
+        element("figcaption", {},
+          element("strong", { text: "Segmentation" }),
+          element("span", { className: "tag", text: plural(item.segmentation.length, "class") }),
+          element("span", { className: "peak-text segments-text", title: "share of the pixels",
+            text: classes.join(" · ") })));
+      return [card];
+    }
+    return [];
   }
 
   // --- controls, keyboard ----------------------------------------------------------------------
