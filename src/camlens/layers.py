@@ -207,8 +207,9 @@ def layers_like_auto(model: Model, layers: list[LayerInfo] | None = None) -> lis
 
 def at_input_size(model: Model, size: tuple[int, int]) -> Model:
     """``model`` (a copy sharing its network) preprocessing to ``size`` (height, width), once
-    :func:`check_input_size` has found that it can classify inputs of that size."""
-    check_input_size(model, size)
+    :func:`check_input_size` has found that it can classify inputs of that size (a detector's
+    head reads pooled regions of any size: its forward pass must run, nothing more)."""
+    check_input_size(model, size, head=model.kind != "detection")
     return replace(model, preprocess=replace(model.preprocess, input_size=size))
 
 
