@@ -36,7 +36,7 @@ from PIL import Image
 
 from camlens.config import OutputConfig
 from camlens.errors import CamlensError
-from camlens.explanation import AtImage, Explanation, _safe
+from camlens.explanation import AtImage, Explanation, file_tails
 from camlens.explanation import grid as explanation_grid
 from camlens.files import fit_stem
 from camlens.localize import boxes_from_map
@@ -75,7 +75,7 @@ def write_image(
     prefix = f"{folder_rel}/" if folder_rel else ""
     kind = overlay_format(output)
     suffix = OVERLAY_SUFFIXES[kind]
-    tails = [f".{_safe(m.method)}.{_safe(m.layer)}.{_safe(m.tag)}" for m in result.maps]
+    tails = file_tails(result.maps)
     longest = max([".json", ".grid.png", *(t + ".panel.png" for t in tails)], key=len)
     name = fit_stem(name, longest)  # a long input name is cut, as Explanation.save cuts it
     files: list[tuple[str, str]] = []
