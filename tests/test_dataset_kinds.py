@@ -25,6 +25,7 @@ import camlens
 from camlens.batch import explain_files
 from camlens.cli import app
 from camlens.config import OutputConfig
+from camlens.maps import upsample
 from camlens.runs import INDEX, read_index, summarize
 
 runner = CliRunner()
@@ -36,6 +37,18 @@ needs_ray = pytest.mark.skipif(not RAY, reason="Ray is not installed")
 
 SEG_SPEC = "torchvision:lraspp_mobilenet_v3_large"
 SEG_ARGS = ["--input-size", "64x64", "--top", "2", "--batch-size", "2", "--format", "dataset"]
+DET_SPEC = "torchvision:fasterrcnn_mobilenet_v3_large_fpn"
+KINDS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    # the options of SEG_ARGS
+    "segmentation": (SEG_SPEC, "seg.pth", {"input_size": (64, 64), "top": 2, "batch_size": 2}),
+    # every detection the detector keeps (its own threshold is 0.05), the 3 best explained
+    "detection": (
+        DET_SPEC,
+        "det.pth",
+        {"input_size": (128, 128), "min_score": 0.0, "detections": 3, "batch_size": 2},
+    ),
+}
+IMAGES = ["astronaut", "broken", "cat", "coffee", "motorcycle", "rocket"]
 
 
 def _photos(folder: Path) -> list[Path]:
@@ -60,13 +73,19 @@ def _photos(folder: Path) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``imgs/`` (five photos, one file that is no photo) and ``seg.pth``: LR-ASPP's seeded
-    random weights with its classifiers' biases zeroed (with them, a random LR-ASPP gives one
-    class everywhere, whatever the photo; without them, 5 to 10 classes per photo)."""
+    """``imgs/`` (five photos, one file that is no photo), ``seg.pth`` and ``det.pth``.
+
+    ``seg.pth``: LR-ASPP's seeded random weights with its classifiers' biases zeroed (with them,
+    a random LR-ASPP gives one class everywhere, whatever the photo; without them, 5 to 10
+    classes per photo). ``det.pth``: Faster R-CNN MobileNetV3-FPN's seeded random weights, its
+    backbone's batch-norm statistics those of the five photos (with the initial ones its
+    activations fade to 1e-9 by the last stage, and every box gets the same scores) and its
+    class logits' weights times 10: then astronaut, coffee and motorcycle have 100, 61 and 7
+    detections (scores 0.06 to 0.41), cat and rocket none above the detector's own 0.05."""
     import torchvision
 
     root = tmp_path_factory.mktemp("kinds")
-    _photos(root / "imgs")
+    photos = _photos(root / "imgs")
     (root / "imgs" / "broken.png").write_bytes(b"not a photo")
     torch.manual_seed(0)
     net = torchvision.models.get_model(
@@ -76,6 +95,28 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
         net.classifier.low_classifier.bias.zero_()
         net.classifier.high_classifier.bias.zero_()
     torch.save(net.state_dict(), root / "seg.pth")
+    torch.manual_seed(0)
+    detector = torchvision.models.get_model(
+        "fasterrcnn_mobilenet_v3_large_fpn", weights=None, weights_backbone=None
+    )
+    x = torch.stack(
+        [
+            torch.from_numpy(np.array(Image.open(p).resize((128, 128)))).permute(2, 0, 1) / 255
+            for p in photos
+        ]
+    )
+    mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+    std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    for module in detector.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # the plain mean over the batch
+    detector.eval()
+    detector.backbone.train()
+    with torch.no_grad():
+        detector.backbone((x - mean) / std)  # normalized as the detector's transform does
+        detector.roi_heads.box_predictor.cls_score.weight.mul_(10)
+    torch.save(detector.eval().state_dict(), root / "det.pth")
     return root
 
 
@@ -90,10 +131,24 @@ def _explain(args: list[str]) -> Any:
     return result
 
 
-def _load(spec: str, weights: str, **options: Any) -> camlens.Explainer:
+def _explainer(kind: str) -> camlens.Explainer:
+    """The Explainer of :data:`KINDS` ``[kind]``, in the current folder."""
+    spec, weights, options = KINDS[kind]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random weights; images with no detection
+        return camlens.Explainer(camlens.load_model(spec, weights=weights), **options)
+
+
+def _run(kind: str, out: str, **kwargs: Any) -> list[Any]:
+    """A run of ``imgs/*.png`` into ``out`` (dataset format), in the current folder."""
+    files = sorted(Path("imgs").glob("*.png"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return camlens.Explainer(camlens.load_model(spec, weights=weights), **options)
+        return list(
+            explain_files(
+                files, _explainer(kind), Path(out), OutputConfig(format="dataset"), **kwargs
+            )
+        )
 
 
 # --- segmentation ----------------------------------------------------------------------------
@@ -153,30 +208,110 @@ def test_a_segmentation_run_writes_segments_and_a_map_per_class(seg_whole: Path)
     assert not list(seg_whole.rglob("*.npy"))
 
 
-def test_a_segmentation_run_resumed_writes_the_bytes_of_one_run(
-    seg_whole: Path, here: Path
+@pytest.mark.parametrize(
+    "kind", ["segmentation", pytest.param("detection", marks=pytest.mark.slow)]
+)
+def test_a_run_resumed_writes_the_bytes_of_one_run(
+    kind: str, request: pytest.FixtureRequest, here: Path
 ) -> None:
     """Stopped after two batches, then as a kill leaves a run: the last index line torn (its
     image's files written, its row not) and a temporary file left behind; resumed: the same
-    files as one run."""
-    explainer = _load(SEG_SPEC, "seg.pth", input_size=(64, 64), batch_size=2)
-    files = sorted(Path("imgs").glob("*.png"))
-    output = OutputConfig(format="dataset")
-    out = Path("seg-resumed")
+    files as one run (the index included, a detector's images with no detection too)."""
+    out = Path(f"{kind}-resumed")
     batches = iter(range(100))
-    stopped = list(
-        explain_files(files, explainer, out, output, top=2, stop=lambda: next(batches) >= 2)
-    )
-    assert len(stopped) == 4
+    stopped = _run(kind, str(out), stop=lambda: next(batches) >= 2)
+    assert [d.path.stem for d in stopped] == IMAGES[:4]
     index = (out / INDEX).read_bytes()
     (out / INDEX).write_bytes(index[:-10])  # the last row torn: that image is not done
     (out / ".camlens" / "tmp").mkdir()
     (out / ".camlens" / "tmp" / "left.tmp").write_bytes(b"half an overlay")
-    resumed = list(explain_files(files, explainer, out, output, top=2))
+    resumed = _run(kind, str(out))
+    assert [d.path.stem for d in resumed] == IMAGES
     redone = [d.path.stem for d in resumed if not d.skipped]  # a failure is never done
     assert redone == ["broken", "coffee", "motorcycle", "rocket"]
-    assert tree(out) == tree(seg_whole)  # the index included, byte for byte
+    whole = request.getfixturevalue("seg_whole" if kind == "segmentation" else "det_whole")
+    assert tree(out) == tree(whole)  # the index included, byte for byte
     assert not list(out.rglob("*.tmp"))
+
+
+# --- detection -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def det_whole(base: Path) -> Path:
+    """One uninterrupted run of the detector over ``imgs`` (dataset format)."""
+    import os
+
+    here = os.getcwd()
+    os.chdir(base)
+    try:
+        done = _run("detection", "det-whole")
+    finally:
+        os.chdir(here)
+    assert [d.problem is not None for d in done] == [name == "broken" for name in IMAGES]
+    return base / "det-whole"
+
+
+def _in_box(layer_map: list[list[float]], size: list[int], box: list[float]) -> float:
+    """The share of a map's sum (upsampled to the photo's size) at the pixels whose centers
+    lie in ``box``: energy_in_box, computed here in numpy."""
+    width, height = size
+    full = upsample(torch.tensor(layer_map, dtype=torch.float32), (height, width)).numpy()
+    full = full.astype(np.float64)
+    x0, y0, x1, y1 = box
+    xs, ys = np.arange(width) + 0.5, np.arange(height) + 0.5
+    inside = ((ys >= y0) & (ys <= y1))[:, None] & ((xs >= x0) & (xs <= x1))[None, :]
+    return float(full[inside].sum() / full.sum())
+
+
+@pytest.mark.slow  # a detector's run: 20 s on two busy cores
+def test_a_detector_run_writes_detections_and_a_map_per_detection(det_whole: Path) -> None:
+    rows = read_index(det_whole)
+    assert [r["image"] for r in rows] == [f"imgs/{n}.png" for n in IMAGES]
+    by_name = dict(zip(IMAGES, rows, strict=True))
+    assert "broken.png" in by_name["broken"]["error"]
+    for name in ("cat", "rocket"):  # no detection: a report that says so, no map, no error
+        row = by_name[name]
+        assert row.get("error") is None
+        assert row["detections"] == [] and row["explanations"] == []
+        report = json.loads((det_whole / row["report"]).read_text())
+        assert report["detections"] == [] and report["explanations"] == []
+    energies = []
+    for name in ("astronaut", "coffee", "motorcycle"):
+        row = by_name[name]
+        report = json.loads((det_whole / row["report"]).read_text())
+        assert report["detections"] == row["detections"] and len(row["detections"]) >= 3
+        scores = [d["score"] for d in row["detections"]]
+        assert scores == sorted(scores, reverse=True) and min(scores) >= 0.05
+        maps = row["explanations"]
+        assert len(maps) == 3  # the 3 best detections, a map each, in their order
+        for m, detection in zip(maps, row["detections"], strict=False):
+            assert m["target"] == {
+                "kind": "detection",
+                "box": detection["box"],
+                "label": detection["class_index"],
+                "score": detection["score"],
+            }
+            assert m["class_index"] == detection["class_index"]
+            assert m["label"].startswith(detection["label"])  # "truck 0.41 at 32,9,52,19"
+            assert m["map"] is None and len(m["layer_map"]) == 4  # 128 px / 32
+            assert m["energy_in_box"] == pytest.approx(
+                _in_box(m["layer_map"], row["size"], detection["box"]), abs=2e-6
+            )
+            energies.append(m["energy_in_box"])
+            with Image.open(det_whole / m["overlay"]) as picture:
+                assert picture.format == "JPEG" and list(picture.size) == row["size"]
+    assert 0 < min(energies) < 0.1 and max(energies) > 0.5  # some maps lie outside their box
+    assert not list(det_whole.rglob("*.npy"))
+
+
+@pytest.mark.slow
+def test_the_summary_of_a_detector_run(det_whole: Path) -> None:
+    summary = summarize(read_index(det_whole))
+    assert (summary.images, summary.explained, len(summary.errors)) == (6, 5, 1)
+    result = runner.invoke(app, ["summary", str(det_whole)])
+    assert result.exit_code == 0, result.output
+    assert "6 images, 5 explained, 1 errors" in result.output
 
 
 # --- on Ray ----------------------------------------------------------------------------------

@@ -141,14 +141,15 @@ def row_problem(row: Mapping[str, Any]) -> str | None:
     """What is wrong with an index row, as the readers of an index (``camlens summary``, the
     gallery, a resumed run) need it, or None: an ``image`` text and an ``error`` text, or
     ``predictions`` (at least one, each with a ``class_index``, ``label`` and a finite
-    ``score``), ``explanations`` (each with ``class_index``, ``label``, ``method``, ``layer``;
+    ``score``; none for a detector's image with no detection: a ``detections`` list, empty),
+    ``explanations`` (each with ``class_index``, ``label``, ``method``, ``layer``;
     their numbers finite) and at most a ``truth`` with ``class_index`` and ``label``."""
     if not isinstance(row.get("image"), str):
         return "no image path"
     if row.get("error") is not None:
         return None if isinstance(row["error"], str) else "its error is not a text"
     predictions = row.get("predictions")
-    if not isinstance(predictions, list) or not predictions:
+    if not isinstance(predictions, list) or not (predictions or _detector(row)):
         return "no predictions"
     for k, p in enumerate(predictions):
         problem = _class_problem(p, f"predictions[{k}]") or _finite(p, "score", k, "predictions")
@@ -170,6 +171,12 @@ def row_problem(row: Mapping[str, Any]) -> str | None:
             if m.get(key) is not None and (problem := _finite(m, key, k, "explanations")):
                 return problem
     return None
+
+
+def _detector(row: Mapping[str, Any]) -> bool:
+    """Whether an index row is a detector's image (it has a list of ``detections``, which may be
+    empty, and then so are its predictions and maps)."""
+    return isinstance(row.get("detections"), list)
 
 
 def _class_problem(entry: Any, name: str) -> str | None:
@@ -381,13 +388,16 @@ def summarize(rows: Iterable[Mapping[str, Any]], top: int = 10) -> Summary:
     names; and the ``top`` images whose first map (that of the first class, method and layer)
     is most spread or most off center, and (with labels) the most confident mistakes."""
     rows = list(rows)
-    explained = [r for r in rows if r.get("error") is None and r.get("predictions")]
+    explained = [
+        r for r in rows if r.get("error") is None and (r.get("predictions") or _detector(r))
+    ]
     errors = [(str(r.get("image")), str(r.get("error"))) for r in rows if r.get("error")]
-    labelled = [r for r in explained if isinstance(r.get("truth"), Mapping)]
+    predicted = [r for r in explained if r.get("predictions")]  # not a detector's with none
+    labelled = [r for r in predicted if isinstance(r.get("truth"), Mapping)]
     by = "truth" if labelled else "predicted"
     groups: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
     names: dict[int, str] = {}
-    for r in labelled if labelled else explained:
+    for r in labelled if labelled else predicted:
         cls = r["truth"] if labelled else r["predictions"][0]
         groups[int(cls["class_index"])].append(r)
         names[int(cls["class_index"])] = str(cls["label"])
