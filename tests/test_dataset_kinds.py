@@ -410,3 +410,53 @@ def test_the_gallery_shows_each_images_segments(gallery: Any, seg_whole: Path) -
         for s in expected
     ]
     assert sum(s["images"] for s in summary["segments"]) > 5  # several classes per image
+
+
+DRIVER = """
+import json, sys, warnings
+from pathlib import Path
+import camlens
+from camlens.config import OutputConfig
+from camlens.distributed import explain_on_ray
+spec, weights, options = json.loads(sys.argv[2])
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    explainer = camlens.Explainer(camlens.load_model(spec, weights=weights), **options)
+files = sorted(Path("imgs").glob("*.png"))
+done = list(explain_on_ray(files, explainer, Path(sys.argv[3]), OutputConfig(format="dataset"),
+                           address=sys.argv[1], actors=1))
+print(json.dumps(sorted([d.path.stem, d.problem is None] for d in done)))
+"""
+
+
+@pytest.mark.slow
+@needs_ray
+def test_a_detector_run_on_ray_writes_what_the_local_runner_writes(
+    ray_cluster: dict[str, str],
+    base: Path,
+    det_whole: Path,
+) -> None:
+    """The detector's run through :func:`camlens.distributed.explain_on_ray` (its options
+    shipped to the actor in the config: min_score, detections, input_size)."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in ray_cluster.items() if k not in ("address", "dashboard")}
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            DRIVER,
+            ray_cluster["address"],
+            json.dumps(KINDS["detection"]),
+            "det-ray",
+        ],
+        cwd=base,
+        env=env,
+        capture_output=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr.decode()[-3000:]
+    done = json.loads(run.stdout.decode().splitlines()[-1])
+    assert done == [[name, name != "broken"] for name in IMAGES]
+    _same_run(base / "det-ray", det_whole)

@@ -562,7 +562,20 @@ def image_json(
         "maps": maps,
         "segmentation": _segments(row.get("segmentation")),
         "segments_overlay": file_url(place, row.get("segments_overlay"), root),
+        "detections": _detections(row.get("detections")),
     }
+
+
+def _detections(value: Any) -> list[dict[str, Any]] | None:
+    """A detector's row's detections, best first (None for another model's; empty for an image
+    with no detection)."""
+    if not isinstance(value, list):
+        return None
+    return [
+        {k: d.get(k) for k in ("box", "class_index", "label", "score")}
+        for d in value
+        if isinstance(d, Mapping)
+    ]
 
 
 def _segments(value: Any) -> list[dict[str, Any]] | None:

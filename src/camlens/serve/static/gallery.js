@@ -85,12 +85,24 @@ function pairedMaps(item) {
   return { maps: order.map((i) => ({ map: item.maps[i], index: i, role: roles[i] })), paired: order.length > 0 && roles.includes("versus") };
 }
 
+// A detector's map: the detection it explains (its class name, score and box), from the image's
+// detections; null for any other map.
+function detectionOf(item, map) {
+  if (map?.target?.kind !== "detection") return null;
+  const same = (a, b) => a.length === b.length && a.every((v, i) => v === b[i]);
+  return item.detections?.find((d) => same(d.box, map.target.box))
+    ?? { box: map.target.box, class_index: map.target.label, label: map.label, score: map.target.score };
+}
+
+const boxText = (box) => box.map((v) => Math.round(v)).join(", ");
+const inBoxText = (value) => `${Math.round(100 * value)}% in its box`;
+
 function valueText(sort, map) {
   if (!map || sort === "name" || sort === "score") return "";
   if (map.flat) return "flat map";
   const value = map[sort];
   if (value === null || value === undefined) return "";
-  if (sort === "energy_in_box") return `${Math.round(100 * value)}% in its box`;
+  if (sort === "energy_in_box") return inBoxText(value);
   return sort === "spread" ? `spread ${Math.round(100 * value)}%` : `off-center ${value.toFixed(2)}`;
 }
 
@@ -423,12 +435,22 @@ export function mountGallery(root, { model }) {
       }
       frame.append(image);
       if (map.flat) frame.append(element("span", { className: "badge flat", text: "flat" }));
+    } else if (item.detections && !item.detections.length) {
+      frame.append(element("span", { className: "thumb-error thumb-none", text: "no detection" }));
     }
     const lines = [element("span", { className: "thumb-name", text: name })];
-    if (map) {
+    const detection = detectionOf(item, map);
+    if (detection) {
+      lines.push(element("span", { className: "thumb-class" },
+        element("span", { className: "thumb-label", text: shortLabel(detection.label), title: map.label }),
+        element("span", { className: "score", text: percent(detection.score) })));
+    } else if (map) {
       lines.push(element("span", { className: "thumb-class" },
         element("span", { className: "thumb-label", text: shortLabel(map.label), title: map.label }),
         element("span", { className: "score", text: percent(map.score) })));
+    } else if (item.detections) {
+      lines.push(element("span", { className: "thumb-class" },
+        element("span", { className: "thumb-label", text: plural(item.detections.length, "detection") })));
     } else if (!item.error && item.prediction) {
       lines.push(element("span", { className: "thumb-class" },
         element("span", { className: "thumb-label", text: shortLabel(item.prediction.label) }),
@@ -441,7 +463,9 @@ export function mountGallery(root, { model }) {
     if (value) notes.push(element("span", { text: value }));
     const top = item.prediction;
     const wrong = Boolean(item.truth && top && item.truth.class_index !== top.class_index);
-    if (top && map && map.class_index !== top.class_index) {
+    if (detection) {
+      notes.push(element("span", { text: plural(item.detections?.length ?? 0, "detection") }));
+    } else if (top && map && map.class_index !== top.class_index) {
       notes.push(element("span", { className: wrong ? "wrong" : "", title: top.label,
         text: `top-1 ${shortLabel(top.label)} ${percent(top.score)}` }));
     } else if (wrong) {
@@ -578,6 +602,10 @@ export function mountGallery(root, { model }) {
           parts.push(element("span", { className: "score", title: "the difference of the two classes' logits",
             text: signed(m.value) }));
         }
+      } else if (detectionOf(item, m)) {
+        const d = detectionOf(item, m);
+        parts.push(element("strong", { text: shortLabel(d.label), title: m.label }),
+          element("span", { className: "score", title: "the detector's score", text: percent(d.score) }));
       } else {
         parts.push(element("strong", { text: shortLabel(m.label), title: m.label }),
           element("span", { className: "score", text: percent(m.score) }));
@@ -592,6 +620,9 @@ export function mountGallery(root, { model }) {
         parts.push(element("span", { className: "flat", text: "flat map: no evidence for this class" }));
       } else {
         const numbers = [];
+        if (m.energy_in_box !== null && m.energy_in_box !== undefined) {
+          numbers.push(`${inBoxText(m.energy_in_box)} (${boxText(m.target.box)})`);
+        }
         if (m.spread !== null) numbers.push(`spread ${Math.round(100 * m.spread)}%`);
         if (m.off_center !== null) numbers.push(`off-center ${m.off_center.toFixed(2)}`);
         parts.push(element("span", { className: "peak-text", text: numbers.join(" · ") }));
@@ -624,6 +655,24 @@ export function mountGallery(root, { model }) {
           element("span", { className: "tag", text: plural(item.segmentation.length, "class") }),
           element("span", { className: "peak-text segments-text", title: "share of the pixels",
             text: classes.join(" · ") })));
+      return [card];
+    }
+    if (item.detections && !item.error) {
+      // the detections, best first: those explained (a map each, below) marked
+      const explained = new Set(item.maps.map((m) => detectionOf(item, m)?.box.join()));
+      const listed = item.detections.slice(0, 12).map((d) => element("li", {
+        className: explained.has(d.box.join()) ? "explained" : "" },
+      element("span", { className: "label", text: shortLabel(d.label) }),
+      element("span", { className: "score", text: percent(d.score) }),
+      element("span", { className: "box", text: boxText(d.box) })));
+      const more = item.detections.length - listed.length;
+      const text = item.detections.length ? `${plural(item.detections.length, "detection")}, best first`
+        + `${more > 0 ? ` (${more.toLocaleString("en")} more in the report)` : ""}; ${plural(item.maps.length, "map")} below`
+        : "No detection scored at least the run's minimum score: no map.";
+      const card = element("figure", { className: "card output-card detections-card", "data-role": "detections" },
+        element("figcaption", {}, element("strong", { text: "Detections" }),
+          element("span", { className: "peak-text", text })),
+        element("ol", { className: "detections-list" }, ...listed));
       return [card];
     }
     return [];
