@@ -19,7 +19,10 @@ from camlens.errors import CamlensError
 from camlens.explanation import ClassMap, Explanation, file_tails
 from camlens.maps import box_mask, energy_in_boxes
 from camlens.metrics import energy_pointing_game
+from camlens.models.detection import coco_labels
 from camlens.types import Box, Prediction
+
+COCO = coco_labels()
 
 # --- energy inside a box, by hand ----------------------------------------------------------------
 
@@ -157,3 +160,219 @@ def test_two_segments_of_one_class_never_share_a_file(tmp_path: Path) -> None:
     assert all((tmp_path / name).is_file() for name in overlays)
     assert all((tmp_path / e["map"]).is_file() for e in report["explanations"])
     assert file_tails(maps)[3] == ".gradcam.backbone.16.8-mask-2"
+
+
+# --- the command line ----------------------------------------------------------------------------
+
+SPEC = "torchvision:fasterrcnn_mobilenet_v3_large_fpn"
+SIDE = 320  # --input-size: the detector at 320 pixels rather than its own 800 (fast)
+
+
+def make_detector_files(folder: Path) -> Path:
+    """In ``folder``: ``street.jpg`` (a photo of a cat, 240x160), ``coffee.jpg`` and ``det.pth``: a seeded
+    random Faster R-CNN MobileNetV3 FPN whose detections depend on the photo. At random its
+    backbone's activations fade to ~1e-8 (the batch norms expect another scale) and every class
+    scores about 1/91, below the detector's own 0.05: here the backbone's batch norms are set to
+    the statistics of three photos and the class logits are scaled up, so that the photos get
+    detections of several classes with scores that differ."""
+    import torchvision
+    from skimage import data
+
+    photos = {"street.jpg": data.chelsea(), "coffee.jpg": data.coffee()}
+    for name, pixels in photos.items():
+        Image.fromarray(pixels).resize((240, 160)).save(folder / name, quality=95)
+    torch.manual_seed(0)
+    net = torchvision.models.get_model(
+        "fasterrcnn_mobilenet_v3_large_fpn", weights=None, weights_backbone=None
+    )
+    calibration = torch.stack(
+        [
+            torch.from_numpy(np.array(Image.fromarray(p).resize((SIDE, SIDE)))).permute(2, 0, 1)
+            for p in (data.chelsea(), data.coffee(), data.astronaut())
+        ]
+    )
+    mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+    std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    for module in net.backbone.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # the plain mean of what it sees
+    net.backbone.train()
+    with torch.no_grad():
+        net.backbone((calibration.float() / 255 - mean) / std)
+        logits = net.roi_heads.box_predictor.cls_score
+        logits.weight *= 25
+        logits.bias[[1, 3, 18]] += torch.tensor([3.5, 3.5, 3.0])  # person, car, dog
+    torch.save(net.state_dict(), folder / "det.pth")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def det_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_detector_files(tmp_path_factory.mktemp("det"))
+
+
+@pytest.fixture
+def det_dir(det_files: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``det_files``, the working folder of the test."""
+    monkeypatch.chdir(det_files)
+    return det_files
+
+
+def camlens_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """``camlens ARGS`` through the command's own entry point: (exit status, stdout, stderr)."""
+    from camlens.cli import main
+
+    capsys.readouterr()
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def explain_det(
+    capsys: pytest.CaptureFixture[str], folder: Path, out: str, *args: str
+) -> tuple[int, str, str]:
+    """``camlens explain street.jpg`` with the detector, run in ``folder`` (``det_dir``: the
+    report lands at OUT/street.json)."""
+    assert Path.cwd() == folder
+    return camlens_cli(
+        capsys,
+        *("explain", "street.jpg", "--model", SPEC),
+        *("--weights", "det.pth", "--input-size", str(SIDE), "--out", out, *args),
+    )
+
+
+def test_cli_explains_each_detection(det_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = explain_det(
+        capsys, det_dir, "out", "--min-score", "0", "--detections", "3", "--method", "gradcam"
+    )
+    assert code == 0, err
+    report = json.loads((det_dir / "out" / "street.json").read_text())
+    found = report["detections"]
+    assert len(found) > 3  # the detector's own: every box it gives, best first
+    scores = [d["score"] for d in found]
+    assert scores == sorted(scores, reverse=True) and len(set(scores)) > 1
+    for d in found:
+        x0, y0, x1, y1 = d["box"]
+        assert 0 <= x0 < x1 <= 240 and 0 <= y0 < y1 <= 160  # the photo's pixels
+        assert d["label"] == COCO[d["class_index"]]
+    maps = report["explanations"]
+    assert len(maps) == 3  # --detections 3: the three best
+    for entry, d in zip(maps, found, strict=False):
+        assert entry["target"] == {
+            "kind": "detection",
+            "box": d["box"],
+            "label": d["class_index"],
+            "score": d["score"],
+        }
+        assert entry["method"] == "gradcam" and entry["layer"] == "backbone.body.16"
+        full = np.load(det_dir / "out" / entry["map"])
+        assert full.shape == (160, 240)
+        # the share of the map's sum inside its box, from the map written to disk
+        assert entry["energy_in_box"] == pytest.approx(energy_in_boxes(full, [d["box"]]), abs=1e-5)
+        assert 0.0 <= entry["energy_in_box"] <= 1.0
+        overlay = Image.open(det_dir / "out" / entry["overlay"])
+        assert overlay.size == (240, 160)
+    assert len({e["overlay"] for e in maps}) == 3
+    drawn = Image.open(det_dir / "out" / report["detections_overlay"])
+    assert report["detections_overlay"] == "street.detections.png" and drawn.size == (240, 160)
+    assert "street.jpg" in out
+
+    listed = camlens_cli(capsys, "summary", str(det_dir / "out"))
+    assert listed[0] == 0, listed[2]
+    text = " ".join(listed[1].split())
+    assert "detections: images with the class" in text
+    first = found[0]
+    assert f"{first['label']} ({first['class_index']})" in listed[1]
+
+
+def test_cli_no_detection_is_a_report_with_none(
+    det_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _out, err = explain_det(capsys, det_dir, "none", "--min-score", "0.9999")
+    assert code == 0, err
+    report = json.loads((det_dir / "none" / "street.json").read_text())
+    assert report["detections"] == [] and report["explanations"] == []
+    lines = [line for line in err.splitlines() if "no detection" in line]
+    assert len(lines) == 1 and "street.jpg" in lines[0] and "0.9999" in lines[0]
+    assert "Traceback" not in err
+    listed = camlens_cli(capsys, "summary", str(det_dir / "none"))
+    assert listed[0] == 0, listed[2]
+    assert "1 with no detection" in listed[1]
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["--min-score", "0.3"], "--min-score chooses a detector's detections"),
+        (["--detections", "2"], "--detections chooses a detector's detections"),
+        (["--min-score", "0.3", "--detections", "2"], "--min-score and --detections choose"),
+    ],
+)
+def test_cli_detector_options_on_a_classifier_exit_2(
+    det_dir: Path, capsys: pytest.CaptureFixture[str], args: list[str], line: str
+) -> None:
+    code, _out, err = camlens_cli(capsys, "explain", "street.jpg", "--out", "cls", *args)
+    assert code == 2, err
+    assert line in err and "classifier" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (det_dir / "cls" / "street.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["--class", "unicorn"], "'unicorn' is not one of"),
+        (["--class", "car"], "--class chooses classes; this model is a detector"),
+        (["--top", "2"], "--top chooses classes; this model is a detector"),
+        (["--class", "car", "--region", "1,2,30,40"], "not a segment target"),
+    ],
+)
+def test_cli_classes_on_a_detector_exit_2(
+    det_dir: Path, capsys: pytest.CaptureFixture[str], args: list[str], line: str
+) -> None:
+    """A class the detector does not have, or classes at all (it explains its detections): one
+    line, exit status 2, before any image is explained."""
+    code, _out, err = explain_det(capsys, det_dir, "classes", *args)
+    assert code == 2, err
+    assert line in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (det_dir / "classes" / "street.json").exists()
+
+
+def test_summary_lists_the_detections() -> None:
+    from camlens.runs import summarize
+
+    def detected(c: int, score: float) -> dict[str, object]:
+        return {"box": [0, 0, 10, 10], "class_index": c, "label": COCO[c], "score": score}
+
+    def row(image: str, found: list[dict[str, object]], energies: list[float]) -> dict[str, object]:
+        maps = [
+            {
+                "label": d["label"],
+                "target": {"kind": "detection", "label": d["class_index"]},
+                "energy_in_box": e,
+            }
+            for d, e in zip(found, energies, strict=False)
+        ]
+        return {"image": image, "predictions": [], "detections": found, "explanations": maps}
+
+    rows = [
+        row("a", [detected(1, 0.9), detected(1, 0.7), detected(3, 0.6)], [0.8, 0.4, 0.5]),
+        row("b", [detected(3, 0.8)], [0.1]),
+        row("c", [], []),
+    ]
+    result = summarize(rows)
+    lines = [
+        (d.label, d.images, d.detections, round(d.score, 6), d.energy_in_box)
+        for d in result.detections
+    ]
+    assert lines == [
+        ("car", 2, 2, 0.7, pytest.approx(0.3)),
+        ("person", 1, 2, 0.8, pytest.approx(0.6)),
+    ]
+    assert result.undetected == 1

@@ -219,6 +219,18 @@ class Explanation:
             self.image, seg.classes, seg.labels, alpha=alpha, skip=seg.background
         )
 
+    def detection_overlay(self) -> Image.Image:
+        """The photo with the detector's detections drawn over it: each box in its class's
+        color, tagged with its class and score; an error for another model's explanation."""
+        if self.detections is None:
+            raise CamlensError(f"{self.source}: only a detector's explanation has detections")
+        return render.detection_overlay(
+            self.image,
+            np.array([d.box for d in self.detections], dtype=np.float64).reshape(-1, 4),
+            [d.class_index for d in self.detections],
+            [f"{d.label} {d.score:.2f}" for d in self.detections],
+        )
+
     @property
     def image(self) -> Image.Image:
         if not isinstance(self._image, Image.Image):
@@ -269,10 +281,19 @@ class Explanation:
             )
         box = m.detection_box
         if box is not None:  # a detection's map: its own box, its class and score, in white
-            assert m.target is not None
-            text = f"{m.label} {float(m.target['score']):.2f}"
-            picture = render.draw_boxes(picture, [box], labels=[text], color=(255, 255, 255))
+            picture = render.draw_boxes(
+                picture, [box], labels=[self._detection_tag(i)], color=(255, 255, 255)
+            )
         return picture
+
+    def _detection_tag(self, i: int) -> str:
+        """The class and score of the detection map ``i`` explains (``car 0.93``)."""
+        target = self.maps[i].target or {}
+        score = float(target.get("score", 0.0))
+        for d in self.detections or ():
+            if list(d.box) == list(target.get("box", ())) and d.class_index == target.get("label"):
+                return f"{d.label} {score:.2f}"
+        return f"{self.maps[i].label} {score:.2f}"  # a detection given, not found
 
     def panel(
         self, i: int = 0, *, cmap: str = "jet", alpha: float = 0.5, raw: bool = False
@@ -391,13 +412,17 @@ class Explanation:
         source's file stem; one too long for the file names is cut
         (:func:`camlens.files.fit_stem`). ``panels``: also ``BASE.panel.png`` per map (photo |
         heatmap | overlay; with ``raw_panels`` also the map at the layer's grid, see
-        :meth:`panel`); ``grid``: also ``STEM.grid.png`` with every map of the image. Each file
+        :meth:`panel`); ``grid``: also ``STEM.grid.png`` with every map of the image. A
+        segmentation model's also has ``STEM.segments.png`` (:meth:`segment_overlay`), a
+        detector's ``STEM.detections.png`` (:meth:`detection_overlay`). Each file
         appears whole or not at all, the JSON last, so a report on disk always names files that
         are complete."""
         out = output_folder(out_dir, "out_dir")  # a file there, say: one line naming it
         stem = stem or _safe(Path(self.source).stem) or "image"
         tails = file_tails(self.maps)
-        longest = max([".json", ".grid.png", *(t + ".panel.png" for t in tails)], key=len)
+        longest = max(
+            [".json", ".grid.png", ".detections.png", *(t + ".panel.png" for t in tails)], key=len
+        )
         stem = fit_stem(stem, longest)
         files: list[tuple[str, str]] = []
         panel_files: list[str] = []
@@ -420,6 +445,10 @@ class Explanation:
         if self.segments is not None:
             segments = f"{stem}.segments.png"
             render.save_png(self.segment_overlay(alpha=alpha), out / segments)
+        detections = None
+        if self.detections is not None:
+            detections = f"{stem}.detections.png"
+            render.save_png(self.detection_overlay(), out / detections)
         if grid:
             all_maps = f"{stem}.grid.png"
             render.save_png(_grid([self], cmap=cmap, alpha=alpha), out / all_maps)
@@ -428,6 +457,8 @@ class Explanation:
         )
         if segments is not None:
             document["segments_overlay"] = segments
+        if detections is not None:
+            document["detections_overlay"] = detections
         report = json.dumps(document, indent=2, allow_nan=False) + "\n"
         return atomic_write(out / f"{stem}.json", lambda temp: temp.write_text(report))
 

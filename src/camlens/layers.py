@@ -207,9 +207,8 @@ def layers_like_auto(model: Model, layers: list[LayerInfo] | None = None) -> lis
 
 def at_input_size(model: Model, size: tuple[int, int]) -> Model:
     """``model`` (a copy sharing its network) preprocessing to ``size`` (height, width), once
-    :func:`check_input_size` has found that it can classify inputs of that size (a detector's
-    head reads pooled regions of any size: its forward pass must run, nothing more)."""
-    check_input_size(model, size, head=model.kind != "detection")
+    :func:`check_input_size` has found that it can classify inputs of that size."""
+    check_input_size(model, size)
     return replace(model, preprocess=replace(model.preprocess, input_size=size))
 
 
@@ -250,6 +249,8 @@ def check_input_size(model: Model, size: tuple[int, int], *, head: bool = True) 
             f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); its own size is "
             f"{own[0]}x{own[1]}"
         ) from None
+    # a detector's box head reads RoIAlign's fixed grid per box, which any input size feeds alike
+    head = head and model.kind != "detection"
     if head and first and last_map and first[0] != last_map[0]:
         raise ModelError(
             f"{model.name} has a fixed-size head (its first linear layer takes {first[0]} "

@@ -354,6 +354,20 @@ class SegmentLine:
 
 
 @dataclass
+class DetectionLine:
+    """One class of a detector's run: the ``images`` with at least one detection of it, its
+    ``detections`` in all, their mean ``score`` and the mean ``energy_in_box`` of their maps
+    (None when none was explained)."""
+
+    class_index: int
+    label: str
+    images: int
+    detections: int
+    score: float
+    energy_in_box: float | None
+
+
+@dataclass
 class Notable:
     """An image worth a look: ``value`` is what put it on its list."""
 
@@ -381,6 +395,8 @@ class Summary:
     off_center: list[Notable] = field(default_factory=list)
     confident_mistakes: list[Notable] = field(default_factory=list)
     segments: list[SegmentLine] = field(default_factory=list)
+    detections: list[DetectionLine] = field(default_factory=list)
+    undetected: int = 0  # a detector's images with no detection (above its min score)
 
 
 def summarize(rows: Iterable[Mapping[str, Any]], top: int = 10) -> Summary:
@@ -388,11 +404,14 @@ def summarize(rows: Iterable[Mapping[str, Any]], top: int = 10) -> Summary:
     names; and the ``top`` images whose first map (that of the first class, method and layer)
     is most spread or most off center, and (with labels) the most confident mistakes."""
     rows = list(rows)
+    # a detector's image with no detection may have no prediction either: explained all the same
     explained = [
-        r for r in rows if r.get("error") is None and (r.get("predictions") or _detector(r))
+        r
+        for r in rows
+        if r.get("error") is None and (r.get("predictions") or r.get("detections") is not None)
     ]
     errors = [(str(r.get("image")), str(r.get("error"))) for r in rows if r.get("error")]
-    predicted = [r for r in explained if r.get("predictions")]  # not a detector's with none
+    predicted = [r for r in explained if r.get("predictions")]
     labelled = [r for r in predicted if isinstance(r.get("truth"), Mapping)]
     by = "truth" if labelled else "predicted"
     groups: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
@@ -429,6 +448,7 @@ def summarize(rows: Iterable[Mapping[str, Any]], top: int = 10) -> Summary:
         for c, shares in present.items()
     ]
     segments.sort(key=lambda line: (-line.images, -line.share, line.class_index))
+    detections = _detection_lines(explained)
     mistakes = [r for r in labelled if not _right_top1(r)]
     mistakes.sort(key=lambda r: -float(r["predictions"][0]["score"]))
     return Summary(
@@ -453,7 +473,43 @@ def summarize(rows: Iterable[Mapping[str, Any]], top: int = 10) -> Summary:
             for r in mistakes[:top]
         ],
         segments=segments,
+        detections=detections,
+        undetected=sum(1 for r in explained if r.get("detections") == []),
     )
+
+
+def _detection_lines(rows: Sequence[Mapping[str, Any]]) -> list[DetectionLine]:
+    """Per class of a detector's rows (their ``detections``): images, detections, mean score,
+    and the mean ``energy_in_box`` of the maps of its detections; most images first."""
+    images: dict[int, set[int]] = defaultdict(set)
+    scores: dict[int, list[float]] = defaultdict(list)
+    energies: dict[int, list[float]] = defaultdict(list)
+    names: dict[int, str] = {}
+    for n, r in enumerate(rows):
+        for d in r.get("detections") or ():
+            c = int(d["class_index"])
+            images[c].add(n)
+            scores[c].append(float(d["score"]))
+            names.setdefault(c, str(d["label"]))
+        for m in r.get("explanations") or ():
+            target = m.get("target") if isinstance(m, Mapping) else None
+            if isinstance(target, Mapping) and target.get("kind") == "detection":
+                energy = m.get("energy_in_box")
+                if isinstance(energy, int | float):
+                    energies[int(target["label"])].append(float(energy))
+    lines = [
+        DetectionLine(
+            c,
+            names[c],
+            len(images[c]),
+            len(scores[c]),
+            statistics.fmean(scores[c]),
+            statistics.fmean(energies[c]) if energies[c] else None,
+        )
+        for c in scores
+    ]
+    lines.sort(key=lambda line: (-line.images, -line.detections, line.class_index))
+    return lines
 
 
 def _first_map(row: Mapping[str, Any]) -> Mapping[str, Any] | None:

@@ -20,6 +20,7 @@ from camlens.cli.common import (
     AboveOpt,
     AllBoxesOpt,
     BatchSizeOpt,
+    DetectionsOpt,
     DeviceOpt,
     EmbeddingOpt,
     EventBars,
@@ -31,6 +32,7 @@ from camlens.cli.common import (
     MaxBatchMemoryOpt,
     MaxPixelsOpt,
     MethodsOpt,
+    MinScoreOpt,
     ModelOpt,
     OutputOpt,
     ReluOpt,
@@ -41,6 +43,7 @@ from camlens.cli.common import (
     WeightsOpt,
     app,
     bad_input,
+    detector_options,
     explain_config,
     fail,
     input_files,
@@ -243,6 +246,8 @@ def explain(
     output_index: OutputOpt = None,
     like: LikeOpt = None,
     embedding: EmbeddingOpt = None,
+    min_score: MinScoreOpt = None,
+    detections: DetectionsOpt = None,
     region: Annotated[
         str | None,
         typer.Option(
@@ -295,6 +300,8 @@ def explain(
         targets=targets,
         above=above,
         scores=scores,
+        min_score=min_score,
+        detections=detections,
     )
     with bad_input():  # every option, and the output places, before torch or any model loads
         output = OutputConfig(
@@ -333,6 +340,7 @@ def explain(
         fail(f"--grid {grid_file} is one of the inputs: the grid would overwrite it")
     with bad_input():
         explainer = Explainer.from_config(config)
+        detector_options(explainer.model.kind, config, min_score, detections)
     kept: list[Explanation] = []
     tally = _Tally()
     with progress_bars(rate=True) as progress, _stop_on_ctrl_c() as stopping, bad_input():
@@ -519,6 +527,8 @@ def summary(
     )
     if result.flat:
         text += f", {result.flat} with a flat first map"
+    if result.undetected:
+        text += f", {result.undetected} with no detection"
     if result.labelled:
         text += (
             f"; {result.labelled} with a class from their folder's name: top-1 "
@@ -567,6 +577,24 @@ def summary(
                 escape(f"{seg.label} ({seg.class_index})"), str(seg.images), f"{seg.share:.3f}"
             )
         out_console.print(segments)
+    if result.detections:  # a detector's run
+        found = Table(
+            title="detections: images with the class, its detections, their mean score and "
+            "the mean share of their maps inside their boxes",
+            header_style="bold",
+            box=None,
+        )
+        for column in ("class", "images", "detections", "mean score", "mean energy in box"):
+            found.add_column(column, justify="left" if column == "class" else "right")
+        for det in result.detections[: classes or None]:
+            found.add_row(
+                escape(f"{det.label} ({det.class_index})"),
+                str(det.images),
+                str(det.detections),
+                f"{det.score:.3f}",
+                _fraction(det.energy_in_box),
+            )
+        out_console.print(found)
     lists = [
         ("most spread maps (share of the photo where the map >= 0.5)", result.spread),
         (
