@@ -54,6 +54,9 @@ DEFAULT_ORDER: dict[str, Order] = {
 
 SUMMARIZED = ("label", "flat", "spread", "off_center", "overlay")
 """What :func:`camlens.runs.summarize` reads of an image's first map."""
+DETECTED = ("class_index", "label", "score")
+"""What :func:`camlens.runs.summarize` reads of a detector's detections (and of its maps, their
+``target`` and ``energy_in_box``)."""
 
 
 class RunNotFound(CamlensError):
@@ -409,8 +412,9 @@ def _read(place: Place, stamp: tuple[int, int, int]) -> RunIndex:
                     "error": row.get("error"),
                     "predictions": predictions,
                     "truth": row.get("truth"),
-                    "explanations": [{k: entries[0].get(k) for k in SUMMARIZED}] if entries else [],
+                    "explanations": _lean_maps(entries),
                     "segmentation": row.get("segmentation"),
+                    "detections": _lean_detections(row.get("detections")),
                 }
             )
     except CamlensError as exc:
@@ -444,6 +448,26 @@ def _read(place: Place, stamp: tuple[int, int, int]) -> RunIndex:
         list(layers),
         kind,
     )
+
+
+def _lean_maps(entries: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """What :func:`camlens.runs.summarize` reads of a row's maps: the first's statistics, and of
+    a detection's map its target and energy in its box."""
+    lean = []
+    for i, m in enumerate(entries):
+        kept = {k: m.get(k) for k in SUMMARIZED} if i == 0 else {}
+        target = m.get("target")
+        if isinstance(target, Mapping) and target.get("kind") == "detection":
+            kept.update(target=target, energy_in_box=m.get("energy_in_box"))
+        if kept:
+            lean.append(kept)
+    return lean
+
+
+def _lean_detections(value: Any) -> list[dict[str, Any]] | None:
+    if not isinstance(value, list):
+        return None
+    return [{k: d.get(k) for k in DETECTED} for d in value if isinstance(d, Mapping)]
 
 
 def _group(row: Mapping[str, Any], by_truth: bool) -> int | None:
@@ -563,6 +587,7 @@ def image_json(
         "segmentation": _segments(row.get("segmentation")),
         "segments_overlay": file_url(place, row.get("segments_overlay"), root),
         "detections": _detections(row.get("detections")),
+        "detections_overlay": file_url(place, row.get("detections_overlay"), root),
     }
 
 
@@ -643,4 +668,6 @@ def summary_json(index: RunIndex, root: str = "") -> dict[str, Any]:
         "off_center": notable(s.off_center),
         "confident_mistakes": notable(s.confident_mistakes),
         "segments": [asdict(line) for line in s.segments],
+        "detections": [asdict(line) for line in s.detections],
+        "undetected": s.undetected,
     }

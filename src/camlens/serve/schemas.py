@@ -270,6 +270,9 @@ class GalleryImageOut(BaseModel):
         description="a detector's detections, best first (empty: none scored at least its "
         "min_score); each map's target is one of them",
     )
+    detections_overlay: str | None = Field(
+        None, description="URL of the photo with the detector's boxes drawn over it"
+    )
 
 
 class GalleryPageOut(BaseModel):
@@ -309,6 +312,17 @@ class SegmentLineOut(BaseModel):
     share: float = Field(description="its mean share of those images' pixels")
 
 
+class DetectionLineOut(BaseModel):
+    class_index: int
+    label: str
+    images: int = Field(description="images with at least one detection of the class")
+    detections: int = Field(description="its detections in all")
+    score: float = Field(description="their mean score")
+    energy_in_box: float | None = Field(
+        description="the mean share of their maps inside their own boxes (None: none explained)"
+    )
+
+
 class RunSummaryOut(BaseModel):
     run: str
     images: int
@@ -328,3 +342,9 @@ class RunSummaryOut(BaseModel):
         description="a segmentation model's run: per class present, the images it is in and "
         "its mean share of their pixels, most images first",
     )
+    detections: list[DetectionLineOut] = Field(
+        default_factory=list,
+        description="a detector's run: per class detected, its images, detections, mean score "
+        "and mean energy in box, most images first",
+    )
+    undetected: int = Field(0, description="a detector's images with no detection")

@@ -226,6 +226,9 @@ export function mountGallery(root, { model }) {
     ];
     if (summary.errors) facts.push(["Failed", summary.errors.toLocaleString("en")]);
     if (summary.flat) facts.push(["Flat first map", summary.flat.toLocaleString("en")]);
+    if (summary.detections?.length || summary.undetected) {
+      facts.push(["No detection", plural(summary.undetected, "image")]);
+    }
     if (summary.top1 !== null) {
       facts.push(["Top-1 right", `${percent(summary.top1)} of ${summary.labelled.toLocaleString("en")}`]);
       facts.push(["Top-5 right", percent(summary.top5)]);
@@ -241,6 +244,7 @@ export function mountGallery(root, { model }) {
 
   // The summary's per-class table: a column per number the run has; a class opens its images.
   function renderClassTable(summary, classes) {
+    if (summary.detections?.length) return renderDetectionTable(summary.detections);
     const table = $("class-table");
     table.hidden = !classes.length;
     const has = (key) => classes.some((c) => c[key] !== null && c[key] !== undefined);
@@ -265,6 +269,25 @@ export function mountGallery(root, { model }) {
         ...columns.map(([key, , format]) => element("td", {
           text: c[key] === null || c[key] === undefined ? "–" : format(c[key]) })));
     }));
+  }
+
+  // A detector's run: per class detected, its images, detections, mean score and energy in box.
+  function renderDetectionTable(lines) {
+    const table = $("class-table");
+    table.hidden = false;
+    table.querySelector("summary").textContent = `Per class detected: ${plural(lines.length, "class")}`;
+    const columns = [
+      ["images", "Images", (v) => v.toLocaleString("en")],
+      ["detections", "Detections", (v) => v.toLocaleString("en")],
+      ["score", "Mean score", percent],
+      ["energy_in_box", "Mean in box", (v) => `${Math.round(100 * v)}%`],
+    ];
+    $("class-table-head").replaceChildren(element("tr", {}, element("th", { scope: "col", text: "Class" }),
+      ...columns.map(([, name]) => element("th", { scope: "col", text: name }))));
+    $("class-table-body").replaceChildren(...lines.map((c) => element("tr", {},
+      element("th", { scope: "row", text: c.label }),
+      ...columns.map(([key, , format]) => element("td", {
+        text: c[key] === null || c[key] === undefined ? "–" : format(c[key]) })))));
   }
 
   // --- the list --------------------------------------------------------------------------------
@@ -436,7 +459,11 @@ export function mountGallery(root, { model }) {
       frame.append(image);
       if (map.flat) frame.append(element("span", { className: "badge flat", text: "flat" }));
     } else if (item.detections && !item.detections.length) {
-      frame.append(element("span", { className: "thumb-error thumb-none", text: "no detection" }));
+      if (item.detections_overlay) {
+        frame.append(element("img", { src: item.detections_overlay, loading: "lazy", decoding: "async",
+          draggable: "false", alt: `${name}: no detection` }));
+      }
+      frame.append(element("span", { className: "badge flat", text: "no detection" }));
     }
     const lines = [element("span", { className: "thumb-name", text: name })];
     const detection = detectionOf(item, map);
@@ -669,10 +696,11 @@ export function mountGallery(root, { model }) {
       const text = item.detections.length ? `${plural(item.detections.length, "detection")}, best first`
         + `${more > 0 ? ` (${more.toLocaleString("en")} more in the report)` : ""}; ${plural(item.maps.length, "map")} below`
         : "No detection scored at least the run's minimum score: no map.";
-      const card = element("figure", { className: "card output-card detections-card", "data-role": "detections" },
-        element("figcaption", {}, element("strong", { text: "Detections" }),
-          element("span", { className: "peak-text", text })),
-        element("ol", { className: "detections-list" }, ...listed));
+      const card = element("figure", { className: "card map-card output-card detections-card", "data-role": "detections" });
+      if (item.detections_overlay) card.append(frame(item.detections_overlay, `the detections in ${name}`));
+      card.append(element("figcaption", {}, element("strong", { text: "Detections" }),
+        element("span", { className: "peak-text", text })),
+      element("ol", { className: "detections-list" }, ...listed));
       return [card];
     }
     return [];
