@@ -7,6 +7,7 @@ each image's segmentation or detections and a map per class or detection; a run 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import warnings
@@ -34,6 +35,12 @@ RAY = importlib.util.find_spec("ray") is not None
 if RAY:  # the one-machine Ray cluster on 127.0.0.1 of the Ray tests (fixture ``ray_cluster``)
     from test_distributed import cluster as ray_cluster  # noqa: F401
 needs_ray = pytest.mark.skipif(not RAY, reason="Ray is not installed")
+BROWSER = importlib.util.find_spec("playwright") is not None
+if BROWSER:  # a real Chromium, as the gallery's browser tests drive it (fixture ``page``)
+    from test_serve_browser import CHROMIUM, Shots, page  # noqa: F401
+needs_browser = pytest.mark.skipif(
+    not BROWSER or CHROMIUM is None, reason="no playwright or no chromium on this machine"
+)
 
 SEG_SPEC = "torchvision:lraspp_mobilenet_v3_large"
 SEG_ARGS = ["--input-size", "64x64", "--top", "2", "--batch-size", "2", "--format", "dataset"]
@@ -460,3 +467,126 @@ def test_a_detector_run_on_ray_writes_what_the_local_runner_writes(
     done = json.loads(run.stdout.decode().splitlines()[-1])
     assert done == [[name, name != "broken"] for name in IMAGES]
     _same_run(base / "det-ray", det_whole)
+
+
+@pytest.mark.slow  # the detector's run
+def test_the_gallery_shows_each_images_detections_sorted_by_energy_in_box(
+    gallery: Any, det_whole: Path
+) -> None:
+    runs = {r["name"]: r for r in gallery.get("/api/runs").json()["runs"]}
+    assert runs["det-whole"]["kind"] == "detection"
+    rows = {r["image"]: r for r in read_index(det_whole)}
+    page = gallery.get("/api/runs/det-whole/images", params={"sort": "energy_in_box"}).json()
+    assert page["order"] == "asc"  # the maps that lie outside their box first
+    # an image's value: the least energy in box among its maps; then those without maps
+    lowest = {
+        image: min(m["energy_in_box"] for m in row["explanations"])
+        for image, row in rows.items()
+        if row.get("explanations")
+    }
+    assert [i["image"] for i in page["images"]] == [
+        *sorted(lowest, key=lambda image: lowest[image]),
+        "imgs/broken.png",
+        "imgs/cat.png",
+        "imgs/rocket.png",
+    ]
+    for image in page["images"]:
+        row = rows[image["image"]]
+        if row.get("error"):
+            assert image["detections"] is None
+            continue
+        assert image["detections"] == [
+            {k: d[k] for k in ("box", "class_index", "label", "score")} for d in row["detections"]
+        ]
+        overlay = gallery.get(image["detections_overlay"])
+        assert overlay.status_code == 200
+        assert overlay.content == (det_whole / row["detections_overlay"]).read_bytes()
+        if not row["detections"]:
+            assert image["maps"] == [] and image["focus"] is None
+            continue
+        focus = image["maps"][image["focus"]]  # the map shown: the one sorted by
+        assert focus["energy_in_box"] == lowest[image["image"]]
+        assert focus["target"]["kind"] == "detection"
+    first = page["images"][0]["maps"][page["images"][0]["focus"]]["energy_in_box"]
+    descending = gallery.get(
+        "/api/runs/det-whole/images", params={"sort": "energy_in_box", "order": "desc"}
+    ).json()["images"]
+    assert descending[2]["maps"][descending[2]["focus"]]["energy_in_box"] == first
+    summary = gallery.get("/api/runs/det-whole/summary").json()
+    expected = summarize(read_index(det_whole))
+    assert summary["undetected"] == expected.undetected == 2
+    assert summary["detections"] == [dataclasses.asdict(line) for line in expected.detections]
+    assert summary["explained"] == 5
+
+
+@pytest.mark.slow
+@needs_browser
+def test_the_gallery_page_of_both_kinds(
+    base: Path, seg_whole: Path, det_whole: Path, page: Any, tmp_path: Path
+) -> None:
+    """``camlens serve --runs`` in a real Chromium: a segmentation model's image opened shows
+    its segmentation and a map per class; a detector's run sorted by energy in box shows the
+    map that lies most outside its box first, the images with no detection badged, and an image
+    opened its detections and a map per detection with its energy in box."""
+    import httpx
+    from playwright.sync_api import expect
+    from serving import camlens_serve
+
+    shots = Shots(tmp_path)
+    with camlens_serve(["--runs", str(base)], log=tmp_path / "serve.log") as (url, _):
+        page.goto(f"{url}/#/gallery/seg-whole")
+        thumbs = page.locator(".thumb")
+        expect(thumbs).to_have_count(6)
+        expect(page.locator("#sort button[data-sort=energy_in_box]")).to_be_hidden()
+        thumbs.nth(0).click()
+        segments = page.locator(".output-card[data-role=segments]")
+        expect(segments).to_be_visible()
+        opened = httpx.get(f"{url}/api/runs/seg-whole/images", params={"limit": 1}).json()
+        first = opened["images"][0]
+        expect(segments.locator("img")).to_have_js_property("naturalWidth", first["size"][0])
+        expect(segments.locator("figcaption")).to_contain_text(
+            f"{len(first['segmentation'])} classes"
+        )
+        for segment in first["segmentation"]:
+            expect(segments.locator("figcaption")).to_contain_text(segment["label"])
+        expect(page.locator(".map-card:not(.output-card)")).to_have_count(2)  # top 2 classes
+        shots.take(page, "kinds-1-segmentation")
+
+        page.goto(f"{url}/#/gallery/det-whole")
+        expect(thumbs).to_have_count(6)
+        energy = page.locator("#sort button[data-sort=energy_in_box]")
+        expect(energy).to_be_visible()
+        energy.click()
+        expect(page.locator("#gallery-count")).to_have_text(
+            "6 images · by energy in box, lowest first"
+        )
+        expect(page).to_have_url(f"{url}/#/gallery/det-whole?sort=energy_in_box")
+        listed = httpx.get(
+            f"{url}/api/runs/det-whole/images", params={"sort": "energy_in_box"}
+        ).json()["images"]
+        assert names(page) == [i["image"].split("/")[-1] for i in listed]
+        lowest = listed[0]["maps"][listed[0]["focus"]]
+        expect(thumbs.nth(0).locator(".thumb-notes")).to_contain_text(
+            f"{round(100 * lowest['energy_in_box'])}% in its box"
+        )
+        expect(thumbs.nth(0).locator("img")).to_have_attribute("src", lowest["overlay"])
+        expect(page.locator(".badge", has_text="no detection")).to_have_count(2)
+        expect(page.locator("#facts")).to_contain_text("No detection2 images")
+        shots.take(page, "kinds-2-detections")
+
+        thumbs.nth(0).click()
+        card = page.locator(".output-card[data-role=detections]")
+        expect(card).to_be_visible()
+        detections = listed[0]["detections"]
+        expect(card.locator("li")).to_have_count(min(12, len(detections)))
+        expect(card.locator("li.explained")).to_have_count(3)
+        expect(card.locator("img")).to_have_js_property("naturalWidth", listed[0]["size"][0])
+        maps = page.locator(".map-card:not(.output-card)")
+        expect(maps).to_have_count(3)
+        for m, shown in zip(listed[0]["maps"], maps.all(), strict=True):
+            expect(shown).to_contain_text(f"{round(100 * m['energy_in_box'])}% in its box")
+        shots.take(page, "kinds-3-detector-image")
+
+
+def names(page: Any) -> list[str]:
+    return [str(n) for n in page.locator(".thumb .thumb-name").all_inner_texts()]
