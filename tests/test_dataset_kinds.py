@@ -572,6 +572,12 @@ def test_the_gallery_page_of_both_kinds(
         expect(thumbs.nth(0).locator("img")).to_have_attribute("src", lowest["overlay"])
         expect(page.locator(".badge", has_text="no detection")).to_have_count(2)
         expect(page.locator("#facts")).to_contain_text("No detection2 images")
+        lines = httpx.get(f"{url}/api/runs/det-whole/summary").json()["detections"]
+        table = page.locator("#class-table")
+        expect(table.locator("summary")).to_have_text(f"Per class detected: {len(lines)} classes")
+        table.locator("summary").click()
+        expect(table.locator("tbody tr")).to_have_count(len(lines))
+        expect(table.locator("tbody tr").nth(0)).to_contain_text(lines[0]["label"])
         shots.take(page, "kinds-2-detections")
 
         thumbs.nth(0).click()

@@ -244,7 +244,20 @@ export function mountGallery(root, { model }) {
 
   // The summary's per-class table: a column per number the run has; a class opens its images.
   function renderClassTable(summary, classes) {
-    if (summary.detections?.length) return renderDetectionTable(summary.detections);
+    if (summary.detections?.length) {
+      return renderLines(`Per class detected: ${plural(summary.detections.length, "class")}`, summary.detections, [
+        ["images", "Images", (v) => v.toLocaleString("en")],
+        ["detections", "Detections", (v) => v.toLocaleString("en")],
+        ["score", "Mean score", percent],
+        ["energy_in_box", "Mean in box", (v) => `${Math.round(100 * v)}%`],
+      ]);
+    }
+    if (summary.segments?.length) {
+      return renderLines(`Per class present: ${plural(summary.segments.length, "class")}`, summary.segments, [
+        ["images", "Images", (v) => v.toLocaleString("en")],
+        ["share", "Mean share of the pixels", percent],
+      ]);
+    }
     const table = $("class-table");
     table.hidden = !classes.length;
     const has = (key) => classes.some((c) => c[key] !== null && c[key] !== undefined);
@@ -271,17 +284,12 @@ export function mountGallery(root, { model }) {
     }));
   }
 
-  // A detector's run: per class detected, its images, detections, mean score and energy in box.
-  function renderDetectionTable(lines) {
+  // The summary's table of a segmentation model's classes present (images, mean share of the
+  // pixels) or a detector's classes detected (images, detections, mean score, energy in box).
+  function renderLines(title, lines, columns) {
     const table = $("class-table");
     table.hidden = false;
-    table.querySelector("summary").textContent = `Per class detected: ${plural(lines.length, "class")}`;
-    const columns = [
-      ["images", "Images", (v) => v.toLocaleString("en")],
-      ["detections", "Detections", (v) => v.toLocaleString("en")],
-      ["score", "Mean score", percent],
-      ["energy_in_box", "Mean in box", (v) => `${Math.round(100 * v)}%`],
-    ];
+    table.querySelector("summary").textContent = title;
     $("class-table-head").replaceChildren(element("tr", {}, element("th", { scope: "col", text: "Class" }),
       ...columns.map(([, name]) => element("th", { scope: "col", text: name }))));
     $("class-table-body").replaceChildren(...lines.map((c) => element("tr", {},
