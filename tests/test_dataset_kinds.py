@@ -316,9 +316,45 @@ def test_a_detector_run_writes_detections_and_a_map_per_detection(det_whole: Pat
 def test_the_summary_of_a_detector_run(det_whole: Path) -> None:
     summary = summarize(read_index(det_whole))
     assert (summary.images, summary.explained, len(summary.errors)) == (6, 5, 1)
+    assert summary.undetected == 2
+    rows = read_index(det_whole)
+    counted = sum(len(r.get("detections") or []) for r in rows)
+    assert sum(line.detections for line in summary.detections) == counted
     result = runner.invoke(app, ["summary", str(det_whole)])
     assert result.exit_code == 0, result.output
-    assert "6 images, 5 explained, 1 errors" in result.output
+    assert "6 images, 5 explained, 1 errors, 2 with no detection" in result.output
+
+
+DET_ARGS = [
+    *["--model", DET_SPEC, "--weights", "det.pth", "--input-size", "128x128"],
+    *["--min-score", "0", "--detections", "3", "--batch-size", "2", "--format", "dataset"],
+]
+
+
+@pytest.mark.slow
+def test_a_detector_run_killed_then_resumed_on_the_command_line(
+    base: Path, det_whole: Path
+) -> None:
+    """``camlens explain imgs`` of the detector, SIGKILLed once its first batch is indexed, run
+    again: every image once in the index, the images with no detection found done, and the
+    bytes of the uninterrupted run (made through the Python API with the same options)."""
+    import signal
+
+    from test_runs import _cli, _wait_for_rows
+
+    args = ["explain", "imgs", *DET_ARGS, "--out", "det-killed"]
+    killed = _cli(args, base)
+    at_kill = _wait_for_rows(base / "det-killed" / INDEX, killed, 1)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert at_kill < len(IMAGES)  # killed mid-run
+    resumed = _cli(args, base)
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 2, err.decode()  # 2: the file that is no photo
+    assert "already done (skipped" in err.decode()
+    rows = read_index(base / "det-killed")
+    assert sorted(r["image"] for r in rows) == [f"imgs/{n}.png" for n in IMAGES]
+    assert tree(base / "det-killed") == tree(det_whole)
 
 
 # --- on Ray ----------------------------------------------------------------------------------
