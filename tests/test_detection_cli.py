@@ -280,7 +280,8 @@ def test_cli_explains_each_detection(det_dir: Path, capsys: pytest.CaptureFixtur
     assert len({e["overlay"] for e in maps}) == 3
     drawn = Image.open(det_dir / "out" / report["detections_overlay"])
     assert report["detections_overlay"] == "street.detections.png" and drawn.size == (240, 160)
-    assert "street.jpg" in out
+    best = "; ".join(f"{d['label']} {d['score']:.3f}" for d in found[:3])
+    assert f"street.jpg: {len(found)} detections: {best} | explained: " in out
 
     listed = camlens_cli(capsys, "summary", str(det_dir / "out"))
     assert listed[0] == 0, listed[2]
@@ -293,8 +294,9 @@ def test_cli_explains_each_detection(det_dir: Path, capsys: pytest.CaptureFixtur
 def test_cli_no_detection_is_a_report_with_none(
     det_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _out, err = explain_det(capsys, det_dir, "none", "--min-score", "0.9999")
+    code, out, err = explain_det(capsys, det_dir, "none", "--min-score", "0.9999")
     assert code == 0, err
+    assert "street.jpg: no detection | explained: nothing -> none" in out
     report = json.loads((det_dir / "none" / "street.json").read_text())
     assert report["detections"] == [] and report["explanations"] == []
     lines = [line for line in err.splitlines() if "no detection" in line]
