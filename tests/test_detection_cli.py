@@ -248,9 +248,16 @@ def explain_det(
 
 def test_cli_explains_each_detection(det_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = explain_det(
-        capsys, det_dir, "out", "--min-score", "0", "--detections", "3", "--method", "gradcam"
+        capsys,
+        det_dir,
+        "out",
+        *("--min-score", "0", "--detections", "3", "--method", "gradcam", "coffee.jpg"),
     )
     assert code == 0, err
+    # coffee.jpg in the same batch: its own detections, its own maps
+    other = json.loads((det_dir / "out" / "coffee.json").read_text())
+    assert len(other["explanations"]) == 3 and other["detections"] != []
+    assert other["explanations"][0]["target"]["box"] == other["detections"][0]["box"]
     report = json.loads((det_dir / "out" / "street.json").read_text())
     found = report["detections"]
     assert len(found) > 3  # the detector's own: every box it gives, best first
