@@ -16,7 +16,7 @@ from PIL import Image
 
 from camlens import render
 from camlens.errors import CamlensError
-from camlens.explanation import ClassMap, Explanation, file_tails
+from camlens.explanation import ClassMap, Detected, Explanation, file_tails
 from camlens.maps import box_mask, energy_in_boxes
 from camlens.metrics import energy_pointing_game
 from camlens.models.detection import coco_labels
@@ -95,6 +95,33 @@ def test_a_detection_map_reports_its_energy_in_box(tmp_path: Path) -> None:
     names = [e["overlay"] for e in saved["explanations"]]
     assert len(set(names)) == 3
     assert names[0] == "street.gradcam.backbone.body.1-det-0-0-20-10.png"
+    assert "detections" not in saved and "detections_overlay" not in saved  # no detector's list
+
+
+def test_save_writes_the_detections_picture(tmp_path: Path) -> None:
+    photo = Image.new("RGB", (120, 80), (90, 90, 90))
+    found = [
+        Detected((10, 10, 60, 50), 1, "person", 0.9),
+        Detected((70, 20, 110, 70), 3, "car", 0.6),
+    ]
+    maps = [detection_map(d.box, d.score, torch.rand(4, 6), d.class_index, d.label) for d in found]
+    maps[1].label = "car 0.60 at 70,20,110,70"  # the words the explainer gives a detection
+    result = Explanation("s.png", photo, (80, 120), "det", [], maps, detections=found)
+    report = json.loads(result.save(tmp_path).read_text())
+    assert report["detections"] == [d.to_dict() for d in found]
+    assert report["detections_overlay"] == "s.detections.png"
+    saved = np.asarray(Image.open(tmp_path / "s.detections.png"))
+    assert np.array_equal(saved, np.asarray(result.detection_overlay()))
+    assert tuple(saved[30, 10]) == render.class_color(1)
+    assert tuple(saved[40, 109]) == render.class_color(3)
+    assert result._detection_tag(1) == "car 0.60"  # the class and score, not the words
+    empty = Explanation("e.png", photo, (80, 120), "det", [], [], detections=[])
+    report = json.loads(empty.save(tmp_path).read_text())
+    assert report["detections"] == [] and report["explanations"] == []
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "e.detections.png")), np.asarray(photo))
+    plain = Explanation("p.png", photo, (80, 120), "m", [], [])
+    with pytest.raises(CamlensError, match="only a detector's explanation"):
+        plain.detection_overlay()
 
 
 # --- pictures ------------------------------------------------------------------------------------
