@@ -16,7 +16,7 @@ from PIL import Image
 
 from camlens import render
 from camlens.errors import CamlensError
-from camlens.explanation import ClassMap, Explanation, file_tails
+from camlens.explanation import ClassMap, Detected, Explanation, file_tails
 from camlens.maps import box_mask, energy_in_boxes
 from camlens.metrics import energy_pointing_game
 from camlens.models.detection import coco_labels
@@ -95,6 +95,33 @@ def test_a_detection_map_reports_its_energy_in_box(tmp_path: Path) -> None:
     names = [e["overlay"] for e in saved["explanations"]]
     assert len(set(names)) == 3
     assert names[0] == "street.gradcam.backbone.body.1-det-0-0-20-10.png"
+    assert "detections" not in saved and "detections_overlay" not in saved  # no detector's list
+
+
+def test_save_writes_the_detections_picture(tmp_path: Path) -> None:
+    photo = Image.new("RGB", (120, 80), (90, 90, 90))
+    found = [
+        Detected((10, 10, 60, 50), 1, "person", 0.9),
+        Detected((70, 20, 110, 70), 3, "car", 0.6),
+    ]
+    maps = [detection_map(d.box, d.score, torch.rand(4, 6), d.class_index, d.label) for d in found]
+    maps[1].label = "car 0.60 at 70,20,110,70"  # the words the explainer gives a detection
+    result = Explanation("s.png", photo, (80, 120), "det", [], maps, detections=found)
+    report = json.loads(result.save(tmp_path).read_text())
+    assert report["detections"] == [d.to_dict() for d in found]
+    assert report["detections_overlay"] == "s.detections.png"
+    saved = np.asarray(Image.open(tmp_path / "s.detections.png"))
+    assert np.array_equal(saved, np.asarray(result.detection_overlay()))
+    assert tuple(saved[30, 10]) == render.class_color(1)
+    assert tuple(saved[40, 109]) == render.class_color(3)
+    assert result._detection_tag(1) == "car 0.60"  # the class and score, not the words
+    empty = Explanation("e.png", photo, (80, 120), "det", [], [], detections=[])
+    report = json.loads(empty.save(tmp_path).read_text())
+    assert report["detections"] == [] and report["explanations"] == []
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "e.detections.png")), np.asarray(photo))
+    plain = Explanation("p.png", photo, (80, 120), "m", [], [])
+    with pytest.raises(CamlensError, match="only a detector's explanation"):
+        plain.detection_overlay()
 
 
 # --- pictures ------------------------------------------------------------------------------------
@@ -248,9 +275,16 @@ def explain_det(
 
 def test_cli_explains_each_detection(det_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = explain_det(
-        capsys, det_dir, "out", "--min-score", "0", "--detections", "3", "--method", "gradcam"
+        capsys,
+        det_dir,
+        "out",
+        *("--min-score", "0", "--detections", "3", "--method", "gradcam", "coffee.jpg"),
     )
     assert code == 0, err
+    # coffee.jpg in the same batch: its own detections, its own maps
+    other = json.loads((det_dir / "out" / "coffee.json").read_text())
+    assert len(other["explanations"]) == 3 and other["detections"] != []
+    assert other["explanations"][0]["target"]["box"] == other["detections"][0]["box"]
     report = json.loads((det_dir / "out" / "street.json").read_text())
     found = report["detections"]
     assert len(found) > 3  # the detector's own: every box it gives, best first
@@ -280,7 +314,8 @@ def test_cli_explains_each_detection(det_dir: Path, capsys: pytest.CaptureFixtur
     assert len({e["overlay"] for e in maps}) == 3
     drawn = Image.open(det_dir / "out" / report["detections_overlay"])
     assert report["detections_overlay"] == "street.detections.png" and drawn.size == (240, 160)
-    assert "street.jpg" in out
+    best = "; ".join(f"{d['label']} {d['score']:.3f}" for d in found[:3])
+    assert f"street.jpg: {len(found)} detections: {best} | explained: " in out
 
     listed = camlens_cli(capsys, "summary", str(det_dir / "out"))
     assert listed[0] == 0, listed[2]
@@ -293,8 +328,9 @@ def test_cli_explains_each_detection(det_dir: Path, capsys: pytest.CaptureFixtur
 def test_cli_no_detection_is_a_report_with_none(
     det_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _out, err = explain_det(capsys, det_dir, "none", "--min-score", "0.9999")
+    code, out, err = explain_det(capsys, det_dir, "none", "--min-score", "0.9999")
     assert code == 0, err
+    assert "street.jpg: no detection | explained: nothing -> none" in out
     report = json.loads((det_dir / "none" / "street.json").read_text())
     assert report["detections"] == [] and report["explanations"] == []
     lines = [line for line in err.splitlines() if "no detection" in line]

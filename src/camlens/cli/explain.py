@@ -86,18 +86,20 @@ def _segment_targets(
 
 
 def console_line(result: Explanation) -> str:
-    """One line per explained image: its top-3 predictions, the classes explained, and the maps
-    that came out flat (nothing left after the ReLU: no positive evidence at that layer)."""
-    return row_line(
-        {
-            "image": result.source,
-            "predictions": [{"label": p.label, "score": p.score} for p in result.predictions],
-            "explanations": [
-                {"label": m.label, "method": m.method, "layer": m.layer, "flat": m.flat}
-                for m in result.maps
-            ],
-        }
-    )
+    """One line per explained image: its top-3 predictions (a detector's: how many detections,
+    and the 3 best), the classes explained, and the maps that came out flat (nothing left after
+    the ReLU: no positive evidence at that layer)."""
+    row: dict[str, object] = {
+        "image": result.source,
+        "predictions": [{"label": p.label, "score": p.score} for p in result.predictions],
+        "explanations": [
+            {"label": m.label, "method": m.method, "layer": m.layer, "flat": m.flat}
+            for m in result.maps
+        ],
+    }
+    if result.detections is not None:
+        row["detections"] = [{"label": d.label, "score": d.score} for d in result.detections]
+    return row_line(row)
 
 
 def row_line(row: dict[str, object]) -> str:
@@ -106,8 +108,13 @@ def row_line(row: dict[str, object]) -> str:
     predictions = cast(list[dict[str, object]], row["predictions"])
     maps = cast(list[dict[str, object]], row["explanations"])
     top = "; ".join(f"{p['label']} {cast(float, p['score']):.3f}" for p in predictions[:3])
+    found = cast("list[dict[str, object]] | None", row.get("detections"))
+    if found is not None:  # a detector: its detections rather than its top classes
+        count = f"{len(found)} detection{'' if len(found) == 1 else 's'}"
+        best = "; ".join(f"{d['label']} {cast(float, d['score']):.3f}" for d in found[:3])
+        top = f"{count}: {best}" if found else "no detection"
     explained = "; ".join(dict.fromkeys(str(m["label"]) for m in maps))
-    line = f"{row['image']}: {top} | explained: {explained}"
+    line = f"{row['image']}: {top} | explained: {explained or 'nothing'}"
     flat = [f"{m['label']} ({m['method']}, {m['layer']})" for m in maps if m.get("flat")]
     if flat:
         more = f" and {len(flat) - 3} more" if len(flat) > 3 else ""
