@@ -215,9 +215,7 @@ def test_a_segmentation_run_writes_segments_and_a_map_per_class(seg_whole: Path)
     assert not list(seg_whole.rglob("*.npy"))
 
 
-@pytest.mark.parametrize(
-    "kind", ["segmentation", pytest.param("detection", marks=pytest.mark.slow)]
-)
+@pytest.mark.parametrize("kind", ["segmentation", "detection"])
 def test_a_run_resumed_writes_the_bytes_of_one_run(
     kind: str, request: pytest.FixtureRequest, here: Path
 ) -> None:
@@ -271,7 +269,6 @@ def _in_box(layer_map: list[list[float]], size: list[int], box: list[float]) -> 
     return float(full[inside].sum() / full.sum())
 
 
-@pytest.mark.slow  # a detector's run: 20 s on two busy cores
 def test_a_detector_run_writes_detections_and_a_map_per_detection(det_whole: Path) -> None:
     rows = read_index(det_whole)
     assert [r["image"] for r in rows] == [f"imgs/{n}.png" for n in IMAGES]
@@ -312,7 +309,6 @@ def test_a_detector_run_writes_detections_and_a_map_per_detection(det_whole: Pat
     assert not list(det_whole.rglob("*.npy"))
 
 
-@pytest.mark.slow
 def test_the_summary_of_a_detector_run(det_whole: Path) -> None:
     summary = summarize(read_index(det_whole))
     assert (summary.images, summary.explained, len(summary.errors)) == (6, 5, 1)
@@ -505,7 +501,6 @@ def test_a_detector_run_on_ray_writes_what_the_local_runner_writes(
     _same_run(base / "det-ray", det_whole)
 
 
-@pytest.mark.slow  # the detector's run
 def test_the_gallery_shows_each_images_detections_sorted_by_energy_in_box(
     gallery: Any, det_whole: Path
 ) -> None:
