@@ -213,6 +213,13 @@ def test_a_segmentation_run_writes_segments_and_a_map_per_class(seg_whole: Path)
                 assert picture.format == "JPEG" and list(picture.size) == row["size"]
     assert max(kinds) > 2  # several classes present: the maps are the two largest
     assert not list(seg_whole.rglob("*.npy"))
+    summary = runner.invoke(app, ["summary", str(seg_whole)])
+    assert summary.exit_code == 0, summary.output
+    assert "6 images, 5 explained, 1 errors" in summary.output
+    lines = summarize(rows).segments
+    assert sum(line.images for line in lines) == sum(len(r["segmentation"]) for r in explained)
+    assert "segments: images with the class" in summary.output
+    assert f"{lines[0].label} ({lines[0].class_index})" in summary.output
 
 
 @pytest.mark.parametrize("kind", ["segmentation", "detection"])
@@ -585,6 +592,7 @@ def test_the_gallery_page_of_both_kinds(
 
         page.goto(f"{url}/#/gallery/det-whole")
         expect(thumbs).to_have_count(6)
+        expect(page.locator(".run", has_text="det-whole")).to_contain_text("dataset · detection")
         energy = page.locator("#sort button[data-sort=energy_in_box]")
         expect(energy).to_be_visible()
         energy.click()

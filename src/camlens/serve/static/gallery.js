@@ -189,8 +189,8 @@ export function mountGallery(root, { model }) {
       element("strong", { className: "run-name", text: run.name }),
       element("span", { className: "run-facts", text: run.problem ? "cannot be read" : facts.join(" · ") }),
       element("span", { className: "run-model",
-        text: run.problem ?? [run.model, run.methods.map(methodName).join(", "), run.format]
-          .filter(Boolean).join(" · ") }));
+        text: run.problem ?? [run.model, run.methods.map(methodName).join(", "), run.format,
+          run.kind === "classifier" ? null : run.kind].filter(Boolean).join(" · ") }));
       if (run.problem) button.disabled = true;
       button.addEventListener("click", () => {
         if (run.name !== state.run) go({ run: run.name, class: "", status: "all", image: null });
