@@ -71,6 +71,8 @@ def test_options_are_checked() -> None:
     assert caught.value.option == "min_score"
     with pytest.raises(CamlensError, match="detections must be at least 1"):
         ExplainConfig(detections=0)
+    with pytest.raises(CamlensError, match="min_score must be a number in"):
+        camlens.Explainer(min_score=-0.1)
     config = ExplainConfig(min_score=0.25, detections=3)
     assert ExplainConfig.from_json(config.to_json()) == config
 
@@ -156,6 +158,21 @@ def test_loads_by_spec_with_a_weights_file(tmp_path) -> None:
     assert model.default_layer == "backbone.features.1" and model.weights == path
     for key, value in net.state_dict().items():
         torch.testing.assert_close(model.net.state_dict()[key], value)
+
+
+def test_layers_command_says_the_kind(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from camlens.cli import app
+
+    torch.manual_seed(0)
+    path = tmp_path / "ssd.pth"
+    torch.save(torchvision_detection("ssdlite320_mobilenet_v3_large", None).state_dict(), path)
+    spec = "torchvision:ssdlite320_mobilenet_v3_large"
+    result = CliRunner().invoke(app, ["layers", "--model", spec, "--weights", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "kind: detection; classes: 91" in result.output
+    assert "automatic target layer of" in result.output and "backbone.features.1" in result.output
 
 
 def test_candidate_layers(frcnn: camlens.Model) -> None:
@@ -258,3 +275,24 @@ def test_only_the_explained_detections_keep_a_graph(
     ).explain(photo)
     for a, b in zip(fast.maps, full.maps, strict=True):
         torch.testing.assert_close(a.map, b.map)
+
+
+def test_a_flip_mirrors_the_detections(tiny: camlens.Model) -> None:
+    from camlens.scoring import TargetPlan
+
+    plan = TargetPlan(tiny, [])
+    d = Detection((10, 20, 30, 60), 1, 0.7)
+    assert plan.mirrored([[d]], [(100, 80)]) == [[Detection((70, 20, 90, 60), 1, 0.7)]]
+
+
+def test_a_detection_scaled_to_the_input(tiny: camlens.Model) -> None:
+    """A photo of 96x96 explained at 48x48: the detections' boxes are in the photo's pixels,
+    matched in the input's."""
+    photo = Image.fromarray(np.random.default_rng(1).integers(0, 256, (96, 96, 3), np.uint8))
+    result = camlens.Explainer(tiny, min_score=0.0).explain(photo)
+    found = sorted(list(d.box) for d in result.detections)
+    assert found == sorted([round(v * 96, 2) for v in box] for box in TinyDetector.BOXES)
+    assert all(
+        m.value == pytest.approx(d.score, abs=1e-5)
+        for m, d in zip(result.maps, result.detections, strict=True)
+    )

@@ -323,6 +323,9 @@ def test_cli_explains_each_detection(det_dir: Path, capsys: pytest.CaptureFixtur
     assert "detections: images with the class" in text
     first = found[0]
     assert f"{first['label']} ({first['class_index']})" in listed[1]
+    assert "detections whose maps lie most outside their own box" in text
+    least = min(maps + other["explanations"], key=lambda e: e["energy_in_box"])
+    assert f"{least['energy_in_box']:.3f}" in text
 
 
 def test_cli_no_detection_is_a_report_with_none(
@@ -392,8 +395,11 @@ def test_summary_lists_the_detections() -> None:
                 "label": d["label"],
                 "target": {"kind": "detection", "label": d["class_index"]},
                 "energy_in_box": e,
+                "method": "gradcam",
+                "layer": "backbone.body.16",
+                "overlay": f"{image}.{n}.png",
             }
-            for d, e in zip(found, energies, strict=False)
+            for n, (d, e) in enumerate(zip(found, energies, strict=False))
         ]
         return {"image": image, "predictions": [], "detections": found, "explanations": maps}
 
@@ -412,3 +418,9 @@ def test_summary_lists_the_detections() -> None:
         ("person", 1, 2, 0.8, pytest.approx(0.6)),
     ]
     assert result.undetected == 1
+    # the maps least inside their own boxes, least first
+    outside = [(n.image, n.label, n.value, n.overlay) for n in summarize(rows, top=2).outside_box]
+    assert outside == [
+        ("b", "car (gradcam, backbone.body.16)", 0.1, "b.0.png"),
+        ("a", "person (gradcam, backbone.body.16)", 0.4, "a.1.png"),
+    ]

@@ -397,6 +397,7 @@ class Summary:
     segments: list[SegmentLine] = field(default_factory=list)
     detections: list[DetectionLine] = field(default_factory=list)
     undetected: int = 0  # a detector's images with no detection (above its min score)
+    outside_box: list[Notable] = field(default_factory=list)  # least energy_in_box first
 
 
 def summarize(rows: Iterable[Mapping[str, Any]], top: int = 10) -> Summary:
@@ -475,7 +476,29 @@ def summarize(rows: Iterable[Mapping[str, Any]], top: int = 10) -> Summary:
         segments=segments,
         detections=detections,
         undetected=sum(1 for r in explained if r.get("detections") == []),
+        outside_box=_outside_box(explained, top),
     )
+
+
+def _outside_box(rows: Sequence[Mapping[str, Any]], top: int) -> list[Notable]:
+    """The ``top`` maps of detections with the least of their sum inside their own box
+    (``energy_in_box``, least first): the detections whose maps deserve a look."""
+    maps = [
+        (r, m)
+        for r in rows
+        for m in r.get("explanations") or ()
+        if isinstance(m, Mapping) and isinstance(m.get("energy_in_box"), int | float)
+    ]
+    maps.sort(key=lambda rm: (float(rm[1]["energy_in_box"]), str(rm[0]["image"])))
+    return [
+        Notable(
+            str(r["image"]),
+            f"{m['label']} ({m['method']}, {m['layer']})",
+            float(m["energy_in_box"]),
+            _overlay(m),
+        )
+        for r, m in maps[:top]
+    ]
 
 
 def _detection_lines(rows: Sequence[Mapping[str, Any]]) -> list[DetectionLine]:

@@ -609,6 +609,10 @@ def summary(
             result.off_center,
         ),
         ("most confident mistakes (top-1 score)", result.confident_mistakes),
+        (
+            "detections whose maps lie most outside their own box (energy in box, least first)",
+            result.outside_box,
+        ),
     ]
     for title, notable in lists:
         if not notable:

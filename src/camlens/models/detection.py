@@ -16,17 +16,26 @@ pads, so its activations cover exactly the photo, at any input size.
 ``detections`` best (all by default); each becomes a ``Detection`` target in the photo's pixels,
 and gets its maps. A photo with none gets no map (a warning says so).
 
-**Methods.** Every gradient method (``gradcam``, ``gradcampp``, ``xgradcam``, ``layercam``,
-``hirescam``, ...) and Eigen-CAM (no gradient: the first principal component of the
-activations, the same map for every detection) apply; the gradients of N detections come from one
-forward pass and one batched backward. The perturbation methods (Score-CAM, Ablation-CAM, ...)
-score their masked or ablated passes with the matching score, at the price of one detector pass
-per mask (slow at 800 pixels). CAM does not apply: a detector has no GAP -> Linear head.
+**Methods.** Every gradient method (``gradcam``, ``gradcampp``, ``xgradcam``, ``hirescam``,
+``gradcam_elementwise``, ``layercam``, ``eigengradcam``) and Eigen-CAM (no gradient: the first
+principal component of the activations, so the same map for every detection) apply. The
+gradients of N detections come from one forward pass and one batched backward; a torchvision
+Faster R-CNN scores again, with the graph, only the proposals of the detections explained (the
+box head reads the thousand proposals of the RPN without one), so that N detections cost little
+more than one. At a layer before a feature pyramid, each detection's backward pass also runs
+through the pyramid's convolutions; single-stage detectors (RetinaNet, FCOS, SSDlite)
+differentiate torchvision's own postprocessing, which costs more per detection. The
+perturbation methods (``scorecam``, ``sscam``, ``iscam``, ``ablationcam``) apply too, scoring
+their masked or ablated passes with each detection's matching score, at the price of one
+detector pass per channel of the layer (960 at ``backbone.body.16``: minutes on a CPU; use
+``fast_channels``). CAM does not apply: a detector has no GAP -> Linear head.
 
 **Layers.** The candidate layers are the modules a forward pass runs once per image (the
 backbone's stages and blocks, the feature pyramid's levels ``backbone.fpn.layer_blocks.0..3`` and
-RetinaNet's and FCOS's ``p6``/``p7``; heads shared between pyramid levels are not); the
-automatic layer of each model loaded by name is in :data:`TORCHVISION_DETECTION`.
+RetinaNet's and FCOS's ``p6``/``p7``; heads shared between pyramid levels are not). A detection
+is made from one pyramid level: at another level's layer its map is flat. The automatic layer of
+each model loaded by name is in :data:`TORCHVISION_DETECTION` (provisional: the backbone's last
+stage, which every level is built from).
 """
 
 from __future__ import annotations
