@@ -554,6 +554,12 @@ def test_the_gallery_shows_each_images_detections_sorted_by_energy_in_box(
     expected = summarize(read_index(det_whole))
     assert summary["undetected"] == expected.undetected == 2
     assert summary["detections"] == [dataclasses.asdict(line) for line in expected.detections]
+    assert [(n["image"], n["value"]) for n in summary["outside_box"]] == [
+        (n.image, n.value) for n in expected.outside_box
+    ]
+    assert summary["outside_box"][0]["value"] == lowest[page["images"][0]["image"]]
+    worst = page["images"][0]
+    assert summary["outside_box"][0]["overlay"] == worst["maps"][worst["focus"]]["overlay"]
     assert summary["explained"] == 5
 
 

@@ -55,8 +55,9 @@ DEFAULT_ORDER: dict[str, Order] = {
 SUMMARIZED = ("label", "flat", "spread", "off_center", "overlay")
 """What :func:`camlens.runs.summarize` reads of an image's first map."""
 DETECTED = ("class_index", "label", "score")
-"""What :func:`camlens.runs.summarize` reads of a detector's detections (and of its maps, their
-``target`` and ``energy_in_box``)."""
+"""What :func:`camlens.runs.summarize` reads of a detector's detections."""
+DETECTION_MAP = ("target", "energy_in_box", "label", "method", "layer", "overlay")
+"""What :func:`camlens.runs.summarize` reads of each map of a detector's image."""
 
 
 class RunNotFound(CamlensError):
@@ -452,13 +453,13 @@ def _read(place: Place, stamp: tuple[int, int, int]) -> RunIndex:
 
 def _lean_maps(entries: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """What :func:`camlens.runs.summarize` reads of a row's maps: the first's statistics, and of
-    a detection's map its target and energy in its box."""
+    a detection's map its target, energy in its box, and what names it."""
     lean = []
     for i, m in enumerate(entries):
         kept = {k: m.get(k) for k in SUMMARIZED} if i == 0 else {}
         target = m.get("target")
         if isinstance(target, Mapping) and target.get("kind") == "detection":
-            kept.update(target=target, energy_in_box=m.get("energy_in_box"))
+            kept.update((k, m.get(k)) for k in DETECTION_MAP)
         if kept:
             lean.append(kept)
     return lean
@@ -667,6 +668,7 @@ def summary_json(index: RunIndex, root: str = "") -> dict[str, Any]:
         "spread": notable(s.spread),
         "off_center": notable(s.off_center),
         "confident_mistakes": notable(s.confident_mistakes),
+        "outside_box": notable(s.outside_box),
         "segments": [asdict(line) for line in s.segments],
         "detections": [asdict(line) for line in s.detections],
         "undetected": s.undetected,

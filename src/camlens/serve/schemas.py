@@ -337,6 +337,11 @@ class RunSummaryOut(BaseModel):
     spread: list[NotableOut] = Field(description="the images whose first map is most spread")
     off_center: list[NotableOut] = Field(description="... most off center")
     confident_mistakes: list[NotableOut] = Field(description="wrong top-1, highest score first")
+    outside_box: list[NotableOut] = Field(
+        default_factory=list,
+        description="a detector's run: the detections whose maps have the least energy inside "
+        "their own box, least first",
+    )
     segments: list[SegmentLineOut] = Field(
         default_factory=list,
         description="a segmentation model's run: per class present, the images it is in and "
