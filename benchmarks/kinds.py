@@ -33,6 +33,8 @@ Seeded throughout: the same arguments give the same table (up to the float sums 
 from __future__ import annotations
 
 import argparse
+import copy
+import functools
 import json
 import math
 import platform
@@ -89,11 +91,16 @@ STD = (0.5, 0.5, 0.5)
 # --- the models ------------------------------------------------------------------------------------
 
 
+@functools.cache
+def _imagenet() -> nn.Module:
+    return default_network()
+
+
 def stages() -> nn.Module:
     """The embedded EfficientNet-Lite0 (ImageNet weights) as a sequence of named stages: ``stem``
     (stride 2), ``stage0`` ... ``stage6`` (16, 24, 40, 80, 112, 192, 320 channels; strides 2, 4,
-    8, 16, 16, 32, 32), without its head."""
-    net = default_network()
+    8, 16, 16, 32, 32), without its head; a new copy each call."""
+    net = copy.deepcopy(_imagenet())
     parts: OrderedDict[str, nn.Module] = OrderedDict(stem=nn.Sequential(net.conv_stem, net.bn1))
     for i, block in enumerate(net.blocks):
         parts[f"stage{i}"] = block
@@ -198,8 +205,12 @@ def read_items(annotations: Path) -> list[Item]:
     return items
 
 
-def make_sets(root: Path, train: int, test: int, size: int, seed: int) -> tuple[Path, Path]:
-    kw: dict[str, Any] = {"size": size, "objects": 2, "masks": True}
+def make_sets(
+    root: Path, train: int, test: int, size: int, seed: int, backgrounds: Any = None
+) -> tuple[Path, Path]:
+    """A training set (seed ``seed``) and a held-out set (``seed + 1``) of two shapes per image,
+    with masks (``backgrounds``: :func:`make_synthetic`'s, by default the sample photos)."""
+    kw: dict[str, Any] = {"size": size, "objects": 2, "masks": True, "backgrounds": backgrounds}
     return (
         make_synthetic(root / "train", train, seed=seed, **kw),
         make_synthetic(root / "test", test, seed=seed + 1, **kw),
@@ -541,14 +552,12 @@ def explain_detections(
         return box_mask(shape, [tuple(m.target["box"])])
 
     table = tally(results, inside)
-    shares = []
-    count = 0
-    for result in results:
-        boxes = {tuple(m.target["box"]) for m in result.maps}
-        count += len(boxes)
-        shares += [float(box_mask(shape, [b]).mean()) for b in boxes]
+    first = [  # each detection's map by the first method at the first layer
+        m for r in results for m in r.maps if (m.method, m.layer) == (methods[0], layers[0])
+    ]
+    shares = [float(box_mask(shape, [tuple(m.target["box"])]).mean()) for m in first]
     return table, {
-        "detections": count,
+        "detections": len(first),
         "uniform_energy": float(np.mean(shares)) if shares else 0.0,
     }
 

@@ -12,6 +12,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,7 +30,9 @@ def kinds() -> ModuleType:
 @pytest.fixture(scope="module")
 def sets(kinds: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> tuple[list, list]:
     root = tmp_path_factory.mktemp("kinds")
-    train, test = kinds.make_sets(root, 4, 2, 64, seed=0)
+    rng = np.random.default_rng(0)  # a noise photo: the sample photos take seconds to load
+    noise = Image.fromarray(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8))
+    train, test = kinds.make_sets(root, 4, 2, 64, seed=0, backgrounds=[noise])
     return kinds.read_items(train), kinds.read_items(test)
 
 
@@ -127,3 +130,30 @@ def test_segmentation_trains_and_is_explained(kinds: ModuleType, sets: tuple[lis
         assert row["maps"] == 4 and 0 <= row["pointing"] <= 1 and 0 <= row["energy"] <= 1
     lines = kinds.table_rows(table, ["gradcam", "eigencam"], ["backbone.stage4", "classifier.cbr"])
     assert len(lines) == 2 + 4 and lines[2].startswith("| gradcam | `backbone.stage4` | 4 |")
+
+
+def test_the_detector_trains_and_is_explained(kinds: ModuleType, sets: tuple[list, list]) -> None:
+    torch.set_num_threads(1)
+    train, test = sets
+    trained = kinds.train_detector(train, 2, 64, batch=2, log=lambda _: None)
+    net = trained.net
+    assert trained.steps == 2 and all(np.isfinite(trained.losses))
+    fresh = kinds.stages()
+    assert torch.equal(net.backbone.body.stem[0].weight, fresh.stem[0].weight)
+    assert not torch.equal(
+        net.backbone.body.stage3[0].conv_dw.weight, fresh.stage3[0].conv_dw.weight
+    )
+    # Barely trained: its detections score about 1 / 5; explain those of 0.05 and more.
+    found = kinds.detections(net, test, 0.05)
+    assert sum(map(len, found)) > 0
+    model = kinds.detection_camlens_model(net, 64)
+    assert model.kind == "detection"
+    layers = ["backbone.body.stage4", "backbone.fpn.layer_blocks.1"]
+    table, counts = kinds.explain_detections(
+        model, test, ["gradcam", "eigencam"], layers, min_score=0.05
+    )
+    # One map per detection, method and layer; the model's own detections are those explained.
+    assert counts["detections"] == sum(map(len, found))
+    assert sorted(table) == [(m, layer) for m in ("eigencam", "gradcam") for layer in layers]
+    for t in table.values():
+        assert t.maps == counts["detections"]
