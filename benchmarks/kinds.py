@@ -526,6 +526,15 @@ def explain_segments(
     }
 
 
+def roi_level(box: Sequence[float]) -> int:
+    """The FPN level (0, 1, 2: ``backbone.fpn.layer_blocks.K``) Faster R-CNN's box head pools a
+    box from: torchvision's ``LevelMapper`` (Lin et al., FPN, eq. 1), ``floor(4 + log2(sqrt(wh)
+    / 224))`` clamped to levels 3..5 of strides 8..32, here stages 2, 4 and 6."""
+    x0, y0, x1, y1 = box
+    side = math.sqrt(max((x1 - x0) * (y1 - y0), 1e-6))
+    return int(min(max(math.floor(4 + math.log2(side / 224) + 1e-6), 3), 5)) - 3
+
+
 def explain_detections(
     model: Any,
     items: Sequence[Item],
@@ -533,14 +542,21 @@ def explain_detections(
     layers: Sequence[str],
     min_score: float = 0.5,
     batch: int = 4,
+    best: int | None = None,
 ) -> tuple[dict[tuple[str, str], Tally], dict[str, Any]]:
-    """Each detection scored at least ``min_score``: its score, explained by every method at every
-    layer; the object is the detection's own box (at the photo's size)."""
+    """Each detection scored at least ``min_score`` (the ``best`` of them in each image, if
+    given): its score, explained by every method at every layer; the object is the detection's
+    own box (at the photo's size)."""
     import camlens
     from camlens.metrics import box_mask
 
     explainer = camlens.Explainer(
-        model, method=list(methods), layer=list(layers), batch_size=batch, min_score=min_score
+        model,
+        method=list(methods),
+        layer=list(layers),
+        batch_size=batch,
+        min_score=min_score,
+        detections=best,
     )
     with warnings.catch_warnings():  # flat maps are counted in the table
         warnings.simplefilter("ignore", FlatMapWarning)
@@ -556,8 +572,10 @@ def explain_detections(
         m for r in results for m in r.maps if (m.method, m.layer) == (methods[0], layers[0])
     ]
     shares = [float(box_mask(shape, [tuple(m.target["box"])]).mean()) for m in first]
+    levels = [roi_level(m.target["box"]) for m in first]
     return table, {
         "detections": len(first),
+        "roi_levels": {str(k): levels.count(k) for k in sorted(set(levels))},
         "uniform_energy": float(np.mean(shares)) if shares else 0.0,
     }
 
@@ -573,7 +591,11 @@ def segmentation_camlens_model(net: nn.Module, size: int) -> Any:
 
 
 def detection_camlens_model(net: nn.Module, size: int) -> Any:
-    from camlens.models.detection import detection_model
+    """The detector as a camlens ``Model`` of kind ``detection``, its transform made to
+    normalize only (``exact_transform``: the input is the photo at ``size`` pixels)."""
+    from camlens.models.detection import detection_model, exact_transform
+
+    exact_transform(net)
 
     pre = PreprocessConfig(
         input_size=(size, size), interpolation="bilinear", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)
@@ -777,7 +799,12 @@ def markdown(out: dict[str, Any]) -> list[str]:
             f"{q['recall']:.3f}, mean IoU {q['mean_iou_found']:.3f}), {q['false_detections']} "
             f"false detections. Explained: each of the {det['detections']} detections (score >= "
             f"0.5), its own score (a `Detection` target); the object is the detection's own box. "
-            f"A uniform map would put {det['uniform_energy']:.3f} of its energy inside. "
+            f"A uniform map would put {det['uniform_energy']:.3f} of its energy inside. The box "
+            f"head pools each detection from one FPN level by its size (torchvision's "
+            f"`LevelMapper`): "
+            + ", ".join(f"level {k}: {v}" for k, v in det["roi_levels"].items())
+            + "; the score of a detection depends on the other levels only through the "
+            f"proposals, which carry no gradient. "
             f"Explaining took {det['explain_seconds']:.0f} s.",
             "",
             *det["_rows"],
@@ -795,7 +822,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--test", type=int, default=60, help="held-out images")
     p.add_argument("--size", type=int, default=256, help="image side in pixels")
     p.add_argument("--seg-steps", type=int, default=120)
-    p.add_argument("--det-steps", type=int, default=200)
+    p.add_argument("--det-steps", type=int, default=150)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--methods", nargs="+", default=None)

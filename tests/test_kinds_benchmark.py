@@ -150,10 +150,10 @@ def test_the_detector_trains_and_is_explained(kinds: ModuleType, sets: tuple[lis
     assert model.kind == "detection"
     layers = ["backbone.body.stage4", "backbone.fpn.layer_blocks.1"]
     table, counts = kinds.explain_detections(
-        model, test, ["gradcam", "eigencam"], layers, min_score=0.05
+        model, test, ["gradcam", "eigencam"], layers, min_score=0.05, best=2
     )
-    # One map per detection, method and layer; the model's own detections are those explained.
-    assert counts["detections"] == sum(map(len, found))
+    # One map per detection, method and layer: the 2 best of each image.
+    assert counts["detections"] == sum(min(len(f), 2) for f in found)
     assert sorted(table) == [(m, layer) for m in ("eigencam", "gradcam") for layer in layers]
     for t in table.values():
         assert t.maps == counts["detections"]
