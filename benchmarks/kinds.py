@@ -63,8 +63,17 @@ CLASSES = ("background", *SYNTHETIC_CLASSES)
 """Both models' classes: 0 the background, then the shapes in the synthetic set's order (the
 category ids of its JSON and the values of its masks)."""
 
-SEGMENTATION_METHODS = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigencam")
-DETECTION_METHODS = ("gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigencam")
+GRADIENT_METHODS = (
+    "gradcam",
+    "gradcampp",
+    "xgradcam",
+    "layercam",
+    "hirescam",
+    "gradcam_elementwise",
+    "eigengradcam",
+    "eigencam",
+)
+"""The methods of a default run: those one forward and one backward pass give (Eigen-CAM none)."""
 SEGMENTATION_LAYERS = (
     "backbone.stage2",
     "backbone.stage3",
@@ -675,6 +684,40 @@ QUICK = {
 }
 
 
+def trained(
+    args: argparse.Namespace,
+    kind: str,
+    build: Callable[[], nn.Module],
+    train: Callable[[], Trained],
+) -> Trained:
+    """``train()``, or with ``--models DIR`` the model ``DIR/KIND.pt`` trained earlier with the
+    same settings (saved there after training): the perturbation methods' run on a few images
+    explains the same models as the main run."""
+    settings = {k: getattr(args, k) for k in ("train", "size", "seed", f"{kind[:3]}_steps")}
+    path = None if args.models is None else args.models / f"{kind}.pt"
+    if path is not None and path.is_file():
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if saved["settings"] == settings:
+            net = build()
+            net.load_state_dict(saved["state"])
+            net.eval()
+            return Trained(net, saved["seconds"], saved["steps"], saved["losses"])
+    result = train()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(
+            {
+                "settings": settings,
+                "state": result.net.state_dict(),
+                "seconds": result.seconds,
+                "steps": result.steps,
+                "losses": result.losses,
+            },
+            path,
+        )
+    return result
+
+
 def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:
     """The whole benchmark; returns its figures (and the Markdown lines under ``"markdown"``)."""
     import tempfile
@@ -682,26 +725,33 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     load_before = _load()
-    seg_methods = list(args.methods or SEGMENTATION_METHODS)
-    det_methods = list(args.methods or DETECTION_METHODS)
+    seg_methods = list(args.methods or GRADIENT_METHODS)
+    det_methods = list(args.methods or GRADIENT_METHODS)
+    seg_layers = list(args.layers or SEGMENTATION_LAYERS)
+    det_layers = list(args.layers or DETECTION_LAYERS)
     with tempfile.TemporaryDirectory() as scratch:
         train_json, test_json = make_sets(
             Path(scratch), args.train, args.test, args.size, args.seed
         )
         train_items, test_items = read_items(train_json), read_items(test_json)
         log(f"sets: {len(train_items)} training, {len(test_items)} held-out images")
-        out: dict[str, Any] = {"settings": {k: v for k, v in vars(args).items() if k != "out"}}
+        out: dict[str, Any] = {
+            "settings": {k: v for k, v in vars(args).items() if k not in ("out", "models")}
+        }
         if "segmentation" in args.kinds:
-            seg = train_segmenter(train_items, args.seg_steps, seed=args.seed, log=log)
+            seg = trained(
+                args,
+                "segmentation",
+                segmentation_net,
+                lambda: train_segmenter(train_items, args.seg_steps, seed=args.seed, log=log),
+            )
             predicted = predicted_masks(seg.net, test_items)
             quality = segmentation_quality(predicted, test_items)
             log(f"segmentation: {seg.seconds:.0f} s of training, {quality}")
             t0 = time.perf_counter()
             model = segmentation_camlens_model(seg.net, args.size)
             auto = auto_layer(model)
-            table, counts = explain_segments(
-                model, test_items, predicted, seg_methods, SEGMENTATION_LAYERS
-            )
+            table, counts = explain_segments(model, test_items, predicted, seg_methods, seg_layers)
             out["segmentation"] = {
                 "training_seconds": round(seg.seconds, 1),
                 "steps": seg.steps,
@@ -711,18 +761,25 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
                 "explain_seconds": round(time.perf_counter() - t0, 1),
                 "table": {f"{m} @ {lay}": t.row() for (m, lay), t in table.items()},
                 "automatic_layer": auto,
-                "by_layer": by_layer(table, SEGMENTATION_LAYERS),
-                "_rows": table_rows(table, seg_methods, SEGMENTATION_LAYERS, auto),
+                "by_layer": by_layer(table, seg_layers),
+                "_rows": table_rows(table, seg_methods, seg_layers, auto),
             }
         if "detection" in args.kinds:
-            det = train_detector(train_items, args.det_steps, args.size, seed=args.seed, log=log)
+            det = trained(
+                args,
+                "detection",
+                lambda: detection_net(args.size),
+                lambda: train_detector(
+                    train_items, args.det_steps, args.size, seed=args.seed, log=log
+                ),
+            )
             found = detections(det.net, test_items, 0.5)
             quality = detection_quality(found, test_items)
             log(f"detection: {det.seconds:.0f} s of training, {quality}")
             t0 = time.perf_counter()
             model = detection_camlens_model(det.net, args.size)
             auto = auto_layer(model)
-            table, counts = explain_detections(model, test_items, det_methods, DETECTION_LAYERS)
+            table, counts = explain_detections(model, test_items, det_methods, det_layers)
             out["detection"] = {
                 "training_seconds": round(det.seconds, 1),
                 "steps": det.steps,
@@ -732,8 +789,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
                 "explain_seconds": round(time.perf_counter() - t0, 1),
                 "table": {f"{m} @ {lay}": t.row() for (m, lay), t in table.items()},
                 "automatic_layer": auto,
-                "by_layer": by_layer(table, DETECTION_LAYERS),
-                "_rows": table_rows(table, det_methods, DETECTION_LAYERS, auto),
+                "by_layer": by_layer(table, det_layers),
+                "_rows": table_rows(table, det_methods, det_layers, auto),
             }
     out["seconds"] = round(time.perf_counter() - started, 1)
     out["load_average"] = [load_before, _load()]
@@ -825,7 +882,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--det-steps", type=int, default=150)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--methods", nargs="+", default=None)
+    p.add_argument("--methods", nargs="+", default=None, help="default: the gradient family")
+    p.add_argument("--layers", nargs="+", default=None, help="default: the candidate layers")
+    p.add_argument(
+        "--models", type=Path, default=None, help="keep the trained models here, and reuse them"
+    )
     p.add_argument(
         "--kinds",
         nargs="+",
@@ -839,7 +900,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parser().parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():
-            setattr(args, key, value)
+            if key != "methods" or args.methods is None:
+                setattr(args, key, value)
     out = run(args)
     print("\n".join(out["markdown"]))
     if args.out is not None:
