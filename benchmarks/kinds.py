@@ -37,8 +37,8 @@ import copy
 import functools
 import json
 import math
+import os
 import platform
-import sys
 import time
 import warnings
 from collections import OrderedDict
@@ -642,6 +642,31 @@ def table_rows(
     return lines
 
 
+def _tallies(kind: dict[str, Any]) -> dict[tuple[str, str], Tally]:
+    """The tallies of a run's JSON (``"method @ layer"`` -> its row)."""
+    out = {}
+    for key, row in kind["table"].items():
+        method, layer = key.split(" @ ")
+        n = row["maps"]
+        out[method, layer] = Tally(n, round(row["pointing"] * n), row["energy"] * n, row["flat"])
+    return out
+
+
+def matrix_rows(kind: dict[str, Any], key: str) -> list[str]:
+    """A method x layer table of ``key`` (``energy`` or ``pointing``), each method's best layer
+    in bold."""
+    what = {"energy": "energy inside", "pointing": "pointing game"}[key]
+    layers, auto = kind["layers"], kind["automatic_layer"]
+    names = [f"`{lay}`" + (" (auto)" if lay == auto else "") for lay in layers]
+    lines = [f"| {what} | " + " | ".join(names) + " |", "|---|" + "---:|" * len(layers)]
+    for method in kind["methods"]:
+        values = [kind["table"].get(f"{method} @ {lay}", {}).get(key) for lay in layers]
+        best = max((v for v in values if v is not None), default=None)
+        cells = ["" if v is None else (f"**{v:.2f}**" if v == best else f"{v:.2f}") for v in values]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def by_layer(table: dict[tuple[str, str], Tally], layers: Sequence[str]) -> list[dict[str, Any]]:
     """Per layer, the mean over methods of the pointing game and the energy."""
     out = []
@@ -762,7 +787,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
                 "table": {f"{m} @ {lay}": t.row() for (m, lay), t in table.items()},
                 "automatic_layer": auto,
                 "by_layer": by_layer(table, seg_layers),
-                "_rows": table_rows(table, seg_methods, seg_layers, auto),
+                "methods": seg_methods,
+                "layers": seg_layers,
             }
         if "detection" in args.kinds:
             det = trained(
@@ -790,9 +816,12 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
                 "table": {f"{m} @ {lay}": t.row() for (m, lay), t in table.items()},
                 "automatic_layer": auto,
                 "by_layer": by_layer(table, det_layers),
-                "_rows": table_rows(table, det_methods, det_layers, auto),
+                "methods": det_methods,
+                "layers": det_layers,
             }
     out["seconds"] = round(time.perf_counter() - started, 1)
+    out["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    out["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     out["load_average"] = [load_before, _load()]
     out["markdown"] = markdown(out)
     return out
@@ -805,14 +834,39 @@ def _load() -> float:
         return math.nan
 
 
+def _command(settings: dict[str, Any]) -> str:
+    """The command line that runs ``settings``."""
+    words = ["PYTHONPATH=src python benchmarks/kinds.py"]
+    defaults = vars(parser().parse_args([]))
+    for key, value in settings.items():
+        if key in ("quick", "render") or (value == defaults.get(key) and key != "threads"):
+            continue
+        flag = "--" + key.replace("_", "-")
+        words.append(
+            f"{flag} " + (" ".join(map(str, value)) if isinstance(value, list) else str(value))
+        )
+    return " ".join(words)
+
+
+def _fill(kind: dict[str, Any]) -> dict[str, Any]:
+    """A run's JSON with its methods and layers (in the table's order when not listed)."""
+    keys = [k.split(" @ ") for k in kind["table"]]
+    kind.setdefault("methods", list(dict.fromkeys(m for m, _ in keys)))
+    kind.setdefault("layers", list(dict.fromkeys(lay for _, lay in keys)))
+    return kind
+
+
 def markdown(out: dict[str, Any]) -> list[str]:
     s = out["settings"]
+    for kind in ("segmentation", "detection"):
+        if kind in out:
+            _fill(out[kind])
     lines = [
         "# Maps of a segmentation model and a detector, per method and layer",
         "",
-        "`PYTHONPATH=src python benchmarks/kinds.py " + " ".join(sys.argv[1:]) + "`",
+        f"`{_command(s)}`",
         "",
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {platform.processor() or platform.machine()}, "
+        f"{out.get('finished', '')}; {out.get('machine', '')}, "
         f"{s['threads']} torch thread(s), load average {out['load_average'][0]:.1f} before, "
         f"{out['load_average'][1]:.1f} after; {out['seconds']:.0f} s in all. Synthetic sets "
         f"({s['size']} x {s['size']} pixels, two shapes per image): {s['train']} training images "
@@ -839,7 +893,11 @@ def markdown(out: dict[str, Any]) -> list[str]:
             f"{seg['uniform_energy']:.3f} of its energy inside. Explaining took "
             f"{seg['explain_seconds']:.0f} s.",
             "",
-            *seg["_rows"],
+            *matrix_rows(seg, "energy"),
+            "",
+            *matrix_rows(seg, "pointing"),
+            "",
+            *table_rows(_tallies(seg), seg["methods"], seg["layers"], seg["automatic_layer"]),
             "",
             *layer_rows(seg["by_layer"], seg["automatic_layer"]),
         ]
@@ -864,7 +922,11 @@ def markdown(out: dict[str, Any]) -> list[str]:
             f"proposals, which carry no gradient. "
             f"Explaining took {det['explain_seconds']:.0f} s.",
             "",
-            *det["_rows"],
+            *matrix_rows(det, "energy"),
+            "",
+            *matrix_rows(det, "pointing"),
+            "",
+            *table_rows(_tallies(det), det["methods"], det["layers"], det["automatic_layer"]),
             "",
             *layer_rows(det["by_layer"], det["automatic_layer"]),
         ]
@@ -884,6 +946,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--methods", nargs="+", default=None, help="default: the gradient family")
     p.add_argument("--layers", nargs="+", default=None, help="default: the candidate layers")
+    p.add_argument("--render", type=Path, default=None, help="the Markdown of a run's JSON")
     p.add_argument(
         "--models", type=Path, default=None, help="keep the trained models here, and reuse them"
     )
@@ -898,6 +961,13 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parser().parse_args(argv)
+    if args.render is not None:  # the Markdown of an earlier run's JSON
+        out = json.loads(args.render.read_text())
+        lines = markdown(out)
+        print("\n".join(lines))
+        if args.out is not None:
+            args.out.write_text("\n".join(lines) + "\n")
+        return out
     if args.quick:
         for key, value in QUICK.items():
             if key != "methods" or args.methods is None:
@@ -908,8 +978,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("\n".join(out["markdown"]) + "\n")
         figures = {k: v for k, v in out.items() if k != "markdown"}
-        for kind in ("segmentation", "detection"):
-            figures.get(kind, {}).pop("_rows", None)
         args.out.with_suffix(".json").write_text(json.dumps(figures, indent=1) + "\n")
     return out
 
