@@ -963,6 +963,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parser().parse_args(argv)
     if args.render is not None:  # the Markdown of an earlier run's JSON
         out = json.loads(args.render.read_text())
+        written = time.gmtime(args.render.stat().st_mtime)  # a run of before these were kept
+        out.setdefault("finished", time.strftime("%Y-%m-%d %H:%M UTC", written))
+        out.setdefault(
+            "machine", f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+        )
         lines = markdown(out)
         print("\n".join(lines))
         if args.out is not None:
