@@ -465,13 +465,19 @@ class Tally:
     hits: int = 0
     energy: float = 0.0
     flat: int = 0
+    flat_by_class: dict[str, int] = field(default_factory=dict)
 
-    def add(self, full: np.ndarray, inside: np.ndarray, flat: bool) -> None:
-        """One map at the photo's size and the object's pixels (a boolean mask)."""
+    def add(
+        self, full: np.ndarray, inside: np.ndarray, flat: bool, label: str | None = None
+    ) -> None:
+        """One map at the photo's size and the object's pixels (a boolean mask); ``label``: the
+        object's class, to count the flat maps by class."""
         self.maps += 1
         total = float(full.sum())
         if flat or total <= 0:
             self.flat += 1  # a miss, no energy inside
+            if label is not None:
+                self.flat_by_class[label] = self.flat_by_class.get(label, 0) + 1
             return
         y, x = np.unravel_index(int(np.argmax(full)), full.shape)
         self.hits += bool(inside[y, x])
@@ -484,6 +490,11 @@ class Tally:
             "pointing": self.hits / n,
             "energy": self.energy / n,
             "flat": self.flat,
+            **(
+                {"flat_by_class": dict(sorted(self.flat_by_class.items()))}
+                if self.flat_by_class
+                else {}
+            ),
         }
 
 
@@ -496,7 +507,8 @@ def tally(
     for n, result in enumerate(results):
         for i, m in enumerate(result.maps):
             full = result.map_at_image(i).numpy()
-            out.setdefault((m.method, m.layer), Tally()).add(full, inside_of(n, m), m.flat)
+            label = CLASSES[m.class_index] if 0 <= m.class_index < len(CLASSES) else None
+            out.setdefault((m.method, m.layer), Tally()).add(full, inside_of(n, m), m.flat, label)
     return out
 
 
@@ -681,6 +693,16 @@ def by_layer(table: dict[tuple[str, str], Tally], layers: Sequence[str]) -> list
                 }
             )
     return out
+
+
+def flat_lines(kind: dict[str, Any]) -> list[str]:
+    """The flat maps by class, for each method and layer that gave some."""
+    lines = []
+    for key, row in kind["table"].items():
+        if row.get("flat_by_class"):
+            by = ", ".join(f"{c} {n}" for c, n in row["flat_by_class"].items())
+            lines.append(f"- {key}: {row['flat']} of {row['maps']} ({by})")
+    return ["Flat maps by class (of the object explained):", "", *lines] if lines else []
 
 
 def layer_rows(summary: list[dict[str, Any]], auto: str | None = None) -> list[str]:
@@ -900,6 +922,8 @@ def markdown(out: dict[str, Any]) -> list[str]:
             *table_rows(_tallies(seg), seg["methods"], seg["layers"], seg["automatic_layer"]),
             "",
             *layer_rows(seg["by_layer"], seg["automatic_layer"]),
+            "",
+            *flat_lines(seg),
         ]
     if "detection" in out:
         det = out["detection"]
@@ -929,6 +953,8 @@ def markdown(out: dict[str, Any]) -> list[str]:
             *table_rows(_tallies(det), det["methods"], det["layers"], det["automatic_layer"]),
             "",
             *layer_rows(det["by_layer"], det["automatic_layer"]),
+            "",
+            *flat_lines(det),
         ]
     return lines
 

@@ -73,8 +73,14 @@ def test_tally_scores_maps_by_hand(kinds: ModuleType) -> None:
     peak_out[3, 3] = 2.0
     peak_out[2, 2] = 1.0  # energy 1 / 3 inside, the peak outside
     t.add(peak_out, inside, flat=False)
-    t.add(np.zeros((4, 4)), inside, flat=True)  # a flat map: a miss, nothing inside
-    assert t.row() == {"maps": 3, "pointing": 1 / 3, "energy": (3 / 4 + 1 / 3) / 3, "flat": 1}
+    t.add(np.zeros((4, 4)), inside, flat=True, label="cross")  # a miss, nothing inside
+    assert t.row() == {
+        "maps": 3,
+        "pointing": 1 / 3,
+        "energy": (3 / 4 + 1 / 3) / 3,
+        "flat": 1,
+        "flat_by_class": {"cross": 1},
+    }
 
 
 def test_detection_quality_matches_by_class_and_iou(kinds: ModuleType) -> None:
