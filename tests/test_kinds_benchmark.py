@@ -163,3 +163,63 @@ def test_the_detector_trains_and_is_explained(kinds: ModuleType, sets: tuple[lis
     assert sorted(table) == [(m, layer) for m in ("eigencam", "gradcam") for layer in layers]
     for t in table.values():
         assert t.maps == counts["detections"]
+
+
+def test_trained_models_are_kept_and_reused(kinds: ModuleType, tmp_path: Path) -> None:
+    args = kinds.parser().parse_args(["--models", str(tmp_path), "--seg-steps", "3"])
+    calls = []
+
+    def train() -> object:
+        calls.append(1)
+        torch.manual_seed(len(calls))
+        return kinds.Trained(torch.nn.Linear(2, 2), 1.5, 3, [0.5, 0.25])
+
+    first = kinds.trained(args, "segmentation", lambda: torch.nn.Linear(2, 2), train)
+    again = kinds.trained(args, "segmentation", lambda: torch.nn.Linear(2, 2), train)
+    assert calls == [1] and (tmp_path / "segmentation.pt").is_file()
+    assert torch.equal(again.net.weight, first.net.weight)
+    assert (again.seconds, again.steps, again.losses) == (1.5, 3, [0.5, 0.25])
+    other = kinds.parser().parse_args(["--models", str(tmp_path), "--seg-steps", "4"])
+    kinds.trained(other, "segmentation", lambda: torch.nn.Linear(2, 2), train)
+    assert calls == [1, 1]  # other settings: trained again
+
+
+def test_a_run_is_rendered_from_its_figures(kinds: ModuleType) -> None:
+    row = {"maps": 4, "pointing": 0.5, "energy": 0.25, "flat": 0}
+    flat = {"maps": 4, "pointing": 0.0, "energy": 0.0, "flat": 4, "flat_by_class": {"cross": 4}}
+    out = {
+        "settings": vars(kinds.parser().parse_args(["--test", "2", "--threads", "1"])),
+        "seconds": 12.0,
+        "load_average": [1.0, 2.0],
+        "detection": {
+            "training_seconds": 9.0,
+            "steps": 2,
+            "final_loss": 1.0,
+            "quality": {
+                "objects": 4,
+                "found": 3,
+                "recall": 0.75,
+                "false_detections": 1,
+                "mean_iou_found": 0.8,
+            },
+            "detections": 4,
+            "uniform_energy": 0.1,
+            "roi_levels": {"0": 4},
+            "explain_seconds": 3.0,
+            "automatic_layer": "b",
+            "table": {"gradcam @ a": row, "gradcam @ b": flat},
+            "by_layer": [
+                {"layer": "a", "pointing": 0.5, "energy": 0.25},
+                {"layer": "b", "pointing": 0.0, "energy": 0.0},
+            ],
+        },
+    }
+    text = "\n".join(kinds.markdown(out))
+    assert "`PYTHONPATH=src python benchmarks/kinds.py --test 2 --threads 1`" in text
+    assert "3 of 4 objects found" in text
+    assert (
+        "| energy inside | `a` | `b` (auto) |\n|---|---:|---:|\n| gradcam | **0.25** | 0.00 |"
+        in text
+    )
+    assert "| gradcam | `b` (automatic) | 4 | 0.000 | 0.000 | 4 |" in text
+    assert "- gradcam @ b: 4 of 4 (cross 4)" in text
