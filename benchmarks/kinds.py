@@ -878,14 +878,14 @@ def _fill(kind: dict[str, Any]) -> dict[str, Any]:
     return kind
 
 
-def markdown(out: dict[str, Any]) -> list[str]:
+def markdown(out: dict[str, Any], title: bool = True) -> list[str]:
+    """The Markdown of a run's figures: the title and what the figures mean (``title``), then a
+    section per kind of model, each with the command and the machine of its run."""
     s = out["settings"]
     for kind in ("segmentation", "detection"):
         if kind in out:
             _fill(out[kind])
-    lines = [
-        "# Maps of a segmentation model and a detector, per method and layer",
-        "",
+    run = [
         f"`{_command(s)}`",
         "",
         f"{out.get('finished', '')}; {out.get('machine', '')}, "
@@ -894,10 +894,16 @@ def markdown(out: dict[str, Any]) -> list[str]:
         f"({s['size']} x {s['size']} pixels, two shapes per image): {s['train']} training images "
         f"(seed {s['seed']}), {s['test']} held-out (seed {s['seed'] + 1}).",
         "",
-        "Pointing game: the share of maps whose peak (at the photo's size) lies inside the object; "
-        "energy inside: the mean share of a map's sum inside the object. A flat map counts as a "
-        "miss with no energy inside.",
     ]
+    lines = []
+    if title:
+        lines = [
+            "# Maps of a segmentation model and a detector, per method and layer",
+            "",
+            "Pointing game: the share of maps whose peak (at the photo's size) lies inside the "
+            "object; energy inside: the mean share of a map's sum inside the object. A flat map "
+            "counts as a miss with no energy inside.",
+        ]
     if "segmentation" in out:
         seg = out["segmentation"]
         q = seg["quality"]
@@ -905,6 +911,7 @@ def markdown(out: dict[str, Any]) -> list[str]:
             "",
             "## Segmentation (LR-ASPP on EfficientNet-Lite0)",
             "",
+            *run,
             f"Trained {seg['steps']} steps of 8 images in {seg['training_seconds']:.0f} s (final "
             f"loss {seg['final_loss']:.3f}). Held out: pixel accuracy {q['pixel_accuracy']:.3f}, "
             f"mean IoU of the shapes {q['mean_iou']:.3f} ("
@@ -932,6 +939,7 @@ def markdown(out: dict[str, Any]) -> list[str]:
             "",
             "## Detection (Faster R-CNN, FPN on EfficientNet-Lite0)",
             "",
+            *run,
             f"Trained {det['steps']} steps of 4 images in {det['training_seconds']:.0f} s (final "
             f"loss {det['final_loss']:.3f}). Held out, detections scored >= 0.5: {q['found']} of "
             f"{q['objects']} objects found (IoU >= 0.5 and the right class; recall "
@@ -963,16 +971,18 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a smoke run: tiny sets, 2 steps each")
     p.add_argument("--out", type=Path, default=None, help="write the Markdown here (and .json)")
-    p.add_argument("--train", type=int, default=400, help="training images")
-    p.add_argument("--test", type=int, default=60, help="held-out images")
+    p.add_argument("--train", type=int, default=300, help="training images")
+    p.add_argument("--test", type=int, default=40, help="held-out images")
     p.add_argument("--size", type=int, default=256, help="image side in pixels")
-    p.add_argument("--seg-steps", type=int, default=120)
-    p.add_argument("--det-steps", type=int, default=150)
+    p.add_argument("--seg-steps", type=int, default=80)
+    p.add_argument("--det-steps", type=int, default=120)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--methods", nargs="+", default=None, help="default: the gradient family")
     p.add_argument("--layers", nargs="+", default=None, help="default: the candidate layers")
-    p.add_argument("--render", type=Path, default=None, help="the Markdown of a run's JSON")
+    p.add_argument(
+        "--render", type=Path, nargs="+", default=None, help="the Markdown of runs' JSON files"
+    )
     p.add_argument(
         "--models", type=Path, default=None, help="keep the trained models here, and reuse them"
     )
@@ -987,14 +997,16 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parser().parse_args(argv)
-    if args.render is not None:  # the Markdown of an earlier run's JSON
-        out = json.loads(args.render.read_text())
-        written = time.gmtime(args.render.stat().st_mtime)  # a run of before these were kept
-        out.setdefault("finished", time.strftime("%Y-%m-%d %H:%M UTC", written))
-        out.setdefault(
-            "machine", f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-        )
-        lines = markdown(out)
+    if args.render:  # the Markdown of earlier runs' JSON, one after the other
+        lines = []
+        for n, path in enumerate(args.render):
+            out = json.loads(path.read_text())
+            written = time.gmtime(path.stat().st_mtime)  # a run of before these were kept
+            out.setdefault("finished", time.strftime("%Y-%m-%d %H:%M UTC", written))
+            out.setdefault(
+                "machine", f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+            )
+            lines += markdown(out, title=n == 0)
         print("\n".join(lines))
         if args.out is not None:
             args.out.write_text("\n".join(lines) + "\n")
