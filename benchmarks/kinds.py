@@ -1,7 +1,12 @@
 """Where the maps of a segmentation model and of a detector fall, per method and layer: models
 trained here on synthetic shapes pasted on photos, whose masks and boxes are known.
 
-    PYTHONPATH=src python benchmarks/kinds.py [--quick] [--out benchmarks/results/kinds.md]
+    PYTHONPATH=src python benchmarks/kinds.py [--quick] [--kinds segmentation detection]
+        [--methods ...] [--layers ...] [--models DIR] [--out FILE.md]
+    PYTHONPATH=src python benchmarks/kinds.py --render RUN.json [RUN.json ...] --out FILE.md
+
+(``--models DIR`` keeps the trained models and reuses them with the same settings; ``--render``
+makes one page of runs' JSON files, written beside their Markdown.)
 
 1. writes two seeded synthetic sets (``camlens.datasets.make_synthetic(masks=True)``: two shapes
    of the four classes on a crop of a sample photo, 256 x 256 pixels, each object's mask and box):
