@@ -606,6 +606,38 @@ def explain_detections(
     }
 
 
+def sheet(
+    model: Any, item: Item, methods: Sequence[str], layers: Sequence[str], min_score: float = 0.5
+) -> Image.Image:
+    """A methods x layers grid of the maps of ``item``'s best detection, its box drawn on the
+    photo, each titled with its energy inside the box."""
+    import camlens
+    from camlens import render
+    from camlens.metrics import energy_pointing_game
+
+    explainer = camlens.Explainer(
+        model, method=list(methods), layer=list(layers), min_score=min_score, detections=1
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FlatMapWarning)
+        result = explainer.explain(str(item.path))
+    maps = {(m.method, m.layer): i for i, m in enumerate(result.maps)}
+    first = result.maps[0].target
+    assert first is not None
+    box = tuple(first["box"])
+    photo = render.draw_boxes(result.image, [box], labels=[CLASSES[first["label"]]])
+    rows = []
+    for method in methods:
+        row = []
+        for layer in layers:
+            full = result.map_at_image(maps[method, layer]).numpy()
+            energy = energy_pointing_game(full, [box]) if full.max() > 0 else 0.0
+            title = f"{energy:.2f} inside" + ("" if full.max() > 0 else " (flat)")
+            row.append(render.GridCell(photo, full, title))
+        rows.append(row)
+    return render.grid(rows, row_titles=list(methods), col_titles=list(layers), tile=200)
+
+
 # --- the run -----------------------------------------------------------------------------------------
 
 
@@ -788,7 +820,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
         train_items, test_items = read_items(train_json), read_items(test_json)
         log(f"sets: {len(train_items)} training, {len(test_items)} held-out images")
         out: dict[str, Any] = {
-            "settings": {k: v for k, v in vars(args).items() if k not in ("out", "models")}
+            "settings": {k: v for k, v in vars(args).items() if k not in ("out", "models", "sheet")}
         }
         if "segmentation" in args.kinds:
             seg = trained(
@@ -833,6 +865,11 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
             model = detection_camlens_model(det.net, args.size)
             auto = auto_layer(model)
             table, counts = explain_detections(model, test_items, det_methods, det_layers)
+            if args.sheet is not None:
+                picture = sheet(
+                    model, test_items[0], ("gradcam", "hirescam", "eigencam"), det_layers
+                )
+                picture.save(args.sheet, quality=85)
             out["detection"] = {
                 "training_seconds": round(det.seconds, 1),
                 "steps": det.steps,
@@ -985,6 +1022,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--methods", nargs="+", default=None, help="default: the gradient family")
     p.add_argument("--layers", nargs="+", default=None, help="default: the candidate layers")
+    p.add_argument(
+        "--sheet", type=Path, default=None, help="a PNG of the first held-out image's detection"
+    )
     p.add_argument(
         "--render", type=Path, nargs="+", default=None, help="the Markdown of runs' JSON files"
     )

@@ -163,6 +163,8 @@ def test_the_detector_trains_and_is_explained(kinds: ModuleType, sets: tuple[lis
     assert sorted(table) == [(m, layer) for m in ("eigencam", "gradcam") for layer in layers]
     for t in table.values():
         assert t.maps == counts["detections"]
+    picture = kinds.sheet(model, test[0], ["gradcam", "eigencam"], layers, min_score=0.05)
+    assert picture.mode == "RGB" and min(picture.size) > 2 * 200  # 2 x 2 tiles of 200 px, titled
 
 
 def test_trained_models_are_kept_and_reused(kinds: ModuleType, tmp_path: Path) -> None:
