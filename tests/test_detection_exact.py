@@ -36,11 +36,12 @@ class TinyDetector(nn.Module):
     """``A = ReLU(conv3x3(x))`` [3, 8, 8] (``relu``), ``z = conv3x3(A)`` [2, 8, 8] (``head``),
     ``s = sigmoid(z)``, weights drawn from N(0, 0.5^2); each ``(l, i, j)`` with ``s >= threshold`` is a detection of label
     ``l + 1`` with the box ``(j - 1.5, i - 1.5, j + 2.5, i + 2.5)`` clipped to the image (as
-    torchvision's detectors clip theirs), in no particular order. Called, as torchvision's
+    torchvision's detectors clip theirs; ``clip=False``: not), in no particular order. Called, as torchvision's
     detectors are, on a list of ``[3, H, W]`` images."""
 
-    def __init__(self, threshold: float = THRESHOLD, seed: int = SEED) -> None:
+    def __init__(self, threshold: float = THRESHOLD, seed: int = SEED, clip: bool = True) -> None:
         super().__init__()
+        self.clip = clip
         self.conv = nn.Conv2d(3, 3, 3, padding=1)
         self.relu = nn.ReLU()
         self.head = nn.Conv2d(3, 2, 3, padding=1)
@@ -57,7 +58,8 @@ class TinyDetector(nn.Module):
         for one in s:
             label, i, j = (one >= self.threshold).nonzero(as_tuple=True)
             boxes = torch.stack([j - 1.5, i - 1.5, j + 2.5, i + 2.5], dim=1).to(one.dtype)
-            boxes = torch.stack([boxes[:, 0::2].clamp(0, W), boxes[:, 1::2].clamp(0, H)], dim=2)
+            if self.clip:
+                boxes = torch.stack([boxes[:, 0::2].clamp(0, W), boxes[:, 1::2].clamp(0, H)], 2)
             out.append({"boxes": boxes.flatten(1), "labels": label + 1, "scores": one[label, i, j]})
         return out
 
@@ -384,3 +386,20 @@ def test_a_batch_where_one_photo_has_no_detection(
     assert results[1].detections == []
     solo = ex.explain(photo)
     assert torch.allclose(results[0].maps[0].map, solo.maps[0].map, atol=1e-6)
+
+
+def test_boxes_past_the_image_are_clipped_and_still_matched(photo: np.ndarray) -> None:
+    """A detector whose boxes go past the image (``clip=False``): its rows are clipped to the
+    input, as the photo's detections are to the photo, so each detection's map is of its own
+    score. (Unclipped rows against clipped photo boxes: the detection at the corner, box
+    (5.5, 5.5, 9.5, 9.5) in an 8x8 image, overlapped its own row by 6.25/16 < 0.5 and scored 0.)"""
+    loose = camlens.load_model(TinyDetector(clip=False), preprocess=CONFIG, labels=LABELS)
+    x = torch.from_numpy(photo.astype(np.float32) / 255).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        assert bool((loose.net.inner([x[0]])[0]["boxes"] > W).any())  # the premise
+        rows = loose.net(x)
+    assert float(rows[..., :4].min()) >= 0 and float(rows[..., :4].max()) <= W
+    result = camlens.Explainer(loose, method="gradcam", layer="relu", min_score=0).explain(photo)
+    assert result.detections is not None and len(result.maps) == len(result.detections) == 5
+    for d, m in zip(result.detections, result.maps, strict=True):
+        assert m.score == pytest.approx(d.score, abs=1e-6) and not m.flat

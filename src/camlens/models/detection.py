@@ -80,8 +80,8 @@ class DetectionNet(nn.Module):
     """``net`` (a detector with torchvision's format) giving one tensor ``[N, K, 6]`` of rows
     ``(x0, y0, x1, y1, score, label)`` for a batch ``x`` ``[N, 3, H, W]`` of images in [0, 1]:
     each image's detections sorted by score, padded to the batch's largest ``K`` with rows of
-    score 0 and label -1. Boxes in ``x``'s pixels; the scores keep their graph, so a score can be
-    differentiated. ``net``'s children are this module's, under the same names."""
+    score 0 and label -1. Boxes in ``x``'s pixels, clipped to it; the scores keep their graph, so
+    a score can be differentiated. ``net``'s children are this module's, under the same names."""
 
     inner: nn.Module
 
@@ -117,9 +117,11 @@ def detection_rows(out: Any, x: torch.Tensor) -> torch.Tensor:
                 f"a detector's boxes are [K, 4] with K scores and labels, not boxes "
                 f"{tuple(boxes.shape)}, {len(scores)} scores, {len(labels)} labels"
             )
-        row = torch.cat(
-            [boxes.to(x.dtype), scores.to(x.dtype)[:, None], labels.to(x.dtype)[:, None]], dim=1
-        )
+        # clipped to the input, as torchvision's detectors clip theirs: the photo's boxes (clipped
+        # to the photo) then match their rows on every pass, whatever the detector gives
+        height, width = x.shape[-2:]
+        boxes = boxes.to(x.dtype).clamp(min=0).minimum(x.new_tensor([width, height] * 2))
+        row = torch.cat([boxes, scores.to(x.dtype)[:, None], labels.to(x.dtype)[:, None]], dim=1)
         order = scores.argsort(descending=True, stable=True)
         rows.append(row[order])
     k = max(len(r) for r in rows)
