@@ -43,6 +43,7 @@ from camlens.progress import Progress
 from camlens.replay import forward_bytes, plan_replay
 from camlens.scoring import TargetPlan
 from camlens.taps import RUNS, LayerSpec
+from camlens.targets import TargetError
 from camlens.types import Prediction
 
 TOP_PREDICTIONS = 5
@@ -79,6 +80,7 @@ class Pipeline:
         self.model = model if config.input_size is None else at_input_size(model, config.input_size)
         if "tta" in config.smooth:
             _check_scales(self.model, config.tta_scales)
+        _check_kind_options(self.model, config)
         self.classes = coerce.class_lists(self.model, config.classes or None, config.top, 1)
         self.plan = TargetPlan(self.model, config.targets, max_pixels=config.max_pixels)
         if layers == ["all"]:
@@ -189,7 +191,7 @@ class Pipeline:
         sizes = [_size(item) for item in items]
         found: list[list[Detected]] | None = None
         with eval_mode(model.net), RUNS.shared():
-            captures = [self._capture(x, progress)]
+            captures = [self._capture(x, progress, first=True)]
             probs = captures[0].probs
             if chosen is None and self.config.above is not None:
                 sources = [item.source for item in items]
@@ -253,11 +255,27 @@ class Pipeline:
             results.append(result)
         return results
 
-    def _capture(self, x: torch.Tensor, progress: Progress | None) -> Capture:
+    def _capture(
+        self, x: torch.Tensor, progress: Progress | None, *, first: bool = False
+    ) -> Capture:
+        """A capture of ``x`` (``first``: the unperturbed input, whose detections a detector's
+        explanation differentiates: only theirs keep a graph, see
+        :func:`camlens.models.detection.graded`)."""
         gradients = any(m.needs == "gradients" for m in self.methods)
         # a similarity or a callable is not linear in the head's outputs: real gradients
         heads = self.head_gradients if self.plan.linear else set()
         autograd = [t.name for t in self.targets if gradients and t.name not in heads]
+        config = self.config
+        if first and autograd and self.model.kind == "detection" and not config.targets:
+            from camlens.models.detection import graded
+
+            with graded(config.min_score, config.detections):
+                return self._run_capture(x, progress, autograd)
+        return self._run_capture(x, progress, autograd)
+
+    def _run_capture(
+        self, x: torch.Tensor, progress: Progress | None, autograd: list[str]
+    ) -> Capture:
         return Capture(
             self.model,
             self.targets,
@@ -402,6 +420,33 @@ def _segmentations(model: Model, logits: torch.Tensor) -> list[Segmentation]:
     return [
         Segmentation(classes.cpu(), model.labels, background) for classes in logits.argmax(dim=1)
     ]
+
+
+def _check_kind_options(model: Model, config: ExplainConfig) -> None:
+    """A :class:`~camlens.targets.TargetError` naming an option that does not apply to the
+    model's kind: classes, top or above for a detector (it explains its detections), detections
+    for another model."""
+    if model.kind == "detection":
+        given = [
+            name
+            for name, value in (
+                ("classes", config.classes),
+                ("top", config.top),
+                ("above", config.above),
+            )
+            if value not in (None, ())
+        ]
+        if given:
+            raise TargetError(
+                f"{model.name} is a detector: it explains its detections (min_score, detections "
+                f"N), not {given[0]}",
+                option=given[0],
+            )
+    elif config.detections is not None:
+        raise TargetError(
+            f"detections chooses a detector's detections; {model.name} is a {model.kind}",
+            option="detections",
+        )
 
 
 def _detected(

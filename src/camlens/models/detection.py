@@ -16,25 +16,37 @@ pads, so its activations cover exactly the photo, at any input size.
 ``detections`` best (all by default); each becomes a ``Detection`` target in the photo's pixels,
 and gets its maps. A photo with none gets no map (a warning says so).
 
-**Methods.** Every gradient method (``gradcam``, ``gradcampp``, ``xgradcam``, ``layercam``,
-``hirescam``, ...) and Eigen-CAM (no gradient: the first principal component of the
-activations, the same map for every detection) apply; the gradients of N detections come from one
-forward pass and one batched backward. The perturbation methods (Score-CAM, Ablation-CAM, ...)
-score their masked or ablated passes with the matching score, at the price of one detector pass
-per mask (slow at 800 pixels). CAM does not apply: a detector has no GAP -> Linear head.
+**Methods.** Every gradient method (``gradcam``, ``gradcampp``, ``xgradcam``, ``hirescam``,
+``gradcam_elementwise``, ``layercam``, ``eigengradcam``) and Eigen-CAM (no gradient: the first
+principal component of the activations, so the same map for every detection) apply. The
+gradients of N detections come from one forward pass and one batched backward; a torchvision
+Faster R-CNN scores again, with the graph, only the proposals of the detections explained (the
+box head reads the thousand proposals of the RPN without one), so that N detections cost little
+more than one. At a layer before a feature pyramid, each detection's backward pass also runs
+through the pyramid's convolutions; single-stage detectors (RetinaNet, FCOS, SSDlite)
+differentiate torchvision's own postprocessing, which costs more per detection. The
+perturbation methods (``scorecam``, ``sscam``, ``iscam``, ``ablationcam``) apply too, scoring
+their masked or ablated passes with each detection's matching score, at the price of one
+detector pass per channel of the layer (960 at ``backbone.body.16``: minutes on a CPU; use
+``fast_channels``). CAM does not apply: a detector has no GAP -> Linear head.
 
 **Layers.** The candidate layers are the modules a forward pass runs once per image (the
 backbone's stages and blocks, the feature pyramid's levels ``backbone.fpn.layer_blocks.0..3`` and
-RetinaNet's and FCOS's ``p6``/``p7``; heads shared between pyramid levels are not); the
-automatic layer of each model loaded by name is in :data:`TORCHVISION_DETECTION`.
+RetinaNet's and FCOS's ``p6``/``p7``; heads shared between pyramid levels are not). A detection
+is made from one pyramid level: at another level's layer its map is flat. The automatic layer of
+each model loaded by name is in :data:`TORCHVISION_DETECTION` (provisional: the backbone's last
+stage, which every level is built from).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
+import itertools
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,12 +105,280 @@ class DetectionNet(nn.Module):
         self.training = net.training  # the mode it was given in
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _two_stage(self.inner):
+            return two_stage_rows(self.inner, x)
+        family = _single_stage(self.inner)
+        if family is not None:
+            return single_stage_rows(self.inner, x, family)
         return detection_rows(self.inner(list(x.unbind(0))), x)
 
     def train(self, mode: bool = True) -> DetectionNet:
         super().train(mode)
         self.inner.training = mode
         return self
+
+
+def _two_stage(net: nn.Module) -> bool:
+    """Whether ``net`` is a torchvision Faster R-CNN (no mask or keypoint head), whose rows
+    :func:`two_stage_rows` gives."""
+    if "torchvision" not in sys.modules:
+        return False
+    from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+    from torchvision.models.detection.roi_heads import RoIHeads
+
+    heads = getattr(net, "roi_heads", None)
+    return (
+        isinstance(net, GeneralizedRCNN)
+        and isinstance(heads, RoIHeads)
+        and not heads.has_mask()
+        and not heads.has_keypoint()
+    )
+
+
+def two_stage_rows(net: Any, x: torch.Tensor) -> torch.Tensor:
+    """A torchvision Faster R-CNN's detections of ``x`` as rows ``[N, K, 6]``, the same as its
+    own forward pass gives, computed so that a backward pass is cheap: the box head scores every
+    proposal without a graph, the detections are chosen from those scores as torchvision does
+    (:func:`_chosen`), and then the head scores again, with the graph, only the proposals the
+    detections come from (within :func:`graded`, only those an explainer differentiates). A
+    detection's score depends on its proposal's features alone, so the backward pass of N
+    detections reads their proposals' features, not the thousand of the RPN."""
+    images, _ = net.transform(list(x.unbind(0)))
+    features = net.backbone(images.tensors)
+    if isinstance(features, torch.Tensor):
+        features = {"0": features}
+    proposals, _ = net.rpn(images, features)
+    heads = net.roi_heads
+    sizes = images.image_sizes
+    with torch.no_grad():
+        pooled = heads.box_roi_pool(features, proposals, sizes)
+        logits, regression = heads.box_predictor(heads.box_head(pooled))
+        chosen = _chosen(heads, logits, regression, proposals, sizes)
+    boxes = [c[0] for c in chosen]
+    labels = [c[1] for c in chosen]
+    scores = torch.cat([c[3] for c in chosen])
+    graded = _graded(chosen) if torch.is_grad_enabled() else []
+    if sum(len(g) for g in graded):  # those rows scored again, with the graph
+        rows = [proposals[i][c[2][g]] for i, (c, g) in enumerate(zip(chosen, graded, strict=True))]
+        pooled = heads.box_roi_pool(features, rows, sizes)
+        logits, _ = heads.box_predictor(heads.box_head(pooled))
+        wanted = torch.cat([c[1][g] for c, g in zip(chosen, graded, strict=True)])
+        again = torch.softmax(logits, -1).gather(1, wanted[:, None])[:, 0]
+        starts = [0, *itertools.accumulate(len(c[1]) for c in chosen)][:-1]
+        where = torch.cat([g + start for g, start in zip(graded, starts, strict=True)])
+        scores = scores.index_put((where,), again)
+    originals = [(int(x.shape[-2]), int(x.shape[-1]))] * len(x)
+    out = [
+        {"boxes": b, "labels": k, "scores": s}
+        for b, k, s in zip(boxes, labels, scores.split([len(b) for b in boxes]), strict=True)
+    ]
+    return detection_rows(net.transform.postprocess(out, sizes, originals), x)
+
+
+def _chosen(
+    heads: Any,
+    logits: torch.Tensor,
+    regression: torch.Tensor,
+    proposals: list[torch.Tensor],
+    sizes: list[tuple[int, int]],
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """torchvision's ``RoIHeads.postprocess_detections``, step for step, keeping for each
+    detection the proposal it comes from: per image (boxes, labels, proposal rows, scores)."""
+    from torchvision.ops import boxes as box_ops
+
+    classes = logits.shape[-1]
+    counts = [len(p) for p in proposals]
+    decoded = heads.box_coder.decode(regression, proposals)
+    probabilities = torch.softmax(logits, -1)
+    out = []
+    for boxes, scores, size, count in zip(
+        decoded.split(counts, 0), probabilities.split(counts, 0), sizes, counts, strict=True
+    ):
+        boxes = box_ops.clip_boxes_to_image(boxes, size)
+        labels = torch.arange(classes, device=logits.device).view(1, -1).expand_as(scores)
+        rows = torch.arange(count, device=logits.device).view(-1, 1).expand_as(scores)
+        boxes, scores = boxes[:, 1:].reshape(-1, 4), scores[:, 1:].reshape(-1)
+        labels, rows = labels[:, 1:].reshape(-1), rows[:, 1:].reshape(-1)
+        keep = torch.where(scores > heads.score_thresh)[0]
+        boxes, scores, labels, rows = boxes[keep], scores[keep], labels[keep], rows[keep]
+        keep = box_ops.remove_small_boxes(boxes, min_size=1e-2)
+        boxes, scores, labels, rows = boxes[keep], scores[keep], labels[keep], rows[keep]
+        keep = box_ops.batched_nms(boxes, scores, labels, heads.nms_thresh)
+        keep = keep[: heads.detections_per_img]
+        out.append((boxes[keep], labels[keep], rows[keep], scores[keep]))
+    return out
+
+
+_GRADED: contextvars.ContextVar[tuple[float, int | None] | None] = contextvars.ContextVar(
+    "camlens_graded_detections", default=None
+)
+
+
+@contextlib.contextmanager
+def graded(min_score: float, detections: int | None) -> Iterator[None]:
+    """Within it (in this thread), a Faster R-CNN's pass records the graph of the scores of its
+    ``detections`` best detections scored at least ``min_score`` only (all: None), the ones an
+    explainer will differentiate: the others' scores are constants. Outside, every detection's
+    score has its graph."""
+    token = _GRADED.set((min_score, detections))
+    try:
+        yield
+    finally:
+        _GRADED.reset(token)
+
+
+def _graded(
+    chosen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
+) -> list[torch.Tensor]:
+    """Per image, the places of the detections whose score gets a graph (:func:`graded`)."""
+    limit = _GRADED.get()
+    out = []
+    for _, _, _, scores in chosen:
+        places = torch.arange(len(scores), device=scores.device)
+        if limit is not None:
+            least, count = limit
+            order = scores.argsort(descending=True, stable=True)
+            places = order[scores[order] >= least][:count]
+        out.append(places)
+    return out
+
+
+def _single_stage(net: nn.Module) -> str | None:
+    """``"retinanet"``, ``"fcos"`` or ``"ssd"`` for torchvision's single-stage detectors (whose
+    rows :func:`single_stage_rows` gives), else None."""
+    if "torchvision" not in sys.modules:
+        return None
+    from torchvision.models.detection.fcos import FCOS
+    from torchvision.models.detection.retinanet import RetinaNet
+    from torchvision.models.detection.ssd import SSD
+
+    for kind, family in ((RetinaNet, "retinanet"), (FCOS, "fcos"), (SSD, "ssd")):
+        if type(net) is kind:  # a subclass may postprocess otherwise
+            return family
+    return None
+
+
+def single_stage_rows(net: Any, x: torch.Tensor, family: str) -> torch.Tensor:
+    """A torchvision RetinaNet's, FCOS's or SSD's detections of ``x`` as rows ``[N, K, 6]``, the
+    same as its own forward pass gives, computed so that a backward pass is cheap: the detections
+    are chosen from the head's outputs without a graph, as torchvision does (:func:`_dense_chosen`),
+    and then the scores of those an explainer differentiates (:func:`graded`) are computed again
+    from the head's outputs, with the graph, at their anchor and class alone (torchvision's own
+    postprocessing, differentiated, would spread every detection's gradient over all the anchors
+    and classes)."""
+    images, _ = net.transform(list(x.unbind(0)))
+    features = net.backbone(images.tensors)
+    if isinstance(features, torch.Tensor):
+        features = {"0": features}
+    features = list(features.values())
+    head = net.head(features)
+    anchors = net.anchor_generator(images, features)
+    sizes = images.image_sizes
+    with torch.no_grad():
+        detached = {k: v.detach() for k, v in head.items()}
+        chosen = _dense_chosen(net, family, detached, anchors, features, sizes)
+    scores = torch.cat([c[3] for c in chosen])
+    graded = _graded(chosen) if torch.is_grad_enabled() else []
+    if sum(len(g) for g in graded):
+        again = []
+        for n, (c, g) in enumerate(zip(chosen, graded, strict=True)):
+            places, labels = c[2][g], c[1][g]
+            logits = head["cls_logits"][n][places]  # [G, classes]
+            if family == "ssd":
+                again.append(torch.softmax(logits, -1).gather(1, labels[:, None])[:, 0])
+                continue
+            score = torch.sigmoid(logits.gather(1, labels[:, None])[:, 0])
+            if family == "fcos":
+                score = torch.sqrt(score * torch.sigmoid(head["bbox_ctrness"][n][places][:, 0]))
+            again.append(score)
+        starts = [0, *itertools.accumulate(len(c[1]) for c in chosen)][:-1]
+        where = torch.cat([g + start for g, start in zip(graded, starts, strict=True)])
+        scores = scores.index_put((where,), torch.cat(again))
+    originals = [(int(x.shape[-2]), int(x.shape[-1]))] * len(x)
+    counts = [len(c[0]) for c in chosen]
+    out = [
+        {"boxes": c[0], "labels": c[1], "scores": s}
+        for c, s in zip(chosen, scores.split(counts), strict=True)
+    ]
+    return detection_rows(net.transform.postprocess(out, sizes, originals), x)
+
+
+def _dense_chosen(
+    net: Any,
+    family: str,
+    head: dict[str, torch.Tensor],
+    anchors: list[torch.Tensor],
+    features: list[torch.Tensor],
+    sizes: list[tuple[int, int]],
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """torchvision's ``postprocess_detections`` of RetinaNet, FCOS or SSD, step for step,
+    keeping for each detection the anchor it comes from (its row in the head's outputs): per
+    image (boxes, labels, anchors, scores)."""
+    from torchvision.models.detection import _utils as det_utils
+    from torchvision.ops import boxes as box_ops
+
+    logits = head["cls_logits"]
+    regression = head["bbox_regression"]
+    classes = logits.shape[-1]
+    out = []
+    if family == "ssd":
+        probabilities = torch.softmax(logits, dim=-1)
+        for n, size in enumerate(sizes):
+            boxes = net.box_coder.decode_single(regression[n], anchors[n])
+            boxes = box_ops.clip_boxes_to_image(boxes, size)
+            parts: list[list[torch.Tensor]] = [[], [], [], []]
+            for label in range(1, classes):
+                score = probabilities[n][:, label]
+                places = torch.where(score > net.score_thresh)[0]
+                score = score[places]
+                score, top = score.topk(det_utils._topk_min(score, net.topk_candidates, 0))
+                places = places[top]
+                parts[0].append(boxes[places])
+                parts[1].append(torch.full_like(places, label))
+                parts[2].append(places)
+                parts[3].append(score)
+            out.append(_nms(net, *(torch.cat(p) for p in parts)))
+        return out
+    per_level = [f.shape[2] * f.shape[3] for f in features]
+    per_anchor = logits.shape[1] // sum(per_level)
+    counts = [n * per_anchor for n in per_level]
+    starts = [0, *itertools.accumulate(counts)][:-1]
+    for n, size in enumerate(sizes):
+        parts = [[], [], [], []]
+        for start, count in zip(starts, counts, strict=True):
+            level_logits = logits[n, start : start + count]
+            level_anchors = anchors[n][start : start + count]
+            level_regression = regression[n, start : start + count]
+            if family == "fcos":
+                centers = head["bbox_ctrness"][n, start : start + count]
+                scores = torch.sqrt(torch.sigmoid(level_logits) * torch.sigmoid(centers)).flatten()
+            else:
+                scores = torch.sigmoid(level_logits).flatten()
+            kept = torch.where(scores > net.score_thresh)[0]
+            scores = scores[kept]
+            scores, top = scores.topk(det_utils._topk_min(kept, net.topk_candidates, 0))
+            kept = kept[top]
+            places = torch.div(kept, classes, rounding_mode="floor")
+            if family == "fcos":
+                boxes = net.box_coder.decode(level_regression[places], level_anchors[places])
+            else:
+                boxes = net.box_coder.decode_single(level_regression[places], level_anchors[places])
+            parts[0].append(box_ops.clip_boxes_to_image(boxes, size))
+            parts[1].append(kept % classes)
+            parts[2].append(places + start)
+            parts[3].append(scores)
+        out.append(_nms(net, *(torch.cat(p) for p in parts)))
+    return out
+
+
+def _nms(
+    net: Any, boxes: torch.Tensor, labels: torch.Tensor, places: torch.Tensor, scores: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The detections torchvision's non-maximum suppression keeps, best first."""
+    from torchvision.ops import boxes as box_ops
+
+    keep = box_ops.batched_nms(boxes, scores, labels, net.nms_thresh)[: net.detections_per_img]
+    return boxes[keep], labels[keep], places[keep], scores[keep]
 
 
 def detection_rows(out: Any, x: torch.Tensor) -> torch.Tensor:
@@ -303,6 +583,7 @@ __all__ = [
     "detection_rows",
     "detection_size",
     "exact_transform",
+    "graded",
     "is_detection_output",
     "is_detector",
     "num_classes",
