@@ -146,6 +146,27 @@ def test_gradcam_matches_the_peer_on_fasterrcnn_mobilenet(photo: Image.Image) ->
     assert min(got) >= LEAST, got
 
 
+def test_every_detection_explained_gets_its_gradient_when_scores_tie(photo: Image.Image) -> None:
+    """With its class weights x100 (as ``benchmarks/detection.py`` has them), the random
+    MobileNet head gives one class of each of its 1000 regions, every one of score 0.0804, the
+    100 first kept. camlens scores
+    again, with the graph, the proposals of the detections it will explain, and must choose the
+    same ones as the rows' order does. (When the scores again differed from the first in their
+    last bits, equal scores were reordered: 9 of these 10 maps had no gradient, flat even
+    without the ReLU.)"""
+    model = camlens_detector("fasterrcnn_mobilenet_v3_large_fpn", 320, 0.05)
+    model.net.rpn._post_nms_top_n["testing"] = 1000  # torchvision's own numbers
+    model.net.roi_heads.detections_per_img = 100
+    with torch.no_grad():
+        model.net.roi_heads.box_predictor.cls_score.weight.mul_(100)
+    result = camlens.Explainer(
+        model, method="gradcam", layer="backbone.body.16", min_score=0, detections=KEPT, relu=False
+    ).explain(photo)
+    assert result.detections is not None
+    assert len({d.score for d in result.detections}) == 1  # the premise: they all tie
+    assert [m.flat for m in result.maps] == [False] * KEPT
+
+
 @pytest.mark.slow  # 10 s on a busy machine: one peer call per map
 def test_gradcam_matches_the_peer_on_fasterrcnn_resnet50(
     resnet50: Pair, photo: Image.Image

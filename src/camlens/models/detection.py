@@ -166,6 +166,10 @@ def two_stage_rows(net: Any, x: torch.Tensor) -> torch.Tensor:
         again = torch.softmax(logits, -1).gather(1, wanted[:, None])[:, 0]
         starts = [0, *itertools.accumulate(len(c[1]) for c in chosen)][:-1]
         where = torch.cat([g + start for g, start in zip(graded, starts, strict=True)])
+        # the values of the pass without a graph, the gradients of this one: the rows are then
+        # ordered as the graded ones were chosen, ties included (a smaller batch through the
+        # box head can differ in the last bits and reorder equal scores)
+        again = again + (scores[where] - again).detach()
         scores = scores.index_put((where,), again)
     originals = [(int(x.shape[-2]), int(x.shape[-1]))] * len(x)
     out = [
