@@ -104,8 +104,8 @@ class DetectionNet(nn.Module):
     """``net`` (a detector with torchvision's format) giving one tensor ``[N, K, 6]`` of rows
     ``(x0, y0, x1, y1, score, label)`` for a batch ``x`` ``[N, 3, H, W]`` of images in [0, 1]:
     each image's detections sorted by score, padded to the batch's largest ``K`` with rows of
-    score 0 and label -1. Boxes in ``x``'s pixels; the scores keep their graph, so a score can be
-    differentiated. ``net``'s children are this module's, under the same names."""
+    score 0 and label -1. Boxes in ``x``'s pixels, clipped to it; the scores keep their graph, so
+    a score can be differentiated. ``net``'s children are this module's, under the same names."""
 
     inner: nn.Module
 
@@ -178,6 +178,10 @@ def two_stage_rows(net: Any, x: torch.Tensor) -> torch.Tensor:
         again = torch.softmax(logits, -1).gather(1, wanted[:, None])[:, 0]
         starts = [0, *itertools.accumulate(len(c[1]) for c in chosen)][:-1]
         where = torch.cat([g + start for g, start in zip(graded, starts, strict=True)])
+        # the values of the pass without a graph, the gradients of this one: the rows are then
+        # ordered as the graded ones were chosen, ties included (a smaller batch through the
+        # box head can differ in the last bits and reorder equal scores)
+        again = again + (scores[where] - again).detach()
         scores = scores.index_put((where,), again)
     originals = [(int(x.shape[-2]), int(x.shape[-1]))] * len(x)
     out = [
@@ -409,9 +413,11 @@ def detection_rows(out: Any, x: torch.Tensor) -> torch.Tensor:
                 f"a detector's boxes are [K, 4] with K scores and labels, not boxes "
                 f"{tuple(boxes.shape)}, {len(scores)} scores, {len(labels)} labels"
             )
-        row = torch.cat(
-            [boxes.to(x.dtype), scores.to(x.dtype)[:, None], labels.to(x.dtype)[:, None]], dim=1
-        )
+        # clipped to the input, as torchvision's detectors clip theirs: the photo's boxes (clipped
+        # to the photo) then match their rows on every pass, whatever the detector gives
+        height, width = x.shape[-2:]
+        boxes = boxes.to(x.dtype).clamp(min=0).minimum(x.new_tensor([width, height] * 2))
+        row = torch.cat([boxes, scores.to(x.dtype)[:, None], labels.to(x.dtype)[:, None]], dim=1)
         order = scores.argsort(descending=True, stable=True)
         rows.append(row[order])
     k = max(len(r) for r in rows)

@@ -524,6 +524,11 @@ def _read_labels(labels: Sequence[str] | str | os.PathLike[str], model: Model) -
             raise ModelError(f"{path}: cannot read labels ({exc.strerror})") from None
     else:
         names = [str(n) for n in labels]
+    if model.kind == "detection" and names:
+        from camlens.models.detection import num_classes
+
+        if num_classes(model.net) is None:  # a detector of its own: its labels are the count
+            return tuple(names)
     if len(names) != model.num_classes:
         raise ModelError(f"{len(names)} labels given, {model.name} has {model.num_classes} classes")
     return tuple(names)

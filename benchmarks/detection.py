@@ -1,0 +1,250 @@
+"""What the maps of N detections cost against one: camlens's Grad-CAM of the 10 best detections
+in one call (one forward pass, one batched backward) against the best one alone, and against
+pytorch-grad-cam's ``GradCAM`` with ``FasterRCNNBoxScoreTarget``, one call per box (its way to get
+a map per detection: a target of several boxes sums their scores into one map). Interleaved in one
+process on the same input tensor; prints a markdown table of medians and ratios.
+
+    python benchmarks/detection.py --out benchmarks/results/detection.md
+    python benchmarks/detection.py --quick      # a short run, to check it works
+
+torchvision's ``fasterrcnn_mobilenet_v3_large_fpn`` and ``fasterrcnn_resnet50_fpn``, loaded by
+spec (random weights), at their automatic layers (``backbone.body.16``, ``backbone.body.layer4``),
+on one photo resized to the detector's input (``--size``; by default its own, 800 pixels),
+``min_score=0`` so that there are 10 detections to explain. A random MobileNet box head scores
+every class of every region alike (1/88, under torchvision's threshold of 0.05): its class
+weights are multiplied by 100 here, so that one class of each region passes the threshold, as a
+trained head's few classes do.
+
+Variants, per model:
+
+- the detector's forward pass alone (inference mode), and with the gradient of the best
+  detection's score at the layer (``torch.autograd.grad``: the least one detection's Grad-CAM
+  costs), and with the gradients of the 10 best, one backward pass each on the same graph;
+- camlens Grad-CAM of the best detection, and of the 10 best in one call
+  (``Explainer(model, method="gradcam", min_score=0, detections=N)``, on the tensor);
+- camlens Eigen-CAM of the 10 best (no gradient: one forward pass);
+- pytorch-grad-cam, one call for the best box, and 10 calls for the 10 best boxes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+import camlens
+from camlens.images import PreprocessConfig, preprocess
+
+MODELS = {
+    "fasterrcnn_mobilenet_v3_large_fpn": 100.0,  # the class weights' factor (see above)
+    "fasterrcnn_resnet50_fpn": 1.0,
+}
+N = 10
+
+
+def load(name: str, factor: float, size: int | None) -> camlens.Model:
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random weights
+        model = camlens.load_model(f"torchvision:{name}")
+    if factor != 1:
+        with torch.no_grad():
+            model.net.roi_heads.box_predictor.cls_score.weight.mul_(factor)
+    if size is not None:
+        model.preprocess = PreprocessConfig(
+            input_size=(size, size), interpolation="bilinear", mean=(0, 0, 0), std=(1, 1, 1)
+        )
+    return model
+
+
+def reference(
+    model: camlens.Model, layer: str, x: torch.Tensor, count: int | None
+) -> Callable[[], object]:
+    """The detector's pass (None: in inference mode), with the gradient of the ``count`` best
+    scores at ``layer``, one ``autograd.grad`` each."""
+    net: Any = model.net.inner  # torchvision's detector itself
+    module = net.get_submodule(layer)
+
+    def run() -> object:
+        if count is None:
+            with torch.inference_mode():
+                return net(list(x))
+        kept: list[torch.Tensor] = []
+        handle = module.register_forward_hook(lambda m, i, o: kept.append(o))
+        try:
+            (found,) = net(list(x))
+        finally:
+            handle.remove()
+        scores = found["scores"][:count]
+        return [
+            torch.autograd.grad(s, kept[0], retain_graph=j < count - 1)
+            for j, s in enumerate(scores)
+        ]
+
+    return run
+
+
+def camlens_call(
+    model: camlens.Model, layer: str, x: torch.Tensor, method: str, count: int
+) -> Callable[[], object]:
+    ex = camlens.Explainer(model, method=method, layer=layer, min_score=0, detections=count)
+
+    def run() -> object:
+        (result,) = ex.explain(x)  # a batch of one
+        assert len(result.maps) == count, len(result.maps)
+        return [m.map for m in result.maps]
+
+    return run
+
+
+def peer_call(
+    model: camlens.Model, layer: str, x: torch.Tensor, boxes: list[tuple[torch.Tensor, int]]
+) -> Callable[[], object]:
+    import pytorch_grad_cam as pgc
+    from pytorch_grad_cam.utils.model_targets import FasterRCNNBoxScoreTarget
+
+    net: Any = model.net.inner
+    module = net.get_submodule(layer)
+
+    def run() -> object:
+        out = []
+        for box, label in boxes:  # one call per box: one map per call
+            with pgc.GradCAM(model=net, target_layers=[module]) as cam:
+                out.append(cam(input_tensor=x, targets=[FasterRCNNBoxScoreTarget([label], [box])]))
+        return out
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--size", type=int, help="input side in pixels (default: the model's)")
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rounds = 1 if args.quick else args.rounds
+    size = 320 if args.quick and args.size is None else args.size
+    from skimage import data
+
+    photo = Image.fromarray(np.asarray(data.chelsea()))
+    load_before = os.getloadavg()[0]
+    started = dt.datetime.now(dt.UTC)
+    table: dict[str, dict[str, float]] = {}
+    for name in args.models:
+        model = load(name, MODELS[name], size)
+        layer = model.default_layer
+        assert layer is not None
+        x = preprocess([photo], model.preprocess)
+        with torch.no_grad():  # inference tensors cannot be the peer's targets
+            (found,) = model.net.inner(list(x))
+        assert len(found["scores"]) >= N, f"{name}: {len(found['scores'])} detections"
+        boxes = [(found["boxes"][j], int(found["labels"][j])) for j in range(N)]
+        variants = {
+            "forward (inference mode)": reference(model, layer, x, None),
+            "forward + gradient of the best score (reference)": reference(model, layer, x, 1),
+            f"forward + {N} gradients, one backward each": reference(model, layer, x, N),
+            "camlens Grad-CAM, 1 detection": camlens_call(model, layer, x, "gradcam", 1),
+            f"camlens Grad-CAM, {N} detections in one call": camlens_call(
+                model, layer, x, "gradcam", N
+            ),
+            f"camlens Eigen-CAM, {N} detections": camlens_call(model, layer, x, "eigencam", N),
+            "pytorch-grad-cam, 1 call (1 box)": peer_call(model, layer, x, boxes[:1]),
+            f"pytorch-grad-cam, {N} calls ({N} boxes)": peer_call(model, layer, x, boxes),
+        }
+        times: dict[str, list[float]] = {k: [] for k in variants}
+        for key, fn in variants.items():  # warm-up (the peer's 10 calls are its 1 call's code)
+            if not key.startswith(f"pytorch-grad-cam, {N}"):
+                fn()
+        for _ in range(rounds):
+            for key, fn in variants.items():
+                began = time.perf_counter()
+                fn()
+                times[key].append(time.perf_counter() - began)
+                print(f"{name} {key}: {times[key][-1]:.2f} s", flush=True)
+        column = f"{name.removeprefix('fasterrcnn_')} {layer} {x.shape[-1]} px"
+        table[column] = {k: statistics.median(v) for k, v in times.items()}
+        model.net.zero_grad(set_to_none=True)  # the peer's backward filled them
+        del model
+    lines = [
+        f"# detection ({started:%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
+        f"torch {torch.__version__}, {args.threads} threads, {rounds} rounds, load average "
+        f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after)",
+        "",
+    ]
+    columns = list(table)
+    lines.append("| median seconds | " + " | ".join(columns) + " |")
+    lines.append("|---|" + "---:|" * len(columns))
+    for key in next(iter(table.values())):
+        lines.append(f"| {key} | " + " | ".join(f"{table[c][key]:.2f}" for c in columns) + " |")
+    lines.append("")
+    lines.append("| ratio of medians | goal | " + " | ".join(columns) + " |")
+    lines.append("|---|---|" + "---:|" * len(columns))
+    ten = f"camlens Grad-CAM, {N} detections in one call"
+    ratios = [
+        (f"camlens {N} detections / 1 detection", "<= 1.5", ten, "camlens Grad-CAM, 1 detection"),
+        (
+            "camlens 1 detection / forward + gradient",
+            "",
+            "camlens Grad-CAM, 1 detection",
+            "forward + gradient of the best score (reference)",
+        ),
+        (
+            f"forward + {N} gradients / forward + 1",
+            "",
+            f"forward + {N} gradients, one backward each",
+            "forward + gradient of the best score (reference)",
+        ),
+        (
+            f"camlens {N} / forward + {N} gradients",
+            "",
+            ten,
+            f"forward + {N} gradients, one backward each",
+        ),
+        (
+            f"camlens {N} / pytorch-grad-cam {N} calls",
+            "",
+            ten,
+            f"pytorch-grad-cam, {N} calls ({N} boxes)",
+        ),
+        (
+            f"pytorch-grad-cam {N} calls / 1 call",
+            "",
+            f"pytorch-grad-cam, {N} calls ({N} boxes)",
+            "pytorch-grad-cam, 1 call (1 box)",
+        ),
+        (
+            f"camlens Eigen-CAM {N} / forward",
+            "",
+            f"camlens Eigen-CAM, {N} detections",
+            "forward (inference mode)",
+        ),
+    ]
+    for label, goal, top, bottom in ratios:
+        lines.append(
+            f"| {label} | {goal} | "
+            + " | ".join(f"{table[c][top] / table[c][bottom]:.2f}" for c in columns)
+            + " |"
+        )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out is not None:
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
