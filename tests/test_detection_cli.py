@@ -348,8 +348,8 @@ def test_cli_no_detection_is_a_report_with_none(
     ("args", "line"),
     [
         (["--min-score", "0.3"], "--min-score chooses a detector's detections"),
-        (["--detections", "2"], "--detections chooses a detector's detections"),
-        (["--min-score", "0.3", "--detections", "2"], "--min-score and --detections choose"),
+        (["--detections", "2"], "detections chooses a detector's detections"),
+        (["--min-score", "0.3", "--detections", "2"], "detections chooses a detector's"),
     ],
 )
 def test_cli_detector_options_on_a_classifier_exit_2(
@@ -365,9 +365,10 @@ def test_cli_detector_options_on_a_classifier_exit_2(
 @pytest.mark.parametrize(
     ("args", "line"),
     [
-        (["--class", "unicorn"], "'unicorn' is not one of"),
-        (["--class", "car"], "--class chooses classes; this model is a detector"),
-        (["--top", "2"], "--top chooses classes; this model is a detector"),
+        (["--class", "unicorn"], "is a detector: it explains its detections"),
+        (["--class", "car"], "is a detector: it explains its detections"),
+        (["--top", "2"], "is a detector: it explains its detections"),
+        (["--above", "0.2"], "is a detector: it explains its detections"),
         (["--class", "car", "--region", "1,2,30,40"], "not a segment target"),
     ],
 )

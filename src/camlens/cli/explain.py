@@ -347,7 +347,7 @@ def explain(
         fail(f"--grid {grid_file} is one of the inputs: the grid would overwrite it")
     with bad_input():
         explainer = Explainer.from_config(config)
-        detector_options(explainer.model.kind, config, min_score, detections)
+        detector_options(explainer.model.kind, min_score)
     kept: list[Explanation] = []
     tally = _Tally()
     with progress_bars(rate=True) as progress, _stop_on_ctrl_c() as stopping, bad_input():
