@@ -165,7 +165,7 @@ def test_loads_by_spec_with_a_weights_file(tmp_path) -> None:
     model = camlens.load_model("torchvision:ssdlite320_mobilenet_v3_large", weights=path)
     assert model.kind == "detection" and model.labels == tuple(f"class {i}" for i in range(5))
     assert model.preprocess.input_size == (320, 320) and model.preprocess.std == (1.0, 1.0, 1.0)
-    assert model.default_layer == "backbone.features.1" and model.weights == path
+    assert model.default_layer == "backbone.features.0" and model.weights == path
     for key, value in net.state_dict().items():
         torch.testing.assert_close(model.net.state_dict()[key], value)
 
@@ -182,7 +182,7 @@ def test_layers_command_says_the_kind(tmp_path) -> None:
     result = CliRunner().invoke(app, ["layers", "--model", spec, "--weights", str(path)])
     assert result.exit_code == 0, result.output
     assert "kind: detection; classes: 91" in result.output
-    assert "automatic target layer of" in result.output and "backbone.features.1" in result.output
+    assert "automatic target layer of" in result.output and "backbone.features.0" in result.output
 
 
 def test_candidate_layers(frcnn: camlens.Model) -> None:
@@ -195,7 +195,31 @@ def test_candidate_layers(frcnn: camlens.Model) -> None:
         "backbone.fpn.layer_blocks.1",
     } <= set(names)
     assert not any(n.startswith(("rpn.", "roi_heads.")) for n in names)  # shared by the levels
-    assert auto_layer(frcnn) == "backbone.body.16"
+    assert auto_layer(frcnn) == "backbone.body.12"  # the last of stride 16
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "fasterrcnn_mobilenet_v3_large_fpn",
+        "ssdlite320_mobilenet_v3_large",
+        "fasterrcnn_resnet50_fpn",
+    ],
+)
+def test_the_automatic_layer_is_the_last_stage_of_stride_16(name: str) -> None:
+    """The table of torchvision's detectors agrees with the rule any detector gets: the last
+    stage whose output is at most 16 times smaller than the input (measured by a probe)."""
+    from camlens.models.detection import TORCHVISION_DETECTION, DetectionNet, automatic_stage
+
+    net = DetectionNet(torchvision_detection(name, None).eval())
+    assert automatic_stage(net) == TORCHVISION_DETECTION[name]
+    layer = net.get_submodule(TORCHVISION_DETECTION[name])
+    seen: list[torch.Size] = []
+    handle = layer.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    with torch.no_grad():
+        net(torch.rand(1, 3, 160, 160))
+    handle.remove()
+    assert seen[0][-1] == 160 // 16  # stride 16 in the real pass too
 
 
 class TinyDetector(nn.Module):
@@ -416,3 +440,42 @@ def test_a_detector_loaded_by_name_pickles(frcnn: camlens.Model) -> None:
     x = torch.rand(1, 3, 64, 80)
     with torch.no_grad():
         torch.testing.assert_close(DetectionNet(net)(x), frcnn.net(x))
+
+
+@pytest.mark.parametrize(
+    ("name", "layer"),
+    [
+        ("fasterrcnn_mobilenet_v3_large_fpn", "backbone.body.16"),
+        ("ssdlite320_mobilenet_v3_large", "backbone.features.0"),  # every level reads it
+    ],
+)
+def test_the_gradient_is_that_of_the_detectors_own_score(name: str, layer: str) -> None:
+    """The gradient of a detection's score at a layer, from DetectionNet's pass that scores
+    only the graded detections again, equals the one through torchvision's own forward pass."""
+    from camlens.models.detection import graded
+
+    torch.manual_seed(0)
+    options: dict[str, float] = {"score_thresh": 0.0}
+    if "rcnn" in name:
+        options = {"box_score_thresh": 0.0, "rpn_post_nms_top_n_test": 200}
+    net = torchvision_detection(name, None, **options).eval()
+    x = torch.rand(1, 3, 160, 160)
+    kept: list[torch.Tensor] = []
+
+    def keep(module: nn.Module, inputs: object, output: torch.Tensor) -> torch.Tensor:
+        output = output.detach().requires_grad_(True)
+        kept.append(output)
+        return output
+
+    handle = net.get_submodule(layer).register_forward_hook(keep)
+    try:
+        own = net(list(x))[0]["scores"]
+        with graded(0.0, 3):
+            rows = DetectionNet(net)(x)
+    finally:
+        handle.remove()
+    for j in range(3):
+        (expected,) = torch.autograd.grad(own[j], kept[0], retain_graph=True)
+        (found,) = torch.autograd.grad(rows[0, j, 4], kept[1], retain_graph=True)
+        assert float(expected.abs().max()) > 0
+        torch.testing.assert_close(found, expected, rtol=1e-4, atol=1e-9)

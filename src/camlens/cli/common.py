@@ -237,14 +237,37 @@ def explain_config(
         )
 
 
-def detector_options(kind: str, min_score: float | None) -> None:
-    """``--min-score`` chooses a detector's detections: given for a model of another ``kind``, a
-    CamlensError naming it (never silently ignored). The explainer refuses the rest itself
-    (``--detections`` on another model, ``--class``/``--top``/``--above`` on a detector); it
-    cannot tell ``min_score``'s default from a value given."""
-    if min_score is not None and kind != "detection":
+def detector_options(
+    kind: str, config: ExplainConfig, min_score: float | None, detections: int | None
+) -> None:
+    """``--min-score`` and ``--detections`` are for a detector, and a detector explains its
+    detections, not classes: either given to the other kind of model, a CamlensError naming the
+    options (never silently ignored), before any image runs."""
+    if kind == "detection":
+        chosen = [
+            name
+            for name, given in (
+                ("--class", config.classes),
+                ("--top", config.top is not None),
+                ("--above", config.above is not None),
+            )
+            if given
+        ]
+        if chosen:
+            raise CamlensError(
+                f"{' and '.join(chosen)} {'choose' if len(chosen) > 1 else 'chooses'} classes; "
+                "this model is a detector: it explains its detections (--min-score, --detections)"
+            )
+        return
+    given = [
+        name
+        for name, value in (("--min-score", min_score), ("--detections", detections))
+        if value is not None
+    ]
+    if given:
         raise CamlensError(
-            f"--min-score chooses a detector's detections; this model is a {kind}: drop it"
+            f"{' and '.join(given)} {'choose' if len(given) > 1 else 'chooses'} a detector's "
+            f"detections; this model is a {kind}: drop {'them' if len(given) > 1 else 'it'}"
         )
 
 
