@@ -1,0 +1,197 @@
+// What the photo view lists and explains for a model that is not a classifier (GET /api/model's
+// `kind`): a segmentation model's segments (each class present with its share of the pixels;
+// its map shows the class's pixels outlined) and a detector's detections (label and score, with
+// the minimum score as a slider; its map shows its box). A classifier's list is the top five, as
+// explore.js and targets.js make it: there every function here answers "not mine" (null).
+
+import { element, percent, shortLabel, svg } from "./dom.js";
+
+const DETECTION = "det:"; // an entry's key for detection i: "det:i"
+const DEFAULT_MIN_SCORE = 0.5;
+
+const near = (a, b) => a.length === b.length && a.every((v, i) => Math.abs(v - b[i]) < 0.01);
+
+// `view`: {model, server, result() -> the answer on screen, update()}.
+export function mountKind(panel, view) {
+  const { model, server } = view;
+  const kind = model.kind ?? "classifier";
+  const background = new Set(model.background ?? []);
+  const state = { minScore: DEFAULT_MIN_SCORE };
+
+  const title = panel.querySelector("#predictions-title");
+  if (title && kind === "segmentation") title.textContent = "Segments";
+  if (title && kind === "detection") title.textContent = "Detections";
+
+  // --- the minimum score of a detector's detections ------------------------------------------
+
+  const minInput = element("input", { type: "range", id: "min-score", min: "0", max: "0.99",
+    step: "0.01", value: String(DEFAULT_MIN_SCORE), "aria-describedby": "min-score-note" });
+  const minValue = element("output", { id: "min-score-value", for: "min-score" });
+  const minNote = element("p", { className: "field-note", id: "min-score-note" });
+  const minField = element("div", { className: "field threshold", id: "min-score-field",
+    hidden: "" }, element("label", { for: "min-score" }, "Detections scored at least ", minValue),
+  minInput, minNote);
+  if (kind === "detection") (panel.querySelector("#predictions") ?? panel).after(minField);
+
+  function showMinScore() {
+    minValue.value = `${Math.round(state.minScore * 100)}%`;
+    minInput.value = String(state.minScore);
+  }
+  minInput.addEventListener("input", () => {
+    state.minScore = Number(minInput.value);
+    showMinScore();
+  });
+  minInput.addEventListener("change", () => {
+    state.minScore = Number(minInput.value);
+    view.update(true);
+  });
+  minInput.addEventListener("keydown", (event) => {
+    if (event.key.startsWith("Arrow") || ["Home", "End", "PageUp", "PageDown"].includes(event.key)) {
+      event.stopPropagation(); // the arrows move the slider, not the detection chosen
+    }
+  });
+
+  // The most detections a request asks for: as many maps as the server explains at once.
+  function most(options) {
+    const count = (options.methods?.length || 1) * (options.layers?.length || 1);
+    return Math.max(1, Number.isFinite(server.max_maps) ? Math.floor(server.max_maps / count) : 100);
+  }
+
+  const detectionOf = (key, answer = view.result()) => (typeof key === "string"
+    && key.startsWith(DETECTION) ? answer?.detections?.[Number(key.slice(DETECTION.length))] : null);
+
+  return {
+    kind,
+    classifier: kind === "classifier",
+
+    // The entries listed instead of the top five (null: a classifier's).
+    entries(answer) {
+      if (!answer || kind === "classifier") return null;
+      if (kind === "segmentation") {
+        return (answer.segmentation ?? []).map((s) => ({ class_index: s.class_index,
+          label: s.label, score: s.share, segment: true }));
+      }
+      return (answer.detections ?? []).map((d, i) => ({ class_index: `${DETECTION}${i}`,
+        label: d.label, score: d.score, detection: d }));
+    },
+
+    // The request for entry `key` (undefined: a new photo). Null: a classifier's, as it was.
+    adjust(options, key, photo, top) {
+      if (kind === "segmentation") {
+        if (key === undefined) return options;
+        // the classes top explains: the first `top` present, the background left out
+        const explained = (photo?.result?.segmentation ?? [])
+          .filter((s) => !background.has(s.class_index)).slice(0, top).map((s) => s.class_index);
+        if (!explained.includes(key) || !("top" in options)) {
+          delete options.top;
+          options.classes = [key];
+        }
+        return options;
+      }
+      if (kind === "detection") {
+        delete options.top;
+        delete options.classes;
+        options.min_score = state.minScore;
+        options.detections = most(options);
+        return options;
+      }
+      return null;
+    },
+
+    // Whether `map` is the one shown for entry `key` (undefined: a classifier's, targets.js says).
+    matches(map, key, answer) {
+      if (kind === "segmentation") {
+        return map.class_index === key && map.target?.kind === "segment"
+          && map.target.region === "predicted";
+      }
+      if (kind === "detection") {
+        const d = detectionOf(key, answer);
+        return Boolean(d) && map.target?.kind === "detection" && map.target.label === d.class_index
+          && near(map.target.box, d.box);
+      }
+      return undefined;
+    },
+
+    // A listed score: a segment's share of the pixels, a detection's score.
+    score(value, entry) {
+      if (entry?.segment) return percent(value);
+      if (entry?.detection) return value.toFixed(2);
+      return null;
+    },
+
+    // What a map of this kind draws over its photo: a segment's region (the server's outline),
+    // a detection's box with its label.
+    marks(map, frame, marks, side) {
+      if (map.region) {
+        const region = element("img", { className: "region", alt: "", draggable: "false",
+          src: `${map.region}${map.region.includes("?") ? "&" : "?"}max_side=${side}` });
+        frame.append(region);
+      }
+      const box = map.target?.kind === "detection" ? map.target.box : null;
+      if (box) {
+        const [x0, y0, x1, y1] = box;
+        marks.append(svg("rect", { class: "detection-halo", x: x0, y: y0, width: x1 - x0,
+          height: y1 - y0 }), svg("rect", { class: "detection", x: x0, y: y0, width: x1 - x0,
+          height: y1 - y0 }));
+      }
+    },
+
+    // The caption's first words for a map of this kind (null: a classifier's).
+    caption(map) {
+      if (map.target?.kind === "segment") {
+        const where = Array.isArray(map.target.region) ? ` in ${map.target.region.join(",")}`
+          : map.target.region === "mask" ? " in the mask" : "";
+        const name = shortLabel(model.classes[map.class_index] ?? map.label);
+        return [element("strong", { className: "explained", text: `${name}${where}` }),
+          element("span", { className: "score", title: "its share of the photo's pixels",
+            text: `${percent(map.score)} of the pixels` })];
+      }
+      if (map.target?.kind === "detection") {
+        return [element("strong", { className: "explained", text: shortLabel(map.label) }),
+          element("span", { className: "score", title: "the detection's score",
+            text: `score ${Number(map.target.score).toFixed(2)}` })];
+      }
+      return null;
+    },
+
+    // A map's name in its downloads' file names (null: a classifier's).
+    tag(map) {
+      if (map.target?.kind === "segment") return `${map.class_index}-segment`;
+      if (map.target?.kind === "detection") {
+        return `${map.target.label}-at-${map.target.box.map((v) => Math.round(v)).join("-")}`;
+      }
+      return null;
+    },
+
+    render(answer) {
+      minField.hidden = kind !== "detection" || !answer;
+      showMinScore();
+      const count = answer?.detections?.length;
+      minNote.textContent = kind !== "detection" || !answer ? ""
+        : count ? `${count} detection${count === 1 ? "" : "s"} at ${percent(state.minScore)} or more.`
+          : `No detection scored ${percent(state.minScore)} or more: lower the minimum.`;
+    },
+
+    // `min_score=S` in the address (a detector only).
+    read(params, refused) {
+      if (!params.has("min_score")) return;
+      const value = params.get("min_score");
+      const number = Number(value);
+      if (kind === "detection" && value !== "" && number >= 0 && number < 1) state.minScore = number;
+      else refused.push(`min_score=${value}`);
+    },
+
+    write(params) {
+      if (kind === "detection" && state.minScore !== DEFAULT_MIN_SCORE) {
+        params.set("min_score", String(state.minScore));
+      }
+    },
+
+    // The minimum score the answer on screen was asked with differs from the slider's.
+    stale(photo) {
+      return kind === "detection" && photo?.minScore !== undefined && photo.minScore !== state.minScore;
+    },
+
+    get minScore() { return state.minScore; },
+  };
+}

@@ -1,0 +1,122 @@
+"""The explorer page for the other kinds of model, in a real Chromium against a real ``camlens
+serve``: a segmentation model lists its segments (class and share of the pixels) instead of the
+top five, and a segment's map shows its pixels outlined; a detector lists its detections (label
+and score, with the minimum score a slider) and a detection's map shows its box. The harness
+(the browser, the screenshots) is test_serve_browser's."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from serving import camlens_serve
+from test_serve_browser import PHONE, SENT_FORMS, Shots, page, page_width, pytestmark
+
+__all__ = ["page", "pytestmark"]  # the fixtures and marks of the browser tests
+
+SIZE = "128"
+
+
+@pytest.fixture(scope="module")
+def seg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """LR-ASPP MobileNetV3 with seeded random weights at 128 pixels, its low-level classifier's
+    weights scaled by 100 so that the classes it gives vary across a photo (a random LR-ASPP
+    gives one class everywhere): several segments, the background among them."""
+    import torchvision
+
+    folder = tmp_path_factory.mktemp("seg")
+    torch.manual_seed(0)
+    net = torchvision.models.get_model(
+        "lraspp_mobilenet_v3_large", weights=None, weights_backbone=None
+    )
+    with torch.no_grad():
+        net.classifier.low_classifier.weight *= 100
+    torch.save(net.state_dict(), folder / "seg.pth")
+    spec = "torchvision:lraspp_mobilenet_v3_large"
+    args = ["--model", spec, "--weights", str(folder / "seg.pth"), "--input-size", SIZE]
+    with warnings.catch_warnings(), camlens_serve(args, log=folder / "serve.log") as (url, _):
+        yield url
+
+
+def photo(tmp_path: Path, array: np.ndarray, name: str) -> Path:
+    path = tmp_path / name
+    Image.fromarray(array).save(path, quality=95)
+    return path
+
+
+def test_segments(seg_server: str, page: Any, tmp_path: Path, chelsea: np.ndarray) -> None:
+    from playwright.sync_api import expect
+
+    shots = Shots(tmp_path)
+    page.add_init_script(SENT_FORMS)
+    page.set_viewport_size({"width": 1280, "height": 800})
+    model = httpx.get(f"{seg_server}/api/model").json()
+    assert model["kind"] == "segmentation" and model["background"] == [0]
+    page.goto(f"{seg_server}/#/explore?min_score=0.2")  # a detector's, not applied here
+    page.wait_for_selector("body[data-ready]")
+    expect(page.locator("#message")).to_have_text(
+        "Not applied from the address (unknown here): min_score=0.2"
+    )
+    path = photo(tmp_path, chelsea, "chelsea.jpg")
+    page.set_input_files("#file", str(path))
+    expect(page.locator("#predictions-title")).to_have_text("Segments")
+    # the segments, as the server gives them: every class present, most pixels first
+    answer = httpx.post(
+        f"{seg_server}/api/explain",
+        files={"image": ("chelsea.jpg", path.read_bytes(), "image/jpeg")},
+        timeout=60,
+    ).json()
+    segments = answer["segmentation"]
+    assert len(segments) > 5 and segments[0]["share"] > segments[-1]["share"]
+    assert 0 in [s["class_index"] for s in segments]  # the background is present
+    listed = page.locator(".prediction")
+    expect(listed).to_have_count(len(segments))
+    expect(listed.locator(".label")).to_have_text([s["label"] for s in segments])
+    expect(listed.nth(0).locator(".score")).to_have_text(f"{100 * segments[0]['share']:.1f}%")
+    # no versus, threshold or reference: they explain a classifier's classes
+    expect(page.locator("#targets")).to_be_hidden()
+    expect(page.locator(".versus-button")).to_have_count(0)
+    stage = page.locator("#stage")
+    caption = stage.locator("figcaption")
+    expect(caption.locator("strong")).to_have_text(segments[0]["label"])
+    expect(caption.locator(".score")).to_contain_text("of the pixels")
+    region = stage.locator("img.region")
+    expect(region).to_have_js_property("naturalWidth", 451)
+    first = str(region.get_attribute("src"))
+    sent = page.evaluate("window.sentForms.at(-1)")
+    assert "top" in sent and "min_score" not in sent
+    shots.take(page, "segments")
+
+    # the background: asked for by name (top leaves it out), its own region
+    background = [s["class_index"] for s in segments].index(0)
+    listed.nth(background).click()
+    expect(caption.locator("strong")).to_have_text("__background__")
+    expect(region).to_have_js_property("naturalWidth", 451)
+    assert region.get_attribute("src") != first
+    sent = page.evaluate("window.sentForms.at(-1)")
+    assert sent["classes"] == "0" and "top" not in sent
+    # the region drawn is the background's pixels: the region PNG's inside is where the
+    # server's segmentation says class 0 is (its outline white, the rest dimmed)
+    src = str(region.get_attribute("src"))
+    png = httpx.get(f"{seg_server}{src}" if src.startswith("/") else src).content
+    pixels = np.asarray(Image.open(__import__("io").BytesIO(png)))
+    inside = pixels[..., 3] < 90  # neither dimmed (90) nor drawn (200, 255)
+    share = inside.mean()
+    assert share == pytest.approx(segments[background]["share"], abs=0.08)
+    shots.take(page, "segments-background")
+
+    # the last segment, past the top five: asked for alone
+    listed.last.click()
+    expect(caption.locator("strong")).to_have_text(segments[-1]["label"])
+    assert page.evaluate("window.sentForms.at(-1)")["classes"] == str(segments[-1]["class_index"])
+    page.set_viewport_size(PHONE)
+    page.emulate_media(color_scheme="dark")
+    assert page_width(page) == 390
+    shots.take(page, "segments-phone-dark")
