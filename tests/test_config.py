@@ -36,6 +36,8 @@ EVERY_OPTION = ExplainConfig(
     max_pixels=1000,
     relu=False,
     scores="sigmoid",
+    min_score=0.25,
+    detections=3,
 )
 
 

@@ -188,11 +188,13 @@ class Capture:
     ) -> Goals:
         """The :class:`~camlens.scoring.Goals` of ``chosen[n]`` (targets or class indices) for
         each image, from this pass's outputs (a ``TargetPlan`` must have been given, except for
-        class indices); ``sizes``: the photos' (width, height), for segments' boxes and masks."""
+        class indices); ``sizes``: the photos' (width, height), for segments' boxes and masks and
+        detections' boxes."""
         if self.plan is None:
             self.plan = TargetPlan(self.model, [])
         embeddings = None if self._embeddings is None else self._embeddings.detach()
-        return self.plan.goals(self.logits, chosen, embeddings, sizes)
+        size = (int(self.x.shape[-2]), int(self.x.shape[-1]))
+        return self.plan.goals(self.logits, chosen, embeddings, sizes, size)
 
     def _as_goals(self, wanted: Goals | torch.Tensor) -> Goals:
         """Goals as they are; class indices [N, D] as their classes' goals, made once per set of

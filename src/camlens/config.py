@@ -39,7 +39,14 @@ from camlens.options import (
     parse_threshold,
     resolve_methods,
 )
-from camlens.targets import Scores, Target, as_target, check_above, check_scores
+from camlens.targets import (
+    Scores,
+    Target,
+    as_target,
+    check_above,
+    check_min_score,
+    check_scores,
+)
 from camlens.types import class_number
 
 __all__ = ["METHOD_GROUPS", "ExplainConfig", "OutputConfig", "resolve_methods"]
@@ -75,7 +82,8 @@ class ExplainConfig:
     with ``top``, at most ``top`` of them (the ``top`` best that score at least ``above``);
     ``scores``: how the model's outputs become predictions (``softmax``, ``sigmoid``, ``raw``;
     None: what the model says). ``classes``, ``top``, ``targets`` and ``above`` exclude each other,
-    but for ``top`` with ``above``.
+    but for ``top`` with ``above``. A detector's detections: those scored at least ``min_score``
+    (in [0, 1]), the ``detections`` best of them (None: all), each explained.
     """
 
     model: str | None = None
@@ -104,6 +112,8 @@ class ExplainConfig:
     targets: tuple[Target, ...] = ()
     above: float | None = None
     scores: Scores | None = None
+    min_score: float = 0.5
+    detections: int | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalized values are set once, here
@@ -176,6 +186,10 @@ class ExplainConfig:
         if self.scores is not None:
             with _option("scores"):
                 set_(self, "scores", check_scores(self.scores))
+        with _option("min_score"):
+            set_(self, "min_score", check_min_score(self.min_score))
+        if self.detections is not None:
+            set_(self, "detections", _integer(self.detections, "detections", 1))
         chosen = [
             name
             for name, given in (

@@ -50,7 +50,9 @@ class Explainer:
     what else to explain (:mod:`camlens.targets`: ``Contrast("tiger cat", ("Egyptian cat",))``,
     ``Output(0)``, ``Similarity("ref.jpg")``, ``Binary(False)``, any ``Function``);
     ``above``: every class scored at least that, best first (with ``top``: at most ``top`` of
-    them); ``scores``: the model's scoring (``softmax``, ``sigmoid``, ``raw``).
+    them); ``scores``: the model's scoring (``softmax``, ``sigmoid``, ``raw``). A detector
+    (:mod:`camlens.models.detection`) explains its detections scored at least ``min_score``
+    (0.5), the ``detections`` best (None: all): one map per detection, method and layer.
 
     One forward pass per batch serves every class, layer and method; gradients come from one
     batched backward pass with respect to the tapped activations, or from the weights of a
@@ -91,6 +93,8 @@ class Explainer:
         targets: Any = (),
         above: float | None = None,
         scores: str | None = None,
+        min_score: float = 0.5,
+        detections: int | None = None,
     ) -> None:
         methods = _methods(method)
         layers = _layers(layer)
@@ -118,6 +122,8 @@ class Explainer:
             targets=targets,
             above=above,
             scores=scores,  # type: ignore[arg-type]  # checked
+            min_score=min_score,
+            detections=detections,
         )
         self._pipeline = Pipeline(config, model, layers, move=device is not None)
         self._closed = False

@@ -21,6 +21,7 @@ from camlens import render
 from camlens.errors import CamlensError
 from camlens.files import atomic_write, fit_stem, output_folder
 from camlens.maps import Normalization, upsample
+from camlens.targets import Detection
 from camlens.types import Box, Prediction
 
 
@@ -95,6 +96,9 @@ class ClassMap:
             if isinstance(region, list):  # a box: 8-box-20-10-120-90
                 return f"{self.class_index}-box-" + "-".join(str(v) for v in region)
             return f"{self.class_index}" + ("" if region == "predicted" else f"-{region}")
+        if kind == "detection":  # a detection: its label and box, 1-det-12-30-200-410
+            box = target.get("box") or []
+            return f"{self.class_index}-det-" + "-".join(str(round(float(v))) for v in box)
         return kind
 
 
@@ -120,6 +124,29 @@ class Segmentation:
         ]
 
 
+@dataclass(frozen=True)
+class Detected:
+    """One of a detector's detections: ``box`` ``(x0, y0, x1, y1)`` in the photo's pixels, its
+    class (``class_index``, ``label``) and ``score``."""
+
+    box: tuple[float, float, float, float]
+    class_index: int
+    label: str
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "box": list(self.box),
+            "class_index": self.class_index,
+            "label": self.label,
+            "score": self.score,
+        }
+
+    def target(self) -> Detection:
+        """The :class:`~camlens.targets.Detection` that explains it."""
+        return Detection(self.box, self.class_index, self.score)
+
+
 @dataclass(init=False)
 class Explanation:
     """The predictions and maps of one image.
@@ -133,7 +160,10 @@ class Explanation:
     of each method the explainer left out at a layer where it does not apply (CAM where no
     GAP -> Linear head reads the layer). ``segments``: a segmentation model's predicted
     segmentation (None for a classifier); the report lists its classes with their share of the
-    pixels (``segmentation``) and :meth:`segment_overlay` draws it.
+    pixels (``segmentation``) and :meth:`segment_overlay` draws it. ``detections``: a
+    detector's detections scored at least the explainer's ``min_score``, best first, boxes in
+    the photo's pixels (:class:`Detected`; None for other models); the report lists them
+    (``detections``).
     """
 
     source: str
@@ -156,6 +186,7 @@ class Explanation:
         scores: str = "softmax",
         skipped: Sequence[tuple[str, str, str]] = (),
         segments: Segmentation | None = None,
+        detections: Sequence[Detected] | None = None,
     ) -> None:
         self.source = source
         self._image = image
@@ -167,6 +198,7 @@ class Explanation:
         self.scores = scores
         self.skipped = tuple(skipped)
         self.segments = segments
+        self.detections = None if detections is None else list(detections)
 
     def segment_overlay(self, *, alpha: float = 0.5) -> Image.Image:
         """The photo with the predicted segmentation drawn over it, a color per class and its
@@ -308,6 +340,8 @@ class Explanation:
         }
         if self.segments is not None:
             report["segmentation"] = self.segments.shares()
+        if self.detections is not None:
+            report["detections"] = [d.to_dict() for d in self.detections]
         if maps:
             report["explanations"] = explanations
         if self.skipped:

@@ -45,12 +45,15 @@ def probe_input(model: Model, batch: int = 1) -> torch.Tensor:
 def spatial_layers(model: Model) -> list[LayerInfo]:
     """Every module whose output its model's adapter rule (:mod:`camlens.adapters`) turns into
     maps [N, K, h, w] with h * w > 1 (one row per input image), in the order their forward passes finish (a container after
-    its children), found with one probe forward pass."""
+    its children), found with one probe forward pass. A detector's layers are those run once
+    per pass (a head shared by the pyramid's levels gives no one map of the image)."""
     seen: dict[str, LayerInfo] = {}
+    calls: dict[str, int] = {}
     x = probe_input(model)
 
     def record(name: str) -> Any:
         def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            calls[name] = calls.get(name, 0) + 1
             adapter = model.adapter(name, module, output)
             if adapter is None:
                 return
@@ -70,6 +73,8 @@ def spatial_layers(model: Model) -> list[LayerInfo]:
     ]
     with hooked(hooks), RUNS.shared(), torch.inference_mode():
         model.net(x)
+    if model.kind == "detection":
+        return [info for info in seen.values() if calls[info.name] == 1]
     return list(seen.values())
 
 
@@ -292,6 +297,11 @@ def find_cam_head(
 
 def describe_head(model: Model, layer: str, channels: int) -> str:
     """Why CAM does not apply: names the last Linear layer found and what it takes."""
+    if model.kind == "detection":
+        return (
+            f"{model.name} is a detector: its scores come from its detection heads, not from a "
+            "GAP -> Linear head (gradient methods and eigencam apply)"
+        )
     linears = model.linear_heads(model.net)
     if not linears:
         return f"{model.name} has no Linear layer"

@@ -24,7 +24,7 @@ from camlens.capture import Capture, Settings, Target, find_targets
 from camlens.config import ExplainConfig
 from camlens.devices import check_device
 from camlens.errors import CamlensError, FlatMapWarning, MethodError, ModelError
-from camlens.explanation import CallStats, ClassMap, Explanation, Segmentation
+from camlens.explanation import CallStats, ClassMap, Detected, Explanation, Segmentation
 from camlens.inputs import Classes, Item
 from camlens.layers import (
     at_input_size,
@@ -186,19 +186,26 @@ class Pipeline:
         None, or with ``above`` every class scored at least that, at most ``depth`` of them)."""
         started, model = time.perf_counter(), self.model
         x = coerce.model_input(items, model.preprocess).to(model.device)
+        sizes = [_size(item) for item in items]
+        found: list[list[Detected]] | None = None
         with eval_mode(model.net), RUNS.shared():
             captures = [self._capture(x, progress)]
             probs = captures[0].probs
             if chosen is None and self.config.above is not None:
                 sources = [item.source for item in items]
                 chosen = _above(probs, self.config.above, sources, depth)
+            elif chosen is None and model.kind == "detection":
+                found = _detected(model, captures[0].logits, x, sizes, self.config)
+                chosen = [[d.target() for d in ds[: self.config.detections]] for ds in found]
+                _warn_undetected(found, captures[0].logits, items, self.config.min_score)
             elif chosen is None and model.kind == "segmentation":
                 chosen = _top_segments(model, probs, depth or 1)
             elif chosen is None:
                 chosen = probs.topk(depth or 1, dim=1).indices.tolist()
             else:  # versus true: the top-1, and the top-1 versus the true class when they differ
                 chosen = self.plan.with_top1(chosen, probs.topk(1, dim=1).indices[:, 0].tolist())
-            sizes = [_size(item) for item in items]
+            if found is None and model.kind == "detection":
+                found = _detected(model, captures[0].logits, x, sizes, self.config)
             runs = [self._class_maps(captures[0], chosen, sizes)]
             augmentations = self.augmentations
             for aug in augmentations[1:]:  # the same classes, explained on each augmented input
@@ -227,7 +234,7 @@ class Pipeline:
                 Prediction(int(i), model.labels[int(i)], float(p))
                 for p, i in zip(top_p[b], top_i[b], strict=True)
             ]
-            if segments:  # a segmentation: the classes present, by their share of the pixels
+            if segments or found is not None:  # the classes present (segmented or detected)
                 predictions = [p for p in predictions if p.score > 0]
             result = Explanation(
                 source=item.source,
@@ -240,6 +247,7 @@ class Pipeline:
                 scores=model.scores,
                 skipped=self.skipped,
                 segments=segments[b] if segments else None,
+                detections=None if found is None else found[b],
             )
             _warn_flat(result, single=single)
             results.append(result)
@@ -269,9 +277,19 @@ class Pipeline:
         """The maps of the classes or targets ``chosen`` for each image, per layer, rank and
         method; all the targets of the batch go through the methods together."""
         counts = [len(cs) for cs in chosen]
+        if not any(counts):  # nothing to explain (no detection, no class above the threshold)
+            return [[] for _ in chosen]
         top1 = capture.probs.argmax(dim=1).tolist()
-        # an image with nothing to explain (no class above the threshold) rides along on its top-1
-        goals = capture.goals([cs if cs else [top1[b]] for b, cs in enumerate(chosen)], sizes)
+        # an image with nothing to explain (no class above the threshold) rides along on the
+        # first target of another (its maps are dropped)
+        filler = next(cs[0] for cs in chosen if cs)
+        goals = capture.goals(
+            [
+                cs if cs else [filler if self.model.kind == "detection" else top1[b]]
+                for b, cs in enumerate(chosen)
+            ],
+            sizes,
+        )
         values = goals.values
         depth = goals.shape[1]
         reduce = smoothing.pca_map if "pca" in self.config.smooth else None
@@ -290,11 +308,12 @@ class Pipeline:
                         c = -1 if what.class_index is None else what.class_index
                         plain = what.data.get("kind") == "class"
                         value = None if values is None else float(values[b, j])
+                        own = c < 0 or what.data.get("kind") == "detection"  # its own score
                         per_image[b].append(
                             ClassMap(
                                 c,
                                 self.model.labels[c] if plain else what.words,
-                                float(capture.probs[b, c]) if c >= 0 else (value or 0.0),
+                                (value or 0.0) if own else float(capture.probs[b, c]),
                                 method.name,
                                 target.name,
                                 maps[b],
@@ -383,6 +402,59 @@ def _segmentations(model: Model, logits: torch.Tensor) -> list[Segmentation]:
     return [
         Segmentation(classes.cpu(), model.labels, background) for classes in logits.argmax(dim=1)
     ]
+
+
+def _detected(
+    model: Model,
+    rows: torch.Tensor,
+    x: torch.Tensor,
+    sizes: Sequence[tuple[int, int]],
+    config: ExplainConfig,
+) -> list[list[Detected]]:
+    """Each image's detections (``rows`` [N, K, 6] of a detector's pass on ``x``) scored at least
+    ``config.min_score``, best first, boxes scaled from the input's pixels to the photo's
+    (``sizes``: width, height), rounded to 0.01 pixel."""
+    height, width = x.shape[-2:]
+    out = []
+    for b, (w, h) in enumerate(sizes):
+        scale = [w / width, h / height] * 2
+        kept = []
+        for row in rows[b].detach().cpu().tolist():
+            score, label = row[4], int(row[5])
+            if label < 0 or score < config.min_score or score <= 0:
+                continue
+            box = [
+                min(max(v * f, 0.0), lim)
+                for v, f, lim in zip(row[:4], scale, (w, h) * 2, strict=True)
+            ]
+            if box[0] >= box[2] or box[1] >= box[3]:
+                continue  # a box with no area left in the photo
+            kept.append(
+                Detected(
+                    (round(box[0], 2), round(box[1], 2), round(box[2], 2), round(box[3], 2)),
+                    label,
+                    model.labels[label] if label < model.num_classes else f"class {label}",
+                    round(float(score), 6),
+                )
+            )
+        out.append(kept)
+    return out
+
+
+def _warn_undetected(
+    found: Sequence[Sequence[Detected]], rows: torch.Tensor, items: Sequence[Item], least: float
+) -> None:
+    """A warning naming each image with no detection scored at least ``least`` (no map)."""
+    for b, ds in enumerate(found):
+        if not ds:
+            scores = rows[b, :, 4]
+            best = f" (the best: {float(scores.max()):.3g})" if len(scores) else ""
+            warnings.warn(
+                FlatMapWarning(
+                    f"{items[b].source}: no detection scored at least {least:g}{best}: no map"
+                ),
+                stacklevel=_outside(),
+            )
 
 
 def _top_segments(model: Model, shares: torch.Tensor, top: int) -> list[list[int]]:

@@ -12,7 +12,14 @@ embedding), differentiated through.
 A segmentation model's output is ``y`` [N, C, H, W]; its targets are segments (a class given
 plainly is its segment over the pixels the model assigns to it): ``W`` picks the class and
 ``regions`` [N, D, H, W] the pixels, the score being ``sum_hw regions[n, j] * (W[n, j] . y[n])``,
-linear in ``y`` as well. The regions come from the unperturbed pass and stay fixed."""
+linear in ``y`` as well. The regions come from the unperturbed pass and stay fixed.
+
+A detector's output is ``y`` [N, K, 6], rows ``(x0, y0, x1, y1, score, label)``; its targets are
+detections. On a pass, detection ``j`` of image ``n`` scores the ``score`` of the row of its
+label whose box has the highest IoU with its ``boxes[n, j]`` (in the pass's input pixels), or 0
+when that IoU is under :data:`MATCH_IOU`. On the pass it was matched on (the one the gradients
+are taken of), that is ``W[n, j] . y[n, :, 4]`` with ``W`` the one-hot row of the match: the
+backward pass is seeded with it, as a class's is."""
 
 from __future__ import annotations
 
@@ -35,6 +42,7 @@ from camlens.targets import (
     Binary,
     ClassScore,
     Contrast,
+    Detection,
     Function,
     Output,
     Segment,
@@ -43,6 +51,41 @@ from camlens.targets import (
     VersusTrue,
     as_target,
 )
+
+MATCH_IOU = 0.5
+"""A detection's box matches a pass's row of its label when their IoU is at least this."""
+
+
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The IoU [M, D, K] of boxes ``a`` [M, D, 4] with boxes ``b`` [M, K, 4] (``x0, y0, x1,
+    y1``), per row ``m``; 0 where a union is empty."""
+    lo = torch.maximum(a[:, :, None, :2], b[:, None, :, :2])
+    hi = torch.minimum(a[:, :, None, 2:], b[:, None, :, 2:])
+    inter = (hi - lo).clamp(min=0).prod(dim=-1)
+    area_a = (a[..., 2:] - a[..., :2]).clamp(min=0).prod(dim=-1)
+    area_b = (b[..., 2:] - b[..., :2]).clamp(min=0).prod(dim=-1)
+    union = area_a[:, :, None] + area_b[:, None, :] - inter
+    return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(union))
+
+
+def match_detections(
+    outputs: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each detection (``boxes`` [M, D, 4] in the input's pixels, ``labels`` [M, D]) the row
+    [M, D] of ``outputs`` [M, K, 6] of the same label whose box overlaps it most, and whether
+    that IoU is at least :data:`MATCH_IOU` (a padding row, label -1, never matches)."""
+    m, d = labels.shape
+    if outputs.shape[1] == 0:
+        zeros = torch.zeros(m, d, dtype=torch.long, device=outputs.device)
+        return zeros, zeros.bool()
+    with torch.no_grad():
+        rows = outputs.detach().to(boxes.dtype)
+        iou = box_iou(boxes, rows[..., :4])
+        same = rows[:, None, :, 5] == labels[:, :, None].to(rows.dtype)
+        iou = torch.where(same, iou, torch.full_like(iou, -1.0))
+        best = iou.argmax(dim=-1)
+        matched = iou.gather(-1, best[..., None])[..., 0] >= MATCH_IOU
+    return best, matched
 
 
 @dataclass(frozen=True)
@@ -117,6 +160,8 @@ class Goals:
     embedding: Embedding | None = None
     values: torch.Tensor | None = field(default=None, repr=False)
     regions: torch.Tensor | None = field(default=None, repr=False)
+    boxes: torch.Tensor | None = field(default=None, repr=False)
+    labels: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def linear(self) -> bool:
@@ -143,7 +188,9 @@ class Goals:
         """The scores [M, D] of output rows ``outputs`` [M, C] that belong to the images ``rows``
         [M] (differentiable)."""
         weights = self.weights[rows].to(outputs.dtype)
-        if outputs.ndim == 4:
+        if outputs.ndim == 3:
+            out = self._detections(outputs, rows)
+        elif outputs.ndim == 4:
             out = self._segments(outputs, rows, weights)
         else:
             out = torch.einsum("mc,mdc->md", outputs, weights)
@@ -174,11 +221,27 @@ class Goals:
         per_class = torch.einsum("mchw,mdhw->mdc", outputs, regions)
         return (per_class * weights).sum(dim=2)
 
+    def _detections(self, outputs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The detections' scores [M, D] on detector outputs [M, K, 6]: each its matching row's
+        score (:func:`match_detections`), 0 where none matches."""
+        if self.boxes is None or self.labels is None:
+            return outputs.new_zeros(len(outputs), self.weights.shape[1])
+        best, matched = match_detections(outputs, self.boxes[rows], self.labels[rows])
+        if outputs.shape[1] == 0:
+            return outputs.new_zeros(best.shape)
+        scores = outputs[:, :, 4].gather(1, best)
+        return torch.where(matched, scores, torch.zeros_like(scores))
+
     def seeds(self, outputs: torch.Tensor) -> torch.Tensor:
         """The backward pass's seeds [D, N, *outputs.shape[1:]] of linear goals: ``W`` for
-        logits [N, C]; ``W`` times the regions for segmentation outputs [N, C, H, W]."""
+        logits [N, C]; ``W`` times the regions for segmentation outputs [N, C, H, W]; for
+        detections [N, K, 6], ``W`` (the matched rows) at the score column."""
         weights = self.weights.to(outputs.dtype)
-        if outputs.ndim == 4 and self.regions is not None:
+        if outputs.ndim == 3:
+            column = torch.zeros(outputs.shape[-1], dtype=outputs.dtype, device=outputs.device)
+            column[4] = 1
+            weights = weights[:, :, :, None] * column
+        elif outputs.ndim == 4 and self.regions is not None:
             regions = self.regions.to(outputs.dtype)
             weights = weights[:, :, :, None, None] * regions[:, :, None]
         return weights.transpose(0, 1).contiguous()
@@ -204,11 +267,12 @@ class TargetPlan:
         self._embeddings: dict[str | None, Embedding] = {}
         self._masks: dict[str, torch.Tensor] = {}
         outputs = model.num_classes
-        segmenter = model.kind == "segmentation"
         for t in self.targets:
-            if segmenter != isinstance(t, Segment) and not isinstance(t, ClassScore | Function):
+            if not _fits(model, t, given=True):
                 raise TargetError(_wrong_kind(model, t))
-            if isinstance(t, Segment):
+            if isinstance(t, Detection):
+                model.class_index(t.label)
+            elif isinstance(t, Segment):
                 model.class_index(t.cls)
                 if isinstance(t.mask, str):
                     self._mask(t.mask)
@@ -327,6 +391,9 @@ class TargetPlan:
                         self._mask(t.mask) if isinstance(t.mask, str) else torch.as_tensor(t.mask)
                     )
                     t = Segment(t.cls, mask=mask.bool().flip(-1))
+                elif isinstance(t, Detection):
+                    left, top, right, bottom = t.box
+                    t = Detection((width - right, top, width - left, bottom), t.label, t.score)
                 row.append(t)
             out.append(row)
         return out
@@ -422,33 +489,55 @@ class TargetPlan:
         chosen: Sequence[Sequence[Any]],
         embeddings: torch.Tensor | None = None,
         sizes: Sequence[tuple[int, int]] | None = None,
+        input_size: tuple[int, int] | None = None,
     ) -> Goals:
         """The goals of ``chosen[n]`` (targets, or class indices) for each image of a batch whose
         outputs are ``outputs`` [N, C] (they decide ``Contrast(next=K)`` and a contrast of the
         top-1); each list is padded with its last target. A segmentation model's outputs
         [N, C, H, W] decide the segments' regions; ``sizes`` gives each photo's (width, height)
-        for the boxes and masks in its pixels (None: the output grid's)."""
+        for the boxes and masks in its pixels (None: the output grid's). A detector's outputs
+        [N, K, 6] are matched with its detections, whose boxes (in the photo's pixels) are
+        scaled to ``input_size`` (height, width), the pass's input (None: as they are)."""
         model = self.model
         n, c = outputs.shape[:2]
         depth = max(len(ts) for ts in chosen)
         weights = torch.zeros(n, depth, c, device=outputs.device, dtype=outputs.dtype)
         segmenter = outputs.ndim == 4
+        detector = outputs.ndim == 3
+        boxes = labels = None
+        if detector:
+            boxes = torch.zeros(n, depth, 4, device=outputs.device)
+            labels = torch.full((n, depth), -2, dtype=torch.long, device=outputs.device)
         regions = predicted = None
         if segmenter:
             regions = torch.zeros(n, depth, *outputs.shape[2:], device=outputs.device)
             predicted = outputs.argmax(dim=1)
         grouped: dict[tuple[int, Any], tuple[list[int], ScoreFn]] = {}
         explained: list[list[Explained]] = []
-        order = None if segmenter else outputs.argsort(dim=1, descending=True, stable=True)
+        order = (
+            None if segmenter or detector else outputs.argsort(dim=1, descending=True, stable=True)
+        )
         for b, ts in enumerate(chosen):
             row: list[Explained] = []
             for j in range(depth):
                 t = as_target(ts[min(j, len(ts) - 1)])
                 if segmenter and isinstance(t, ClassScore):
                     t = Segment(t.cls)
-                if segmenter != isinstance(t, Segment) and not isinstance(t, Function):
+                if not _fits(model, t):
                     raise TargetError(_wrong_kind(model, t))
-                if isinstance(t, Segment):
+                if isinstance(t, Detection):
+                    assert boxes is not None and labels is not None
+                    k = model.class_index(t.label)
+                    width, height = (None, None) if sizes is None else sizes[b]
+                    box = torch.tensor(t.box, dtype=boxes.dtype)
+                    if input_size is not None and width and height:
+                        scale = torch.tensor([input_size[1] / width, input_size[0] / height])
+                        box = box * scale.repeat(2)
+                    boxes[b, j] = box
+                    labels[b, j] = k
+                    data = Detection(t.box, k, t.score).to_dict()
+                    row.append(Explained(data, _detection_words(t, model.labels[k]), k))
+                elif isinstance(t, Segment):
                     assert regions is not None and predicted is not None
                     k = model.class_index(t.cls)
                     size = None if sizes is None else sizes[b]
@@ -522,7 +611,19 @@ class TargetPlan:
             (torch.tensor(images, device=outputs.device), j, fn)
             for (j, _), (images, fn) in grouped.items()
         ]
-        goals = Goals(weights, functions, explained, self.embedding, regions=regions)
+        if detector and outputs.shape[1] > 0:  # the rows matched on this pass: the seeds
+            assert boxes is not None and labels is not None
+            best, matched = match_detections(outputs, boxes, labels)
+            weights.scatter_(2, best[:, :, None], matched[:, :, None].to(weights.dtype))
+        goals = Goals(
+            weights,
+            functions,
+            explained,
+            self.embedding,
+            regions=regions,
+            boxes=boxes,
+            labels=labels,
+        )
         similar = any(isinstance(t, Similarity) for ts in chosen for t in map(as_target, ts))
         if similar and embeddings is None:
             raise TargetError("similarity: the forward pass recorded no embedding")
@@ -535,8 +636,34 @@ class TargetPlan:
         return goals
 
 
+def _fits(model: Model, target: Any, *, given: bool = False) -> bool:
+    """Whether ``target`` fits ``model``'s kind: a segment a segmentation model (or a class, made
+    its segment), a detection a detector, the other kinds a classifier; a callable any model.
+    ``given``: a target of the plan, where a class given to a segmentation model is allowed."""
+    if isinstance(target, Function):
+        return True
+    if model.kind == "detection":
+        return isinstance(target, Detection)
+    if model.kind == "segmentation":
+        return isinstance(target, Segment) or (given and isinstance(target, ClassScore))
+    return not isinstance(target, Detection | Segment)
+
+
+def _detection_words(t: Detection, label: str) -> str:
+    """A detection in words: ``person 0.93 at 12,30,200,410``."""
+    score = "" if t.score is None else f" {t.score:.2f}"
+    return f"{label}{score} at " + ",".join(f"{v:g}" for v in (round(v) for v in t.box))
+
+
 def _wrong_kind(model: Model, target: Any) -> str:
     """Why ``target`` does not fit ``model``'s kind."""
+    if model.kind == "detection":
+        return (
+            f"{model.name} is a detector: explain its detections (min_score, detections, or "
+            f"Detection(box, label) targets), not a {target.kind} target"
+        )
+    if isinstance(target, Detection):
+        return f"a detection target explains a detector; {model.name} is a {model.kind}"
     if model.kind == "segmentation":
         return (
             f"{model.name} is a segmentation model: explain a class's segment (a class, or "
@@ -581,4 +708,12 @@ def _calling(target: Function) -> Callable[[torch.Tensor, torch.Tensor | None], 
     return call
 
 
-__all__ = ["Embedding", "Explained", "Goals", "TargetPlan"]
+__all__ = [
+    "MATCH_IOU",
+    "Embedding",
+    "Explained",
+    "Goals",
+    "TargetPlan",
+    "box_iou",
+    "match_detections",
+]

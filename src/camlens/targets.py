@@ -22,6 +22,9 @@ target                 score                                                   l
 ``Segment(c, box)``    a segmentation model's logits of class ``c`` summed     yes
                        over a region: the pixels it assigns to ``c`` (by
                        default), a box or a mask in the photo's pixels
+``Detection(box, k)``  a detector's score of the detection of label ``k``      yes, on the
+                       whose box overlaps ``box`` most (IoU >= 0.5, else 0)    pass it
+                                                                               matches
 =====================  ======================================================  ===============
 
 ``Contrast`` with ``cls=None`` contrasts the image's top-1 prediction. ``VersusTrue()`` is what
@@ -315,6 +318,59 @@ class Segment:
         return out
 
 
+@dataclass(frozen=True)
+class Detection:
+    """A detector's detection: ``box`` ``(x0, y0, x1, y1)`` in the photo's pixels (floats),
+    ``label`` its class (an index or a name) and ``score`` what the detector gave it (None when
+    given by hand). Its score on a forward pass is that of the pass's detection of the same label
+    whose box has the highest IoU with ``box`` (in the input's pixels), counted when that IoU is
+    at least 0.5, else 0: detections move a little when a method perturbs the input, and this
+    follows them (as pytorch-grad-cam's ``FasterRCNNBoxScoreTarget``, without its IoU term).
+
+    >>> Detection((10, 20, 110, 220.5), 1, 0.9).to_dict()
+    {'kind': 'detection', 'box': [10.0, 20.0, 110.0, 220.5], 'label': 1, 'score': 0.9}
+    """
+
+    kind: ClassVar[str] = "detection"
+    box: tuple[float, float, float, float]
+    label: ClassRef
+    score: float | None = None
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "box", check_detection_box(self.box))
+        set_(self, "label", _class_ref(self.label, "detection"))
+        if self.score is not None:
+            if (
+                isinstance(self.score, bool)
+                or not isinstance(self.score, int | float)
+                or not math.isfinite(self.score)
+            ):
+                raise TargetError(f"detection: a score is a finite number, not {self.score!r}")
+            set_(self, "score", float(self.score))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "box": list(self.box), "label": self.label, "score": self.score}
+
+
+def check_detection_box(value: Any) -> tuple[float, float, float, float]:
+    """A detection's box ``x0, y0, x1, y1`` (a text or 4 finite numbers, in pixels) with
+    ``x0 < x1`` and ``y0 < y1``; else a :class:`TargetError` naming it."""
+    parts = value.split(",") if isinstance(value, str) else value
+    try:
+        numbers = [float(p) for p in parts if not isinstance(p, bool)]
+    except (TypeError, ValueError):
+        numbers = []
+    if len(numbers) != 4 or not all(math.isfinite(v) for v in numbers):
+        raise TargetError(f"a detection's box is x0,y0,x1,y1 (4 finite numbers), not {value!r}")
+    x0, y0, x1, y1 = numbers
+    if x0 >= x1 or y0 >= y1:
+        raise TargetError(
+            f"a detection's box x0,y0,x1,y1 needs x0 < x1 and y0 < y1, not {x0},{y0},{x1},{y1}"
+        )
+    return x0, y0, x1, y1
+
+
 def check_box(value: Any) -> tuple[int, int, int, int]:
     """A region ``x0,y0,x1,y1`` (a text or 4 numbers) in pixels, ``x0 < x1``, ``y0 < y1``, all
     at least 0; else a :class:`TargetError` naming it."""
@@ -333,12 +389,32 @@ def check_box(value: Any) -> tuple[int, int, int, int]:
     return x0, y0, x1, y1
 
 
-Target = ClassScore | Contrast | Binary | Output | Similarity | Function | VersusTrue | Segment
+Target = (
+    ClassScore
+    | Contrast
+    | Binary
+    | Output
+    | Similarity
+    | Function
+    | VersusTrue
+    | Segment
+    | Detection
+)
 KINDS: dict[str, type[Any]] = {
     t.kind: t
-    for t in (ClassScore, Contrast, Binary, Output, Similarity, Function, VersusTrue, Segment)
+    for t in (
+        ClassScore,
+        Contrast,
+        Binary,
+        Output,
+        Similarity,
+        Function,
+        VersusTrue,
+        Segment,
+        Detection,
+    )
 }
-LINEAR = ("class", "contrast", "binary", "output", "versus_true", "segment")
+LINEAR = ("class", "contrast", "binary", "output", "versus_true", "segment", "detection")
 """The kinds whose score is a fixed linear combination of the outputs."""
 
 
@@ -364,6 +440,7 @@ def target_from_dict(data: Mapping[str, Any]) -> Target:
         "similarity": {"reference": "reference", "layer": "layer"},
         "versus_true": {"truth": "truth"},
         "segment": {"class": "cls", "box": "box", "mask": "mask"},
+        "detection": {"box": "box", "label": "label", "score": "score"},
     }
     if kind not in fields:
         raise TargetError(
@@ -468,6 +545,20 @@ def with_truths(
     return [[VersusTrue(k) if isinstance(t, VersusTrue) else t for t in targets] for k in truths]
 
 
+def check_min_score(value: Any) -> float:
+    """``min_score``: a detection score threshold in [0, 1]."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not 0 <= value <= 1
+    ):
+        raise TargetError(
+            f"min_score must be a number in [0, 1] (a detection score), not {value!r}"
+        )
+    return float(value)
+
+
 def check_above(value: Any) -> float:
     """``--above P``: a score threshold, a finite number."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
@@ -482,6 +573,7 @@ __all__ = [
     "Binary",
     "ClassScore",
     "Contrast",
+    "Detection",
     "Function",
     "Output",
     "Scores",
@@ -493,6 +585,8 @@ __all__ = [
     "as_target",
     "check_above",
     "check_box",
+    "check_detection_box",
+    "check_min_score",
     "check_scores",
     "from_options",
     "is_linear",

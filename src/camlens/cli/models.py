@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -76,7 +76,7 @@ def layers(
             table.add_row(*map(escape, row))
         out_console.print(table)
         say(f"* automatic target layer of {loaded.name}: {chosen}{_head_note(head)}")
-        say(f"outputs: {loaded.num_classes}, scored by {loaded.scores}")
+        say(_outputs_note(loaded))
         return
     aliases: dict[str, str] = {}  # a layer's first other name: its Keras name in a VGG
     for alias, name in loaded.layer_names().items():
@@ -92,9 +92,16 @@ def layers(
         table.add_row(*map(escape, [mark, info.name, *extra, info.kind, shape, info.adapter]))
     out_console.print(table)
     say(f"* automatic target layer of {loaded.name}: {chosen}{_head_note(head)}")
-    say(f"outputs: {loaded.num_classes}, scored by {loaded.scores}")
+    say(_outputs_note(loaded))
     if aliases:
         say("--layer also takes their Caffe names: conv5_3 for block5_conv3, pool5 for block5_pool")
+
+
+def _outputs_note(model: Any) -> str:
+    """The model's kind and outputs: ``kind: classifier; outputs: 1000, scored by softmax``."""
+    if model.kind == "classifier":
+        return f"kind: classifier; outputs: {model.num_classes}, scored by {model.scores}"
+    return f"kind: {model.kind}; classes: {model.num_classes}"
 
 
 def _head_note(head: str | None) -> str:

@@ -29,6 +29,7 @@ from camlens.models.architectures import (
     torchvision_preprocess,
 )
 from camlens.models.checkpoint import CHECKPOINT_SUFFIX, load_checkpoint
+from camlens.models.detection import TORCHVISION_DETECTION
 from camlens.models.families import token_family
 from camlens.models.head import (
     CamNet,
@@ -205,6 +206,8 @@ def _load_named(zoo: _Zoo, spec: str, weights: Weights, preprocess: Preprocess) 
     state = read_state_dict(weights) if weights is not None else None
     if zoo is TORCHVISION and name in TORCHVISION_SEGMENTATION:
         return _torchvision_segmentation(spec, name, state, weights)
+    if zoo is TORCHVISION and name in TORCHVISION_DETECTION:
+        return _torchvision_detection(spec, name, state, weights)
     kwargs: dict[str, Any] = {}
     if state is not None:
         kwargs["num_classes"] = classifier_size(state)
@@ -238,6 +241,31 @@ def _torchvision_segmentation(
     if model.num_classes == len(VOC_LABELS):
         model.labels = VOC_LABELS
     return model
+
+
+def _torchvision_detection(
+    spec: str, name: str, state: dict[str, torch.Tensor] | None, weights: Weights
+) -> Model:
+    """torchvision's detector ``name`` (weights=None, weights_backbone=None), filled from
+    ``state``, at its own ``min_size`` (the whole photo resized to a square, not normalized: the
+    detector normalizes inside, and neither resizes nor pads); COCO's labels for 91 classes."""
+    from camlens.models.detection import detection_model, detection_size, torchvision_detection
+
+    net = torchvision_detection(name, state)
+    path = _fill(net, state, spec, weights)
+    side = detection_size(name)
+    preprocess = PreprocessConfig(
+        input_size=(side, side), interpolation="bilinear", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)
+    )
+    return detection_model(
+        net,
+        preprocess,
+        None,
+        spec,
+        spec=spec,
+        weights=path,
+        default_layer=TORCHVISION_DETECTION[name],
+    )
 
 
 TIMM = _Zoo(
@@ -441,28 +469,39 @@ def _wrap_module(net: nn.Module, preprocess: PreprocessConfig | str | None) -> M
         )
     config = preprocess if isinstance(preprocess, PreprocessConfig) else None
     config = config or PreprocessConfig(interpolation="bilinear")  # a mode: set by the caller
-    if _segments(net, config):
+    out = _probe(net, config)
+    if is_segmentation_output(out):
         return segmentation_model(net, config, None, type(net).__name__)
+    if out is not None:
+        from camlens.models.detection import detection_model, is_detection_output
+
+        if is_detection_output(out):
+            return detection_model(net, config, None, type(net).__name__)
     return token_family(Model(net, config, default_labels(_num_outputs(net)), type(net).__name__))
 
 
-def _segments(net: nn.Module, preprocess: PreprocessConfig) -> bool:
-    """Whether ``net`` (with no Linear layer) is a segmentation network: its output on a probe
-    input is ``[N, classes, H, W]`` or a dict with ``out``."""
-    if any(isinstance(m, nn.Linear) for m in net.modules()):
-        return False
+def _probe(net: nn.Module, preprocess: PreprocessConfig) -> Any:
+    """The output of ``net`` on a probe input, for finding its kind: a segmentation network's
+    (no Linear layer; ``[N, classes, H, W]`` or a dict with ``out``) or a detector's (a list of
+    dicts with ``boxes``, called on a list of images, as torchvision's detectors are); None for
+    a classifier or a network this probe cannot run (the caller's checks name the problem)."""
+    from camlens.models.detection import is_detector
+
+    detector = is_detector(net)
+    if not detector and any(isinstance(m, nn.Linear) for m in net.modules()):
+        return None
     height, width = preprocess.input_size
     was = net.training
     net.eval()
     try:
         with torch.inference_mode():
             device = next(iter(net.parameters()), torch.zeros(0)).device
-            out = net(torch.zeros(1, 3, height, width, device=device))
+            x = torch.zeros(1, 3, height, width, device=device)
+            return net(list(x)) if detector else net(x)
     except Exception:  # not a network this probe can run: the caller's checks name the problem
-        return False
+        return None
     finally:
         net.train(was)
-    return is_segmentation_output(out)
 
 
 def _num_outputs(net: nn.Module) -> int:

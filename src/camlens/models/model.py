@@ -78,8 +78,9 @@ class Model:
     and one-output binary heads) or ``raw`` (regression outputs, as they are). ``aliases`` gives
     the other names its layers may be given by (``--layer block5_conv3`` for a VGG's
     ``features.29``; :func:`layer_aliases` by default), beside the adapters: see
-    :meth:`layer_names`. ``kind``: ``"classifier"`` (logits ``[N, classes]``) or
-    ``"segmentation"`` (logits ``[N, classes, H, W]``, see :mod:`camlens.models.segmentation`).
+    :meth:`layer_names`. ``kind``: ``"classifier"`` (logits ``[N, classes]``),
+    ``"segmentation"`` (logits ``[N, classes, H, W]``, see :mod:`camlens.models.segmentation`) or
+    ``"detection"`` (detections ``[N, K, 6]``, see :mod:`camlens.models.detection`).
     """
 
     net: nn.Module
@@ -122,8 +123,16 @@ class Model:
         """The predictions [N, outputs] the model's outputs [N, outputs] give, as it scores them:
         softmax probabilities, per-output sigmoid probabilities, or the raw values. A
         segmentation model's [N, classes, H, W] give its predicted segmentation: each class's
-        share of the pixels (where it has the highest logit)."""
+        share of the pixels (where it has the highest logit). A detector's detections
+        [N, K, 6] give each class's best detection score (0 for a class not detected)."""
         outputs = outputs.float()
+        if outputs.ndim == 3:
+            best = torch.zeros(len(outputs), self.num_classes + 1, device=outputs.device)
+            labels = outputs[:, :, 5].long().clamp(-1, self.num_classes - 1) % (
+                self.num_classes + 1
+            )
+            best.scatter_reduce_(1, labels, outputs[:, :, 4], reduce="amax")
+            return best[:, : self.num_classes]
         if outputs.ndim == 4:
             chosen = outputs.argmax(dim=1).flatten(1)  # [N, H * W]
             counts = torch.zeros(len(outputs), outputs.shape[1], device=outputs.device)

@@ -1,0 +1,169 @@
+"""Detection models (camlens.models.detection): a detector with torchvision's output format as a
+Model of kind "detection", the Detection target and its matching score, the options min_score
+and detections, one map per detection. Seeded random-weight detectors at a small input size
+(their scores are low: min_score 0, or box_score_thresh 0 to keep every detection)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import camlens
+from camlens.config import ExplainConfig
+from camlens.errors import CamlensError, ClassError, FlatMapWarning
+from camlens.images import PreprocessConfig
+from camlens.models.detection import (
+    DetectionNet,
+    coco_labels,
+    detection_model,
+    torchvision_detection,
+)
+from camlens.scoring import box_iou, match_detections
+from camlens.targets import Detection, TargetError, target_from_dict
+
+SIZE = 160
+RAW = PreprocessConfig(
+    input_size=(SIZE, SIZE), interpolation="bilinear", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)
+)
+
+
+@pytest.fixture(scope="module")
+def frcnn() -> camlens.Model:
+    torch.manual_seed(0)
+    net = torchvision_detection(
+        "fasterrcnn_mobilenet_v3_large_fpn",
+        None,
+        box_score_thresh=0.0,
+        rpn_pre_nms_top_n_test=100,
+        rpn_post_nms_top_n_test=100,
+    ).eval()
+    return detection_model(net, RAW, None, "frcnn")
+
+
+@pytest.fixture(scope="module")
+def photo() -> Image.Image:
+    pixels = np.random.default_rng(0).integers(0, 256, (120, 200, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def test_detection_target_round_trip() -> None:
+    d = Detection((10, 20, 110, 220.5), 1, 0.9)
+    assert d.to_dict() == {
+        "kind": "detection",
+        "box": [10.0, 20.0, 110.0, 220.5],
+        "label": 1,
+        "score": 0.9,
+    }
+    assert target_from_dict(d.to_dict()) == d
+    with pytest.raises(TargetError, match="x0 < x1"):
+        Detection((10, 20, 5, 30), 1)
+    with pytest.raises(TargetError, match="4 finite numbers"):
+        Detection((10, 20, float("nan"), 30), 1)
+
+
+def test_options_are_checked() -> None:
+    with pytest.raises(CamlensError, match="min_score") as caught:
+        ExplainConfig(min_score=1.5)
+    assert caught.value.option == "min_score"
+    with pytest.raises(CamlensError, match="detections must be at least 1"):
+        ExplainConfig(detections=0)
+    config = ExplainConfig(min_score=0.25, detections=3)
+    assert ExplainConfig.from_json(config.to_json()) == config
+
+
+def test_rows_and_kind(frcnn: camlens.Model) -> None:
+    assert frcnn.kind == "detection"
+    assert frcnn.labels == coco_labels() and len(frcnn.labels) == 91
+    assert isinstance(frcnn.net, DetectionNet)
+    assert dict(frcnn.net.named_modules())["backbone.body.16"] is not None
+    x = torch.rand(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        rows = frcnn.net(x)
+        raw = frcnn.net.inner(list(x))
+    assert rows.ndim == 3 and rows.shape[0] == 2 and rows.shape[2] == 6
+    for b in range(2):
+        k = len(raw[b]["scores"])
+        assert torch.all(rows[b, :k, 4][:-1] >= rows[b, :k, 4][1:])  # sorted by score
+        assert torch.all(rows[b, k:, 5] == -1) and torch.all(rows[b, k:, 4] == 0)  # padding
+        order = raw[b]["scores"].argsort(descending=True, stable=True)
+        torch.testing.assert_close(rows[b, :k, :4], raw[b]["boxes"][order])
+
+
+def test_matching_follows_label_and_iou() -> None:
+    rows = torch.tensor(
+        [
+            [
+                [0, 0, 10, 10, 0.9, 1],
+                [0, 0, 10, 10, 0.8, 2],
+                [1, 1, 11, 11, 0.7, 2],
+                [0, 0, 0, 0, 0, -1],
+            ]
+        ],
+        dtype=torch.float,
+    )
+    boxes = torch.tensor([[[1, 1, 11, 11], [0, 0, 10, 10], [50, 50, 60, 60]]], dtype=torch.float)
+    labels = torch.tensor([[2, 1, 1]])
+    best, matched = match_detections(rows, boxes, labels)
+    assert best.tolist() == [[2, 0, 0]] and matched.tolist() == [[True, True, False]]
+    assert box_iou(boxes, rows[..., :4])[0, 0, 0] == pytest.approx(81 / 119)
+
+
+def test_a_map_per_detection(frcnn: camlens.Model, photo: Image.Image) -> None:
+    ex = camlens.Explainer(frcnn, method="gradcam", min_score=0.0, detections=3)
+    result = ex.explain(photo)
+    assert result.detections is not None and len(result.detections) >= 3
+    assert [m.target for m in result.maps] == [d.target().to_dict() for d in result.detections[:3]]
+    for m, d in zip(result.maps, result.detections, strict=False):
+        assert m.class_index == d.class_index and m.score == pytest.approx(d.score, abs=1e-5)
+        assert not m.flat
+        x0, y0, x1, y1 = d.box
+        assert 0 <= x0 < x1 <= 200 and 0 <= y0 < y1 <= 120  # the photo's pixels
+    assert result.stats.backward_passes == 1
+    assert len({m.tag for m in result.maps}) == 3
+    report = result.to_dict()
+    assert report["explanations"][0]["target"]["kind"] == "detection"
+    assert len(report["detections"]) == len(result.detections)
+
+
+def test_no_detection_is_no_map(frcnn: camlens.Model, photo: Image.Image) -> None:
+    ex = camlens.Explainer(frcnn, method="gradcam", min_score=1.0)
+    with pytest.warns(FlatMapWarning, match="no detection scored at least 1"):
+        result = ex.explain(photo)
+    assert result.detections == [] and result.maps == []
+
+
+def test_wrong_targets(frcnn: camlens.Model) -> None:
+    with pytest.raises(ClassError, match="class index 500"):
+        camlens.Explainer(frcnn, targets=[Detection((0, 0, 10, 10), 500)])
+    with pytest.raises(TargetError, match="is a detector"):
+        camlens.Explainer(frcnn, targets=[camlens.targets.Contrast(1, (2,))])
+    with pytest.raises(TargetError, match="explains a detector"):
+        camlens.Explainer(targets=[Detection((0, 0, 10, 10), 1)])
+
+
+def test_loads_by_spec_with_a_weights_file(tmp_path) -> None:
+    torch.manual_seed(0)
+    net = torchvision_detection("ssdlite320_mobilenet_v3_large", None, num_classes=5)
+    path = tmp_path / "ssd.pth"
+    torch.save(net.state_dict(), path)
+    model = camlens.load_model("torchvision:ssdlite320_mobilenet_v3_large", weights=path)
+    assert model.kind == "detection" and model.labels == tuple(f"class {i}" for i in range(5))
+    assert model.preprocess.input_size == (320, 320) and model.preprocess.std == (1.0, 1.0, 1.0)
+    assert model.default_layer == "backbone.features.1" and model.weights == path
+    for key, value in net.state_dict().items():
+        torch.testing.assert_close(model.net.state_dict()[key], value)
+
+
+def test_candidate_layers(frcnn: camlens.Model) -> None:
+    from camlens.layers import auto_layer, spatial_layers
+
+    names = [info.name for info in spatial_layers(frcnn)]
+    assert {
+        "backbone.body.16",
+        "backbone.fpn.layer_blocks.0",
+        "backbone.fpn.layer_blocks.1",
+    } <= set(names)
+    assert not any(n.startswith(("rpn.", "roi_heads.")) for n in names)  # shared by the levels
+    assert auto_layer(frcnn) == "backbone.body.16"
