@@ -7,6 +7,7 @@ region it was explained over (the class's pixels, a box, an uploaded mask) drawn
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -237,3 +238,96 @@ def test_a_classifiers_map_has_no_region(classifier: TestClient, picture: Image.
     assert body["segmentation"] is None and body["explanations"][0]["region"] is None
     answer = classifier.get(f"{body['url']}/maps/0/region.png")
     assert (answer.status_code, answer.json()["parameter"]) == (404, "index")
+
+
+# --- a detector ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def detector(tmp_path_factory: pytest.TempPathFactory) -> camlens.Model:
+    """Faster R-CNN MobileNetV3 (FPN) by its spec, seeded random weights at 320 pixels, its box
+    classifier's weights scaled by 100 (a random one scores every box below torchvision's own
+    threshold of 0.05: no detection)."""
+    import dataclasses
+
+    import torchvision
+
+    torch.manual_seed(0)
+    net = torchvision.models.get_model(
+        "fasterrcnn_mobilenet_v3_large_fpn", weights=None, weights_backbone=None
+    )
+    with torch.no_grad():
+        net.roi_heads.box_predictor.cls_score.weight *= 100
+    weights = tmp_path_factory.mktemp("det") / "det.pth"
+    torch.save(net.state_dict(), weights)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = camlens.load_model("torchvision:fasterrcnn_mobilenet_v3_large_fpn", weights=weights)
+    model.preprocess = dataclasses.replace(model.preprocess, input_size=(320, 320))
+    return model
+
+
+@pytest.fixture(scope="module")
+def det(detector: camlens.Model) -> Iterator[TestClient]:
+    from camlens.serve import ServeSettings
+
+    with TestClient(create_app(detector, ServeSettings(max_maps=4))) as client:
+        yield client
+
+
+def test_detections_and_their_maps_are_the_python_apis(
+    det: TestClient, detector: camlens.Model, picture: Image.Image
+) -> None:
+    model = det.get("/api/model").json()
+    assert model["kind"] == "detection" and model["explains"] == ["min_score", "detections"]
+    assert model["classes"][:2] == ["__background__", "person"]
+    body = post(det, picture, min_score="0", detections="2").json()
+    expected = camlens.Explainer(detector, min_score=0, detections=2).explain(picture)
+    report = expected.to_dict()
+    assert body["detections"] == report["detections"] and len(body["detections"]) > 2
+    assert body["segmentation"] is None
+    assert len(body["explanations"]) == 2
+    for entry, m, found in zip(
+        body["explanations"], expected.maps, body["detections"], strict=False
+    ):
+        # each map's target is its detection: box, label, score
+        assert (
+            entry["target"]
+            == m.target
+            == {
+                "kind": "detection",
+                "box": found["box"],
+                "label": found["class_index"],
+                "score": found["score"],
+            }
+        )
+        assert entry["region"] is None
+        np.testing.assert_allclose(layer_map(det, entry), m.map.numpy(), atol=1e-5)
+    # at the default minimum of 0.5: none, and no map (not an error)
+    none = post(det, picture).json()
+    assert (none["detections"], none["explanations"]) == ([], [])
+
+
+@pytest.mark.parametrize(
+    ("fields", "parameter", "words"),
+    [
+        ({"top": "2"}, "top", "top does not apply to"),
+        ({"classes": "cat"}, "classes", "it explains its detections"),
+        ({"region": "0,0,5,5"}, "region", "region does not apply to"),
+        ({"versus": "cat"}, "versus", "versus does not apply to"),
+        ({"min_score": "1.5"}, "min_score", "min_score must be a number in [0, 1]"),
+        ({"detections": "0"}, "detections", "detections must be at least 1, not 0"),
+        ({"detections": "5"}, "detections", "5 maps asked for (detections x methods x layers)"),
+        (
+            {"detections": "3", "methods": "gradcam,eigencam"},
+            "detections",
+            "6 maps asked for",
+        ),
+    ],
+)
+def test_what_cannot_apply_to_a_detector_is_named(
+    det: TestClient, picture: Image.Image, fields: dict[str, str], parameter: str, words: str
+) -> None:
+    answer = post(det, picture, **fields)
+    assert (answer.status_code, answer.json()["parameter"]) == (422, parameter), answer.text
+    assert words in answer.json()["detail"]

@@ -22,6 +22,7 @@ from test_serve_browser import PHONE, SENT_FORMS, Shots, page, page_width, pytes
 __all__ = ["page", "pytestmark"]  # the fixtures and marks of the browser tests
 
 SIZE = "128"
+SLOW = 600_000  # ms: a detector's maps, a backward pass's row each, on a busy machine
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +43,46 @@ def seg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     spec = "torchvision:lraspp_mobilenet_v3_large"
     args = ["--model", spec, "--weights", str(folder / "seg.pth"), "--input-size", SIZE]
     with warnings.catch_warnings(), camlens_serve(args, log=folder / "serve.log") as (url, _):
+        yield url
+
+
+DETECTOR = """
+import dataclasses, sys, warnings
+import uvicorn
+import camlens
+from camlens.serve import ServeSettings, create_app
+
+weights, port = sys.argv[sys.argv.index("--weights") + 1], sys.argv[sys.argv.index("--port") + 1]
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    model = camlens.load_model("torchvision:fasterrcnn_mobilenet_v3_large_fpn", weights=weights)
+model.preprocess = dataclasses.replace(model.preprocess, input_size=(320, 320))
+app = create_app(model, ServeSettings(max_maps=3))
+uvicorn.run(app, host="127.0.0.1", port=int(port), log_level="warning")
+"""
+
+
+@pytest.fixture(scope="module")
+def det_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Faster R-CNN MobileNetV3 (FPN) with seeded random weights, its box classifier's weights
+    scaled by 100 (a random one scores every box below torchvision's own threshold of 0.05, and
+    finds nothing), at 320 pixels, on a server that explains 3 maps a request."""
+    import sys
+
+    import torchvision
+
+    folder = tmp_path_factory.mktemp("det")
+    torch.manual_seed(0)
+    net = torchvision.models.get_model(
+        "fasterrcnn_mobilenet_v3_large_fpn", weights=None, weights_backbone=None
+    )
+    with torch.no_grad():
+        net.roi_heads.box_predictor.cls_score.weight *= 100
+    torch.save(net.state_dict(), folder / "det.pth")
+    (folder / "serve.py").write_text(DETECTOR)
+    command = [sys.executable, str(folder / "serve.py")]
+    args = ["--weights", str(folder / "det.pth")]
+    with camlens_serve(args, log=folder / "serve.log", command=command) as (url, _):
         yield url
 
 
@@ -120,3 +161,75 @@ def test_segments(seg_server: str, page: Any, tmp_path: Path, chelsea: np.ndarra
     page.emulate_media(color_scheme="dark")
     assert page_width(page) == 390
     shots.take(page, "segments-phone-dark")
+
+
+def test_detections(det_server: str, page: Any, tmp_path: Path, chelsea: np.ndarray) -> None:
+    from playwright.sync_api import expect
+
+    shots = Shots(tmp_path)
+    page.add_init_script(SENT_FORMS)
+    page.set_viewport_size({"width": 1280, "height": 800})
+    assert httpx.get(f"{det_server}/api/model").json()["kind"] == "detection"
+    path = photo(tmp_path, chelsea, "chelsea.jpg")
+    page.goto(det_server)
+    page.wait_for_selector("body[data-ready]")
+    # at the default minimum score of 0.5, nothing: said so, the photo shown alone
+    page.set_input_files("#file", str(path))
+    expect(page.locator("#predictions-title")).to_have_text("Detections")
+    expect(page.locator("#busy")).to_be_hidden(timeout=SLOW)
+    stage = page.locator("#stage")
+    expect(stage.locator("figcaption")).to_have_text(
+        "No detection scored at least 50.0%: lower the minimum score."
+    )
+    expect(page.locator(".prediction")).to_have_count(0)
+    expect(page.locator("#min-score-note")).to_contain_text("No detection scored 50.0% or more")
+    sent = page.evaluate("window.sentForms.at(-1)")
+    assert sent["min_score"] == "0.5" and sent["detections"] == "3"
+    assert "top" not in sent and "classes" not in sent
+    shots.take(page, "detections-none")
+
+    # the minimum at 0: the detections, each with its map and its box
+    page.locator("#min-score").fill("0")
+    expect(page.locator("#busy")).to_be_visible()
+    expect(page.locator("#busy")).to_be_hidden(timeout=SLOW)
+    assert page.evaluate("window.sentForms.at(-1)")["min_score"] == "0"
+    assert "min_score=0" in page.evaluate("location.hash")
+    answer = httpx.post(
+        f"{det_server}/api/explain",
+        files={"image": ("chelsea.jpg", path.read_bytes(), "image/jpeg")},
+        data={"min_score": "0", "detections": "3"},
+        timeout=600,
+    ).json()
+    found = answer["detections"]
+    assert len(found) > 3 and len(answer["explanations"]) == 3
+    listed = page.locator(".prediction")
+    expect(listed).to_have_count(len(found))
+    expect(listed.nth(0).locator(".label")).to_have_text(found[0]["label"])
+    expect(listed.nth(0).locator(".score")).to_have_text(f"{found[0]['score']:.2f}")
+    expect(stage.locator("figcaption strong")).to_have_text(found[0]["label"])
+    expect(stage.locator("figcaption .score")).to_have_text(f"score {found[0]['score']:.2f}")
+    box = stage.locator("rect.detection")
+    expect(box).to_have_count(1)
+    drawn = [float(box.get_attribute(a) or "nan") for a in ("x", "y", "width", "height")]
+    x0, y0, x1, y1 = found[0]["box"]
+    assert drawn == pytest.approx([x0, y0, x1 - x0, y1 - y0])
+    shots.take(page, "detections")
+
+    # another detection: its own map and box, from the same answer
+    asked = page.evaluate("window.sentForms.length")
+    listed.nth(2).click()
+    x0, y0, x1, y1 = found[2]["box"]
+    expect(box).to_have_attribute("x", str(x0) if x0 != int(x0) else str(int(x0)))
+    drawn = [float(box.get_attribute(a) or "nan") for a in ("x", "y", "width", "height")]
+    assert drawn == pytest.approx([x0, y0, x1 - x0, y1 - y0])
+    assert page.evaluate("window.sentForms.length") == asked
+    # one past the three explained: listed, said not explained
+    listed.nth(3).click()
+    expect(stage.locator("figcaption")).to_contain_text("this one is listed, not explained")
+    shots.take(page, "detections-past")
+    page.set_viewport_size(PHONE)
+    page.emulate_media(color_scheme="dark")
+    listed.nth(1).click()
+    expect(box).to_have_count(1)
+    assert page_width(page) == 390
+    shots.take(page, "detections-phone-dark")

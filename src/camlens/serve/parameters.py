@@ -228,6 +228,7 @@ def explain_options(
             fast_resolution=fast_resolution,
             max_pixels=st.settings.max_pixels,
             batch_size=st.settings.max_batch,
+            **detection_options(st, model, methods, layers, min_score, detections),
             device=str(model.device),
         )
     except CamlensError as exc:
@@ -261,9 +262,10 @@ def explain_options(
             )
         raise ApiError(
             422,
-            f"{count} maps asked for (classes x methods x layers), over this server's limit "
+            f"{count} maps asked for ({'detections' if config.detections else 'classes'} x "
+            f"methods x layers), over this server's limit "
             f"of {st.settings.max_maps}",
-            "classes" if indices else "top",
+            "classes" if indices else "detections" if config.detections else "top",
         )
     box_mode = None if boxes is None or boxes.strip().lower() in ("", "none") else boxes.strip()
     try:
@@ -271,6 +273,26 @@ def explain_options(
     except CamlensError as exc:
         raise bad_option(exc) from None
     return config, output
+
+
+def detection_options(
+    st: ServerState,
+    model: Model,
+    methods: Sequence[str] | None,
+    layers: Sequence[str] | None,
+    min_score: float | None,
+    detections: int | None,
+) -> dict[str, Any]:
+    """A detector's ``min_score`` and ``detections`` for the config: ``detections`` by default
+    the most this server's ``max_maps`` allows over the methods x layers asked for (the answer's
+    ``detections`` lists every detection over ``min_score``, explained or not)."""
+    if model.kind != "detection":
+        return {}
+    options: dict[str, Any] = {} if min_score is None else {"min_score": min_score}
+    per_detection = max(1, len(items(methods))) * max(1, len(items(layers)))
+    default = max(1, st.settings.max_maps // per_detection)
+    options["detections"] = default if detections is None else detections
+    return options
 
 
 def segments(
@@ -298,7 +320,7 @@ def maps_asked(config: ExplainConfig, model: Model) -> int:
     """How many maps ``config`` may ask of one photo: targets (or classes, or top) x methods x
     layers. ``above`` may ask for every class: at most ``1 / above`` of them under softmax (the
     scores sum to 1), else all of them; at most ``top`` when it is given."""
-    wanted = len(config.targets) or len(config.classes) or config.top or 1
+    wanted = len(config.targets) or len(config.classes) or config.top or config.detections or 1
     if config.above is not None:
         softmax = (config.scores or model.scores) == "softmax"
         wanted = model.num_classes

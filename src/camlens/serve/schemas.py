@@ -101,6 +101,13 @@ class SegmentOut(BaseModel):
     share: float = Field(description="the share of the photo's pixels the model gives the class")
 
 
+class DetectionOut(BaseModel):
+    box: list[float] = Field(description="[x0, y0, x1, y1] in the photo's pixels")
+    class_index: int
+    label: str
+    score: float = Field(description="the detector's score")
+
+
 class MapOut(BaseModel):
     index: int = Field(description="the map's number in this result, for its file URLs")
     class_index: int
@@ -177,6 +184,11 @@ class ExplainOut(BaseModel):
     segmentation: list[SegmentOut] | None = Field(
         default=None,
         description="segmentation models: every class present, most pixels first",
+    )
+    detections: list[DetectionOut] | None = Field(
+        default=None,
+        description="detectors: every detection scored at least min_score, best first; the "
+        "maps explain the first `detections` of them (each map's target is its detection)",
     )
     explanations: list[MapOut]
     skipped: list[SkippedOut] = Field(

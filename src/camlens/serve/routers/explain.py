@@ -199,7 +199,10 @@ async def explain(
     ] = None,
     detections: Annotated[
         int | None,
-        Form(description="detectors: explain the N best detections (default: all over min_score)"),
+        Form(
+            description="detectors: explain the N best detections over min_score (default: as "
+            "many as the server's max_maps allows over the methods x layers asked for)"
+        ),
     ] = None,
 ) -> ExplainOut:
     """Explains one photo: the top-5 predictions and, per map, its class, method, layer,
@@ -430,6 +433,7 @@ def respond(
         scores=report["scores"],
         predictions=report["predictions"],
         segmentation=report.get("segmentation"),
+        detections=report.get("detections"),
         explanations=maps,
         skipped=[SkippedOut.model_validate(entry) for entry in report.get("skipped", ())],
         stats=StatsOut(

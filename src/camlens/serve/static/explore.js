@@ -519,6 +519,9 @@ export function mountExplore(root, { server, model, methods }) {
       && shown.every(([m, l]) => findMap(c, m, l))) {
       return render();
     }
+    if (!fresh && photo.result && !kinds.stale(photo) && kinds.missing(c, photo.result)) {
+      return render(); // a detection past those a request explains: asking again gives the same
+    }
     const { options, count } = requestFor(photo, shown, c);
     if (count > server.max_maps) {
       say(`${count} methods × layers are more than this server explains at once ` +
@@ -731,6 +734,12 @@ export function mountExplore(root, { server, model, methods }) {
     if (state.view === "single") {
       const map = findMap(c, state.method, state.layer);
       const stage = $("stage");
+      const none = map ? null : kinds.none(answer) ?? kinds.missing(c, answer);
+      if (none) { // a detector that found nothing: the photo, and why no map
+        stage.replaceChildren(element("img", { className: "photo alone", src: answer.image.url,
+          alt: answer.image.name }), element("figcaption", {}, element("span",
+          { className: "flat", text: none })));
+      }
       if (map) {
         stage.replaceChildren(frame(map, { large: true }), caption(map, true));
         state.shown = { method: map.method, layer: map.layer, view: "single", fast: state.fast };
@@ -766,7 +775,8 @@ export function mountExplore(root, { server, model, methods }) {
       const columns = cards.length <= 1 ? 1 : cards.length <= 4 ? 2 : cards.length <= 9 ? 3 : 4;
       $("compare").style.setProperty("--columns", String(columns));
     }
-    renderLeftOut(pairs(), c);
+    if (kinds.none(answer) || kinds.missing(c, answer)) $("left-out").hidden = true; // said already
+    else renderLeftOut(pairs(), c);
     renderCost(answer);
     updateDownloads();
     targets.render();

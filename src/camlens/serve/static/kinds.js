@@ -8,6 +8,7 @@ import { element, percent, shortLabel, svg } from "./dom.js";
 
 const DETECTION = "det:"; // an entry's key for detection i: "det:i"
 const DEFAULT_MIN_SCORE = 0.5;
+const MOST_DETECTIONS = 10; // asked for at once: each is a backward pass's row
 
 const near = (a, b) => a.length === b.length && a.every((v, i) => Math.abs(v - b[i]) < 0.01);
 
@@ -54,7 +55,8 @@ export function mountKind(panel, view) {
   // The most detections a request asks for: as many maps as the server explains at once.
   function most(options) {
     const count = (options.methods?.length || 1) * (options.layers?.length || 1);
-    return Math.max(1, Number.isFinite(server.max_maps) ? Math.floor(server.max_maps / count) : 100);
+    const allowed = Number.isFinite(server.max_maps) ? Math.floor(server.max_maps / count) : Infinity;
+    return Math.max(1, Math.min(MOST_DETECTIONS, allowed));
   }
 
   const detectionOf = (key, answer = view.result()) => (typeof key === "string"
@@ -147,7 +149,8 @@ export function mountKind(panel, view) {
             text: `${percent(map.score)} of the pixels` })];
       }
       if (map.target?.kind === "detection") {
-        return [element("strong", { className: "explained", text: shortLabel(map.label) }),
+        const name = shortLabel(model.classes[map.target.label] ?? map.label);
+        return [element("strong", { className: "explained", title: map.explained, text: name }),
           element("span", { className: "score", title: "the detection's score",
             text: `score ${Number(map.target.score).toFixed(2)}` })];
       }
@@ -185,6 +188,21 @@ export function mountKind(panel, view) {
       if (kind === "detection" && state.minScore !== DEFAULT_MIN_SCORE) {
         params.set("min_score", String(state.minScore));
       }
+    },
+
+    // What the stage says when the answer has nothing to show (null: it has).
+    none(answer) {
+      if (kind !== "detection" || !answer || answer.detections?.length) return null;
+      return `No detection scored at least ${percent(state.minScore)}: lower the minimum score.`;
+    },
+
+    // Why entry `key` has no map in the answer (null: not mine to say).
+    missing(key, answer) {
+      const d = detectionOf(key, answer);
+      if (!d) return null;
+      const explained = new Set(answer.explanations.map((m) => m.target?.box?.join(",")));
+      return explained.has(d.box.join(",")) ? null : "Only the best detections are explained at " +
+        `once (this server explains ${server.max_maps} maps a request): this one is listed, not explained.`;
     },
 
     // The minimum score the answer on screen was asked with differs from the slider's.
