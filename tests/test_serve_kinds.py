@@ -331,3 +331,14 @@ def test_what_cannot_apply_to_a_detector_is_named(
     answer = post(det, picture, **fields)
     assert (answer.status_code, answer.json()["parameter"]) == (422, parameter), answer.text
     assert words in answer.json()["detail"]
+
+
+def test_a_detector_explains_as_many_detections_as_max_maps_allows(
+    det: TestClient, picture: Image.Image
+) -> None:
+    """No detections field: the best max_maps // (methods x layers) of them (here 4 // 2)."""
+    body = post(det, picture, min_score="0", methods="eigencam,gradcam").json()
+    assert len(body["detections"]) > 2
+    explained = [(m["method"], m["target"]["box"]) for m in body["explanations"]]
+    boxes = [d["box"] for d in body["detections"][:2]]
+    assert sorted(explained) == sorted((m, b) for m in ("eigencam", "gradcam") for b in boxes)

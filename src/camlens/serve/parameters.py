@@ -213,6 +213,7 @@ def explain_options(
         TargetPlan(model, targets)  # a class or output the model does not have, named here
     except CamlensError as exc:
         raise bad_option(exc, targets_field) from None
+    detector: dict[str, Any] = {} if min_score is None else {"min_score": min_score}
     try:
         config = ExplainConfig(
             methods=tuple(items(methods)) or ("gradcam",),
@@ -228,13 +229,18 @@ def explain_options(
             fast_resolution=fast_resolution,
             max_pixels=st.settings.max_pixels,
             batch_size=st.settings.max_batch,
-            **detection_options(st, model, methods, layers, min_score, detections),
+            **detector,
+            detections=detections,
             device=str(model.device),
         )
     except CamlensError as exc:
         if exc.option == "targets":  # the config's name: the form field that made them
             raise ApiError(422, str(exc), targets_field) from None
         raise bad_option(exc) from None
+    if model.kind == "detection" and config.detections is None:
+        # as many detections as max_maps allows (the answer lists every detection over min_score)
+        per_detection = len(config.methods) * max(1, len(config.layers))
+        config = config.replace(detections=max(1, st.settings.max_maps // per_detection))
     unknown = [name for name in config.layers if name not in st.layer_names]
     if unknown:
         close = difflib.get_close_matches(unknown[0], st.layer_names, n=3, cutoff=0.5)
@@ -273,26 +279,6 @@ def explain_options(
     except CamlensError as exc:
         raise bad_option(exc) from None
     return config, output
-
-
-def detection_options(
-    st: ServerState,
-    model: Model,
-    methods: Sequence[str] | None,
-    layers: Sequence[str] | None,
-    min_score: float | None,
-    detections: int | None,
-) -> dict[str, Any]:
-    """A detector's ``min_score`` and ``detections`` for the config: ``detections`` by default
-    the most this server's ``max_maps`` allows over the methods x layers asked for (the answer's
-    ``detections`` lists every detection over ``min_score``, explained or not)."""
-    if model.kind != "detection":
-        return {}
-    options: dict[str, Any] = {} if min_score is None else {"min_score": min_score}
-    per_detection = max(1, len(items(methods))) * max(1, len(items(layers)))
-    default = max(1, st.settings.max_maps // per_detection)
-    options["detections"] = default if detections is None else detections
-    return options
 
 
 def segments(
