@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
 import camlens
 from camlens.config import ExplainConfig
 from camlens.errors import CamlensError, ClassError, FlatMapWarning
 from camlens.images import PreprocessConfig
+from camlens.methods import METHODS
 from camlens.models.detection import (
     DetectionNet,
     coco_labels,
@@ -69,6 +71,8 @@ def test_options_are_checked() -> None:
     assert caught.value.option == "min_score"
     with pytest.raises(CamlensError, match="detections must be at least 1"):
         ExplainConfig(detections=0)
+    with pytest.raises(CamlensError, match="min_score must be a number in"):
+        camlens.Explainer(min_score=-0.1)
     config = ExplainConfig(min_score=0.25, detections=3)
     assert ExplainConfig.from_json(config.to_json()) == config
 
@@ -156,6 +160,21 @@ def test_loads_by_spec_with_a_weights_file(tmp_path) -> None:
         torch.testing.assert_close(model.net.state_dict()[key], value)
 
 
+def test_layers_command_says_the_kind(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from camlens.cli import app
+
+    torch.manual_seed(0)
+    path = tmp_path / "ssd.pth"
+    torch.save(torchvision_detection("ssdlite320_mobilenet_v3_large", None).state_dict(), path)
+    spec = "torchvision:ssdlite320_mobilenet_v3_large"
+    result = CliRunner().invoke(app, ["layers", "--model", spec, "--weights", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "kind: detection; classes: 91" in result.output
+    assert "automatic target layer of" in result.output and "backbone.features.1" in result.output
+
+
 def test_candidate_layers(frcnn: camlens.Model) -> None:
     from camlens.layers import auto_layer, spatial_layers
 
@@ -167,3 +186,113 @@ def test_candidate_layers(frcnn: camlens.Model) -> None:
     } <= set(names)
     assert not any(n.startswith(("rpn.", "roi_heads.")) for n in names)  # shared by the levels
     assert auto_layer(frcnn) == "backbone.body.16"
+
+
+class TinyDetector(nn.Module):
+    """A detector-shaped network in torchvision's format: three fixed boxes (fractions of the
+    image), box k scored by the sigmoid of the mean of feature channel k over its box, minus 1."""
+
+    BOXES = ((0.1, 0.1, 0.5, 0.6), (0.4, 0.3, 0.9, 0.9), (0.0, 0.5, 0.4, 1.0))
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 3, padding=1)
+        )
+        with torch.no_grad():  # positive weights: positive features, each score rising with them
+            for p in self.backbone.parameters():
+                p.abs_()
+
+    def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        x = torch.stack(list(images))
+        features = self.backbone(x)
+        height, width = x.shape[-2:]
+        scale = torch.tensor([width, height, width, height], dtype=x.dtype)
+        boxes = torch.tensor(self.BOXES, dtype=x.dtype) * scale
+        out = []
+        for f in features:
+            scores = []
+            for k, (x0, y0, x1, y1) in enumerate(boxes.round().int().tolist()):
+                scores.append(torch.sigmoid(f[k, y0:y1, x0:x1].mean() - 1))
+            out.append(
+                {"boxes": boxes, "labels": torch.tensor([1, 2, 1]), "scores": torch.stack(scores)}
+            )
+        return out
+
+
+@pytest.fixture(scope="module")
+def tiny() -> camlens.Model:
+    torch.manual_seed(0)
+    raw = PreprocessConfig(
+        input_size=(48, 48), interpolation="bilinear", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)
+    )
+    return camlens.load_model(TinyDetector().eval(), preprocess=raw)
+
+
+def test_any_detector_module(tiny: camlens.Model) -> None:
+    assert tiny.kind == "detection" and tiny.labels == coco_labels()
+    from camlens.layers import auto_layer
+
+    assert auto_layer(tiny) == "backbone"  # the last spatial layer (a container ending in it)
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "cam"])
+def test_every_method_but_cam(tiny: camlens.Model, photo: Image.Image, method: str) -> None:
+    ex = camlens.Explainer(tiny, method=method, min_score=0.0)
+    result = ex.explain(photo)
+    assert len(result.maps) == 3 and not any(m.flat for m in result.maps)
+    boxes = [m.target["box"] for m in result.maps]
+    assert boxes == [list(d.box) for d in result.detections]
+    if METHODS[method].needs == "scores":  # scored by each detection's matching score
+        assert result.stats.perturbation_passes > 0
+    if method != "eigencam":  # eigencam: the same map for every detection
+        assert not torch.equal(result.maps[0].map, result.maps[1].map)
+
+
+def test_cam_is_refused(tiny: camlens.Model) -> None:
+    with pytest.raises(camlens.errors.MethodError, match="is a detector"):
+        camlens.Explainer(tiny, method="cam")
+
+
+def test_batched_gradients_equal_one_by_one(tiny: camlens.Model, photo: Image.Image) -> None:
+    ex = camlens.Explainer(tiny, method="gradcam", min_score=0.0)
+    together = ex.explain(photo)
+    assert together.stats.backward_passes == 1
+    for m in together.maps:
+        alone = camlens.Explainer(tiny, method="gradcam", targets=[m.target]).explain(photo)
+        torch.testing.assert_close(alone.maps[0].map, m.map)
+
+
+def test_only_the_explained_detections_keep_a_graph(
+    frcnn: camlens.Model, photo: Image.Image
+) -> None:
+    """A Faster R-CNN's pass keeps the graph of the detections explained only; their maps are
+    those of a pass where every detection has it (a target given explicitly)."""
+    ex = camlens.Explainer(frcnn, method="gradcam", min_score=0.0, detections=2)
+    fast = ex.explain(photo)
+    full = camlens.Explainer(
+        frcnn, method="gradcam", targets=[m.target for m in fast.maps]
+    ).explain(photo)
+    for a, b in zip(fast.maps, full.maps, strict=True):
+        torch.testing.assert_close(a.map, b.map)
+
+
+def test_a_flip_mirrors_the_detections(tiny: camlens.Model) -> None:
+    from camlens.scoring import TargetPlan
+
+    plan = TargetPlan(tiny, [])
+    d = Detection((10, 20, 30, 60), 1, 0.7)
+    assert plan.mirrored([[d]], [(100, 80)]) == [[Detection((70, 20, 90, 60), 1, 0.7)]]
+
+
+def test_a_detection_scaled_to_the_input(tiny: camlens.Model) -> None:
+    """A photo of 96x96 explained at 48x48: the detections' boxes are in the photo's pixels,
+    matched in the input's."""
+    photo = Image.fromarray(np.random.default_rng(1).integers(0, 256, (96, 96, 3), np.uint8))
+    result = camlens.Explainer(tiny, min_score=0.0).explain(photo)
+    found = sorted(list(d.box) for d in result.detections)
+    assert found == sorted([round(v * 96, 2) for v in box] for box in TinyDetector.BOXES)
+    assert all(
+        m.value == pytest.approx(d.score, abs=1e-5)
+        for m, d in zip(result.maps, result.detections, strict=True)
+    )

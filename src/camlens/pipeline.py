@@ -189,7 +189,7 @@ class Pipeline:
         sizes = [_size(item) for item in items]
         found: list[list[Detected]] | None = None
         with eval_mode(model.net), RUNS.shared():
-            captures = [self._capture(x, progress)]
+            captures = [self._capture(x, progress, first=True)]
             probs = captures[0].probs
             if chosen is None and self.config.above is not None:
                 sources = [item.source for item in items]
@@ -253,11 +253,27 @@ class Pipeline:
             results.append(result)
         return results
 
-    def _capture(self, x: torch.Tensor, progress: Progress | None) -> Capture:
+    def _capture(
+        self, x: torch.Tensor, progress: Progress | None, *, first: bool = False
+    ) -> Capture:
+        """A capture of ``x`` (``first``: the unperturbed input, whose detections a detector's
+        explanation differentiates: only theirs keep a graph, see
+        :func:`camlens.models.detection.graded`)."""
         gradients = any(m.needs == "gradients" for m in self.methods)
         # a similarity or a callable is not linear in the head's outputs: real gradients
         heads = self.head_gradients if self.plan.linear else set()
         autograd = [t.name for t in self.targets if gradients and t.name not in heads]
+        config = self.config
+        if first and autograd and self.model.kind == "detection" and not config.targets:
+            from camlens.models.detection import graded
+
+            with graded(config.min_score, config.detections):
+                return self._run_capture(x, progress, autograd)
+        return self._run_capture(x, progress, autograd)
+
+    def _run_capture(
+        self, x: torch.Tensor, progress: Progress | None, autograd: list[str]
+    ) -> Capture:
         return Capture(
             self.model,
             self.targets,

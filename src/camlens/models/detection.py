@@ -16,25 +16,37 @@ pads, so its activations cover exactly the photo, at any input size.
 ``detections`` best (all by default); each becomes a ``Detection`` target in the photo's pixels,
 and gets its maps. A photo with none gets no map (a warning says so).
 
-**Methods.** Every gradient method (``gradcam``, ``gradcampp``, ``xgradcam``, ``layercam``,
-``hirescam``, ...) and Eigen-CAM (no gradient: the first principal component of the
-activations, the same map for every detection) apply; the gradients of N detections come from one
-forward pass and one batched backward. The perturbation methods (Score-CAM, Ablation-CAM, ...)
-score their masked or ablated passes with the matching score, at the price of one detector pass
-per mask (slow at 800 pixels). CAM does not apply: a detector has no GAP -> Linear head.
+**Methods.** Every gradient method (``gradcam``, ``gradcampp``, ``xgradcam``, ``hirescam``,
+``gradcam_elementwise``, ``layercam``, ``eigengradcam``) and Eigen-CAM (no gradient: the first
+principal component of the activations, so the same map for every detection) apply. The
+gradients of N detections come from one forward pass and one batched backward; a torchvision
+Faster R-CNN scores again, with the graph, only the proposals of the detections explained (the
+box head reads the thousand proposals of the RPN without one), so that N detections cost little
+more than one. At a layer before a feature pyramid, each detection's backward pass also runs
+through the pyramid's convolutions; single-stage detectors (RetinaNet, FCOS, SSDlite)
+differentiate torchvision's own postprocessing, which costs more per detection. The
+perturbation methods (``scorecam``, ``sscam``, ``iscam``, ``ablationcam``) apply too, scoring
+their masked or ablated passes with each detection's matching score, at the price of one
+detector pass per channel of the layer (960 at ``backbone.body.16``: minutes on a CPU; use
+``fast_channels``). CAM does not apply: a detector has no GAP -> Linear head.
 
 **Layers.** The candidate layers are the modules a forward pass runs once per image (the
 backbone's stages and blocks, the feature pyramid's levels ``backbone.fpn.layer_blocks.0..3`` and
-RetinaNet's and FCOS's ``p6``/``p7``; heads shared between pyramid levels are not); the
-automatic layer of each model loaded by name is in :data:`TORCHVISION_DETECTION`.
+RetinaNet's and FCOS's ``p6``/``p7``; heads shared between pyramid levels are not). A detection
+is made from one pyramid level: at another level's layer its map is flat. The automatic layer of
+each model loaded by name is in :data:`TORCHVISION_DETECTION` (provisional: the backbone's last
+stage, which every level is built from).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
+import itertools
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,12 +105,139 @@ class DetectionNet(nn.Module):
         self.training = net.training  # the mode it was given in
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _two_stage(self.inner):
+            return two_stage_rows(self.inner, x)
         return detection_rows(self.inner(list(x.unbind(0))), x)
 
     def train(self, mode: bool = True) -> DetectionNet:
         super().train(mode)
         self.inner.training = mode
         return self
+
+
+def _two_stage(net: nn.Module) -> bool:
+    """Whether ``net`` is a torchvision Faster R-CNN (no mask or keypoint head), whose rows
+    :func:`two_stage_rows` gives."""
+    if "torchvision" not in sys.modules:
+        return False
+    from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+    from torchvision.models.detection.roi_heads import RoIHeads
+
+    heads = getattr(net, "roi_heads", None)
+    return (
+        isinstance(net, GeneralizedRCNN)
+        and isinstance(heads, RoIHeads)
+        and not heads.has_mask()
+        and not heads.has_keypoint()
+    )
+
+
+def two_stage_rows(net: Any, x: torch.Tensor) -> torch.Tensor:
+    """A torchvision Faster R-CNN's detections of ``x`` as rows ``[N, K, 6]``, the same as its
+    own forward pass gives, computed so that a backward pass is cheap: the box head scores every
+    proposal without a graph, the detections are chosen from those scores as torchvision does
+    (:func:`_chosen`), and then the head scores again, with the graph, only the proposals the
+    detections come from (within :func:`graded`, only those an explainer differentiates). A
+    detection's score depends on its proposal's features alone, so the backward pass of N
+    detections reads their proposals' features, not the thousand of the RPN."""
+    images, _ = net.transform(list(x.unbind(0)))
+    features = net.backbone(images.tensors)
+    if isinstance(features, torch.Tensor):
+        features = {"0": features}
+    proposals, _ = net.rpn(images, features)
+    heads = net.roi_heads
+    sizes = images.image_sizes
+    with torch.no_grad():
+        pooled = heads.box_roi_pool(features, proposals, sizes)
+        logits, regression = heads.box_predictor(heads.box_head(pooled))
+        chosen = _chosen(heads, logits, regression, proposals, sizes)
+    boxes = [c[0] for c in chosen]
+    labels = [c[1] for c in chosen]
+    scores = torch.cat([c[3] for c in chosen])
+    graded = _graded(chosen) if torch.is_grad_enabled() else []
+    if sum(len(g) for g in graded):  # those rows scored again, with the graph
+        rows = [proposals[i][c[2][g]] for i, (c, g) in enumerate(zip(chosen, graded, strict=True))]
+        pooled = heads.box_roi_pool(features, rows, sizes)
+        logits, _ = heads.box_predictor(heads.box_head(pooled))
+        wanted = torch.cat([c[1][g] for c, g in zip(chosen, graded, strict=True)])
+        again = torch.softmax(logits, -1).gather(1, wanted[:, None])[:, 0]
+        starts = [0, *itertools.accumulate(len(c[1]) for c in chosen)][:-1]
+        where = torch.cat([g + start for g, start in zip(graded, starts, strict=True)])
+        scores = scores.index_put((where,), again)
+    originals = [(int(x.shape[-2]), int(x.shape[-1]))] * len(x)
+    out = [
+        {"boxes": b, "labels": k, "scores": s}
+        for b, k, s in zip(boxes, labels, scores.split([len(b) for b in boxes]), strict=True)
+    ]
+    return detection_rows(net.transform.postprocess(out, sizes, originals), x)
+
+
+def _chosen(
+    heads: Any,
+    logits: torch.Tensor,
+    regression: torch.Tensor,
+    proposals: list[torch.Tensor],
+    sizes: list[tuple[int, int]],
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """torchvision's ``RoIHeads.postprocess_detections``, step for step, keeping for each
+    detection the proposal it comes from: per image (boxes, labels, proposal rows, scores)."""
+    from torchvision.ops import boxes as box_ops
+
+    classes = logits.shape[-1]
+    counts = [len(p) for p in proposals]
+    decoded = heads.box_coder.decode(regression, proposals)
+    probabilities = torch.softmax(logits, -1)
+    out = []
+    for boxes, scores, size, count in zip(
+        decoded.split(counts, 0), probabilities.split(counts, 0), sizes, counts, strict=True
+    ):
+        boxes = box_ops.clip_boxes_to_image(boxes, size)
+        labels = torch.arange(classes, device=logits.device).view(1, -1).expand_as(scores)
+        rows = torch.arange(count, device=logits.device).view(-1, 1).expand_as(scores)
+        boxes, scores = boxes[:, 1:].reshape(-1, 4), scores[:, 1:].reshape(-1)
+        labels, rows = labels[:, 1:].reshape(-1), rows[:, 1:].reshape(-1)
+        keep = torch.where(scores > heads.score_thresh)[0]
+        boxes, scores, labels, rows = boxes[keep], scores[keep], labels[keep], rows[keep]
+        keep = box_ops.remove_small_boxes(boxes, min_size=1e-2)
+        boxes, scores, labels, rows = boxes[keep], scores[keep], labels[keep], rows[keep]
+        keep = box_ops.batched_nms(boxes, scores, labels, heads.nms_thresh)
+        keep = keep[: heads.detections_per_img]
+        out.append((boxes[keep], labels[keep], rows[keep], scores[keep]))
+    return out
+
+
+_GRADED: contextvars.ContextVar[tuple[float, int | None] | None] = contextvars.ContextVar(
+    "camlens_graded_detections", default=None
+)
+
+
+@contextlib.contextmanager
+def graded(min_score: float, detections: int | None) -> Iterator[None]:
+    """Within it (in this thread), a Faster R-CNN's pass records the graph of the scores of its
+    ``detections`` best detections scored at least ``min_score`` only (all: None), the ones an
+    explainer will differentiate: the others' scores are constants. Outside, every detection's
+    score has its graph."""
+    token = _GRADED.set((min_score, detections))
+    try:
+        yield
+    finally:
+        _GRADED.reset(token)
+
+
+def _graded(
+    chosen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
+) -> list[torch.Tensor]:
+    """Per image, the places of the detections whose score gets a graph (:func:`graded`)."""
+    limit = _GRADED.get()
+    out = []
+    for _, _, _, scores in chosen:
+        places = torch.arange(len(scores), device=scores.device)
+        if limit is not None:
+            least, count = limit
+            order = scores.argsort(descending=True, stable=True)
+            places = order[scores[order] >= least][:count]
+        out.append(places)
+    return out
 
 
 def detection_rows(out: Any, x: torch.Tensor) -> torch.Tensor:
@@ -301,6 +440,7 @@ __all__ = [
     "detection_rows",
     "detection_size",
     "exact_transform",
+    "graded",
     "is_detection_output",
     "is_detector",
     "num_classes",
