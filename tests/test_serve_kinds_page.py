@@ -86,6 +86,20 @@ def det_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
+def download_name(page: Any) -> str:
+    """The file name the page gives the map on screen's download."""
+    with page.expect_download() as download:
+        page.click("#download-map")
+    return str(download.value.suggested_filename)
+
+
+def served_name(url: str, page: Any) -> str:
+    """The file name the server gives the same map (its Content-Disposition)."""
+    href = str(page.locator("#download-map").get_attribute("href"))
+    answer = httpx.get(href if href.startswith("http") else f"{url}{href}", timeout=60)
+    return answer.headers["content-disposition"].split('filename="')[1].rstrip('"')
+
+
 def photo(tmp_path: Path, array: np.ndarray, name: str) -> Path:
     path = tmp_path / name
     Image.fromarray(array).save(path, quality=95)
@@ -105,6 +119,7 @@ def test_segments(seg_server: str, page: Any, tmp_path: Path, chelsea: np.ndarra
     expect(page.locator("#message")).to_have_text(
         "Not applied from the address (unknown here): min_score=0.2"
     )
+    expect(page.locator("#empty p.wide-only")).to_contain_text("The model's segments (the classes")
     path = photo(tmp_path, chelsea, "chelsea.jpg")
     page.set_input_files("#file", str(path))
     expect(page.locator("#predictions-title")).to_have_text("Segments")
@@ -134,6 +149,13 @@ def test_segments(seg_server: str, page: Any, tmp_path: Path, chelsea: np.ndarra
     sent = page.evaluate("window.sentForms.at(-1)")
     assert "top" in sent and "min_score" not in sent
     shots.take(page, "segments")
+    # the map's download is named as the server names its file
+    saved = download_name(page)
+    assert (
+        saved
+        == served_name(seg_server, page)
+        == f"chelsea.gradcam.backbone.16.{segments[0]['class_index']}.npy"
+    )
 
     # the background: asked for by name (top leaves it out), its own region
     background = [s["class_index"] for s in segments].index(0)
@@ -173,6 +195,7 @@ def test_detections(det_server: str, page: Any, tmp_path: Path, chelsea: np.ndar
     path = photo(tmp_path, chelsea, "chelsea.jpg")
     page.goto(det_server)
     page.wait_for_selector("body[data-ready]")
+    expect(page.locator("#empty p.wide-only")).to_contain_text("The model's detections appear")
     # at the default minimum score of 0.5, nothing: said so, the photo shown alone
     page.set_input_files("#file", str(path))
     expect(page.locator("#predictions-title")).to_have_text("Detections")
@@ -213,6 +236,9 @@ def test_detections(det_server: str, page: Any, tmp_path: Path, chelsea: np.ndar
     drawn = [float(box.get_attribute(a) or "nan") for a in ("x", "y", "width", "height")]
     x0, y0, x1, y1 = found[0]["box"]
     assert drawn == pytest.approx([x0, y0, x1 - x0, y1 - y0])
+    saved = download_name(page)
+    assert saved == served_name(det_server, page)
+    assert saved.startswith(f"chelsea.gradcam.backbone.body.16.{found[0]['class_index']}-det-")
     shots.take(page, "detections")
 
     # another detection: its own map and box, from the same answer

@@ -10,6 +10,14 @@ const DETECTION = "det:"; // an entry's key for detection i: "det:i"
 const DEFAULT_MIN_SCORE = 0.5;
 const MOST_DETECTIONS = 10; // asked for at once: each is a backward pass's row
 
+// Python's round(): halves to the even neighbour (22.5 -> 22), as the server's file names.
+function roundHalfEven(value) {
+  const floor = Math.floor(value);
+  const rest = value - floor;
+  if (Math.abs(rest - 0.5) > 1e-9) return Math.round(value);
+  return floor % 2 === 0 ? floor : floor + 1;
+}
+
 const near = (a, b) => a.length === b.length && a.every((v, i) => Math.abs(v - b[i]) < 0.01);
 
 // `view`: {model, server, result() -> the answer on screen, update()}.
@@ -19,6 +27,17 @@ export function mountKind(panel, view) {
   const background = new Set(model.background ?? []);
   const state = { minScore: DEFAULT_MIN_SCORE };
 
+  // the empty page says what will be listed
+  const listed = { segmentation: "segments (the classes present, with their share of the pixels)",
+    detection: "detections" }[kind];
+  const empty = panel.closest(".explore")?.querySelector("#empty");
+  if (listed && empty) {
+    const pick = "pick one to see where the model looks for it.";
+    empty.querySelector("p.wide-only")?.replaceChildren("or press ", element("kbd", { text: "o" }),
+      ` to choose them. The model's ${listed} appear on the right; ${pick}`);
+    empty.querySelector("p.narrow-only")?.replaceChildren(
+      `The model's ${listed} appear below the photo; ${pick}`);
+  }
   const title = panel.querySelector("#predictions-title");
   if (title && kind === "segmentation") title.textContent = "Segments";
   if (title && kind === "detection") title.textContent = "Detections";
@@ -157,11 +176,17 @@ export function mountKind(panel, view) {
       return null;
     },
 
-    // A map's name in its downloads' file names (null: a classifier's).
+    // A map's name in its downloads' file names, as the server names its files (ClassMap.tag):
+    // 8, 8-box-20-10-120-90, 8-mask; 1-det-12-30-200-410 (null: a classifier's).
     tag(map) {
-      if (map.target?.kind === "segment") return `${map.class_index}-segment`;
-      if (map.target?.kind === "detection") {
-        return `${map.target.label}-at-${map.target.box.map((v) => Math.round(v)).join("-")}`;
+      const target = map.target;
+      if (target?.kind === "segment") {
+        if (Array.isArray(target.region)) return `${map.class_index}-box-${target.region.join("-")}`;
+        return target.region === "predicted" ? String(map.class_index)
+          : `${map.class_index}-${target.region}`;
+      }
+      if (target?.kind === "detection") {
+        return `${map.class_index}-det-${target.box.map(roundHalfEven).join("-")}`;
       }
       return null;
     },
