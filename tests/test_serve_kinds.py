@@ -107,6 +107,7 @@ def test_model_says_its_kind(seg: TestClient, classifier: TestClient) -> None:
     assert body["background"] == [0] and body["classes"][0] == "__background__"
     plain = classifier.get("/api/model").json()
     assert plain["kind"] == "classifier" and plain["background"] == []
+    assert plain["min_score"] is None and body["min_score"] is None
     assert "versus" in plain["explains"] and "region" not in plain["explains"]
 
 
@@ -280,6 +281,7 @@ def test_detections_and_their_maps_are_the_python_apis(
 ) -> None:
     model = det.get("/api/model").json()
     assert model["kind"] == "detection" and model["explains"] == ["min_score", "detections"]
+    assert model["min_score"] == 0.5 and model["background"] == []
     assert model["classes"][:2] == ["__background__", "person"]
     body = post(det, picture, min_score="0", detections="2").json()
     expected = camlens.Explainer(detector, min_score=0, detections=2).explain(picture)

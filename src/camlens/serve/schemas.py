@@ -52,6 +52,10 @@ class ModelOut(BaseModel):
         description="segmentation: the background classes, left out of top (explained when "
         "asked for in classes)",
     )
+    min_score: float | None = Field(
+        default=None,
+        description="detectors: the min_score a request is explained at when it gives none",
+    )
 
 
 class MethodOut(BaseModel):

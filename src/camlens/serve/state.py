@@ -10,6 +10,7 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Request
 
+from camlens.config import ExplainConfig
 from camlens.layers import auto_layer, spatial_layers
 from camlens.models import Model
 from camlens.models.segmentation import background_classes
@@ -53,6 +54,7 @@ class ServerState:
             kind=model.kind,
             explains=list(KIND_FIELDS.get(model.kind, KIND_FIELDS["classifier"])),
             background=sorted(background_classes(model)) if model.kind == "segmentation" else [],
+            min_score=ExplainConfig().min_score if model.kind == "detection" else None,
         )
         self.batcher = Batcher(
             model,

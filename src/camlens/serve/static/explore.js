@@ -738,7 +738,7 @@ export function mountExplore(root, { server, model, methods }) {
       if (none) { // a detector that found nothing: the photo, and why no map
         stage.replaceChildren(element("img", { className: "photo alone", src: answer.image.url,
           alt: answer.image.name }), element("figcaption", {}, element("span",
-          { className: "flat", text: none })));
+          { className: "none-note", text: none })));
       }
       if (map) {
         stage.replaceChildren(frame(map, { large: true }), caption(map, true));

@@ -7,7 +7,6 @@
 import { element, percent, shortLabel, svg } from "./dom.js";
 
 const DETECTION = "det:"; // an entry's key for detection i: "det:i"
-const DEFAULT_MIN_SCORE = 0.5;
 const MOST_DETECTIONS = 10; // asked for at once: each is a backward pass's row
 
 // Python's round(): halves to the even neighbour (22.5 -> 22), as the server's file names.
@@ -25,6 +24,7 @@ export function mountKind(panel, view) {
   const { model, server } = view;
   const kind = model.kind ?? "classifier";
   const background = new Set(model.background ?? []);
+  const DEFAULT_MIN_SCORE = model.min_score ?? 0.5; // the server's, when it gives none
   const state = { minScore: DEFAULT_MIN_SCORE };
 
   // the empty page says what will be listed
