@@ -5,6 +5,8 @@ and detections, one map per detection. Seeded random-weight detectors at a small
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -145,6 +147,14 @@ def test_wrong_targets(frcnn: camlens.Model) -> None:
         camlens.Explainer(frcnn, targets=[camlens.targets.Contrast(1, (2,))])
     with pytest.raises(TargetError, match="explains a detector"):
         camlens.Explainer(targets=[Detection((0, 0, 10, 10), 1)])
+    for option in ({"classes": [1]}, {"top": 2}, {"above": 0.5}):
+        with pytest.raises(
+            TargetError, match="is a detector: it explains its detections"
+        ) as caught:
+            camlens.Explainer(frcnn, **option)
+        assert caught.value.option == next(iter(option))
+    with pytest.raises(TargetError, match="detections chooses a detector's detections"):
+        camlens.Explainer(detections=2)
 
 
 def test_loads_by_spec_with_a_weights_file(tmp_path) -> None:
@@ -296,3 +306,92 @@ def test_a_detection_scaled_to_the_input(tiny: camlens.Model) -> None:
         m.value == pytest.approx(d.score, abs=1e-5)
         for m, d in zip(result.maps, result.detections, strict=True)
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "size"),
+    [
+        ("fasterrcnn_mobilenet_v3_large_fpn", 160),
+        ("ssdlite320_mobilenet_v3_large", 160),
+        ("retinanet_resnet50_fpn", 128),
+        ("fcos_resnet50_fpn", 128),
+    ],
+)
+def test_rows_are_the_detectors_own(name: str, size: int) -> None:
+    """DetectionNet computes torchvision's detectors' detections itself (so that only the
+    detections explained keep a graph): the same boxes, scores and labels as their own forward
+    pass, with and without the graph, all of them or within ``graded``."""
+    from camlens.models.detection import detection_rows, graded
+
+    torch.manual_seed(0)
+    options: dict[str, float] = {"score_thresh": 0.0}
+    if "rcnn" in name:
+        options = {"box_score_thresh": 0.0, "rpn_post_nms_top_n_test": 200}
+    net = torchvision_detection(name, None, **options).eval()
+    x = torch.rand(2, 3, size, size)
+    with torch.no_grad():
+        expected = detection_rows(net(list(x)), x)
+        torch.testing.assert_close(DetectionNet(net)(x), expected, rtol=0, atol=0)
+    with graded(0.0, 3):
+        rows = DetectionNet(net)(x)
+    assert rows.requires_grad
+    torch.testing.assert_close(rows.detach(), expected, rtol=0, atol=1e-6)
+
+
+def test_another_input_size(frcnn: camlens.Model, photo: Image.Image) -> None:
+    """input_size replaces the detector's own (its box head's Linear layers read pooled boxes,
+    not the grid: any size is fine); the detections are in the photo's pixels all the same."""
+    ex = camlens.Explainer(frcnn, min_score=0.0, detections=1, input_size=(96, 128))
+    result = ex.explain(photo)
+    assert result.input_size == (96, 128) and len(result.maps) == 1
+    x0, y0, x1, y1 = result.detections[0].box
+    assert 0 <= x0 < x1 <= 200 and 0 <= y0 < y1 <= 120
+
+
+def test_test_time_augmentation(frcnn: camlens.Model, photo: Image.Image) -> None:
+    """Flipped and rescaled passes explain the same detections (mirrored, scaled), merged."""
+    ex = camlens.Explainer(frcnn, min_score=0.0, detections=2, smooth="tta", tta_scales=(1.0, 1.25))
+    result = ex.explain(photo)
+    assert result.stats.forward_passes == 4 and len(result.maps) == 2
+    assert [m.target for m in result.maps] == [d.target().to_dict() for d in result.detections[:2]]
+
+
+def test_a_batch_with_and_without_detections(tiny: camlens.Model, tmp_path) -> None:
+    """An image with no detection above min_score gets no map beside one with three, in one
+    batch; both reports are written."""
+    dark = Image.new("RGB", (64, 64), (0, 0, 0))
+    bright = Image.new("RGB", (64, 64), (255, 255, 255))
+    rows = tiny.net(torch.stack([torch.zeros(3, 48, 48), torch.ones(3, 48, 48)]))
+    least = float((rows[0, :, 4].max() + rows[1, :, 4].min()) / 2)
+    assert rows[0, :, 4].max() < least < rows[1, :, 4].min()
+    ex = camlens.Explainer(tiny, min_score=least)
+    with pytest.warns(FlatMapWarning, match="<image 0>: no detection scored at least"):
+        none, three = ex.explain([dark, bright])
+    assert none.detections == [] and none.maps == []
+    assert len(three.detections) == 3 and len(three.maps) == 3
+    assert not any(m.flat for m in three.maps)
+    report = json.loads(three.save(tmp_path / "three").read_text())
+    assert [e["target"]["box"] for e in report["explanations"]] == [
+        d["box"] for d in report["detections"]
+    ]
+    assert len({e["overlay"] for e in report["explanations"]}) == 3
+    assert json.loads(none.save(tmp_path / "none").read_text())["detections"] == []
+
+
+def test_a_torchvision_detector_given_as_a_module() -> None:
+    """A torchvision detector of one's own (its transform kept as it is) is preprocessed as it
+    expects: a square of its min_size, not normalized; no warning about preprocessing."""
+    import warnings
+
+    import torchvision
+
+    torch.manual_seed(0)
+    net = torchvision.models.get_model(
+        "ssdlite320_mobilenet_v3_large", weights=None, weights_backbone=None, num_classes=3
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = camlens.load_model(net)
+    assert model.kind == "detection" and model.labels == ("class 0", "class 1", "class 2")
+    assert model.preprocess.input_size == (320, 320) and model.preprocess.mean == (0.0, 0.0, 0.0)
+    assert type(net.transform).__name__ == "GeneralizedRCNNTransform"  # left as found

@@ -124,6 +124,13 @@ class Segmentation:
         ]
 
 
+def _file_tag(m: ClassMap) -> str:
+    """What a map explains in :meth:`Explanation.save`'s file names: its class, or for a
+    detection its class and box (two detections of one class never share a file)."""
+    detection = m.target is not None and m.target.get("kind") == "detection"
+    return _safe(m.tag) if detection else str(m.class_index)
+
+
 @dataclass(frozen=True)
 class Detected:
     """One of a detector's detections: ``box`` ``(x0, y0, x1, y1)`` in the photo's pixels, its
@@ -374,7 +381,7 @@ class Explanation:
         are complete."""
         out = output_folder(out_dir, "out_dir")  # a file there, say: one line naming it
         stem = stem or _safe(Path(self.source).stem) or "image"
-        tails = [f".{_safe(m.method)}.{_safe(m.layer)}.{m.class_index}" for m in self.maps]
+        tails = [f".{_safe(m.method)}.{_safe(m.layer)}.{_file_tag(m)}" for m in self.maps]
         longest = max([".json", ".grid.png", *(t + ".panel.png" for t in tails)], key=len)
         stem = fit_stem(stem, longest)
         files: list[tuple[str, str]] = []

@@ -43,6 +43,7 @@ from camlens.progress import Progress
 from camlens.replay import forward_bytes, plan_replay
 from camlens.scoring import TargetPlan
 from camlens.taps import RUNS, LayerSpec
+from camlens.targets import TargetError
 from camlens.types import Prediction
 
 TOP_PREDICTIONS = 5
@@ -79,6 +80,7 @@ class Pipeline:
         self.model = model if config.input_size is None else at_input_size(model, config.input_size)
         if "tta" in config.smooth:
             _check_scales(self.model, config.tta_scales)
+        _check_kind_options(self.model, config)
         self.classes = coerce.class_lists(self.model, config.classes or None, config.top, 1)
         self.plan = TargetPlan(self.model, config.targets, max_pixels=config.max_pixels)
         if layers == ["all"]:
@@ -418,6 +420,33 @@ def _segmentations(model: Model, logits: torch.Tensor) -> list[Segmentation]:
     return [
         Segmentation(classes.cpu(), model.labels, background) for classes in logits.argmax(dim=1)
     ]
+
+
+def _check_kind_options(model: Model, config: ExplainConfig) -> None:
+    """A :class:`~camlens.targets.TargetError` naming an option that does not apply to the
+    model's kind: classes, top or above for a detector (it explains its detections), detections
+    for another model."""
+    if model.kind == "detection":
+        given = [
+            name
+            for name, value in (
+                ("classes", config.classes),
+                ("top", config.top),
+                ("above", config.above),
+            )
+            if value not in (None, ())
+        ]
+        if given:
+            raise TargetError(
+                f"{model.name} is a detector: it explains its detections (min_score, detections "
+                f"N), not {given[0]}",
+                option=given[0],
+            )
+    elif config.detections is not None:
+        raise TargetError(
+            f"detections chooses a detector's detections; {model.name} is a {model.kind}",
+            option="detections",
+        )
 
 
 def _detected(

@@ -107,6 +107,9 @@ class DetectionNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _two_stage(self.inner):
             return two_stage_rows(self.inner, x)
+        family = _single_stage(self.inner)
+        if family is not None:
+            return single_stage_rows(self.inner, x, family)
         return detection_rows(self.inner(list(x.unbind(0))), x)
 
     def train(self, mode: bool = True) -> DetectionNet:
@@ -240,6 +243,144 @@ def _graded(
     return out
 
 
+def _single_stage(net: nn.Module) -> str | None:
+    """``"retinanet"``, ``"fcos"`` or ``"ssd"`` for torchvision's single-stage detectors (whose
+    rows :func:`single_stage_rows` gives), else None."""
+    if "torchvision" not in sys.modules:
+        return None
+    from torchvision.models.detection.fcos import FCOS
+    from torchvision.models.detection.retinanet import RetinaNet
+    from torchvision.models.detection.ssd import SSD
+
+    for kind, family in ((RetinaNet, "retinanet"), (FCOS, "fcos"), (SSD, "ssd")):
+        if type(net) is kind:  # a subclass may postprocess otherwise
+            return family
+    return None
+
+
+def single_stage_rows(net: Any, x: torch.Tensor, family: str) -> torch.Tensor:
+    """A torchvision RetinaNet's, FCOS's or SSD's detections of ``x`` as rows ``[N, K, 6]``, the
+    same as its own forward pass gives, computed so that a backward pass is cheap: the detections
+    are chosen from the head's outputs without a graph, as torchvision does (:func:`_dense_chosen`),
+    and then the scores of those an explainer differentiates (:func:`graded`) are computed again
+    from the head's outputs, with the graph, at their anchor and class alone (torchvision's own
+    postprocessing, differentiated, would spread every detection's gradient over all the anchors
+    and classes)."""
+    images, _ = net.transform(list(x.unbind(0)))
+    features = net.backbone(images.tensors)
+    if isinstance(features, torch.Tensor):
+        features = {"0": features}
+    features = list(features.values())
+    head = net.head(features)
+    anchors = net.anchor_generator(images, features)
+    sizes = images.image_sizes
+    with torch.no_grad():
+        detached = {k: v.detach() for k, v in head.items()}
+        chosen = _dense_chosen(net, family, detached, anchors, features, sizes)
+    scores = torch.cat([c[3] for c in chosen])
+    graded = _graded(chosen) if torch.is_grad_enabled() else []
+    if sum(len(g) for g in graded):
+        again = []
+        for n, (c, g) in enumerate(zip(chosen, graded, strict=True)):
+            places, labels = c[2][g], c[1][g]
+            logits = head["cls_logits"][n][places]  # [G, classes]
+            if family == "ssd":
+                again.append(torch.softmax(logits, -1).gather(1, labels[:, None])[:, 0])
+                continue
+            score = torch.sigmoid(logits.gather(1, labels[:, None])[:, 0])
+            if family == "fcos":
+                score = torch.sqrt(score * torch.sigmoid(head["bbox_ctrness"][n][places][:, 0]))
+            again.append(score)
+        starts = [0, *itertools.accumulate(len(c[1]) for c in chosen)][:-1]
+        where = torch.cat([g + start for g, start in zip(graded, starts, strict=True)])
+        scores = scores.index_put((where,), torch.cat(again))
+    originals = [(int(x.shape[-2]), int(x.shape[-1]))] * len(x)
+    counts = [len(c[0]) for c in chosen]
+    out = [
+        {"boxes": c[0], "labels": c[1], "scores": s}
+        for c, s in zip(chosen, scores.split(counts), strict=True)
+    ]
+    return detection_rows(net.transform.postprocess(out, sizes, originals), x)
+
+
+def _dense_chosen(
+    net: Any,
+    family: str,
+    head: dict[str, torch.Tensor],
+    anchors: list[torch.Tensor],
+    features: list[torch.Tensor],
+    sizes: list[tuple[int, int]],
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """torchvision's ``postprocess_detections`` of RetinaNet, FCOS or SSD, step for step,
+    keeping for each detection the anchor it comes from (its row in the head's outputs): per
+    image (boxes, labels, anchors, scores)."""
+    from torchvision.models.detection import _utils as det_utils
+    from torchvision.ops import boxes as box_ops
+
+    logits = head["cls_logits"]
+    regression = head["bbox_regression"]
+    classes = logits.shape[-1]
+    out = []
+    if family == "ssd":
+        probabilities = torch.softmax(logits, dim=-1)
+        for n, size in enumerate(sizes):
+            boxes = net.box_coder.decode_single(regression[n], anchors[n])
+            boxes = box_ops.clip_boxes_to_image(boxes, size)
+            parts: list[list[torch.Tensor]] = [[], [], [], []]
+            for label in range(1, classes):
+                score = probabilities[n][:, label]
+                places = torch.where(score > net.score_thresh)[0]
+                score = score[places]
+                score, top = score.topk(det_utils._topk_min(score, net.topk_candidates, 0))
+                places = places[top]
+                parts[0].append(boxes[places])
+                parts[1].append(torch.full_like(places, label))
+                parts[2].append(places)
+                parts[3].append(score)
+            out.append(_nms(net, *(torch.cat(p) for p in parts)))
+        return out
+    per_level = [f.shape[2] * f.shape[3] for f in features]
+    per_anchor = logits.shape[1] // sum(per_level)
+    counts = [n * per_anchor for n in per_level]
+    starts = [0, *itertools.accumulate(counts)][:-1]
+    for n, size in enumerate(sizes):
+        parts = [[], [], [], []]
+        for start, count in zip(starts, counts, strict=True):
+            level_logits = logits[n, start : start + count]
+            level_anchors = anchors[n][start : start + count]
+            level_regression = regression[n, start : start + count]
+            if family == "fcos":
+                centers = head["bbox_ctrness"][n, start : start + count]
+                scores = torch.sqrt(torch.sigmoid(level_logits) * torch.sigmoid(centers)).flatten()
+            else:
+                scores = torch.sigmoid(level_logits).flatten()
+            kept = torch.where(scores > net.score_thresh)[0]
+            scores = scores[kept]
+            scores, top = scores.topk(det_utils._topk_min(kept, net.topk_candidates, 0))
+            kept = kept[top]
+            places = torch.div(kept, classes, rounding_mode="floor")
+            if family == "fcos":
+                boxes = net.box_coder.decode(level_regression[places], level_anchors[places])
+            else:
+                boxes = net.box_coder.decode_single(level_regression[places], level_anchors[places])
+            parts[0].append(box_ops.clip_boxes_to_image(boxes, size))
+            parts[1].append(kept % classes)
+            parts[2].append(places + start)
+            parts[3].append(scores)
+        out.append(_nms(net, *(torch.cat(p) for p in parts)))
+    return out
+
+
+def _nms(
+    net: Any, boxes: torch.Tensor, labels: torch.Tensor, places: torch.Tensor, scores: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The detections torchvision's non-maximum suppression keeps, best first."""
+    from torchvision.ops import boxes as box_ops
+
+    keep = box_ops.batched_nms(boxes, scores, labels, net.nms_thresh)[: net.detections_per_img]
+    return boxes[keep], labels[keep], places[keep], scores[keep]
+
+
 def detection_rows(out: Any, x: torch.Tensor) -> torch.Tensor:
     """The rows ``[N, K, 6]`` of a detector's output (a list of dicts with ``boxes``,
     ``labels``, ``scores``) for the batch ``x``, or a :class:`ModelError` saying what it is."""
@@ -302,6 +443,21 @@ def is_detector(net: nn.Module) -> bool:
         if isinstance(net, GeneralizedRCNN | RetinaNet | FCOS | SSD):
             return True
     return callable(getattr(getattr(net, "transform", None), "postprocess", None))
+
+
+def detector_preprocess(net: nn.Module) -> PreprocessConfig | None:
+    """The preprocessing of a torchvision detector given as an ``nn.Module``: the photo resized
+    to a square of its transform's ``min_size`` (its ``fixed_size`` for SSD), not normalized (its
+    transform normalizes, and a square of that size is neither resized nor padded, 32 dividing
+    it); None for a module that is not one."""
+    transform: Any = getattr(net, "transform", None)
+    if not is_detector(net) or not hasattr(transform, "min_size"):
+        return None
+    fixed = getattr(transform, "fixed_size", None)
+    side = int(fixed[0]) if fixed else int(transform.min_size[-1])
+    return PreprocessConfig(
+        input_size=(side, side), interpolation="bilinear", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)
+    )
 
 
 def detection_model(
@@ -439,6 +595,7 @@ __all__ = [
     "detection_model",
     "detection_rows",
     "detection_size",
+    "detector_preprocess",
     "exact_transform",
     "graded",
     "is_detection_output",

@@ -461,6 +461,10 @@ def _fill(
 
 
 def _wrap_module(net: nn.Module, preprocess: PreprocessConfig | str | None) -> Model:
+    from camlens.models.detection import detector_preprocess
+
+    if preprocess is None:
+        preprocess = detector_preprocess(net)  # a torchvision detector's own (None for others)
     if preprocess is None:
         warnings.warn(
             f"no preprocessing given for this {type(net).__name__}: assuming 224x224 bilinear with "
