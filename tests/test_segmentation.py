@@ -332,7 +332,8 @@ def test_mask_file_and_array(segmenter: camlens.Model, photo: Image.Image, tmp_p
     overlay = Image.open(tmp_path / "out" / "photo.segments.png")
     assert overlay.size == photo.size
     assert report["segmentation"] == by_file.segments.shares()  # type: ignore[union-attr]
-    assert report["explanations"][0]["overlay"].endswith(".12.png")  # VOC 12: dog
+    # VOC 12: dog, over a mask: named by its target, as a run names it
+    assert report["explanations"][0]["overlay"].endswith(".12-mask.png")
 
 
 # --- bad input -------------------------------------------------------------------------------

@@ -293,7 +293,7 @@ def test_summary_is_camlens_summary(client: TestClient, small_runs: Path) -> Non
         (
             {"sort": "size"},
             "sort",
-            "sort: Input should be 'score', 'spread', 'off_center' or 'name'",
+            "sort: Input should be 'score', 'spread', 'off_center', 'energy_in_box' or 'name'",
         ),
         ({"order": "up"}, "order", "order: Input should be 'asc' or 'desc'"),
         (

@@ -60,6 +60,7 @@ from camlens.runs import (
     Row,
     keep_rows,
     option_differences,
+    order_index,
     read_record,
     row_key,
     write_record,
@@ -214,6 +215,8 @@ class Run:
     temp: Path
     record: dict[str, Any]
     lock: int
+    resumed: bool = False
+    """Whether the index held rows of an earlier run when this one started."""
     counts: dict[str, int] = field(default_factory=lambda: {"explained": 0, "errors": 0})
     started: float = field(default_factory=time.monotonic)
 
@@ -221,10 +224,14 @@ class Run:
     def pending(self) -> int:
         return sum(1 for chunk in self.chunks for item in chunk if not item.done)
 
-    def finish(self, interrupted: bool = False) -> None:
-        """Closes the index, records the session and lets go of OUT."""
+    def finish(self, interrupted: bool = False, ordered: bool = False) -> None:
+        """Closes the index, records the session and lets go of OUT. ``ordered``: a run that
+        ended puts its index in input order (:func:`camlens.runs.order_index`), as one
+        uninterrupted run writes it."""
         try:
             self.index.close()
+            if ordered and self.resumed and not interrupted:
+                order_index(self.out, [_key_of(item) for chunk in self.chunks for item in chunk])
             session = self.record["sessions"][-1]
             session.update(
                 finished=_now(),
@@ -306,7 +313,7 @@ def open_run(
     except BaseException:
         os.close(lock)
         raise
-    return Run(out, chunks, index, temp, record, lock)
+    return Run(out, chunks, index, temp, record, lock, resumed=bool(done))
 
 
 def _redo(row: Row, redo: set[str]) -> bool:
@@ -505,7 +512,7 @@ def explain_files(
     finally:
         for pool in pools:
             pool.shutdown(wait=True, cancel_futures=True)
-        run.finish(interrupted or next(chunks, None) is not None)
+        run.finish(interrupted or next(chunks, None) is not None, ordered=True)
 
 
 def _finish(item: Item, outcome: _Outcome, run: Run) -> Done:

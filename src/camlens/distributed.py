@@ -122,7 +122,7 @@ def explain_on_ray(
         data = data.map_batches(
             _BatchExplainer,
             fn_constructor_kwargs={
-                "config": config.to_json(),
+                "config": _portable(config).to_json(),
                 "output": output.to_json(),
                 "out": str(run.out.resolve()),
                 "temp": str(run.temp.resolve()),
@@ -168,6 +168,20 @@ def explain_on_ray(
             ray.shutdown()
         if local is not None:
             local.stop()
+
+
+def _portable(config: ExplainConfig) -> ExplainConfig:
+    """``config`` as an actor builds it, whatever its working folder: a weights file, or a
+    model given as a file (a checkpoint), named relative to the driver's folder, by its absolute
+    path (the same path on every node, as the module says). The run's record keeps the paths as
+    given."""
+    changes: dict[str, Any] = {}
+    if config.weights is not None and not os.path.isabs(config.weights):
+        changes["weights"] = os.path.abspath(config.weights)
+    model = config.model
+    if model is not None and not os.path.isabs(model) and os.path.isfile(model):
+        changes["model"] = os.path.abspath(model)
+    return config.replace(**changes) if changes else config
 
 
 def _connect(ray: Any, address: str | None) -> bool:

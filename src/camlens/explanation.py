@@ -20,7 +20,7 @@ from PIL import Image
 from camlens import render
 from camlens.errors import CamlensError
 from camlens.files import atomic_write, fit_stem, output_folder
-from camlens.maps import Normalization, upsample
+from camlens.maps import Normalization, energy_in_boxes, upsample
 from camlens.targets import Detection
 from camlens.types import Box, Prediction
 
@@ -101,6 +101,15 @@ class ClassMap:
             return f"{self.class_index}-det-" + "-".join(str(round(float(v))) for v in box)
         return kind
 
+    @property
+    def detection_box(self) -> tuple[float, float, float, float] | None:
+        """The box of the detection this map explains (the photo's pixels), else None."""
+        target = self.target
+        if target is None or target.get("kind") != "detection":
+            return None
+        x0, y0, x1, y1 = (float(v) for v in target["box"])
+        return (x0, y0, x1, y1)
+
 
 @dataclass(frozen=True)
 class Segmentation:
@@ -122,13 +131,6 @@ class Segmentation:
             for c in order
             if int(counts[c]) > 0
         ]
-
-
-def _file_tag(m: ClassMap) -> str:
-    """What a map explains in :meth:`Explanation.save`'s file names: its class, or for a
-    detection its class and box (two detections of one class never share a file)."""
-    detection = m.target is not None and m.target.get("kind") == "detection"
-    return _safe(m.tag) if detection else str(m.class_index)
 
 
 @dataclass(frozen=True)
@@ -217,6 +219,18 @@ class Explanation:
             self.image, seg.classes, seg.labels, alpha=alpha, skip=seg.background
         )
 
+    def detection_overlay(self) -> Image.Image:
+        """The photo with the detector's detections drawn over it: each box in its class's
+        color, tagged with its class and score; an error for another model's explanation."""
+        if self.detections is None:
+            raise CamlensError(f"{self.source}: only a detector's explanation has detections")
+        return render.detection_overlay(
+            self.image,
+            np.array([d.box for d in self.detections], dtype=np.float64).reshape(-1, 4),
+            [d.class_index for d in self.detections],
+            [f"{d.label} {d.score:.2f}" for d in self.detections],
+        )
+
     @property
     def image(self) -> Image.Image:
         if not isinstance(self._image, Image.Image):
@@ -253,16 +267,33 @@ class Explanation:
     ) -> Image.Image:
         """Map ``i`` laid over the photo, at the photo's own size, with boxes, each labelled with
         the class and its score: ``boxes=True`` the map's own (those
-        :func:`camlens.localize.add_boxes` gave it, if any), ``False`` none, or the boxes given.
+        :func:`camlens.localize.add_boxes` gave it, if any), ``False`` none, or the boxes given;
+        a detection's map also has the detection's box, in white, with its class and score.
         ``full``: :meth:`map_at_image` of the map, when the caller has it already. Every overlay
         camlens writes or serves is drawn here."""
         full = self.map_at_image(i) if full is None else full
         picture = render.overlay(self.image, self._numpy(full), cmap=cmap, alpha=alpha)
         m = self.maps[i]
         drawn = (m.boxes or []) if boxes is True else (boxes or [])
-        if not drawn:
-            return picture
-        return render.draw_boxes(picture, [b.xyxy for b in drawn], labels=[m.title] * len(drawn))
+        if drawn:
+            picture = render.draw_boxes(
+                picture, [b.xyxy for b in drawn], labels=[m.title] * len(drawn)
+            )
+        box = m.detection_box
+        if box is not None:  # a detection's map: its own box, its class and score, in white
+            picture = render.draw_boxes(
+                picture, [box], labels=[self._detection_tag(i)], color=(255, 255, 255)
+            )
+        return picture
+
+    def _detection_tag(self, i: int) -> str:
+        """The class and score of the detection map ``i`` explains (``car 0.93``)."""
+        target = self.maps[i].target or {}
+        score = float(target.get("score", 0.0))
+        for d in self.detections or ():
+            if list(d.box) == list(target.get("box", ())) and d.class_index == target.get("label"):
+                return f"{d.label} {score:.2f}"
+        return f"{self.maps[i].label} {score:.2f}"  # a detection given, not found
 
     def panel(
         self, i: int = 0, *, cmap: str = "jet", alpha: float = 0.5, raw: bool = False
@@ -282,11 +313,14 @@ class Explanation:
         )
 
     def at_image(self, i: int = 0, full: torch.Tensor | None = None) -> AtImage:
-        """What the report says of map ``i`` at the photo's size: flat there, and its peak.
+        """What the report says of map ``i`` at the photo's size: flat there, its peak and, for a
+        detection's map, ``energy_in_box``: the share of its sum inside the detection's box.
         ``full``: :meth:`map_at_image` of the map, when the caller has it already (a writer that
         makes each full-size map once, and lets it go before the next)."""
         full = self.map_at_image(i) if full is None else full
-        return AtImage(self.maps[i].flat or not bool(full.max() > 0), _peak(full))
+        box = self.maps[i].detection_box
+        energy = None if box is None else round(energy_in_boxes(full, [box]), 6)
+        return AtImage(self.maps[i].flat or not bool(full.max() > 0), _peak(full), energy)
 
     def peak(self, i: int = 0) -> tuple[int, int]:
         """(x, y) of the maximum of map ``i`` in the photo's pixels."""
@@ -334,6 +368,8 @@ class Explanation:
                 entry["target"] = m.target
                 entry["explained"] = m.explained
                 entry["value"] = m.value
+            if fact.energy_in_box is not None:
+                entry["energy_in_box"] = fact.energy_in_box
             explanations.append(entry)
         report: dict[str, Any] = {
             "image": self.source,
@@ -376,13 +412,17 @@ class Explanation:
         source's file stem; one too long for the file names is cut
         (:func:`camlens.files.fit_stem`). ``panels``: also ``BASE.panel.png`` per map (photo |
         heatmap | overlay; with ``raw_panels`` also the map at the layer's grid, see
-        :meth:`panel`); ``grid``: also ``STEM.grid.png`` with every map of the image. Each file
+        :meth:`panel`); ``grid``: also ``STEM.grid.png`` with every map of the image. A
+        segmentation model's also has ``STEM.segments.png`` (:meth:`segment_overlay`), a
+        detector's ``STEM.detections.png`` (:meth:`detection_overlay`). Each file
         appears whole or not at all, the JSON last, so a report on disk always names files that
         are complete."""
         out = output_folder(out_dir, "out_dir")  # a file there, say: one line naming it
         stem = stem or _safe(Path(self.source).stem) or "image"
-        tails = [f".{_safe(m.method)}.{_safe(m.layer)}.{_file_tag(m)}" for m in self.maps]
-        longest = max([".json", ".grid.png", *(t + ".panel.png" for t in tails)], key=len)
+        tails = file_tails(self.maps)
+        longest = max(
+            [".json", ".grid.png", ".detections.png", *(t + ".panel.png" for t in tails)], key=len
+        )
         stem = fit_stem(stem, longest)
         files: list[tuple[str, str]] = []
         panel_files: list[str] = []
@@ -405,6 +445,10 @@ class Explanation:
         if self.segments is not None:
             segments = f"{stem}.segments.png"
             render.save_png(self.segment_overlay(alpha=alpha), out / segments)
+        detections = None
+        if self.detections is not None:
+            detections = f"{stem}.detections.png"
+            render.save_png(self.detection_overlay(), out / detections)
         if grid:
             all_maps = f"{stem}.grid.png"
             render.save_png(_grid([self], cmap=cmap, alpha=alpha), out / all_maps)
@@ -413,6 +457,8 @@ class Explanation:
         )
         if segments is not None:
             document["segments_overlay"] = segments
+        if detections is not None:
+            document["detections_overlay"] = detections
         report = json.dumps(document, indent=2, allow_nan=False) + "\n"
         return atomic_write(out / f"{stem}.json", lambda temp: temp.write_text(report))
 
@@ -512,6 +558,23 @@ def grid_cells(explanations: Sequence[Explanation]) -> list[list[render.GridCell
 _grid = grid  # for Explanation.save, whose own ``grid`` argument hides the function
 
 
+def file_tails(maps: Sequence[ClassMap]) -> list[str]:
+    """The end of each map's file names, ``.METHOD.LAYER.TAG`` (:attr:`ClassMap.tag`), made
+    unique: a tail met before gets ``-2``, ``-3``... (two masks of one class, say), so no map
+    of an image overwrites another's files. Every writer names its files by these."""
+    tails: list[str] = []
+    seen: set[str] = set()
+    for m in maps:
+        tail = f".{_safe(m.method)}.{_safe(m.layer)}.{_safe(m.tag)}"
+        unique, n = tail, 1
+        while unique in seen:
+            n += 1
+            unique = f"{tail}-{n}"
+        seen.add(unique)
+        tails.append(unique)
+    return tails
+
+
 DISPLAY_SIDE = 320  # the longest side of a picture in an explanation's notebook display
 
 
@@ -533,11 +596,13 @@ def _html_figure(image: Image.Image, caption: str, alt: str) -> str:
 
 
 class AtImage(NamedTuple):
-    """A map at the photo's own size, as the report gives it: constant (zeros) there, and the
-    (x, y) of its maximum."""
+    """A map at the photo's own size, as the report gives it: constant (zeros) there, the (x, y)
+    of its maximum and, for a detection's map, the share of its sum inside the detection's own
+    box (:func:`camlens.maps.energy_in_boxes`; None for other maps)."""
 
     flat: bool
     peak: tuple[int, int]
+    energy_in_box: float | None = None
 
 
 def _peak(full: torch.Tensor) -> tuple[int, int]:

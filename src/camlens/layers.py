@@ -249,6 +249,7 @@ def check_input_size(model: Model, size: tuple[int, int], *, head: bool = True) 
             f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); its own size is "
             f"{own[0]}x{own[1]}"
         ) from None
+    # a detector's box head reads RoIAlign's fixed grid per box, which any input size feeds alike
     if head and model.kind == "classifier" and first and last_map and first[0] != last_map[0]:
         raise ModelError(
             f"{model.name} has a fixed-size head (its first linear layer takes {first[0]} "

@@ -1,12 +1,23 @@
 """What every method's output goes through: ReLU and normalization to [0, 1] (min-max, or division
-by the maximum as the CAM write-ups do), then upsampling."""
+by the maximum as the CAM write-ups do), then upsampling; and the share of a map inside boxes
+(:func:`energy_in_boxes`), which the energy-based pointing game and a detection's
+``energy_in_box`` both read."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Literal
 
+import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F
+
+from camlens.errors import CamlensError
+from camlens.types import Box
+
+BoxLike = Box | Sequence[float]
 
 # A map whose range is below this fraction of its largest magnitude is treated as constant.
 CONSTANT_TOLERANCE = 1e-6
@@ -67,3 +78,57 @@ def upsample(
     span = high - low
     big = torch.where(span > 0, (big - low) / torch.where(span > 0, span, 1), torch.zeros_like(big))
     return big.reshape(*lead, *size)
+
+
+# --------------------------------------------------------------------------------------------------
+# A map inside boxes (the box convention of :mod:`camlens.types`)
+
+
+def box_xyxy(box: BoxLike) -> tuple[float, float, float, float]:
+    """``(x0, y0, x1, y1)`` of a :class:`~camlens.types.Box` or of four numbers."""
+    if isinstance(box, Box):
+        return box.xyxy
+    values = tuple(float(v) for v in box)
+    if len(values) != 4:
+        raise CamlensError(f"a box is [x0, y0, x1, y1], not {list(box)}")
+    return values  # type: ignore[return-value]
+
+
+def pixel_span(lo: float, hi: float) -> tuple[int, int]:
+    """The pixels whose centers lie in [lo, hi]: ``ceil(lo - 0.5) .. floor(hi - 0.5)``
+    (for whole numbers ``lo .. hi - 1``)."""
+    return math.ceil(lo - 0.5), math.floor(hi - 0.5)
+
+
+def box_mask(shape: tuple[int, int], boxes: Sequence[BoxLike]) -> npt.NDArray[np.bool_]:
+    """A [height, width] mask of the pixels whose centers lie in any of ``boxes``."""
+    height, width = shape
+    mask = np.zeros((height, width), dtype=bool)
+    for box in boxes:
+        x0, y0, x1, y1 = box_xyxy(box)
+        px0, px1 = pixel_span(x0, x1)
+        py0, py1 = pixel_span(y0, y1)
+        px0, py0 = max(px0, 0), max(py0, 0)
+        if px1 >= px0 and py1 >= py0:
+            mask[py0 : py1 + 1, px0 : px1 + 1] = True
+    return mask
+
+
+def energy_in_boxes(
+    map2d: torch.Tensor | npt.NDArray[np.floating], boxes: Sequence[BoxLike]
+) -> float:
+    """The share of a map's sum inside ``boxes`` (their union: an overlap counts once), the
+    pixels whose centers lie in a box::
+
+        sum_{(i,j) in boxes} M(i, j) / sum_{(i,j)} M(i, j)
+
+    0 for a map whose sum is not positive (a flat map holds no energy anywhere). Sums in float64.
+    """
+    values = torch.as_tensor(map2d).detach().to("cpu", torch.float64)
+    if values.ndim != 2:
+        raise CamlensError(f"a map is [height, width], not of shape {list(values.shape)}")
+    total = float(values.sum())
+    if not total > 0.0:
+        return 0.0
+    inside = torch.from_numpy(box_mask((values.shape[0], values.shape[1]), boxes))
+    return float(values[inside].sum()) / total

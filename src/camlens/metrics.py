@@ -31,13 +31,12 @@ from scipy.sparse import linalg as sparse_linalg
 from camlens.errors import CamlensError
 from camlens.files import atomic_write
 from camlens.localize import MapLike, as_map
+from camlens.maps import BoxLike, box_mask, energy_in_boxes, pixel_span
+from camlens.maps import box_xyxy as _xyxy
 from camlens.modes import eval_mode
-from camlens.types import Box
 
 if TYPE_CHECKING:
     from camlens.models import Model
-
-BoxLike = Box | Sequence[float]
 
 #: The pointing game's tolerance in pixels (Zhang et al. 2016).
 POINTING_TOLERANCE = 15
@@ -47,15 +46,6 @@ LOCALIZATION_IOU = 0.5
 
 # --------------------------------------------------------------------------------------------------
 # Localization
-
-
-def _xyxy(box: BoxLike) -> tuple[float, float, float, float]:
-    if isinstance(box, Box):
-        return box.xyxy
-    values = tuple(float(v) for v in box)
-    if len(values) != 4:
-        raise CamlensError(f"a box is [x0, y0, x1, y1], not {list(box)}")
-    return values  # type: ignore[return-value]
 
 
 def iou(a: BoxLike, b: BoxLike) -> float:
@@ -131,19 +121,13 @@ def peak(map2d: MapLike) -> tuple[int, int]:
     return flat % arr.shape[1], flat // arr.shape[1]
 
 
-def _pixel_span(lo: float, hi: float) -> tuple[int, int]:
-    """The pixels whose centers lie in [lo, hi]: ``ceil(lo - 0.5) .. floor(hi - 0.5)``
-    (for whole numbers ``lo .. hi - 1``)."""
-    return math.ceil(lo - 0.5), math.floor(hi - 0.5)
-
-
 def pointing_distance(point: tuple[int, int], box: BoxLike) -> float:
     """Euclidean distance in pixels from pixel ``point`` (x, y) to the nearest pixel of ``box`` (the
     pixels whose centers lie in the box); 0 inside."""
     x, y = point
     x0, y0, x1, y1 = _xyxy(box)
-    px0, px1 = _pixel_span(x0, x1)
-    py0, py1 = _pixel_span(y0, y1)
+    px0, px1 = pixel_span(x0, x1)
+    py0, py1 = pixel_span(y0, y1)
     if px1 < px0 or py1 < py0:
         return math.inf  # a box too thin to hold a pixel center
     dx = max(px0 - x, 0, x - px1)
@@ -169,32 +153,15 @@ def pointing_hit(
     return min(pointing_distance(point, g) for g in truth) <= tolerance
 
 
-def box_mask(shape: tuple[int, int], boxes: Sequence[BoxLike]) -> npt.NDArray[np.bool_]:
-    """A [height, width] mask of the pixels whose centers lie in any of ``boxes``."""
-    height, width = shape
-    mask = np.zeros((height, width), dtype=bool)
-    for box in boxes:
-        x0, y0, x1, y1 = _xyxy(box)
-        px0, px1 = _pixel_span(x0, x1)
-        py0, py1 = _pixel_span(y0, y1)
-        px0, py0 = max(px0, 0), max(py0, 0)
-        if px1 >= px0 and py1 >= py0:
-            mask[py0 : py1 + 1, px0 : px1 + 1] = True
-    return mask
-
-
 def energy_pointing_game(map2d: MapLike, truth: Sequence[BoxLike]) -> float:
     """The energy-based pointing game (Wang et al., "Score-CAM", CVPR 2020 workshops): the share of
     the map's mass inside the ground-truth boxes of the class::
 
         proportion = sum_{(i,j) in boxes} M(i, j) / sum_{(i,j)} M(i, j)
 
-    (the boxes' union, so overlapping boxes count once); 0 for a map that is zero everywhere."""
-    arr = as_map(map2d)
-    total = float(arr.sum())
-    if total <= 0.0:
-        return 0.0
-    return float(arr[box_mask(arr.shape, truth)].sum()) / total
+    (the boxes' union, so overlapping boxes count once); 0 for a map that is zero everywhere.
+    :func:`camlens.maps.energy_in_boxes` of the map, checked first (2-D, no NaN)."""
+    return energy_in_boxes(as_map(map2d), truth)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from PIL import Image
 
 from camlens.config import OutputConfig
 from camlens.errors import CamlensError
-from camlens.explanation import AtImage, Explanation, _safe
+from camlens.explanation import AtImage, Explanation, file_tails
 from camlens.explanation import grid as explanation_grid
 from camlens.files import fit_stem
 from camlens.localize import boxes_from_map
@@ -75,8 +75,10 @@ def write_image(
     prefix = f"{folder_rel}/" if folder_rel else ""
     kind = overlay_format(output)
     suffix = OVERLAY_SUFFIXES[kind]
-    tails = [f".{_safe(m.method)}.{_safe(m.layer)}.{_safe(m.tag)}" for m in result.maps]
-    longest = max([".json", ".grid.png", *(t + ".panel.png" for t in tails)], key=len)
+    tails = file_tails(result.maps)
+    longest = max(
+        [".json", ".grid.png", ".detections.png", *(t + ".panel.png" for t in tails)], key=len
+    )
     name = fit_stem(name, longest)  # a long input name is cut, as Explanation.save cuts it
     files: list[tuple[str, str]] = []
     facts: list[AtImage] = []
@@ -135,6 +137,10 @@ def write_image(
         picture = result.segment_overlay(alpha=output.alpha)
         put(folder / segments, encode(picture, kind, output.quality), temp)
         report["segments_overlay"] = segments
+    if result.detections is not None:  # a detector's boxes over the photo
+        detections = f"{name}.detections{suffix}"
+        put(folder / detections, encode(result.detection_overlay(), kind, output.quality), temp)
+        report["detections_overlay"] = detections
     for entry, extra in zip(report["explanations"], extras, strict=True):
         if not entry["map"]:
             entry["map"] = None
@@ -151,8 +157,9 @@ def write_image(
                 entry[key] = prefix + entry[key]
     if row.get("grid") is not None:
         row["grid"] = prefix + row["grid"]
-    if row.get("segments_overlay") is not None:
-        row["segments_overlay"] = prefix + row["segments_overlay"]
+    for key in ("segments_overlay", "detections_overlay"):
+        if row.get(key) is not None:
+            row[key] = prefix + row[key]
     return row
 
 

@@ -788,6 +788,35 @@ def draw_boxes(
     return out
 
 
+def class_color(index: int) -> RGB:
+    """The color of class ``index`` in the pictures of segments and detections (matplotlib's
+    ``tab20``, cycled)."""
+    r, g, b = matplotlib.colormaps["tab20"](int(index) % 20)[:3]
+    return (round(r * 255), round(g * 255), round(b * 255))
+
+
+def detection_overlay(
+    image: Image.Image,
+    boxes: npt.ArrayLike | torch.Tensor,
+    classes: Sequence[int],
+    labels: Sequence[str],
+) -> Image.Image:
+    """``image`` with a detector's boxes ``[x0, y0, x1, y1]`` (the photo's pixels) drawn over it,
+    each in its class's color (:func:`class_color`) with its tag ``labels[i]`` (the class's name
+    and score, say): :func:`draw_boxes` once per class."""
+    arr = _as_boxes(boxes)
+    if len(classes) != len(arr) or len(labels) != len(arr):
+        raise CamlensError(
+            f"{len(arr)} boxes need as many classes and labels, not {len(classes)} and "
+            f"{len(labels)}"
+        )
+    out = _as_rgb(image)
+    for c in dict.fromkeys(int(c) for c in classes):
+        mine = [i for i, k in enumerate(classes) if int(k) == c]
+        out = draw_boxes(out, arr[mine], labels=[labels[i] for i in mine], color=class_color(c))
+    return out
+
+
 # --------------------------------------------------------------------------------------------------
 # Saving
 
@@ -820,7 +849,7 @@ def segment_overlay(
     width, height = photo.size
     full = F.interpolate(index[None, None].float(), size=(height, width), mode="nearest")[0, 0]
     classes = full.long().numpy()
-    colors = np.array([matplotlib.colormaps["tab20"](i % 20)[:3] for i in range(20)]) * 255
+    colors = np.array([class_color(i) for i in range(20)], dtype=np.float32)
     pixels = np.asarray(photo, dtype=np.float32).copy()
     drawn = [int(c) for c in np.unique(classes) if int(c) not in set(skip)]
     for c in drawn:

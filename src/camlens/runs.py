@@ -141,14 +141,15 @@ def row_problem(row: Mapping[str, Any]) -> str | None:
     """What is wrong with an index row, as the readers of an index (``camlens summary``, the
     gallery, a resumed run) need it, or None: an ``image`` text and an ``error`` text, or
     ``predictions`` (at least one, each with a ``class_index``, ``label`` and a finite
-    ``score``), ``explanations`` (each with ``class_index``, ``label``, ``method``, ``layer``;
+    ``score``; none for a detector's image with no detection: a ``detections`` list, empty),
+    ``explanations`` (each with ``class_index``, ``label``, ``method``, ``layer``;
     their numbers finite) and at most a ``truth`` with ``class_index`` and ``label``."""
     if not isinstance(row.get("image"), str):
         return "no image path"
     if row.get("error") is not None:
         return None if isinstance(row["error"], str) else "its error is not a text"
     predictions = row.get("predictions")
-    if not isinstance(predictions, list) or not predictions:
+    if not isinstance(predictions, list) or not (predictions or _detector(row)):
         return "no predictions"
     for k, p in enumerate(predictions):
         problem = _class_problem(p, f"predictions[{k}]") or _finite(p, "score", k, "predictions")
@@ -170,6 +171,12 @@ def row_problem(row: Mapping[str, Any]) -> str | None:
             if m.get(key) is not None and (problem := _finite(m, key, k, "explanations")):
                 return problem
     return None
+
+
+def _detector(row: Mapping[str, Any]) -> bool:
+    """Whether an index row is a detector's image (it has a list of ``detections``, which may be
+    empty, and then so are its predictions and maps)."""
+    return isinstance(row.get("detections"), list)
 
 
 def _class_problem(entry: Any, name: str) -> str | None:
@@ -204,6 +211,30 @@ def keep_rows(out: Path, keep: Callable[[Row], bool]) -> set[str]:
         else:
             path.unlink(missing_ok=True)
     return {row_key(row) for row in kept}
+
+
+def order_index(out: Path, keys: Sequence[str]) -> bool:
+    """Puts the rows of ``OUT/index.jsonl`` in the order of their :func:`row_key` s in ``keys``,
+    the rows of other images (an earlier run's, of other files) first as they were: a resumed
+    run's index then has the bytes of one uninterrupted run's, whose rows are in input order
+    (a resumed run appends the images it does, a failed one included, after those it found
+    done). The file is replaced whole, and only when its order changes; True when it was."""
+    path = out / INDEX
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise CamlensError(f"cannot read {path} ({exc.strerror})") from None
+    lines = [line for line in data.splitlines(keepends=True) if line.strip()]
+    place = {key: i for i, key in enumerate(keys)}
+    rank = [place.get(row_key(_parse_row(line, path, None)), -1) for line in lines]
+    order = sorted(range(len(lines)), key=lambda i: (rank[i] >= 0, rank[i], i))
+    if order == list(range(len(lines))):
+        return False
+    with atomic_open(path) as handle:
+        handle.writelines(lines[i].decode() for i in order)
+    return True
 
 
 class IndexWriter:
@@ -323,6 +354,20 @@ class SegmentLine:
 
 
 @dataclass
+class DetectionLine:
+    """One class of a detector's run: the ``images`` with at least one detection of it, its
+    ``detections`` in all, their mean ``score`` and the mean ``energy_in_box`` of their maps
+    (None when none was explained)."""
+
+    class_index: int
+    label: str
+    images: int
+    detections: int
+    score: float
+    energy_in_box: float | None
+
+
+@dataclass
 class Notable:
     """An image worth a look: ``value`` is what put it on its list."""
 
@@ -350,6 +395,9 @@ class Summary:
     off_center: list[Notable] = field(default_factory=list)
     confident_mistakes: list[Notable] = field(default_factory=list)
     segments: list[SegmentLine] = field(default_factory=list)
+    detections: list[DetectionLine] = field(default_factory=list)
+    undetected: int = 0  # a detector's images with no detection (above its min score)
+    outside_box: list[Notable] = field(default_factory=list)  # least energy_in_box first
 
 
 def summarize(rows: Iterable[Mapping[str, Any]], top: int = 10) -> Summary:
@@ -357,13 +405,19 @@ def summarize(rows: Iterable[Mapping[str, Any]], top: int = 10) -> Summary:
     names; and the ``top`` images whose first map (that of the first class, method and layer)
     is most spread or most off center, and (with labels) the most confident mistakes."""
     rows = list(rows)
-    explained = [r for r in rows if r.get("error") is None and r.get("predictions")]
+    # a detector's image with no detection may have no prediction either: explained all the same
+    explained = [
+        r
+        for r in rows
+        if r.get("error") is None and (r.get("predictions") or r.get("detections") is not None)
+    ]
     errors = [(str(r.get("image")), str(r.get("error"))) for r in rows if r.get("error")]
-    labelled = [r for r in explained if isinstance(r.get("truth"), Mapping)]
+    predicted = [r for r in explained if r.get("predictions")]
+    labelled = [r for r in predicted if isinstance(r.get("truth"), Mapping)]
     by = "truth" if labelled else "predicted"
     groups: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
     names: dict[int, str] = {}
-    for r in labelled if labelled else explained:
+    for r in labelled if labelled else predicted:
         cls = r["truth"] if labelled else r["predictions"][0]
         groups[int(cls["class_index"])].append(r)
         names[int(cls["class_index"])] = str(cls["label"])
@@ -395,6 +449,7 @@ def summarize(rows: Iterable[Mapping[str, Any]], top: int = 10) -> Summary:
         for c, shares in present.items()
     ]
     segments.sort(key=lambda line: (-line.images, -line.share, line.class_index))
+    detections = _detection_lines(explained)
     mistakes = [r for r in labelled if not _right_top1(r)]
     mistakes.sort(key=lambda r: -float(r["predictions"][0]["score"]))
     return Summary(
@@ -419,7 +474,65 @@ def summarize(rows: Iterable[Mapping[str, Any]], top: int = 10) -> Summary:
             for r in mistakes[:top]
         ],
         segments=segments,
+        detections=detections,
+        undetected=sum(1 for r in explained if r.get("detections") == []),
+        outside_box=_outside_box(explained, top),
     )
+
+
+def _outside_box(rows: Sequence[Mapping[str, Any]], top: int) -> list[Notable]:
+    """The ``top`` maps of detections with the least of their sum inside their own box
+    (``energy_in_box``, least first): the detections whose maps deserve a look."""
+    maps = [
+        (r, m)
+        for r in rows
+        for m in r.get("explanations") or ()
+        if isinstance(m, Mapping) and isinstance(m.get("energy_in_box"), int | float)
+    ]
+    maps.sort(key=lambda rm: (float(rm[1]["energy_in_box"]), str(rm[0]["image"])))
+    return [
+        Notable(
+            str(r["image"]),
+            f"{m['label']} ({m['method']}, {m['layer']})",
+            float(m["energy_in_box"]),
+            _overlay(m),
+        )
+        for r, m in maps[:top]
+    ]
+
+
+def _detection_lines(rows: Sequence[Mapping[str, Any]]) -> list[DetectionLine]:
+    """Per class of a detector's rows (their ``detections``): images, detections, mean score,
+    and the mean ``energy_in_box`` of the maps of its detections; most images first."""
+    images: dict[int, set[int]] = defaultdict(set)
+    scores: dict[int, list[float]] = defaultdict(list)
+    energies: dict[int, list[float]] = defaultdict(list)
+    names: dict[int, str] = {}
+    for n, r in enumerate(rows):
+        for d in r.get("detections") or ():
+            c = int(d["class_index"])
+            images[c].add(n)
+            scores[c].append(float(d["score"]))
+            names.setdefault(c, str(d["label"]))
+        for m in r.get("explanations") or ():
+            target = m.get("target") if isinstance(m, Mapping) else None
+            if isinstance(target, Mapping) and target.get("kind") == "detection":
+                energy = m.get("energy_in_box")
+                if isinstance(energy, int | float):
+                    energies[int(target["label"])].append(float(energy))
+    lines = [
+        DetectionLine(
+            c,
+            names[c],
+            len(images[c]),
+            len(scores[c]),
+            statistics.fmean(scores[c]),
+            statistics.fmean(energies[c]) if energies[c] else None,
+        )
+        for c in scores
+    ]
+    lines.sort(key=lambda line: (-line.images, -line.detections, line.class_index))
+    return lines
 
 
 def _first_map(row: Mapping[str, Any]) -> Mapping[str, Any] | None:

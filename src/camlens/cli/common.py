@@ -198,14 +198,16 @@ def explain_config(
     targets: Sequence[Any] = (),
     above: float | None = None,
     scores: str | None = None,
+    min_score: float | None = None,
+    detections: int | None = None,
 ) -> ExplainConfig:
     """The one :class:`~camlens.config.ExplainConfig` of the options ``explain``, ``localize``
     and ``evaluate`` share (``--model``, ``--weights``, ``--device``, ``--method``, ``--layer``,
     ``--smooth``, ``--batch-size``, ``--max-batch-memory`` in MiB, ``--fast-channels``,
     ``--fast-resolution``, ``--max-pixels``, ``--input-size``, ``--relu/--no-relu``, and
     ``--class``/``--top`` where they choose the classes, and the targets, ``--above``,
-    ``--scores`` and ``--normalize`` of ``explain``). A bad value is a one-line error and exit
-    status 2, before torch or any model is loaded."""
+    ``--scores``, ``--normalize``, ``--min-score`` and ``--detections`` of ``explain``). A bad
+    value is a one-line error and exit status 2, before torch or any model is loaded."""
     from camlens.config import ExplainConfig
     from camlens.options import parse_size
 
@@ -230,6 +232,42 @@ def explain_config(
             targets=tuple(targets),
             above=above,
             scores=scores,  # type: ignore[arg-type]  # checked by ExplainConfig
+            detections=detections,
+            min_score=ExplainConfig.min_score if min_score is None else min_score,
+        )
+
+
+def detector_options(
+    kind: str, config: ExplainConfig, min_score: float | None, detections: int | None
+) -> None:
+    """``--min-score`` and ``--detections`` are for a detector, and a detector explains its
+    detections, not classes: either given to the other kind of model, a CamlensError naming the
+    options (never silently ignored), before any image runs."""
+    if kind == "detection":
+        chosen = [
+            name
+            for name, given in (
+                ("--class", config.classes),
+                ("--top", config.top is not None),
+                ("--above", config.above is not None),
+            )
+            if given
+        ]
+        if chosen:
+            raise CamlensError(
+                f"{' and '.join(chosen)} {'choose' if len(chosen) > 1 else 'chooses'} classes; "
+                "this model is a detector: it explains its detections (--min-score, --detections)"
+            )
+        return
+    given = [
+        name
+        for name, value in (("--min-score", min_score), ("--detections", detections))
+        if value is not None
+    ]
+    if given:
+        raise CamlensError(
+            f"{' and '.join(given)} {'choose' if len(given) > 1 else 'chooses'} a detector's "
+            f"detections; this model is a {kind}: drop {'them' if len(given) > 1 else 'it'}"
         )
 
 
@@ -424,6 +462,20 @@ AboveOpt = Annotated[
         "--above",
         help="explain every class whose score is at least P (with sigmoid), best first; "
         "with --top K at most K of them",
+    ),
+]
+MinScoreOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--min-score",
+        help="detectors: explain the detections scored at least this, 0..1 (default 0.5)",
+    ),
+]
+DetectionsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--detections",
+        help="detectors: explain the N best detections above --min-score (default: all)",
     ),
 ]
 OutputOpt = Annotated[

@@ -20,6 +20,7 @@ from camlens.cli.common import (
     AboveOpt,
     AllBoxesOpt,
     BatchSizeOpt,
+    DetectionsOpt,
     DeviceOpt,
     EmbeddingOpt,
     EventBars,
@@ -31,6 +32,7 @@ from camlens.cli.common import (
     MaxBatchMemoryOpt,
     MaxPixelsOpt,
     MethodsOpt,
+    MinScoreOpt,
     ModelOpt,
     OutputOpt,
     ReluOpt,
@@ -41,6 +43,7 @@ from camlens.cli.common import (
     WeightsOpt,
     app,
     bad_input,
+    detector_options,
     explain_config,
     fail,
     input_files,
@@ -83,18 +86,20 @@ def _segment_targets(
 
 
 def console_line(result: Explanation) -> str:
-    """One line per explained image: its top-3 predictions, the classes explained, and the maps
-    that came out flat (nothing left after the ReLU: no positive evidence at that layer)."""
-    return row_line(
-        {
-            "image": result.source,
-            "predictions": [{"label": p.label, "score": p.score} for p in result.predictions],
-            "explanations": [
-                {"label": m.label, "method": m.method, "layer": m.layer, "flat": m.flat}
-                for m in result.maps
-            ],
-        }
-    )
+    """One line per explained image: its top-3 predictions (a detector's: how many detections,
+    and the 3 best), the classes explained, and the maps that came out flat (nothing left after
+    the ReLU: no positive evidence at that layer)."""
+    row: dict[str, object] = {
+        "image": result.source,
+        "predictions": [{"label": p.label, "score": p.score} for p in result.predictions],
+        "explanations": [
+            {"label": m.label, "method": m.method, "layer": m.layer, "flat": m.flat}
+            for m in result.maps
+        ],
+    }
+    if result.detections is not None:
+        row["detections"] = [{"label": d.label, "score": d.score} for d in result.detections]
+    return row_line(row)
 
 
 def row_line(row: dict[str, object]) -> str:
@@ -103,8 +108,13 @@ def row_line(row: dict[str, object]) -> str:
     predictions = cast(list[dict[str, object]], row["predictions"])
     maps = cast(list[dict[str, object]], row["explanations"])
     top = "; ".join(f"{p['label']} {cast(float, p['score']):.3f}" for p in predictions[:3])
+    found = cast("list[dict[str, object]] | None", row.get("detections"))
+    if found is not None:  # a detector: its detections rather than its top classes
+        count = f"{len(found)} detection{'' if len(found) == 1 else 's'}"
+        best = "; ".join(f"{d['label']} {cast(float, d['score']):.3f}" for d in found[:3])
+        top = f"{count}: {best}" if found else "no detection"
     explained = "; ".join(dict.fromkeys(str(m["label"]) for m in maps))
-    line = f"{row['image']}: {top} | explained: {explained}"
+    line = f"{row['image']}: {top} | explained: {explained or 'nothing'}"
     flat = [f"{m['label']} ({m['method']}, {m['layer']})" for m in maps if m.get("flat")]
     if flat:
         more = f" and {len(flat) - 3} more" if len(flat) > 3 else ""
@@ -243,6 +253,8 @@ def explain(
     output_index: OutputOpt = None,
     like: LikeOpt = None,
     embedding: EmbeddingOpt = None,
+    min_score: MinScoreOpt = None,
+    detections: DetectionsOpt = None,
     region: Annotated[
         str | None,
         typer.Option(
@@ -295,6 +307,8 @@ def explain(
         targets=targets,
         above=above,
         scores=scores,
+        min_score=min_score,
+        detections=detections,
     )
     with bad_input():  # every option, and the output places, before torch or any model loads
         output = OutputConfig(
@@ -333,6 +347,7 @@ def explain(
         fail(f"--grid {grid_file} is one of the inputs: the grid would overwrite it")
     with bad_input():
         explainer = Explainer.from_config(config)
+        detector_options(explainer.model.kind, config, min_score, detections)
     kept: list[Explanation] = []
     tally = _Tally()
     with progress_bars(rate=True) as progress, _stop_on_ctrl_c() as stopping, bad_input():
@@ -519,6 +534,8 @@ def summary(
     )
     if result.flat:
         text += f", {result.flat} with a flat first map"
+    if result.undetected:
+        text += f", {result.undetected} with no detection"
     if result.labelled:
         text += (
             f"; {result.labelled} with a class from their folder's name: top-1 "
@@ -567,6 +584,24 @@ def summary(
                 escape(f"{seg.label} ({seg.class_index})"), str(seg.images), f"{seg.share:.3f}"
             )
         out_console.print(segments)
+    if result.detections:  # a detector's run
+        found = Table(
+            title="detections: images with the class, its detections, their mean score and "
+            "the mean share of their maps inside their boxes",
+            header_style="bold",
+            box=None,
+        )
+        for column in ("class", "images", "detections", "mean score", "mean energy in box"):
+            found.add_column(column, justify="left" if column == "class" else "right")
+        for det in result.detections[: classes or None]:
+            found.add_row(
+                escape(f"{det.label} ({det.class_index})"),
+                str(det.images),
+                str(det.detections),
+                f"{det.score:.3f}",
+                _fraction(det.energy_in_box),
+            )
+        out_console.print(found)
     lists = [
         ("most spread maps (share of the photo where the map >= 0.5)", result.spread),
         (
@@ -574,6 +609,10 @@ def summary(
             result.off_center,
         ),
         ("most confident mistakes (top-1 score)", result.confident_mistakes),
+        (
+            "detections whose maps lie most outside their own box (energy in box, least first)",
+            result.outside_box,
+        ),
     ]
     for title, notable in lists:
         if not notable:

@@ -39,20 +39,25 @@ from camlens.runs import (
 )
 from camlens.types import class_number
 
-Sort = Literal["score", "spread", "off_center", "name"]
+Sort = Literal["score", "spread", "off_center", "energy_in_box", "name"]
 Order = Literal["asc", "desc"]
 Status = Literal["all", "explained", "failed", "wrong"]
-SORTS: tuple[str, ...] = ("score", "spread", "off_center", "name")
+SORTS: tuple[str, ...] = ("score", "spread", "off_center", "energy_in_box", "name")
 DEFAULT_ORDER: dict[str, Order] = {
     "score": "desc",
     "spread": "desc",
     "off_center": "desc",
+    "energy_in_box": "asc",  # a detection whose map lies outside its box first: worth a look
     "name": "asc",
 }
 
 
 SUMMARIZED = ("label", "flat", "spread", "off_center", "overlay")
 """What :func:`camlens.runs.summarize` reads of an image's first map."""
+DETECTED = ("class_index", "label", "score")
+"""What :func:`camlens.runs.summarize` reads of a detector's detections."""
+DETECTION_MAP = ("target", "energy_in_box", "label", "method", "layer", "overlay")
+"""What :func:`camlens.runs.summarize` reads of each map of a detector's image."""
 
 
 class RunNotFound(CamlensError):
@@ -121,6 +126,8 @@ class MapKey(NamedTuple):
     spread: float | None
     off_center: float | None
     flat: bool
+    energy_in_box: float | None = None
+    """A detection's map: the share of its sum inside the detection's own box."""
 
 
 @dataclass(frozen=True)
@@ -139,11 +146,22 @@ class Item:
     maps: tuple[MapKey, ...]
     wrong: bool = False
 
-    def focus(self, class_index: int | None) -> int | None:
+    def focus(self, class_index: int | None, sort: str | None = None) -> int | None:
         """The map shown (and sorted by): the first of ``class_index`` when it has one, else
-        its first map; None without maps."""
+        its first map; None without maps. Sorted by ``energy_in_box``: of those maps, the one
+        with the least energy inside its own box (the detection that most deserves a look)."""
         if not self.maps:
             return None
+        if sort == "energy_in_box":
+            mine = [
+                i
+                for i, m in enumerate(self.maps)
+                if m.energy_in_box is not None
+                and not m.flat
+                and (class_index is None or m.class_index == class_index)
+            ]
+            if mine:
+                return min(mine, key=lambda i: (self.maps[i].energy_in_box, i))
         if class_index is not None:
             for i, m in enumerate(self.maps):
                 if m.class_index == class_index:
@@ -152,12 +170,14 @@ class Item:
 
     def value(self, sort: str, class_index: int | None) -> float | None:
         """The number ``sort`` orders by (None: last, whatever the order)."""
-        focus = self.focus(class_index)
+        focus = self.focus(class_index, sort)
         if focus is None:
             return self.top_score if sort == "score" else None
         chosen = self.maps[focus]
         if sort == "score":
             return chosen.score
+        if sort == "energy_in_box":
+            return None if chosen.flat else chosen.energy_in_box
         if chosen.flat:
             return None  # a flat map is nowhere: it has no spread and no center
         return chosen.spread if sort == "spread" else chosen.off_center
@@ -183,6 +203,9 @@ class RunIndex:
     model: str | None
     methods: list[str]
     layers: list[str]
+    kind: str = "classifier"
+    """The model's kind, as its rows say: ``segmentation`` (rows with a ``segmentation``),
+    ``detection`` (rows with ``detections``), else ``classifier``."""
     orders: OrderedDict[tuple[Any, ...], list[int]] = field(default_factory=OrderedDict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -344,6 +367,7 @@ def _read(place: Place, stamp: tuple[int, int, int]) -> RunIndex:
     model: str | None = None
     methods: dict[str, None] = {}
     layers: dict[str, None] = {}
+    kind = "classifier"
     try:
         for position, (offset, row) in enumerate(iter_index_at(place.folder / INDEX)):
             maps = row.get("explanations")
@@ -353,6 +377,10 @@ def _read(place: Place, stamp: tuple[int, int, int]) -> RunIndex:
             failed = row.get("error") is not None
             if model is None and not failed and row.get("model"):
                 model = str(row["model"])
+            if isinstance(row.get("segmentation"), list):
+                kind = "segmentation"
+            elif isinstance(row.get("detections"), list):
+                kind = "detection"
             for m in entries:
                 if m.get("method") is not None:
                     methods[str(m["method"])] = None
@@ -373,6 +401,7 @@ def _read(place: Place, stamp: tuple[int, int, int]) -> RunIndex:
                             _number(m.get("spread")),
                             _number(m.get("off_center")),
                             bool(m.get("flat")),
+                            _number(m.get("energy_in_box")),
                         )
                         for m in entries
                     ),
@@ -384,7 +413,9 @@ def _read(place: Place, stamp: tuple[int, int, int]) -> RunIndex:
                     "error": row.get("error"),
                     "predictions": predictions,
                     "truth": row.get("truth"),
-                    "explanations": [{k: entries[0].get(k) for k in SUMMARIZED}] if entries else [],
+                    "explanations": _lean_maps(entries),
+                    "segmentation": row.get("segmentation"),
+                    "detections": _lean_detections(row.get("detections")),
                 }
             )
     except CamlensError as exc:
@@ -416,7 +447,28 @@ def _read(place: Place, stamp: tuple[int, int, int]) -> RunIndex:
         model,
         list(methods),
         list(layers),
+        kind,
     )
+
+
+def _lean_maps(entries: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """What :func:`camlens.runs.summarize` reads of a row's maps: the first's statistics, and of
+    a detection's map its target, energy in its box, and what names it."""
+    lean = []
+    for i, m in enumerate(entries):
+        kept = {k: m.get(k) for k in SUMMARIZED} if i == 0 else {}
+        target = m.get("target")
+        if isinstance(target, Mapping) and target.get("kind") == "detection":
+            kept.update((k, m.get(k)) for k in DETECTION_MAP)
+        if kept:
+            lean.append(kept)
+    return lean
+
+
+def _lean_detections(value: Any) -> list[dict[str, Any]] | None:
+    if not isinstance(value, list):
+        return None
+    return [{k: d.get(k) for k in DETECTED} for d in value if isinstance(d, Mapping)]
 
 
 def _group(row: Mapping[str, Any], by_truth: bool) -> int | None:
@@ -460,6 +512,7 @@ def run_facts(index: RunIndex) -> dict[str, Any]:
         "methods": _names(explain.get("methods")) or index.methods,
         "layers": _names(explain.get("layers")) or index.layers,
         "format": fmt,
+        "kind": index.kind,
         "problem": None,
     }
 
@@ -487,9 +540,15 @@ def file_url(place: Place, relative: Any, root: str = "") -> str | None:
 
 
 def image_json(
-    place: Place, item: Item, row: Row, class_index: int | None, root: str = ""
+    place: Place,
+    item: Item,
+    row: Row,
+    class_index: int | None,
+    root: str = "",
+    sort: str | None = None,
 ) -> dict[str, Any]:
-    """An image of the gallery (its ``row`` of the index): :class:`GalleryImageOut`."""
+    """An image of the gallery (its ``row`` of the index): :class:`GalleryImageOut`; its
+    ``focus`` the map it is sorted by (:meth:`Item.focus`)."""
     predictions = _list(row.get("predictions"))
     truth = row.get("truth")
     error = row.get("error")
@@ -512,6 +571,7 @@ def image_json(
                 "target": m.get("target") if isinstance(m.get("target"), Mapping) else None,
                 "explained": m.get("explained") if isinstance(m.get("explained"), str) else None,
                 "value": _number(m.get("value")),
+                "energy_in_box": _number(m.get("energy_in_box")),
             }
         )
     return {
@@ -523,9 +583,37 @@ def image_json(
         "predictions": predictions,
         "truth": truth if isinstance(truth, Mapping) else None,
         "report": file_url(place, row.get("report"), root),
-        "focus": item.focus(class_index),
+        "focus": item.focus(class_index, sort),
         "maps": maps,
+        "segmentation": _segments(row.get("segmentation")),
+        "segments_overlay": file_url(place, row.get("segments_overlay"), root),
+        "detections": _detections(row.get("detections")),
+        "detections_overlay": file_url(place, row.get("detections_overlay"), root),
     }
+
+
+def _detections(value: Any) -> list[dict[str, Any]] | None:
+    """A detector's row's detections, best first (None for another model's; empty for an image
+    with no detection)."""
+    if not isinstance(value, list):
+        return None
+    return [
+        {k: d.get(k) for k in ("box", "class_index", "label", "score")}
+        for d in value
+        if isinstance(d, Mapping)
+    ]
+
+
+def _segments(value: Any) -> list[dict[str, Any]] | None:
+    """A segmentation model's row's classes present, with their share of the pixels (None for
+    another model's)."""
+    if not isinstance(value, list):
+        return None
+    return [
+        {"class_index": s.get("class_index"), "label": s.get("label"), "share": s.get("share")}
+        for s in value
+        if isinstance(s, Mapping)
+    ]
 
 
 def run_json(facts: Mapping[str, Any], place: Place, root: str = "") -> dict[str, Any]:
@@ -546,6 +634,7 @@ def unreadable_run_json(place: Place, problem: str, root: str = "") -> dict[str,
         "methods": [],
         "layers": [],
         "format": None,
+        "kind": None,
         "problem": problem,
     }
 
@@ -579,4 +668,8 @@ def summary_json(index: RunIndex, root: str = "") -> dict[str, Any]:
         "spread": notable(s.spread),
         "off_center": notable(s.off_center),
         "confident_mistakes": notable(s.confident_mistakes),
+        "outside_box": notable(s.outside_box),
+        "segments": [asdict(line) for line in s.segments],
+        "detections": [asdict(line) for line in s.detections],
+        "undetected": s.undetected,
     }

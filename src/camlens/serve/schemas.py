@@ -231,6 +231,11 @@ class RunOut(BaseModel):
     methods: list[str]
     layers: list[str] = Field(description="the layers asked for (empty: the automatic one)")
     format: str | None = Field(description="files or dataset (None when the run has no record)")
+    kind: str | None = Field(
+        default=None,
+        description="classifier, segmentation or detection: the model's kind, as the run's "
+        "rows say (None when its index cannot be read)",
+    )
     problem: str | None = Field(
         default=None, description="why its index cannot be read (then it shows nothing)"
     )
@@ -269,6 +274,24 @@ class GalleryMapOut(BaseModel):
     )
     explained: str | None = Field(None, description="the target in words (with target)")
     value: float | None = Field(None, description="the target's value, y_A - y_B for a contrast")
+    energy_in_box: float | None = Field(
+        None,
+        description="a detection's map: the share of its sum inside the detection's own box "
+        "(low: the map lies outside the box, worth a look)",
+    )
+
+
+class SegmentShareOut(BaseModel):
+    class_index: int
+    label: str
+    share: float = Field(description="the share of the image's pixels the model gives the class")
+
+
+class GalleryDetectionOut(BaseModel):
+    box: list[float] = Field(description="[x0, y0, x1, y1] in the photo's pixels")
+    class_index: int
+    label: str
+    score: float = Field(description="the detector's score")
 
 
 class GalleryImageOut(BaseModel):
@@ -285,6 +308,20 @@ class GalleryImageOut(BaseModel):
         "first map"
     )
     maps: list[GalleryMapOut]
+    segmentation: list[SegmentShareOut] | None = Field(
+        None, description="a segmentation model's classes present, most pixels first"
+    )
+    segments_overlay: str | None = Field(
+        None, description="URL of the photo with its predicted segmentation drawn over it"
+    )
+    detections: list[GalleryDetectionOut] | None = Field(
+        None,
+        description="a detector's detections, best first (empty: none scored at least its "
+        "min_score); each map's target is one of them",
+    )
+    detections_overlay: str | None = Field(
+        None, description="URL of the photo with the detector's boxes drawn over it"
+    )
 
 
 class GalleryPageOut(BaseModel):
@@ -317,6 +354,24 @@ class NotableOut(BaseModel):
     overlay: str | None = Field(description="URL of its first map's overlay")
 
 
+class SegmentLineOut(BaseModel):
+    class_index: int
+    label: str
+    images: int = Field(description="images in which the model gives the class pixels")
+    share: float = Field(description="its mean share of those images' pixels")
+
+
+class DetectionLineOut(BaseModel):
+    class_index: int
+    label: str
+    images: int = Field(description="images with at least one detection of the class")
+    detections: int = Field(description="its detections in all")
+    score: float = Field(description="their mean score")
+    energy_in_box: float | None = Field(
+        description="the mean share of their maps inside their own boxes (None: none explained)"
+    )
+
+
 class RunSummaryOut(BaseModel):
     run: str
     images: int
@@ -331,3 +386,19 @@ class RunSummaryOut(BaseModel):
     spread: list[NotableOut] = Field(description="the images whose first map is most spread")
     off_center: list[NotableOut] = Field(description="... most off center")
     confident_mistakes: list[NotableOut] = Field(description="wrong top-1, highest score first")
+    outside_box: list[NotableOut] = Field(
+        default_factory=list,
+        description="a detector's run: the detections whose maps have the least energy inside "
+        "their own box, least first",
+    )
+    segments: list[SegmentLineOut] = Field(
+        default_factory=list,
+        description="a segmentation model's run: per class present, the images it is in and "
+        "its mean share of their pixels, most images first",
+    )
+    detections: list[DetectionLineOut] = Field(
+        default_factory=list,
+        description="a detector's run: per class detected, its images, detections, mean score "
+        "and mean energy in box, most images first",
+    )
+    undetected: int = Field(0, description="a detector's images with no detection")

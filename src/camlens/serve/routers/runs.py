@@ -103,7 +103,9 @@ def get_run_images(
         Sort,
         Query(
             description="by the shown map's score, spread or off-center (the map of the class "
-            "filtered by, else the first), or by the image's name"
+            "filtered by, else the first), by energy_in_box (a detector's run: the share of a "
+            "detection's map inside its own box, the image's lowest, lowest first by default), "
+            "or by the image's name"
         ),
     ] = "score",
     order: Annotated[
@@ -133,7 +135,7 @@ def get_run_images(
         "limit": limit,
         "total": len(positions),
         "images": [
-            image_json(place, index.items[p], index.row(index.items[p]), class_index, root)
+            image_json(place, index.items[p], index.row(index.items[p]), class_index, root, sort)
             for p in positions[offset : offset + limit]
         ],
     }

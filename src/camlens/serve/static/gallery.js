@@ -5,13 +5,18 @@
 // With true classes (folders named by class), "Mistakes only" (status=wrong) keeps the images
 // whose top-1 is wrong; such an image opened shows, beside each top-1 map, the map of the top-1
 // versus the true class when the run has it (camlens explain DIR --versus true).
+// A segmentation model's image opened shows its predicted segmentation first, then a map per
+// class; a detector's shows its detections, each map with its box, and its list sorts by
+// "energy in box" (the share of a detection's map inside its own box), lowest first.
 
 import { getRunImage, getRunImages, getRunSummary, getRuns } from "./api.js";
 import { element, methodName, percent, plural, releaseAfterPointer, shortLabel } from "./dom.js";
 
 const PAGE = 60;
-const SORTS = ["score", "spread", "off_center", "name"];
-const SORT_NAMES = { score: "score", spread: "spread", off_center: "off-center", name: "name" };
+const SORTS = ["score", "spread", "off_center", "energy_in_box", "name"];
+const SORT_NAMES = { score: "score", spread: "spread", off_center: "off-center",
+  energy_in_box: "energy in box", name: "name" };
+const ASCENDING = ["name", "energy_in_box"]; // what each sort shows first by default
 
 function parseHash() {
   const hash = window.location.hash.replace(/^#\/?/, "");
@@ -48,7 +53,7 @@ function hashOf(view) {
 }
 
 const share = (fraction) => `${(100 * fraction).toFixed(1)}%`; // of the images: 0 is 0%
-const defaultOrder = (sort) => (sort === "name" ? "asc" : "desc");
+const defaultOrder = (sort) => (ASCENDING.includes(sort) ? "asc" : "desc");
 const baseName = (path) => path.split(/[\\/]/).pop() || path;
 const signed = (value) => `${value >= 0 ? "+" : "−"}${Math.abs(value).toFixed(2)}`;
 
@@ -80,11 +85,24 @@ function pairedMaps(item) {
   return { maps: order.map((i) => ({ map: item.maps[i], index: i, role: roles[i] })), paired: order.length > 0 && roles.includes("versus") };
 }
 
+// A detector's map: the detection it explains (its class name, score and box), from the image's
+// detections; null for any other map.
+function detectionOf(item, map) {
+  if (map?.target?.kind !== "detection") return null;
+  const same = (a, b) => a.length === b.length && a.every((v, i) => v === b[i]);
+  return item.detections?.find((d) => same(d.box, map.target.box))
+    ?? { box: map.target.box, class_index: map.target.label, label: map.label, score: map.target.score };
+}
+
+const boxText = (box) => box.map((v) => Math.round(v)).join(", ");
+const inBoxText = (value) => `${Math.round(100 * value)}% in its box`;
+
 function valueText(sort, map) {
   if (!map || sort === "name" || sort === "score") return "";
   if (map.flat) return "flat map";
   const value = map[sort];
   if (value === null || value === undefined) return "";
+  if (sort === "energy_in_box") return inBoxText(value);
   return sort === "spread" ? `spread ${Math.round(100 * value)}%` : `off-center ${value.toFixed(2)}`;
 }
 
@@ -171,8 +189,8 @@ export function mountGallery(root, { model }) {
       element("strong", { className: "run-name", text: run.name }),
       element("span", { className: "run-facts", text: run.problem ? "cannot be read" : facts.join(" · ") }),
       element("span", { className: "run-model",
-        text: run.problem ?? [run.model, run.methods.map(methodName).join(", "), run.format]
-          .filter(Boolean).join(" · ") }));
+        text: run.problem ?? [run.model, run.methods.map(methodName).join(", "), run.format,
+          run.kind === "classifier" ? null : run.kind].filter(Boolean).join(" · ") }));
       if (run.problem) button.disabled = true;
       button.addEventListener("click", () => {
         if (run.name !== state.run) go({ run: run.name, class: "", status: "all", image: null });
@@ -208,6 +226,9 @@ export function mountGallery(root, { model }) {
     ];
     if (summary.errors) facts.push(["Failed", summary.errors.toLocaleString("en")]);
     if (summary.flat) facts.push(["Flat first map", summary.flat.toLocaleString("en")]);
+    if (summary.detections?.length || summary.undetected) {
+      facts.push(["No detection", plural(summary.undetected, "image")]);
+    }
     if (summary.top1 !== null) {
       facts.push(["Top-1 right", `${percent(summary.top1)} of ${summary.labelled.toLocaleString("en")}`]);
       facts.push(["Top-5 right", percent(summary.top5)]);
@@ -223,6 +244,20 @@ export function mountGallery(root, { model }) {
 
   // The summary's per-class table: a column per number the run has; a class opens its images.
   function renderClassTable(summary, classes) {
+    if (summary.detections?.length) {
+      return renderLines(`Per class detected: ${plural(summary.detections.length, "class")}`, summary.detections, [
+        ["images", "Images", (v) => v.toLocaleString("en")],
+        ["detections", "Detections", (v) => v.toLocaleString("en")],
+        ["score", "Mean score", percent],
+        ["energy_in_box", "Mean in box", (v) => `${Math.round(100 * v)}%`],
+      ]);
+    }
+    if (summary.segments?.length) {
+      return renderLines(`Per class present: ${plural(summary.segments.length, "class")}`, summary.segments, [
+        ["images", "Images", (v) => v.toLocaleString("en")],
+        ["share", "Mean share of the pixels", percent],
+      ]);
+    }
     const table = $("class-table");
     table.hidden = !classes.length;
     const has = (key) => classes.some((c) => c[key] !== null && c[key] !== undefined);
@@ -247,6 +282,20 @@ export function mountGallery(root, { model }) {
         ...columns.map(([key, , format]) => element("td", {
           text: c[key] === null || c[key] === undefined ? "–" : format(c[key]) })));
     }));
+  }
+
+  // The summary's table of a segmentation model's classes present (images, mean share of the
+  // pixels) or a detector's classes detected (images, detections, mean score, energy in box).
+  function renderLines(title, lines, columns) {
+    const table = $("class-table");
+    table.hidden = false;
+    table.querySelector("summary").textContent = title;
+    $("class-table-head").replaceChildren(element("tr", {}, element("th", { scope: "col", text: "Class" }),
+      ...columns.map(([, name]) => element("th", { scope: "col", text: name }))));
+    $("class-table-body").replaceChildren(...lines.map((c) => element("tr", {},
+      element("th", { scope: "row", text: c.label }),
+      ...columns.map(([key, , format]) => element("td", {
+        text: c[key] === null || c[key] === undefined ? "–" : format(c[key]) })))));
   }
 
   // --- the list --------------------------------------------------------------------------------
@@ -312,6 +361,10 @@ export function mountGallery(root, { model }) {
     for (const button of root.querySelectorAll("#sort button")) {
       button.setAttribute("aria-pressed", String(button.dataset.sort === view.sort));
     }
+    // "In box" sorts a detector's maps: offered for a detector's run (or when the address asks)
+    const kind = state.runs.find((r) => r.name === view.run)?.kind;
+    root.querySelector("#sort button[data-sort=energy_in_box]").hidden =
+      kind !== "detection" && view.sort !== "energy_in_box";
     const order = view.order ?? defaultOrder(view.sort);
     const [high, low] = root.querySelectorAll("#order button");
     high.textContent = view.sort === "name" ? "Z to A" : "Highest first";
@@ -413,12 +466,26 @@ export function mountGallery(root, { model }) {
       }
       frame.append(image);
       if (map.flat) frame.append(element("span", { className: "badge flat", text: "flat" }));
+    } else if (item.detections && !item.detections.length) {
+      if (item.detections_overlay) {
+        frame.append(element("img", { src: item.detections_overlay, loading: "lazy", decoding: "async",
+          draggable: "false", alt: `${name}: no detection` }));
+      }
+      frame.append(element("span", { className: "badge flat", text: "no detection" }));
     }
     const lines = [element("span", { className: "thumb-name", text: name })];
-    if (map) {
+    const detection = detectionOf(item, map);
+    if (detection) {
+      lines.push(element("span", { className: "thumb-class" },
+        element("span", { className: "thumb-label", text: shortLabel(detection.label), title: map.label }),
+        element("span", { className: "score", text: percent(detection.score) })));
+    } else if (map) {
       lines.push(element("span", { className: "thumb-class" },
         element("span", { className: "thumb-label", text: shortLabel(map.label), title: map.label }),
         element("span", { className: "score", text: percent(map.score) })));
+    } else if (item.detections) {
+      lines.push(element("span", { className: "thumb-class" },
+        element("span", { className: "thumb-label", text: plural(item.detections.length, "detection") })));
     } else if (!item.error && item.prediction) {
       lines.push(element("span", { className: "thumb-class" },
         element("span", { className: "thumb-label", text: shortLabel(item.prediction.label) }),
@@ -431,7 +498,9 @@ export function mountGallery(root, { model }) {
     if (value) notes.push(element("span", { text: value }));
     const top = item.prediction;
     const wrong = Boolean(item.truth && top && item.truth.class_index !== top.class_index);
-    if (top && map && map.class_index !== top.class_index) {
+    if (detection) {
+      notes.push(element("span", { text: plural(item.detections?.length ?? 0, "detection") }));
+    } else if (top && map && map.class_index !== top.class_index) {
       notes.push(element("span", { className: wrong ? "wrong" : "", title: top.label,
         text: `top-1 ${shortLabel(top.label)} ${percent(top.score)}` }));
     } else if (wrong) {
@@ -539,11 +608,13 @@ export function mountGallery(root, { model }) {
 
     const pairs = new Set(item.maps.map((m) => `${m.method}\u0000${m.layer}`));
     const shown = pairedMaps(item);
+    const before = outputCards(item, name); // the segmentation or the detections, first
+    const cards = item.maps.length + before.length;
     // a mistake with its contrast maps: two columns, each top-1 map beside its contrast
-    const columns = shown.paired ? 2 : item.maps.length <= 1 ? 1 : Math.min(4, Math.max(2, pairs.size));
+    const columns = shown.paired ? 2 : cards <= 1 ? 1 : Math.min(4, Math.max(2, pairs.size + before.length));
     $("detail-maps").style.setProperty("--columns", String(columns));
-    $("detail-maps").style.setProperty("--rows", String(Math.min(2, Math.ceil(item.maps.length / columns))));
-    $("detail-maps").replaceChildren(...shown.maps.map(({ map: m, index: i, role }) => {
+    $("detail-maps").style.setProperty("--rows", String(Math.min(2, Math.ceil(cards / columns))));
+    $("detail-maps").replaceChildren(...before, ...shown.maps.map(({ map: m, index: i, role }) => {
       const frame = element("div", { className: "frame" });
       const [width, height] = item.size ?? [4, 3];
       frame.style.setProperty("--ratio", `${width} / ${height}`);
@@ -566,6 +637,10 @@ export function mountGallery(root, { model }) {
           parts.push(element("span", { className: "score", title: "the difference of the two classes' logits",
             text: signed(m.value) }));
         }
+      } else if (detectionOf(item, m)) {
+        const d = detectionOf(item, m);
+        parts.push(element("strong", { text: shortLabel(d.label), title: m.label }),
+          element("span", { className: "score", title: "the detector's score", text: percent(d.score) }));
       } else {
         parts.push(element("strong", { text: shortLabel(m.label), title: m.label }),
           element("span", { className: "score", text: percent(m.score) }));
@@ -580,6 +655,9 @@ export function mountGallery(root, { model }) {
         parts.push(element("span", { className: "flat", text: "flat map: no evidence for this class" }));
       } else {
         const numbers = [];
+        if (m.energy_in_box !== null && m.energy_in_box !== undefined) {
+          numbers.push(`${inBoxText(m.energy_in_box)} (${boxText(m.target.box)})`);
+        }
         if (m.spread !== null) numbers.push(`spread ${Math.round(100 * m.spread)}%`);
         if (m.off_center !== null) numbers.push(`off-center ${m.off_center.toFixed(2)}`);
         parts.push(element("span", { className: "peak-text", text: numbers.join(" · ") }));
@@ -590,6 +668,50 @@ export function mountGallery(root, { model }) {
       if (i === item.focus && state.view.class) card.classList.add("focus");
       return card;
     }));
+  }
+
+  // The card of what a segmentation model or a detector made of the image, before its maps: the
+  // photo with its segmentation (the classes with their share of the pixels) or its boxes.
+  function outputCards(item, name) {
+    const frame = (source, alt) => {
+      const box = element("div", { className: "frame" });
+      const [width, height] = item.size ?? [4, 3];
+      box.style.setProperty("--ratio", `${width} / ${height}`);
+      box.style.setProperty("--aspect", String(width / height));
+      if (source) box.append(element("img", { src: source, draggable: "false", alt }));
+      return box;
+    };
+    if (item.segmentation) {
+      const classes = item.segmentation.map((s) => `${shortLabel(s.label)} ${percent(s.share)}`);
+      const card = element("figure", { className: "card map-card output-card", "data-role": "segments" },
+        frame(item.segments_overlay, `the predicted segmentation of ${name}`),
+        element("figcaption", {},
+          element("strong", { text: "Segmentation" }),
+          element("span", { className: "tag", text: plural(item.segmentation.length, "class") }),
+          element("span", { className: "peak-text segments-text", title: "share of the pixels",
+            text: classes.join(" · ") })));
+      return [card];
+    }
+    if (item.detections && !item.error) {
+      // the detections, best first: those explained (a map each, below) marked
+      const explained = new Set(item.maps.map((m) => detectionOf(item, m)?.box.join()));
+      const listed = item.detections.slice(0, 12).map((d) => element("li", {
+        className: explained.has(d.box.join()) ? "explained" : "" },
+      element("span", { className: "label", text: shortLabel(d.label) }),
+      element("span", { className: "score", text: percent(d.score) }),
+      element("span", { className: "box", text: boxText(d.box) })));
+      const more = item.detections.length - listed.length;
+      const text = item.detections.length ? `${plural(item.detections.length, "detection")}, best first`
+        + `${more > 0 ? ` (${more.toLocaleString("en")} more in the report)` : ""}; ${plural(item.maps.length, "map")} below`
+        : "No detection scored at least the run's minimum score: no map.";
+      const card = element("figure", { className: "card map-card output-card detections-card", "data-role": "detections" });
+      if (item.detections_overlay) card.append(frame(item.detections_overlay, `the detections in ${name}`));
+      card.append(element("figcaption", {}, element("strong", { text: "Detections" }),
+        element("span", { className: "peak-text", text })),
+      element("ol", { className: "detections-list" }, ...listed));
+      return [card];
+    }
+    return [];
   }
 
   // --- controls, keyboard ----------------------------------------------------------------------
