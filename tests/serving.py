@@ -30,21 +30,13 @@ def free_port() -> int:
 
 @contextmanager
 def camlens_serve(
-    args: Sequence[str] = (),
-    *,
-    log: Path,
-    threads: int = 1,
-    timeout: float = 120.0,
-    command: Sequence[str] | None = None,
+    args: Sequence[str] = (), *, log: Path, threads: int = 1, timeout: float = 120.0
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """``camlens serve --port P ARGS`` on 127.0.0.1 (its output in ``log``): yields its base URL
-    once ``/api/server`` answers, and the process; stopped (then killed) at the end. ``command``:
-    another program to run so (a script serving a model built in Python), given the same
-    ``--host``, ``--port`` and ``args``."""
+    once ``/api/server`` answers, and the process; stopped (then killed) at the end."""
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}
-    if command is None:
-        command = [sys.executable, "-c", "from camlens.cli import main; main()", "serve"]
+    command = [sys.executable, "-c", "from camlens.cli import main; main()", "serve"]
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [*command, "--host", "127.0.0.1", "--port", str(port), *args],

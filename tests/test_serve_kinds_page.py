@@ -46,29 +46,11 @@ def seg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
-DETECTOR = """
-import dataclasses, sys, warnings
-import uvicorn
-import camlens
-from camlens.serve import ServeSettings, create_app
-
-weights, port = sys.argv[sys.argv.index("--weights") + 1], sys.argv[sys.argv.index("--port") + 1]
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    model = camlens.load_model("torchvision:fasterrcnn_mobilenet_v3_large_fpn", weights=weights)
-model.preprocess = dataclasses.replace(model.preprocess, input_size=(320, 320))
-app = create_app(model, ServeSettings(max_maps=3))
-uvicorn.run(app, host="127.0.0.1", port=int(port), log_level="warning")
-"""
-
-
 @pytest.fixture(scope="module")
 def det_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Faster R-CNN MobileNetV3 (FPN) with seeded random weights, its box classifier's weights
     scaled by 100 (a random one scores every box below torchvision's own threshold of 0.05, and
     finds nothing), at 320 pixels, on a server that explains 3 maps a request."""
-    import sys
-
     import torchvision
 
     folder = tmp_path_factory.mktemp("det")
@@ -79,10 +61,9 @@ def det_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with torch.no_grad():
         net.roi_heads.box_predictor.cls_score.weight *= 100
     torch.save(net.state_dict(), folder / "det.pth")
-    (folder / "serve.py").write_text(DETECTOR)
-    command = [sys.executable, str(folder / "serve.py")]
-    args = ["--weights", str(folder / "det.pth")]
-    with camlens_serve(args, log=folder / "serve.log", command=command) as (url, _):
+    spec = "torchvision:fasterrcnn_mobilenet_v3_large_fpn"
+    args = [*("--model", spec, "--weights", str(folder / "det.pth")), "--input-size", "320"]
+    with camlens_serve([*args, "--max-maps", "3"], log=folder / "serve.log") as (url, _):
         yield url
 
 
