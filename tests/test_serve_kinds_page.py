@@ -174,7 +174,9 @@ def test_detections(det_server: str, page: Any, tmp_path: Path, chelsea: np.ndar
     page.set_viewport_size({"width": 1280, "height": 800})
     assert httpx.get(f"{det_server}/api/model").json()["kind"] == "detection"
     path = photo(tmp_path, chelsea, "chelsea.jpg")
-    page.goto(det_server)
+    # Eigen-CAM, the common choice for detectors (this random detector's gradients at its
+    # automatic layer are ~1e-11: its Grad-CAM maps are flat, as torchvision's own backward gives)
+    page.goto(f"{det_server}/#/explore?method=eigencam")
     page.wait_for_selector("body[data-ready]")
     expect(page.locator("#empty p.wide-only")).to_contain_text("The model's detections appear")
     # at the default minimum score of 0.5, nothing: said so, the photo shown alone
@@ -201,7 +203,7 @@ def test_detections(det_server: str, page: Any, tmp_path: Path, chelsea: np.ndar
     answer = httpx.post(
         f"{det_server}/api/explain",
         files={"image": ("chelsea.jpg", path.read_bytes(), "image/jpeg")},
-        data={"min_score": "0", "detections": "3"},
+        data={"min_score": "0", "detections": "3", "methods": "eigencam"},
         timeout=600,
     ).json()
     found = answer["detections"]
@@ -219,7 +221,11 @@ def test_detections(det_server: str, page: Any, tmp_path: Path, chelsea: np.ndar
     assert drawn == pytest.approx([x0, y0, x1 - x0, y1 - y0])
     saved = download_name(page)
     assert saved == served_name(det_server, page)
-    assert saved.startswith(f"chelsea.gradcam.backbone.body.16.{found[0]['class_index']}-det-")
+    assert saved.startswith(f"chelsea.eigencam.backbone.body.16.{found[0]['class_index']}-det-")
+    # the picture: the first detection whose map is not flat
+    shown = next(i for i, m in enumerate(answer["explanations"]) if not m["flat"])
+    listed.nth(shown).click()
+    expect(stage.locator("figcaption .peak-text")).to_be_visible()
     shots.take(page, "detections")
 
     # another detection: its own map and box, from the same answer
