@@ -165,7 +165,7 @@ def test_loads_by_spec_with_a_weights_file(tmp_path) -> None:
     model = camlens.load_model("torchvision:ssdlite320_mobilenet_v3_large", weights=path)
     assert model.kind == "detection" and model.labels == tuple(f"class {i}" for i in range(5))
     assert model.preprocess.input_size == (320, 320) and model.preprocess.std == (1.0, 1.0, 1.0)
-    assert model.default_layer == "backbone.features.1" and model.weights == path
+    assert model.default_layer == "backbone.features.0" and model.weights == path
     for key, value in net.state_dict().items():
         torch.testing.assert_close(model.net.state_dict()[key], value)
 
@@ -182,7 +182,7 @@ def test_layers_command_says_the_kind(tmp_path) -> None:
     result = CliRunner().invoke(app, ["layers", "--model", spec, "--weights", str(path)])
     assert result.exit_code == 0, result.output
     assert "kind: detection; classes: 91" in result.output
-    assert "automatic target layer of" in result.output and "backbone.features.1" in result.output
+    assert "automatic target layer of" in result.output and "backbone.features.0" in result.output
 
 
 def test_candidate_layers(frcnn: camlens.Model) -> None:
@@ -361,7 +361,8 @@ def test_a_batch_with_and_without_detections(tiny: camlens.Model, tmp_path) -> N
     batch; both reports are written."""
     dark = Image.new("RGB", (64, 64), (0, 0, 0))
     bright = Image.new("RGB", (64, 64), (255, 255, 255))
-    rows = tiny.net(torch.stack([torch.zeros(3, 48, 48), torch.ones(3, 48, 48)]))
+    with torch.no_grad():
+        rows = tiny.net(torch.stack([torch.zeros(3, 48, 48), torch.ones(3, 48, 48)]))
     least = float((rows[0, :, 4].max() + rows[1, :, 4].min()) / 2)
     assert rows[0, :, 4].max() < least < rows[1, :, 4].min()
     ex = camlens.Explainer(tiny, min_score=least)
@@ -395,3 +396,62 @@ def test_a_torchvision_detector_given_as_a_module() -> None:
     assert model.kind == "detection" and model.labels == ("class 0", "class 1", "class 2")
     assert model.preprocess.input_size == (320, 320) and model.preprocess.mean == (0.0, 0.0, 0.0)
     assert type(net.transform).__name__ == "GeneralizedRCNNTransform"  # left as found
+
+
+def test_the_config_rebuilds_the_same_maps(tiny: camlens.Model, photo: Image.Image) -> None:
+    ex = camlens.Explainer(tiny, method=["gradcam", "eigencam"], min_score=0.1, detections=2)
+    again = camlens.Explainer.from_config(ExplainConfig.from_json(ex.config.to_json()), model=tiny)
+    assert (again.config.min_score, again.config.detections) == (0.1, 2)
+    a, b = ex.explain(photo), again.explain(photo)
+    assert len(a.maps) == 4 and a.detections == b.detections
+    for m, n in zip(a.maps, b.maps, strict=True):
+        assert m.target == n.target and torch.equal(m.map, n.map)
+
+
+def test_a_detector_loaded_by_name_pickles(frcnn: camlens.Model) -> None:
+    import pickle
+
+    net = pickle.loads(pickle.dumps(frcnn.net.inner))
+    assert type(net.transform).__name__ == "Exact"
+    x = torch.rand(1, 3, 64, 80)
+    with torch.no_grad():
+        torch.testing.assert_close(DetectionNet(net)(x), frcnn.net(x))
+
+
+@pytest.mark.parametrize(
+    ("name", "layer"),
+    [
+        ("fasterrcnn_mobilenet_v3_large_fpn", "backbone.body.16"),
+        ("ssdlite320_mobilenet_v3_large", "backbone.features.0"),  # every level reads it
+    ],
+)
+def test_the_gradient_is_that_of_the_detectors_own_score(name: str, layer: str) -> None:
+    """The gradient of a detection's score at a layer, from DetectionNet's pass that scores
+    only the graded detections again, equals the one through torchvision's own forward pass."""
+    from camlens.models.detection import graded
+
+    torch.manual_seed(0)
+    options: dict[str, float] = {"score_thresh": 0.0}
+    if "rcnn" in name:
+        options = {"box_score_thresh": 0.0, "rpn_post_nms_top_n_test": 200}
+    net = torchvision_detection(name, None, **options).eval()
+    x = torch.rand(1, 3, 160, 160)
+    kept: list[torch.Tensor] = []
+
+    def keep(module: nn.Module, inputs: object, output: torch.Tensor) -> torch.Tensor:
+        output = output.detach().requires_grad_(True)
+        kept.append(output)
+        return output
+
+    handle = net.get_submodule(layer).register_forward_hook(keep)
+    try:
+        own = net(list(x))[0]["scores"]
+        with graded(0.0, 3):
+            rows = DetectionNet(net)(x)
+    finally:
+        handle.remove()
+    for j in range(3):
+        (expected,) = torch.autograd.grad(own[j], kept[0], retain_graph=True)
+        (found,) = torch.autograd.grad(rows[0, j, 4], kept[1], retain_graph=True)
+        assert float(expected.abs().max()) > 0
+        torch.testing.assert_close(found, expected, rtol=1e-4, atol=1e-9)

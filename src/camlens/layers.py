@@ -250,7 +250,8 @@ def check_input_size(model: Model, size: tuple[int, int], *, head: bool = True) 
             f"{own[0]}x{own[1]}"
         ) from None
     # a detector's box head reads RoIAlign's fixed grid per box, which any input size feeds alike
-    if head and model.kind == "classifier" and first and last_map and first[0] != last_map[0]:
+    head = head and model.kind != "detection"
+    if head and first and last_map and first[0] != last_map[0]:
         raise ModelError(
             f"{model.name} has a fixed-size head (its first linear layer takes {first[0]} "
             f"features, not the {last_map[0]} channels of a global average pooling): at "

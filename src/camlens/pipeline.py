@@ -80,8 +80,8 @@ class Pipeline:
         self.model = model if config.input_size is None else at_input_size(model, config.input_size)
         if "tta" in config.smooth:
             _check_scales(self.model, config.tta_scales)
-        _check_kind_options(self.model, config)
         self.classes = coerce.class_lists(self.model, config.classes or None, config.top, 1)
+        _check_kind_options(self.model, config)
         self.plan = TargetPlan(self.model, config.targets, max_pixels=config.max_pixels)
         if layers == ["all"]:
             layers = list(layers_like_auto(self.model))

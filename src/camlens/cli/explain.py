@@ -346,8 +346,15 @@ def explain(
     if grid_file is not None and os.path.realpath(grid_file) in map(os.path.realpath, files):
         fail(f"--grid {grid_file} is one of the inputs: the grid would overwrite it")
     with bad_input():
-        explainer = Explainer.from_config(config)
-        detector_options(explainer.model.kind, config, min_score, detections)
+        from camlens.inputs import class_lists
+        from camlens.models import load_model
+
+        loaded = load_model(
+            config.model, weights=config.weights, device=config.device, scores=config.scores
+        )
+        class_lists(loaded, config.classes or None, config.top, 1)  # an unknown class first
+        detector_options(loaded.kind, config, min_score, detections)  # before the library's
+        explainer = Explainer.from_config(config, model=loaded)
     kept: list[Explanation] = []
     tally = _Tally()
     with progress_bars(rate=True) as progress, _stop_on_ctrl_c() as stopping, bad_input():

@@ -34,8 +34,8 @@ detector pass per channel of the layer (960 at ``backbone.body.16``: minutes on 
 backbone's stages and blocks, the feature pyramid's levels ``backbone.fpn.layer_blocks.0..3`` and
 RetinaNet's and FCOS's ``p6``/``p7``; heads shared between pyramid levels are not). A detection
 is made from one pyramid level: at another level's layer its map is flat. The automatic layer of
-each model loaded by name is in :data:`TORCHVISION_DETECTION` (provisional: the backbone's last
-stage, which every level is built from).
+each model loaded by name is in :data:`TORCHVISION_DETECTION` (provisional: the last layer every
+detection depends on).
 """
 
 from __future__ import annotations
@@ -63,10 +63,11 @@ TORCHVISION_DETECTION = {
     "fasterrcnn_mobilenet_v3_large_fpn": "backbone.body.16",
     "retinanet_resnet50_fpn": "backbone.body.layer4",
     "fcos_resnet50_fpn": "backbone.body.layer4",
-    "ssdlite320_mobilenet_v3_large": "backbone.features.1",
+    "ssdlite320_mobilenet_v3_large": "backbone.features.0",
 }
-"""Name -> the automatic layer (provisional: the backbone's last stage, the features every
-pyramid level is built from)."""
+"""Name -> the automatic layer (provisional): the last layer every detection depends on, the
+backbone's last stage, from which a feature pyramid builds every level; SSDlite's head reads
+``backbone.features.0`` itself (its first level) and the layers after it (the others)."""
 
 DETECTION_SIZES = {"ssdlite320_mobilenet_v3_large": 320}
 """The input size of the detectors whose ``min_size`` is not 800."""
@@ -578,7 +579,15 @@ def _exact_class() -> type[nn.Module]:
         def resize(self, image: torch.Tensor, target: Any = None) -> tuple[torch.Tensor, Any]:
             return image, target
 
+    Exact.__module__, Exact.__qualname__ = __name__, "Exact"  # pickled as this module's Exact
     return Exact
+
+
+def __getattr__(name: str) -> Any:
+    """``Exact``, the transform class, made on first use (torchvision is imported then)."""
+    if name == "Exact":
+        return _exact_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _Exact(mean: list[float], std: list[float]) -> nn.Module:  # a class, made lazily
