@@ -20,6 +20,7 @@ from camlens.datasets import (
     read_dataset,
     read_voc,
     synthetic_image,
+    synthetic_scene,
 )
 from camlens.errors import DatasetError
 from camlens.types import Box
@@ -267,3 +268,50 @@ def test_the_generator_command(tmp_path: Path) -> None:
     assert len(read_dataset(out / "test" / "annotations.json")) == 2  # a quarter of --count
     model = camlens.load_model("synthetic", weights=out / "model.pt")
     assert model.labels == ("disc", "square", "triangle", "cross")
+
+
+def test_synthetic_masks_are_the_objects(tmp_path: Path) -> None:
+    # Each mask's pixels of class k are exactly its object's: the box is their tight box, and on
+    # a plain grey background every pixel far from grey lies in a mask (anti-aliased edges aside).
+    grey = Image.new("RGB", (300, 300), (128, 128, 128))
+    rng = np.random.default_rng(1)
+    classes = ("disc", "square", "triangle", "cross")
+    for _ in range(10):
+        image, truth, mask = synthetic_scene(rng, size=(80, 60), objects=2, backgrounds=[grey])
+        assert mask.shape == (60, 80) and mask.dtype == np.uint8
+        assert sorted(np.unique(mask)) == sorted([0] + [classes.index(o.label) + 1 for o in truth])
+        for obj in truth:
+            ys, xs = np.nonzero(mask == classes.index(obj.label) + 1)
+            assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == obj.box.xyxy
+        changed = (np.abs(np.asarray(image).astype(int) - 128) > 60).any(axis=2)
+        assert changed.any() and (mask[changed] > 0).mean() > 0.97
+    # synthetic_image is the same scene without its mask: same random draws, same pixels.
+    a = synthetic_image(np.random.default_rng(5), size=(40, 40), backgrounds=[grey])
+    b = synthetic_scene(np.random.default_rng(5), size=(40, 40), backgrounds=[grey])
+    assert a[0].tobytes() == b[0].tobytes() and a[1] == b[1]
+
+
+def test_the_generator_writes_masks(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from camlens.cli import app
+
+    args = ["synthetic", str(tmp_path / "m"), "--count", "3", "--size", "48", "--objects", "2"]
+    result = CliRunner().invoke(app, [*args, "--masks"])
+    assert result.exit_code == 0, result.output
+    plain = make_synthetic(tmp_path / "p", 3, size=48, objects=2)
+    coco = json.loads((tmp_path / "m" / "annotations.json").read_text())
+    assert [e.pop("mask_file") for e in coco["images"]] == [f"masks/{i:05d}.png" for i in range(3)]
+    assert coco == json.loads(plain.read_text())  # the same set, with masks beside it
+    data = read_dataset(tmp_path / "m" / "annotations.json")
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    for i, item in enumerate(data.items):
+        assert (tmp_path / "m" / f"images/{i:05d}.png").read_bytes() == (
+            tmp_path / "p" / f"images/{i:05d}.png"
+        ).read_bytes()
+        mask = np.asarray(Image.open(tmp_path / "m" / f"masks/{i:05d}.png"))
+        assert mask.shape == (48, 48)
+        for obj in item.objects:
+            k = next(k for k, name in names.items() if name == obj.label)
+            ys, xs = np.nonzero(mask == k)
+            assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == obj.box.xyxy

@@ -195,7 +195,31 @@ def test_candidate_layers(frcnn: camlens.Model) -> None:
         "backbone.fpn.layer_blocks.1",
     } <= set(names)
     assert not any(n.startswith(("rpn.", "roi_heads.")) for n in names)  # shared by the levels
-    assert auto_layer(frcnn) == "backbone.body.16"
+    assert auto_layer(frcnn) == "backbone.body.12"  # the last of stride 16
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "fasterrcnn_mobilenet_v3_large_fpn",
+        "ssdlite320_mobilenet_v3_large",
+        "fasterrcnn_resnet50_fpn",
+    ],
+)
+def test_the_automatic_layer_is_the_last_stage_of_stride_16(name: str) -> None:
+    """The table of torchvision's detectors agrees with the rule any detector gets: the last
+    stage whose output is at most 16 times smaller than the input (measured by a probe)."""
+    from camlens.models.detection import TORCHVISION_DETECTION, DetectionNet, automatic_stage
+
+    net = DetectionNet(torchvision_detection(name, None).eval())
+    assert automatic_stage(net) == TORCHVISION_DETECTION[name]
+    layer = net.get_submodule(TORCHVISION_DETECTION[name])
+    seen: list[torch.Size] = []
+    handle = layer.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    with torch.no_grad():
+        net(torch.rand(1, 3, 160, 160))
+    handle.remove()
+    assert seen[0][-1] == 160 // 16  # stride 16 in the real pass too
 
 
 class TinyDetector(nn.Module):

@@ -303,7 +303,7 @@ def test_cli_explains_each_detection(det_dir: Path, capsys: pytest.CaptureFixtur
             "label": d["class_index"],
             "score": d["score"],
         }
-        assert entry["method"] == "gradcam" and entry["layer"] == "backbone.body.16"
+        assert entry["method"] == "gradcam" and entry["layer"] == "backbone.body.12"
         full = np.load(det_dir / "out" / entry["map"])
         assert full.shape == (160, 240)
         # the share of the map's sum inside its box, from the map written to disk

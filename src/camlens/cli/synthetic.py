@@ -18,6 +18,14 @@ def synthetic_command(
     seed: Annotated[int, typer.Option("--seed", help="random seed")] = 0,
     size: Annotated[int, typer.Option("--size", min=8, help="image side in pixels")] = 64,
     objects: Annotated[int, typer.Option("--objects", min=1, help="objects per image")] = 1,
+    masks: Annotated[
+        bool,
+        typer.Option(
+            "--masks",
+            help="also write each image's mask, masks/NNNNN.png: per pixel the category id of "
+            "its object, 0 on the background",
+        ),
+    ] = False,
     train_model: Annotated[
         bool,
         typer.Option(
@@ -43,11 +51,13 @@ def synthetic_command(
     with bad_input():
         out = output_folder(out, "OUT")
         if not train_model:
-            written = make_synthetic(out, count, seed=seed, size=size, objects=objects)
+            written = make_synthetic(out, count, seed=seed, size=size, objects=objects, masks=masks)
             say(str(written))
             return
-        train_set = make_synthetic(out / "train", count, seed=seed, size=size)
-        test_set = make_synthetic(out / "test", max(count // 4, 1), seed=seed + 1, size=size)
+        train_set = make_synthetic(out / "train", count, seed=seed, size=size, masks=masks)
+        test_set = make_synthetic(
+            out / "test", max(count // 4, 1), seed=seed + 1, size=size, masks=masks
+        )
         with progress_bars() as progress:
             model = train_synthetic_model(
                 train_set, seed=seed, threads=1, progress=EventBars(progress)

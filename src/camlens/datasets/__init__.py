@@ -11,7 +11,12 @@ from camlens.datasets.readers import (
     read_dataset,
     read_voc,
 )
-from camlens.datasets.synthetic import make_synthetic, sample_photos, synthetic_image
+from camlens.datasets.synthetic import (
+    make_synthetic,
+    sample_photos,
+    synthetic_image,
+    synthetic_scene,
+)
 
 __all__ = [
     "EDGE_MARGIN",
@@ -25,4 +30,5 @@ __all__ = [
     "read_voc",
     "sample_photos",
     "synthetic_image",
+    "synthetic_scene",
 ]

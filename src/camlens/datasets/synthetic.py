@@ -1,12 +1,12 @@
 """A synthetic localization set: textured shapes of a few classes pasted at random sizes and
 places on crops of real photos (the sample photos of scikit-image and scikit-learn, offline), with
-their exact boxes written as COCO JSON (read back with :func:`camlens.datasets.read_dataset`);
-seeded, so the same call makes the same files.
+their exact boxes written as COCO JSON (read back with :func:`camlens.datasets.read_dataset`)
+and, if asked, their masks as one PNG per image; seeded, so the same call makes the same files.
 
 The classes are those of the synthetic benchmark's CNN
 (:data:`camlens.models.synthetic.SYNTHETIC_CLASSES`), which
 :func:`camlens.train.train_synthetic_model` trains on such a set, on the CPU in well under a minute.
-``camlens synthetic OUT --count 200 --seed 0`` writes a set to ``OUT``.
+``camlens synthetic OUT --count 200 --seed 0 [--masks]`` writes a set to ``OUT``.
 """
 
 from __future__ import annotations
@@ -150,11 +150,29 @@ def synthetic_image(
     scale: tuple[float, float] | None = None,
     backgrounds: Sequence[Image.Image] | None = None,
 ) -> tuple[Image.Image, list[GroundTruth]]:
+    """One synthetic image and its objects: :func:`synthetic_scene` without the mask."""
+    image, truth, _ = synthetic_scene(
+        rng, size=size, classes=classes, objects=objects, scale=scale, backgrounds=backgrounds
+    )
+    return image, truth
+
+
+def synthetic_scene(
+    rng: np.random.Generator,
+    *,
+    size: tuple[int, int] = (64, 64),
+    classes: Sequence[str] = SYNTHETIC_CLASSES,
+    objects: int = 1,
+    scale: tuple[float, float] | None = None,
+    backgrounds: Sequence[Image.Image] | None = None,
+) -> tuple[Image.Image, list[GroundTruth], npt.NDArray[np.uint8]]:
     """One synthetic image (width, height = ``size``) with ``objects`` objects of random classes
     (different classes when there are several), each a square shape whose side is a random share
     ``scale`` of the image's shorter side (default 0.4 to 0.7 for one object, 0.25 to 0.45 for
     several), at a random place at least 2 pixels from the others (smaller if there is no room). Boxes are
-    the tight boxes of each object's visible pixels (mask >= 0.5)."""
+    the tight boxes of each object's visible pixels (mask >= 0.5); the mask ``[height, width]``
+    holds at each of those pixels its object's class as ``1 +`` its index in ``classes``, 0
+    elsewhere (objects never overlap, so a class mask is also an object mask)."""
     photos = list(backgrounds) if backgrounds is not None else sample_photos()
     low_high = scale if scale is not None else ((0.4, 0.7) if objects == 1 else (0.25, 0.45))
     width, height = size
@@ -164,6 +182,7 @@ def synthetic_image(
     chosen = rng.choice(len(classes), size=objects, replace=False)
     truth: list[GroundTruth] = []
     taken: list[Box] = []
+    mask = np.zeros((height, width), dtype=np.uint8)
     for index in chosen:
         label = classes[int(index)]
         side = max(4, int(rng.uniform(*low_high) * min(width, height)))
@@ -180,13 +199,14 @@ def synthetic_image(
         canvas[y : y + side, x : x + side] = (
             region * (1 - alpha[..., None]) + texture * alpha[..., None]
         )
+        mask[y : y + side, x : x + side][alpha >= 0.5] = int(index) + 1
         rows = np.flatnonzero((alpha >= 0.5).any(axis=1))
         cols = np.flatnonzero((alpha >= 0.5).any(axis=0))
         box = Box(x + int(cols[0]), y + int(rows[0]), x + int(cols[-1]) + 1, y + int(rows[-1]) + 1)
         truth.append(GroundTruth(label, box))
         taken.append(Box(x, y, x + side, y + side))
     image = Image.fromarray(np.clip(np.rint(canvas * 255), 0, 255).astype(np.uint8), "RGB")
-    return image, truth
+    return image, truth, mask
 
 
 MAX_SIDE = 2048
@@ -204,10 +224,16 @@ def make_synthetic(
     objects: int = 1,
     scale: tuple[float, float] | None = None,
     backgrounds: Sequence[Image.Image] | None = None,
+    masks: bool = False,
 ) -> Path:
     """Writes a synthetic localization set to ``out_dir``: ``images/00000.png``... and
     ``annotations.json`` (COCO: the boxes of every object, the class names as categories); returns
-    the JSON's path. The same arguments write the same files (seeded with ``numpy``'s PCG64)."""
+    the JSON's path. The same arguments write the same files (seeded with ``numpy``'s PCG64).
+
+    ``masks``: also ``masks/00000.png``... (8-bit grey, the size of the image): each pixel the
+    category id of the object there (1 + the class's index in ``classes``, as in the JSON), 0
+    on the background; each image's entry in the JSON names its mask (``"mask_file"``). The
+    images and boxes are the same with or without masks."""
     if count < 1:
         raise CamlensError(f"count must be at least 1, not {count}")
     unknown = [c for c in classes if c not in SYNTHETIC_CLASSES]
@@ -225,6 +251,8 @@ def make_synthetic(
         raise CamlensError(f"seed must be a whole number of 0 or more, not {seed!r}")
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
+    if masks:
+        (out / "masks").mkdir(exist_ok=True)
     rng = np.random.default_rng(seed)
     photos = list(backgrounds) if backgrounds is not None else sample_photos()
     categories = [{"id": k + 1, "name": name} for k, name in enumerate(classes)]
@@ -232,7 +260,7 @@ def make_synthetic(
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     for i in range(count):
-        image, truth = synthetic_image(
+        image, truth, mask = synthetic_scene(
             rng,
             size=(width, height),
             classes=classes,
@@ -242,7 +270,11 @@ def make_synthetic(
         )
         name = f"images/{i:05d}.png"
         image.save(out / name)
-        images.append({"id": i, "file_name": name, "width": width, "height": height})
+        entry: dict[str, Any] = {"id": i, "file_name": name, "width": width, "height": height}
+        if masks:
+            entry["mask_file"] = f"masks/{i:05d}.png"
+            Image.fromarray(mask).save(out / entry["mask_file"])
+        images.append(entry)
         for obj in truth:
             b = obj.box
             annotations.append(
@@ -271,4 +303,4 @@ def make_synthetic(
     return path
 
 
-__all__ = ["make_synthetic", "sample_photos", "synthetic_image"]
+__all__ = ["make_synthetic", "sample_photos", "synthetic_image", "synthetic_scene"]
