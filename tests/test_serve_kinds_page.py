@@ -135,7 +135,7 @@ def test_segments(seg_server: str, page: Any, tmp_path: Path, chelsea: np.ndarra
     assert (
         saved
         == served_name(seg_server, page)
-        == f"chelsea.gradcam.backbone.16.{segments[0]['class_index']}.npy"
+        == f"chelsea.gradcam.{model['auto_layer']}.{segments[0]['class_index']}.npy"
     )
 
     # the background: asked for by name (top leaves it out), its own region
@@ -221,7 +221,8 @@ def test_detections(det_server: str, page: Any, tmp_path: Path, chelsea: np.ndar
     assert drawn == pytest.approx([x0, y0, x1 - x0, y1 - y0])
     saved = download_name(page)
     assert saved == served_name(det_server, page)
-    assert saved.startswith(f"chelsea.eigencam.backbone.body.16.{found[0]['class_index']}-det-")
+    layer = httpx.get(f"{det_server}/api/model").json()["auto_layer"]
+    assert saved.startswith(f"chelsea.eigencam.{layer}.{found[0]['class_index']}-det-")
     # the picture: the first detection whose map is not flat
     shown = next(i for i, m in enumerate(answer["explanations"]) if not m["flat"])
     listed.nth(shown).click()
