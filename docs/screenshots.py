@@ -23,6 +23,7 @@ TESTS = [
     "tests/test_serve_browser.py::test_phone",
     "tests/test_serve_browser.py::test_gallery_of_a_run",
     "tests/test_serve_targets_page.py",
+    "tests/test_serve_kinds_page.py",
 ]
 
 
@@ -54,6 +55,8 @@ def main() -> None:
             "serve-phone.jpg": side_by_side(shot("phone-1-map"), shot("phone-3-dark")),
             "gallery.jpg": crop(shot("gallery-1-run"), 700),
             "targets.jpg": crop(shot("versus"), 700),
+            "serve-segments.jpg": crop(shot("segments"), 620),
+            "serve-detections.jpg": crop(shot("detections"), 620),
         }
         for name, picture in pictures.items():
             picture.save(DOCS / name, quality=85, optimize=True)

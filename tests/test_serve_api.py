@@ -874,7 +874,7 @@ def test_the_answer_is_the_report_and_its_schema(client: TestClient, cat: bytes)
         assert {k: got[k] for k in want} == want  # every field of the report, the same values
         # and the map's URLs; a plain class's target fields are null (the report leaves them out)
         assert set(got) - set(want) == {"index", "overlay", "heatmap", "map"} | {
-            k for k in ("target", "explained", "value") if got[k] is None
+            k for k in ("target", "explained", "value", "region") if got[k] is None
         }
     assert ExplainOut.model_validate(body).model_dump(mode="json") == body
     spec = client.get("/openapi.json").json()

@@ -390,7 +390,9 @@ class Batcher:
         if config.targets:  # the config's targets, for every image
             return explainer.explain(images, names=names, progress=progress)
         # the top K (1 by default); with above, at most K of the classes over it (None: all)
-        tops = [r.config.top or (None if config.above is not None else 1) for r in requests]
+        # (a detector's: its detections, as its config chooses them)
+        every = config.above is not None or self.model.kind == "detection"
+        tops = [r.config.top or (None if every else 1) for r in requests]
         deepest = None if None in tops else max(t for t in tops if t is not None)
         results = explainer.explain(images, top=deepest, names=names, progress=progress)
         for result, top in zip(results, tops, strict=True):

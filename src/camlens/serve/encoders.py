@@ -10,8 +10,12 @@ import re
 import zipfile
 from pathlib import Path
 
+import numpy as np
+import torch
+import torch.nn.functional as F
 from fastapi.responses import Response
 from PIL import Image
+from scipy import ndimage
 
 from camlens import render
 from camlens.explanation import Explanation
@@ -42,6 +46,54 @@ def heatmap_png(explanation: Explanation, i: int, cmap: str, max_side: int | Non
     m = explanation.maps[i]
     resized = upsample(m.map, size, mode=m.normalize).detach().float().cpu().numpy()
     return encode(Image.fromarray(render.colorize(resized, cmap)), "png")
+
+
+def has_region(explanation: Explanation, i: int, mask: bytes | None = None) -> bool:
+    """Whether map ``i`` explains a segment whose region can be drawn (:func:`region_png`): the
+    pixels of its class, a box, or the uploaded ``mask``."""
+    target = explanation.maps[i].target or {}
+    if target.get("kind") != "segment":
+        return False
+    region = target.get("region")
+    if region == "predicted":
+        return explanation.segments is not None
+    return isinstance(region, list) or (region == "mask" and mask is not None)
+
+
+def region_png(
+    explanation: Explanation, i: int, mask: bytes | None = None, max_side: int | None = None
+) -> bytes:
+    """The region map ``i``'s segment was explained over, at the photo's size (or at most
+    ``max_side`` pixels on its longer side): a transparent PNG, the region's outline in white on
+    a dark edge and the rest of the photo dimmed, to lay over the map."""
+    width, height = explanation.size
+    scale = 1.0 if max_side is None else min(1.0, max_side / max(width, height))
+    h, w = max(1, round(height * scale)), max(1, round(width * scale))
+    target = explanation.maps[i].target or {}
+    region = target.get("region")
+    if isinstance(region, list):  # a box in the photo's pixels
+        x0, y0, x1, y1 = region
+        xs = (np.arange(w) + 0.5) * width / w
+        ys = (np.arange(h) + 0.5) * height / h
+        inside = ((ys >= y0) & (ys < y1))[:, None] & ((xs >= x0) & (xs < x1))[None, :]
+    else:
+        if region == "mask" and mask is not None:
+            with Image.open(io.BytesIO(mask)) as picture:
+                grid = torch.from_numpy(np.asarray(picture.convert("L")) > 0)
+        elif explanation.segments is not None:
+            grid = explanation.segments.classes == explanation.maps[i].class_index
+        else:
+            raise ValueError(f"map {i} explains no region")
+        sized = F.interpolate(grid[None, None].float(), size=(h, w), mode="nearest")[0, 0]
+        inside = sized.numpy() > 0.5
+    line = max(1, round(max(h, w) / 250))
+    edge = inside & ~ndimage.binary_erosion(inside, iterations=line, border_value=1)
+    rim = ndimage.binary_dilation(inside, iterations=line) & ~inside
+    pixels = np.zeros((h, w, 4), dtype=np.uint8)
+    pixels[~inside] = (0, 0, 0, 90)
+    pixels[rim] = (0, 0, 0, 200)
+    pixels[edge] = (255, 255, 255, 255)
+    return encode(Image.fromarray(pixels, "RGBA"), "png")
 
 
 def map_npy(explanation: Explanation, i: int, size: str = "image") -> bytes:

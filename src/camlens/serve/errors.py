@@ -98,8 +98,8 @@ def busy(retry: int) -> str:
     return f"the server is busy: try again in {retry} s"
 
 
-FILES = ("image", "like")
-"""The form fields of ``POST /api/explain`` that are photos, sent as files."""
+FILES = ("image", "like", "mask")
+"""The form fields of ``POST /api/explain`` that are pictures, sent as files."""
 
 
 def not_a_file(field: str) -> str:
@@ -116,7 +116,8 @@ def field_too_long(field: str | None) -> str:
         return not_a_file(field)
     which = f"form field {field!r} is" if field else "a form field is"
     return (
-        f"{which} over {FIELD_BYTES // 1024} kB, the limit of every field but image and like: "
+        f"{which} over {FIELD_BYTES // 1024} kB, the limit of every field but image, like and "
+        "mask: "
         "give each value in a field of its own (-F methods=gradcam -F methods=cam)"
     )
 
@@ -151,7 +152,7 @@ BAD_PARAMETER: dict[int | str, dict[str, Any]] = {
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {
         "model": ErrorBody,
-        "description": f"a form field (not image or like) over {FIELD_BYTES // 1024} kB, named "
+        "description": f"a form field (not image, like or mask) over {FIELD_BYTES // 1024} kB, named "
         "in `parameter`; or a form that cannot be read",
     },
     408: {

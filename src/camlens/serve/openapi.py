@@ -19,15 +19,16 @@ from fastapi.openapi.utils import get_openapi
 from camlens.config import METHOD_GROUPS, NORMALIZATIONS
 from camlens.methods import METHODS
 from camlens.serve.errors import (
+    FILES,
     ApiError,
     busy,
     field_too_long,
     upload_stalled,
     upload_too_large,
 )
-from camlens.serve.parameters import unknown_parameter
+from camlens.serve.parameters import check_kind, unknown_parameter
 from camlens.serve.routers.explain import check_inline, read_image
-from camlens.serve.routers.results import output_options
+from camlens.serve.routers.results import no_region, output_options
 from camlens.serve.routers.runs import get_run_image
 from camlens.serve.state import ServerState, kept_result, run_index
 from camlens.targets import SCORES
@@ -172,6 +173,9 @@ def describe_form(doc: dict[str, Any], body: dict[str, Any], state: ServerState)
         "job": {"examples": [""]},
         "scores": {"enum": list(SCORES), "examples": [""]},
         "embedding": {"enum": layers, "examples": [""]},
+        "region": {"pattern": r"^\s*\d+\s*(,\s*\d+\s*){3}$", "examples": [""]},
+        "min_score": {"minimum": 0, "maximum": 1, "examples": [""]},
+        "detections": {"minimum": 1, "examples": [""]},
     }
     for field, extra in values.items():
         if field in fields:
@@ -181,7 +185,7 @@ def describe_form(doc: dict[str, Any], body: dict[str, Any], state: ServerState)
         for taken in (prop, prop.get("items", {})):
             if "enum" in taken and "" not in taken["enum"]:
                 taken["enum"] = [*taken["enum"], ""]
-    for photo in ("image", "like"):
+    for photo in FILES:
         if photo in fields:
             body.setdefault("encoding", {})[photo] = {"contentType": IMAGE_TYPES}
     schema["additionalProperties"] = False  # any other field is a 422 naming it
@@ -231,6 +235,8 @@ def error_examples(doc: dict[str, Any], st: ServerState) -> dict[tuple[str, str]
             examples[404] = {"result": said(404, kept_result, st, "Qx3nVd8aYw0bKp1z")}
             if "{index}" in path:
                 examples[404]["map"] = ("map 3 does not exist: this result has maps 0..0", "index")
+            if path.endswith("region.png"):
+                examples[404]["region"] = (no_region(0), "index")
             if path.endswith(("overlay.png", "heatmap.png")):
                 examples[422]["cmap"] = said(422, output_options, cmap="nosuch")
         elif path.startswith("/api/jobs/"):
@@ -262,6 +268,9 @@ def error_examples(doc: dict[str, Any], st: ServerState) -> dict[tuple[str, str]
     }
     explain[415] = {"image": said(415, read_image, st, b"just some text", "notes.txt")}
     explain[422]["top"] = ("top must be at least 1, not 0", "top")
+    other = {"classifier": "region", "segmentation": "versus", "detection": "top"}
+    field = other.get(st.model.kind, "region")
+    explain[422]["kind"] = said(422, check_kind, st.model, {field: "1"})
     explain[503] = {"busy": (busy(2), None)}
     return found
 

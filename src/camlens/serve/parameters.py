@@ -20,8 +20,31 @@ from camlens.errors import CamlensError
 from camlens.models import Model
 from camlens.scoring import TargetPlan
 from camlens.serve.errors import ApiError, bad_option
-from camlens.serve.state import ServerState
-from camlens.targets import from_options
+from camlens.serve.state import KIND_FIELDS, ServerState
+from camlens.targets import Segment, check_box, from_options
+
+KIND_WORDS = {
+    "classifier": "it explains classes",
+    "segmentation": "it explains a class's segment: classes or top, over a region or mask",
+    "detection": "it explains its detections: min_score and detections choose them",
+}
+
+
+def check_kind(model: Model, given: dict[str, object]) -> None:
+    """A 422 naming the first field of ``given`` (name -> value, None: not given) that does not
+    apply to ``model``'s kind."""
+    kind = model.kind
+    taken = KIND_FIELDS.get(kind, KIND_FIELDS["classifier"])
+    for name, value in given.items():
+        if value is None or value == [] or value == () or name in taken:
+            continue
+        if any(name in fields for fields in KIND_FIELDS.values()):
+            raise ApiError(
+                422,
+                f"{name} does not apply to {model.name}, a {kind} model: "
+                f"{KIND_WORDS.get(kind, KIND_WORDS['classifier'])} ({', '.join(taken)})",
+                name,
+            )
 
 
 @dataclass(frozen=True)
@@ -53,7 +76,7 @@ def known_names(route: APIRoute) -> Known:
             for f in [*dependant.query_params, *dependant.body_params]:
                 if _is_list(f.field_info.annotation):
                     repeatable.add(f.alias)
-            stack.extend(dependant.dependencies)
+            stack.extend(reversed(dependant.dependencies))  # in order, as the document lists them
         found = _known[id(route)] = Known(
             tuple(dict.fromkeys(query)), tuple(dict.fromkeys(form)), frozenset(repeatable)
         )
@@ -138,11 +161,32 @@ def explain_options(
     scores: str | None = None,
     like: str | None = None,
     embedding: str | None = None,
+    region: str | None = None,
+    mask: str | None = None,
+    min_score: float | None = None,
+    detections: int | None = None,
 ) -> tuple[ExplainConfig, OutputConfig]:
     """The request's options as one config and one output config, checked against the model
-    (its classes, layers) and this server's limits; a 422 names the parameter at fault. Class
-    names are resolved here, once: the config holds their indices."""
+    (its kind, classes, layers) and this server's limits; a 422 names the parameter at fault.
+    Class names are resolved here, once: the config holds their indices."""
     model = st.model
+    check_kind(
+        model,
+        {
+            "classes": list(classes or ()),
+            "top": top,
+            "above": above,
+            "versus": list(versus or ()),
+            "output": list(outputs or ()),
+            "scores": scores,
+            "like": like,
+            "embedding": embedding,
+            "region": region,
+            "mask": mask,
+            "min_score": min_score,
+            "detections": detections,
+        },
+    )
     try:
         indices = tuple(model.class_index(c) for c in items(classes, split=False))
     except CamlensError as exc:
@@ -162,10 +206,14 @@ def explain_options(
     except CamlensError as exc:
         raise bad_option(exc, "embedding" if like is None and embedding else "versus") from None
     targets_field = "like" if like is not None else "versus" if versus else "output"
+    if region is not None or mask is not None:
+        given, targets = segments(given, region, mask, top)
+        targets_field = "region" if region is not None else "mask"
     try:
         TargetPlan(model, targets)  # a class or output the model does not have, named here
     except CamlensError as exc:
         raise bad_option(exc, targets_field) from None
+    detector: dict[str, Any] = {} if min_score is None else {"min_score": min_score}
     try:
         config = ExplainConfig(
             methods=tuple(items(methods)) or ("gradcam",),
@@ -181,12 +229,18 @@ def explain_options(
             fast_resolution=fast_resolution,
             max_pixels=st.settings.max_pixels,
             batch_size=st.settings.max_batch,
+            **detector,
+            detections=detections,
             device=str(model.device),
         )
     except CamlensError as exc:
         if exc.option == "targets":  # the config's name: the form field that made them
             raise ApiError(422, str(exc), targets_field) from None
         raise bad_option(exc) from None
+    if model.kind == "detection" and config.detections is None:
+        # as many detections as max_maps allows (the answer lists every detection over min_score)
+        per_detection = len(config.methods) * max(1, len(config.layers))
+        config = config.replace(detections=max(1, st.settings.max_maps // per_detection))
     unknown = [name for name in config.layers if name not in st.layer_names]
     if unknown:
         close = difflib.get_close_matches(unknown[0], st.layer_names, n=3, cutoff=0.5)
@@ -214,9 +268,10 @@ def explain_options(
             )
         raise ApiError(
             422,
-            f"{count} maps asked for (classes x methods x layers), over this server's limit "
+            f"{count} maps asked for ({'detections' if config.detections else 'classes'} x "
+            f"methods x layers), over this server's limit "
             f"of {st.settings.max_maps}",
-            "classes" if indices else "top",
+            "classes" if indices else "detections" if config.detections else "top",
         )
     box_mode = None if boxes is None or boxes.strip().lower() in ("", "none") else boxes.strip()
     try:
@@ -226,11 +281,32 @@ def explain_options(
     return config, output
 
 
+def segments(
+    given: tuple[int | str, ...], region: str | None, mask: str | None, top: int | None
+) -> tuple[tuple[int | str, ...], tuple[Segment, ...]]:
+    """``region`` (x0,y0,x1,y1) or ``mask`` (the uploaded mask's path): each class given as a
+    segment over it; a 422 naming the field at fault."""
+    field = "region" if region is not None else "mask"
+    if region is not None and mask is not None:
+        raise ApiError(422, "give region or mask, not both", "mask")
+    if top is not None or not given:
+        raise ApiError(
+            422,
+            f"{field} needs classes (not top): the classes whose logits are summed over it",
+            field,
+        )
+    try:
+        box = None if region is None else check_box(region)
+    except CamlensError as exc:
+        raise ApiError(422, str(exc), "region") from None
+    return (), tuple(Segment(c, box=box, mask=mask) for c in given)
+
+
 def maps_asked(config: ExplainConfig, model: Model) -> int:
     """How many maps ``config`` may ask of one photo: targets (or classes, or top) x methods x
     layers. ``above`` may ask for every class: at most ``1 / above`` of them under softmax (the
     scores sum to 1), else all of them; at most ``top`` when it is given."""
-    wanted = len(config.targets) or len(config.classes) or config.top or 1
+    wanted = len(config.targets) or len(config.classes) or config.top or config.detections or 1
     if config.above is not None:
         softmax = (config.scores or model.scores) == "softmax"
         wanted = model.num_classes

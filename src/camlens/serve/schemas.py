@@ -37,6 +37,25 @@ class ModelOut(BaseModel):
     scores: str = Field(
         description="how outputs become predictions: softmax, sigmoid (multi-label, binary) or raw"
     )
+    kind: str = Field(
+        default="classifier",
+        description="classifier, segmentation (a class per pixel: explains segments) or "
+        "detection (boxes: explains detections)",
+    )
+    explains: list[str] = Field(
+        default_factory=list,
+        description="the explain form's fields that say what is explained for this kind of model "
+        "(any other of them is a 422 naming it)",
+    )
+    background: list[int] = Field(
+        default_factory=list,
+        description="segmentation: the background classes, left out of top (explained when "
+        "asked for in classes)",
+    )
+    min_score: float | None = Field(
+        default=None,
+        description="detectors: the min_score a request is explained at when it gives none",
+    )
 
 
 class MethodOut(BaseModel):
@@ -80,6 +99,19 @@ class BoxOut(BaseModel):
     score: float = Field(description="share of the map's mass inside the box")
 
 
+class SegmentOut(BaseModel):
+    class_index: int
+    label: str
+    share: float = Field(description="the share of the photo's pixels the model gives the class")
+
+
+class DetectionOut(BaseModel):
+    box: list[float] = Field(description="[x0, y0, x1, y1] in the photo's pixels")
+    class_index: int
+    label: str
+    score: float = Field(description="the detector's score")
+
+
 class MapOut(BaseModel):
     index: int = Field(description="the map's number in this result, for its file URLs")
     class_index: int
@@ -103,6 +135,11 @@ class MapOut(BaseModel):
     map: str = Field(
         description="URL of the map, float32 .npy [height, width] in [0, 1] at the photo's size "
         "(a data: URL with inline=true); ?size=layer: at the layer's own grid"
+    )
+    region: str | None = Field(
+        default=None,
+        description="segment maps: URL of the region explained (the class's pixels, the box or "
+        "the mask), its outline on a transparent PNG at the photo's size",
     )
 
 
@@ -144,7 +181,19 @@ class ExplainOut(BaseModel):
     scores: str = Field(
         default="softmax", description="how the predictions were scored: softmax, sigmoid or raw"
     )
-    predictions: list[PredictionOut] = Field(description="the top 5, best first")
+    predictions: list[PredictionOut] = Field(
+        description="the top 5, best first (segmentation: the 5 classes with most pixels, score "
+        "their share)"
+    )
+    segmentation: list[SegmentOut] | None = Field(
+        default=None,
+        description="segmentation models: every class present, most pixels first",
+    )
+    detections: list[DetectionOut] | None = Field(
+        default=None,
+        description="detectors: every detection scored at least min_score, best first; the "
+        "maps explain the first `detections` of them (each map's target is its detection)",
+    )
     explanations: list[MapOut]
     skipped: list[SkippedOut] = Field(
         default_factory=list,

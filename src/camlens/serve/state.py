@@ -10,14 +10,24 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Request
 
+from camlens.config import ExplainConfig
 from camlens.layers import auto_layer, spatial_layers
 from camlens.models import Model
+from camlens.models.segmentation import background_classes
 from camlens.serve.batcher import Batcher, Job
 from camlens.serve.errors import ApiError
 from camlens.serve.gallery import Gallery, Place, RunIndex, RunNotFound, RunUnreadable
 from camlens.serve.schemas import LayerOut, ModelOut, Preprocessing
 from camlens.serve.settings import ServeSettings
 from camlens.serve.store import Result, ResultStore
+
+KIND_FIELDS: dict[str, tuple[str, ...]] = {
+    "classifier": ("classes", "top", "above", "versus", "output", "scores", "like", "embedding"),
+    "segmentation": ("classes", "top", "region", "mask"),
+    "detection": ("min_score", "detections"),
+}
+"""Per kind of model, the explain form's fields that say what is explained: a field of another
+kind's list is a 422 naming it (never ignored)."""
 
 
 class ServerState:
@@ -41,6 +51,10 @@ class ServerState:
             layers=[LayerOut(name=i.name, kind=i.kind, shape=list(i.shape)) for i in layers],
             auto_layer=auto_layer(model, layers),
             scores=model.scores,
+            kind=model.kind,
+            explains=list(KIND_FIELDS.get(model.kind, KIND_FIELDS["classifier"])),
+            background=sorted(background_classes(model)) if model.kind == "segmentation" else [],
+            min_score=ExplainConfig().min_score if model.kind == "detection" else None,
         )
         self.batcher = Batcher(
             model,

@@ -18,6 +18,7 @@ class Result:
     explanation: Explanation
     output: OutputConfig
     response: ExplainOut  # the answer sent for it
+    mask: bytes | None = None  # the mask uploaded with it (PNG), for its maps' regions
 
 
 def _bytes(result: Result) -> int:
@@ -26,7 +27,7 @@ def _bytes(result: Result) -> int:
     width, height = result.explanation.size
     maps = sum(m.map.numel() * m.map.element_size() for m in result.explanation.maps)
     answer = sum(len(m.overlay) + len(m.heatmap) + len(m.map) for m in result.response.explanations)
-    return 3 * width * height + maps + answer + 4096
+    return 3 * width * height + maps + answer + len(result.mask or b"") + 4096
 
 
 class ResultStore:

@@ -4,6 +4,7 @@ result has (:meth:`Explanation.to_dict`), and kept for its files."""
 from __future__ import annotations
 
 import asyncio
+import io
 import re
 import secrets
 import tempfile
@@ -24,12 +25,13 @@ from camlens.images import load_image
 from camlens.localize import add_boxes
 from camlens.serve.batcher import Cancelled, Closed, Job, QueueFull, phases
 from camlens.serve.batcher import Request as Request_
-from camlens.serve.encoders import data_url, map_npy, overlay_png
+from camlens.serve.encoders import data_url, has_region, map_npy, overlay_png
 from camlens.serve.errors import ERRORS, FIELD_BYTES, ApiError, bad_option, busy, size_text
 from camlens.serve.parameters import explain_options, maps_asked, only_known_parameters
 from camlens.serve.schemas import ExplainOut, ImageOut, MapOut, SkippedOut, StatsOut
 from camlens.serve.state import Root, ServerState, State
 from camlens.serve.store import Result
+from camlens.targets import Segment
 
 
 async def reference_photo(
@@ -56,13 +58,51 @@ async def reference_photo(
         yield str(path)
 
 
+async def mask_image(
+    st: State,
+    mask: Annotated[
+        UploadFile | None,
+        File(
+            description="segmentation models: a mask image of the photo's size; each of classes "
+            "is explained over its non-zero pixels"
+        ),
+    ] = None,
+) -> AsyncIterator[tuple[str, bytes] | None]:
+    """A dependency: the ``mask`` upload, checked as the photo is (413, 415), kept under its
+    upload name in a folder that lasts the request: (its path, its bytes as PNG)."""
+    data = b"" if mask is None else await mask.read()
+    if mask is None or (not data and mask.filename in ("", "blob")):
+        yield None
+        return
+    name = upload_name(mask.filename)
+    picture = await run_in_threadpool(read_mask, st, data, name)
+    del data
+    with tempfile.TemporaryDirectory(prefix="camlens-mask-") as folder:
+        path = Path(folder) / name
+        buffer = io.BytesIO()
+        picture.save(buffer, "PNG")
+        path.write_bytes(buffer.getvalue())
+        yield str(path), buffer.getvalue()
+
+
+def read_mask(st: ServerState, data: bytes, name: str) -> Image.Image:
+    """The uploaded mask in grey levels (its non-zero pixels are the region); 413, 415 as for a
+    photo."""
+    try:
+        return load_image(data, max_pixels=st.settings.max_pixels).convert("L")
+    except PixelLimitError as exc:
+        raise ApiError(413, f"{name}: {exc.problem.split(';')[0]}", "mask") from None
+    except ImageError as exc:
+        raise ApiError(415, f"{name}: {exc.problem}", "mask") from None
+
+
 router = APIRouter(prefix="/api", tags=["explain"], dependencies=[Depends(only_known_parameters)])
 
 
 @router.post(
     "/explain",
     responses=ERRORS,
-    form_limits={"max_files": 2, "max_fields": 100, "max_part_size": FIELD_BYTES},
+    form_limits={"max_files": 3, "max_fields": 100, "max_part_size": FIELD_BYTES},
 )
 async def explain(
     st: State,
@@ -145,31 +185,59 @@ async def explain(
         str | None,
         Form(description="with like: the layer whose averaged output is the embedding"),
     ] = None,
+    region: Annotated[
+        str | None,
+        Form(
+            description="segmentation models: x0,y0,x1,y1 in the photo's pixels; each of classes "
+            "is explained over this box (not over the pixels the model gives it)"
+        ),
+    ] = None,
+    masked: Annotated[tuple[str, bytes] | None, Depends(mask_image)] = None,
+    min_score: Annotated[
+        float | None,
+        Form(description="detectors: explain the detections scored at least this (default 0.5)"),
+    ] = None,
+    detections: Annotated[
+        int | None,
+        Form(
+            description="detectors: explain the N best detections over min_score (default: as "
+            "many as the server's max_maps allows over the methods x layers asked for)"
+        ),
+    ] = None,
 ) -> ExplainOut:
     """Explains one photo: the top-5 predictions and, per map, its class, method, layer,
     peak, boxes (when asked), whether it is flat, and the URLs of the overlay PNG, the
     coloured map and the map as float32 `.npy` at the photo's size."""
-    config, output = explain_options(
-        st,
-        methods=methods,
-        layers=layers,
-        classes=classes,
-        top=top,
-        smooth=smooth,
-        normalize=normalize,
-        fast_channels=fast_channels,
-        fast_resolution=fast_resolution,
-        boxes=boxes,
-        threshold=threshold,
-        cmap=cmap,
-        alpha=alpha,
-        versus=versus,
-        above=above,
-        outputs=output_index,
-        scores=scores,
-        like=reference,
-        embedding=embedding,
-    )
+    try:
+        config, output = explain_options(
+            st,
+            methods=methods,
+            layers=layers,
+            classes=classes,
+            top=top,
+            smooth=smooth,
+            normalize=normalize,
+            fast_channels=fast_channels,
+            fast_resolution=fast_resolution,
+            boxes=boxes,
+            threshold=threshold,
+            cmap=cmap,
+            alpha=alpha,
+            versus=versus,
+            above=above,
+            outputs=output_index,
+            scores=scores,
+            like=reference,
+            embedding=embedding,
+            region=region,
+            mask=None if masked is None else masked[0],
+            min_score=min_score,
+            detections=detections,
+        )
+    except ApiError as exc:  # the mask by its upload name, not the server's folder
+        if masked is not None:
+            exc.detail = exc.detail.replace(masked[0], Path(masked[0]).name)
+        raise
     if st.batcher.queued >= st.settings.max_queue:  # before any decoding
         retry = st.batcher.retry_after()
         raise ApiError(503, busy(retry), headers={"Retry-After": str(retry)})
@@ -183,6 +251,7 @@ async def explain(
         data = await image.read()
         photo = await run_in_threadpool(read_image, st, data, name)
         del data
+        check_regions(config, photo.size)
         if inline:  # before any model runs: the maps' .npy alone would be too much
             check_inline(st, maps_asked(config, st.model), photo.size, 0)
         sent = time.perf_counter()
@@ -190,9 +259,11 @@ async def explain(
             request, st.batcher.explain(Request_(photo, name, config, tracked), ticket), tracked
         )
         waited = time.perf_counter() - sent
-        for m in explanation.maps:  # the reference by its upload name, not the server's folder
+        for m in explanation.maps:  # uploads by their names, not the server's folder
             if reference is not None and m.target and m.target.get("kind") == "similarity":
                 m.target = {**m.target, "reference": Path(reference).name}
+            if masked is not None and m.target and m.target.get("mask"):
+                m.target = {**m.target, "mask": Path(masked[0]).name}
     except Cancelled:
         tracked.cancel()
         raise ApiError(
@@ -210,9 +281,35 @@ async def explain(
             tracked.state = "failed"
             tracked.finished = time.monotonic()
     tracked.state, tracked.finished = "done", time.monotonic()
-    body = await run_in_threadpool(respond, st, explanation, config, output, inline, root, waited)
+    mask_png = None if masked is None else masked[1]
+    body = await run_in_threadpool(
+        respond, st, explanation, config, output, inline, root, waited, mask_png
+    )
     response.headers["Server-Timing"] = server_timing(body.stats)
     return body
+
+
+def check_regions(config: ExplainConfig, size: tuple[int, int]) -> None:
+    """A 422 naming ``region`` or ``mask`` when it does not fit the photo of ``size``."""
+    width, height = size
+    for t in config.targets:
+        if isinstance(t, Segment) and t.box is not None:
+            x0, y0, x1, y1 = t.box
+            if x1 > width or y1 > height:
+                raise ApiError(
+                    422,
+                    f"the region {x0},{y0},{x1},{y1} is outside the {width}x{height} photo",
+                    "region",
+                )
+        elif isinstance(t, Segment) and isinstance(t.mask, str):
+            with Image.open(t.mask) as mask:
+                if mask.size != size:
+                    raise ApiError(
+                        422,
+                        f"the mask {Path(t.mask).name} is {mask.width}x{mask.height}, the photo "
+                        f"{width}x{height}: give a mask of the photo's size",
+                        "mask",
+                    )
 
 
 def server_timing(stats: StatsOut) -> str:
@@ -293,9 +390,11 @@ def respond(
     inline: bool,
     root: str,
     waited: float = 0.0,
+    mask: bytes | None = None,
 ) -> ExplainOut:
     """The answer for a finished explanation (boxes added when asked): its report
-    (:meth:`Explanation.to_dict`) with the result's URLs; the result is kept."""
+    (:meth:`Explanation.to_dict`) with the result's URLs; the result is kept (with ``mask``, the
+    uploaded mask as PNG, for its maps' regions)."""
     if output.boxes is not None:
         add_boxes(explanation, threshold=output.threshold, mode=output.boxes)
     result_id = st.store.new_id()
@@ -313,6 +412,8 @@ def respond(
             "heatmap": f"{base}/maps/{i}/heatmap.png?{heatmap_query}",
             "map": f"{base}/maps/{i}/map.npy",
         }
+        if has_region(explanation, i, mask):
+            urls["region"] = f"{base}/maps/{i}/region.png"
         if inline:
             check_inline(st, len(report["explanations"]) - i, explanation.size, inlined)
             png = overlay_png(explanation, i, output.cmap, output.alpha, output.boxes is not None)
@@ -331,6 +432,8 @@ def respond(
         layers=sorted({m.layer for m in explanation.maps}, key=st.layer_names.index),
         scores=report["scores"],
         predictions=report["predictions"],
+        segmentation=report.get("segmentation"),
+        detections=report.get("detections"),
         explanations=maps,
         skipped=[SkippedOut.model_validate(entry) for entry in report.get("skipped", ())],
         stats=StatsOut(
@@ -342,5 +445,5 @@ def respond(
             queued_seconds=max(0.0, waited - explanation.stats.seconds),
         ),
     )
-    st.store.put(result_id, Result(explanation, output, body))
+    st.store.put(result_id, Result(explanation, output, body, mask))
     return body

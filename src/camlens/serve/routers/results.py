@@ -13,13 +13,15 @@ from camlens.errors import CamlensError
 from camlens.serve.encoders import (
     file_response,
     file_stem,
+    has_region,
     heatmap_png,
     map_npy,
     overlay_png,
     photo_jpeg,
+    region_png,
     result_zip,
 )
-from camlens.serve.errors import BAD_PARAMETER, bad_option
+from camlens.serve.errors import BAD_PARAMETER, ApiError, bad_option
 from camlens.serve.parameters import only_known_parameters
 from camlens.serve.schemas import ErrorBody, ExplainOut
 from camlens.serve.state import KeptResult, MapIndex
@@ -87,6 +89,27 @@ def get_heatmap(
     """Map ``index`` coloured, alone, at the photo's size (or smaller, with its shape)."""
     output = output_options(cmap=cmap)
     return file_response(heatmap_png(found.explanation, index, output.cmap, max_side), "image/png")
+
+
+def no_region(index: int) -> str:
+    """The 404's message for the region of a map that explains none."""
+    return f"map {index} explains no region: it is not a segment's (a segmentation model's)"
+
+
+@router.get("/{result_id}/maps/{index}/region.png", response_class=Response, responses=PNG)
+def get_region(
+    found: KeptResult,
+    index: MapIndex,
+    max_side: Annotated[
+        int | None, Query(ge=1, description="at most this many pixels on the longer side")
+    ] = None,
+) -> Response:
+    """The region a segment map explains (its class's pixels, the box or the mask given): its
+    outline on a transparent PNG at the photo's size (or smaller, with its shape), the rest
+    dimmed; a 404 for a map that explains no region (a class of a classifier)."""
+    if not has_region(found.explanation, index, found.mask):
+        raise ApiError(404, no_region(index), "index")
+    return file_response(region_png(found.explanation, index, found.mask, max_side), "image/png")
 
 
 @router.get(

@@ -10,6 +10,7 @@ import {
 } from "./dom.js";
 import { searchClasses } from "./classes.js";
 import { followJob, jobName, jobProgress, stopJob } from "./jobs.js";
+import { mountKind } from "./kinds.js";
 import { imageFiles } from "./photos.js";
 import { mountTargets } from "./targets.js";
 
@@ -78,6 +79,9 @@ export function mountExplore(root, { server, model, methods }) {
   // versus, the threshold of a multi-label model, the reference photo: under the predictions
   const targets = mountTargets(root.querySelector(".predictions"), { model, server,
     photo: () => state.photo, result, entries, rank: () => state.rank, selectRank, update, say });
+  // a segmentation model's segments, a detector's detections (and their minimum score)
+  const kinds = mountKind(root.querySelector(".predictions"), { model, server, result,
+    update: () => { state.rank = 0; return update(); } });
 
   // --- controls ------------------------------------------------------------------------------
 
@@ -230,6 +234,7 @@ export function mountExplore(root, { server, model, methods }) {
       (v) => { state.compareLayers = new Set(list(v)); });
     take("fast", (v) => /^[1-9]\d*$/.test(v), (v) => { state.fast = Number(v); });
     targets.read(params, refused);
+    kinds.read(params, refused);
     showSettings();
     return refused;
   }
@@ -249,6 +254,7 @@ export function mountExplore(root, { server, model, methods }) {
     set("layers", layerOrder.filter((l) => state.compareLayers.has(l)).join(","), defaults.layers.join(","));
     set("fast", state.fast ?? "", "");
     targets.write(params);
+    kinds.write(params);
     const query = params.toString();
     const hash = `#/explore${query ? `?${query}` : ""}`;
     const current = window.location.hash;
@@ -385,6 +391,7 @@ export function mountExplore(root, { server, model, methods }) {
           const { options } = requestFor(next, pairs());
           next.result = await explain(next.file, options, { signal: controller.signal });
           next.fast = options.fast_channels ?? null;
+          next.minScore = options.min_score;
           next.status = "done";
         } catch (error) {
           if (error.name === "AbortError") {
@@ -453,12 +460,13 @@ export function mountExplore(root, { server, model, methods }) {
   // The classes offered: the top five (and those over the threshold asked for), then the class
   // searched for when it is not one of them, then the similarity to a reference photo.
   function entries() {
-    const top = result()?.predictions ?? [];
-    const predictions = [...top, ...targets.more(result(), top)];
+    const own = kinds.entries(result()); // segments or detections, for those kinds of model
+    const top = own ?? result()?.predictions ?? [];
+    const predictions = own ?? [...top, ...targets.more(result(), top)];
     const extra = state.searched
       && !predictions.some((p) => p.class_index === state.searched.class_index);
     const listed = extra ? [...predictions, { ...state.searched, searched: true }] : predictions;
-    return [...listed, ...targets.reference(result())];
+    return own ? listed : [...listed, ...targets.reference(result())];
   }
 
   // The score of the class searched for, from the latest answer that explained it.
@@ -473,9 +481,8 @@ export function mountExplore(root, { server, model, methods }) {
   }
 
   function findMap(classIndex, method, layer, answer = result()) {
-    return answer?.explanations.find(
-      (e) => e.method === method && e.layer === layer && targets.matches(e, classIndex, answer),
-    );
+    return answer?.explanations.find((e) => e.method === method && e.layer === layer
+      && (kinds.matches(e, classIndex, answer) ?? targets.matches(e, classIndex, answer)));
   }
 
   // What to ask the server for `photo` to show `shown` of the class chosen (none: the top five).
@@ -493,7 +500,9 @@ export function mountExplore(root, { server, model, methods }) {
     } else if (inTop && count * TOP <= server.max_maps) options.top = TOP;
     else options.classes = [classIndex];
     if (fastApplies(shown) && state.fast !== null) options.fast_channels = state.fast;
-    targets.adjust(options, classIndex, photo);
+    if (!kinds.adjust(options, classIndex, photo, options.top)) {
+      targets.adjust(options, classIndex, photo);
+    }
     return { options, count };
   }
 
@@ -506,8 +515,12 @@ export function mountExplore(root, { server, model, methods }) {
     if (!photo || !shown.length) return render();
     const c = fresh ? undefined : selectedClass();
     const sameMode = !fastApplies(shown) || (photo.fast ?? null) === state.fast;
-    if (!fresh && photo.result && sameMode && shown.every(([m, l]) => findMap(c, m, l))) {
+    if (!fresh && photo.result && sameMode && !kinds.stale(photo)
+      && shown.every(([m, l]) => findMap(c, m, l))) {
       return render();
+    }
+    if (!fresh && photo.result && !kinds.stale(photo) && kinds.missing(c, photo.result)) {
+      return render(); // a detection past those a request explains: asking again gives the same
     }
     const { options, count } = requestFor(photo, shown, c);
     if (count > server.max_maps) {
@@ -527,6 +540,7 @@ export function mountExplore(root, { server, model, methods }) {
       if (state.request !== controller) return;
       photo.result = answer;
       photo.fast = options.fast_channels ?? null;
+      photo.minScore = options.min_score;
       photo.status = "done";
       photo.error = null;
       if (fresh) {
@@ -591,6 +605,7 @@ export function mountExplore(root, { server, model, methods }) {
       (large ? 1600 : 800) * (window.devicePixelRatio || 1)));
     const heat = element("img", { className: "heat", alt: "", draggable: "false",
       src: withQuery(map.heatmap, { cmap: state.cmap, max_side: side }) });
+    box.append(photo, heat);
     heat.style.opacity = String(state.alpha);
     const marks = svg("svg", { class: "marks", viewBox: `0 0 ${width} ${height}`,
       preserveAspectRatio: "none", "aria-hidden": "true" });
@@ -614,14 +629,15 @@ export function mountExplore(root, { server, model, methods }) {
         svg("line", { class: "peak", x1: cx, y1: cy + 0.6 * r, x2: cx, y2: cy + 1.8 * r }),
       );
     }
-    box.append(photo, heat, marks);
+    kinds.marks(map, box, marks, side); // a segment's region, a detection's box
+    box.append(marks);
     return box;
   }
 
   function caption(map, withClass) {
     const parts = [];
     if (withClass) {
-      parts.push(...targets.caption(map) ?? [element("strong", { text: shortLabel(map.label) }),
+      parts.push(...kinds.caption(map) ?? targets.caption(map) ?? [element("strong", { text: shortLabel(map.label) }),
         element("span", { className: "score", text: targets.score(map.score) })]);
     }
     parts.push(element("span", { className: "tag", text: methodName(map.method) }),
@@ -635,7 +651,7 @@ export function mountExplore(root, { server, model, methods }) {
   function renderPredictions() {
     const list = $("predictions");
     list.replaceChildren();
-    $("class-search").hidden = !result();
+    $("class-search").hidden = !result() || kinds.kind === "detection";
     if (!result()) return;
     entries().forEach((p, rank) => {
       const score = p.searched ? searchedScore() : p.score;
@@ -646,7 +662,7 @@ export function mountExplore(root, { server, model, methods }) {
       button.append(
         element("span", { className: "rank", text: p.searched || p.similarity ? "" : String(rank + 1) }),
         element("span", { className: "label", text: shortLabel(p.label) }),
-        element("span", { className: "score", text: targets.score(score, p) }),
+        element("span", { className: "score", text: kinds.score(score, p) ?? targets.score(score, p) }),
         element("span", { className: "bar", "aria-hidden": "true" }),
       );
       button.addEventListener("click", () => selectRank(rank));
@@ -710,6 +726,7 @@ export function mountExplore(root, { server, model, methods }) {
     if (!has) {
       $("left-out").hidden = true;
       targets.render();
+      kinds.render(answer);
       return updateDownloads();
     }
     $("colorbar").replaceChildren(colorbar(state.cmap));
@@ -717,6 +734,12 @@ export function mountExplore(root, { server, model, methods }) {
     if (state.view === "single") {
       const map = findMap(c, state.method, state.layer);
       const stage = $("stage");
+      const none = map ? null : kinds.none(answer) ?? kinds.missing(c, answer);
+      if (none) { // a detector that found nothing: the photo, and why no map
+        stage.replaceChildren(element("img", { className: "photo alone", src: answer.image.url,
+          alt: answer.image.name }), element("figcaption", {}, element("span",
+          { className: "none-note", text: none })));
+      }
       if (map) {
         stage.replaceChildren(frame(map, { large: true }), caption(map, true));
         state.shown = { method: map.method, layer: map.layer, view: "single", fast: state.fast };
@@ -744,16 +767,20 @@ export function mountExplore(root, { server, model, methods }) {
       const score = chosen?.searched ? searchedScore() : chosen?.score;
       const first = cards.length ? findMap(c, ...shown[0]) : null;
       const heading = element("h2", { className: "compare-title" },
-        ...(first && targets.caption(first)) ?? [element("strong", { text: shortLabel(chosen?.label ?? "") }),
-          element("span", { className: "score", text: targets.score(score, chosen) })]);
+        ...(first && (kinds.caption(first) ?? targets.caption(first)))
+          ?? [element("strong", { text: shortLabel(chosen?.label ?? "") }),
+            element("span", { className: "score",
+              text: kinds.score(score, chosen) ?? targets.score(score, chosen) })]);
       $("compare").replaceChildren(heading, element("div", { className: "cards" }, ...cards));
       const columns = cards.length <= 1 ? 1 : cards.length <= 4 ? 2 : cards.length <= 9 ? 3 : 4;
       $("compare").style.setProperty("--columns", String(columns));
     }
-    renderLeftOut(pairs(), c);
+    if (kinds.none(answer) || kinds.missing(c, answer)) $("left-out").hidden = true; // said already
+    else renderLeftOut(pairs(), c);
     renderCost(answer);
     updateDownloads();
     targets.render();
+    kinds.render(answer);
   }
 
   function link(anchor, href, name) {
@@ -770,7 +797,8 @@ export function mountExplore(root, { server, model, methods }) {
   function updateDownloads() {
     const answer = result();
     const map = answer && findMap(selectedClass(), state.method, state.layer);
-    const base = map && `${stemOf(answer.image.name)}.${map.method}.${map.layer}.${targets.tag(map)}`;
+    const tag = map && (kinds.tag(map) ?? targets.tag(map));
+    const base = map && `${stemOf(answer.image.name)}.${map.method}.${map.layer}.${tag}`;
     link($("download-overlay"), map && withQuery(map.overlay,
       { cmap: state.cmap, alpha: state.alpha, boxes: state.boxes ? 1 : 0 }), `${base}.png`);
     link($("download-map"), map && map.map, `${base}.npy`);

@@ -21,6 +21,8 @@ const sameClasses = (a, b) => a.length === b.length && a.every((v, i) => v === b
 export function mountTargets(panel, view) {
   const { model, server } = view;
   const classes = model.classes;
+  // versus, the threshold and the reference explain classes: a classifier's
+  const classifier = (model.kind ?? "classifier") === "classifier";
   const state = {
     versus: null, // {photo, classIndex}: the chosen class of that photo versus this one
     above: null, // every class scoring at least this is explained (sigmoid models)
@@ -345,6 +347,7 @@ export function mountTargets(panel, view) {
 
     // The list's look: independent bars and the threshold line (sigmoid), no bars (raw).
     decorate(list, button, entry) {
+      if (!classifier) return []; // a segment or a detection: no versus, no threshold
       const kind = scoring();
       list.dataset.scores = kind;
       if (kind === "sigmoid" && Number.isFinite(entry.score)) {
@@ -382,7 +385,7 @@ export function mountTargets(panel, view) {
     // What the list and the controls show, after each render of the explore view.
     render() {
       const answer = view.result();
-      box.hidden = !answer;
+      box.hidden = !answer || !classifier;
       const chosen = view.entries()[view.rank()];
       const versus = versusFor(chosen?.class_index);
       plainButton.hidden = versus === null;
