@@ -102,7 +102,7 @@ class BoxOut(BaseModel):
 class SegmentOut(BaseModel):
     class_index: int
     label: str
-    share: float = Field(description="the share of the photo's pixels the model gives the class")
+    share: float = Field(description="the share of the image's pixels the model gives the class")
 
 
 class DetectionOut(BaseModel):
@@ -281,19 +281,6 @@ class GalleryMapOut(BaseModel):
     )
 
 
-class SegmentShareOut(BaseModel):
-    class_index: int
-    label: str
-    share: float = Field(description="the share of the image's pixels the model gives the class")
-
-
-class GalleryDetectionOut(BaseModel):
-    box: list[float] = Field(description="[x0, y0, x1, y1] in the photo's pixels")
-    class_index: int
-    label: str
-    score: float = Field(description="the detector's score")
-
-
 class GalleryImageOut(BaseModel):
     id: int = Field(description="the image's row in the index, for GET /api/runs/{run}/images/{id}")
     image: str = Field(description="the path the run was given")
@@ -308,13 +295,13 @@ class GalleryImageOut(BaseModel):
         "first map"
     )
     maps: list[GalleryMapOut]
-    segmentation: list[SegmentShareOut] | None = Field(
+    segmentation: list[SegmentOut] | None = Field(
         None, description="a segmentation model's classes present, most pixels first"
     )
     segments_overlay: str | None = Field(
         None, description="URL of the photo with its predicted segmentation drawn over it"
     )
-    detections: list[GalleryDetectionOut] | None = Field(
+    detections: list[DetectionOut] | None = Field(
         None,
         description="a detector's detections, best first (empty: none scored at least its "
         "min_score); each map's target is one of them",
