@@ -305,7 +305,9 @@ def test_a_detector_run_writes_detections_and_a_map_per_detection(det_whole: Pat
             }
             assert m["class_index"] == detection["class_index"]
             assert m["label"].startswith(detection["label"])  # "truck 0.41 at 32,9,52,19"
-            assert m["map"] is None and len(m["layer_map"]) == 4  # 128 px / 32
+            assert (
+                m["map"] is None and len(m["layer_map"]) == 8
+            )  # 128 px / 16, the automatic layer's stride
             assert m["energy_in_box"] == pytest.approx(
                 _in_box(m["layer_map"], row["size"], detection["box"]), abs=2e-6
             )

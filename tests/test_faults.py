@@ -640,8 +640,8 @@ def test_a_long_form_field_is_a_400_that_gives_the_limit(tmp_path: Path, weights
         answer = client.post("/api/explain", files=files, data={"methods": "x" * 100_000})
     assert answer.status_code == 400
     assert answer.json() == {
-        "detail": "form field 'methods' is over 4 kB, the limit of every field but image and "
-        "like: give each value in a field of its own (-F methods=gradcam -F methods=cam)",
+        "detail": "form field 'methods' is over 4 kB, the limit of every field but image, like "
+        "and mask: give each value in a field of its own (-F methods=gradcam -F methods=cam)",
         "parameter": "methods",
     }
 
