@@ -451,6 +451,33 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def medians_and_ratios(
+    table: dict[str, dict[str, float]], ratios: list[tuple[str, str, str, str]], digits: int = 2
+) -> list[str]:
+    """Two markdown tables: the medians of ``table`` (a column per key, a row per variant; ``-``
+    where a column has no such variant), then each ratio ``(label, goal, variant, over
+    variant)`` of the medians, column by column."""
+    columns = list(table)
+    rows = list(dict.fromkeys(key for c in columns for key in table[c]))
+    lines = ["| median seconds | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    for key in rows:
+        values = " | ".join(
+            f"{table[c][key]:.{digits}f}" if key in table[c] else "-" for c in columns
+        )
+        lines.append(f"| {key} | {values} |")
+    lines += ["", "| ratio of medians | goal | " + " | ".join(columns) + " |"]
+    lines.append("|---|---|" + "---:|" * len(columns))
+    for label, goal, top, bottom in ratios:
+        values = " | ".join(
+            f"{table[c][top] / table[c][bottom]:.2f}"
+            if top in table[c] and bottom in table[c]
+            else "-"
+            for c in columns
+        )
+        lines.append(f"| {label} | {goal} | {values} |")
+    return lines
+
+
 def ratio(a: float, b: float, limit: float = float("inf")) -> str:
     """``a / b``, in bold when it misses its goal (is above ``limit``)."""
     value = a / b

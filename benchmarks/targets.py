@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from run import medians_and_ratios  # benchmarks/run.py
 
 import camlens
 from camlens.capture import Capture, Settings, find_targets
@@ -167,14 +168,6 @@ def main() -> None:
                 fn()
                 times[key].append(time.perf_counter() - started)
         table[f"{name} {layer}"] = {k: statistics.median(v) for k, v in times.items()}
-    columns = list(table)
-    lines.append("| median seconds | " + " | ".join(columns) + " |")
-    lines.append("|---|" + "---:|" * len(columns))
-    for key in next(iter(table.values())):
-        lines.append(f"| {key} | " + " | ".join(f"{table[c][key]:.3f}" for c in columns) + " |")
-    lines.append("")
-    lines.append("| ratio of medians | goal | " + " | ".join(columns) + " |")
-    lines.append("|---|---|" + "---:|" * len(columns))
     ratios = [
         (
             "five targets in one call / one class",
@@ -196,12 +189,7 @@ def main() -> None:
             "pytorch-grad-cam, five calls",
         ),
     ]
-    for label, goal, top, bottom in ratios:
-        lines.append(
-            f"| {label} | {goal} | "
-            + " | ".join(f"{table[c][top] / table[c][bottom]:.2f}" for c in columns)
-            + " |"
-        )
+    lines += medians_and_ratios(table, ratios, digits=3)
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out is not None:
