@@ -7,13 +7,18 @@ process on the same input tensor; prints a markdown table of medians and ratios.
     python benchmarks/detection.py --out benchmarks/results/detection.md
     python benchmarks/detection.py --quick      # a short run, to check it works
 
-torchvision's ``fasterrcnn_mobilenet_v3_large_fpn`` and ``fasterrcnn_resnet50_fpn``, loaded by
-spec (random weights), at their automatic layers (``backbone.body.16``, ``backbone.body.layer4``),
-on one photo resized to the detector's input (``--size``; by default its own, 800 pixels),
+torchvision's detectors (``--models``: the two Faster R-CNN by default, RetinaNet, FCOS and
+SSDlite too), loaded by spec (random weights), at their automatic layers (the backbone's last
+stage of stride 16: ``backbone.body.12``, ``backbone.body.layer3``, ``backbone.features.0``)
+and, with ``--layers auto last``, at the backbone's last stage (stride 32:
+``backbone.body.16``, ``backbone.body.layer4``, ``backbone.features.1``), on one photo resized
+to the detector's input (``--size``; by default its own, 800 pixels, 320 for SSDlite),
 ``min_score=0`` so that there are 10 detections to explain. A random MobileNet box head scores
 every class of every region alike (1/88, under torchvision's threshold of 0.05): its class
 weights are multiplied by 100 here, so that one class of each region passes the threshold, as a
-trained head's few classes do.
+trained head's few classes do. RetinaNet, FCOS and SSDlite score every anchor about alike with
+random weights: their threshold is set to 0, and the 10 best of what their NMS keeps are
+explained.
 
 Variants, per model:
 
@@ -23,7 +28,8 @@ Variants, per model:
 - camlens Grad-CAM of the best detection, and of the 10 best in one call
   (``Explainer(model, method="gradcam", min_score=0, detections=N)``, on the tensor);
 - camlens Eigen-CAM of the 10 best (no gradient: one forward pass);
-- pytorch-grad-cam, one call for the best box, and 10 calls for the 10 best boxes.
+- pytorch-grad-cam, one call for the best box, and 10 calls for the 10 best boxes (Faster
+  R-CNN only: its ``FasterRCNNBoxScoreTarget`` fails on FCOS, a detection's box not found again).
 """
 
 from __future__ import annotations
@@ -42,15 +48,27 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from run import medians_and_ratios  # benchmarks/run.py
 
 import camlens
 from camlens.images import PreprocessConfig, preprocess
 
-MODELS = {
-    "fasterrcnn_mobilenet_v3_large_fpn": 100.0,  # the class weights' factor (see above)
+MODELS = {  # the class weights' factor (see above)
+    "fasterrcnn_mobilenet_v3_large_fpn": 100.0,
     "fasterrcnn_resnet50_fpn": 1.0,
+    "retinanet_resnet50_fpn": 1.0,
+    "fcos_resnet50_fpn": 1.0,
+    "ssdlite320_mobilenet_v3_large": 1.0,
 }
+DEFAULT_MODELS = ["fasterrcnn_mobilenet_v3_large_fpn", "fasterrcnn_resnet50_fpn"]
 N = 10
+LAST = {  # the backbone's last stage (stride 32)
+    "fasterrcnn_mobilenet_v3_large_fpn": "backbone.body.16",
+    "fasterrcnn_resnet50_fpn": "backbone.body.layer4",
+    "retinanet_resnet50_fpn": "backbone.body.layer4",
+    "fcos_resnet50_fpn": "backbone.body.layer4",
+    "ssdlite320_mobilenet_v3_large": "backbone.features.1",
+}
 
 
 def load(name: str, factor: float, size: int | None) -> camlens.Model:
@@ -61,6 +79,8 @@ def load(name: str, factor: float, size: int | None) -> camlens.Model:
     if factor != 1:
         with torch.no_grad():
             model.net.roi_heads.box_predictor.cls_score.weight.mul_(factor)
+    if not name.startswith("fasterrcnn_"):
+        model.net.inner.score_thresh = 0.0  # see above
     if size is not None:
         model.preprocess = PreprocessConfig(
             input_size=(size, size), interpolation="bilinear", mean=(0, 0, 0), std=(1, 1, 1)
@@ -127,12 +147,57 @@ def peer_call(
     return run
 
 
+def measure(
+    model: camlens.Model,
+    name: str,
+    layer: str,
+    x: torch.Tensor,
+    boxes: list[tuple[torch.Tensor, int]],
+    rounds: int,
+    table: dict[str, dict[str, float]],
+) -> None:
+    """Every variant at ``layer``, interleaved over ``rounds``; the medians go in ``table``."""
+    variants = {
+        "forward (inference mode)": reference(model, layer, x, None),
+        "forward + gradient of the best score (reference)": reference(model, layer, x, 1),
+        f"forward + {N} gradients, one backward each": reference(model, layer, x, N),
+        "camlens Grad-CAM, 1 detection": camlens_call(model, layer, x, "gradcam", 1),
+        f"camlens Grad-CAM, {N} detections in one call": camlens_call(
+            model, layer, x, "gradcam", N
+        ),
+        f"camlens Eigen-CAM, {N} detections": camlens_call(model, layer, x, "eigencam", N),
+    }
+    if name.startswith("fasterrcnn_"):  # the peer's target is written for Faster R-CNN
+        variants["pytorch-grad-cam, 1 call (1 box)"] = peer_call(model, layer, x, boxes[:1])
+        variants[f"pytorch-grad-cam, {N} calls ({N} boxes)"] = peer_call(model, layer, x, boxes)
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for key, fn in variants.items():  # warm-up (the peer's 10 calls are its 1 call's code)
+        if not key.startswith(f"pytorch-grad-cam, {N}"):
+            fn()
+    for _ in range(rounds):
+        for key, fn in variants.items():
+            began = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - began)
+            print(f"{name} {key}: {times[key][-1]:.2f} s", flush=True)
+    column = f"{name.removeprefix('fasterrcnn_')} {layer} {x.shape[-1]} px"
+    table[column] = {k: statistics.median(v) for k, v in times.items()}
+    model.net.zero_grad(set_to_none=True)  # the peer's backward filled them
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--size", type=int, help="input side in pixels (default: the model's)")
-    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=DEFAULT_MODELS)
+    parser.add_argument(
+        "--layers",
+        nargs="+",
+        choices=["auto", "last"],
+        default=["auto"],
+        help="the automatic layer (stride 16), the backbone's last stage (stride 32), or both",
+    )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -147,38 +212,15 @@ def main() -> None:
     table: dict[str, dict[str, float]] = {}
     for name in args.models:
         model = load(name, MODELS[name], size)
-        layer = model.default_layer
-        assert layer is not None
         x = preprocess([photo], model.preprocess)
         with torch.no_grad():  # inference tensors cannot be the peer's targets
             (found,) = model.net.inner(list(x))
         assert len(found["scores"]) >= N, f"{name}: {len(found['scores'])} detections"
         boxes = [(found["boxes"][j], int(found["labels"][j])) for j in range(N)]
-        variants = {
-            "forward (inference mode)": reference(model, layer, x, None),
-            "forward + gradient of the best score (reference)": reference(model, layer, x, 1),
-            f"forward + {N} gradients, one backward each": reference(model, layer, x, N),
-            "camlens Grad-CAM, 1 detection": camlens_call(model, layer, x, "gradcam", 1),
-            f"camlens Grad-CAM, {N} detections in one call": camlens_call(
-                model, layer, x, "gradcam", N
-            ),
-            f"camlens Eigen-CAM, {N} detections": camlens_call(model, layer, x, "eigencam", N),
-            "pytorch-grad-cam, 1 call (1 box)": peer_call(model, layer, x, boxes[:1]),
-            f"pytorch-grad-cam, {N} calls ({N} boxes)": peer_call(model, layer, x, boxes),
-        }
-        times: dict[str, list[float]] = {k: [] for k in variants}
-        for key, fn in variants.items():  # warm-up (the peer's 10 calls are its 1 call's code)
-            if not key.startswith(f"pytorch-grad-cam, {N}"):
-                fn()
-        for _ in range(rounds):
-            for key, fn in variants.items():
-                began = time.perf_counter()
-                fn()
-                times[key].append(time.perf_counter() - began)
-                print(f"{name} {key}: {times[key][-1]:.2f} s", flush=True)
-        column = f"{name.removeprefix('fasterrcnn_')} {layer} {x.shape[-1]} px"
-        table[column] = {k: statistics.median(v) for k, v in times.items()}
-        model.net.zero_grad(set_to_none=True)  # the peer's backward filled them
+        for which in args.layers:
+            layer = model.default_layer if which == "auto" else LAST[name]
+            assert layer is not None
+            measure(model, name, layer, x, boxes, rounds, table)
         del model
     lines = [
         f"# detection ({started:%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
@@ -186,14 +228,6 @@ def main() -> None:
         f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after)",
         "",
     ]
-    columns = list(table)
-    lines.append("| median seconds | " + " | ".join(columns) + " |")
-    lines.append("|---|" + "---:|" * len(columns))
-    for key in next(iter(table.values())):
-        lines.append(f"| {key} | " + " | ".join(f"{table[c][key]:.2f}" for c in columns) + " |")
-    lines.append("")
-    lines.append("| ratio of medians | goal | " + " | ".join(columns) + " |")
-    lines.append("|---|---|" + "---:|" * len(columns))
     ten = f"camlens Grad-CAM, {N} detections in one call"
     ratios = [
         (f"camlens {N} detections / 1 detection", "<= 1.5", ten, "camlens Grad-CAM, 1 detection"),
@@ -234,12 +268,7 @@ def main() -> None:
             "forward (inference mode)",
         ),
     ]
-    for label, goal, top, bottom in ratios:
-        lines.append(
-            f"| {label} | {goal} | "
-            + " | ".join(f"{table[c][top] / table[c][bottom]:.2f}" for c in columns)
-            + " |"
-        )
+    lines += medians_and_ratios(table, ratios)
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out is not None:
