@@ -259,6 +259,14 @@ def _listens(process: psutil.Process) -> list[tuple[str, str, int]]:
         return []
 
 
+def _command(process: psutil.Process) -> list[str]:
+    """The process's command line; none for one that ended meanwhile (a zombie included)."""
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []
+
+
 def _gone(process: psutil.Process) -> bool:
     try:
         return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
@@ -287,8 +295,8 @@ def test_a_local_ray_listens_on_loopback_only_and_dies_with_a_killed_driver(imag
     assert [entry for entry in listening if not _loopback(entry[1])] == []
     assert run.poll() is None and index.read_bytes().count(b"\n") < 40  # still under way
     processes = [driver, *driver.children(recursive=True)]
-    [watchdog] = [p for p in processes if "camlens.localray" in p.cmdline()]
-    temp = Path(watchdog.cmdline()[-2])  # the Ray's own folder: sessions, sockets, logs
+    [watchdog] = [p for p in processes if "camlens.localray" in _command(p)]
+    temp = Path(_command(watchdog)[-2])  # the Ray's own folder: sessions, sockets, logs
     assert temp.is_dir()
     run.kill()
     run.wait()
