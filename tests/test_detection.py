@@ -447,6 +447,7 @@ def test_a_detector_loaded_by_name_pickles(frcnn: camlens.Model) -> None:
     [
         ("fasterrcnn_mobilenet_v3_large_fpn", "backbone.body.16"),
         ("ssdlite320_mobilenet_v3_large", "backbone.features.0"),  # every level reads it
+        ("retinanet_resnet50_fpn", "backbone.body.layer3"),  # scored on windows
     ],
 )
 def test_the_gradient_is_that_of_the_detectors_own_score(name: str, layer: str) -> None:
@@ -479,3 +480,36 @@ def test_the_gradient_is_that_of_the_detectors_own_score(name: str, layer: str) 
         (found,) = torch.autograd.grad(rows[0, j, 4], kept[1], retain_graph=True)
         assert float(expected.abs().max()) > 0
         torch.testing.assert_close(found, expected, rtol=1e-4, atol=1e-9)
+
+
+def test_retinanet_logits_from_windows_are_the_heads() -> None:
+    """A RetinaNet's explained detections are scored again from the window of features their
+    logit reads (its head's five 3 x 3 convolutions: 11 x 11): at every row of every level,
+    corners and edges included, the same logits as its head over the whole maps."""
+    from camlens.models.detection import _window_layers, _window_logits
+
+    torch.manual_seed(0)
+    net = torchvision_detection("retinanet_resnet50_fpn", None).eval()
+    layers = _window_layers(net)
+    assert layers is not None and sum(isinstance(m, nn.Conv2d) for m in layers) == 5
+    features = [torch.randn(1, 256, h, w) for h, w in ((12, 9), (6, 5), (3, 3), (2, 2), (1, 1))]
+    with torch.no_grad():
+        whole = net.head.classification_head(features)[0]  # [rows, classes]
+        per_anchor = whole.shape[0] // sum(f[0, 0].numel() for f in features)
+        assert per_anchor == 9
+        places = torch.arange(whole.shape[0])
+        found = _window_logits(layers, [f[0] for f in features], places, per_anchor)
+    torch.testing.assert_close(found, whole, rtol=1e-4, atol=1e-5)
+
+
+def test_a_normalized_head_is_scored_whole() -> None:
+    """A head that normalizes over the map (RetinaNet v2's GroupNorm) has no window: its
+    detections are scored from the whole head."""
+    import torchvision
+
+    from camlens.models.detection import _window_layers
+
+    net = torchvision.models.get_model(
+        "retinanet_resnet50_fpn_v2", weights=None, weights_backbone=None
+    )
+    assert _window_layers(net) is None

@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from camlens.errors import ModelError
@@ -281,13 +282,17 @@ def single_stage_rows(net: Any, x: torch.Tensor, family: str) -> torch.Tensor:
     and then the scores of those an explainer differentiates (:func:`graded`) are computed again
     from the head's outputs, with the graph, at their anchor and class alone (torchvision's own
     postprocessing, differentiated, would spread every detection's gradient over all the anchors
-    and classes)."""
+    and classes). A RetinaNet whose head has no normalization scores them again from the window
+    of features each reads (:func:`_window_logits`), so that a detection's backward pass does not
+    run the head back over every position of every level."""
     images, _ = net.transform(list(x.unbind(0)))
     features = net.backbone(images.tensors)
     if isinstance(features, torch.Tensor):
         features = {"0": features}
     features = list(features.values())
-    head = net.head(features)
+    window = _window_layers(net) if family == "retinanet" else None
+    with torch.no_grad() if window is not None else contextlib.nullcontext():
+        head = net.head(features)
     anchors = net.anchor_generator(images, features)
     sizes = images.image_sizes
     with torch.no_grad():
@@ -299,7 +304,11 @@ def single_stage_rows(net: Any, x: torch.Tensor, family: str) -> torch.Tensor:
         again = []
         for n, (c, g) in enumerate(zip(chosen, graded, strict=True)):
             places, labels = c[2][g], c[1][g]
-            logits = head["cls_logits"][n][places]  # [G, classes]
+            if window is not None:
+                per_anchor = head["cls_logits"].shape[1] // sum(f[0, 0].numel() for f in features)
+                logits = _window_logits(window, [f[n] for f in features], places, per_anchor)
+            else:
+                logits = head["cls_logits"][n][places]  # [G, classes]
             if family == "ssd":
                 again.append(torch.softmax(logits, -1).gather(1, labels[:, None])[:, 0])
                 continue
@@ -309,7 +318,9 @@ def single_stage_rows(net: Any, x: torch.Tensor, family: str) -> torch.Tensor:
             again.append(score)
         starts = [0, *itertools.accumulate(len(c[1]) for c in chosen)][:-1]
         where = torch.cat([g + start for g, start in zip(graded, starts, strict=True)])
-        scores = scores.index_put((where,), torch.cat(again))
+        again_ = torch.cat(again)
+        # the values of the pass without a graph (see two_stage_rows), the gradients of this one
+        scores = scores.index_put((where,), again_ + (scores[where] - again_).detach())
     originals = [(int(x.shape[-2]), int(x.shape[-1]))] * len(x)
     counts = [len(c[0]) for c in chosen]
     out = [
@@ -317,6 +328,68 @@ def single_stage_rows(net: Any, x: torch.Tensor, family: str) -> torch.Tensor:
         for c, s in zip(chosen, scores.split(counts), strict=True)
     ]
     return detection_rows(net.transform.postprocess(out, sizes, originals), x)
+
+
+def _window_layers(net: Any) -> list[nn.Module] | None:
+    """A RetinaNet's classification head as the list of its layers when each is a 3 x 3
+    convolution of stride 1 padded by 1 or a ReLU (torchvision's ``retinanet_resnet50_fpn``; its
+    v2 normalizes over the whole map, and then None): a class logit at a position then reads
+    only the ``(2R + 1) x (2R + 1)`` features around it, ``R`` the number of convolutions."""
+    head = getattr(getattr(net, "head", None), "classification_head", None)
+    tower, last = getattr(head, "conv", None), getattr(head, "cls_logits", None)
+    if not isinstance(tower, nn.Module) or not isinstance(last, nn.Conv2d):
+        return None
+    layers = [m for m in tower.modules() if next(m.children(), None) is None] + [last]
+    for m in layers:
+        if isinstance(m, nn.Conv2d):
+            shape = (m.kernel_size, m.stride, m.padding, m.dilation, m.groups, m.padding_mode)
+            if shape != ((3, 3), (1, 1), (1, 1), (1, 1), 1, "zeros"):
+                return None
+        elif not isinstance(m, nn.ReLU):
+            return None
+    return layers
+
+
+def _window_logits(
+    layers: list[nn.Module], features: list[torch.Tensor], places: torch.Tensor, per_anchor: int
+) -> torch.Tensor:
+    """The class logits ``[G, classes]`` of the head's rows ``places`` (over the levels of one
+    image's ``features``, ``[C, H, W]`` each; a row is ``(y * W + x) * per_anchor + anchor``),
+    computed from the window of features around each: the head's convolutions run unpadded on
+    the window, the positions outside the map set to zero before each, as its padding has them.
+    Equal to the whole head's logits there; a detection's backward then covers its window, not
+    every position of every level."""
+    radius = sum(isinstance(m, nn.Conv2d) for m in layers)
+    side = 2 * radius + 1
+    counts = [f[0].numel() * per_anchor for f in features]
+    starts = list(itertools.accumulate(counts))
+    padded: dict[int, torch.Tensor] = {}
+    crops, insides, anchors = [], [], []
+    steps = torch.arange(side, device=places.device) - radius
+    for place in places.tolist():
+        level = next(i for i, end in enumerate(starts) if place < end)
+        cell, anchor = divmod(place - (starts[level] - counts[level]), per_anchor)
+        height, width = features[level].shape[-2:]
+        y, x = divmod(cell, width)
+        if level not in padded:
+            padded[level] = F.pad(features[level], (radius,) * 4)
+        crops.append(padded[level][:, y : y + side, x : x + side])
+        rows, columns = steps + y, steps + x
+        insides.append(
+            ((rows >= 0) & (rows < height))[:, None] & ((columns >= 0) & (columns < width))[None]
+        )
+        anchors.append(anchor)
+    out = torch.stack(crops)
+    inside = torch.stack(insides)[:, None].to(out.dtype)
+    cut = 0
+    for m in layers:
+        if isinstance(m, nn.Conv2d):
+            out = F.conv2d(out * inside[..., cut : side - cut, cut : side - cut], m.weight, m.bias)
+            cut += 1
+        else:
+            out = m(out)
+    logits = out[:, :, 0, 0].reshape(len(anchors), per_anchor, -1)
+    return logits[torch.arange(len(anchors)), torch.tensor(anchors, dtype=torch.long)]
 
 
 def _dense_chosen(
