@@ -318,9 +318,9 @@ def single_stage_rows(net: Any, x: torch.Tensor, family: str) -> torch.Tensor:
             again.append(score)
         starts = [0, *itertools.accumulate(len(c[1]) for c in chosen)][:-1]
         where = torch.cat([g + start for g, start in zip(graded, starts, strict=True)])
-        again_ = torch.cat(again)
+        rescored = torch.cat(again)
         # the values of the pass without a graph (see two_stage_rows), the gradients of this one
-        scores = scores.index_put((where,), again_ + (scores[where] - again_).detach())
+        scores = scores.index_put((where,), rescored + (scores[where] - rescored).detach())
     originals = [(int(x.shape[-2]), int(x.shape[-1]))] * len(x)
     counts = [len(c[0]) for c in chosen]
     out = [
@@ -389,7 +389,8 @@ def _window_logits(
         else:
             out = m(out)
     logits = out[:, :, 0, 0].reshape(len(anchors), per_anchor, -1)
-    return logits[torch.arange(len(anchors)), torch.tensor(anchors, dtype=torch.long)]
+    each = torch.arange(len(anchors), device=out.device)
+    return logits[each, torch.tensor(anchors, dtype=torch.long, device=out.device)]
 
 
 def _dense_chosen(
