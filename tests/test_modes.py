@@ -130,3 +130,23 @@ def test_training_gives_the_mix_back(tmp_path: Path) -> None:
     assert len(history.epochs) == 2
     assert modes(net) == before
     assert seen and not any(seen)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "ablationcam", "scorecam"])
+def test_building_an_explainer_probes_in_eval_mode(method: str) -> None:
+    """Building an Explainer runs the network on a probe (its layers, the head, the memory one
+    pass takes): in eval mode, so a model left in train mode keeps its modes and its batch-norm
+    statistics (Ablation-CAM's and Score-CAM's probe moved them, and the maps of a thread
+    explaining meanwhile with them)."""
+    model = small_model()
+    net = model.net
+    net.train()
+    before = modes(net)
+    statistics = [net[1].running_mean.clone(), net[1].running_var.clone()]
+    seen = record(net)
+    camlens.Explainer(model, method=method)  # the automatic layer: the layers probed too
+    camlens.Explainer(model, method=method, layer="2")
+    assert modes(net) == before
+    assert seen and not any(seen)
+    torch.testing.assert_close(net[1].running_mean, statistics[0], rtol=0, atol=0)
+    torch.testing.assert_close(net[1].running_var, statistics[1], rtol=0, atol=0)

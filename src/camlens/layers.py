@@ -71,7 +71,7 @@ def spatial_layers(model: Model) -> list[LayerInfo]:
         for name, module in model.net.named_modules()
         if name and not isinstance(module, _NOT_FEATURES)
     ]
-    with hooked(hooks), RUNS.shared(), torch.inference_mode():
+    with hooked(hooks), eval_mode(model.net), RUNS.shared(), torch.inference_mode():
         model.net(x)
     if model.kind == "detection":
         return [info for info in seen.values() if calls[info.name] == 1]
@@ -107,7 +107,7 @@ def every_layer(model: Model) -> list[tuple[str, str, tuple[int, ...]]]:
         return hook
 
     hooks = [(module, record(name)) for name, module in model.net.named_modules() if name]
-    with hooked(hooks), RUNS.shared(), torch.inference_mode():
+    with hooked(hooks), eval_mode(model.net), RUNS.shared(), torch.inference_mode():
         model.net(probe_input(model))
     return list(seen.values())
 
@@ -179,7 +179,7 @@ def cam_head_of(model: Model, name: str) -> str | None:
         if adapter is not None:
             kept.append(adapter.to_maps(output))
 
-    with hooked([(module, keep)]), RUNS.shared(), torch.inference_mode():
+    with hooked([(module, keep)]), eval_mode(model.net), RUNS.shared(), torch.inference_mode():
         logits = model.net(probe_input(model))
     head = find_cam_head(model, name, kept[-1], logits) if kept else None
     return None if head is None else head.name
@@ -241,7 +241,7 @@ def check_input_size(model: Model, size: tuple[int, int], *, head: bool = True) 
     height, width = size
     x = torch.zeros(1, 3, height, width, device=model.device)
     try:
-        with hooked(hooks), RUNS.shared(), torch.inference_mode():
+        with hooked(hooks), eval_mode(model.net), RUNS.shared(), torch.inference_mode():
             model.net(x)
     except Exception as exc:  # the architecture cannot take this size
         raise ModelError(

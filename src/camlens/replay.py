@@ -32,6 +32,7 @@ from torch import fx, nn
 
 from camlens.adapters import CONV, LayerAdapter
 from camlens.layers import CamHead
+from camlens.modes import eval_mode
 from camlens.taps import RUNS, hooked
 
 ReplayKind = Literal["head", "graph", "full"]
@@ -239,6 +240,7 @@ def forward_bytes(net: nn.Module, x: torch.Tensor) -> int:
         if isinstance(output, torch.Tensor):
             largest = max(largest, output[:1].numel() * output.element_size())
 
-    with hooked([(m, hook) for m in net.modules()]), RUNS.shared(), torch.inference_mode():
+    hooks = [(m, hook) for m in net.modules()]
+    with hooked(hooks), eval_mode(net), RUNS.shared(), torch.inference_mode():
         net(x[:1])
     return int(x[:1].numel() * x.element_size() + 4 * largest)
