@@ -64,7 +64,7 @@ from torch import nn
 
 from camlens.errors import ModelError
 from camlens.images import PreprocessConfig
-from camlens.models.model import Model
+from camlens.models.model import Model, Wrapped
 from camlens.modes import eval_mode
 
 TORCHVISION_DETECTION = {
@@ -101,21 +101,13 @@ def coco_labels() -> tuple[str, ...]:
     return tuple(FasterRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"])
 
 
-class DetectionNet(nn.Module):
-    """``net`` (a detector with torchvision's format) giving one tensor ``[N, K, 6]`` of rows
+class DetectionNet(Wrapped):
+    """``inner`` (a detector with torchvision's format) giving one tensor ``[N, K, 6]`` of rows
     ``(x0, y0, x1, y1, score, label)`` for a batch ``x`` ``[N, 3, H, W]`` of images in [0, 1]:
     each image's detections sorted by score, padded to the batch's largest ``K`` with rows of
     score 0 and label -1. Boxes in ``x``'s pixels, clipped to it; the scores keep their graph, so
-    a score can be differentiated. ``net``'s children are this module's, under the same names."""
-
-    inner: nn.Module
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.__dict__["inner"] = net  # not a child: its children are ours
-        for name, child in net.named_children():
-            self.add_module(name, child)
-        self.training = net.training  # the mode it was given in
+    a score can be differentiated. Its layers are named as in ``inner``
+    (:class:`~camlens.models.model.Wrapped`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _two_stage(self.inner):
@@ -124,11 +116,6 @@ class DetectionNet(nn.Module):
         if family is not None:
             return single_stage_rows(self.inner, x, family)
         return detection_rows(self.inner(list(x.unbind(0))), x)
-
-    def train(self, mode: bool = True) -> DetectionNet:
-        super().train(mode)
-        self.inner.training = mode
-        return self
 
 
 def _two_stage(net: nn.Module) -> bool:
@@ -302,10 +289,10 @@ def single_stage_rows(net: Any, x: torch.Tensor, family: str) -> torch.Tensor:
     graded = _graded(chosen) if torch.is_grad_enabled() else []
     if sum(len(g) for g in graded):
         again = []
+        per_anchor = head["cls_logits"].shape[1] // sum(f[0, 0].numel() for f in features)
         for n, (c, g) in enumerate(zip(chosen, graded, strict=True)):
             places, labels = c[2][g], c[1][g]
             if window is not None:
-                per_anchor = head["cls_logits"].shape[1] // sum(f[0, 0].numel() for f in features)
                 logits = _window_logits(window, [f[n] for f in features], places, per_anchor)
             else:
                 logits = head["cls_logits"][n][places]  # [G, classes]

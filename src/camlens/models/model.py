@@ -38,6 +38,27 @@ def layer_aliases(net: nn.Module) -> dict[str, str]:
     return found
 
 
+class Wrapped(nn.Module):
+    """A network ``inner`` whose output a subclass's ``forward`` gives in another form (a
+    segmentation model's logits out of its dict, a detector's detections as rows). ``inner``'s
+    children are this module's, under the same names (``backbone.layer4``), so its layers are
+    named, hooked and listed as in ``inner``; the mode follows: ``train`` and ``eval`` set both."""
+
+    inner: nn.Module
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.__dict__["inner"] = inner  # not a child: its children are ours
+        for name, child in inner.named_children():
+            self.add_module(name, child)
+        self.training = inner.training  # the mode it was given in
+
+    def train(self, mode: bool = True) -> Wrapped:
+        super().train(mode)
+        self.inner.training = mode
+        return self
+
+
 @dataclass(frozen=True)
 class LinearHead:
     """A linear layer that may serve as a CAM head: ``out = x @ weight.T + bias``."""

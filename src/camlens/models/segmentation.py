@@ -15,7 +15,7 @@ from torch import nn
 
 from camlens.errors import ModelError
 from camlens.images import PreprocessConfig
-from camlens.models.model import Model
+from camlens.models.model import Model, Wrapped
 
 #: torchvision's segmentation models (VOC's 21 classes, built with ``weights=None``).
 TORCHVISION_SEGMENTATION = {
@@ -60,26 +60,12 @@ BACKGROUND = ("__background__", "background")
 SEGMENTATION_SIZE = 520
 
 
-class SegmentationNet(nn.Module):
-    """``net`` giving its logits ``[N, classes, H, W]``: a dict's ``out`` (``aux`` dropped).
-    ``net``'s children are this module's, under the same names (``backbone.layer4``), so layers
-    are named as in ``net``."""
-
-    inner: nn.Module
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.__dict__["inner"] = net  # not a child: its children are ours
-        for name, child in net.named_children():
-            self.add_module(name, child)
+class SegmentationNet(Wrapped):
+    """``inner`` giving its logits ``[N, classes, H, W]``: a dict's ``out`` (``aux`` dropped);
+    its layers named as in ``inner`` (:class:`~camlens.models.model.Wrapped`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return segmentation_logits(self.inner(x))
-
-    def train(self, mode: bool = True) -> SegmentationNet:
-        super().train(mode)
-        self.inner.training = mode
-        return self
 
 
 def segmentation_logits(out: Any) -> torch.Tensor:
