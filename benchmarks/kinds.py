@@ -768,6 +768,33 @@ QUICK = {
 }
 
 
+def kind_result(
+    run: Trained,
+    quality: dict[str, Any],
+    counts: dict[str, Any],
+    started: float,
+    table: dict[tuple[str, str], Tally],
+    auto: str,
+    methods: list[str],
+    layers: list[str],
+) -> dict[str, Any]:
+    """What the results file keeps of one kind's model: its training, its quality and its maps'
+    tally by method and layer (``started``: when its explaining began)."""
+    return {
+        "training_seconds": round(run.seconds, 1),
+        "steps": run.steps,
+        "final_loss": float(np.mean(run.losses[-25:])),
+        "quality": quality,
+        **counts,
+        "explain_seconds": round(time.perf_counter() - started, 1),
+        "table": {f"{m} @ {lay}": t.row() for (m, lay), t in table.items()},
+        "automatic_layer": auto,
+        "by_layer": by_layer(table, layers),
+        "methods": methods,
+        "layers": layers,
+    }
+
+
 def trained(
     args: argparse.Namespace,
     kind: str,
@@ -836,19 +863,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
             model = segmentation_camlens_model(seg.net, args.size)
             auto = auto_layer(model)
             table, counts = explain_segments(model, test_items, predicted, seg_methods, seg_layers)
-            out["segmentation"] = {
-                "training_seconds": round(seg.seconds, 1),
-                "steps": seg.steps,
-                "final_loss": float(np.mean(seg.losses[-25:])),
-                "quality": quality,
-                **counts,
-                "explain_seconds": round(time.perf_counter() - t0, 1),
-                "table": {f"{m} @ {lay}": t.row() for (m, lay), t in table.items()},
-                "automatic_layer": auto,
-                "by_layer": by_layer(table, seg_layers),
-                "methods": seg_methods,
-                "layers": seg_layers,
-            }
+            out["segmentation"] = kind_result(
+                seg, quality, counts, t0, table, auto, seg_methods, seg_layers
+            )
         if "detection" in args.kinds:
             det = trained(
                 args,
@@ -870,19 +887,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
                     model, test_items[0], ("gradcam", "hirescam", "eigencam"), det_layers
                 )
                 picture.save(args.sheet, quality=85)
-            out["detection"] = {
-                "training_seconds": round(det.seconds, 1),
-                "steps": det.steps,
-                "final_loss": float(np.mean(det.losses[-25:])),
-                "quality": quality,
-                **counts,
-                "explain_seconds": round(time.perf_counter() - t0, 1),
-                "table": {f"{m} @ {lay}": t.row() for (m, lay), t in table.items()},
-                "automatic_layer": auto,
-                "by_layer": by_layer(table, det_layers),
-                "methods": det_methods,
-                "layers": det_layers,
-            }
+            out["detection"] = kind_result(
+                det, quality, counts, t0, table, auto, det_methods, det_layers
+            )
     out["seconds"] = round(time.perf_counter() - started, 1)
     out["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     out["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
