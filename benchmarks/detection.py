@@ -6,6 +6,7 @@ process on the same input tensor; prints a markdown table of medians and ratios.
 
     python benchmarks/detection.py --out benchmarks/results/detection.md
     python benchmarks/detection.py --quick      # a short run, to check it works
+    python benchmarks/detection.py --quick --profile --models fasterrcnn_resnet50_fpn retinanet_resnet50_fpn
 
 torchvision's detectors (``--models``: the two Faster R-CNN by default, RetinaNet, FCOS and
 SSDlite too), loaded by spec (random weights), at their automatic layers (the backbone's last
@@ -185,6 +186,31 @@ def measure(
     model.net.zero_grad(set_to_none=True)  # the peer's backward filled them
 
 
+def profile(model: camlens.Model, name: str, layer: str, x: torch.Tensor) -> list[str]:
+    """Where camlens's Grad-CAM of the 10 best detections spends its backward pass: the heaviest
+    convolution backward calls of one call (``torch.profiler``), grouped by their input shapes."""
+    run = camlens_call(model, layer, x, "gradcam", N)
+    run()  # warm-up
+    with torch.profiler.profile(record_shapes=True) as prof:
+        run()
+    rows = [
+        k
+        for k in prof.key_averages(group_by_input_shape=True)
+        if k.key == "aten::convolution_backward"
+    ]
+    total = sum(k.self_cpu_time_total for k in rows)
+    lines = [
+        "",
+        f"{name} {layer}: convolution backward {total / 1e3:.0f} ms of CPU time for {N} "
+        "detections, the heaviest by input shape (gradient, input, weight):",
+        "",
+    ]
+    for k in sorted(rows, key=lambda k: -k.self_cpu_time_total)[:5]:
+        shapes = " ".join("x".join(map(str, shape)) for shape in k.input_shapes[:3])
+        lines.append(f"- {k.self_cpu_time_total / 1e3:.0f} ms, {k.count} calls: {shapes}")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -198,6 +224,9 @@ def main() -> None:
         default=["auto"],
         help="the automatic layer (stride 16), the backbone's last stage (stride 32), or both",
     )
+    parser.add_argument(
+        "--profile", action="store_true", help="also where the 10 detections' backward goes"
+    )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -210,6 +239,7 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     started = dt.datetime.now(dt.UTC)
     table: dict[str, dict[str, float]] = {}
+    profiles: list[str] = []
     for name in args.models:
         model = load(name, MODELS[name], size)
         x = preprocess([photo], model.preprocess)
@@ -221,6 +251,8 @@ def main() -> None:
             layer = model.default_layer if which == "auto" else LAST[name]
             assert layer is not None
             measure(model, name, layer, x, boxes, rounds, table)
+            if args.profile:
+                profiles += profile(model, name, layer, x)
         del model
     lines = [
         f"# detection ({started:%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
@@ -268,7 +300,7 @@ def main() -> None:
             "forward (inference mode)",
         ),
     ]
-    lines += medians_and_ratios(table, ratios)
+    lines += medians_and_ratios(table, ratios) + profiles
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out is not None:
