@@ -445,14 +445,17 @@ def test_a_detector_loaded_by_name_pickles(frcnn: camlens.Model) -> None:
 @pytest.mark.parametrize(
     ("name", "layer"),
     [
-        ("fasterrcnn_mobilenet_v3_large_fpn", "backbone.body.16"),
+        ("fasterrcnn_mobilenet_v3_large_fpn", "backbone.body.16"),  # scored on windows
+        ("fasterrcnn_resnet50_fpn_v2", "backbone.body.layer3"),  # windows through batch norms
+        ("fasterrcnn_mobilenet_v3_large_fpn", "backbone.fpn.layer_blocks.0"),  # on the levels
         ("ssdlite320_mobilenet_v3_large", "backbone.features.0"),  # every level reads it
         ("retinanet_resnet50_fpn", "backbone.body.layer3"),  # scored on windows
     ],
 )
 def test_the_gradient_is_that_of_the_detectors_own_score(name: str, layer: str) -> None:
     """The gradient of a detection's score at a layer, from DetectionNet's pass that scores
-    only the graded detections again, equals the one through torchvision's own forward pass."""
+    only the graded detections again, equals the one through torchvision's own forward pass
+    (a Faster R-CNN's from windows of its pyramid's levels at a layer before them)."""
     from camlens.models.detection import graded
 
     torch.manual_seed(0)
@@ -471,10 +474,12 @@ def test_the_gradient_is_that_of_the_detectors_own_score(name: str, layer: str) 
     handle = net.get_submodule(layer).register_forward_hook(keep)
     try:
         own = net(list(x))[0]["scores"]
-        with graded(0.0, 3):
+        with graded(0.0, 3, [layer]):
             rows = DetectionNet(net)(x)
     finally:
         handle.remove()
+    windowed = "rcnn" in name and layer.startswith("backbone.body.")
+    assert (_windowed_blocks(net, layer) is not None) == windowed
     for j in range(3):
         (expected,) = torch.autograd.grad(own[j], kept[0], retain_graph=True)
         (found,) = torch.autograd.grad(rows[0, j, 4], kept[1], retain_graph=True)
@@ -486,11 +491,11 @@ def test_retinanet_logits_from_windows_are_the_heads() -> None:
     """A RetinaNet's explained detections are scored again from the window of features their
     logit reads (its head's five 3 x 3 convolutions: 11 x 11): at every row of every level,
     corners and edges included, the same logits as its head over the whole maps."""
-    from camlens.models.detection import _window_layers, _window_logits
+    from camlens.models.windows import head_layers, head_logits
 
     torch.manual_seed(0)
     net = torchvision_detection("retinanet_resnet50_fpn", None).eval()
-    layers = _window_layers(net)
+    layers = head_layers(net)
     assert layers is not None and sum(isinstance(m, nn.Conv2d) for m in layers) == 5
     features = [torch.randn(1, 256, h, w) for h, w in ((12, 9), (6, 5), (3, 3), (2, 2), (1, 1))]
     with torch.no_grad():
@@ -498,7 +503,7 @@ def test_retinanet_logits_from_windows_are_the_heads() -> None:
         per_anchor = whole.shape[0] // sum(f[0, 0].numel() for f in features)
         assert per_anchor == 9
         places = torch.arange(whole.shape[0])
-        found = _window_logits(layers, [f[0] for f in features], places, per_anchor)
+        found = head_logits(layers, [f[0] for f in features], places, per_anchor)
     torch.testing.assert_close(found, whole, rtol=1e-4, atol=1e-5)
 
 
@@ -507,9 +512,63 @@ def test_a_normalized_head_is_scored_whole() -> None:
     detections are scored from the whole head."""
     import torchvision
 
-    from camlens.models.detection import _window_layers
+    from camlens.models.windows import head_layers
 
     net = torchvision.models.get_model(
         "retinanet_resnet50_fpn_v2", weights=None, weights_backbone=None
     )
-    assert _window_layers(net) is None
+    assert head_layers(net) is None
+
+
+def _windowed_blocks(net: nn.Module, layer: str) -> object:
+    """What a pass differentiating at ``layer`` scores its explained boxes from: the pyramid's
+    blocks when from windows, else None."""
+    from camlens.models.detection import _windowed, graded
+
+    with graded(0.0, 3, [layer]):
+        return _windowed(net)
+
+
+@pytest.mark.parametrize("name", ["fasterrcnn_resnet50_fpn", "fasterrcnn_mobilenet_v3_large_fpn"])
+def test_boxes_pooled_from_windows_are_the_poolers(name: str) -> None:
+    """A Faster R-CNN's explained boxes pooled from the region of their level each samples give
+    the features its MultiScaleRoIAlign gives from the whole levels: boxes of every level, from
+    a third of a pixel to the whole image, on the edges and in the corners; and the same
+    gradients with respect to the pyramid's inner maps, box by box."""
+    from camlens.models.windows import pyramid_blocks, pyramid_pooled
+
+    torch.manual_seed(0)
+    net = torchvision_detection(name, None).eval()
+    blocks = pyramid_blocks(net)
+    assert blocks is not None
+    height, width = 896, 640  # every level of the ResNet's pyramid gets boxes
+    strides = [4, 8, 16, 32] if "resnet" in name else [16, 32]
+    inners = [torch.randn(1, 256, height // s, width // s, requires_grad=True) for s in strides]
+    generator = torch.Generator().manual_seed(1)
+    corner = torch.rand(80, 2, generator=generator) * torch.tensor([width, height])
+    side = torch.rand(80, 2, generator=generator) ** 2 * torch.tensor([width, height]) + 0.3
+    edges = torch.tensor([[width, height]], dtype=torch.float)
+    boxes = torch.cat([corner, torch.minimum(corner + side, edges)], 1)
+    extremes = [[0, 0, width, height], [0, 0, 3, 3], [width - 5, height - 5, width, height]]
+    extremes += [[0, 0, width, 10], [10.5, 3.25, 10.8, 3.5], [300, 0, 620, 896]]
+    rows = [torch.cat([boxes, torch.tensor(extremes, dtype=torch.float)])]
+    levels = {
+        str(i): net.backbone.fpn.get_result_from_layer_blocks(inner, i)
+        for i, inner in enumerate(inners)
+    }
+    pooler = net.roi_heads.box_roi_pool
+    expected = pooler(levels, rows, [(height, width)])
+    assert len(set(pooler.map_levels(rows).tolist())) == len(inners)
+    found = pyramid_pooled(net, blocks, inners, rows)
+    torch.testing.assert_close(found, expected, rtol=1e-4, atol=1e-4)
+    for box in (0, len(rows[0]) - 4, len(rows[0]) - 1):  # one box's gradient: the others' none
+        seed = torch.zeros_like(found)
+        seed[box] = torch.randn(found.shape[1:], generator=generator)
+        wanted = torch.autograd.grad(expected, inners, seed, retain_graph=True, allow_unused=True)
+        got = torch.autograd.grad(found, inners, seed, retain_graph=True, allow_unused=True)
+        for w, g in zip(wanted, got, strict=True):
+            if g is None:
+                assert w is None or not w.any()
+            else:
+                torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
+        assert any(g is not None for g in got)

@@ -269,7 +269,7 @@ class Pipeline:
         if first and autograd and self.model.kind == "detection" and not config.targets:
             from camlens.models.detection import graded
 
-            with graded(config.min_score, config.detections):
+            with graded(config.min_score, config.detections, autograd):
                 return self._run_capture(x, progress, autograd)
         return self._run_capture(x, progress, autograd)
 

@@ -59,12 +59,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from camlens.errors import ModelError
 from camlens.images import PreprocessConfig
 from camlens.models.model import Model, Wrapped
+from camlens.models.windows import (
+    head_layers,
+    head_logits,
+    pyramid_blocks,
+    pyramid_inners,
+    pyramid_pooled,
+)
 from camlens.modes import eval_mode
 
 TORCHVISION_DETECTION = {
@@ -142,9 +148,16 @@ def two_stage_rows(net: Any, x: torch.Tensor) -> torch.Tensor:
     (:func:`_chosen`), and then the head scores again, with the graph, only the proposals the
     detections come from (within :func:`graded`, only those an explainer differentiates). A
     detection's score depends on its proposal's features alone, so the backward pass of N
-    detections reads their proposals' features, not the thousand of the RPN."""
+    detections reads their proposals' features, not the thousand of the RPN. When the explainer
+    differentiates at layers before the feature pyramid (:func:`graded`), those features come
+    from the region of its level each proposal samples (:mod:`camlens.models.windows`), so that
+    the backward pass does not run the level's convolution back over the whole level."""
     images, _ = net.transform(list(x.unbind(0)))
-    features = net.backbone(images.tensors)
+    blocks = _windowed(net)
+    if blocks is not None:
+        features, inners = pyramid_inners(net, images.tensors)
+    else:
+        features = net.backbone(images.tensors)
     if isinstance(features, torch.Tensor):
         features = {"0": features}
     proposals, _ = net.rpn(images, features)
@@ -160,7 +173,10 @@ def two_stage_rows(net: Any, x: torch.Tensor) -> torch.Tensor:
     graded = _graded(chosen) if torch.is_grad_enabled() else []
     if sum(len(g) for g in graded):  # those rows scored again, with the graph
         rows = [proposals[i][c[2][g]] for i, (c, g) in enumerate(zip(chosen, graded, strict=True))]
-        pooled = heads.box_roi_pool(features, rows, sizes)
+        if blocks is not None:
+            pooled = pyramid_pooled(net, blocks, inners, rows)
+        else:
+            pooled = heads.box_roi_pool(features, rows, sizes)
         logits, _ = heads.box_predictor(heads.box_head(pooled))
         wanted = torch.cat([c[1][g] for c, g in zip(chosen, graded, strict=True)])
         again = torch.softmax(logits, -1).gather(1, wanted[:, None])[:, 0]
@@ -213,18 +229,20 @@ def _chosen(
     return out
 
 
-_GRADED: contextvars.ContextVar[tuple[float, int | None] | None] = contextvars.ContextVar(
-    "camlens_graded_detections", default=None
+_GRADED: contextvars.ContextVar[tuple[float, int | None, tuple[str, ...]] | None] = (
+    contextvars.ContextVar("camlens_graded_detections", default=None)
 )
 
 
 @contextlib.contextmanager
-def graded(min_score: float, detections: int | None) -> Iterator[None]:
-    """Within it (in this thread), a Faster R-CNN's pass records the graph of the scores of its
+def graded(min_score: float, detections: int | None, layers: Sequence[str] = ()) -> Iterator[None]:
+    """Within it (in this thread), a detector's pass records the graph of the scores of its
     ``detections`` best detections scored at least ``min_score`` only (all: None), the ones an
     explainer will differentiate: the others' scores are constants. Outside, every detection's
-    score has its graph."""
-    token = _GRADED.set((min_score, detections))
+    score has its graph. ``layers``: those the explainer differentiates at; when all are in the
+    backbone's body, before the feature pyramid, a Faster R-CNN's pyramid levels get no graph
+    and its explained boxes are scored from windows of them (:func:`two_stage_rows`)."""
+    token = _GRADED.set((min_score, detections, tuple(layers)))
     try:
         yield
     finally:
@@ -240,11 +258,26 @@ def _graded(
     for _, _, _, scores in chosen:
         places = torch.arange(len(scores), device=scores.device)
         if limit is not None:
-            least, count = limit
+            least, count, _ = limit
             order = scores.argsort(descending=True, stable=True)
             places = order[scores[order] >= least][:count]
         out.append(places)
     return out
+
+
+def _windowed(net: Any) -> list[list[nn.Module]] | None:
+    """A Faster R-CNN's pyramid blocks (:func:`~camlens.models.windows.pyramid_blocks`) when its
+    explained boxes are to be scored from windows of the levels: within :func:`graded`, at
+    layers all in the backbone's body (a layer of the pyramid, or after it, needs the levels' own
+    graph). Not a question of the pass's gradient mode: an explainer's pass switches gradients on
+    at its layer, within the backbone (:class:`~camlens.taps.Taps`)."""
+    limit = _GRADED.get()
+    if limit is None or not limit[2]:
+        return None
+    body = "backbone.body"
+    if not all(name == body or name.startswith(body + ".") for name in limit[2]):
+        return None
+    return pyramid_blocks(net)
 
 
 def _single_stage(net: nn.Module) -> str | None:
@@ -270,14 +303,14 @@ def single_stage_rows(net: Any, x: torch.Tensor, family: str) -> torch.Tensor:
     from the head's outputs, with the graph, at their anchor and class alone (torchvision's own
     postprocessing, differentiated, would spread every detection's gradient over all the anchors
     and classes). A RetinaNet whose head has no normalization scores them again from the window
-    of features each reads (:func:`_window_logits`), so that a detection's backward pass does not
+    of features each reads (:func:`~camlens.models.windows.head_logits`), so that a detection's backward pass does not
     run the head back over every position of every level."""
     images, _ = net.transform(list(x.unbind(0)))
     features = net.backbone(images.tensors)
     if isinstance(features, torch.Tensor):
         features = {"0": features}
     features = list(features.values())
-    window = _window_layers(net) if family == "retinanet" else None
+    window = head_layers(net) if family == "retinanet" else None
     with torch.no_grad() if window is not None else contextlib.nullcontext():
         head = net.head(features)
     anchors = net.anchor_generator(images, features)
@@ -293,7 +326,7 @@ def single_stage_rows(net: Any, x: torch.Tensor, family: str) -> torch.Tensor:
         for n, (c, g) in enumerate(zip(chosen, graded, strict=True)):
             places, labels = c[2][g], c[1][g]
             if window is not None:
-                logits = _window_logits(window, [f[n] for f in features], places, per_anchor)
+                logits = head_logits(window, [f[n] for f in features], places, per_anchor)
             else:
                 logits = head["cls_logits"][n][places]  # [G, classes]
             if family == "ssd":
@@ -315,69 +348,6 @@ def single_stage_rows(net: Any, x: torch.Tensor, family: str) -> torch.Tensor:
         for c, s in zip(chosen, scores.split(counts), strict=True)
     ]
     return detection_rows(net.transform.postprocess(out, sizes, originals), x)
-
-
-def _window_layers(net: Any) -> list[nn.Module] | None:
-    """A RetinaNet's classification head as the list of its layers when each is a 3 x 3
-    convolution of stride 1 padded by 1 or a ReLU (torchvision's ``retinanet_resnet50_fpn``; its
-    v2 normalizes over the whole map, and then None): a class logit at a position then reads
-    only the ``(2R + 1) x (2R + 1)`` features around it, ``R`` the number of convolutions."""
-    head = getattr(getattr(net, "head", None), "classification_head", None)
-    tower, last = getattr(head, "conv", None), getattr(head, "cls_logits", None)
-    if not isinstance(tower, nn.Module) or not isinstance(last, nn.Conv2d):
-        return None
-    layers = [m for m in tower.modules() if next(m.children(), None) is None] + [last]
-    for m in layers:
-        if isinstance(m, nn.Conv2d):
-            shape = (m.kernel_size, m.stride, m.padding, m.dilation, m.groups, m.padding_mode)
-            if shape != ((3, 3), (1, 1), (1, 1), (1, 1), 1, "zeros"):
-                return None
-        elif not isinstance(m, nn.ReLU):
-            return None
-    return layers
-
-
-def _window_logits(
-    layers: list[nn.Module], features: list[torch.Tensor], places: torch.Tensor, per_anchor: int
-) -> torch.Tensor:
-    """The class logits ``[G, classes]`` of the head's rows ``places`` (over the levels of one
-    image's ``features``, ``[C, H, W]`` each; a row is ``(y * W + x) * per_anchor + anchor``),
-    computed from the window of features around each: the head's convolutions run unpadded on
-    the window, the positions outside the map set to zero before each, as its padding has them.
-    Equal to the whole head's logits there; a detection's backward then covers its window, not
-    every position of every level."""
-    radius = sum(isinstance(m, nn.Conv2d) for m in layers)
-    side = 2 * radius + 1
-    counts = [f[0].numel() * per_anchor for f in features]
-    starts = list(itertools.accumulate(counts))
-    padded: dict[int, torch.Tensor] = {}
-    crops, insides, anchors = [], [], []
-    steps = torch.arange(side, device=places.device) - radius
-    for place in places.tolist():
-        level = next(i for i, end in enumerate(starts) if place < end)
-        cell, anchor = divmod(place - (starts[level] - counts[level]), per_anchor)
-        height, width = features[level].shape[-2:]
-        y, x = divmod(cell, width)
-        if level not in padded:
-            padded[level] = F.pad(features[level], (radius,) * 4)
-        crops.append(padded[level][:, y : y + side, x : x + side])
-        rows, columns = steps + y, steps + x
-        insides.append(
-            ((rows >= 0) & (rows < height))[:, None] & ((columns >= 0) & (columns < width))[None]
-        )
-        anchors.append(anchor)
-    out = torch.stack(crops)
-    inside = torch.stack(insides)[:, None].to(out.dtype)
-    cut = 0
-    for m in layers:
-        if isinstance(m, nn.Conv2d):
-            out = F.conv2d(out * inside[..., cut : side - cut, cut : side - cut], m.weight, m.bias)
-            cut += 1
-        else:
-            out = m(out)
-    logits = out[:, :, 0, 0].reshape(len(anchors), per_anchor, -1)
-    each = torch.arange(len(anchors), device=out.device)
-    return logits[each, torch.tensor(anchors, dtype=torch.long, device=out.device)]
 
 
 def _dense_chosen(
