@@ -150,14 +150,15 @@ def two_stage_rows(net: Any, x: torch.Tensor) -> torch.Tensor:
     detection's score depends on its proposal's features alone, so the backward pass of N
     detections reads their proposals' features, not the thousand of the RPN. When the explainer
     differentiates at layers before the feature pyramid (:func:`graded`), those features come
-    from the region of its level each proposal samples (:mod:`camlens.models.windows`), so that
-    the backward pass does not run the level's convolution back over the whole level."""
+    from the region of its level each proposal samples (:mod:`camlens.models.windows`), where
+    that pays, so that the backward pass does not run the level's convolution back over the
+    whole level."""
     images, _ = net.transform(list(x.unbind(0)))
     blocks = _windowed(net)
     if blocks is not None:
         features, inners = pyramid_inners(net, images.tensors)
     else:
-        features = net.backbone(images.tensors)
+        features, inners = net.backbone(images.tensors), None
     if isinstance(features, torch.Tensor):
         features = {"0": features}
     proposals, _ = net.rpn(images, features)
@@ -173,7 +174,7 @@ def two_stage_rows(net: Any, x: torch.Tensor) -> torch.Tensor:
     graded = _graded(chosen) if torch.is_grad_enabled() else []
     if sum(len(g) for g in graded):  # those rows scored again, with the graph
         rows = [proposals[i][c[2][g]] for i, (c, g) in enumerate(zip(chosen, graded, strict=True))]
-        if blocks is not None:
+        if blocks is not None and inners is not None:
             pooled = pyramid_pooled(net, blocks, inners, rows)
         else:
             pooled = heads.box_roi_pool(features, rows, sizes)

@@ -13,6 +13,7 @@ pass's, at a fraction of the arithmetic.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from collections import OrderedDict
@@ -140,12 +141,14 @@ def _levels(net: Any) -> list[int]:
 
 def pyramid_inners(
     net: Any, images: torch.Tensor
-) -> tuple[OrderedDict[str, torch.Tensor], list[torch.Tensor]]:
+) -> tuple[OrderedDict[str, torch.Tensor], list[torch.Tensor] | None]:
     """A Faster R-CNN's backbone on ``images`` as torchvision's ``FeaturePyramidNetwork`` computes
-    it, but the levels without a graph, and the inner maps the levels are made from (the lateral
-    1 x 1 convolutions plus the coarser map upsampled), one per level, with it: the levels feed the
-    proposals and the scoring of every one of them (both without a graph), and an explained box's
-    features are computed again from the inner maps (:func:`pyramid_pooled`)."""
+    it, and the inner maps the levels are made from (the lateral 1 x 1 convolutions plus the
+    coarser map upsampled), one per level, with their graph. When windows pay
+    (:func:`windows_pay`), the levels have no graph: they feed the proposals and the scoring of
+    every one of them (both without a graph), and an explained box's features are computed again
+    from the inner maps (:func:`pyramid_pooled`); else the levels have their graph, and no inner
+    maps are given (None)."""
     fpn = net.backbone.fpn
     body = net.backbone.body(images)
     names, x = list(body.keys()), list(body.values())
@@ -155,11 +158,35 @@ def pyramid_inners(
         lateral = fpn.get_result_from_inner_blocks(x[idx], idx)
         last = lateral + F.interpolate(last, size=lateral.shape[-2:], mode="nearest")
         inners.insert(0, last)
-    with torch.no_grad():
+    pays = windows_pay(net, [inner.shape for inner in inners])
+    with torch.no_grad() if pays else contextlib.nullcontext():
         levels = [fpn.get_result_from_layer_blocks(inner, idx) for idx, inner in enumerate(inners)]
         if fpn.extra_blocks is not None:
             levels, names = fpn.extra_blocks(levels, x, names)
-    return OrderedDict(zip(names, levels, strict=True)), inners
+    return OrderedDict(zip(names, levels, strict=True)), inners if pays else None
+
+
+READ = 100
+"""About how many multiply-adds a CPU does in the time it reads one weight from memory: a
+3 x 3 convolution's backward pass ran at 100 G multiply-adds a second on 2 cores of this
+project's machines (256 -> 256 channels, 80 x 80), and the product of 10 rows with a Faster
+R-CNN's 51 MB box head weight read 1.1 G weights a second."""
+
+
+def windows_pay(net: Any, shapes: list[torch.Size]) -> bool:
+    """Whether explained boxes scored from windows (:func:`pyramid_pooled`) cost less than from
+    the whole levels, given the shapes of the pyramid's inner maps. Whole levels: each detection's
+    backward pass runs every level's convolution back over the whole level (batched over the
+    detections: the arithmetic of one pass each). Windows: one backward pass per detection, each
+    reading the box head's weights again (a batched pass reads them once), about :data:`READ`
+    multiply-adds a weight. So windows pay on fine levels (a ResNet-50's stride 4, 80 x 80 at 320
+    pixels: 5.0 G multiply-adds a detection, against 1.4 G for reading its 13.9 M weights), not on
+    coarse ones (a MobileNet's two levels, both of stride 32: 0.12 G at 320 pixels)."""
+    blocks = pyramid_blocks(net) or []
+    dense = sum(shapes[i][-2] * shapes[i][-1] * blocks[i][0].weight.numel() for i in _levels(net))
+    heads = net.roi_heads
+    weights = sum(p.numel() for m in (heads.box_head, heads.box_predictor) for p in m.parameters())
+    return dense > READ * weights
 
 
 def pyramid_pooled(
