@@ -19,12 +19,16 @@ and gets its maps. A photo with none gets no map (a warning says so).
 **Methods.** Every gradient method (``gradcam``, ``gradcampp``, ``xgradcam``, ``hirescam``,
 ``gradcam_elementwise``, ``layercam``, ``eigengradcam``) and Eigen-CAM (no gradient: the first
 principal component of the activations, so the same map for every detection) apply. The
-gradients of N detections come from one forward pass and one batched backward; a torchvision
+gradients of N detections come from one forward pass and one batched backward (one backward
+pass per detection where a Faster R-CNN's boxes are scored on windows); a torchvision
 Faster R-CNN scores again, with the graph, only the proposals of the detections explained (the
-box head reads the thousand proposals of the RPN without one), so that N detections cost little
-more than one. At a layer before a feature pyramid, each detection's backward pass also runs
-through the pyramid's convolutions; single-stage detectors (RetinaNet, FCOS, SSDlite)
-differentiate torchvision's own postprocessing, which costs more per detection. The
+box head reads the thousand proposals of the RPN without one), and at a layer before its feature
+pyramid from the region of its level each proposal samples where that pays (a ResNet-50's
+finest levels; :mod:`camlens.models.windows`); a RetinaNet from the window of features each
+logit reads. Each detection's backward pass still runs whole through the backbone's stages
+between the layer and the pyramid (a ResNet-50's ``layer4`` at the automatic layer), so that N
+detections cost more than one, by about a tenth of the forward pass each on a ResNet-50 (the
+figures: ``benchmarks/README.md``). The
 perturbation methods (``scorecam``, ``sscam``, ``iscam``, ``ablationcam``) apply too, scoring
 their masked or ablated passes with each detection's matching score, at the price of one
 detector pass per channel of the layer (960 at ``backbone.body.16``: minutes on a CPU; use

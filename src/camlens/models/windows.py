@@ -111,8 +111,10 @@ def pyramid_blocks(net: Any) -> list[list[nn.Module]] | None:
     backbone = getattr(net, "backbone", None)
     fpn, body = getattr(backbone, "fpn", None), getattr(backbone, "body", None)
     pooler = getattr(getattr(net, "roi_heads", None), "box_roi_pool", None)
-    if type(fpn) is not FeaturePyramidNetwork or not isinstance(body, nn.Module):
+    if not isinstance(fpn, FeaturePyramidNetwork) or type(fpn) is not FeaturePyramidNetwork:
         return None  # a subclass may compute otherwise
+    if not isinstance(body, nn.Module):
+        return None
     if not isinstance(pooler, MultiScaleRoIAlign):
         return None
     from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
@@ -183,10 +185,14 @@ def windows_pay(net: Any, shapes: list[torch.Size]) -> bool:
     pixels: 5.0 G multiply-adds a detection, against 1.4 G for reading its 13.9 M weights), not on
     coarse ones (a MobileNet's two levels, both of stride 32: 0.12 G at 320 pixels)."""
     blocks = pyramid_blocks(net) or []
-    dense = sum(shapes[i][-2] * shapes[i][-1] * blocks[i][0].weight.numel() for i in _levels(net))
+    dense = 0
+    for i in _levels(net):
+        conv = blocks[i][0]
+        assert isinstance(conv, nn.Conv2d)  # pyramid_blocks checked it
+        dense += shapes[i][-2] * shapes[i][-1] * conv.weight.numel()
     heads = net.roi_heads
     weights = sum(p.numel() for m in (heads.box_head, heads.box_predictor) for p in m.parameters())
-    return dense > READ * weights
+    return bool(dense > READ * weights)
 
 
 def pyramid_pooled(
@@ -210,7 +216,7 @@ def pyramid_pooled(
     pooler = net.roi_heads.box_roi_pool
     wanted = _levels(net)
     levels = pooler.map_levels(rows) if len(wanted) > 1 else None
-    windows = []
+    windows: list[_Window] = []
     for n, boxes in enumerate(rows):
         for box in boxes.detach():
             level = 0 if levels is None else int(levels[len(windows)])
@@ -226,11 +232,11 @@ def pyramid_pooled(
 
 
 class _Window(NamedTuple):
-    """A box's region: image ``n``, pyramid level ``index`` (of ``scale``), and the rows
+    """A box's region: image ``n``, pyramid level ``inner`` (of ``scale``), and the rows
     ``top:bottom``, columns ``left:right`` of the level that its RoIAlign samples (and more)."""
 
     n: int
-    index: int
+    inner: int
     scale: float
     box: torch.Tensor
     top: int
@@ -247,25 +253,29 @@ def _pool_window(
     from torchvision.ops import roi_align
 
     pooler = net.roi_heads.box_roi_pool
-    conv, *norms = blocks[w.index]
+    conv, *norms = blocks[w.inner]
+    assert isinstance(conv, nn.Conv2d)  # pyramid_blocks checked it
     level = F.conv2d(inner, conv.weight, conv.bias)
     for norm in norms:
         level = norm(level)
     stride = 1 / w.scale
     moved = torch.cat([w.box.new_zeros(1), w.box - w.box.new_tensor([w.left, w.top] * 2) * stride])
-    return roi_align(
+    pooled: torch.Tensor = roi_align(
         level,
         moved[None],
         output_size=pooler.output_size,
         spatial_scale=w.scale,
         sampling_ratio=pooler.sampling_ratio,
     )
+    return pooled
 
 
 class _Pooled(torch.autograd.Function):
     """:func:`pyramid_pooled` as one operation of the inner maps, whose backward pass runs the
     regions of the boxes with a nonzero gradient alone (their graphs are kept from the forward
-    pass, a few small maps each)."""
+    pass, a few small maps each). Which boxes those are depends on the gradient's values, which
+    a batched backward pass (``is_grads_batched``) does not allow: it raises there, and the
+    explainer takes one backward pass per detection (:class:`~camlens.capture.Capture`)."""
 
     @staticmethod
     def forward(
@@ -276,9 +286,9 @@ class _Pooled(torch.autograd.Function):
         ctx.windows, ctx.shapes, ctx.graphs = windows, [i.shape for i in inners], []
         out = []
         for w in windows:
-            if (w.n, w.index) not in padded:
-                padded[(w.n, w.index)] = F.pad(inners[w.index][w.n], (1, 1, 1, 1))
-            region = padded[(w.n, w.index)][None, :, w.top : w.bottom + 2, w.left : w.right + 2]
+            if (w.n, w.inner) not in padded:
+                padded[(w.n, w.inner)] = F.pad(inners[w.inner][w.n], (1, 1, 1, 1))
+            region = padded[(w.n, w.inner)][None, :, w.top : w.bottom + 2, w.left : w.right + 2]
             with torch.enable_grad():
                 region = region.detach().requires_grad_(True)
                 pooled = _pool_window(net, blocks, w, region)
@@ -293,13 +303,13 @@ class _Pooled(torch.autograd.Function):
             if not bool(grad[g].any()):
                 continue  # another detection's box
             (part,) = torch.autograd.grad(pooled, region, grad[g : g + 1], retain_graph=True)
-            if w.index not in found:
-                found[w.index] = grad.new_zeros(ctx.shapes[w.index])
-            height, width = ctx.shapes[w.index][-2:]
+            if w.inner not in found:
+                found[w.inner] = grad.new_zeros(ctx.shapes[w.inner])
+            height, width = ctx.shapes[w.inner][-2:]
             top, left = max(w.top - 1, 0), max(w.left - 1, 0)  # the region's rows in the map
             bottom, right = min(w.bottom + 1, height), min(w.right + 1, width)
             inside = part[
                 0, :, top - w.top + 1 : bottom - w.top + 1, left - w.left + 1 : right - w.left + 1
             ]
-            found[w.index][w.n, :, top:bottom, left:right] += inside
+            found[w.inner][w.n, :, top:bottom, left:right] += inside
         return (None, *(found.get(i) for i in range(len(ctx.shapes))))
